@@ -1,0 +1,107 @@
+//! The provider contract of credbroker.
+//!
+//! A provider mints one kind of downstream credential (a Vault lease, an STS session, a GitHub
+//! installation token) and can take it back. The broker owns everything else: policy, the
+//! journal, retries, the audit log. This crate is the only thing the broker and a provider share,
+//! so a provider crate never sees the broker and the broker never sees a provider's SDK.
+//!
+//! # The contract
+//!
+//! * **Revoke is required, renew is optional** (as in Vault's `sdk/framework/secret.go`). Whatever
+//!   is needed to revoke later is returned beside the credential, in a [`RevocationHandle`]; the
+//!   broker journals it (its secret part encrypted) before it hands the credential out.
+//! * **The lease id is the idempotency key.** The broker writes its intent to issue, under a fresh
+//!   lease id, *before* it calls [`Provider::issue`]. A provider should mark what it creates with
+//!   that id (a session name, token metadata) so that [`Provider::reconcile`] can find it after a
+//!   crash or a timeout whose outcome is unknown.
+//! * **Errors say what the broker must do**, not what went wrong inside the SDK: see
+//!   [`ErrorKind`]. A provider never blames the caller for a backend condition.
+//! * **`now` is passed in.** Providers do not read the clock for anything that decides expiry.
+//! * **No secret value ever leaves a provider except inside [`SecretValue`]**, which zeroizes on
+//!   drop and prints as `[redacted]`.
+
+mod error;
+mod params;
+mod secret;
+mod types;
+
+pub use error::{ErrorKind, ProviderError};
+pub use params::{ParamError, Params, param_str, param_str_list};
+pub use secret::SecretValue;
+pub use types::{
+    Credential, Env, IssueRequest, Issued, LeaseRef, ProviderHealth, Reconciled, RevocationHandle,
+    Revoked, Renewed, TaskContext,
+};
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// One configured provider instance (for example the Vault cluster named `vault-main`).
+///
+/// Implementations must be cheap to call concurrently: the broker calls them from many tasks at
+/// once (bounded by its own concurrency limit per instance).
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// The provider kind, as written in the configuration (`vault`, `aws`, `github`).
+    fn kind(&self) -> &'static str;
+
+    /// Checks a grant's parameters when the configuration is loaded, so that a bad grant is a
+    /// configuration error and never a request-time surprise. Templates (`{sub}`…) are not yet
+    /// rendered here; a provider checks what it can of their shape.
+    fn check_grant(&self, params: &Params) -> Result<(), Vec<ParamError>>;
+
+    /// The list-valued grant parameters a request may narrow to a subset.
+    fn narrowable(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Issues one credential. Called only after the intent is durable in the journal.
+    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, ProviderError>;
+
+    /// Extends a lease to `expires_at` (or as close to it as the backend allows).
+    async fn renew(
+        &self,
+        lease: &LeaseRef<'_>,
+        expires_at: SystemTime,
+        now: SystemTime,
+    ) -> Result<Renewed, ProviderError> {
+        let _ = (lease, expires_at, now);
+        Err(ProviderError::new(ErrorKind::Unsupported, "this provider cannot renew"))
+    }
+
+    /// Revokes one credential. Must be idempotent: revoking what is already gone is success
+    /// ([`Revoked::AlreadyGone`]), never an error.
+    async fn revoke(&self, lease: &LeaseRef<'_>, now: SystemTime)
+    -> Result<Revoked, ProviderError>;
+
+    /// Settles a lease whose intent was journaled but whose outcome never was: the daemon
+    /// crashed while issuing, or the provider timed out after sending. Find whatever was issued
+    /// under `req.lease_id`, revoke it, and say what happened. Providers that cannot look
+    /// anything up answer with [`Reconciled::WillExpire`], the latest instant a credential
+    /// issued by that request could still be valid.
+    async fn reconcile(
+        &self,
+        req: &IssueRequest<'_>,
+        now: SystemTime,
+    ) -> Result<Reconciled, ProviderError>;
+
+    /// Health and identity of the provider's own credentials, for `Status`.
+    async fn health(&self) -> ProviderHealth {
+        ProviderHealth { healthy: true, detail: String::new() }
+    }
+}
+
+/// Builds provider instances of one kind from their configuration table.
+pub trait ProviderFactory: Send + Sync + 'static {
+    /// The kind this factory builds (`vault`, `aws`, `github`…).
+    fn kind(&self) -> &'static str;
+
+    /// Builds the instance `name` from its configuration (the `[[provider]]` table minus `name`
+    /// and `type`). Every problem is reported, each naming its parameter.
+    fn build(
+        &self,
+        name: &str,
+        config: &Params,
+        env: &dyn Env,
+    ) -> Result<Arc<dyn Provider>, Vec<ParamError>>;
+}

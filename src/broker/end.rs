@@ -1,0 +1,172 @@
+//! Ending tasks: by the workload (EndTask), by time (the reaper), by an operator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use super::live::{TaskSummary, task_audit};
+use super::{Broker, BrokerError, ErrorKind};
+use crate::audit::{Outcome, PeerRecord, event};
+use crate::journal::Op;
+use crate::journal::read;
+use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState, end_reason};
+use credbroker_provider_api::RevocationHandle;
+use crate::time::to_ms;
+
+enum Marked {
+    Gone,
+    AlreadyEnding(TaskSummary),
+    Ending(Arc<TaskRow>, Vec<(LeaseRow, Option<Arc<RevocationHandle>>)>, &'static str),
+}
+
+/// Who is ending a task.
+#[derive(Clone, Debug)]
+pub enum Ender {
+    /// The workload that began it (EndTask). Only that workload may end it.
+    Workload { workload: String },
+    /// The reaper, at the task's expiry.
+    Reaper,
+    /// An operator, over the admin socket.
+    Operator { peer: PeerRecord, reason: String },
+}
+
+impl Broker {
+    pub async fn end_task(&self, task_id: &str, ender: Ender) -> Result<TaskSummary, BrokerError> {
+        let op = self.state.lock().ok().and_then(|s| s.tasks.get(task_id).map(|t| Arc::clone(&t.op)));
+        let Some(op) = op else { return self.ended_view(task_id, &ender).await };
+        let _guard = op.lock_owned().await;
+
+        let now = self.clock.now();
+        let picked = self.mark_ending(task_id, &ender)?;
+        let (task, targets, reason) = match picked {
+            Marked::Gone => return self.ended_view(task_id, &ender).await,
+            Marked::AlreadyEnding(summary) => return Ok(summary),
+            Marked::Ending(task, targets, reason) => (task, targets, reason),
+        };
+
+        let rt = self.runtime();
+        let wait = match ender {
+            Ender::Reaper => rt.config.broker.provider_timeout,
+            _ => rt.config.broker.end_task_wait,
+        };
+        let attempts = join_all(
+            targets.iter().map(|(lease, handle)| self.attempt(&rt, &task, lease, handle.as_deref(), wait, now)),
+        )
+        .await;
+
+        let mut ending = task_audit(&task, event::TASK_ENDING, Outcome::Success, now).reason(reason);
+        if let Ender::Operator { peer, reason: why } = &ender {
+            ending.detail.insert("operator".into(), serde_json::to_value(peer).unwrap_or_default());
+            ending.detail.insert("operator_reason".into(), why.clone().into());
+        }
+        let ops = vec![Op::Audit(Box::new(ending))];
+        match self.settle(task_id, attempts, ops, Some(reason), now).await {
+            Ok(Some(summary)) => Ok(summary),
+            Ok(None) => self.ended_view(task_id, &ender).await,
+            Err(e) => {
+                // Nothing was recorded: the leases stay `revoking` in memory and the revoker
+                // tries again (revocation is idempotent), committing when the journal is back.
+                if let Ok(mut state) = self.state.lock() {
+                    let next = to_ms(now + Duration::from_secs(1));
+                    for (lease, _) in &targets {
+                        state.retries.insert((next, task_id.to_string(), lease.id.clone()));
+                    }
+                }
+                Err(BrokerError::journal(&e))
+            }
+        }
+    }
+
+    /// Moves a live, active task to `ending` in memory and picks the leases to revoke.
+    fn mark_ending(&self, task_id: &str, ender: &Ender) -> Result<Marked, BrokerError> {
+        let Ok(mut state) = self.state.lock() else {
+            return Err(BrokerError::new(ErrorKind::Internal, "state_poisoned", "internal state is unusable"));
+        };
+        let Some(live) = state.tasks.get_mut(task_id) else { return Ok(Marked::Gone) };
+        check_owner(ender, &live.row.workload)?;
+        if live.row.state != TaskState::Active {
+            // Already ending (or the reaper got there first): ending is idempotent.
+            return Ok(Marked::AlreadyEnding(live.summary()));
+        }
+        let reason = match ender {
+            Ender::Workload { .. } => end_reason::BY_WORKLOAD,
+            Ender::Operator { .. } => end_reason::BY_OPERATOR,
+            Ender::Reaper if live.row.expires_ms >= live.row.token_exp_ms => end_reason::TOKEN_EXPIRED,
+            Ender::Reaper => end_reason::EXPIRED,
+        };
+        let mut row = (*live.row).clone();
+        row.state = TaskState::Ending;
+        row.end_reason = Some(reason.into());
+        let expiry = (live.row.expires_ms, live.row.id.clone());
+        live.row = Arc::new(row);
+        let targets: Vec<_> = live
+            .leases
+            .iter_mut()
+            .filter(|l| l.row.state == LeaseState::Active)
+            .map(|l| {
+                l.row.state = LeaseState::Revoking;
+                (l.row.clone(), l.handle.clone())
+            })
+            .collect();
+        let task = Arc::clone(&live.row);
+        state.expiries.remove(&expiry);
+        Ok(Marked::Ending(task, targets, reason))
+    }
+
+    /// A task that is no longer in memory: ended, or never existed.
+    pub(super) async fn ended_view(&self, task_id: &str, ender: &Ender) -> Result<TaskSummary, BrokerError> {
+        let id = task_id.to_string();
+        let view = self
+            .journal
+            .read(move |c| read::task(c, &id))
+            .await
+            .map_err(|e| BrokerError::journal(&e))?;
+        match view {
+            Some(v) => {
+                check_owner(ender, &v.task.workload)?;
+                Ok(v)
+            }
+            None => Err(BrokerError::new(ErrorKind::NotFound, "task_not_found", format!("no task {task_id:?}"))),
+        }
+    }
+
+    /// Ends every task whose expiry has passed, until the process ends.
+    pub(super) async fn reaper_loop(self: Arc<Self>) {
+        loop {
+            let now_ms = to_ms(self.clock.now());
+            // Take the due entries out, so a slow revocation is not started twice; end_task
+            // moves the task to `ending` and from then on the revoker owns what is left.
+            let (due, next) = {
+                let Ok(mut state) = self.state.lock() else { return };
+                let later = state.expiries.split_off(&(now_ms + 1, String::new()));
+                let due = std::mem::replace(&mut state.expiries, later);
+                (due, state.expiries.first().map(|(t, _)| *t))
+            };
+            for (_, id) in due {
+                let me = Arc::clone(&self);
+                tokio::spawn(async move {
+                    if let Err(e) = me.end_task(&id, Ender::Reaper).await {
+                        tracing::warn!(task = %id, error = %e, "reaper could not end a task; will retry");
+                    }
+                });
+            }
+            let wait = next.map_or(Duration::from_secs(1), |t| Duration::from_millis((t - now_ms).clamp(1, 1000) as u64));
+            tokio::select! {
+                () = self.wake_reaper.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+fn check_owner(ender: &Ender, task_workload: &str) -> Result<(), BrokerError> {
+    match ender {
+        Ender::Workload { workload } if workload != task_workload => Err(BrokerError::new(
+            ErrorKind::PermissionDenied,
+            "task_not_owned",
+            "this task belongs to another workload",
+        )),
+        _ => Ok(()),
+    }
+}

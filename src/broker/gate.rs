@@ -1,0 +1,83 @@
+//! The checks every workload request passes before it may touch state: who is calling, and is
+//! their token good for them. Each refusal is audited (without the token: its fingerprint).
+
+use std::time::SystemTime;
+
+use super::{Broker, BrokerError, ErrorKind, Runtime};
+use crate::audit::{AuditRecord, Outcome, event};
+use crate::config::WorkloadConfig;
+use crate::token::{Rejection, Verified};
+use crate::workload::{self, MatchError, PeerInfo};
+
+impl Broker {
+    /// The workload the peer is. Unknown and ambiguous peers are refused.
+    pub(super) async fn identify<'r>(
+        &self,
+        rt: &'r Runtime,
+        peer: &PeerInfo,
+        now: SystemTime,
+    ) -> Result<&'r WorkloadConfig, BrokerError> {
+        match workload::find(&rt.config.workloads, peer) {
+            Ok(w) => Ok(w),
+            Err(e) => {
+                let (code, msg) = match e {
+                    MatchError::Unknown => ("unknown_peer", "this process is not a registered workload".to_string()),
+                    MatchError::Ambiguous(names) => {
+                        ("ambiguous_peer", format!("this process matches several workloads equally: {names:?}"))
+                    }
+                };
+                let mut rec = AuditRecord::new(event::PEER_REJECTED, Outcome::Denied, now).reason(code);
+                rec.peer = Some(peer.record());
+                self.audit_only(vec![rec]).await;
+                Err(BrokerError::new(ErrorKind::PermissionDenied, code, msg))
+            }
+        }
+    }
+
+    /// Validates the token for this workload: every check, including the audience.
+    pub(super) async fn authenticate(
+        &self,
+        rt: &Runtime,
+        workload: &WorkloadConfig,
+        peer: &PeerInfo,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<Verified, BrokerError> {
+        let rejected = |reason: &Rejection, fp: Option<String>| {
+            let mut rec = AuditRecord::new(event::TOKEN_REJECTED, Outcome::Denied, now).reason(reason.code());
+            rec.peer = Some(peer.record());
+            rec.workload = Some(workload.name.clone());
+            rec.token_fingerprint = fp;
+            rec
+        };
+        let verified = match rt.verifier.verify(token, now).await {
+            Ok(v) => v,
+            Err((reason, fp)) => {
+                self.audit_only(vec![rejected(&reason, fp.map(|f| f.hex()))]).await;
+                return Err(reason.into());
+            }
+        };
+        if let Err(reason) = verified.check_audience(&workload.audience) {
+            let c = &verified.claims;
+            // A token meant for another registered workload, presented by this one, is worth
+            // its own event: it is how a compromised MCP server replaying tokens shows up.
+            let intended = rt
+                .config
+                .workloads
+                .iter()
+                .find(|w| w.name != workload.name && c.audiences.contains(&w.audience));
+            let mut rec = rejected(&reason, Some(verified.fingerprint.hex()));
+            if let Some(other) = intended {
+                rec.event = event::TOKEN_WRONG_WORKLOAD.into();
+                rec = rec.detail("intended_workload", other.name.clone());
+            }
+            rec.client_id = Some(c.client_id.clone());
+            rec.subject = Some(c.subject.clone());
+            rec.issuer = Some(c.issuer.clone());
+            rec.jti = Some(c.jti.clone());
+            self.audit_only(vec![rec]).await;
+            return Err(reason.into());
+        }
+        Ok(verified)
+    }
+}

@@ -1,0 +1,85 @@
+//! The in-memory mirror of live tasks: what the request path and the loops work from.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use credbroker_provider_api::{RevocationHandle, TaskContext};
+
+use crate::journal::read::TaskView;
+use crate::journal::rows::{LeaseRow, TaskRow};
+
+/// What callers get back about a task: the journal's rows (sealed handles never included).
+pub type TaskSummary = TaskView;
+pub type LeaseSummary = LeaseRow;
+
+pub(crate) struct LiveLease {
+    /// `sealed_handle` is always `None` in memory; the opened handle is in `handle`.
+    pub(crate) row: LeaseRow,
+    pub(crate) handle: Option<Arc<RevocationHandle>>,
+}
+
+pub(crate) struct LiveTask {
+    pub(crate) row: Arc<TaskRow>,
+    pub(crate) leases: Vec<LiveLease>,
+    /// Serialises operations on this task (begin, renew, end, retry).
+    pub(crate) op: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl LiveTask {
+    pub(crate) fn summary(&self) -> TaskSummary {
+        TaskView {
+            task: (*self.row).clone(),
+            leases: self.leases.iter().map(|l| l.row.clone()).collect(),
+        }
+    }
+
+    pub(crate) fn lease_mut(&mut self, id: &str) -> Option<&mut LiveLease> {
+        self.leases.iter_mut().find(|l| l.row.id == id)
+    }
+}
+
+pub(crate) fn context(t: &TaskRow) -> TaskContext {
+    TaskContext {
+        task_id: t.id.clone(),
+        workload: t.workload.clone(),
+        tool: t.tool.clone(),
+        issuer: t.issuer.clone(),
+        subject: t.subject.clone(),
+        client_id: t.client_id.clone(),
+        owner: t.owner.clone(),
+        token_fingerprint: t.token_fp.clone(),
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) tasks: HashMap<String, LiveTask>,
+    /// Active tasks by expiry: what the reaper walks.
+    pub(crate) expiries: BTreeSet<(i64, String)>,
+    /// Leases waiting for a revocation or reconciliation attempt: (when, task, lease).
+    pub(crate) retries: BTreeSet<(i64, String, String)>,
+}
+
+/// An audit record carrying the task's whole attribution chain: peer, workload, client,
+/// subject, actors, owner, token fingerprint.
+pub(crate) fn task_audit(
+    t: &TaskRow,
+    event: &str,
+    outcome: crate::audit::Outcome,
+    now: std::time::SystemTime,
+) -> crate::audit::AuditRecord {
+    let mut r = crate::audit::AuditRecord::new(event, outcome, now);
+    r.task_id = Some(t.id.clone());
+    r.workload = Some(t.workload.clone());
+    r.tool = Some(t.tool.clone());
+    r.peer = Some(t.peer.clone());
+    r.issuer = Some(t.issuer.clone());
+    r.client_id = Some(t.client_id.clone());
+    r.subject = Some(t.subject.clone());
+    r.actors = t.actors.clone();
+    r.owner = t.owner.clone();
+    r.owner_source = Some(t.owner_source.clone());
+    r.token_fingerprint = Some(t.token_fp.clone());
+    r.jti = Some(t.jti.clone());
+    r
+}

@@ -1,0 +1,196 @@
+//! The broker: tasks and leases, their state machine, and the loops that end them.
+//!
+//! Every transition is committed to the journal before it is acknowledged (or before the next
+//! side effect depends on it: the intent to issue is durable before any provider is called).
+//! The in-memory [`State`] mirrors the live part of the journal for the request path; the journal
+//! stays the truth, and [`Broker::recover`] rebuilds memory from it after a restart.
+//!
+//! Locks: the state mutex is never held across an await. Operations on one task (begin, renew,
+//! end, retry) are serialised by that task's own async lock, so the hot path never waits on an
+//! unrelated task.
+
+mod begin;
+mod end;
+mod error;
+mod gate;
+mod live;
+mod recover;
+mod renew;
+mod revoke;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use credbroker_provider_api::Env;
+use tokio::sync::Notify;
+
+use crate::audit::AuditRecord;
+use crate::config::Config;
+use crate::journal::rows::{LeaseState, TaskState};
+use crate::journal::seal::Sealer;
+use crate::journal::{Journal, Op};
+use crate::policy::Policy;
+use crate::providers::{ProviderSet, Registry};
+use crate::time::Clock;
+use crate::token::{IssuerStatus, Verifier};
+
+pub use begin::{BeginRequest, Begun, IssuedCredential};
+pub use end::Ender;
+pub use error::{BrokerError, ErrorKind};
+pub use live::{LeaseSummary, TaskSummary};
+pub use recover::Recovery;
+pub use renew::{RenewRequest, check_task_id};
+
+use live::State;
+
+/// Everything derived from one configuration. Replaced whole on reload.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub verifier: Arc<Verifier>,
+    pub policy: Policy,
+    pub providers: Arc<ProviderSet>,
+    pub loaded_at: SystemTime,
+    refreshers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Runtime {
+    /// Builds a runtime from a validated configuration. Providers unchanged since `previous`
+    /// are kept; so is the verifier (and its keys and cache) when the issuers did not change.
+    pub fn build(
+        config: Config,
+        registry: &Registry,
+        env: &dyn Env,
+        previous: Option<&Runtime>,
+    ) -> Result<Self, Vec<crate::config::ConfigError>> {
+        let providers = ProviderSet::build(&config, registry, env, previous.map(|p| &*p.providers))?;
+        let reuse = previous.filter(|p| p.config.issuers == config.issuers && p.config.tokens == config.tokens);
+        let verifier = match reuse {
+            Some(p) => Arc::clone(&p.verifier),
+            None => Arc::new(Verifier::new(&config.issuers, &config.tokens).map_err(|e| {
+                vec![crate::config::ConfigError { path: "issuer".into(), line: None, message: e }]
+            })?),
+        };
+        let policy = Policy::new(&config, providers.narrowable());
+        Ok(Self {
+            config: Arc::new(config),
+            verifier,
+            policy,
+            providers: Arc::new(providers),
+            loaded_at: SystemTime::now(),
+            refreshers: Vec::new(),
+        })
+    }
+
+    /// Starts the issuers' key refresh loops (a no-op for a reused verifier: its loops run on).
+    pub fn start_refresh(&mut self, previous: Option<&Runtime>) {
+        match previous {
+            Some(p) if Arc::ptr_eq(&p.verifier, &self.verifier) => {}
+            _ => self.refreshers = self.verifier.spawn_refresh(),
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for h in &self.refreshers {
+            h.abort();
+        }
+    }
+}
+
+/// Counts for `Status` and sd_notify.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub active_tasks: u64,
+    pub active_leases: u64,
+    pub revocation_backlog: u64,
+}
+
+pub struct Broker {
+    journal: Journal,
+    sealer: Sealer,
+    runtime: ArcSwap<Runtime>,
+    state: Mutex<State>,
+    clock: Arc<dyn Clock>,
+    wake_revoker: Notify,
+    wake_reaper: Notify,
+    started_at: SystemTime,
+}
+
+impl Broker {
+    pub fn new(journal: Journal, sealer: Sealer, runtime: Runtime, clock: Arc<dyn Clock>) -> Self {
+        let started_at = clock.now();
+        Self {
+            journal,
+            sealer,
+            runtime: ArcSwap::from_pointee(runtime),
+            state: Mutex::new(State::default()),
+            clock,
+            wake_revoker: Notify::new(),
+            wake_reaper: Notify::new(),
+            started_at,
+        }
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Swaps in a new runtime (configuration reload). Requests in flight finish on the old one.
+    pub fn replace_runtime(&self, runtime: Runtime) {
+        self.runtime.store(Arc::new(runtime));
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.clock.now().duration_since(self.started_at).unwrap_or_default()
+    }
+
+    pub fn issuer_statuses(&self) -> Vec<IssuerStatus> {
+        self.runtime().verifier.statuses()
+    }
+
+    pub fn counts(&self) -> Counts {
+        let Ok(state) = self.state.lock() else { return Counts::default() };
+        let mut c = Counts::default();
+        for t in state.tasks.values() {
+            if t.row.state == TaskState::Active {
+                c.active_tasks += 1;
+            }
+            for l in &t.leases {
+                match l.row.state {
+                    LeaseState::Active => c.active_leases += 1,
+                    LeaseState::Revoking | LeaseState::Reconciling => c.revocation_backlog += 1,
+                    _ => {}
+                }
+            }
+        }
+        c
+    }
+
+    /// Appends audit records that go with no state change (rejections). A journal failure is
+    /// logged, not returned: the caller's answer is the refusal either way.
+    async fn audit_only(&self, records: Vec<AuditRecord>) {
+        let ops = records.into_iter().map(|r| Op::Audit(Box::new(r))).collect();
+        if let Err(e) = self.journal.commit(ops).await {
+            tracing::error!(error = %e, "could not append an audit record");
+        }
+    }
+
+    /// Runs the reaper and the revocation queue until the process ends.
+    pub fn spawn_loops(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![tokio::spawn(Arc::clone(self).reaper_loop()), tokio::spawn(Arc::clone(self).revoker_loop())]
+    }
+}
+
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

@@ -1,0 +1,338 @@
+//! Taking credentials back: one revocation (or reconciliation) attempt, recording its outcome,
+//! and the durable retry queue.
+//!
+//! A failed revocation stays `revoking` in the journal with its attempt count and next attempt
+//! time, and is retried with exponential backoff and jitter until the provider confirms, or the
+//! credential has expired on its own; the audit log records every failed attempt and which of
+//! the two ended it (invariant 4).
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use credbroker_provider_api::{
+    ErrorKind as PKind, IssueRequest, LeaseRef, Reconciled, RevocationHandle, Revoked,
+};
+
+use super::begin::call_provider;
+use super::live::{TaskSummary, context, task_audit};
+use super::{Broker, Runtime};
+use crate::audit::{AuditRecord, Outcome, event};
+use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState};
+use crate::journal::{JournalError, Op};
+use crate::time::{from_ms, rfc3339, to_ms};
+
+/// How long after its wanted expiry a lease of unknown outcome is still chased. Covers provider
+/// floors (STS issues at least 15 minutes) with a wide margin.
+const RECONCILE_GRACE: Duration = Duration::from_secs(3600);
+
+/// The result of one attempt on one lease.
+pub(super) struct Attempt {
+    pub(super) lease_id: String,
+    pub(super) state: LeaseState,
+    pub(super) revoked_ms: Option<i64>,
+    pub(super) expires_ms: Option<i64>,
+    pub(super) attempts: u32,
+    pub(super) next_attempt_ms: Option<i64>,
+    pub(super) last_error: Option<String>,
+    pub(super) audit: AuditRecord,
+}
+
+impl Broker {
+    /// One attempt to revoke (`revoking`) or reconcile (`reconciling`) a lease.
+    pub(super) async fn attempt(
+        &self,
+        rt: &Runtime,
+        task: &TaskRow,
+        lease: &LeaseRow,
+        handle: Option<&RevocationHandle>,
+        timeout: Duration,
+        now: SystemTime,
+    ) -> Attempt {
+        let base = |state, ev: &str, outcome| Attempt {
+            lease_id: lease.id.clone(),
+            state,
+            revoked_ms: None,
+            expires_ms: None,
+            attempts: lease.attempts,
+            next_attempt_ms: None,
+            last_error: None,
+            audit: task_audit(task, ev, outcome, now).lease(&lease.id, &lease.grant, &lease.provider),
+        };
+        let now_ms = to_ms(now);
+        let reconciling = lease.state == LeaseState::Reconciling || handle.is_none();
+        let deadline = if reconciling {
+            lease.wanted_exp_ms.saturating_add(RECONCILE_GRACE.as_millis() as i64)
+        } else {
+            lease.expires_ms.unwrap_or(lease.wanted_exp_ms)
+        };
+        if now_ms >= deadline {
+            // It has stopped working on its own: revoking it is moot. Say which case this is.
+            let mut a = base(LeaseState::Expired, event::LEASE_EXPIRED_UNREVOKED, Outcome::Success);
+            let why = if lease.attempts == 0 { "expired_naturally" } else { "revocation_abandoned" };
+            a.audit = a.audit.reason(why).detail("attempts", lease.attempts);
+            if reconciling {
+                a.audit = a.audit.detail("outcome_unknown", true);
+            }
+            return a;
+        }
+        let Some(slot) = rt.providers.get(&lease.provider) else {
+            return self.failed(base, lease, "provider_missing", "the provider instance is not loaded", None, now);
+        };
+        let rt_timeout = timeout.min(rt.config.broker.provider_timeout);
+        if reconciling {
+            let ctx = context(task);
+            let req = IssueRequest {
+                lease_id: &lease.id,
+                task: &ctx,
+                grant: &lease.grant,
+                params: &lease.params,
+                expires_at: from_ms(lease.wanted_exp_ms),
+                now,
+            };
+            return match call_provider(slot, rt_timeout, slot.provider.reconcile(&req, now)).await {
+                Ok(Reconciled::NothingIssued) => {
+                    let a = base(LeaseState::Failed, event::LEASE_RECONCILED, Outcome::Success);
+                    Attempt { audit: a.audit.reason("nothing_issued"), ..a }
+                }
+                Ok(Reconciled::Revoked) => {
+                    let a = base(LeaseState::Revoked, event::LEASE_RECONCILED, Outcome::Success);
+                    Attempt { revoked_ms: Some(now_ms), audit: a.audit.reason("revoked"), ..a }
+                }
+                Ok(Reconciled::WillExpire { at }) => self.lapsing(base, at),
+                Err(e) => self.failed(base, lease, e.kind.code(), &e.message, e.retry_after, now),
+            };
+        }
+        let params = &lease.params;
+        let Some(handle) = handle else {
+            return self.failed(base, lease, "handle_missing", "no revocation handle", None, now);
+        };
+        let lease_ref = LeaseRef {
+            lease_id: &lease.id,
+            grant: &lease.grant,
+            params,
+            handle,
+            expires_at: from_ms(deadline),
+        };
+        match call_provider(slot, rt_timeout, slot.provider.revoke(&lease_ref, now)).await {
+            Ok(Revoked::Revoked) => {
+                let a = base(LeaseState::Revoked, event::LEASE_REVOKED, Outcome::Success);
+                Attempt { revoked_ms: Some(now_ms), audit: a.audit.detail("confirmed", true), ..a }
+            }
+            Ok(Revoked::AlreadyGone) => {
+                let a = base(LeaseState::Revoked, event::LEASE_REVOKED, Outcome::Success);
+                Attempt { revoked_ms: Some(now_ms), audit: a.audit.detail("already_gone", true), ..a }
+            }
+            Err(e) if e.kind == PKind::NotFound => {
+                let a = base(LeaseState::Revoked, event::LEASE_REVOKED, Outcome::Success);
+                Attempt { revoked_ms: Some(now_ms), audit: a.audit.detail("already_gone", true), ..a }
+            }
+            Ok(Revoked::WillExpire { at }) => self.lapsing(base, at),
+            Err(e) => self.failed(base, lease, e.kind.code(), &e.message, e.retry_after, now),
+        }
+    }
+
+    fn lapsing(&self, base: impl Fn(LeaseState, &str, Outcome) -> Attempt, at: SystemTime) -> Attempt {
+        let a = base(LeaseState::Expiring, event::LEASE_EXPIRED_UNREVOKED, Outcome::Success);
+        Attempt {
+            expires_ms: Some(to_ms(at)),
+            audit: a.audit.reason("provider_cannot_revoke").detail("residual_until", rfc3339(at)),
+            ..a
+        }
+    }
+
+    fn failed(
+        &self,
+        base: impl Fn(LeaseState, &str, Outcome) -> Attempt,
+        lease: &LeaseRow,
+        code: &str,
+        message: &str,
+        retry_after: Option<Duration>,
+        now: SystemTime,
+    ) -> Attempt {
+        let attempts = lease.attempts.saturating_add(1);
+        let settings = &self.runtime().config.broker;
+        let wait = backoff(attempts, settings.revoke_backoff_initial, settings.revoke_backoff_max)
+            .max(retry_after.unwrap_or_default());
+        let next = to_ms(now + wait);
+        let state = if lease.state == LeaseState::Reconciling || lease.state == LeaseState::Pending {
+            LeaseState::Reconciling
+        } else {
+            LeaseState::Revoking
+        };
+        let a = base(state, event::LEASE_REVOCATION_FAILED, Outcome::Failure);
+        Attempt {
+            attempts,
+            next_attempt_ms: Some(next),
+            last_error: Some(format!("{code}: {message}")),
+            audit: a
+                .audit
+                .reason(code)
+                .detail("error", message.to_string())
+                .detail("attempt", attempts)
+                .detail("next_attempt_at", rfc3339(from_ms(next))),
+            ..a
+        }
+    }
+
+    /// Records attempts on one task's leases (plus `extra` ops before them), ends the task if
+    /// every lease is now terminal, and updates memory. One commit.
+    pub(super) async fn settle(
+        &self,
+        task_id: &str,
+        attempts: Vec<Attempt>,
+        mut ops: Vec<Op>,
+        end_reason: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Option<TaskSummary>, JournalError> {
+        let (task_row, all_terminal) = {
+            let Ok(state) = self.state.lock() else { return Err(JournalError::Closed) };
+            let Some(live) = state.tasks.get(task_id) else { return Ok(None) };
+            let all = live.leases.iter().all(|l| {
+                attempts
+                    .iter()
+                    .find(|a| a.lease_id == l.row.id)
+                    .map_or(l.row.state.is_terminal(), |a| a.state.is_terminal())
+            });
+            (Arc::clone(&live.row), all)
+        };
+        for a in &attempts {
+            ops.push(Op::LeaseState {
+                id: a.lease_id.clone(),
+                state: a.state,
+                revoked_ms: a.revoked_ms,
+                attempts: a.attempts,
+                next_attempt_ms: a.next_attempt_ms,
+                last_error: a.last_error.clone(),
+            });
+            if let Some(exp) = a.expires_ms {
+                ops.push(Op::LeaseExpiry { id: a.lease_id.clone(), expires_ms: exp });
+            }
+            ops.push(Op::Audit(Box::new(a.audit.clone())));
+        }
+        let reason = end_reason.map(str::to_owned).or_else(|| task_row.end_reason.clone());
+        if all_terminal {
+            ops.push(Op::TaskState {
+                id: task_id.into(),
+                state: TaskState::Ended,
+                ended_ms: Some(to_ms(now)),
+                end_reason: reason.clone(),
+            });
+            let mut rec = task_audit(&task_row, event::TASK_ENDED, Outcome::Success, now);
+            rec.reason = reason.clone();
+            ops.push(Op::Audit(Box::new(rec)));
+        } else if task_row.state != TaskState::Ending {
+            ops.push(Op::TaskState { id: task_id.into(), state: TaskState::Ending, ended_ms: None, end_reason: reason.clone() });
+        }
+        self.journal.commit(ops).await?;
+
+        let Ok(mut state) = self.state.lock() else { return Err(JournalError::Closed) };
+        let Some(live) = state.tasks.get_mut(task_id) else { return Ok(None) };
+        let mut row = (*live.row).clone();
+        row.state = if all_terminal { TaskState::Ended } else { TaskState::Ending };
+        row.end_reason = reason;
+        if all_terminal {
+            row.ended_ms = Some(to_ms(now));
+        }
+        live.row = Arc::new(row);
+        let mut retries = Vec::new();
+        for a in attempts {
+            if let Some(l) = live.lease_mut(&a.lease_id) {
+                l.row.state = a.state;
+                l.row.attempts = a.attempts;
+                l.row.next_attempt_ms = a.next_attempt_ms;
+                l.row.last_error = a.last_error;
+                l.row.revoked_ms = a.revoked_ms.or(l.row.revoked_ms);
+                l.row.expires_ms = a.expires_ms.or(l.row.expires_ms);
+                if a.state.is_terminal() {
+                    l.handle = None;
+                } else if let Some(next) = a.next_attempt_ms {
+                    retries.push((next, task_id.to_string(), a.lease_id));
+                }
+            }
+        }
+        let summary = live.summary();
+        if all_terminal {
+            state.tasks.remove(task_id);
+        }
+        state.retries.extend(retries);
+        drop(state);
+        self.wake_revoker.notify_one();
+        Ok(Some(summary))
+    }
+
+    /// Works the retry queue until the process ends.
+    pub(super) async fn revoker_loop(self: Arc<Self>) {
+        loop {
+            let now_ms = to_ms(self.clock.now());
+            let (due, next) = {
+                let Ok(mut state) = self.state.lock() else { return };
+                let later = state.retries.split_off(&(now_ms + 1, String::new(), String::new()));
+                let due = std::mem::replace(&mut state.retries, later);
+                (due, state.retries.first().map(|(t, _, _)| *t))
+            };
+            for (_, task_id, lease_id) in due {
+                let me = Arc::clone(&self);
+                tokio::spawn(async move { me.retry_lease(&task_id, &lease_id).await });
+            }
+            let wait = next.map_or(Duration::from_secs(5), |t| {
+                Duration::from_millis((t - now_ms).clamp(1, 5000) as u64)
+            });
+            tokio::select! {
+                () = self.wake_revoker.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn retry_lease(&self, task_id: &str, lease_id: &str) {
+        let Some(op) = self.state.lock().ok().and_then(|s| s.tasks.get(task_id).map(|t| Arc::clone(&t.op))) else {
+            return;
+        };
+        let _guard = op.lock_owned().await;
+        let picked = {
+            let Ok(state) = self.state.lock() else { return };
+            state.tasks.get(task_id).and_then(|t| {
+                let l = t.leases.iter().find(|l| l.row.id == lease_id)?;
+                matches!(l.row.state, LeaseState::Revoking | LeaseState::Reconciling)
+                    .then(|| (Arc::clone(&t.row), l.row.clone(), l.handle.clone()))
+            })
+        };
+        let Some((task, lease, handle)) = picked else { return };
+        let rt = self.runtime();
+        let now = self.clock.now();
+        let a = self.attempt(&rt, &task, &lease, handle.as_deref(), rt.config.broker.provider_timeout, now).await;
+        if let Err(e) = self.settle(task_id, vec![a], Vec::new(), None, now).await {
+            tracing::error!(error = %e, lease = lease_id, "could not record a revocation attempt; retrying");
+            if let Ok(mut state) = self.state.lock() {
+                let next = to_ms(now + rt.config.broker.revoke_backoff_initial);
+                state.retries.insert((next, task_id.to_string(), lease_id.to_string()));
+            }
+        }
+    }
+}
+
+/// Exponential backoff with jitter: attempt n waits a random time in [d/2, d], where
+/// d = initial · 2^(n-1), capped at `max`. Jitter keeps a fleet of retries from marching in step
+/// against a provider that is just coming back.
+pub(super) fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(max);
+    exp.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let (i, m) = (Duration::from_secs(1), Duration::from_secs(60));
+        for _ in 0..100 {
+            let b1 = backoff(1, i, m);
+            assert!(b1 >= Duration::from_millis(500) && b1 <= i);
+            let b4 = backoff(4, i, m);
+            assert!(b4 >= Duration::from_secs(4) && b4 <= Duration::from_secs(8));
+            let b30 = backoff(30, i, m);
+            assert!(b30 >= Duration::from_secs(30) && b30 <= m);
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Configuration: TOML in, a validated [`Config`] out, or every problem at once.
+//!
+//! Raw serde structs (`raw`) reject unknown keys; `validate` turns them into the types below and
+//! names each problem by its path (`grant.orders-db-read.max_ttl`) and, where it can, its line.
+
+mod raw;
+mod validate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use credbroker_provider_api::Params;
+
+use crate::token::Alg;
+
+pub use validate::parse_duration;
+
+/// The whole validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub journal: JournalConfig,
+    pub tokens: TokenSettings,
+    pub broker: BrokerSettings,
+    pub attribution: Attribution,
+    pub issuers: Vec<IssuerConfig>,
+    pub workloads: Vec<WorkloadConfig>,
+    pub grants: BTreeMap<String, GrantConfig>,
+    pub providers: Vec<ProviderConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub broker_socket: PathBuf,
+    /// Group that owns the broker socket (mode 0660), so its members' MCP servers can connect.
+    pub broker_socket_gid: Option<u32>,
+    pub admin_socket: PathBuf,
+    /// Peer uids allowed on the admin socket. Always includes the daemon's own uid.
+    pub admin_uids: BTreeSet<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct JournalConfig {
+    pub path: PathBuf,
+    pub key: KeySource,
+}
+
+/// Where the journal's encryption key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeySource {
+    File(PathBuf),
+    /// A systemd credential name, read from `$CREDENTIALS_DIRECTORY`.
+    Credential(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenSettings {
+    pub max_token_bytes: usize,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`. Bounded at five minutes.
+    pub leeway: Duration,
+    pub cache_entries: usize,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self { max_token_bytes: 8192, leeway: Duration::from_secs(30), cache_entries: 65_536 }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BrokerSettings {
+    pub max_grants_per_task: usize,
+    /// Task lifetime when the request names none (still capped by grants and the token).
+    pub default_ttl: Duration,
+    /// Concurrent calls per provider instance.
+    pub provider_concurrency: usize,
+    /// How long one provider call may take before its outcome is treated as unknown.
+    pub provider_timeout: Duration,
+    /// How long EndTask waits for revocations before answering with what is still pending.
+    pub end_task_wait: Duration,
+    pub revoke_backoff_initial: Duration,
+    pub revoke_backoff_max: Duration,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            max_grants_per_task: 16,
+            default_ttl: Duration::from_secs(15 * 60),
+            provider_concurrency: 64,
+            provider_timeout: Duration::from_secs(10),
+            end_task_wait: Duration::from_secs(5),
+            revoke_backoff_initial: Duration::from_secs(1),
+            revoke_backoff_max: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Attribution {
+    pub require_owner: bool,
+    /// client_id → owner, for machine clients acting for a known human or team.
+    pub clients: BTreeMap<String, String>,
+}
+
+/// How an issuer's metadata is discovered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetadataMode {
+    /// RFC 8414 first, then OpenID Connect discovery.
+    Auto,
+    /// RFC 8414 `/.well-known/oauth-authorization-server` only.
+    OAuth,
+    /// OpenID Connect `/.well-known/openid-configuration` only.
+    Oidc,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuerConfig {
+    /// The exact issuer identifier; the token's `iss` and the metadata's `issuer` must equal it.
+    pub url: String,
+    pub algorithms: Vec<Alg>,
+    pub metadata: MetadataMode,
+    /// A static JWKS for air-gapped hosts; no network is used for this issuer when set.
+    pub jwks_file: Option<PathBuf>,
+    pub refresh: Duration,
+    /// At most one refresh triggered by an unknown `kid` per this interval.
+    pub min_refresh_interval: Duration,
+    pub http_timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadConfig {
+    pub name: String,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub exe: Option<PathBuf>,
+    pub systemd_unit: Option<String>,
+    /// The workload's MCP resource URI: tokens must carry it in `aud` (RFC 8707).
+    pub audience: String,
+    pub grants: BTreeSet<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct GrantConfig {
+    pub name: String,
+    pub provider: String,
+    /// Every one of these must be in the token's `scope`.
+    pub scopes: Vec<String>,
+    /// claim path → allowed values; the claim must hold at least one of them.
+    pub conditions: BTreeMap<String, Vec<String>>,
+    pub max_ttl: Duration,
+    pub default_ttl: Option<Duration>,
+    /// When set, the task's tool must be one of these.
+    pub tools: Option<BTreeSet<String>>,
+    /// Provider parameters, with `{sub}`-style templates not yet rendered.
+    pub params: Params,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: String,
+    pub settings: Params,
+}
+
+/// One problem in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "line {line}: {}: {}", self.path, self.message),
+            None => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}
+
+/// Every problem found in a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigErrors {
+    pub source: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} problem(s)", self.source, self.errors.len())?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            source: path.display().to_string(),
+            errors: vec![ConfigError {
+                path: String::new(),
+                line: None,
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Validates configuration text. `source` names it in errors.
+    pub fn parse(text: &str, source: &str) -> Result<Self, ConfigErrors> {
+        validate::parse(text).map_err(|errors| ConfigErrors { source: source.to_string(), errors })
+    }
+
+    pub fn workload(&self, name: &str) -> Option<&WorkloadConfig> {
+        self.workloads.iter().find(|w| w.name == name)
+    }
+}

@@ -1,0 +1,129 @@
+//! The configuration file as written: serde structs that reject unknown keys. Nothing here is
+//! trusted; `super::validate` turns it into a [`super::Config`] or a list of every problem.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) server: RawServer,
+    pub(super) journal: RawJournal,
+    #[serde(default)]
+    pub(super) tokens: RawTokens,
+    #[serde(default)]
+    pub(super) broker: RawBroker,
+    #[serde(default)]
+    pub(super) attribution: RawAttribution,
+    #[serde(default, rename = "issuer")]
+    pub(super) issuers: Vec<Spanned<RawIssuer>>,
+    #[serde(default, rename = "workload")]
+    pub(super) workloads: Vec<Spanned<RawWorkload>>,
+    #[serde(default, rename = "grant")]
+    pub(super) grants: Vec<Spanned<RawGrant>>,
+    #[serde(default, rename = "provider")]
+    pub(super) providers: Vec<Spanned<RawProvider>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) broker_socket: PathBuf,
+    pub(super) broker_socket_group: Option<String>,
+    pub(super) admin_socket: PathBuf,
+    pub(super) admin_uids: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawJournal {
+    pub(super) path: PathBuf,
+    pub(super) key_file: Option<PathBuf>,
+    pub(super) key_credential: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTokens {
+    pub(super) max_token_bytes: Option<usize>,
+    pub(super) leeway: Option<String>,
+    pub(super) cache_entries: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBroker {
+    pub(super) max_grants_per_task: Option<usize>,
+    pub(super) default_ttl: Option<String>,
+    pub(super) provider_concurrency: Option<usize>,
+    pub(super) provider_timeout: Option<String>,
+    pub(super) end_task_wait: Option<String>,
+    pub(super) revoke_backoff_initial: Option<String>,
+    pub(super) revoke_backoff_max: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAttribution {
+    #[serde(default)]
+    pub(super) require_owner: bool,
+    #[serde(default)]
+    pub(super) clients: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIssuer {
+    pub(super) url: String,
+    pub(super) algorithms: Option<Vec<String>>,
+    pub(super) metadata: Option<String>,
+    pub(super) jwks_file: Option<PathBuf>,
+    pub(super) refresh: Option<String>,
+    pub(super) min_refresh_interval: Option<String>,
+    pub(super) http_timeout: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWorkload {
+    pub(super) name: String,
+    pub(super) uid: Option<u32>,
+    pub(super) user: Option<String>,
+    pub(super) gid: Option<u32>,
+    pub(super) exe: Option<PathBuf>,
+    pub(super) systemd_unit: Option<String>,
+    pub(super) audience: String,
+    #[serde(default)]
+    pub(super) grants: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGrant {
+    pub(super) name: String,
+    pub(super) provider: String,
+    #[serde(default)]
+    pub(super) scopes: Vec<String>,
+    #[serde(default)]
+    pub(super) conditions: BTreeMap<String, Vec<String>>,
+    pub(super) max_ttl: String,
+    pub(super) default_ttl: Option<String>,
+    pub(super) tools: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) params: toml::Table,
+}
+
+/// A provider instance. Everything but `name` and `type` belongs to the provider kind, which
+/// checks it itself (with its own unknown-key rejection).
+#[derive(Debug, Deserialize)]
+pub(super) struct RawProvider {
+    pub(super) name: String,
+    #[serde(rename = "type")]
+    pub(super) kind: String,
+    #[serde(flatten)]
+    pub(super) settings: toml::Table,
+}

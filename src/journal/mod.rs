@@ -1,0 +1,220 @@
+//! The journal: SQLite (WAL, `synchronous=FULL`), the daemon's durable memory.
+//!
+//! One writer thread owns the write connection and commits in groups: it takes every submission
+//! waiting in its queue, applies each inside its own savepoint (so one failing submission does
+//! not take the others down), commits once — one fsync for the whole group — and only then
+//! answers each submitter. Nothing is acknowledged before the fsync that makes it durable; under
+//! load many transitions share one fsync, which is where the throughput comes from.
+//!
+//! Reads (admin queries, recovery, export) use a separate connection; WAL lets them run beside
+//! the writer.
+
+mod ops;
+pub mod read;
+pub mod rows;
+mod schema;
+pub mod seal;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+pub use ops::{Op, chain_hash};
+use ops::Chain;
+
+/// Submissions taken into one group commit at most.
+const MAX_GROUP: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("journal conflict: {0}")]
+    Conflict(String),
+    #[error("journal encoding: {0}")]
+    Encode(String),
+    #[error("journal is closed")]
+    Closed,
+    #[error("journal file {path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error("journal schema version {found} is newer than this build understands ({known})")]
+    TooNew { found: usize, known: usize },
+}
+
+struct Submission {
+    ops: Vec<Op>,
+    reply: oneshot::Sender<Result<(), JournalError>>,
+}
+
+/// Counters for benchmarks and `Status`.
+#[derive(Default)]
+pub struct JournalStats {
+    pub commits: AtomicU64,
+    pub submissions: AtomicU64,
+}
+
+pub struct Journal {
+    queue: mpsc::Sender<Submission>,
+    reader: Arc<Mutex<Connection>>,
+    path: PathBuf,
+    pub stats: Arc<JournalStats>,
+}
+
+impl Journal {
+    /// Opens (creating, mode 0600) and migrates the journal, and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Self, JournalError> {
+        create_private(path)?;
+        let mut writer = Connection::open(path)?;
+        configure(&writer)?;
+        let found: usize = writer.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if found > schema::VERSION {
+            return Err(JournalError::TooNew { found, known: schema::VERSION });
+        }
+        schema::migrate(&mut writer)?;
+        let chain = read::chain_head(&writer)?;
+        let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        configure(&reader)?;
+
+        let (queue, rx) = mpsc::channel(8192);
+        let stats = Arc::new(JournalStats::default());
+        let thread_stats = Arc::clone(&stats);
+        std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || write_loop(writer, rx, chain, &thread_stats))
+            .map_err(|error| JournalError::Io { path: path.display().to_string(), error })?;
+        Ok(Self { queue, reader: Arc::new(Mutex::new(reader)), path: path.to_path_buf(), stats })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Applies `ops` atomically and durably. Returns only after the fsync.
+    pub async fn commit(&self, ops: Vec<Op>) -> Result<(), JournalError> {
+        let (reply, rx) = oneshot::channel();
+        self.queue.send(Submission { ops, reply }).await.map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Runs a read on the reader connection, off the async threads.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, JournalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, JournalError> + Send + 'static,
+    {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().map_err(|_| JournalError::Closed)?;
+            f(&conn)
+        })
+        .await
+        .map_err(|_| JournalError::Closed)?
+    }
+
+    /// Opens an existing journal read-only, for the CLI (export, verify) beside a running daemon.
+    pub fn open_read_only(path: &Path) -> Result<Connection, JournalError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(conn)
+    }
+}
+
+fn configure(conn: &Connection) -> Result<(), JournalError> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: the WAL is fsynced on every commit, so a committed transition survives power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(())
+}
+
+/// Creates the file with mode 0600 if it does not exist, so the database (and the WAL and SHM
+/// files SQLite derives from its mode) are never readable by others, not even for an instant.
+fn create_private(path: &Path) -> Result<(), JournalError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |error| JournalError::Io { path: path.display().to_string(), error };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn write_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Submission>,
+    mut chain: Chain,
+    stats: &JournalStats,
+) {
+    let mut group = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(s) => group.push(s),
+                Err(_) => break,
+            }
+        }
+        let before = chain;
+        let results = commit_group(&mut conn, &group, &mut chain);
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats.submissions.fetch_add(group.len() as u64, Ordering::Relaxed);
+        match results {
+            Ok(results) => {
+                for (sub, result) in group.drain(..).zip(results) {
+                    let _ = sub.reply.send(result);
+                }
+            }
+            Err(e) => {
+                // The commit itself failed (disk full, I/O error): nothing in the group is
+                // durable, so every submitter hears so, and the chain rewinds.
+                chain = before;
+                tracing::error!(error = %e, "journal commit failed");
+                let msg = e.to_string();
+                for sub in group.drain(..) {
+                    let _ = sub.reply.send(Err(JournalError::Conflict(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+fn commit_group(
+    conn: &mut Connection,
+    group: &[Submission],
+    chain: &mut Chain,
+) -> Result<Vec<Result<(), JournalError>>, JournalError> {
+    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut results = Vec::with_capacity(group.len());
+    for sub in group {
+        let mut sp = tx.savepoint()?;
+        let before = *chain;
+        let outcome = sub.ops.iter().try_for_each(|op| ops::apply(&sp, op, chain));
+        match outcome {
+            Ok(()) => {
+                sp.commit()?;
+                results.push(Ok(()));
+            }
+            Err(e) => {
+                sp.rollback()?;
+                *chain = before;
+                results.push(Err(e));
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(results)
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

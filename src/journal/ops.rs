@@ -1,0 +1,197 @@
+//! The writes the journal knows, and how each is applied. Every update must touch exactly one
+//! row: touching none means the broker's picture and the journal disagree, which is a bug worth
+//! failing loudly on rather than papering over.
+
+use rusqlite::{Connection, params};
+
+use super::JournalError;
+use super::rows::{LeaseRow, LeaseState, TaskRow, TaskState};
+use crate::audit::AuditRecord;
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    InsertTask(Box<TaskRow>),
+    InsertLease(Box<LeaseRow>),
+    TaskState { id: String, state: TaskState, ended_ms: Option<i64>, end_reason: Option<String> },
+    TaskExpiry { id: String, expires_ms: i64, token_exp_ms: i64 },
+    LeaseIssued {
+        id: String,
+        issued_ms: i64,
+        expires_ms: i64,
+        reference: String,
+        sealed_handle: Option<Vec<u8>>,
+        renewable: bool,
+    },
+    LeaseState {
+        id: String,
+        state: LeaseState,
+        revoked_ms: Option<i64>,
+        attempts: u32,
+        next_attempt_ms: Option<i64>,
+        last_error: Option<String>,
+    },
+    LeaseExpiry { id: String, expires_ms: i64 },
+    Audit(Box<AuditRecord>),
+}
+
+/// The running end of the audit hash chain.
+#[derive(Clone, Copy)]
+pub(super) struct Chain {
+    pub(super) seq: u64,
+    pub(super) hash: [u8; 32],
+}
+
+pub(super) fn apply(conn: &Connection, op: &Op, chain: &mut Chain) -> Result<(), JournalError> {
+    let changed = match op {
+        Op::InsertTask(t) => conn.execute(
+            "INSERT INTO tasks (id, state, workload, tool, issuer, subject, client_id, owner,
+                owner_source, actors, token_fp, jti, scopes, token_exp_ms, peer_uid, peer_gid,
+                peer_pid, peer_exe, peer_unit, created_ms, expires_ms, ended_ms, end_reason)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23)",
+            params![
+                t.id,
+                t.state.as_str(),
+                t.workload,
+                t.tool,
+                t.issuer,
+                t.subject,
+                t.client_id,
+                t.owner,
+                t.owner_source,
+                json(&t.actors)?,
+                t.token_fp,
+                t.jti,
+                json(&t.scopes)?,
+                t.token_exp_ms,
+                t.peer.uid,
+                t.peer.gid,
+                t.peer.pid,
+                t.peer.exe,
+                t.peer.unit,
+                t.created_ms,
+                t.expires_ms,
+                t.ended_ms,
+                t.end_reason,
+            ],
+        )?,
+        Op::InsertLease(l) => conn.execute(
+            "INSERT INTO leases (id, task_id, grant_name, provider, kind, state, params,
+                wanted_exp_ms, issued_ms, expires_ms, revoked_ms, reference, sealed_handle,
+                renewable, attempts, next_attempt_ms, last_error)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)",
+            params![
+                l.id,
+                l.task_id,
+                l.grant,
+                l.provider,
+                l.kind,
+                l.state.as_str(),
+                json(&l.params)?,
+                l.wanted_exp_ms,
+                l.issued_ms,
+                l.expires_ms,
+                l.revoked_ms,
+                l.reference,
+                l.sealed_handle,
+                l.renewable,
+                l.attempts,
+                l.next_attempt_ms,
+                l.last_error,
+            ],
+        )?,
+        Op::TaskState { id, state, ended_ms, end_reason } => conn.execute(
+            "UPDATE tasks SET state = ?2, ended_ms = COALESCE(?3, ended_ms),
+                end_reason = COALESCE(?4, end_reason) WHERE id = ?1",
+            params![id, state.as_str(), ended_ms, end_reason],
+        )?,
+        Op::TaskExpiry { id, expires_ms, token_exp_ms } => conn.execute(
+            "UPDATE tasks SET expires_ms = ?2, token_exp_ms = ?3 WHERE id = ?1",
+            params![id, expires_ms, token_exp_ms],
+        )?,
+        Op::LeaseIssued { id, issued_ms, expires_ms, reference, sealed_handle, renewable } => conn.execute(
+            "UPDATE leases SET state = 'active', issued_ms = ?2, expires_ms = ?3, reference = ?4,
+                sealed_handle = ?5, renewable = ?6 WHERE id = ?1",
+            params![id, issued_ms, expires_ms, reference, sealed_handle, renewable],
+        )?,
+        Op::LeaseState { id, state, revoked_ms, attempts, next_attempt_ms, last_error } => {
+            // A terminal lease no longer needs what revoked it: drop the sealed handle.
+            let clear = state.is_terminal();
+            conn.execute(
+                "UPDATE leases SET state = ?2, revoked_ms = COALESCE(?3, revoked_ms), attempts = ?4,
+                    next_attempt_ms = ?5, last_error = ?6,
+                    sealed_handle = CASE WHEN ?7 THEN NULL ELSE sealed_handle END
+                 WHERE id = ?1",
+                params![id, state.as_str(), revoked_ms, attempts, next_attempt_ms, last_error, clear],
+            )?
+        }
+        Op::LeaseExpiry { id, expires_ms } => {
+            conn.execute("UPDATE leases SET expires_ms = ?2 WHERE id = ?1", params![id, expires_ms])?
+        }
+        Op::Audit(record) => {
+            append_audit(conn, record, chain)?;
+            1
+        }
+    };
+    if changed != 1 {
+        return Err(JournalError::Conflict(format!("{} changed {changed} rows", name(op))));
+    }
+    Ok(())
+}
+
+fn append_audit(conn: &Connection, record: &AuditRecord, chain: &mut Chain) -> Result<(), JournalError> {
+    let mut record = record.clone();
+    record.seq = chain.seq + 1;
+    let body = serde_json::to_string(&record).map_err(|e| JournalError::Encode(e.to_string()))?;
+    let hash = chain_hash(&chain.hash, body.as_bytes());
+    let at_ms = humantime::parse_rfc3339(&record.time).map(crate::time::to_ms).unwrap_or_default();
+    conn.execute(
+        "INSERT INTO audit (seq, at_ms, event, task_id, lease_id, client_id, subject, owner,
+            grant_name, provider, token_fp, body, prev, hash)
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)",
+        params![
+            record.seq,
+            at_ms,
+            record.event,
+            record.task_id,
+            record.lease_id,
+            record.client_id,
+            record.subject,
+            record.owner,
+            record.grant,
+            record.provider,
+            record.token_fingerprint,
+            body,
+            chain.hash.as_slice(),
+            hash.as_slice(),
+        ],
+    )?;
+    *chain = Chain { seq: record.seq, hash };
+    Ok(())
+}
+
+/// `SHA-256(prev ‖ body)`: each record commits to everything before it.
+pub fn chain_hash(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(prev);
+    ctx.update(body);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<String, JournalError> {
+    serde_json::to_string(v).map_err(|e| JournalError::Encode(e.to_string()))
+}
+
+fn name(op: &Op) -> &'static str {
+    match op {
+        Op::InsertTask(_) => "insert task",
+        Op::InsertLease(_) => "insert lease",
+        Op::TaskState { .. } => "task state",
+        Op::TaskExpiry { .. } => "task expiry",
+        Op::LeaseIssued { .. } => "lease issued",
+        Op::LeaseState { .. } => "lease state",
+        Op::LeaseExpiry { .. } => "lease expiry",
+        Op::Audit(_) => "audit",
+    }
+}

@@ -1,0 +1,246 @@
+//! Reads: recovery on start, admin queries, and the audit log.
+
+use rusqlite::types::Value as Sql;
+use rusqlite::{Connection, Row, params_from_iter};
+
+use super::JournalError;
+use super::ops::Chain;
+use super::rows::{LeaseRow, LeaseState, TaskRow, TaskState};
+use crate::audit::{AuditRecord, PeerRecord};
+
+/// A task with its leases.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskView {
+    pub task: TaskRow,
+    pub leases: Vec<LeaseRow>,
+}
+
+/// Admin filters; empty fields do not filter.
+#[derive(Clone, Debug, Default)]
+pub struct TaskFilter {
+    pub jti: Option<String>,
+    pub subject: Option<String>,
+    pub client_id: Option<String>,
+    pub owner: Option<String>,
+    pub grant: Option<String>,
+    pub provider: Option<String>,
+    pub workload: Option<String>,
+    pub include_ended: bool,
+    pub limit: usize,
+    /// Page after this task id (ids are time-ordered; newest first).
+    pub after: Option<String>,
+}
+
+impl TaskFilter {
+    pub fn is_empty_selector(&self) -> bool {
+        [&self.jti, &self.subject, &self.client_id, &self.owner, &self.grant, &self.provider, &self.workload]
+            .iter()
+            .all(|f| f.is_none())
+    }
+}
+
+pub(super) fn chain_head(conn: &Connection) -> Result<Chain, JournalError> {
+    let row = conn
+        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get::<_, u64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    Ok(match row {
+        None => Chain { seq: 0, hash: [0u8; 32] },
+        Some((seq, bytes)) => {
+            let mut hash = [0u8; 32];
+            if bytes.len() != 32 {
+                return Err(JournalError::Conflict(format!("audit record {seq} has a damaged hash")));
+            }
+            hash.copy_from_slice(&bytes);
+            Chain { seq, hash }
+        }
+    })
+}
+
+const TASK_COLUMNS: &str = "id, state, workload, tool, issuer, subject, client_id, owner, owner_source,
+    actors, token_fp, jti, scopes, token_exp_ms, peer_uid, peer_gid, peer_pid, peer_exe, peer_unit,
+    created_ms, expires_ms, ended_ms, end_reason";
+
+const LEASE_COLUMNS: &str = "id, task_id, grant_name, provider, kind, state, params, wanted_exp_ms,
+    issued_ms, expires_ms, revoked_ms, reference, sealed_handle, renewable, attempts,
+    next_attempt_ms, last_error";
+
+fn bad(what: &str) -> rusqlite::Error {
+    rusqlite::Error::InvalidColumnType(0, what.into(), rusqlite::types::Type::Text)
+}
+
+fn task_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
+    let state: String = r.get(1)?;
+    let actors: String = r.get(9)?;
+    let scopes: String = r.get(12)?;
+    Ok(TaskRow {
+        id: r.get(0)?,
+        state: TaskState::parse(&state).ok_or_else(|| bad("task state"))?,
+        workload: r.get(2)?,
+        tool: r.get(3)?,
+        issuer: r.get(4)?,
+        subject: r.get(5)?,
+        client_id: r.get(6)?,
+        owner: r.get(7)?,
+        owner_source: r.get(8)?,
+        actors: serde_json::from_str(&actors).map_err(|_| bad("actors"))?,
+        token_fp: r.get(10)?,
+        jti: r.get(11)?,
+        scopes: serde_json::from_str(&scopes).map_err(|_| bad("scopes"))?,
+        token_exp_ms: r.get(13)?,
+        peer: PeerRecord { uid: r.get(14)?, gid: r.get(15)?, pid: r.get(16)?, exe: r.get(17)?, unit: r.get(18)? },
+        created_ms: r.get(19)?,
+        expires_ms: r.get(20)?,
+        ended_ms: r.get(21)?,
+        end_reason: r.get(22)?,
+    })
+}
+
+fn lease_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
+    let state: String = r.get(5)?;
+    let params: String = r.get(6)?;
+    Ok(LeaseRow {
+        id: r.get(0)?,
+        task_id: r.get(1)?,
+        grant: r.get(2)?,
+        provider: r.get(3)?,
+        kind: r.get(4)?,
+        state: LeaseState::parse(&state).ok_or_else(|| bad("lease state"))?,
+        params: serde_json::from_str(&params).map_err(|_| bad("params"))?,
+        wanted_exp_ms: r.get(7)?,
+        issued_ms: r.get(8)?,
+        expires_ms: r.get(9)?,
+        revoked_ms: r.get(10)?,
+        reference: r.get(11)?,
+        sealed_handle: r.get(12)?,
+        renewable: r.get(13)?,
+        attempts: r.get(14)?,
+        next_attempt_ms: r.get(15)?,
+        last_error: r.get(16)?,
+    })
+}
+
+fn leases_of(conn: &Connection, task_id: &str) -> Result<Vec<LeaseRow>, JournalError> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {LEASE_COLUMNS} FROM leases WHERE task_id = ?1 ORDER BY id"))?;
+    let rows = stmt.query_map([task_id], lease_row)?.collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
+/// Every task that is not ended, with its leases: what recovery resumes.
+pub fn live_tasks(conn: &Connection) -> Result<Vec<TaskView>, JournalError> {
+    let mut stmt =
+        conn.prepare(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE state <> 'ended' ORDER BY id"))?;
+    let tasks: Vec<TaskRow> = stmt.query_map([], task_row)?.collect::<Result<_, _>>()?;
+    let mut by_task: std::collections::HashMap<String, Vec<LeaseRow>> = std::collections::HashMap::new();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {LEASE_COLUMNS} FROM leases WHERE task_id IN (SELECT id FROM tasks WHERE state <> 'ended')"
+    ))?;
+    for lease in stmt.query_map([], lease_row)? {
+        let lease = lease?;
+        by_task.entry(lease.task_id.clone()).or_default().push(lease);
+    }
+    Ok(tasks
+        .into_iter()
+        .map(|task| {
+            let mut leases = by_task.remove(&task.id).unwrap_or_default();
+            leases.sort_by(|a, b| a.id.cmp(&b.id));
+            TaskView { task, leases }
+        })
+        .collect())
+}
+
+pub fn task(conn: &Connection, id: &str) -> Result<Option<TaskView>, JournalError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
+    let mut rows = stmt.query_map([id], task_row)?;
+    match rows.next() {
+        None => Ok(None),
+        Some(task) => {
+            let task = task?;
+            let leases = leases_of(conn, &task.id)?;
+            Ok(Some(TaskView { task, leases }))
+        }
+    }
+}
+
+pub fn tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<TaskView>, JournalError> {
+    let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE 1=1");
+    let mut args: Vec<Sql> = Vec::new();
+    let mut eq = |sql: &mut String, col: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            args.push(Sql::Text(v.clone()));
+            sql.push_str(&format!(" AND {col} = ?{}", args.len()));
+        }
+    };
+    eq(&mut sql, "t.jti", &f.jti);
+    eq(&mut sql, "t.subject", &f.subject);
+    eq(&mut sql, "t.client_id", &f.client_id);
+    eq(&mut sql, "t.owner", &f.owner);
+    eq(&mut sql, "t.workload", &f.workload);
+    if let Some(g) = &f.grant {
+        args.push(Sql::Text(g.clone()));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM leases l WHERE l.task_id = t.id AND l.grant_name = ?{})",
+            args.len()
+        ));
+    }
+    if let Some(p) = &f.provider {
+        args.push(Sql::Text(p.clone()));
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM leases l WHERE l.task_id = t.id AND l.provider = ?{})",
+            args.len()
+        ));
+    }
+    if !f.include_ended {
+        sql.push_str(" AND t.state <> 'ended'");
+    }
+    if let Some(after) = &f.after {
+        args.push(Sql::Text(after.clone()));
+        sql.push_str(&format!(" AND t.id < ?{}", args.len()));
+    }
+    sql.push_str(&format!(" ORDER BY t.id DESC LIMIT {}", f.limit.clamp(1, 100_000)));
+    let mut stmt = conn.prepare(&sql)?;
+    let tasks: Vec<TaskRow> = stmt.query_map(params_from_iter(args), task_row)?.collect::<Result<_, _>>()?;
+    tasks
+        .into_iter()
+        .map(|task| {
+            let leases = leases_of(conn, &task.id)?;
+            Ok(TaskView { task, leases })
+        })
+        .collect()
+}
+
+/// Audit records with `at_ms` in `[since, until)`, in order, handed to `each` one at a time so
+/// an export of any size runs in constant memory.
+pub fn audit_range(
+    conn: &Connection,
+    since_ms: i64,
+    until_ms: i64,
+    each: &mut dyn FnMut(&str) -> std::io::Result<()>,
+) -> Result<u64, JournalError> {
+    let mut stmt = conn.prepare("SELECT body FROM audit WHERE at_ms >= ?1 AND at_ms < ?2 ORDER BY seq")?;
+    let mut rows = stmt.query([since_ms, until_ms])?;
+    let mut n = 0;
+    while let Some(row) = rows.next()? {
+        let body: String = row.get(0)?;
+        each(&body).map_err(|error| JournalError::Io { path: "output".into(), error })?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Every audit record of a task, in order (for tests and `tasks show`).
+pub fn audit_of_task(conn: &Connection, task_id: &str) -> Result<Vec<AuditRecord>, JournalError> {
+    let mut stmt = conn.prepare("SELECT body FROM audit WHERE task_id = ?1 ORDER BY seq")?;
+    let rows = stmt.query_map([task_id], |r| r.get::<_, String>(0))?;
+    let mut out = Vec::new();
+    for body in rows {
+        out.push(serde_json::from_str(&body?).map_err(|e| JournalError::Encode(e.to_string()))?);
+    }
+    Ok(out)
+}

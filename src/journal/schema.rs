@@ -1,0 +1,91 @@
+//! The journal's tables. Versioned with `PRAGMA user_version`; each migration runs once, in a
+//! transaction.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: tasks, leases, audit.
+    r#"
+    CREATE TABLE tasks (
+        id            TEXT PRIMARY KEY,
+        state         TEXT NOT NULL,
+        workload      TEXT NOT NULL,
+        tool          TEXT NOT NULL,
+        issuer        TEXT NOT NULL,
+        subject       TEXT NOT NULL,
+        client_id     TEXT NOT NULL,
+        owner         TEXT,
+        owner_source  TEXT NOT NULL,
+        actors        TEXT NOT NULL,
+        token_fp      TEXT NOT NULL,
+        jti           TEXT NOT NULL,
+        scopes        TEXT NOT NULL,
+        token_exp_ms  INTEGER NOT NULL,
+        peer_uid      INTEGER NOT NULL,
+        peer_gid      INTEGER NOT NULL,
+        peer_pid      INTEGER NOT NULL,
+        peer_exe      TEXT,
+        peer_unit     TEXT,
+        created_ms    INTEGER NOT NULL,
+        expires_ms    INTEGER NOT NULL,
+        ended_ms      INTEGER,
+        end_reason    TEXT
+    ) STRICT;
+    CREATE INDEX tasks_live ON tasks(state) WHERE state <> 'ended';
+    CREATE INDEX tasks_created ON tasks(created_ms);
+
+    CREATE TABLE leases (
+        id               TEXT PRIMARY KEY,
+        task_id          TEXT NOT NULL REFERENCES tasks(id),
+        grant_name       TEXT NOT NULL,
+        provider         TEXT NOT NULL,
+        kind             TEXT NOT NULL,
+        state            TEXT NOT NULL,
+        params           TEXT NOT NULL,
+        wanted_exp_ms    INTEGER NOT NULL,
+        issued_ms        INTEGER,
+        expires_ms       INTEGER,
+        revoked_ms       INTEGER,
+        reference        TEXT,
+        sealed_handle    BLOB,
+        renewable        INTEGER NOT NULL DEFAULT 0,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms  INTEGER,
+        last_error       TEXT
+    ) STRICT;
+    CREATE INDEX leases_task ON leases(task_id);
+
+    CREATE TABLE audit (
+        seq        INTEGER PRIMARY KEY,
+        at_ms      INTEGER NOT NULL,
+        event      TEXT NOT NULL,
+        task_id    TEXT,
+        lease_id   TEXT,
+        client_id  TEXT,
+        subject    TEXT,
+        owner      TEXT,
+        grant_name TEXT,
+        provider   TEXT,
+        token_fp   TEXT,
+        body       TEXT NOT NULL,
+        prev       BLOB NOT NULL,
+        hash       BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_at ON audit(at_ms);
+    CREATE INDEX audit_task ON audit(task_id);
+    "#,
+];
+
+pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The newest schema version this build knows; a newer journal is refused, not guessed at.
+pub(super) const VERSION: usize = MIGRATIONS.len();

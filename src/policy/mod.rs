@@ -1,0 +1,242 @@
+//! Policy: which grants a validated token may use, for whom, and for how long.
+//!
+//! Deny by default. A grant is issued only when the workload lists it, the token holds every one
+//! of its scopes, every claim condition holds and the tool is allowed; a request can narrow a
+//! grant's parameters and lifetime, never widen them.
+
+mod owner;
+pub mod template;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use credbroker_provider_api::Params;
+use serde_json::Value;
+
+use crate::config::{Attribution, BrokerSettings, Config, GrantConfig, WorkloadConfig};
+use crate::token::Claims;
+pub use owner::{Owner, OwnerSource, attribute};
+use template::{RenderError, Vars};
+
+/// One grant as asked for in a request.
+#[derive(Clone, Debug, Default)]
+pub struct GrantAsk {
+    pub name: String,
+    pub narrow: BTreeMap<String, Vec<String>>,
+}
+
+/// Everything policy needs to decide.
+pub struct Ask<'a> {
+    pub workload: &'a WorkloadConfig,
+    pub claims: &'a Claims,
+    pub tool: &'a str,
+    pub grants: &'a [GrantAsk],
+    pub ttl: Option<Duration>,
+    pub task_id: &'a str,
+    pub now: SystemTime,
+}
+
+/// A grant resolved for one task.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub grant: Arc<GrantConfig>,
+    /// Rendered and narrowed.
+    pub params: Params,
+}
+
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub owner: Owner,
+    pub expires_at: SystemTime,
+    pub grants: Vec<Resolved>,
+}
+
+/// How a denial surfaces to the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenialKind {
+    InvalidArgument,
+    PermissionDenied,
+    Unauthenticated,
+}
+
+/// A refusal with a stable reason code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    pub kind: DenialKind,
+    pub code: &'static str,
+    pub message: String,
+    pub grant: Option<String>,
+}
+
+impl Denial {
+    fn new(kind: DenialKind, code: &'static str, grant: Option<&str>, message: String) -> Self {
+        Self { kind, code, message, grant: grant.map(str::to_owned) }
+    }
+}
+
+/// The grants, attribution rules and limits of one configuration.
+pub struct Policy {
+    grants: HashMap<String, Arc<GrantConfig>>,
+    attribution: Attribution,
+    settings: BrokerSettings,
+    /// provider instance → parameters a request may narrow.
+    narrowable: HashMap<String, &'static [&'static str]>,
+}
+
+impl Policy {
+    pub fn new(config: &Config, narrowable: HashMap<String, &'static [&'static str]>) -> Self {
+        Self {
+            grants: config.grants.iter().map(|(k, g)| (k.clone(), Arc::new(g.clone()))).collect(),
+            attribution: config.attribution.clone(),
+            settings: config.broker.clone(),
+            narrowable,
+        }
+    }
+
+    pub fn grant(&self, name: &str) -> Option<&Arc<GrantConfig>> {
+        self.grants.get(name)
+    }
+
+    pub fn decide(&self, ask: &Ask<'_>) -> Result<Decision, Denial> {
+        use DenialKind::*;
+        let owner = attribute(ask.claims, &self.attribution);
+        if self.attribution.require_owner && owner.id.is_none() {
+            return Err(Denial::new(
+                PermissionDenied,
+                "owner_required",
+                None,
+                format!("no owner can be attributed to client {:?}; require_owner is set", ask.claims.client_id),
+            ));
+        }
+
+        let mut resolved = Vec::with_capacity(ask.grants.len());
+        let mut ttl_cap = Duration::MAX;
+        let mut default_ttl: Option<Duration> = None;
+        for g in ask.grants {
+            let grant = self.grants.get(&g.name).ok_or_else(|| {
+                Denial::new(InvalidArgument, "unknown_grant", Some(&g.name), format!("no grant named {:?}", g.name))
+            })?;
+            let name = Some(g.name.as_str());
+            if !ask.workload.grants.contains(&g.name) {
+                return Err(Denial::new(
+                    PermissionDenied,
+                    "grant_not_allowed",
+                    name,
+                    format!("workload {:?} may not request grant {:?}", ask.workload.name, g.name),
+                ));
+            }
+            if let Some(missing) = grant.scopes.iter().find(|s| !ask.claims.has_scope(s)) {
+                return Err(Denial::new(
+                    PermissionDenied,
+                    "insufficient_scope",
+                    name,
+                    format!("grant {:?} needs scope {missing:?}, which the token does not hold", g.name),
+                ));
+            }
+            for (path, allowed) in &grant.conditions {
+                if !condition_holds(ask.claims.lookup(path), allowed) {
+                    return Err(Denial::new(
+                        PermissionDenied,
+                        "condition_not_met",
+                        name,
+                        format!("grant {:?}: claim {path:?} does not hold an allowed value", g.name),
+                    ));
+                }
+            }
+            if grant.tools.as_ref().is_some_and(|t| !t.contains(ask.tool)) {
+                return Err(Denial::new(
+                    PermissionDenied,
+                    "tool_not_allowed",
+                    name,
+                    format!("grant {:?} is not for tool {:?}", g.name, ask.tool),
+                ));
+            }
+            let vars = Vars {
+                sub: &ask.claims.subject,
+                client_id: &ask.claims.client_id,
+                owner: owner.id.as_deref(),
+                task_id: ask.task_id,
+                workload: &ask.workload.name,
+                tool: ask.tool,
+                grant: &g.name,
+            };
+            let mut params = template::render(&grant.params, &vars).map_err(|e| match e {
+                RenderError::Missing(p) => Denial::new(
+                    PermissionDenied,
+                    "owner_required",
+                    name,
+                    format!("grant {:?} uses {{{p}}} but the task has none", g.name),
+                ),
+                RenderError::Unsafe(p) => Denial::new(
+                    PermissionDenied,
+                    "template_value_rejected",
+                    name,
+                    format!("grant {:?}: the value for {{{p}}} holds characters not allowed in templates", g.name),
+                ),
+            })?;
+            self.narrow(grant, &g.narrow, &mut params)?;
+            ttl_cap = ttl_cap.min(grant.max_ttl);
+            if let Some(d) = grant.default_ttl {
+                default_ttl = Some(default_ttl.map_or(d, |cur| cur.min(d)));
+            }
+            resolved.push(Resolved { grant: Arc::clone(grant), params });
+        }
+
+        let wanted = ask.ttl.or(default_ttl).unwrap_or(self.settings.default_ttl);
+        let token_exp = UNIX_EPOCH + Duration::from_secs(ask.claims.expires_at.max(0) as u64);
+        let expires_at = (ask.now + wanted.min(ttl_cap)).min(token_exp);
+        if expires_at <= ask.now {
+            return Err(Denial::new(Unauthenticated, "expired", None, "the token expires now".into()));
+        }
+        Ok(Decision { owner, expires_at, grants: resolved })
+    }
+
+    fn narrow(
+        &self,
+        grant: &GrantConfig,
+        narrow: &BTreeMap<String, Vec<String>>,
+        params: &mut Params,
+    ) -> Result<(), Denial> {
+        use DenialKind::*;
+        let allowed_keys = self.narrowable.get(&grant.provider).copied().unwrap_or(&[]);
+        for (key, wanted) in narrow {
+            let name = Some(grant.name.as_str());
+            if !allowed_keys.contains(&key.as_str()) {
+                return Err(Denial::new(
+                    InvalidArgument,
+                    "narrowing_not_allowed",
+                    name,
+                    format!("grant {:?}: parameter {key:?} cannot be narrowed", grant.name),
+                ));
+            }
+            let have: Vec<&str> = match params.get(key) {
+                Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            if wanted.is_empty() || wanted.iter().any(|w| !have.contains(&w.as_str())) {
+                return Err(Denial::new(
+                    PermissionDenied,
+                    "narrowing_exceeds_grant",
+                    name,
+                    format!("grant {:?}: {key:?} may only be narrowed to a non-empty subset of what it allows", grant.name),
+                ));
+            }
+            params.insert(key.clone(), Value::Array(wanted.iter().cloned().map(Value::String).collect()));
+        }
+        Ok(())
+    }
+}
+
+fn condition_holds(value: Option<&Value>, allowed: &[String]) -> bool {
+    match value {
+        Some(Value::String(s)) => allowed.contains(s),
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).any(|s| allowed.iter().any(|a| a == s)),
+        Some(Value::Bool(b)) => allowed.iter().any(|a| a == if *b { "true" } else { "false" }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

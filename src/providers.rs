@@ -1,0 +1,119 @@
+//! Provider instances, held by name (as SPIRE's plugin repository does): grants name the
+//! instance they issue from, and the broker looks it up here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use credbroker_provider_api::{Env, Provider, ProviderFactory};
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, ConfigError, ProviderConfig};
+
+/// The provider kinds this binary can build.
+#[derive(Clone, Default)]
+pub struct Registry {
+    factories: HashMap<&'static str, Arc<dyn ProviderFactory>>,
+}
+
+impl Registry {
+    /// The providers shipped in the `credbroker` binary.
+    pub fn builtin() -> Self {
+        Self::default()
+    }
+
+    pub fn with(mut self, factory: Arc<dyn ProviderFactory>) -> Self {
+        self.factories.insert(factory.kind(), factory);
+        self
+    }
+
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut k: Vec<_> = self.factories.keys().copied().collect();
+        k.sort_unstable();
+        k
+    }
+}
+
+/// One instance and the limit on concurrent calls to it.
+pub struct Slot {
+    pub provider: Arc<dyn Provider>,
+    pub config: ProviderConfig,
+    pub limit: Arc<Semaphore>,
+}
+
+/// The instances of one configuration.
+#[derive(Default)]
+pub struct ProviderSet {
+    slots: HashMap<String, Arc<Slot>>,
+}
+
+impl ProviderSet {
+    /// Builds every instance and checks every grant's parameters against its provider,
+    /// reporting all problems. Instances whose configuration did not change are taken over from
+    /// `previous` (so a reload keeps their connections and tokens).
+    pub fn build(
+        config: &Config,
+        registry: &Registry,
+        env: &dyn Env,
+        previous: Option<&ProviderSet>,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut slots = HashMap::new();
+        for pc in &config.providers {
+            if let Some(old) = previous.and_then(|p| p.slots.get(&pc.name)).filter(|s| s.config == *pc) {
+                slots.insert(pc.name.clone(), Arc::clone(old));
+                continue;
+            }
+            let Some(factory) = registry.factories.get(pc.kind.as_str()) else {
+                errors.push(ConfigError {
+                    path: format!("provider.{}.type", pc.name),
+                    line: None,
+                    message: format!("unknown provider type {:?}; this build knows {:?}", pc.kind, registry.kinds()),
+                });
+                continue;
+            };
+            match factory.build(&pc.name, &pc.settings, env) {
+                Ok(provider) => {
+                    let limit = Arc::new(Semaphore::new(config.broker.provider_concurrency));
+                    slots.insert(pc.name.clone(), Arc::new(Slot { provider, config: pc.clone(), limit }));
+                }
+                Err(errs) => errors.extend(errs.into_iter().map(|e| ConfigError {
+                    path: format!("provider.{}.{}", pc.name, e.path),
+                    line: None,
+                    message: e.message,
+                })),
+            }
+        }
+        for (name, grant) in &config.grants {
+            if let Some(slot) = slots.get(&grant.provider) {
+                if let Err(errs) = slot.provider.check_grant(&grant.params) {
+                    errors.extend(errs.into_iter().map(|e| ConfigError {
+                        path: format!("grant.{name}.params.{}", e.path),
+                        line: None,
+                        message: e.message,
+                    }));
+                }
+            }
+        }
+        // Instances dropped from the configuration may still hold leases: keep them, for
+        // revocation only (grants can no longer name them).
+        if let Some(prev) = previous {
+            for (name, slot) in &prev.slots {
+                slots.entry(name.clone()).or_insert_with(|| Arc::clone(slot));
+            }
+        }
+        if errors.is_empty() { Ok(Self { slots }) } else { Err(errors) }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Slot>> {
+        self.slots.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<Slot>)> {
+        self.slots.iter()
+    }
+
+    /// Which parameters each instance lets a request narrow.
+    pub fn narrowable(&self) -> HashMap<String, &'static [&'static str]> {
+        self.slots.iter().map(|(k, s)| (k.clone(), s.provider.narrowable())).collect()
+    }
+}

@@ -1,0 +1,149 @@
+//! The operator gRPC service. The admin socket is mode 0600, and the peer's uid must also be in
+//! `server.admin_uids` (the daemon's own uid is always allowed).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::broker_svc::peer_of;
+use super::status::to_status;
+use crate::broker::{Broker, BrokerError, Ender, ErrorKind};
+use crate::journal::read::{self, TaskFilter};
+use crate::proto::{self, v1};
+use crate::time::rfc3339;
+use crate::workload::PeerInfo;
+
+pub(super) struct AdminService {
+    pub(super) broker: Arc<Broker>,
+}
+
+impl AdminService {
+    fn operator<T>(&self, req: &Request<T>) -> Result<PeerInfo, Status> {
+        let peer = peer_of(req)?;
+        if self.broker.runtime().config.server.admin_uids.contains(&peer.uid) {
+            Ok(peer)
+        } else {
+            Err(to_status(&BrokerError::new(
+                ErrorKind::PermissionDenied,
+                "admin_not_allowed",
+                format!("uid {} may not use the admin API", peer.uid),
+            )))
+        }
+    }
+}
+
+fn nonempty(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn filter(sel: Option<v1::Selector>) -> TaskFilter {
+    let s = sel.unwrap_or_default();
+    TaskFilter {
+        jti: nonempty(s.jti),
+        subject: nonempty(s.subject),
+        client_id: nonempty(s.client_id),
+        owner: nonempty(s.owner),
+        grant: nonempty(s.grant),
+        provider: nonempty(s.provider),
+        workload: nonempty(s.workload),
+        ..Default::default()
+    }
+}
+
+fn journal_status(e: &crate::journal::JournalError) -> Status {
+    to_status(&BrokerError::journal(e))
+}
+
+#[tonic::async_trait]
+impl v1::admin_server::Admin for AdminService {
+    async fn list_tasks(&self, request: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
+        self.operator(&request)?;
+        let req = request.into_inner();
+        let mut f = filter(req.filter);
+        f.include_ended = req.include_ended;
+        f.limit = match req.limit {
+            0 => 100,
+            n => (n as usize).min(1000),
+        };
+        f.after = nonempty(req.after);
+        let views = self.broker.journal().read(move |c| read::tasks(c, &f)).await.map_err(|e| journal_status(&e))?;
+        Ok(Response::new(v1::ListTasksResponse { tasks: views.iter().map(proto::task).collect() }))
+    }
+
+    async fn get_task(&self, request: Request<v1::GetTaskRequest>) -> Result<Response<v1::GetTaskResponse>, Status> {
+        self.operator(&request)?;
+        let id = request.into_inner().task_id;
+        crate::broker::check_task_id(&id).map_err(|e| to_status(&e))?;
+        let lookup = id.clone();
+        let view = self.broker.journal().read(move |c| read::task(c, &lookup)).await.map_err(|e| journal_status(&e))?;
+        match view {
+            Some(v) => Ok(Response::new(v1::GetTaskResponse { task: Some(proto::task(&v)) })),
+            None => Err(to_status(&BrokerError::new(ErrorKind::NotFound, "task_not_found", format!("no task {id:?}")))),
+        }
+    }
+
+    async fn revoke_task(&self, request: Request<v1::RevokeTaskRequest>) -> Result<Response<v1::RevokeTaskResponse>, Status> {
+        let peer = self.operator(&request)?;
+        let req = request.into_inner();
+        crate::broker::check_task_id(&req.task_id).map_err(|e| to_status(&e))?;
+        let task = self
+            .broker
+            .end_task(&req.task_id, Ender::Operator { peer: peer.record(), reason: req.reason })
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(v1::RevokeTaskResponse { task: Some(proto::task(&task)) }))
+    }
+
+    async fn revoke(&self, request: Request<v1::RevokeRequest>) -> Result<Response<v1::RevokeResponse>, Status> {
+        let peer = self.operator(&request)?;
+        let req = request.into_inner();
+        let mut f = filter(req.selector);
+        if f.is_empty_selector() {
+            return Err(to_status(&BrokerError::invalid("empty_selector", "name at least one selector field")));
+        }
+        f.limit = 100_000;
+        let views = self.broker.journal().read(move |c| read::tasks(c, &f)).await.map_err(|e| journal_status(&e))?;
+        let mut ids = Vec::new();
+        for v in views {
+            let ender = Ender::Operator { peer: peer.record(), reason: req.reason.clone() };
+            match self.broker.end_task(&v.task.id, ender).await {
+                Ok(_) => ids.push(v.task.id),
+                Err(e) => tracing::warn!(task = %v.task.id, error = %e, "operator revoke of a task failed"),
+            }
+        }
+        Ok(Response::new(v1::RevokeResponse { task_ids: ids }))
+    }
+
+    async fn status(&self, request: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
+        self.operator(&request)?;
+        let counts = self.broker.counts();
+        let rt = self.broker.runtime();
+        let issuers = self
+            .broker
+            .issuer_statuses()
+            .into_iter()
+            .map(|s| v1::IssuerStatus {
+                url: s.url,
+                keys: s.keys as u32,
+                last_refresh: s.last_refresh.map(rfc3339).unwrap_or_default(),
+                last_error: s.last_error.unwrap_or_default(),
+            })
+            .collect();
+        let mut providers = Vec::new();
+        for (name, slot) in rt.providers.iter() {
+            let h = slot.provider.health().await;
+            providers.push(v1::ProviderStatus { name: name.clone(), kind: slot.config.kind.clone(), healthy: h.healthy, detail: h.detail });
+        }
+        providers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Response::new(v1::StatusResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_seconds: self.broker.uptime().as_secs(),
+            active_tasks: counts.active_tasks,
+            active_leases: counts.active_leases,
+            revocation_backlog: counts.revocation_backlog,
+            issuers,
+            providers,
+            config_loaded_at: rfc3339(rt.loaded_at),
+        }))
+    }
+}

@@ -1,0 +1,191 @@
+//! The daemon: start-up, the two gRPC servers, reload and shutdown.
+//!
+//! Start-up order matters: configuration and providers are validated, the journal key is read
+//! and the journal opened, memory is rebuilt from the journal (`recover`), and only then are the
+//! sockets bound — a workload can never reach a daemon that does not yet know what it issued.
+
+mod admin_svc;
+mod broker_svc;
+pub mod listener;
+pub mod peer;
+pub mod status;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use credbroker_provider_api::Env;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tonic::transport::Server;
+
+use crate::broker::{Broker, Runtime};
+use crate::config::Config;
+use crate::journal::Journal;
+use crate::journal::seal::Sealer;
+use crate::proto::v1::admin_server::AdminServer;
+use crate::proto::v1::broker_server::BrokerServer;
+use crate::providers::Registry;
+use crate::time::SystemClock;
+
+/// Requests larger than this are refused before they are decoded (tokens are capped far lower).
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// How long start-up waits for issuers' keys before serving anyway (requests then get
+/// `issuer_keys_unavailable` until the background refresh succeeds).
+const INITIAL_KEY_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Daemon {
+    pub config_path: PathBuf,
+    pub registry: Registry,
+    pub env: Arc<dyn Env>,
+}
+
+impl Daemon {
+    pub async fn run(self) -> anyhow::Result<()> {
+        let config = Config::load(&self.config_path)?;
+        let mut runtime = Runtime::build(config, &self.registry, self.env.as_ref(), None)
+            .map_err(|errors| config_errors(&self.config_path, errors))?;
+        let sealer = Sealer::load(&runtime.config.journal.key, self.env.as_ref())?;
+        let journal = Journal::open(&runtime.config.journal.path)
+            .with_context(|| format!("opening the journal {}", runtime.config.journal.path.display()))?;
+        load_keys(&runtime).await;
+        runtime.start_refresh(None);
+        let cfg = Arc::clone(&runtime.config);
+        let broker = Arc::new(Broker::new(journal, sealer, runtime, Arc::new(SystemClock)));
+        let recovery = broker.recover().await.context("recovering from the journal")?;
+        tracing::info!(
+            active = recovery.active,
+            interrupted = recovery.interrupted,
+            ending = recovery.ending,
+            "journal recovered"
+        );
+        let loops = broker.spawn_loops();
+
+        let read_exe = Arc::new(AtomicBool::new(crate::workload::needs_exe(&cfg.workloads)));
+        let broker_listener = listener::bind(&cfg.server.broker_socket, 0o660, cfg.server.broker_socket_gid)
+            .with_context(|| format!("binding {}", cfg.server.broker_socket.display()))?;
+        let admin_listener = listener::bind(&cfg.server.admin_socket, 0o600, None)
+            .with_context(|| format!("binding {}", cfg.server.admin_socket.display()))?;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let broker_srv = tokio::spawn(serve_broker(Arc::clone(&broker), broker_listener, Arc::clone(&read_exe), stop_rx.clone()));
+        let admin_srv = tokio::spawn(serve_admin(Arc::clone(&broker), admin_listener, Arc::clone(&read_exe), stop_rx));
+        tracing::info!(
+            broker_socket = %cfg.server.broker_socket.display(),
+            admin_socket = %cfg.server.admin_socket.display(),
+            "credbroker ready"
+        );
+
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    if let Err(e) = self.reload(&broker, &read_exe).await {
+                        tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                    }
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!("shutting down: no new requests; tasks stay journaled and resume on the next start");
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            let _ = broker_srv.await;
+            let _ = admin_srv.await;
+        })
+        .await;
+        for l in loops {
+            l.abort();
+        }
+        Ok(())
+    }
+
+    /// Re-reads the configuration; installs it only if every part of it is valid.
+    async fn reload(&self, broker: &Broker, read_exe: &AtomicBool) -> anyhow::Result<()> {
+        let config = Config::load(&self.config_path)?;
+        let old = broker.runtime();
+        if config.server.broker_socket != old.config.server.broker_socket
+            || config.server.admin_socket != old.config.server.admin_socket
+            || config.journal.path != old.config.journal.path
+        {
+            tracing::warn!("socket and journal paths change only on restart");
+        }
+        let mut runtime = Runtime::build(config, &self.registry, self.env.as_ref(), Some(&old))
+            .map_err(|errors| config_errors(&self.config_path, errors))?;
+        if !Arc::ptr_eq(&runtime.verifier, &old.verifier) {
+            load_keys(&runtime).await;
+        }
+        runtime.start_refresh(Some(&old));
+        read_exe.store(crate::workload::needs_exe(&runtime.config.workloads), Ordering::Relaxed);
+        broker.replace_runtime(runtime);
+        tracing::info!(path = %self.config_path.display(), "configuration reloaded");
+        Ok(())
+    }
+}
+
+async fn load_keys(runtime: &Runtime) {
+    match tokio::time::timeout(INITIAL_KEY_WAIT, runtime.verifier.load_keys()).await {
+        Ok(failed) => {
+            for (url, e) in failed {
+                tracing::warn!(issuer = %url, error = %e, "issuer keys not loaded yet; retrying in the background");
+            }
+        }
+        Err(_) => tracing::warn!("issuer keys still loading; continuing in the background"),
+    }
+}
+
+pub(crate) fn config_errors(path: &Path, errors: Vec<crate::config::ConfigError>) -> anyhow::Error {
+    anyhow::Error::new(crate::config::ConfigErrors { source: path.display().to_string(), errors })
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+fn reflection() -> anyhow::Result<tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>> {
+    Ok(tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?)
+}
+
+async fn serve_broker(
+    broker: Arc<Broker>,
+    listener: tokio::net::UnixListener,
+    read_exe: Arc<AtomicBool>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<BrokerServer<broker_svc::BrokerService>>().await;
+    let svc = BrokerServer::new(broker_svc::BrokerService { broker }).max_decoding_message_size(MAX_REQUEST_BYTES);
+    Server::builder()
+        .add_service(health_svc)
+        .add_service(reflection()?)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(listener::incoming(listener, read_exe), stopped(stop))
+        .await?;
+    Ok(())
+}
+
+async fn serve_admin(
+    broker: Arc<Broker>,
+    listener: tokio::net::UnixListener,
+    read_exe: Arc<AtomicBool>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<AdminServer<admin_svc::AdminService>>().await;
+    let svc = AdminServer::new(admin_svc::AdminService { broker }).max_decoding_message_size(MAX_REQUEST_BYTES);
+    Server::builder()
+        .add_service(health_svc)
+        .add_service(reflection()?)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(listener::incoming(listener, read_exe), stopped(stop))
+        .await?;
+    Ok(())
+}

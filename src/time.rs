@@ -1,0 +1,48 @@
+//! Time as the journal stores it (Unix milliseconds) and as people read it (RFC 3339).
+//!
+//! Code that decides expiry takes `now` as an argument; only the edges (request handlers, the
+//! reaper's loop) read the clock, through [`Clock`], so tests can move time.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub fn to_ms(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(_) => 0,
+    }
+}
+
+pub fn from_ms(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+pub fn rfc3339_ms(ms: i64) -> String {
+    rfc3339(from_ms(ms))
+}
+
+/// Parses `2026-11-22T10:00:00Z`, `2026-11-22 10:00:00`, or a relative `24h` (meaning ago).
+pub fn parse_when(text: &str, now: SystemTime) -> Result<SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(t);
+    }
+    humantime::parse_duration(text)
+        .map(|d| now.checked_sub(d).unwrap_or(UNIX_EPOCH))
+        .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor a duration like 24h"))
+}
+
+/// The source of `now` for the daemon's loops and handlers.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> SystemTime;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}

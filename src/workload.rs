@@ -1,0 +1,109 @@
+//! Which registered MCP server is calling: the peer's credentials (from `SO_PEERCRED`, checked
+//! against `/proc` in `server::peer`) matched against the `[[workload]]` entries.
+//!
+//! Every selector a workload names must match. When several workloads match, the one naming
+//! the most selectors wins; a tie between different workloads is refused as ambiguous rather
+//! than resolved by file order, because the choice decides which audience tokens must carry.
+
+use std::path::PathBuf;
+
+use crate::config::WorkloadConfig;
+
+/// What is known about the process on the other end of a connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+    /// `/proc/PID/exe`, when readable.
+    pub exe: Option<PathBuf>,
+    /// The systemd unit from `/proc/PID/cgroup`, when the process runs in one.
+    pub unit: Option<String>,
+}
+
+impl PeerInfo {
+    pub fn record(&self) -> crate::audit::PeerRecord {
+        crate::audit::PeerRecord {
+            uid: self.uid,
+            gid: self.gid,
+            pid: self.pid,
+            exe: self.exe.as_ref().map(|p| p.display().to_string()),
+            unit: self.unit.clone(),
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum MatchError {
+    Unknown,
+    Ambiguous(Vec<String>),
+}
+
+fn specificity(w: &WorkloadConfig) -> usize {
+    [w.uid.is_some(), w.gid.is_some(), w.exe.is_some(), w.systemd_unit.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count()
+}
+
+fn matches(w: &WorkloadConfig, peer: &PeerInfo) -> bool {
+    w.uid.is_none_or(|u| u == peer.uid)
+        && w.gid.is_none_or(|g| g == peer.gid)
+        // An unreadable exe or a process outside any unit never matches a selector on it.
+        && w.exe.as_ref().is_none_or(|e| peer.exe.as_ref() == Some(e))
+        && w.systemd_unit.as_ref().is_none_or(|u| peer.unit.as_ref() == Some(u))
+}
+
+pub fn find<'a>(workloads: &'a [WorkloadConfig], peer: &PeerInfo) -> Result<&'a WorkloadConfig, MatchError> {
+    let candidates: Vec<&WorkloadConfig> = workloads.iter().filter(|w| matches(w, peer)).collect();
+    let best = candidates.iter().map(|w| specificity(w)).max().ok_or(MatchError::Unknown)?;
+    let top: Vec<&WorkloadConfig> = candidates.into_iter().filter(|w| specificity(w) == best).collect();
+    match top.as_slice() {
+        [one] => Ok(one),
+        many => Err(MatchError::Ambiguous(many.iter().map(|w| w.name.clone()).collect())),
+    }
+}
+
+/// Whether any configured workload expects the peer to read `/proc/PID/exe`.
+pub fn needs_exe(workloads: &[WorkloadConfig]) -> bool {
+    workloads.iter().any(|w| w.exe.is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(name: &str, uid: Option<u32>, exe: Option<&str>, unit: Option<&str>) -> WorkloadConfig {
+        WorkloadConfig {
+            name: name.into(),
+            uid,
+            gid: None,
+            exe: exe.map(PathBuf::from),
+            systemd_unit: unit.map(str::to_owned),
+            audience: format!("https://mcp.test/{name}"),
+            grants: Default::default(),
+        }
+    }
+
+    fn peer(uid: u32, exe: Option<&str>, unit: Option<&str>) -> PeerInfo {
+        PeerInfo { uid, gid: 100, pid: 42, exe: exe.map(PathBuf::from), unit: unit.map(str::to_owned) }
+    }
+
+    #[test]
+    fn most_specific_match_wins() {
+        let ws = [w("any", Some(1000), None, None), w("pg", Some(1000), Some("/usr/bin/pg-mcp"), None)];
+        assert_eq!(find(&ws, &peer(1000, Some("/usr/bin/pg-mcp"), None)).map(|w| w.name.as_str()), Ok("pg"));
+        assert_eq!(find(&ws, &peer(1000, Some("/usr/bin/other"), None)).map(|w| w.name.as_str()), Ok("any"));
+        assert_eq!(find(&ws, &peer(1001, None, None)).map(|w| w.name.as_str()), Err(MatchError::Unknown));
+    }
+
+    #[test]
+    fn unreadable_attributes_never_match_and_ties_are_refused() {
+        let ws = [w("pg", Some(1000), Some("/usr/bin/pg-mcp"), None), w("gh", Some(1000), None, Some("gh.service"))];
+        assert_eq!(find(&ws, &peer(1000, None, None)).map(|w| w.name.as_str()), Err(MatchError::Unknown));
+        assert_eq!(
+            find(&ws, &peer(1000, Some("/usr/bin/pg-mcp"), Some("gh.service"))).map(|w| w.name.as_str()),
+            Err(MatchError::Ambiguous(vec!["pg".into(), "gh".into()]))
+        );
+    }
+}

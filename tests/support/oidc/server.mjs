@@ -1,0 +1,250 @@
+// Minimal OAuth 2.1 authorization server for the integration tests, built on
+// oidc-provider. Issues RFC 9068 JWT access tokens (typ "at+jwt") via the
+// client_credentials grant with RFC 8707 resource indicators.
+//
+// usage: node server.mjs CONFIG.json     (see README.md for the config format)
+//
+// Client authentication: clients are registered with client_secret_basic, but
+// oidc-provider 9 treats client_secret_basic and client_secret_post as
+// interchangeable, so BOTH HTTP Basic (-u id:secret) and the form fields
+// client_id=...&client_secret=... work. Example token request:
+//   curl -u agent-1:s3cret-agent-1 http://127.0.0.1:PORT/token \
+//     -d grant_type=client_credentials \
+//     --data-urlencode resource=https://mcp.example.test/postgres \
+//     --data-urlencode 'scope=mcp.tool:postgres.read'
+// The token's scope is requested ∩ client.scope ∩ resource.scope (silently
+// filtered, never an error); sub = client_id; extra_claims are merged in
+// (they cannot override the registered claims iss/sub/aud/exp/...).
+//
+// Test-control endpoints (loopback only, like the whole server):
+//   POST /test/jwks-mode   body "ok" | "fail"  (fail => /jwks answers 503)
+//   POST /test/shutdown    exits the process with status 0
+//
+// Prints exactly "READY <issuer>" on stdout once listening; errors go to stderr.
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import { randomBytes } from 'node:crypto';
+
+function fail(msg) {
+  process.stderr.write(`oidc test server: ${msg}\n`);
+  process.exit(2);
+}
+
+// ---------------------------------------------------------------- config
+const configPath = process.argv[2];
+if (!configPath) fail('usage: node server.mjs CONFIG.json');
+
+let cfg;
+try {
+  cfg = JSON.parse(readFileSync(configPath, 'utf8'));
+} catch (err) {
+  fail(`cannot read config ${configPath}: ${err.message}`);
+}
+
+const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
+const scopeList = (s) => (typeof s === 'string' ? s.split(' ').filter(Boolean) : []);
+
+if (!isObject(cfg)) fail('config must be a JSON object');
+if (typeof cfg.issuer !== 'string') fail('config.issuer must be a string');
+let issuerUrl;
+try {
+  issuerUrl = new URL(cfg.issuer);
+} catch {
+  fail(`config.issuer is not a URL: ${cfg.issuer}`);
+}
+if (issuerUrl.protocol !== 'http:') fail('config.issuer must be an http:// URL');
+if (issuerUrl.search || issuerUrl.hash || issuerUrl.pathname !== '/') {
+  fail('config.issuer must be http://HOST:PORT without path, query or fragment');
+}
+const port = Number(issuerUrl.port || 80);
+
+if (!isObject(cfg.keys) || !Array.isArray(cfg.keys.keys) || cfg.keys.keys.length === 0) {
+  fail('config.keys must be a JWKS {"keys":[...]} with at least one private key');
+}
+for (const jwk of cfg.keys.keys) {
+  if (!isObject(jwk) || typeof jwk.kid !== 'string' || typeof jwk.alg !== 'string') {
+    fail('every key in config.keys must have a kid and an alg');
+  }
+  if (jwk.d === undefined) fail(`key ${jwk.kid} is not a private key (no "d")`);
+}
+
+if (!Array.isArray(cfg.clients) || cfg.clients.length === 0) fail('config.clients must be a non-empty array');
+const clientScopes = new Map();
+const clientExtra = new Map();
+for (const c of cfg.clients) {
+  if (!isObject(c) || typeof c.client_id !== 'string' || typeof c.client_secret !== 'string') {
+    fail('every client needs string client_id and client_secret');
+  }
+  if (clientScopes.has(c.client_id)) fail(`duplicate client ${c.client_id}`);
+  if (c.scope !== undefined && typeof c.scope !== 'string') fail(`client ${c.client_id}: scope must be a string`);
+  if (c.extra_claims !== undefined && !isObject(c.extra_claims)) fail(`client ${c.client_id}: extra_claims must be an object`);
+  clientScopes.set(c.client_id, new Set(scopeList(c.scope)));
+  if (c.extra_claims) clientExtra.set(c.client_id, c.extra_claims);
+}
+
+if (!isObject(cfg.resources)) fail('config.resources must be an object keyed by resource URI');
+const keyAlgs = new Set(cfg.keys.keys.map((k) => k.alg));
+for (const [uri, r] of Object.entries(cfg.resources)) {
+  if (!URL.canParse(uri)) fail(`resource ${uri} is not an absolute URI`);
+  if (!isObject(r) || typeof r.alg !== 'string') fail(`resource ${uri}: alg is required`);
+  if (!keyAlgs.has(r.alg)) fail(`resource ${uri}: no key with alg ${r.alg} in config.keys`);
+  if (!Number.isInteger(r.ttl) || r.ttl <= 0) fail(`resource ${uri}: ttl must be a positive integer (seconds)`);
+  if (r.scope !== undefined && typeof r.scope !== 'string') fail(`resource ${uri}: scope must be a string`);
+}
+
+const metadata = cfg.metadata ?? 'both';
+if (!['oidc', 'oauth', 'both'].includes(metadata)) fail('config.metadata must be "oidc", "oauth" or "both"');
+
+// ---------------------------------------------------------------- provider
+// stdout carries only the READY line: send oidc-provider's console.info/log
+// notices to stderr. It also warns (console.warn) on import when not on
+// Node >= 22 and on first use of its in-memory adapter; both are expected
+// here, so drop them.
+{
+  console.info = console.error;
+  console.log = console.error;
+  const { warn } = console;
+  const quiet = ['Unsupported runtime', 'in-memory adapter is used'];
+  console.warn = (...a) => {
+    if (typeof a[0] === 'string' && quiet.some((q) => a[0].includes(q))) return;
+    warn(...a);
+  };
+}
+const { default: Provider, errors } = await import('oidc-provider');
+
+const allScopes = new Set(['openid']);
+for (const s of clientScopes.values()) s.forEach((x) => allScopes.add(x));
+for (const r of Object.values(cfg.resources)) scopeList(r.scope).forEach((x) => allScopes.add(x));
+
+const provider = new Provider(cfg.issuer, {
+  clients: cfg.clients.map((c) => ({
+    client_id: c.client_id,
+    client_secret: c.client_secret,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'client_secret_basic', // client_secret_post works too
+    // no "scope" metadata on purpose: client scopes are enforced below by
+    // intersecting in getResourceServerInfo (silent filtering, no invalid_scope)
+  })),
+  jwks: cfg.keys,
+  responseTypes: ['none'], // no authorization endpoint flows; grant_types_supported = client_credentials
+  clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
+  scopes: [...allScopes],
+  ttl: {
+    // explicit (same as the default) so oidc-provider does not print a notice
+    ClientCredentials: (ctx, token) => token.resourceServer?.accessTokenTTL || 10 * 60,
+  },
+  cookies: { keys: [randomBytes(32).toString('hex')] },
+  features: {
+    devInteractions: { enabled: false },
+    clientCredentials: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: async () => undefined,
+      useGrantedResource: async () => true,
+      getResourceServerInfo: async (ctx, resourceIndicator, client) => {
+        const r = cfg.resources[resourceIndicator];
+        if (!r) throw new errors.InvalidTarget();
+        const allowed = clientScopes.get(client.clientId) ?? new Set();
+        return {
+          scope: scopeList(r.scope).filter((s) => allowed.has(s)).join(' '),
+          audience: resourceIndicator,
+          accessTokenTTL: r.ttl,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: r.alg } },
+        };
+      },
+    },
+  },
+  renderError: async (ctx, out) => {
+    ctx.type = 'json';
+    ctx.body = out;
+  },
+  // Added to the JWT payload before the registered claims, so a client's
+  // extra_claims can never override iss/sub/aud/exp/iat/jti/client_id/scope.
+  extraTokenClaims: async (ctx, token) => clientExtra.get(token.clientId),
+});
+provider.proxy = false;
+
+provider.on('server_error', (ctx, err) => {
+  process.stderr.write(`oidc test server: server_error: ${err?.stack ?? err}\n`);
+});
+
+// ---------------------------------------------------------------- http
+const OIDC_PATH = '/.well-known/openid-configuration';
+const OAUTH_PATH = '/.well-known/oauth-authorization-server';
+const JWKS_PATH = '/jwks';
+let jwksMode = 'ok';
+const providerCallback = provider.callback();
+
+function send(res, status, body, type = 'text/plain') {
+  res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
+  res.end(body);
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    let data = '';
+    req.setEncoding('utf8');
+    req.on('data', (chunk) => {
+      data += chunk;
+      if (data.length > 1024) reject(new Error('body too large'));
+    });
+    req.on('end', () => resolve(data));
+    req.on('error', reject);
+  });
+}
+
+const server = http.createServer(async (req, res) => {
+  try {
+    const url = new URL(req.url, 'http://localhost');
+    const path = url.pathname;
+
+    if (path === '/test/jwks-mode') {
+      if (req.method !== 'POST') return send(res, 405, 'method not allowed\n');
+      const mode = (await readBody(req)).trim();
+      if (mode !== 'ok' && mode !== 'fail') return send(res, 400, 'body must be "ok" or "fail"\n');
+      jwksMode = mode;
+      return send(res, 200, `jwks-mode ${mode}\n`);
+    }
+    if (path === '/test/shutdown') {
+      if (req.method !== 'POST') return send(res, 405, 'method not allowed\n');
+      res.writeHead(200, { 'content-type': 'text/plain', connection: 'close' });
+      res.end('bye\n', () => {
+        server.close();
+        server.closeAllConnections();
+        process.exit(0);
+      });
+      return undefined;
+    }
+    if (path === JWKS_PATH && jwksMode === 'fail') {
+      return send(res, 503, '{"error":"temporarily_unavailable"}', 'application/json');
+    }
+    if (path === OIDC_PATH && metadata === 'oauth') return send(res, 404, 'not found\n');
+    if (path === OAUTH_PATH) {
+      if (metadata === 'oidc') return send(res, 404, 'not found\n');
+      // RFC 8414 document: same JSON as the OIDC discovery document.
+      req.url = OIDC_PATH + url.search;
+    }
+    return providerCallback(req, res);
+  } catch (err) {
+    process.stderr.write(`oidc test server: ${err?.stack ?? err}\n`);
+    if (!res.headersSent) send(res, 500, 'internal error\n');
+    else res.destroy();
+    return undefined;
+  }
+});
+
+server.on('error', (err) => {
+  process.stderr.write(`oidc test server: listen on 127.0.0.1:${port} failed: ${err.message}\n`);
+  process.exit(1);
+});
+
+server.listen(port, '127.0.0.1', () => {
+  process.stdout.write(`READY ${cfg.issuer}\n`);
+});
+
+for (const sig of ['SIGTERM', 'SIGINT']) {
+  process.on(sig, () => process.exit(0));
+}
