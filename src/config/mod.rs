@@ -15,7 +15,7 @@ use credbroker_provider_api::Params;
 
 use crate::token::Alg;
 
-pub use validate::parse_duration;
+pub use validate::{check_issuer_url, parse_duration};
 
 /// The whole validated configuration.
 #[derive(Clone, Debug)]

@@ -259,7 +259,7 @@ fn broker(p: &mut Problems<'_>, raw: RawBroker) -> BrokerSettings {
 
 /// Issuer URLs must be https, except on loopback (local test servers). Anything that can
 /// change what the URL names (query, fragment, credentials) is refused.
-pub(crate) fn check_issuer_url(url: &str) -> Result<(), String> {
+pub fn check_issuer_url(url: &str) -> Result<(), String> {
     let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL ({e})"))?;
     if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err("must not have a query or fragment (RFC 8414)".into());

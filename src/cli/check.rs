@@ -1,0 +1,44 @@
+//! `credbroker check-config`: everything `serve` checks before binding a socket, without
+//! binding one. `--online` also reaches each issuer for its metadata and keys.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use credbroker_provider_api::Env;
+
+use crate::broker::Runtime;
+use crate::config::Config;
+use crate::journal::seal::Sealer;
+use crate::providers::Registry;
+use crate::server::config_errors;
+
+pub(super) async fn run(path: &Path, online: bool, registry: &Registry, env: &dyn Env) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let summary = format!(
+        "{} issuer(s), {} workload(s), {} grant(s), {} provider(s)",
+        config.issuers.len(),
+        config.workloads.len(),
+        config.grants.len(),
+        config.providers.len()
+    );
+    let runtime = Runtime::build(config, registry, env, None).map_err(|errors| config_errors(path, errors))?;
+    Sealer::load(&runtime.config.journal.key, env)?;
+    println!("{}: ok: {summary}", path.display());
+    if !online {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let failed = runtime.verifier.load_keys().await;
+    for s in runtime.verifier.statuses() {
+        match failed.iter().find(|(u, _)| *u == s.url) {
+            Some((_, e)) => println!("issuer {}: FAILED: {e}", s.url),
+            None => println!("issuer {}: ok, {} key(s)", s.url, s.keys),
+        }
+    }
+    let mut bad = !failed.is_empty();
+    for (name, slot) in runtime.providers.iter() {
+        let h = slot.provider.health().await;
+        println!("provider {name} ({}): {}{}", slot.config.kind, if h.healthy { "ok" } else { "FAILED" }, if h.detail.is_empty() { String::new() } else { format!(": {}", h.detail) });
+        bad |= !h.healthy;
+    }
+    Ok(if bad { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

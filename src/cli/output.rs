@@ -1,0 +1,191 @@
+//! Rendering: JSON, tables, shell `export` lines, AWS `credential_process`.
+
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+
+use crate::proto::v1;
+use crate::time::rfc3339;
+
+#[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
+pub(super) enum Output {
+    Table,
+    Json,
+}
+
+fn time(t: &Option<prost_types::Timestamp>) -> Value {
+    match t.as_ref().and_then(|t| SystemTime::try_from(*t).ok()) {
+        Some(t) => Value::String(rfc3339(t)),
+        None => Value::Null,
+    }
+}
+
+fn opt(s: &str) -> Value {
+    if s.is_empty() { Value::Null } else { Value::String(s.into()) }
+}
+
+pub(super) fn task_json(t: &v1::Task) -> Value {
+    let p = t.principal.clone().unwrap_or_default();
+    let peer = t.peer.clone().unwrap_or_default();
+    json!({
+        "id": t.id,
+        "state": t.state,
+        "workload": t.workload,
+        "tool": t.tool,
+        "principal": {
+            "issuer": p.issuer, "subject": p.subject, "client_id": p.client_id,
+            "owner": opt(&p.owner), "owner_source": p.owner_source, "actors": p.actors,
+            "token_fingerprint": p.token_fingerprint, "jti": p.jti, "scopes": p.scopes,
+            "token_expires_at": time(&p.token_expires_at),
+        },
+        "peer": { "uid": peer.uid, "gid": peer.gid, "pid": peer.pid, "exe": opt(&peer.exe), "unit": opt(&peer.unit) },
+        "created_at": time(&t.created_at),
+        "expires_at": time(&t.expires_at),
+        "ended_at": time(&t.ended_at),
+        "end_reason": opt(&t.end_reason),
+        "leases": t.leases.iter().map(|l| json!({
+            "id": l.id, "grant": l.grant, "provider": l.provider, "kind": l.kind, "state": l.state,
+            "issued_at": time(&l.issued_at), "expires_at": time(&l.expires_at), "revoked_at": time(&l.revoked_at),
+            "reference": opt(&l.reference), "revoke_attempts": l.revoke_attempts, "last_error": opt(&l.last_error),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The credentials with their secrets: printed only by `task begin`, for the workload itself.
+pub(super) fn credentials_json(creds: &[v1::Credential]) -> Value {
+    Value::Array(
+        creds
+            .iter()
+            .map(|c| {
+                json!({
+                    "lease_id": c.lease_id, "grant": c.grant, "provider": c.provider, "kind": c.kind,
+                    "expires_at": time(&c.expires_at), "public": c.public, "secret": c.secret,
+                })
+            })
+            .collect(),
+    )
+}
+
+pub(super) fn tasks_table(tasks: &[v1::Task]) -> String {
+    let mut rows = vec![["TASK", "STATE", "WORKLOAD", "OWNER", "CLIENT", "GRANTS", "EXPIRES"].map(String::from).to_vec()];
+    for t in tasks {
+        let p = t.principal.clone().unwrap_or_default();
+        let grants: Vec<String> = t.leases.iter().map(|l| format!("{}:{}", l.grant, l.state)).collect();
+        rows.push(vec![
+            t.id.clone(),
+            t.state.clone(),
+            t.workload.clone(),
+            if p.owner.is_empty() { "-".into() } else { p.owner },
+            p.client_id,
+            grants.join(","),
+            time(&t.expires_at).as_str().unwrap_or("-").to_string(),
+        ]);
+    }
+    table(&rows)
+}
+
+pub(super) fn task_detail(t: &v1::Task) -> String {
+    let p = t.principal.clone().unwrap_or_default();
+    let peer = t.peer.clone().unwrap_or_default();
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<18}{v}\n"));
+    line("task", t.id.clone());
+    line("state", if t.end_reason.is_empty() { t.state.clone() } else { format!("{} ({})", t.state, t.end_reason) });
+    line("workload", format!("{} (tool {})", t.workload, t.tool));
+    line("peer", format!("uid {} gid {} pid {} {} {}", peer.uid, peer.gid, peer.pid, peer.exe, peer.unit));
+    line("owner", format!("{} (from {})", if p.owner.is_empty() { "-" } else { &p.owner }, p.owner_source));
+    line("client", p.client_id.clone());
+    line("subject", p.subject.clone());
+    if !p.actors.is_empty() {
+        line("actors", p.actors.join(" ← "));
+    }
+    line("token", format!("sha256:{} jti {}", p.token_fingerprint, p.jti));
+    line("scopes", p.scopes.join(" "));
+    line("created", time(&t.created_at).as_str().unwrap_or("-").into());
+    line("expires", time(&t.expires_at).as_str().unwrap_or("-").into());
+    if t.ended_at.is_some() {
+        line("ended", time(&t.ended_at).as_str().unwrap_or("-").into());
+    }
+    for l in &t.leases {
+        let mut s = format!("{} {} via {} [{}] ref {}", l.id, l.grant, l.provider, l.state, l.reference);
+        if l.state == "expiring" {
+            s.push_str(&format!(" — cannot be revoked; works until {}", time(&l.expires_at).as_str().unwrap_or("?")));
+        }
+        if l.revoke_attempts > 0 {
+            s.push_str(&format!(" ({} revocation attempts; last error: {})", l.revoke_attempts, l.last_error));
+        }
+        line("lease", s);
+    }
+    out
+}
+
+pub(super) fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> =
+        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r.iter().zip(&widths).map(|(s, w)| format!("{s:<w$}")).collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Quotes a value for a POSIX shell.
+pub(super) fn shell_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', r"'\''"))
+}
+
+fn env_name(prefix: Option<&str>, key: &str) -> String {
+    let raw = match prefix {
+        Some(p) => format!("{p}_{key}"),
+        None => key.to_string(),
+    };
+    raw.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+}
+
+/// `export NAME='value'` lines. With one credential the field names are used as they are
+/// (`AWS_ACCESS_KEY_ID`); with several, each is prefixed by its grant.
+pub(super) fn env_lines(task_id: &str, creds: &[v1::Credential]) -> String {
+    let mut out = format!("export CREDBROKER_TASK_ID={}\n", shell_quote(task_id));
+    let prefixed = creds.len() > 1;
+    for c in creds {
+        let prefix = prefixed.then_some(c.grant.as_str());
+        for (k, v) in c.public.iter().chain(c.secret.iter()) {
+            out.push_str(&format!("export {}={}\n", env_name(prefix, k), shell_quote(v)));
+        }
+    }
+    out
+}
+
+/// The AWS SDK `credential_process` document (Version 1) for the task's AWS credential.
+pub(super) fn credential_process(creds: &[v1::Credential]) -> anyhow::Result<Value> {
+    let c = creds
+        .iter()
+        .find(|c| c.secret.contains_key("AWS_SECRET_ACCESS_KEY"))
+        .ok_or_else(|| anyhow::anyhow!("the task holds no AWS credential"))?;
+    let get = |k: &str| c.secret.get(k).or_else(|| c.public.get(k)).cloned();
+    let mut doc = json!({
+        "Version": 1,
+        "AccessKeyId": get("AWS_ACCESS_KEY_ID").unwrap_or_default(),
+        "SecretAccessKey": get("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
+        "Expiration": time(&c.expires_at),
+    });
+    if let Some(token) = get("AWS_SESSION_TOKEN") {
+        doc["SessionToken"] = Value::String(token);
+    }
+    Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting_survives_hostile_values() {
+        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
+        assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
+        assert_eq!(env_name(Some("orders-db"), "password"), "ORDERS_DB_PASSWORD");
+    }
+}
