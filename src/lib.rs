@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod broker;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod journal;
 pub mod policy;

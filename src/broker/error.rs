@@ -66,7 +66,7 @@ impl BrokerError {
 impl From<Rejection> for BrokerError {
     fn from(r: Rejection) -> Self {
         let kind = if r.is_unavailable() { ErrorKind::Unavailable } else { ErrorKind::Unauthenticated };
-        Self::new(kind, r.code(), r.to_string())
+        Self::new(kind, r.code(), r.describe())
     }
 }
 

@@ -24,6 +24,8 @@ use crate::time::{from_ms, rfc3339, to_ms};
 /// How long after its wanted expiry a lease of unknown outcome is still chased. Covers provider
 /// floors (STS issues at least 15 minutes) with a wide margin.
 const RECONCILE_GRACE: Duration = Duration::from_secs(3600);
+/// How far the provider's clock may be ahead of ours.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// The result of one attempt on one lease.
 pub(super) struct Attempt {
@@ -63,13 +65,14 @@ impl Broker {
         let deadline = if reconciling {
             lease.wanted_exp_ms.saturating_add(RECONCILE_GRACE.as_millis() as i64)
         } else {
-            lease.expires_ms.unwrap_or(lease.wanted_exp_ms)
+            lease.expires_ms.unwrap_or(lease.wanted_exp_ms).saturating_add(CLOCK_SKEW.as_millis() as i64)
         };
-        if now_ms >= deadline {
-            // It has stopped working on its own: revoking it is moot. Say which case this is.
-            let mut a = base(LeaseState::Expired, event::LEASE_EXPIRED_UNREVOKED, Outcome::Success);
-            let why = if lease.attempts == 0 { "expired_naturally" } else { "revocation_abandoned" };
-            a.audit = a.audit.reason(why).detail("attempts", lease.attempts);
+        // The provider is always asked at least once, even at or after expiry: its clock, not
+        // ours, decides when the credential stops working. Retries stop once it has surely
+        // stopped working on its own, and the audit log says that is how it ended.
+        if lease.attempts > 0 && now_ms >= deadline {
+            let mut a = base(LeaseState::Expired, event::LEASE_EXPIRED_UNREVOKED, Outcome::Failure);
+            a.audit = a.audit.reason("revocation_abandoned").detail("attempts", lease.attempts);
             if reconciling {
                 a.audit = a.audit.detail("outcome_unknown", true);
             }
@@ -111,7 +114,7 @@ impl Broker {
             grant: &lease.grant,
             params,
             handle,
-            expires_at: from_ms(deadline),
+            expires_at: from_ms(lease.expires_ms.unwrap_or(lease.wanted_exp_ms)),
         };
         match call_provider(slot, rt_timeout, slot.provider.revoke(&lease_ref, now)).await {
             Ok(Revoked::Revoked) => {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::{Args, Subcommand};
 
-use super::client::{self, DEFAULT_ADMIN_SOCKET, Refused};
+use crate::client::{self, DEFAULT_ADMIN_SOCKET, Refused};
 use super::output::{self, Output};
 use crate::proto::v1;
 use crate::proto::v1::admin_client::AdminClient;

@@ -6,7 +6,6 @@
 mod admin;
 mod audit;
 mod check;
-mod client;
 mod output;
 mod task;
 mod token;

@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
-use super::client::{self, DEFAULT_BROKER_SOCKET, Refused};
+use crate::client::{self, DEFAULT_BROKER_SOCKET, Refused};
 use super::output;
 use crate::proto::v1;
 use crate::proto::v1::broker_client::BrokerClient;

@@ -69,36 +69,51 @@ impl Rejection {
     }
 }
 
+impl Rejection {
+    /// What went wrong, without the code.
+    pub fn describe(&self) -> String {
+        Describe(self).to_string()
+    }
+}
+
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let code = self.code();
-        match self {
-            Self::TooLarge { limit } => write!(f, "{code}: token is longer than {limit} bytes"),
-            Self::Malformed(why) => write!(f, "{code}: {why}"),
-            Self::DuplicateKey => write!(f, "{code}: a JSON object in the token repeats a key"),
-            Self::JweNotSupported => write!(f, "{code}: encrypted tokens (JWE) are not accepted"),
-            Self::NestedJwt => write!(f, "{code}: nested JWTs are not accepted"),
-            Self::AlgNone => write!(f, "{code}: unsigned tokens are never accepted"),
-            Self::AlgSymmetric => write!(f, "{code}: HMAC-signed tokens are never accepted"),
-            Self::AlgNotAllowed(alg) => write!(f, "{code}: {alg:?} is not allowed for this issuer"),
-            Self::CritNotSupported => write!(f, "{code}: no critical header extension is supported"),
-            Self::KeyHeaderNotAllowed(h) => {
-                write!(f, "{code}: the {h:?} header is not accepted; keys come only from the issuer's JWKS")
+        write!(f, "{}: {}", self.code(), Describe(self))
+    }
+}
+
+struct Describe<'a>(&'a Rejection);
+
+impl fmt::Display for Describe<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use Rejection::*;
+        match self.0 {
+            TooLarge { limit } => write!(f, "token is longer than {limit} bytes"),
+            Malformed(why) => write!(f, "{why}"),
+            DuplicateKey => write!(f, "a JSON object in the token repeats a key"),
+            JweNotSupported => write!(f, "encrypted tokens (JWE) are not accepted"),
+            NestedJwt => write!(f, "nested JWTs are not accepted"),
+            AlgNone => write!(f, "unsigned tokens are never accepted"),
+            AlgSymmetric => write!(f, "HMAC-signed tokens are never accepted"),
+            AlgNotAllowed(alg) => write!(f, "{alg:?} is not allowed for this issuer"),
+            CritNotSupported => write!(f, "no critical header extension is supported"),
+            KeyHeaderNotAllowed(h) => {
+                write!(f, "the {h:?} header is not accepted; keys come only from the issuer's JWKS")
             }
-            Self::TypInvalid => write!(f, "{code}: typ must be at+jwt (RFC 9068)"),
-            Self::UnknownIssuer => write!(f, "{code}: the token's issuer is not configured"),
-            Self::UnknownKid => write!(f, "{code}: no key of the issuer matches the token's kid"),
-            Self::KeyAlgMismatch => write!(f, "{code}: the key does not fit the token's alg"),
-            Self::BadSignature => write!(f, "{code}: the signature does not verify"),
-            Self::MissingClaim(c) => write!(f, "{code}: the {c:?} claim is required"),
-            Self::InvalidClaim(c) => write!(f, "{code}: the {c:?} claim has the wrong type or value"),
-            Self::AudienceMismatch => write!(f, "{code}: the token is not for this workload's resource"),
-            Self::InsufficientScope(s) => write!(f, "{code}: the token does not hold scope {s:?}"),
-            Self::Expired => write!(f, "{code}: the token has expired"),
-            Self::NotYetValid => write!(f, "{code}: the token is not valid yet (nbf)"),
-            Self::IssuedInFuture => write!(f, "{code}: the token was issued in the future (iat)"),
-            Self::KeysUnavailable => {
-                write!(f, "{code}: the issuer's signing keys could not be loaded; try again later")
+            TypInvalid => write!(f, "typ must be at+jwt (RFC 9068)"),
+            UnknownIssuer => write!(f, "the token's issuer is not configured"),
+            UnknownKid => write!(f, "no key of the issuer matches the token's kid"),
+            KeyAlgMismatch => write!(f, "the key does not fit the token's alg"),
+            BadSignature => write!(f, "the signature does not verify"),
+            MissingClaim(c) => write!(f, "the {c:?} claim is required"),
+            InvalidClaim(c) => write!(f, "the {c:?} claim has the wrong type or value"),
+            AudienceMismatch => write!(f, "the token is not for this workload's resource"),
+            InsufficientScope(s) => write!(f, "the token does not hold scope {s:?}"),
+            Expired => write!(f, "the token has expired"),
+            NotYetValid => write!(f, "the token is not valid yet (nbf)"),
+            IssuedInFuture => write!(f, "the token was issued in the future (iat)"),
+            KeysUnavailable => {
+                write!(f, "the issuer's signing keys could not be loaded; try again later")
             }
         }
     }

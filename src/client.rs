@@ -1,4 +1,4 @@
-//! gRPC clients over the daemon's unix sockets.
+//! Connecting to the daemon's unix sockets (used by the CLI, the load generator and the tests).
 
 use std::path::{Path, PathBuf};
 
@@ -9,10 +9,11 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::server::status::reason_of;
 
-pub(super) const DEFAULT_BROKER_SOCKET: &str = "/run/credbroker/broker.sock";
-pub(super) const DEFAULT_ADMIN_SOCKET: &str = "/run/credbroker/admin.sock";
+pub const DEFAULT_BROKER_SOCKET: &str = "/run/credbroker/broker.sock";
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/credbroker/admin.sock";
 
-pub(super) async fn channel(path: &Path) -> anyhow::Result<Channel> {
+/// A gRPC channel to a unix socket.
+pub async fn channel(path: &Path) -> anyhow::Result<Channel> {
     let path: PathBuf = path.to_path_buf();
     let shown = path.display().to_string();
     // The URI is required by the API but unused: the connector always dials the socket.
@@ -27,18 +28,16 @@ pub(super) async fn channel(path: &Path) -> anyhow::Result<Channel> {
 
 /// A refusal from the daemon, shown with its reason code.
 #[derive(Debug)]
-pub(super) struct Refused {
-    pub(super) code: tonic::Code,
-    pub(super) reason: Option<String>,
-    pub(super) message: String,
+pub struct Refused {
+    pub code: tonic::Code,
+    pub reason: Option<String>,
+    pub message: String,
 }
 
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.reason {
-            Some(r) => write!(f, "{:?} ({r}): {}", self.code, self.message),
-            None => write!(f, "{:?}: {}", self.code, self.message),
-        }
+        // The message starts with the reason code already.
+        write!(f, "{:?}: {}", self.code, self.message)
     }
 }
 

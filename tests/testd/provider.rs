@@ -1,0 +1,218 @@
+//! A test-only provider with real, durable state, so tests can assert on what was issued and
+//! revoked — across daemon crashes — without a real backend. Never part of the shipped binary.
+//!
+//! Instance settings: `state_dir` (required). Every issued credential is a file
+//! `STATE_DIR/issued/LEASE_ID.json`; revoking moves it to `STATE_DIR/revoked/`. Tests steer
+//! behaviour by creating files in `STATE_DIR`:
+//!
+//! * `fail-issue`   → issue answers Unavailable
+//! * `deny-issue`   → issue answers Denied
+//! * `hang-issue`   → issue records the credential, then never answers (outcome unknown)
+//! * `fail-revoke`  → revoke and reconcile answer Unavailable (a provider outage)
+//! * `slow-issue-ms`, `slow-revoke-ms` → contents: a delay in milliseconds
+//!
+//! Grant parameters: `label` (string), `items` (list of strings, narrowable), `floor_s`
+//! (integer: a minimum lifetime, like STS's 15 minutes). Anything else is a config error.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use credbroker_provider_api::{
+    Credential, Env, ErrorKind, IssueRequest, Issued, LeaseRef, ParamError, Params, Provider, ProviderError,
+    ProviderFactory, ProviderHealth, Reconciled, Renewed, RevocationHandle, Revoked, SecretValue, param_str,
+};
+use serde_json::{Value, json};
+
+pub(crate) struct TestFactory;
+
+impl ProviderFactory for TestFactory {
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+
+    fn build(&self, _name: &str, config: &Params, _env: &dyn Env) -> Result<Arc<dyn Provider>, Vec<ParamError>> {
+        let mut errors = Vec::new();
+        for key in config.keys() {
+            if key != "state_dir" {
+                errors.push(ParamError::new(key, "unknown setting"));
+            }
+        }
+        let dir = match param_str(config, "state_dir") {
+            Ok(d) => PathBuf::from(d),
+            Err(e) => {
+                errors.push(e);
+                PathBuf::new()
+            }
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        for sub in ["issued", "revoked"] {
+            std::fs::create_dir_all(dir.join(sub)).map_err(|e| vec![ParamError::new("state_dir", e.to_string())])?;
+        }
+        Ok(Arc::new(TestProvider { dir }))
+    }
+}
+
+struct TestProvider {
+    dir: PathBuf,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn sha256_hex(s: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes());
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unavailable(msg: &str) -> ProviderError {
+    ProviderError::new(ErrorKind::Unavailable, msg)
+}
+
+impl TestProvider {
+    fn flag(&self, name: &str) -> bool {
+        self.dir.join(name).exists()
+    }
+
+    async fn delay(&self, name: &str) {
+        if let Some(ms) = std::fs::read_to_string(self.dir.join(name)).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+    }
+
+    fn issued(&self, lease_id: &str) -> PathBuf {
+        self.dir.join("issued").join(format!("{lease_id}.json"))
+    }
+
+    fn revoked(&self, lease_id: &str) -> PathBuf {
+        self.dir.join("revoked").join(format!("{lease_id}.json"))
+    }
+
+    /// Writes atomically, so a crash never leaves half a record.
+    fn write(path: &Path, v: &Value) -> Result<(), ProviderError> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, v.to_string()).map_err(|e| unavailable(&e.to_string()))?;
+        std::fs::rename(&tmp, path).map_err(|e| unavailable(&e.to_string()))
+    }
+
+    fn take_back(&self, lease_id: &str, secret: Option<&SecretValue>) -> Result<bool, ProviderError> {
+        let from = self.issued(lease_id);
+        let Ok(text) = std::fs::read_to_string(&from) else { return Ok(false) };
+        let record: Value = serde_json::from_str(&text).map_err(|e| unavailable(&e.to_string()))?;
+        if let Some(secret) = secret {
+            // The handle's secret must be the one issued: proves the journal's sealed copy
+            // survived a restart intact.
+            if record["secret_sha256"].as_str() != Some(&sha256_hex(secret.expose())) {
+                return Err(ProviderError::new(ErrorKind::Unauthorized, "revocation handle does not match"));
+            }
+        }
+        std::fs::rename(&from, self.revoked(lease_id)).map_err(|e| unavailable(&e.to_string()))?;
+        Ok(true)
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for TestProvider {
+    fn kind(&self) -> &'static str {
+        "test"
+    }
+
+    fn check_grant(&self, params: &Params) -> Result<(), Vec<ParamError>> {
+        let mut errors = Vec::new();
+        for (k, v) in params {
+            let ok = match k.as_str() {
+                "label" => v.is_string(),
+                "items" => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
+                "floor_s" => v.is_u64(),
+                _ => {
+                    errors.push(ParamError::new(k, "unknown parameter"));
+                    continue;
+                }
+            };
+            if !ok {
+                errors.push(ParamError::new(k, "has the wrong type"));
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    fn narrowable(&self) -> &'static [&'static str] {
+        &["items"]
+    }
+
+    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, ProviderError> {
+        self.delay("slow-issue-ms").await;
+        if self.flag("fail-issue") {
+            return Err(unavailable("simulated outage"));
+        }
+        if self.flag("deny-issue") {
+            return Err(ProviderError::new(ErrorKind::Denied, "simulated permission denied"));
+        }
+        let floor = req.params.get("floor_s").and_then(Value::as_u64).unwrap_or(0);
+        let expires_at = req.expires_at.max(req.now + Duration::from_secs(floor));
+        let mut raw = [0u8; 24];
+        aws_lc_rs::rand::fill(&mut raw).map_err(|_| unavailable("no randomness"))?;
+        let secret = SecretValue::new(format!("tp_{}", raw.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        let record = json!({
+            "lease_id": req.lease_id,
+            "task_id": req.task.task_id,
+            "grant": req.grant,
+            "owner": req.task.owner,
+            "client_id": req.task.client_id,
+            "params": req.params,
+            "expires_at": unix(expires_at),
+            "secret_sha256": sha256_hex(secret.expose()),
+        });
+        Self::write(&self.issued(req.lease_id), &record)?;
+        if self.flag("hang-issue") {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        let username = format!("u-{}", &req.lease_id[req.lease_id.len().saturating_sub(12)..]);
+        let mut credential = Credential::default();
+        credential.public.insert("username".into(), username);
+        credential.secret.insert("password".into(), secret.duplicate());
+        Ok(Issued {
+            credential,
+            handle: RevocationHandle { reference: req.lease_id.to_string(), secret: Some(secret) },
+            expires_at,
+            renewable: true,
+        })
+    }
+
+    async fn renew(&self, lease: &LeaseRef<'_>, expires_at: SystemTime, _now: SystemTime) -> Result<Renewed, ProviderError> {
+        let path = self.issued(lease.lease_id);
+        let text = std::fs::read_to_string(&path).map_err(|_| ProviderError::new(ErrorKind::NotFound, "no such lease"))?;
+        let mut record: Value = serde_json::from_str(&text).map_err(|e| unavailable(&e.to_string()))?;
+        record["expires_at"] = json!(unix(expires_at));
+        Self::write(&path, &record)?;
+        Ok(Renewed { expires_at })
+    }
+
+    async fn revoke(&self, lease: &LeaseRef<'_>, _now: SystemTime) -> Result<Revoked, ProviderError> {
+        self.delay("slow-revoke-ms").await;
+        if self.flag("fail-revoke") {
+            return Err(unavailable("simulated outage"));
+        }
+        match self.take_back(lease.lease_id, lease.handle.secret.as_ref())? {
+            true => Ok(Revoked::Revoked),
+            false => Ok(Revoked::AlreadyGone),
+        }
+    }
+
+    async fn reconcile(&self, req: &IssueRequest<'_>, _now: SystemTime) -> Result<Reconciled, ProviderError> {
+        if self.flag("fail-revoke") {
+            return Err(unavailable("simulated outage"));
+        }
+        match self.take_back(req.lease_id, None)? {
+            true => Ok(Reconciled::Revoked),
+            false => Ok(Reconciled::NothingIssued),
+        }
+    }
+
+    async fn health(&self) -> ProviderHealth {
+        ProviderHealth { healthy: self.dir.join("issued").is_dir(), detail: self.dir.display().to_string() }
+    }
+}
