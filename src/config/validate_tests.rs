@@ -1,0 +1,107 @@
+use super::*;
+
+const BASE: &str = r#"
+[server]
+broker_socket = "/run/credbroker/broker.sock"
+admin_socket = "/run/credbroker/admin.sock"
+
+[journal]
+path = "/var/lib/credbroker/journal.db"
+key_file = "/etc/credbroker/journal.key"
+
+[[issuer]]
+url = "https://auth.example.com"
+
+[[provider]]
+name = "vault-main"
+type = "vault"
+address = "https://vault.example.com"
+
+[[grant]]
+name = "orders-db-read"
+provider = "vault-main"
+scopes = ["mcp.tool:postgres.read"]
+max_ttl = "15m"
+params = { path = "database/creds/{sub}" }
+
+[[workload]]
+name = "postgres-mcp"
+uid = 1001
+audience = "https://mcp.example.com/postgres"
+grants = ["orders-db-read"]
+"#;
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    parse(text).err().unwrap_or_default()
+}
+
+#[test]
+fn a_good_configuration_parses() {
+    let c = parse(BASE).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(c.grants["orders-db-read"].max_ttl, Duration::from_secs(900));
+    assert_eq!(c.issuers[0].algorithms, vec![Alg::RS256, Alg::ES256, Alg::EdDSA]);
+    assert_eq!(c.workloads[0].uid, Some(1001));
+    assert_eq!(c.providers[0].settings.get("address").and_then(|v| v.as_str()), Some("https://vault.example.com"));
+    assert!(c.server.admin_uids.contains(&nix::unistd::geteuid().as_raw()));
+}
+
+#[test]
+fn unknown_keys_are_refused_with_their_line() {
+    let text = BASE.replace("max_ttl = \"15m\"", "max_ttl = \"15m\"\nmax_tll = \"1h\"");
+    let e = errors(&text);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].message.contains("max_tll"), "{e:?}");
+    let line = text.lines().position(|l| l.starts_with("max_tll")).map(|i| i + 1);
+    assert_eq!(e[0].line, line);
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_path() {
+    let text = BASE
+        .replace("https://auth.example.com", "http://auth.example.com")
+        .replace("max_ttl = \"15m\"", "max_ttl = \"soon\"")
+        .replace("grants = [\"orders-db-read\"]", "grants = [\"orders-db-raed\"]")
+        .replace("provider = \"vault-main\"", "provider = \"vault\"")
+        .replace("database/creds/{sub}", "database/creds/{subject}");
+    let e = errors(&text);
+    let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+    for want in [
+        "issuer.http://auth.example.com.url",
+        "grant.orders-db-read.max_ttl",
+        "grant.orders-db-read.provider",
+        "grant.orders-db-read.params.path",
+        "workload.postgres-mcp.grants",
+    ] {
+        assert!(paths.contains(&want), "missing {want} in {paths:?}");
+    }
+    assert!(e.iter().all(|e| e.line.is_some()), "{e:?}");
+}
+
+#[test]
+fn refuses_insecure_and_ambiguous_shapes() {
+    let hmac = BASE.replace("url = \"https://auth.example.com\"", "url = \"https://auth.example.com\"\nalgorithms = [\"HS256\"]");
+    assert!(errors(&hmac).iter().any(|e| e.message.contains("HMAC")));
+    let anyone = BASE.replace("uid = 1001\n", "");
+    assert!(errors(&anyone).iter().any(|e| e.message.contains("must match on uid, user or gid")));
+    let twice = format!("{BASE}\n[[workload]]\nname = \"copy\"\nuid = 1001\naudience = \"https://x.example\"\ngrants = [\"orders-db-read\"]\n");
+    assert!(errors(&twice).iter().any(|e| e.message.contains("same peers")));
+    let no_scope = BASE.replace("scopes = [\"mcp.tool:postgres.read\"]", "scopes = []");
+    assert!(errors(&no_scope).iter().any(|e| e.path == "grant.orders-db-read.scopes"));
+    let leeway = format!("{BASE}\n[tokens]\nleeway = \"10m\"\n");
+    assert!(errors(&leeway).iter().any(|e| e.path == "tokens.leeway"));
+    let no_key = BASE.replace("key_file = \"/etc/credbroker/journal.key\"\n", "");
+    assert!(errors(&no_key).iter().any(|e| e.path == "journal"));
+    let loopback_http = BASE.replace("https://auth.example.com", "http://127.0.0.1:8080");
+    assert!(parse(&loopback_http).is_ok());
+}
+
+#[test]
+fn issuer_urls() {
+    assert!(check_issuer_url("https://a.example/tenant").is_ok());
+    assert!(check_issuer_url("http://localhost:9000").is_ok());
+    assert!(check_issuer_url("http://[::1]:9000").is_ok());
+    assert!(check_issuer_url("http://a.example").is_err());
+    assert!(check_issuer_url("https://a.example/?x=1").is_err());
+    assert!(check_issuer_url("https://u:p@a.example").is_err());
+    assert!(check_issuer_url("not a url").is_err());
+}
