@@ -139,7 +139,7 @@ async fn concurrent_commits_share_fsyncs() {
 fn refuses_a_newer_schema() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join("j.db");
-    let c = rusqlite::Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let c = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
     c.pragma_update(None, "user_version", 99).unwrap_or_else(|e| panic!("{e}"));
     drop(c);
     assert!(matches!(Journal::open(&path), Err(JournalError::TooNew { found: 99, .. })));

@@ -1,6 +1,6 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::*;
 use crate::config::Config;
@@ -51,7 +51,7 @@ fn policy(require_owner: bool) -> (Config, Policy) {
 
 const NOW: u64 = 1_800_000_000;
 
-fn claims(sub: &str, client: &str, scope: &str, extra: serde_json::Value) -> Claims {
+fn claims(sub: &str, client: &str, scope: &str, extra: Value) -> Claims {
     let mut all = json!({"groups": ["sre"]});
     if let (Some(a), Some(e)) = (all.as_object_mut(), extra.as_object()) {
         a.extend(e.clone());

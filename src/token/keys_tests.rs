@@ -1,10 +1,10 @@
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::*;
 
-fn fixture_jwk(kid: &str) -> serde_json::Value {
+fn fixture_jwk(kid: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/keys.json");
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_default()).unwrap_or_default();
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_default()).unwrap_or_default();
     let mut k = v["keys"].as_array().and_then(|a| a.iter().find(|k| k["kid"] == kid).cloned()).unwrap_or_default();
     if let Some(m) = k.as_object_mut() {
         m.remove("d");
@@ -14,7 +14,7 @@ fn fixture_jwk(kid: &str) -> serde_json::Value {
 
 const ALL: [Alg; 3] = [Alg::RS256, Alg::ES256, Alg::EdDSA];
 
-fn parse(keys: serde_json::Value, allowed: &[Alg]) -> Result<(KeySet, Vec<String>), String> {
+fn parse(keys: Value, allowed: &[Alg]) -> Result<(KeySet, Vec<String>), String> {
     KeySet::parse(json!({ "keys": keys }).to_string().as_bytes(), allowed)
 }
 
@@ -41,7 +41,7 @@ fn skips_unusable_keys_and_says_why() {
 fn small_rsa_keys_are_refused() {
     let mut k = fixture_jwk("rs256-1");
     // A 1024-bit modulus.
-    k["n"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xffu8; 128]));
+    k["n"] = json!(URL_SAFE_NO_PAD.encode([0xffu8; 128]));
     assert!(parse(json!([k]), &ALL).is_err_and(|e| e.contains("1024 bits")));
 }
 

@@ -1,1 +1,12 @@
+//! Integration tests: the daemon as a separate process, against real components started by
+//! the tests themselves (the npm `oidc-provider` authorization server; later OpenBao,
+//! PostgreSQL and moto). One test binary; `support/` starts the components.
 
+#![allow(unreachable_pub)] // A test binary: `pub` in its modules is for its own modules.
+
+mod keys;
+mod lifecycle;
+mod operations;
+mod rejections;
+mod secrets;
+mod support;

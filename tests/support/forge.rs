@@ -2,7 +2,7 @@
 //! authorization server signs with), including every malformed and hostile shape the verifier
 //! must refuse. Shared by the verifier's unit tests and the integration tests.
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 use std::path::{Path, PathBuf};
 

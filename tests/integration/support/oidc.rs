@@ -1,0 +1,172 @@
+//! The real authorization server: npm `oidc-provider`, started per test on a free loopback
+//! port, signing with the fixture keys so tests can also forge tokens its JWKS will verify.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{free_port, repo};
+
+pub const POSTGRES: &str = "https://mcp.example.test/postgres";
+pub const S3: &str = "https://mcp.example.test/s3";
+pub const GITHUB: &str = "https://mcp.example.test/github";
+pub const PG_READ: &str = "mcp.tool:postgres.read";
+
+/// One registered client: (id, secret, allowed scopes, extra claims).
+pub struct ClientSpec {
+    pub id: &'static str,
+    pub scope: &'static str,
+    pub extra: Value,
+}
+
+pub fn default_clients() -> Vec<ClientSpec> {
+    vec![
+        ClientSpec { id: "agent-1", scope: "mcp.tool:postgres.read mcp.tool:s3.read mcp.tool:github.create_issue", extra: json!({}) },
+        ClientSpec { id: "agent-noscope", scope: "mcp.tool:s3.read", extra: json!({}) },
+        ClientSpec { id: "agent-unowned", scope: "mcp.tool:postgres.read", extra: json!({}) },
+        ClientSpec { id: "agent-delegated", scope: "mcp.tool:postgres.read", extra: json!({"act": {"sub": "agent-delegated"}}) },
+    ]
+}
+
+pub struct Options {
+    pub clients: Vec<ClientSpec>,
+    /// "both", "oauth" or "oidc": which discovery documents are served.
+    pub metadata: &'static str,
+    /// Fixture key sets (`keys`, `keys-rotated`); the first one signs.
+    pub key_sets: Vec<&'static str>,
+    pub port: Option<u16>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { clients: default_clients(), metadata: "both", key_sets: vec!["keys"], port: None }
+    }
+}
+
+pub struct AuthServer {
+    pub issuer: String,
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+fn oidc_dir() -> PathBuf {
+    repo().join("tests/support/oidc")
+}
+
+/// Installs the npm packages into the project's own folder once (under a lock, since nextest
+/// runs tests as parallel processes).
+fn ensure_installed() {
+    let dir = oidc_dir();
+    if dir.join("node_modules/oidc-provider/package.json").exists() {
+        return;
+    }
+    let lock = std::fs::File::create(dir.join(".install.lock")).unwrap_or_else(|e| panic!("lock: {e}"));
+    lock.lock().unwrap_or_else(|e| panic!("lock: {e}"));
+    if !dir.join("node_modules/oidc-provider/package.json").exists() {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&dir)
+            .status()
+            .unwrap_or_else(|e| panic!("npm ci: {e} (is Node.js installed?)"));
+        assert!(status.success(), "npm ci failed in {}", dir.display());
+    }
+}
+
+impl AuthServer {
+    pub fn start() -> Self {
+        Self::start_with(Options::default())
+    }
+
+    pub fn start_with(opts: Options) -> Self {
+        ensure_installed();
+        let port = opts.port.unwrap_or_else(free_port);
+        let issuer = format!("http://127.0.0.1:{port}");
+        // Signing keys: the first set listed signs; all are published.
+        let mut all_keys = Vec::new();
+        for set in &opts.key_sets {
+            let v: Value = serde_json::from_str(
+                &std::fs::read_to_string(repo().join("tests/fixtures").join(set).join("keys.json")).unwrap_or_default(),
+            )
+            .unwrap_or_default();
+            all_keys.extend(v["keys"].as_array().cloned().unwrap_or_default());
+        }
+        let keys = json!({ "keys": all_keys });
+        let clients = opts.clients;
+        let metadata = opts.metadata;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let all = "mcp.tool:postgres.read mcp.tool:s3.read mcp.tool:github.create_issue";
+        let config = json!({
+            "issuer": issuer,
+            "keys": keys,
+            "metadata": metadata,
+            "clients": clients.iter().map(|c| json!({
+                "client_id": c.id, "client_secret": secret(c.id), "scope": c.scope, "extra_claims": c.extra,
+            })).collect::<Vec<_>>(),
+            "resources": {
+                POSTGRES: { "alg": "ES256", "ttl": 300, "scope": all },
+                S3: { "alg": "RS256", "ttl": 300, "scope": all },
+                GITHUB: { "alg": "EdDSA", "ttl": 300, "scope": all },
+            },
+        });
+        let path = dir.path().join("as.json");
+        std::fs::write(&path, config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        let mut child = Command::new("node")
+            .arg(oidc_dir().join("server.mjs"))
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting node: {e}"));
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        let mut line = String::new();
+        let started = Instant::now();
+        BufReader::new(stdout).read_line(&mut line).unwrap_or_else(|e| panic!("reading READY: {e}"));
+        assert!(line.starts_with("READY "), "authorization server did not start: {line:?}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        Self { issuer, port, child, _dir: dir, http: reqwest::Client::new() }
+    }
+
+    /// A real access token, by client credentials with a resource indicator (RFC 8707).
+    pub async fn token(&self, client: &str, resource: &str, scope: &str) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/token", self.issuer))
+            .basic_auth(client, Some(secret(client)))
+            .form(&[("grant_type", "client_credentials"), ("resource", resource), ("scope", scope)])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("token request: {e}"));
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or_default();
+        assert!(status.is_success(), "token request failed: {status} {body}");
+        body["access_token"].as_str().unwrap_or_else(|| panic!("no access_token in {body}")).to_string()
+    }
+
+    /// Makes the JWKS endpoint fail (503) or work again.
+    pub async fn jwks_ok(&self, ok: bool) {
+        let resp = self
+            .http
+            .post(format!("{}/test/jwks-mode", self.issuer))
+            .body(if ok { "ok" } else { "fail" })
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(resp.status().is_success());
+    }
+}
+
+impl Drop for AuthServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn secret(client: &str) -> String {
+    format!("secret-for-{client}")
+}
