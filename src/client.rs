@@ -45,6 +45,10 @@ impl std::error::Error for Refused {}
 
 impl From<tonic::Status> for Refused {
     fn from(s: tonic::Status) -> Self {
-        Self { code: s.code(), reason: reason_of(&s), message: s.message().to_string() }
+        Self {
+            code: s.code(),
+            reason: reason_of(&s),
+            message: s.message().to_string(),
+        }
     }
 }

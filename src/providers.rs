@@ -59,7 +59,10 @@ impl ProviderSet {
         let mut errors = Vec::new();
         let mut slots = HashMap::new();
         for pc in &config.providers {
-            if let Some(old) = previous.and_then(|p| p.slots.get(&pc.name)).filter(|s| s.config == *pc) {
+            if let Some(old) = previous
+                .and_then(|p| p.slots.get(&pc.name))
+                .filter(|s| s.config == *pc)
+            {
                 slots.insert(pc.name.clone(), Arc::clone(old));
                 continue;
             }
@@ -67,14 +70,25 @@ impl ProviderSet {
                 errors.push(ConfigError {
                     path: format!("provider.{}.type", pc.name),
                     line: None,
-                    message: format!("unknown provider type {:?}; this build knows {:?}", pc.kind, registry.kinds()),
+                    message: format!(
+                        "unknown provider type {:?}; this build knows {:?}",
+                        pc.kind,
+                        registry.kinds()
+                    ),
                 });
                 continue;
             };
             match factory.build(&pc.name, &pc.settings, env) {
                 Ok(provider) => {
                     let limit = Arc::new(Semaphore::new(config.broker.provider_concurrency));
-                    slots.insert(pc.name.clone(), Arc::new(Slot { provider, config: pc.clone(), limit }));
+                    slots.insert(
+                        pc.name.clone(),
+                        Arc::new(Slot {
+                            provider,
+                            config: pc.clone(),
+                            limit,
+                        }),
+                    );
                 }
                 Err(errs) => errors.extend(errs.into_iter().map(|e| ConfigError {
                     path: format!("provider.{}.{}", pc.name, e.path),
@@ -84,24 +98,30 @@ impl ProviderSet {
             }
         }
         for (name, grant) in &config.grants {
-            if let Some(slot) = slots.get(&grant.provider) {
-                if let Err(errs) = slot.provider.check_grant(&grant.params) {
-                    errors.extend(errs.into_iter().map(|e| ConfigError {
-                        path: format!("grant.{name}.params.{}", e.path),
-                        line: None,
-                        message: e.message,
-                    }));
-                }
+            if let Some(slot) = slots.get(&grant.provider)
+                && let Err(errs) = slot.provider.check_grant(&grant.params)
+            {
+                errors.extend(errs.into_iter().map(|e| ConfigError {
+                    path: format!("grant.{name}.params.{}", e.path),
+                    line: None,
+                    message: e.message,
+                }));
             }
         }
         // Instances dropped from the configuration may still hold leases: keep them, for
         // revocation only (grants can no longer name them).
         if let Some(prev) = previous {
             for (name, slot) in &prev.slots {
-                slots.entry(name.clone()).or_insert_with(|| Arc::clone(slot));
+                slots
+                    .entry(name.clone())
+                    .or_insert_with(|| Arc::clone(slot));
             }
         }
-        if errors.is_empty() { Ok(Self { slots }) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(Self { slots })
+        } else {
+            Err(errors)
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Slot>> {
@@ -114,6 +134,9 @@ impl ProviderSet {
 
     /// Which parameters each instance lets a request narrow.
     pub fn narrowable(&self) -> HashMap<String, &'static [&'static str]> {
-        self.slots.iter().map(|(k, s)| (k.clone(), s.provider.narrowable())).collect()
+        self.slots
+            .iter()
+            .map(|(k, s)| (k.clone(), s.provider.narrowable()))
+            .collect()
     }
 }

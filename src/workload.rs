@@ -40,10 +40,15 @@ pub enum MatchError {
 }
 
 fn specificity(w: &WorkloadConfig) -> usize {
-    [w.uid.is_some(), w.gid.is_some(), w.exe.is_some(), w.systemd_unit.is_some()]
-        .iter()
-        .filter(|b| **b)
-        .count()
+    [
+        w.uid.is_some(),
+        w.gid.is_some(),
+        w.exe.is_some(),
+        w.systemd_unit.is_some(),
+    ]
+    .iter()
+    .filter(|b| **b)
+    .count()
 }
 
 fn matches(w: &WorkloadConfig, peer: &PeerInfo) -> bool {
@@ -54,13 +59,25 @@ fn matches(w: &WorkloadConfig, peer: &PeerInfo) -> bool {
         && w.systemd_unit.as_ref().is_none_or(|u| peer.unit.as_ref() == Some(u))
 }
 
-pub fn find<'a>(workloads: &'a [WorkloadConfig], peer: &PeerInfo) -> Result<&'a WorkloadConfig, MatchError> {
+pub fn find<'a>(
+    workloads: &'a [WorkloadConfig],
+    peer: &PeerInfo,
+) -> Result<&'a WorkloadConfig, MatchError> {
     let candidates: Vec<&WorkloadConfig> = workloads.iter().filter(|w| matches(w, peer)).collect();
-    let best = candidates.iter().map(|w| specificity(w)).max().ok_or(MatchError::Unknown)?;
-    let top: Vec<&WorkloadConfig> = candidates.into_iter().filter(|w| specificity(w) == best).collect();
+    let best = candidates
+        .iter()
+        .map(|w| specificity(w))
+        .max()
+        .ok_or(MatchError::Unknown)?;
+    let top: Vec<&WorkloadConfig> = candidates
+        .into_iter()
+        .filter(|w| specificity(w) == best)
+        .collect();
     match top.as_slice() {
         [one] => Ok(one),
-        many => Err(MatchError::Ambiguous(many.iter().map(|w| w.name.clone()).collect())),
+        many => Err(MatchError::Ambiguous(
+            many.iter().map(|w| w.name.clone()).collect(),
+        )),
     }
 }
 
@@ -86,23 +103,51 @@ mod tests {
     }
 
     fn peer(uid: u32, exe: Option<&str>, unit: Option<&str>) -> PeerInfo {
-        PeerInfo { uid, gid: 100, pid: 42, exe: exe.map(PathBuf::from), unit: unit.map(str::to_owned) }
+        PeerInfo {
+            uid,
+            gid: 100,
+            pid: 42,
+            exe: exe.map(PathBuf::from),
+            unit: unit.map(str::to_owned),
+        }
     }
 
     #[test]
     fn most_specific_match_wins() {
-        let ws = [w("any", Some(1000), None, None), w("pg", Some(1000), Some("/usr/bin/pg-mcp"), None)];
-        assert_eq!(find(&ws, &peer(1000, Some("/usr/bin/pg-mcp"), None)).map(|w| w.name.as_str()), Ok("pg"));
-        assert_eq!(find(&ws, &peer(1000, Some("/usr/bin/other"), None)).map(|w| w.name.as_str()), Ok("any"));
-        assert_eq!(find(&ws, &peer(1001, None, None)).map(|w| w.name.as_str()), Err(MatchError::Unknown));
+        let ws = [
+            w("any", Some(1000), None, None),
+            w("pg", Some(1000), Some("/usr/bin/pg-mcp"), None),
+        ];
+        assert_eq!(
+            find(&ws, &peer(1000, Some("/usr/bin/pg-mcp"), None)).map(|w| w.name.as_str()),
+            Ok("pg")
+        );
+        assert_eq!(
+            find(&ws, &peer(1000, Some("/usr/bin/other"), None)).map(|w| w.name.as_str()),
+            Ok("any")
+        );
+        assert_eq!(
+            find(&ws, &peer(1001, None, None)).map(|w| w.name.as_str()),
+            Err(MatchError::Unknown)
+        );
     }
 
     #[test]
     fn unreadable_attributes_never_match_and_ties_are_refused() {
-        let ws = [w("pg", Some(1000), Some("/usr/bin/pg-mcp"), None), w("gh", Some(1000), None, Some("gh.service"))];
-        assert_eq!(find(&ws, &peer(1000, None, None)).map(|w| w.name.as_str()), Err(MatchError::Unknown));
+        let ws = [
+            w("pg", Some(1000), Some("/usr/bin/pg-mcp"), None),
+            w("gh", Some(1000), None, Some("gh.service")),
+        ];
         assert_eq!(
-            find(&ws, &peer(1000, Some("/usr/bin/pg-mcp"), Some("gh.service"))).map(|w| w.name.as_str()),
+            find(&ws, &peer(1000, None, None)).map(|w| w.name.as_str()),
+            Err(MatchError::Unknown)
+        );
+        assert_eq!(
+            find(
+                &ws,
+                &peer(1000, Some("/usr/bin/pg-mcp"), Some("gh.service"))
+            )
+            .map(|w| w.name.as_str()),
             Err(MatchError::Ambiguous(vec!["pg".into(), "gh".into()]))
         );
     }

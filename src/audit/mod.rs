@@ -94,7 +94,12 @@ pub struct AuditRecord {
 
 impl AuditRecord {
     pub fn new(event: &str, outcome: Outcome, at: SystemTime) -> Self {
-        Self { time: rfc3339(at), event: event.into(), outcome: outcome.as_str().into(), ..Default::default() }
+        Self {
+            time: rfc3339(at),
+            event: event.into(),
+            outcome: outcome.as_str().into(),
+            ..Default::default()
+        }
     }
 
     pub fn reason(mut self, code: &str) -> Self {

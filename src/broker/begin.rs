@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use credbroker_provider_api::{Credential, ErrorKind as PKind, IssueRequest, Issued, ProviderError, SecretValue};
+use credbroker_provider_api::{
+    Credential, ErrorKind as PKind, IssueRequest, Issued, ProviderError, SecretValue,
+};
 use futures_util::future::join_all;
 
 use super::live::{LiveLease, LiveTask, TaskSummary, context, task_audit};
@@ -13,7 +15,7 @@ use crate::journal::Op;
 use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState, end_reason};
 use crate::policy::{Ask, GrantAsk};
 use crate::providers::Slot;
-use crate::time::{to_ms, rfc3339};
+use crate::time::{rfc3339, to_ms};
 use crate::workload::PeerInfo;
 
 const MAX_TOOL_LEN: usize = 128;
@@ -42,36 +44,64 @@ pub struct Begun {
 }
 
 /// Request checks that need nothing but the request. Bad input changes no state.
-pub(crate) fn check_shape(tool: &str, grants: &[GrantAsk], ttl: Option<Duration>, max: usize) -> Result<(), BrokerError> {
+pub(crate) fn check_shape(
+    tool: &str,
+    grants: &[GrantAsk],
+    ttl: Option<Duration>,
+    max: usize,
+) -> Result<(), BrokerError> {
     if tool.is_empty()
         || tool.len() > MAX_TOOL_LEN
-        || !tool.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'))
+        || !tool
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':' | '/'))
     {
-        return Err(BrokerError::invalid("invalid_tool", "tool must be 1-128 characters of [A-Za-z0-9._:/-]"));
+        return Err(BrokerError::invalid(
+            "invalid_tool",
+            "tool must be 1-128 characters of [A-Za-z0-9._:/-]",
+        ));
     }
     if grants.is_empty() {
         return Err(BrokerError::invalid("no_grants", "name at least one grant"));
     }
     if grants.len() > max {
-        return Err(BrokerError::invalid("too_many_grants", format!("at most {max} grants per task")));
+        return Err(BrokerError::invalid(
+            "too_many_grants",
+            format!("at most {max} grants per task"),
+        ));
     }
     for (i, g) in grants.iter().enumerate() {
         if g.name.is_empty() || g.name.len() > 64 {
-            return Err(BrokerError::invalid("invalid_grant_name", "grant names are 1-64 characters"));
+            return Err(BrokerError::invalid(
+                "invalid_grant_name",
+                "grant names are 1-64 characters",
+            ));
         }
         if grants[..i].iter().any(|o| o.name == g.name) {
-            return Err(BrokerError::invalid("duplicate_grant", format!("grant {:?} is named twice", g.name)));
+            return Err(BrokerError::invalid(
+                "duplicate_grant",
+                format!("grant {:?} is named twice", g.name),
+            ));
         }
         for (key, values) in &g.narrow {
-            if key.is_empty() || values.len() > 256 || values.iter().any(|v| v.is_empty() || v.len() > 256) {
-                return Err(BrokerError::invalid("invalid_narrowing", format!("grant {:?}: narrowing of {key:?} is malformed", g.name)));
+            if key.is_empty()
+                || values.len() > 256
+                || values.iter().any(|v| v.is_empty() || v.len() > 256)
+            {
+                return Err(BrokerError::invalid(
+                    "invalid_narrowing",
+                    format!("grant {:?}: narrowing of {key:?} is malformed", g.name),
+                ));
             }
         }
     }
-    if let Some(t) = ttl {
-        if t.is_zero() || t > MAX_TTL {
-            return Err(BrokerError::invalid("invalid_ttl", "ttl must be between 1 second and 24 hours"));
-        }
+    if let Some(t) = ttl
+        && (t.is_zero() || t > MAX_TTL)
+    {
+        return Err(BrokerError::invalid(
+            "invalid_ttl",
+            "ttl must be between 1 second and 24 hours",
+        ));
     }
     Ok(())
 }
@@ -81,11 +111,22 @@ impl Broker {
         let now = self.clock.now();
         let rt = self.runtime();
         if req.token.expose().is_empty() {
-            return Err(BrokerError::new(ErrorKind::Unauthenticated, "missing_token", "no access token was given"));
+            return Err(BrokerError::new(
+                ErrorKind::Unauthenticated,
+                "missing_token",
+                "no access token was given",
+            ));
         }
-        check_shape(&req.tool, &req.grants, req.ttl, rt.config.broker.max_grants_per_task)?;
+        check_shape(
+            &req.tool,
+            &req.grants,
+            req.ttl,
+            rt.config.broker.max_grants_per_task,
+        )?;
         let workload = self.identify(&rt, peer, now).await?;
-        let verified = self.authenticate(&rt, workload, peer, req.token.expose(), now).await?;
+        let verified = self
+            .authenticate(&rt, workload, peer, req.token.expose(), now)
+            .await?;
         drop(req.token);
         let claims = &verified.claims;
         let task_id = new_id();
@@ -101,9 +142,10 @@ impl Broker {
         }) {
             Ok(d) => d,
             Err(denial) => {
-                let mut rec = crate::audit::AuditRecord::new(event::REQUEST_DENIED, Outcome::Denied, now)
-                    .reason(denial.code)
-                    .detail("message", denial.message.clone());
+                let mut rec =
+                    crate::audit::AuditRecord::new(event::REQUEST_DENIED, Outcome::Denied, now)
+                        .reason(denial.code)
+                        .detail("message", denial.message.clone());
                 rec.peer = Some(peer.record());
                 rec.workload = Some(workload.name.clone());
                 rec.tool = Some(req.tool.clone());
@@ -142,9 +184,17 @@ impl Broker {
         let mut slots = Vec::with_capacity(decision.grants.len());
         let mut leases = Vec::with_capacity(decision.grants.len());
         for r in &decision.grants {
-            let slot = rt.providers.get(&r.grant.provider).cloned().ok_or_else(|| {
-                BrokerError::new(ErrorKind::Internal, "provider_missing", format!("provider {:?} is not loaded", r.grant.provider))
-            })?;
+            let slot = rt
+                .providers
+                .get(&r.grant.provider)
+                .cloned()
+                .ok_or_else(|| {
+                    BrokerError::new(
+                        ErrorKind::Internal,
+                        "provider_missing",
+                        format!("provider {:?} is not loaded", r.grant.provider),
+                    )
+                })?;
             leases.push(LeaseRow {
                 id: new_id(),
                 task_id: task_id.clone(),
@@ -170,18 +220,33 @@ impl Broker {
         ops.extend(leases.iter().map(|l| Op::InsertLease(Box::new(l.clone()))));
         let opened = task_audit(&task, event::TASK_OPENED, Outcome::Success, now)
             .detail("scopes", claims.scopes.clone())
-            .detail("grants", leases.iter().map(|l| l.grant.clone()).collect::<Vec<_>>())
-            .detail("lease_ids", leases.iter().map(|l| l.id.clone()).collect::<Vec<_>>())
+            .detail(
+                "grants",
+                leases.iter().map(|l| l.grant.clone()).collect::<Vec<_>>(),
+            )
+            .detail(
+                "lease_ids",
+                leases.iter().map(|l| l.id.clone()).collect::<Vec<_>>(),
+            )
             .detail("expires_at", rfc3339(decision.expires_at));
         ops.push(Op::Audit(Box::new(opened)));
 
         // Hold the task's lock from the moment it exists: an EndTask for it waits for issuing.
         let op = Arc::new(tokio::sync::Mutex::new(()));
         let _guard = Arc::clone(&op).lock_owned().await;
-        self.journal.commit(ops).await.map_err(|e| BrokerError::journal(&e))?;
+        self.journal
+            .commit(ops)
+            .await
+            .map_err(|e| BrokerError::journal(&e))?;
         self.insert_live(LiveTask {
             row: Arc::clone(&task),
-            leases: leases.iter().map(|l| LiveLease { row: l.clone(), handle: None }).collect(),
+            leases: leases
+                .iter()
+                .map(|l| LiveLease {
+                    row: l.clone(),
+                    handle: None,
+                })
+                .collect(),
             op,
         });
 
@@ -260,8 +325,18 @@ impl Broker {
             ops.push(Op::Audit(Box::new(rec)));
             issued.push(i);
         }
-        ops.push(Op::TaskState { id: task.id.clone(), state: TaskState::Active, ended_ms: None, end_reason: None });
-        ops.push(Op::Audit(Box::new(task_audit(&task, event::TASK_BEGUN, Outcome::Success, now))));
+        ops.push(Op::TaskState {
+            id: task.id.clone(),
+            state: TaskState::Active,
+            ended_ms: None,
+            end_reason: None,
+        });
+        ops.push(Op::Audit(Box::new(task_audit(
+            &task,
+            event::TASK_BEGUN,
+            Outcome::Success,
+            now,
+        ))));
 
         if let Err(e) = self.journal.commit(ops).await {
             // The credentials exist but are not recorded as issued. Their intents are durable,
@@ -287,7 +362,9 @@ impl Broker {
                     }));
                 }
             }
-            state.expiries.insert((active.expires_ms, active.id.clone()));
+            state
+                .expiries
+                .insert((active.expires_ms, active.id.clone()));
         }
         self.wake_reaper.notify_one();
         for (row, i) in leases.iter().zip(issued) {
@@ -300,7 +377,13 @@ impl Broker {
                 credential: i.credential,
             });
         }
-        Ok(Begun { task: TaskSummary { task: (*active).clone(), leases }, credentials })
+        Ok(Begun {
+            task: TaskSummary {
+                task: (*active).clone(),
+                leases,
+            },
+            credentials,
+        })
     }
 
     /// Some lease failed: the task fails whole. What was issued is revoked, what is unknown is
@@ -320,7 +403,11 @@ impl Broker {
             match result {
                 Ok(i) => {
                     // Issued, but the task is failing: journal it as issued, then revoking.
-                    let sealed = i.handle.secret.as_ref().and_then(|s| self.sealer.seal(&lease.id, s).ok());
+                    let sealed = i
+                        .handle
+                        .secret
+                        .as_ref()
+                        .and_then(|s| self.sealer.seal(&lease.id, s).ok());
                     ops.push(Op::LeaseIssued {
                         id: lease.id.clone(),
                         issued_ms: to_ms(now),
@@ -337,7 +424,11 @@ impl Broker {
                 }
                 Err(e) => {
                     let unknown = e.kind == PKind::OutcomeUnknown;
-                    lease.state = if unknown { LeaseState::Reconciling } else { LeaseState::Failed };
+                    lease.state = if unknown {
+                        LeaseState::Reconciling
+                    } else {
+                        LeaseState::Failed
+                    };
                     lease.last_error = Some(e.to_string());
                     let rec = task_audit(&task, event::LEASE_ISSUE_FAILED, Outcome::Failure, now)
                         .lease(&lease.id, &lease.grant, &lease.provider)
@@ -363,7 +454,11 @@ impl Broker {
             rows.push(lease);
         }
         let all_terminal = rows.iter().all(|l| l.state.is_terminal());
-        let (state, ended) = if all_terminal { (TaskState::Ended, Some(to_ms(now))) } else { (TaskState::Ending, None) };
+        let (state, ended) = if all_terminal {
+            (TaskState::Ended, Some(to_ms(now)))
+        } else {
+            (TaskState::Ending, None)
+        };
         ops.push(Op::TaskState {
             id: task.id.clone(),
             state,
@@ -371,14 +466,18 @@ impl Broker {
             end_reason: Some(end_reason::ISSUE_FAILED.into()),
         });
         ops.push(Op::Audit(Box::new(
-            task_audit(&task, event::TASK_ENDING, Outcome::Failure, now).reason(end_reason::ISSUE_FAILED),
+            task_audit(&task, event::TASK_ENDING, Outcome::Failure, now)
+                .reason(end_reason::ISSUE_FAILED),
         )));
         if all_terminal {
             ops.push(Op::Audit(Box::new(
-                task_audit(&task, event::TASK_ENDED, Outcome::Failure, now).reason(end_reason::ISSUE_FAILED),
+                task_audit(&task, event::TASK_ENDED, Outcome::Failure, now)
+                    .reason(end_reason::ISSUE_FAILED),
             )));
         }
-        let err = first.unwrap_or_else(|| BrokerError::new(ErrorKind::Internal, "issue_failed", "issue failed"));
+        let err = first.unwrap_or_else(|| {
+            BrokerError::new(ErrorKind::Internal, "issue_failed", "issue failed")
+        });
         match self.journal.commit(ops).await {
             Ok(()) => self.track_ending(&task, rows, handles, end_reason::ISSUE_FAILED, now),
             Err(e) => {
@@ -398,13 +497,17 @@ impl Broker {
         reason: &str,
         now: SystemTime,
     ) {
-        let Ok(mut state) = self.state.lock() else { return };
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
         let all_terminal = rows.iter().all(|l| l.state.is_terminal());
         if all_terminal {
             state.tasks.remove(&task.id);
             return;
         }
-        let Some(live) = state.tasks.get_mut(&task.id) else { return };
+        let Some(live) = state.tasks.get_mut(&task.id) else {
+            return;
+        };
         let mut row = task.clone();
         row.state = TaskState::Ending;
         row.end_reason = Some(reason.into());
@@ -412,7 +515,11 @@ impl Broker {
         let mut due = Vec::new();
         for (ll, (lease, handle)) in live.leases.iter_mut().zip(rows.into_iter().zip(handles)) {
             if !lease.state.is_terminal() {
-                due.push((lease.next_attempt_ms.unwrap_or(to_ms(now)), task.id.clone(), lease.id.clone()));
+                due.push((
+                    lease.next_attempt_ms.unwrap_or(to_ms(now)),
+                    task.id.clone(),
+                    lease.id.clone(),
+                ));
             }
             ll.row = lease;
             ll.handle = handle.map(Arc::new);
@@ -437,7 +544,11 @@ impl Broker {
             .map(|(l, h)| {
                 let mut l = l.clone();
                 if !l.state.is_terminal() || h.is_some() {
-                    l.state = if h.is_some() { LeaseState::Revoking } else { LeaseState::Reconciling };
+                    l.state = if h.is_some() {
+                        LeaseState::Revoking
+                    } else {
+                        LeaseState::Reconciling
+                    };
                     l.next_attempt_ms = Some(to_ms(now));
                 }
                 l
@@ -456,10 +567,18 @@ pub(super) async fn call_provider<T>(
 ) -> Result<T, ProviderError> {
     let _permit = tokio::time::timeout(timeout, slot.limit.acquire())
         .await
-        .map_err(|_| ProviderError::new(PKind::Unavailable, "too many calls in flight to this provider"))?
+        .map_err(|_| {
+            ProviderError::new(
+                PKind::Unavailable,
+                "too many calls in flight to this provider",
+            )
+        })?
         .map_err(|_| ProviderError::new(PKind::Unavailable, "provider is shutting down"))?;
     match tokio::time::timeout(timeout, call).await {
         Ok(r) => r,
-        Err(_) => Err(ProviderError::new(PKind::OutcomeUnknown, format!("no answer within {}s", timeout.as_secs_f64()))),
+        Err(_) => Err(ProviderError::new(
+            PKind::OutcomeUnknown,
+            format!("no answer within {}s", timeout.as_secs_f64()),
+        )),
     }
 }

@@ -11,13 +11,17 @@ use crate::audit::{Outcome, PeerRecord, event};
 use crate::journal::Op;
 use crate::journal::read;
 use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState, end_reason};
-use credbroker_provider_api::RevocationHandle;
 use crate::time::to_ms;
+use credbroker_provider_api::RevocationHandle;
 
 enum Marked {
     Gone,
-    AlreadyEnding(TaskSummary),
-    Ending(Arc<TaskRow>, Vec<(LeaseRow, Option<Arc<RevocationHandle>>)>, &'static str),
+    AlreadyEnding(Box<TaskSummary>),
+    Ending(
+        Arc<TaskRow>,
+        Vec<(LeaseRow, Option<Arc<RevocationHandle>>)>,
+        &'static str,
+    ),
 }
 
 /// Who is ending a task.
@@ -33,15 +37,21 @@ pub enum Ender {
 
 impl Broker {
     pub async fn end_task(&self, task_id: &str, ender: Ender) -> Result<TaskSummary, BrokerError> {
-        let op = self.state.lock().ok().and_then(|s| s.tasks.get(task_id).map(|t| Arc::clone(&t.op)));
-        let Some(op) = op else { return self.ended_view(task_id, &ender).await };
+        let op = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.tasks.get(task_id).map(|t| Arc::clone(&t.op)));
+        let Some(op) = op else {
+            return self.ended_view(task_id, &ender).await;
+        };
         let _guard = op.lock_owned().await;
 
         let now = self.clock.now();
         let picked = self.mark_ending(task_id, &ender)?;
         let (task, targets, reason) = match picked {
             Marked::Gone => return self.ended_view(task_id, &ender).await,
-            Marked::AlreadyEnding(summary) => return Ok(summary),
+            Marked::AlreadyEnding(summary) => return Ok(*summary),
             Marked::Ending(task, targets, reason) => (task, targets, reason),
         };
 
@@ -50,15 +60,22 @@ impl Broker {
             Ender::Reaper => rt.config.broker.provider_timeout,
             _ => rt.config.broker.end_task_wait,
         };
-        let attempts = join_all(
-            targets.iter().map(|(lease, handle)| self.attempt(&rt, &task, lease, handle.as_deref(), wait, now)),
-        )
-        .await;
+        let attempts =
+            join_all(targets.iter().map(|(lease, handle)| {
+                self.attempt(&rt, &task, lease, handle.as_deref(), wait, now)
+            }))
+            .await;
 
-        let mut ending = task_audit(&task, event::TASK_ENDING, Outcome::Success, now).reason(reason);
+        let mut ending =
+            task_audit(&task, event::TASK_ENDING, Outcome::Success, now).reason(reason);
         if let Ender::Operator { peer, reason: why } = &ender {
-            ending.detail.insert("operator".into(), serde_json::to_value(peer).unwrap_or_default());
-            ending.detail.insert("operator_reason".into(), why.clone().into());
+            ending.detail.insert(
+                "operator".into(),
+                serde_json::to_value(peer).unwrap_or_default(),
+            );
+            ending
+                .detail
+                .insert("operator_reason".into(), why.clone().into());
         }
         let ops = vec![Op::Audit(Box::new(ending))];
         match self.settle(task_id, attempts, ops, Some(reason), now).await {
@@ -70,7 +87,9 @@ impl Broker {
                 if let Ok(mut state) = self.state.lock() {
                     let next = to_ms(now + Duration::from_secs(1));
                     for (lease, _) in &targets {
-                        state.retries.insert((next, task_id.to_string(), lease.id.clone()));
+                        state
+                            .retries
+                            .insert((next, task_id.to_string(), lease.id.clone()));
                     }
                 }
                 Err(BrokerError::journal(&e))
@@ -81,18 +100,26 @@ impl Broker {
     /// Moves a live, active task to `ending` in memory and picks the leases to revoke.
     fn mark_ending(&self, task_id: &str, ender: &Ender) -> Result<Marked, BrokerError> {
         let Ok(mut state) = self.state.lock() else {
-            return Err(BrokerError::new(ErrorKind::Internal, "state_poisoned", "internal state is unusable"));
+            return Err(BrokerError::new(
+                ErrorKind::Internal,
+                "state_poisoned",
+                "internal state is unusable",
+            ));
         };
-        let Some(live) = state.tasks.get_mut(task_id) else { return Ok(Marked::Gone) };
+        let Some(live) = state.tasks.get_mut(task_id) else {
+            return Ok(Marked::Gone);
+        };
         check_owner(ender, &live.row.workload)?;
         if live.row.state != TaskState::Active {
             // Already ending (or the reaper got there first): ending is idempotent.
-            return Ok(Marked::AlreadyEnding(live.summary()));
+            return Ok(Marked::AlreadyEnding(Box::new(live.summary())));
         }
         let reason = match ender {
             Ender::Workload { .. } => end_reason::BY_WORKLOAD,
             Ender::Operator { .. } => end_reason::BY_OPERATOR,
-            Ender::Reaper if live.row.expires_ms >= live.row.token_exp_ms => end_reason::TOKEN_EXPIRED,
+            Ender::Reaper if live.row.expires_ms >= live.row.token_exp_ms => {
+                end_reason::TOKEN_EXPIRED
+            }
             Ender::Reaper => end_reason::EXPIRED,
         };
         let mut row = (*live.row).clone();
@@ -115,7 +142,11 @@ impl Broker {
     }
 
     /// A task that is no longer in memory: ended, or never existed.
-    pub(super) async fn ended_view(&self, task_id: &str, ender: &Ender) -> Result<TaskSummary, BrokerError> {
+    pub(super) async fn ended_view(
+        &self,
+        task_id: &str,
+        ender: &Ender,
+    ) -> Result<TaskSummary, BrokerError> {
         let id = task_id.to_string();
         let view = self
             .journal
@@ -127,7 +158,11 @@ impl Broker {
                 check_owner(ender, &v.task.workload)?;
                 Ok(v)
             }
-            None => Err(BrokerError::new(ErrorKind::NotFound, "task_not_found", format!("no task {task_id:?}"))),
+            None => Err(BrokerError::new(
+                ErrorKind::NotFound,
+                "task_not_found",
+                format!("no task {task_id:?}"),
+            )),
         }
     }
 
@@ -138,7 +173,9 @@ impl Broker {
             // Take the due entries out, so a slow revocation is not started twice; end_task
             // moves the task to `ending` and from then on the revoker owns what is left.
             let (due, next) = {
-                let Ok(mut state) = self.state.lock() else { return };
+                let Ok(mut state) = self.state.lock() else {
+                    return;
+                };
                 let later = state.expiries.split_off(&(now_ms + 1, String::new()));
                 let due = std::mem::replace(&mut state.expiries, later);
                 (due, state.expiries.first().map(|(t, _)| *t))
@@ -151,7 +188,9 @@ impl Broker {
                     }
                 });
             }
-            let wait = next.map_or(Duration::from_secs(1), |t| Duration::from_millis((t - now_ms).clamp(1, 1000) as u64));
+            let wait = next.map_or(Duration::from_secs(1), |t| {
+                Duration::from_millis((t - now_ms).clamp(1, 1000) as u64)
+            });
             tokio::select! {
                 () = self.wake_reaper.notified() => {}
                 () = tokio::time::sleep(wait) => {}

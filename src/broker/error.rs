@@ -31,7 +31,13 @@ pub struct BrokerError {
 
 impl BrokerError {
     pub fn new(kind: ErrorKind, code: &str, message: impl Into<String>) -> Self {
-        Self { kind, code: code.into(), message: message.into(), grant: None, retry_after: None }
+        Self {
+            kind,
+            code: code.into(),
+            message: message.into(),
+            grant: None,
+            retry_after: None,
+        }
     }
 
     pub fn invalid(code: &str, message: impl Into<String>) -> Self {
@@ -40,7 +46,11 @@ impl BrokerError {
 
     pub(crate) fn journal(e: &JournalError) -> Self {
         tracing::error!(error = %e, "journal unavailable");
-        Self::new(ErrorKind::Unavailable, "journal_unavailable", "the journal could not record this; nothing was issued")
+        Self::new(
+            ErrorKind::Unavailable,
+            "journal_unavailable",
+            "the journal could not record this; nothing was issued",
+        )
     }
 
     /// A provider failure while issuing for `grant`. Backend conditions are never the caller's
@@ -59,13 +69,23 @@ impl BrokerError {
             ),
             _ => format!("grant {grant:?} via provider {provider:?}: {}", e.message),
         };
-        Self { kind, code: e.kind.code().into(), message, grant: Some(grant.into()), retry_after: e.retry_after }
+        Self {
+            kind,
+            code: e.kind.code().into(),
+            message,
+            grant: Some(grant.into()),
+            retry_after: e.retry_after,
+        }
     }
 }
 
 impl From<Rejection> for BrokerError {
     fn from(r: Rejection) -> Self {
-        let kind = if r.is_unavailable() { ErrorKind::Unavailable } else { ErrorKind::Unauthenticated };
+        let kind = if r.is_unavailable() {
+            ErrorKind::Unavailable
+        } else {
+            ErrorKind::Unauthenticated
+        };
         Self::new(kind, r.code(), r.describe())
     }
 }
@@ -77,7 +97,13 @@ impl From<Denial> for BrokerError {
             DenialKind::PermissionDenied => ErrorKind::PermissionDenied,
             DenialKind::Unauthenticated => ErrorKind::Unauthenticated,
         };
-        Self { kind, code: d.code.into(), message: d.message, grant: d.grant, retry_after: None }
+        Self {
+            kind,
+            code: d.code.into(),
+            message: d.message,
+            grant: d.grant,
+            retry_after: None,
+        }
     }
 }
 

@@ -21,12 +21,17 @@ impl Broker {
             Ok(w) => Ok(w),
             Err(e) => {
                 let (code, msg) = match e {
-                    MatchError::Unknown => ("unknown_peer", "this process is not a registered workload".to_string()),
-                    MatchError::Ambiguous(names) => {
-                        ("ambiguous_peer", format!("this process matches several workloads equally: {names:?}"))
-                    }
+                    MatchError::Unknown => (
+                        "unknown_peer",
+                        "this process is not a registered workload".to_string(),
+                    ),
+                    MatchError::Ambiguous(names) => (
+                        "ambiguous_peer",
+                        format!("this process matches several workloads equally: {names:?}"),
+                    ),
                 };
-                let mut rec = AuditRecord::new(event::PEER_REJECTED, Outcome::Denied, now).reason(code);
+                let mut rec =
+                    AuditRecord::new(event::PEER_REJECTED, Outcome::Denied, now).reason(code);
                 rec.peer = Some(peer.record());
                 self.audit_only(vec![rec]).await;
                 Err(BrokerError::new(ErrorKind::PermissionDenied, code, msg))
@@ -44,7 +49,8 @@ impl Broker {
         now: SystemTime,
     ) -> Result<Verified, BrokerError> {
         let rejected = |reason: &Rejection, fp: Option<String>| {
-            let mut rec = AuditRecord::new(event::TOKEN_REJECTED, Outcome::Denied, now).reason(reason.code());
+            let mut rec =
+                AuditRecord::new(event::TOKEN_REJECTED, Outcome::Denied, now).reason(reason.code());
             rec.peer = Some(peer.record());
             rec.workload = Some(workload.name.clone());
             rec.token_fingerprint = fp;
@@ -53,7 +59,8 @@ impl Broker {
         let verified = match rt.verifier.verify(token, now).await {
             Ok(v) => v,
             Err((reason, fp)) => {
-                self.audit_only(vec![rejected(&reason, fp.map(|f| f.hex()))]).await;
+                self.audit_only(vec![rejected(&reason, fp.map(|f| f.hex()))])
+                    .await;
                 return Err(reason.into());
             }
         };

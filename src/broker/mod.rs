@@ -63,12 +63,18 @@ impl Runtime {
         env: &dyn Env,
         previous: Option<&Runtime>,
     ) -> Result<Self, Vec<crate::config::ConfigError>> {
-        let providers = ProviderSet::build(&config, registry, env, previous.map(|p| &*p.providers))?;
-        let reuse = previous.filter(|p| p.config.issuers == config.issuers && p.config.tokens == config.tokens);
+        let providers =
+            ProviderSet::build(&config, registry, env, previous.map(|p| &*p.providers))?;
+        let reuse = previous
+            .filter(|p| p.config.issuers == config.issuers && p.config.tokens == config.tokens);
         let verifier = match reuse {
             Some(p) => Arc::clone(&p.verifier),
             None => Arc::new(Verifier::new(&config.issuers, &config.tokens).map_err(|e| {
-                vec![crate::config::ConfigError { path: "issuer".into(), line: None, message: e }]
+                vec![crate::config::ConfigError {
+                    path: "issuer".into(),
+                    line: None,
+                    message: e,
+                }]
             })?),
         };
         let policy = Policy::new(&config, providers.narrowable());
@@ -151,7 +157,10 @@ impl Broker {
     }
 
     pub fn uptime(&self) -> Duration {
-        self.clock.now().duration_since(self.started_at).unwrap_or_default()
+        self.clock
+            .now()
+            .duration_since(self.started_at)
+            .unwrap_or_default()
     }
 
     pub fn issuer_statuses(&self) -> Vec<IssuerStatus> {
@@ -159,7 +168,9 @@ impl Broker {
     }
 
     pub fn counts(&self) -> Counts {
-        let Ok(state) = self.state.lock() else { return Counts::default() };
+        let Ok(state) = self.state.lock() else {
+            return Counts::default();
+        };
         let mut c = Counts::default();
         for t in state.tasks.values() {
             if t.row.state == TaskState::Active {
@@ -179,7 +190,10 @@ impl Broker {
     /// Appends audit records that go with no state change (rejections). A journal failure is
     /// logged, not returned: the caller's answer is the refusal either way.
     async fn audit_only(&self, records: Vec<AuditRecord>) {
-        let ops = records.into_iter().map(|r| Op::Audit(Box::new(r))).collect();
+        let ops = records
+            .into_iter()
+            .map(|r| Op::Audit(Box::new(r)))
+            .collect();
         if let Err(e) = self.journal.commit(ops).await {
             tracing::error!(error = %e, "could not append an audit record");
         }
@@ -187,7 +201,10 @@ impl Broker {
 
     /// Runs the reaper and the revocation queue until the process ends.
     pub fn spawn_loops(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        vec![tokio::spawn(Arc::clone(self).reaper_loop()), tokio::spawn(Arc::clone(self).revoker_loop())]
+        vec![
+            tokio::spawn(Arc::clone(self).reaper_loop()),
+            tokio::spawn(Arc::clone(self).revoker_loop()),
+        ]
     }
 }
 

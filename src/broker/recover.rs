@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use credbroker_provider_api::RevocationHandle;
 
-use super::live::{LiveLease, LiveTask, task_audit};
 use super::Broker;
+use super::live::{LiveLease, LiveTask, task_audit};
 use crate::audit::{AuditRecord, Outcome, event};
 use crate::journal::rows::{LeaseState, TaskState, end_reason};
 use crate::journal::{JournalError, Op, read};
@@ -26,7 +26,7 @@ pub struct Recovery {
 
 impl Broker {
     pub async fn recover(&self) -> Result<Recovery, JournalError> {
-        let views = self.journal.read(|c| read::live_tasks(c)).await?;
+        let views = self.journal.read(read::live_tasks).await?;
         let now = self.clock.now();
         let now_ms = to_ms(now);
         let mut ops = Vec::new();
@@ -48,7 +48,8 @@ impl Broker {
                     end_reason: task.end_reason.clone(),
                 });
                 ops.push(Op::Audit(Box::new(
-                    task_audit(&task, event::TASK_ENDING, Outcome::Failure, now).reason(end_reason::INTERRUPTED),
+                    task_audit(&task, event::TASK_ENDING, Outcome::Failure, now)
+                        .reason(end_reason::INTERRUPTED),
                 )));
                 report.interrupted += 1;
             } else if task.state == TaskState::Active {
@@ -62,7 +63,10 @@ impl Broker {
             for mut lease in view.leases {
                 let handle = match (&lease.reference, lease.sealed_handle.take()) {
                     (Some(reference), Some(sealed)) => match self.sealer.open(&lease.id, &sealed) {
-                        Ok(secret) => Some(Arc::new(RevocationHandle { reference: reference.clone(), secret: Some(secret) })),
+                        Ok(secret) => Some(Arc::new(RevocationHandle {
+                            reference: reference.clone(),
+                            secret: Some(secret),
+                        })),
                         Err(e) => {
                             // Without its secret the handle cannot revoke; the provider may still
                             // find the credential by its lease id.
@@ -70,12 +74,17 @@ impl Broker {
                             None
                         }
                     },
-                    (Some(reference), None) => Some(Arc::new(RevocationHandle { reference: reference.clone(), secret: None })),
+                    (Some(reference), None) => Some(Arc::new(RevocationHandle {
+                        reference: reference.clone(),
+                        secret: None,
+                    })),
                     (None, _) => None,
                 };
                 let wanted = match (task.state, lease.state) {
                     (TaskState::Ending, LeaseState::Pending) => Some(LeaseState::Reconciling),
-                    (TaskState::Ending, LeaseState::Active) if handle.is_none() => Some(LeaseState::Reconciling),
+                    (TaskState::Ending, LeaseState::Active) if handle.is_none() => {
+                        Some(LeaseState::Reconciling)
+                    }
                     (TaskState::Ending, LeaseState::Active) => Some(LeaseState::Revoking),
                     _ => None,
                 };
@@ -92,16 +101,34 @@ impl Broker {
                     });
                 }
                 if matches!(lease.state, LeaseState::Revoking | LeaseState::Reconciling) {
-                    retries.push((lease.next_attempt_ms.unwrap_or(now_ms).min(now_ms), task.id.clone(), lease.id.clone()));
+                    retries.push((
+                        lease.next_attempt_ms.unwrap_or(now_ms).min(now_ms),
+                        task.id.clone(),
+                        lease.id.clone(),
+                    ));
                 }
                 leases.push(LiveLease { row: lease, handle });
             }
             if task.state == TaskState::Ending && leases.iter().all(|l| l.row.state.is_terminal()) {
-                ops.push(Op::TaskState { id: task.id.clone(), state: TaskState::Ended, ended_ms: Some(now_ms), end_reason: None });
-                ops.push(Op::Audit(Box::new(task_audit(&task, event::TASK_ENDED, Outcome::Success, now))));
+                ops.push(Op::TaskState {
+                    id: task.id.clone(),
+                    state: TaskState::Ended,
+                    ended_ms: Some(now_ms),
+                    end_reason: None,
+                });
+                ops.push(Op::Audit(Box::new(task_audit(
+                    &task,
+                    event::TASK_ENDED,
+                    Outcome::Success,
+                    now,
+                ))));
                 continue;
             }
-            live_tasks.push(LiveTask { row: Arc::new(task), leases, op: Arc::new(tokio::sync::Mutex::new(())) });
+            live_tasks.push(LiveTask {
+                row: Arc::new(task),
+                leases,
+                op: Arc::new(tokio::sync::Mutex::new(())),
+            });
         }
 
         ops.push(Op::Audit(Box::new(

@@ -28,39 +28,76 @@ pub struct RenewRequest {
 }
 
 impl Broker {
-    pub async fn renew(&self, peer: &PeerInfo, req: RenewRequest) -> Result<TaskSummary, BrokerError> {
+    pub async fn renew(
+        &self,
+        peer: &PeerInfo,
+        req: RenewRequest,
+    ) -> Result<TaskSummary, BrokerError> {
         let now = self.clock.now();
         let rt = self.runtime();
         check_task_id(&req.task_id)?;
         if req.token.expose().is_empty() {
-            return Err(BrokerError::new(ErrorKind::Unauthenticated, "missing_token", "no access token was given"));
+            return Err(BrokerError::new(
+                ErrorKind::Unauthenticated,
+                "missing_token",
+                "no access token was given",
+            ));
         }
-        if req.ttl.is_some_and(|t| t.is_zero() || t > Duration::from_secs(24 * 3600)) {
-            return Err(BrokerError::invalid("invalid_ttl", "ttl must be between 1 second and 24 hours"));
+        if req
+            .ttl
+            .is_some_and(|t| t.is_zero() || t > Duration::from_secs(24 * 3600))
+        {
+            return Err(BrokerError::invalid(
+                "invalid_ttl",
+                "ttl must be between 1 second and 24 hours",
+            ));
         }
         let workload = self.identify(&rt, peer, now).await?;
-        let verified = self.authenticate(&rt, workload, peer, req.token.expose(), now).await?;
+        let verified = self
+            .authenticate(&rt, workload, peer, req.token.expose(), now)
+            .await?;
         drop(req.token);
 
-        let op = self.state.lock().ok().and_then(|s| s.tasks.get(&req.task_id).map(|t| Arc::clone(&t.op)));
-        let Some(op) = op else { return Err(self.not_renewable(&req.task_id, &workload.name).await) };
+        let op = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.tasks.get(&req.task_id).map(|t| Arc::clone(&t.op)));
+        let Some(op) = op else {
+            return Err(self.not_renewable(&req.task_id, &workload.name).await);
+        };
         let _guard = op.lock_owned().await;
         let picked = self.state.lock().ok().and_then(|s| {
             s.tasks.get(&req.task_id).map(|t| {
-                let leases: Vec<_> = t.leases.iter().map(|l| (l.row.clone(), l.handle.clone())).collect();
+                let leases: Vec<_> = t
+                    .leases
+                    .iter()
+                    .map(|l| (l.row.clone(), l.handle.clone()))
+                    .collect();
                 (Arc::clone(&t.row), leases)
             })
         });
-        let Some((task, leases)) = picked else { return Err(self.not_renewable(&req.task_id, &workload.name).await) };
+        let Some((task, leases)) = picked else {
+            return Err(self.not_renewable(&req.task_id, &workload.name).await);
+        };
         if task.workload != workload.name {
-            return Err(BrokerError::new(ErrorKind::PermissionDenied, "task_not_owned", "this task belongs to another workload"));
+            return Err(BrokerError::new(
+                ErrorKind::PermissionDenied,
+                "task_not_owned",
+                "this task belongs to another workload",
+            ));
         }
         if task.state != TaskState::Active {
-            return Err(BrokerError::new(ErrorKind::FailedPrecondition, "task_not_active", "the task is ending or ended"));
+            return Err(BrokerError::new(
+                ErrorKind::FailedPrecondition,
+                "task_not_active",
+                "the task is ending or ended",
+            ));
         }
         let c = &verified.claims;
         if c.issuer != task.issuer || c.subject != task.subject || c.client_id != task.client_id {
-            let mut rec = task_audit(&task, event::REQUEST_DENIED, Outcome::Denied, now).reason("principal_mismatch");
+            let mut rec = task_audit(&task, event::REQUEST_DENIED, Outcome::Denied, now)
+                .reason("principal_mismatch");
             rec.token_fingerprint = Some(verified.fingerprint.hex());
             self.audit_only(vec![rec]).await;
             return Err(BrokerError::new(
@@ -70,12 +107,27 @@ impl Broker {
             ));
         }
 
-        let grants: Vec<GrantAsk> = leases.iter().map(|(l, _)| GrantAsk { name: l.grant.clone(), ..Default::default() }).collect();
+        let grants: Vec<GrantAsk> = leases
+            .iter()
+            .map(|(l, _)| GrantAsk {
+                name: l.grant.clone(),
+                ..Default::default()
+            })
+            .collect();
         let decision = rt
             .policy
-            .decide(&Ask { workload, claims: c, tool: &task.tool, grants: &grants, ttl: req.ttl, task_id: &task.id, now })
+            .decide(&Ask {
+                workload,
+                claims: c,
+                tool: &task.tool,
+                grants: &grants,
+                ttl: req.ttl,
+                task_id: &task.id,
+                now,
+            })
             .map_err(|d| {
-                let rec = task_audit(&task, event::REQUEST_DENIED, Outcome::Denied, now).reason(d.code);
+                let rec =
+                    task_audit(&task, event::REQUEST_DENIED, Outcome::Denied, now).reason(d.code);
                 (d, rec)
             });
         let decision = match decision {
@@ -88,39 +140,62 @@ impl Broker {
         let total_cap = decision
             .grants
             .iter()
-            .map(|r| task.created_ms.saturating_add(r.grant.max_ttl.as_millis() as i64))
+            .map(|r| {
+                task.created_ms
+                    .saturating_add(r.grant.max_ttl.as_millis() as i64)
+            })
             .min()
             .unwrap_or(task.expires_ms);
-        let new_exp = to_ms(decision.expires_at).min(total_cap).max(task.expires_ms);
+        let new_exp = to_ms(decision.expires_at)
+            .min(total_cap)
+            .max(task.expires_ms);
         let new_exp_at = from_ms(new_exp);
 
         let timeout = rt.config.broker.provider_timeout;
-        let renewals = join_all(leases.iter().filter(|(l, _)| l.state == LeaseState::Active && l.renewable).map(
-            |(lease, handle)| {
-                let rt = &rt;
-                async move {
-                    let slot = rt.providers.get(&lease.provider)?;
-                    let handle = handle.as_deref()?;
-                    let lease_ref = LeaseRef {
-                        lease_id: &lease.id,
-                        grant: &lease.grant,
-                        params: &lease.params,
-                        handle,
-                        expires_at: from_ms(lease.expires_ms.unwrap_or(lease.wanted_exp_ms)),
-                    };
-                    Some((lease, call_provider(slot, timeout, slot.provider.renew(&lease_ref, new_exp_at, now)).await))
-                }
-            },
-        ))
+        let renewals = join_all(
+            leases
+                .iter()
+                .filter(|(l, _)| l.state == LeaseState::Active && l.renewable)
+                .map(|(lease, handle)| {
+                    let rt = &rt;
+                    async move {
+                        let slot = rt.providers.get(&lease.provider)?;
+                        let handle = handle.as_deref()?;
+                        let lease_ref = LeaseRef {
+                            lease_id: &lease.id,
+                            grant: &lease.grant,
+                            params: &lease.params,
+                            handle,
+                            expires_at: from_ms(lease.expires_ms.unwrap_or(lease.wanted_exp_ms)),
+                        };
+                        Some((
+                            lease,
+                            call_provider(
+                                slot,
+                                timeout,
+                                slot.provider.renew(&lease_ref, new_exp_at, now),
+                            )
+                            .await,
+                        ))
+                    }
+                }),
+        )
         .await;
 
-        let mut ops = vec![Op::TaskExpiry { id: task.id.clone(), expires_ms: new_exp, token_exp_ms: c.expires_at.saturating_mul(1000) }];
+        let mut ops = vec![Op::TaskExpiry {
+            id: task.id.clone(),
+            expires_ms: new_exp,
+            token_exp_ms: c.expires_at.saturating_mul(1000),
+        }];
         let mut lease_exps = Vec::new();
         for (lease, result) in renewals.into_iter().flatten() {
             match result {
                 Ok(r) => {
                     let exp = to_ms(r.expires_at);
-                    ops.push(Op::LeaseExpiry { id: lease.id.clone(), expires_ms: exp });
+                    ops.push(Op::LeaseExpiry {
+                        id: lease.id.clone(),
+                        expires_ms: exp,
+                    });
                     ops.push(Op::Audit(Box::new(
                         task_audit(&task, event::LEASE_RENEWED, Outcome::Success, now)
                             .lease(&lease.id, &lease.grant, &lease.provider)
@@ -130,10 +205,11 @@ impl Broker {
                 }
                 Err(e) if e.kind == PKind::Unsupported => {}
                 Err(e) => {
-                    let rec: AuditRecord = task_audit(&task, event::LEASE_RENEWED, Outcome::Failure, now)
-                        .lease(&lease.id, &lease.grant, &lease.provider)
-                        .reason(e.kind.code())
-                        .detail("error", e.message.clone());
+                    let rec: AuditRecord =
+                        task_audit(&task, event::LEASE_RENEWED, Outcome::Failure, now)
+                            .lease(&lease.id, &lease.grant, &lease.provider)
+                            .reason(e.kind.code())
+                            .detail("error", e.message.clone());
                     self.audit_only(vec![rec]).await;
                     return Err(BrokerError::provider(&e, &lease.grant, &lease.provider));
                 }
@@ -144,13 +220,35 @@ impl Broker {
                 .detail("expires_at", rfc3339(new_exp_at))
                 .detail("renewed_with_token", verified.fingerprint.hex()),
         )));
-        self.journal.commit(ops).await.map_err(|e| BrokerError::journal(&e))?;
-        self.apply_renewal(&task.id, new_exp, c.expires_at.saturating_mul(1000), &lease_exps)
-            .ok_or_else(|| BrokerError::new(ErrorKind::NotFound, "task_not_found", "the task ended during renewal"))
+        self.journal
+            .commit(ops)
+            .await
+            .map_err(|e| BrokerError::journal(&e))?;
+        self.apply_renewal(
+            &task.id,
+            new_exp,
+            c.expires_at.saturating_mul(1000),
+            &lease_exps,
+        )
+        .ok_or_else(|| {
+            BrokerError::new(
+                ErrorKind::NotFound,
+                "task_not_found",
+                "the task ended during renewal",
+            )
+        })
     }
 
-    fn apply_renewal(&self, task_id: &str, new_exp: i64, token_exp_ms: i64, leases: &[(String, i64)]) -> Option<TaskSummary> {
-        let Ok(mut state) = self.state.lock() else { return None };
+    fn apply_renewal(
+        &self,
+        task_id: &str,
+        new_exp: i64,
+        token_exp_ms: i64,
+        leases: &[(String, i64)],
+    ) -> Option<TaskSummary> {
+        let Ok(mut state) = self.state.lock() else {
+            return None;
+        };
         let mut expiry_change = None;
         let summary = match state.tasks.get_mut(task_id) {
             Some(live) => {
@@ -178,8 +276,20 @@ impl Broker {
     }
 
     async fn not_renewable(&self, task_id: &str, workload: &str) -> BrokerError {
-        match self.ended_view(task_id, &super::Ender::Workload { workload: workload.into() }).await {
-            Ok(_) => BrokerError::new(ErrorKind::FailedPrecondition, "task_not_active", "the task has ended"),
+        match self
+            .ended_view(
+                task_id,
+                &super::Ender::Workload {
+                    workload: workload.into(),
+                },
+            )
+            .await
+        {
+            Ok(_) => BrokerError::new(
+                ErrorKind::FailedPrecondition,
+                "task_not_active",
+                "the task has ended",
+            ),
             Err(e) => e,
         }
     }
@@ -187,7 +297,10 @@ impl Broker {
 
 pub fn check_task_id(id: &str) -> Result<(), BrokerError> {
     if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        return Err(BrokerError::invalid("invalid_task_id", "task ids are UUIDs"));
+        return Err(BrokerError::invalid(
+            "invalid_task_id",
+            "task ids are UUIDs",
+        ));
     }
     Ok(())
 }

@@ -58,28 +58,51 @@ impl Broker {
             attempts: lease.attempts,
             next_attempt_ms: None,
             last_error: None,
-            audit: task_audit(task, ev, outcome, now).lease(&lease.id, &lease.grant, &lease.provider),
+            audit: task_audit(task, ev, outcome, now).lease(
+                &lease.id,
+                &lease.grant,
+                &lease.provider,
+            ),
         };
         let now_ms = to_ms(now);
         let reconciling = lease.state == LeaseState::Reconciling || handle.is_none();
         let deadline = if reconciling {
-            lease.wanted_exp_ms.saturating_add(RECONCILE_GRACE.as_millis() as i64)
+            lease
+                .wanted_exp_ms
+                .saturating_add(RECONCILE_GRACE.as_millis() as i64)
         } else {
-            lease.expires_ms.unwrap_or(lease.wanted_exp_ms).saturating_add(CLOCK_SKEW.as_millis() as i64)
+            lease
+                .expires_ms
+                .unwrap_or(lease.wanted_exp_ms)
+                .saturating_add(CLOCK_SKEW.as_millis() as i64)
         };
         // The provider is always asked at least once, even at or after expiry: its clock, not
         // ours, decides when the credential stops working. Retries stop once it has surely
         // stopped working on its own, and the audit log says that is how it ended.
         if lease.attempts > 0 && now_ms >= deadline {
-            let mut a = base(LeaseState::Expired, event::LEASE_EXPIRED_UNREVOKED, Outcome::Failure);
-            a.audit = a.audit.reason("revocation_abandoned").detail("attempts", lease.attempts);
+            let mut a = base(
+                LeaseState::Expired,
+                event::LEASE_EXPIRED_UNREVOKED,
+                Outcome::Failure,
+            );
+            a.audit = a
+                .audit
+                .reason("revocation_abandoned")
+                .detail("attempts", lease.attempts);
             if reconciling {
                 a.audit = a.audit.detail("outcome_unknown", true);
             }
             return a;
         }
         let Some(slot) = rt.providers.get(&lease.provider) else {
-            return self.failed(base, lease, "provider_missing", "the provider instance is not loaded", None, now);
+            return self.failed(
+                base,
+                lease,
+                "provider_missing",
+                "the provider instance is not loaded",
+                None,
+                now,
+            );
         };
         let rt_timeout = timeout.min(rt.config.broker.provider_timeout);
         if reconciling {
@@ -94,12 +117,27 @@ impl Broker {
             };
             return match call_provider(slot, rt_timeout, slot.provider.reconcile(&req, now)).await {
                 Ok(Reconciled::NothingIssued) => {
-                    let a = base(LeaseState::Failed, event::LEASE_RECONCILED, Outcome::Success);
-                    Attempt { audit: a.audit.reason("nothing_issued"), ..a }
+                    let a = base(
+                        LeaseState::Failed,
+                        event::LEASE_RECONCILED,
+                        Outcome::Success,
+                    );
+                    Attempt {
+                        audit: a.audit.reason("nothing_issued"),
+                        ..a
+                    }
                 }
                 Ok(Reconciled::Revoked) => {
-                    let a = base(LeaseState::Revoked, event::LEASE_RECONCILED, Outcome::Success);
-                    Attempt { revoked_ms: Some(now_ms), audit: a.audit.reason("revoked"), ..a }
+                    let a = base(
+                        LeaseState::Revoked,
+                        event::LEASE_RECONCILED,
+                        Outcome::Success,
+                    );
+                    Attempt {
+                        revoked_ms: Some(now_ms),
+                        audit: a.audit.reason("revoked"),
+                        ..a
+                    }
                 }
                 Ok(Reconciled::WillExpire { at }) => self.lapsing(base, at),
                 Err(e) => self.failed(base, lease, e.kind.code(), &e.message, e.retry_after, now),
@@ -107,7 +145,14 @@ impl Broker {
         }
         let params = &lease.params;
         let Some(handle) = handle else {
-            return self.failed(base, lease, "handle_missing", "no revocation handle", None, now);
+            return self.failed(
+                base,
+                lease,
+                "handle_missing",
+                "no revocation handle",
+                None,
+                now,
+            );
         };
         let lease_ref = LeaseRef {
             lease_id: &lease.id,
@@ -119,26 +164,49 @@ impl Broker {
         match call_provider(slot, rt_timeout, slot.provider.revoke(&lease_ref, now)).await {
             Ok(Revoked::Revoked) => {
                 let a = base(LeaseState::Revoked, event::LEASE_REVOKED, Outcome::Success);
-                Attempt { revoked_ms: Some(now_ms), audit: a.audit.detail("confirmed", true), ..a }
+                Attempt {
+                    revoked_ms: Some(now_ms),
+                    audit: a.audit.detail("confirmed", true),
+                    ..a
+                }
             }
             Ok(Revoked::AlreadyGone) => {
                 let a = base(LeaseState::Revoked, event::LEASE_REVOKED, Outcome::Success);
-                Attempt { revoked_ms: Some(now_ms), audit: a.audit.detail("already_gone", true), ..a }
+                Attempt {
+                    revoked_ms: Some(now_ms),
+                    audit: a.audit.detail("already_gone", true),
+                    ..a
+                }
             }
             Err(e) if e.kind == PKind::NotFound => {
                 let a = base(LeaseState::Revoked, event::LEASE_REVOKED, Outcome::Success);
-                Attempt { revoked_ms: Some(now_ms), audit: a.audit.detail("already_gone", true), ..a }
+                Attempt {
+                    revoked_ms: Some(now_ms),
+                    audit: a.audit.detail("already_gone", true),
+                    ..a
+                }
             }
             Ok(Revoked::WillExpire { at }) => self.lapsing(base, at),
             Err(e) => self.failed(base, lease, e.kind.code(), &e.message, e.retry_after, now),
         }
     }
 
-    fn lapsing(&self, base: impl Fn(LeaseState, &str, Outcome) -> Attempt, at: SystemTime) -> Attempt {
-        let a = base(LeaseState::Expiring, event::LEASE_EXPIRED_UNREVOKED, Outcome::Success);
+    fn lapsing(
+        &self,
+        base: impl Fn(LeaseState, &str, Outcome) -> Attempt,
+        at: SystemTime,
+    ) -> Attempt {
+        let a = base(
+            LeaseState::Expiring,
+            event::LEASE_EXPIRED_UNREVOKED,
+            Outcome::Success,
+        );
         Attempt {
             expires_ms: Some(to_ms(at)),
-            audit: a.audit.reason("provider_cannot_revoke").detail("residual_until", rfc3339(at)),
+            audit: a
+                .audit
+                .reason("provider_cannot_revoke")
+                .detail("residual_until", rfc3339(at)),
             ..a
         }
     }
@@ -154,10 +222,15 @@ impl Broker {
     ) -> Attempt {
         let attempts = lease.attempts.saturating_add(1);
         let settings = &self.runtime().config.broker;
-        let wait = backoff(attempts, settings.revoke_backoff_initial, settings.revoke_backoff_max)
-            .max(retry_after.unwrap_or_default());
+        let wait = backoff(
+            attempts,
+            settings.revoke_backoff_initial,
+            settings.revoke_backoff_max,
+        )
+        .max(retry_after.unwrap_or_default());
         let next = to_ms(now + wait);
-        let state = if lease.state == LeaseState::Reconciling || lease.state == LeaseState::Pending {
+        let state = if lease.state == LeaseState::Reconciling || lease.state == LeaseState::Pending
+        {
             LeaseState::Reconciling
         } else {
             LeaseState::Revoking
@@ -188,8 +261,12 @@ impl Broker {
         now: SystemTime,
     ) -> Result<Option<TaskSummary>, JournalError> {
         let (task_row, all_terminal) = {
-            let Ok(state) = self.state.lock() else { return Err(JournalError::Closed) };
-            let Some(live) = state.tasks.get(task_id) else { return Ok(None) };
+            let Ok(state) = self.state.lock() else {
+                return Err(JournalError::Closed);
+            };
+            let Some(live) = state.tasks.get(task_id) else {
+                return Ok(None);
+            };
             let all = live.leases.iter().all(|l| {
                 attempts
                     .iter()
@@ -208,11 +285,16 @@ impl Broker {
                 last_error: a.last_error.clone(),
             });
             if let Some(exp) = a.expires_ms {
-                ops.push(Op::LeaseExpiry { id: a.lease_id.clone(), expires_ms: exp });
+                ops.push(Op::LeaseExpiry {
+                    id: a.lease_id.clone(),
+                    expires_ms: exp,
+                });
             }
             ops.push(Op::Audit(Box::new(a.audit.clone())));
         }
-        let reason = end_reason.map(str::to_owned).or_else(|| task_row.end_reason.clone());
+        let reason = end_reason
+            .map(str::to_owned)
+            .or_else(|| task_row.end_reason.clone());
         if all_terminal {
             ops.push(Op::TaskState {
                 id: task_id.into(),
@@ -224,14 +306,27 @@ impl Broker {
             rec.reason = reason.clone();
             ops.push(Op::Audit(Box::new(rec)));
         } else if task_row.state != TaskState::Ending {
-            ops.push(Op::TaskState { id: task_id.into(), state: TaskState::Ending, ended_ms: None, end_reason: reason.clone() });
+            ops.push(Op::TaskState {
+                id: task_id.into(),
+                state: TaskState::Ending,
+                ended_ms: None,
+                end_reason: reason.clone(),
+            });
         }
         self.journal.commit(ops).await?;
 
-        let Ok(mut state) = self.state.lock() else { return Err(JournalError::Closed) };
-        let Some(live) = state.tasks.get_mut(task_id) else { return Ok(None) };
+        let Ok(mut state) = self.state.lock() else {
+            return Err(JournalError::Closed);
+        };
+        let Some(live) = state.tasks.get_mut(task_id) else {
+            return Ok(None);
+        };
         let mut row = (*live.row).clone();
-        row.state = if all_terminal { TaskState::Ended } else { TaskState::Ending };
+        row.state = if all_terminal {
+            TaskState::Ended
+        } else {
+            TaskState::Ending
+        };
         row.end_reason = reason;
         if all_terminal {
             row.ended_ms = Some(to_ms(now));
@@ -268,8 +363,12 @@ impl Broker {
         loop {
             let now_ms = to_ms(self.clock.now());
             let (due, next) = {
-                let Ok(mut state) = self.state.lock() else { return };
-                let later = state.retries.split_off(&(now_ms + 1, String::new(), String::new()));
+                let Ok(mut state) = self.state.lock() else {
+                    return;
+                };
+                let later = state
+                    .retries
+                    .split_off(&(now_ms + 1, String::new(), String::new()));
                 let due = std::mem::replace(&mut state.retries, later);
                 (due, state.retries.first().map(|(t, _, _)| *t))
             };
@@ -288,7 +387,12 @@ impl Broker {
     }
 
     async fn retry_lease(&self, task_id: &str, lease_id: &str) {
-        let Some(op) = self.state.lock().ok().and_then(|s| s.tasks.get(task_id).map(|t| Arc::clone(&t.op))) else {
+        let Some(op) = self
+            .state
+            .lock()
+            .ok()
+            .and_then(|s| s.tasks.get(task_id).map(|t| Arc::clone(&t.op)))
+        else {
             return;
         };
         let _guard = op.lock_owned().await;
@@ -300,15 +404,28 @@ impl Broker {
                     .then(|| (Arc::clone(&t.row), l.row.clone(), l.handle.clone()))
             })
         };
-        let Some((task, lease, handle)) = picked else { return };
+        let Some((task, lease, handle)) = picked else {
+            return;
+        };
         let rt = self.runtime();
         let now = self.clock.now();
-        let a = self.attempt(&rt, &task, &lease, handle.as_deref(), rt.config.broker.provider_timeout, now).await;
+        let a = self
+            .attempt(
+                &rt,
+                &task,
+                &lease,
+                handle.as_deref(),
+                rt.config.broker.provider_timeout,
+                now,
+            )
+            .await;
         if let Err(e) = self.settle(task_id, vec![a], Vec::new(), None, now).await {
             tracing::error!(error = %e, lease = lease_id, "could not record a revocation attempt; retrying");
             if let Ok(mut state) = self.state.lock() {
                 let next = to_ms(now + rt.config.broker.revoke_backoff_initial);
-                state.retries.insert((next, task_id.to_string(), lease_id.to_string()));
+                state
+                    .retries
+                    .insert((next, task_id.to_string(), lease_id.to_string()));
             }
         }
     }
@@ -318,7 +435,9 @@ impl Broker {
 /// d = initial · 2^(n-1), capped at `max`. Jitter keeps a fleet of retries from marching in step
 /// against a provider that is just coming back.
 pub(super) fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20)).min(max);
+    let exp = initial
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(max);
     exp.mul_f64(0.5 + fastrand::f64() * 0.5)
 }
 

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use anyhow::bail;
 use clap::{Args, Subcommand};
 
-use crate::client::{self, DEFAULT_ADMIN_SOCKET, Refused};
 use super::output::{self, Output};
+use crate::client::{self, DEFAULT_ADMIN_SOCKET, Refused};
 use crate::proto::v1;
 use crate::proto::v1::admin_client::AdminClient;
 
@@ -97,10 +97,25 @@ async fn connect(conn: &AdminConn) -> anyhow::Result<AdminClient<tonic::transpor
 
 pub(super) async fn run(cmd: TasksCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        TasksCommand::List { conn, filter, all, limit } => {
+        TasksCommand::List {
+            conn,
+            filter,
+            all,
+            limit,
+        } => {
             let mut c = connect(&conn).await?;
-            let req = v1::ListTasksRequest { include_ended: all, filter: Some(filter.selector()), limit, after: String::new() };
-            let tasks = c.list_tasks(req).await.map_err(Refused::from)?.into_inner().tasks;
+            let req = v1::ListTasksRequest {
+                include_ended: all,
+                filter: Some(filter.selector()),
+                limit,
+                after: String::new(),
+            };
+            let tasks = c
+                .list_tasks(req)
+                .await
+                .map_err(Refused::from)?
+                .into_inner()
+                .tasks;
             match conn.output {
                 Output::Json => {
                     let v: Vec<_> = tasks.iter().map(output::task_json).collect();
@@ -111,14 +126,25 @@ pub(super) async fn run(cmd: TasksCommand) -> anyhow::Result<ExitCode> {
         }
         TasksCommand::Show { conn, task } => {
             let mut c = connect(&conn).await?;
-            let t = c.get_task(v1::GetTaskRequest { task_id: task }).await.map_err(Refused::from)?.into_inner();
+            let t = c
+                .get_task(v1::GetTaskRequest { task_id: task })
+                .await
+                .map_err(Refused::from)?
+                .into_inner();
             let t = t.task.unwrap_or_default();
             match conn.output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&output::task_json(&t))?),
+                Output::Json => {
+                    println!("{}", serde_json::to_string_pretty(&output::task_json(&t))?)
+                }
                 Output::Table => print!("{}", output::task_detail(&t)),
             }
         }
-        TasksCommand::Revoke { conn, task, selector, reason } => {
+        TasksCommand::Revoke {
+            conn,
+            task,
+            selector,
+            reason,
+        } => {
             let mut c = connect(&conn).await?;
             let sel = selector.selector();
             let ids = match task {
@@ -126,15 +152,25 @@ pub(super) async fn run(cmd: TasksCommand) -> anyhow::Result<ExitCode> {
                     if sel != v1::Selector::default() {
                         bail!("give a task id or a selector, not both");
                     }
-                    let t = c.revoke_task(v1::RevokeTaskRequest { task_id: id, reason }).await.map_err(Refused::from)?;
+                    let t = c
+                        .revoke_task(v1::RevokeTaskRequest {
+                            task_id: id,
+                            reason,
+                        })
+                        .await
+                        .map_err(Refused::from)?;
                     vec![t.into_inner().task.unwrap_or_default().id]
                 }
-                None => c
-                    .revoke(v1::RevokeRequest { selector: Some(sel), reason })
+                None => {
+                    c.revoke(v1::RevokeRequest {
+                        selector: Some(sel),
+                        reason,
+                    })
                     .await
                     .map_err(Refused::from)?
                     .into_inner()
-                    .task_ids,
+                    .task_ids
+                }
             };
             match conn.output {
                 Output::Json => println!("{}", serde_json::json!({ "revoked": ids })),
@@ -154,7 +190,11 @@ pub(super) async fn run(cmd: TasksCommand) -> anyhow::Result<ExitCode> {
 
 pub(super) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let mut c = connect(&args.conn).await?;
-    let s = c.status(v1::StatusRequest {}).await.map_err(Refused::from)?.into_inner();
+    let s = c
+        .status(v1::StatusRequest {})
+        .await
+        .map_err(Refused::from)?
+        .into_inner();
     match args.conn.output {
         Output::Json => {
             let doc = serde_json::json!({
@@ -171,13 +211,43 @@ pub(super) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&doc)?);
         }
         Output::Table => {
-            println!("credbroker {} up {}s, configuration loaded {}", s.version, s.uptime_seconds, s.config_loaded_at);
-            println!("active tasks {}  active leases {}  revocation backlog {}", s.active_tasks, s.active_leases, s.revocation_backlog);
-            let mut rows = vec![vec!["ISSUER".into(), "KEYS".into(), "LAST REFRESH".into(), "LAST ERROR".into()]];
-            rows.extend(s.issuers.iter().map(|i| vec![i.url.clone(), i.keys.to_string(), i.last_refresh.clone(), i.last_error.clone()]));
+            println!(
+                "credbroker {} up {}s, configuration loaded {}",
+                s.version, s.uptime_seconds, s.config_loaded_at
+            );
+            println!(
+                "active tasks {}  active leases {}  revocation backlog {}",
+                s.active_tasks, s.active_leases, s.revocation_backlog
+            );
+            let mut rows = vec![vec![
+                "ISSUER".into(),
+                "KEYS".into(),
+                "LAST REFRESH".into(),
+                "LAST ERROR".into(),
+            ]];
+            rows.extend(s.issuers.iter().map(|i| {
+                vec![
+                    i.url.clone(),
+                    i.keys.to_string(),
+                    i.last_refresh.clone(),
+                    i.last_error.clone(),
+                ]
+            }));
             print!("{}", output::table(&rows));
-            let mut rows = vec![vec!["PROVIDER".into(), "KIND".into(), "HEALTHY".into(), "DETAIL".into()]];
-            rows.extend(s.providers.iter().map(|p| vec![p.name.clone(), p.kind.clone(), p.healthy.to_string(), p.detail.clone()]));
+            let mut rows = vec![vec![
+                "PROVIDER".into(),
+                "KIND".into(),
+                "HEALTHY".into(),
+                "DETAIL".into(),
+            ]];
+            rows.extend(s.providers.iter().map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.kind.clone(),
+                    p.healthy.to_string(),
+                    p.detail.clone(),
+                ]
+            }));
             print!("{}", output::table(&rows));
         }
     }

@@ -39,7 +39,13 @@ pub(super) enum AuditCommand {
 }
 
 pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
-    let AuditCommand::Export { config, journal, since, until, format: Format::Jsonl } = cmd;
+    let AuditCommand::Export {
+        config,
+        journal,
+        since,
+        until,
+        format: Format::Jsonl,
+    } = cmd;
     let path = match (config, journal) {
         (_, Some(j)) => j,
         (Some(c), None) => Config::load(&c)?.journal.path,
@@ -51,7 +57,8 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         Some(u) => parse_when(&u, now).map_err(anyhow::Error::msg)?,
         None => now + std::time::Duration::from_secs(1),
     };
-    let conn = Journal::open_read_only(&path).with_context(|| format!("opening {}", path.display()))?;
+    let conn =
+        Journal::open_read_only(&path).with_context(|| format!("opening {}", path.display()))?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     crate::audit::export::jsonl(&conn, since, until, &mut out)?;

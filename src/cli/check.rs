@@ -12,7 +12,12 @@ use crate::journal::seal::Sealer;
 use crate::providers::Registry;
 use crate::server::config_errors;
 
-pub(super) async fn run(path: &Path, online: bool, registry: &Registry, env: &dyn Env) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(
+    path: &Path,
+    online: bool,
+    registry: &Registry,
+    env: &dyn Env,
+) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let summary = format!(
         "{} issuer(s), {} workload(s), {} grant(s), {} provider(s)",
@@ -21,7 +26,8 @@ pub(super) async fn run(path: &Path, online: bool, registry: &Registry, env: &dy
         config.grants.len(),
         config.providers.len()
     );
-    let runtime = Runtime::build(config, registry, env, None).map_err(|errors| config_errors(path, errors))?;
+    let runtime = Runtime::build(config, registry, env, None)
+        .map_err(|errors| config_errors(path, errors))?;
     Sealer::load(&runtime.config.journal.key, env)?;
     println!("{}: ok: {summary}", path.display());
     if !online {
@@ -37,8 +43,21 @@ pub(super) async fn run(path: &Path, online: bool, registry: &Registry, env: &dy
     let mut bad = !failed.is_empty();
     for (name, slot) in runtime.providers.iter() {
         let h = slot.provider.health().await;
-        println!("provider {name} ({}): {}{}", slot.config.kind, if h.healthy { "ok" } else { "FAILED" }, if h.detail.is_empty() { String::new() } else { format!(": {}", h.detail) });
+        println!(
+            "provider {name} ({}): {}{}",
+            slot.config.kind,
+            if h.healthy { "ok" } else { "FAILED" },
+            if h.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", h.detail)
+            }
+        );
         bad |= !h.healthy;
     }
-    Ok(if bad { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if bad {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -19,7 +19,11 @@ use clap::{Parser, Subcommand};
 use crate::providers::Registry;
 
 #[derive(Parser)]
-#[command(name = "credbroker", version, about = "Short-lived, narrowly scoped credentials for MCP servers")]
+#[command(
+    name = "credbroker",
+    version,
+    about = "Short-lived, narrowly scoped credentials for MCP servers"
+)]
 struct Cli {
     /// Log filter (tracing syntax, e.g. `info`, `credbroker=debug`). Overrides $RUST_LOG.
     #[arg(long, global = true)]
@@ -81,7 +85,10 @@ enum Command {
 pub fn main(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref(), cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -94,10 +101,17 @@ pub fn main(registry: Registry) -> ExitCode {
 async fn run(command: Command, registry: Registry) -> ExitCode {
     let env: Arc<dyn credbroker_provider_api::Env> = Arc::new(crate::ProcessEnv);
     let result = match command {
-        Command::Serve { config } => {
-            crate::server::Daemon { config_path: config, registry, env }.run().await.map(|()| ExitCode::SUCCESS)
+        Command::Serve { config } => crate::server::Daemon {
+            config_path: config,
+            registry,
+            env,
         }
-        Command::CheckConfig { config, online } => check::run(&config, online, &registry, env.as_ref()).await,
+        .run()
+        .await
+        .map(|()| ExitCode::SUCCESS),
+        Command::CheckConfig { config, online } => {
+            check::run(&config, online, &registry, env.as_ref()).await
+        }
         Command::Token { command } => token::run(command).await,
         Command::Task { command } => task::run(command).await,
         Command::Tasks { command } => admin::run(command).await,
@@ -115,7 +129,11 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<crate::config::ConfigErrors>().is_some() { ExitCode::from(2) } else { ExitCode::FAILURE }
+            if e.downcast_ref::<crate::config::ConfigErrors>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -126,7 +144,9 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
         Some(l) => EnvFilter::new(l),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -21,7 +21,11 @@ fn time(t: &Option<prost_types::Timestamp>) -> Value {
 }
 
 fn opt(s: &str) -> Value {
-    if s.is_empty() { Value::Null } else { Value::String(s.into()) }
+    if s.is_empty() {
+        Value::Null
+    } else {
+        Value::String(s.into())
+    }
 }
 
 pub(super) fn task_json(t: &v1::Task) -> Value {
@@ -67,15 +71,29 @@ pub(super) fn credentials_json(creds: &[v1::Credential]) -> Value {
 }
 
 pub(super) fn tasks_table(tasks: &[v1::Task]) -> String {
-    let mut rows = vec![["TASK", "STATE", "WORKLOAD", "OWNER", "CLIENT", "GRANTS", "EXPIRES"].map(String::from).to_vec()];
+    let mut rows = vec![
+        [
+            "TASK", "STATE", "WORKLOAD", "OWNER", "CLIENT", "GRANTS", "EXPIRES",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
     for t in tasks {
         let p = t.principal.clone().unwrap_or_default();
-        let grants: Vec<String> = t.leases.iter().map(|l| format!("{}:{}", l.grant, l.state)).collect();
+        let grants: Vec<String> = t
+            .leases
+            .iter()
+            .map(|l| format!("{}:{}", l.grant, l.state))
+            .collect();
         rows.push(vec![
             t.id.clone(),
             t.state.clone(),
             t.workload.clone(),
-            if p.owner.is_empty() { "-".into() } else { p.owner },
+            if p.owner.is_empty() {
+                "-".into()
+            } else {
+                p.owner
+            },
             p.client_id,
             grants.join(","),
             time(&t.expires_at).as_str().unwrap_or("-").to_string(),
@@ -90,29 +108,67 @@ pub(super) fn task_detail(t: &v1::Task) -> String {
     let mut out = String::new();
     let mut line = |k: &str, v: String| out.push_str(&format!("{k:<18}{v}\n"));
     line("task", t.id.clone());
-    line("state", if t.end_reason.is_empty() { t.state.clone() } else { format!("{} ({})", t.state, t.end_reason) });
+    line(
+        "state",
+        if t.end_reason.is_empty() {
+            t.state.clone()
+        } else {
+            format!("{} ({})", t.state, t.end_reason)
+        },
+    );
     line("workload", format!("{} (tool {})", t.workload, t.tool));
-    line("peer", format!("uid {} gid {} pid {} {} {}", peer.uid, peer.gid, peer.pid, peer.exe, peer.unit));
-    line("owner", format!("{} (from {})", if p.owner.is_empty() { "-" } else { &p.owner }, p.owner_source));
+    line(
+        "peer",
+        format!(
+            "uid {} gid {} pid {} {} {}",
+            peer.uid, peer.gid, peer.pid, peer.exe, peer.unit
+        ),
+    );
+    line(
+        "owner",
+        format!(
+            "{} (from {})",
+            if p.owner.is_empty() { "-" } else { &p.owner },
+            p.owner_source
+        ),
+    );
     line("client", p.client_id.clone());
     line("subject", p.subject.clone());
     if !p.actors.is_empty() {
         line("actors", p.actors.join(" ← "));
     }
-    line("token", format!("sha256:{} jti {}", p.token_fingerprint, p.jti));
+    line(
+        "token",
+        format!("sha256:{} jti {}", p.token_fingerprint, p.jti),
+    );
     line("scopes", p.scopes.join(" "));
-    line("created", time(&t.created_at).as_str().unwrap_or("-").into());
-    line("expires", time(&t.expires_at).as_str().unwrap_or("-").into());
+    line(
+        "created",
+        time(&t.created_at).as_str().unwrap_or("-").into(),
+    );
+    line(
+        "expires",
+        time(&t.expires_at).as_str().unwrap_or("-").into(),
+    );
     if t.ended_at.is_some() {
         line("ended", time(&t.ended_at).as_str().unwrap_or("-").into());
     }
     for l in &t.leases {
-        let mut s = format!("{} {} via {} [{}] ref {}", l.id, l.grant, l.provider, l.state, l.reference);
+        let mut s = format!(
+            "{} {} via {} [{}] ref {}",
+            l.id, l.grant, l.provider, l.state, l.reference
+        );
         if l.state == "expiring" {
-            s.push_str(&format!(" — cannot be revoked; works until {}", time(&l.expires_at).as_str().unwrap_or("?")));
+            s.push_str(&format!(
+                " — cannot be revoked; works until {}",
+                time(&l.expires_at).as_str().unwrap_or("?")
+            ));
         }
         if l.revoke_attempts > 0 {
-            s.push_str(&format!(" ({} revocation attempts; last error: {})", l.revoke_attempts, l.last_error));
+            s.push_str(&format!(
+                " ({} revocation attempts; last error: {})",
+                l.revoke_attempts, l.last_error
+            ));
         }
         line("lease", s);
     }
@@ -121,11 +177,21 @@ pub(super) fn task_detail(t: &v1::Task) -> String {
 
 pub(super) fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> =
-        (0..cols).map(|c| rows.iter().map(|r| r.get(c).map_or(0, |s| s.chars().count())).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut out = String::new();
     for r in rows {
-        let cells: Vec<String> = r.iter().zip(&widths).map(|(s, w)| format!("{s:<w$}")).collect();
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(s, w)| format!("{s:<w$}"))
+            .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
@@ -142,7 +208,15 @@ fn env_name(prefix: Option<&str>, key: &str) -> String {
         Some(p) => format!("{p}_{key}"),
         None => key.to_string(),
     };
-    raw.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' }).collect()
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// `export NAME='value'` lines. With one credential the field names are used as they are
@@ -153,7 +227,11 @@ pub(super) fn env_lines(task_id: &str, creds: &[v1::Credential]) -> String {
     for c in creds {
         let prefix = prefixed.then_some(c.grant.as_str());
         for (k, v) in c.public.iter().chain(c.secret.iter()) {
-            out.push_str(&format!("export {}={}\n", env_name(prefix, k), shell_quote(v)));
+            out.push_str(&format!(
+                "export {}={}\n",
+                env_name(prefix, k),
+                shell_quote(v)
+            ));
         }
     }
     out
@@ -186,6 +264,9 @@ mod tests {
     fn shell_quoting_survives_hostile_values() {
         assert_eq!(shell_quote("a'b"), r"'a'\''b'");
         assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
-        assert_eq!(env_name(Some("orders-db"), "password"), "ORDERS_DB_PASSWORD");
+        assert_eq!(
+            env_name(Some("orders-db"), "password"),
+            "ORDERS_DB_PASSWORD"
+        );
     }
 }

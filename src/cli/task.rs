@@ -9,8 +9,8 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
-use crate::client::{self, DEFAULT_BROKER_SOCKET, Refused};
 use super::output;
+use crate::client::{self, DEFAULT_BROKER_SOCKET, Refused};
 use crate::proto::v1;
 use crate::proto::v1::broker_client::BrokerClient;
 
@@ -82,15 +82,20 @@ fn read_token(src: &TokenSource) -> anyhow::Result<Zeroizing<String>> {
     let mut buf = Zeroizing::new(String::new());
     match &src.token_file {
         Some(p) if p.as_os_str() == "-" => {
-            std::io::stdin().read_to_string(&mut buf).context("reading the token from stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut buf)
+                .context("reading the token from stdin")?;
         }
         Some(p) => {
-            *buf = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            *buf =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
         }
         None => match std::env::var("CREDBROKER_TOKEN") {
             Ok(t) => *buf = t,
             Err(_) => {
-                std::io::stdin().read_to_string(&mut buf).context("reading the token from stdin")?;
+                std::io::stdin()
+                    .read_to_string(&mut buf)
+                    .context("reading the token from stdin")?;
             }
         },
     }
@@ -111,23 +116,45 @@ fn ttl_seconds(ttl: &Option<String>) -> anyhow::Result<Option<u32>> {
 }
 
 fn grant_requests(grants: &[String], narrow: &[String]) -> anyhow::Result<Vec<v1::GrantRequest>> {
-    let mut out: Vec<v1::GrantRequest> =
-        grants.iter().map(|g| v1::GrantRequest { name: g.clone(), narrow: HashMap::new() }).collect();
+    let mut out: Vec<v1::GrantRequest> = grants
+        .iter()
+        .map(|g| v1::GrantRequest {
+            name: g.clone(),
+            narrow: HashMap::new(),
+        })
+        .collect();
     for n in narrow {
-        let (lhs, values) = n.split_once('=').with_context(|| format!("--narrow {n:?}: expected GRANT.PARAM=v1,v2"))?;
-        let (grant, param) = lhs.split_once('.').with_context(|| format!("--narrow {n:?}: expected GRANT.PARAM=v1,v2"))?;
+        let (lhs, values) = n
+            .split_once('=')
+            .with_context(|| format!("--narrow {n:?}: expected GRANT.PARAM=v1,v2"))?;
+        let (grant, param) = lhs
+            .split_once('.')
+            .with_context(|| format!("--narrow {n:?}: expected GRANT.PARAM=v1,v2"))?;
         let g = out
             .iter_mut()
             .find(|g| g.name == grant)
             .with_context(|| format!("--narrow names grant {grant:?}, which is not requested"))?;
-        g.narrow.insert(param.into(), v1::StringList { values: values.split(',').map(str::to_owned).collect() });
+        g.narrow.insert(
+            param.into(),
+            v1::StringList {
+                values: values.split(',').map(str::to_owned).collect(),
+            },
+        );
     }
     Ok(out)
 }
 
 pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        TaskCommand::Begin { conn, token, tool, grants, narrow, ttl, format } => {
+        TaskCommand::Begin {
+            conn,
+            token,
+            tool,
+            grants,
+            narrow,
+            ttl,
+            format,
+        } => {
             let token = read_token(&token)?;
             let request = v1::BeginTaskRequest {
                 token: token.to_string(),
@@ -136,7 +163,11 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 ttl_seconds: ttl_seconds(&ttl)?,
             };
             let mut client = BrokerClient::new(client::channel(&conn.socket).await?);
-            let resp = client.begin_task(request).await.map_err(Refused::from)?.into_inner();
+            let resp = client
+                .begin_task(request)
+                .await
+                .map_err(Refused::from)?
+                .into_inner();
             let task = resp.task.unwrap_or_default();
             match format {
                 Format::Json => {
@@ -148,26 +179,48 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 }
                 Format::Env => print!("{}", output::env_lines(&task.id, &resp.credentials)),
                 Format::CredentialProcess => {
-                    println!("{}", serde_json::to_string(&output::credential_process(&resp.credentials)?)?);
+                    println!(
+                        "{}",
+                        serde_json::to_string(&output::credential_process(&resp.credentials)?)?
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
-        TaskCommand::Renew { conn, token, task, ttl } => {
+        TaskCommand::Renew {
+            conn,
+            token,
+            task,
+            ttl,
+        } => {
             let token = read_token(&token)?;
             let mut client = BrokerClient::new(client::channel(&conn.socket).await?);
             let resp = client
-                .renew_task(v1::RenewTaskRequest { task_id: task, token: token.to_string(), ttl_seconds: ttl_seconds(&ttl)? })
+                .renew_task(v1::RenewTaskRequest {
+                    task_id: task,
+                    token: token.to_string(),
+                    ttl_seconds: ttl_seconds(&ttl)?,
+                })
                 .await
                 .map_err(Refused::from)?
                 .into_inner();
-            println!("{}", serde_json::to_string_pretty(&output::task_json(&resp.task.unwrap_or_default()))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&output::task_json(&resp.task.unwrap_or_default()))?
+            );
             Ok(ExitCode::SUCCESS)
         }
         TaskCommand::End { conn, task } => {
             let mut client = BrokerClient::new(client::channel(&conn.socket).await?);
-            let resp = client.end_task(v1::EndTaskRequest { task_id: task }).await.map_err(Refused::from)?.into_inner();
-            println!("{}", serde_json::to_string_pretty(&output::task_json(&resp.task.unwrap_or_default()))?);
+            let resp = client
+                .end_task(v1::EndTaskRequest { task_id: task })
+                .await
+                .map_err(Refused::from)?
+                .into_inner();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&output::task_json(&resp.task.unwrap_or_default()))?
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -41,17 +41,30 @@ pub(super) enum TokenCommand {
 }
 
 pub(super) async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
-    let TokenCommand::Check { config, workload, issuer, audience, jwks, require_scope } = cmd;
+    let TokenCommand::Check {
+        config,
+        workload,
+        issuer,
+        audience,
+        jwks,
+        require_scope,
+    } = cmd;
     let (issuers, settings, audiences) = match (config, issuer) {
         (Some(path), None) => {
             let cfg = Config::load(&path)?;
             let audiences: Vec<(String, String)> = match (&workload, &audience) {
                 (Some(w), _) => {
-                    let w = cfg.workload(w).with_context(|| format!("no workload named {w:?}"))?;
+                    let w = cfg
+                        .workload(w)
+                        .with_context(|| format!("no workload named {w:?}"))?;
                     vec![(w.name.clone(), w.audience.clone())]
                 }
                 (None, Some(a)) => vec![(String::new(), a.clone())],
-                (None, None) => cfg.workloads.iter().map(|w| (w.name.clone(), w.audience.clone())).collect(),
+                (None, None) => cfg
+                    .workloads
+                    .iter()
+                    .map(|w| (w.name.clone(), w.audience.clone()))
+                    .collect(),
             };
             (cfg.issuers, cfg.tokens, audiences)
         }
@@ -68,13 +81,19 @@ pub(super) async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 ca_file: None,
             };
             let audience = audience.context("--audience is required with --issuer")?;
-            (vec![issuer], TokenSettings::default(), vec![(String::new(), audience)])
+            (
+                vec![issuer],
+                TokenSettings::default(),
+                vec![(String::new(), audience)],
+            )
         }
         _ => bail!("give either --config, or --issuer with --audience"),
     };
 
     let mut token = Zeroizing::new(String::new());
-    std::io::stdin().read_to_string(&mut token).context("reading the token from stdin")?;
+    std::io::stdin()
+        .read_to_string(&mut token)
+        .context("reading the token from stdin")?;
     let token = Zeroizing::new(token.trim().to_string());
 
     let verifier = Verifier::new(&issuers, &settings).map_err(anyhow::Error::msg)?;
@@ -91,8 +110,15 @@ pub(super) async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// Audience (any of the candidates) and required scopes.
-fn check_more(v: &Verified, audiences: &[(String, String)], scopes: &[String]) -> Result<Option<String>, Rejection> {
-    let matched = audiences.iter().find(|(_, a)| v.check_audience(a).is_ok()).ok_or(Rejection::AudienceMismatch)?;
+fn check_more(
+    v: &Verified,
+    audiences: &[(String, String)],
+    scopes: &[String],
+) -> Result<Option<String>, Rejection> {
+    let matched = audiences
+        .iter()
+        .find(|(_, a)| v.check_audience(a).is_ok())
+        .ok_or(Rejection::AudienceMismatch)?;
     if let Some(missing) = scopes.iter().find(|s| !v.claims.has_scope(s)) {
         return Err(Rejection::InsufficientScope(missing.clone()));
     }
@@ -102,7 +128,12 @@ fn check_more(v: &Verified, audiences: &[(String, String)], scopes: &[String]) -
 fn rejected(r: &Rejection, fingerprint: Option<String>, load_errors: &[(String, String)]) -> Value {
     let mut v = json!({ "verdict": "rejected", "reason": r.code(), "message": r.to_string(), "fingerprint": fingerprint });
     if r.is_unavailable() || !load_errors.is_empty() {
-        v["issuer_errors"] = json!(load_errors.iter().map(|(u, e)| json!({"issuer": u, "error": e})).collect::<Vec<_>>());
+        v["issuer_errors"] = json!(
+            load_errors
+                .iter()
+                .map(|(u, e)| json!({"issuer": u, "error": e}))
+                .collect::<Vec<_>>()
+        );
     }
     v
 }

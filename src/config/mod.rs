@@ -65,7 +65,11 @@ pub struct TokenSettings {
 
 impl Default for TokenSettings {
     fn default() -> Self {
-        Self { max_token_bytes: 8192, leeway: Duration::from_secs(30), cache_entries: 65_536 }
+        Self {
+            max_token_bytes: 8192,
+            leeway: Duration::from_secs(30),
+            cache_entries: 65_536,
+        }
     }
 }
 
@@ -218,7 +222,10 @@ impl Config {
 
     /// Validates configuration text. `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Self, ConfigErrors> {
-        validate::parse(text).map_err(|errors| ConfigErrors { source: source.to_string(), errors })
+        validate::parse(text).map_err(|errors| ConfigErrors {
+            source: source.to_string(),
+            errors,
+        })
     }
 
     pub fn workload(&self, name: &str) -> Option<&WorkloadConfig> {

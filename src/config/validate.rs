@@ -33,12 +33,19 @@ struct Problems<'a> {
 
 impl Problems<'_> {
     fn line_of(&self, span: &Range<usize>) -> usize {
-        self.text[..span.start.min(self.text.len())].matches('\n').count() + 1
+        self.text[..span.start.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
     fn at(&mut self, span: Option<&Range<usize>>, path: impl Into<String>, msg: impl Into<String>) {
         let line = span.map(|s| self.line_of(s));
-        self.errors.push(ConfigError { path: path.into(), line, message: msg.into() });
+        self.errors.push(ConfigError {
+            path: path.into(),
+            line,
+            message: msg.into(),
+        });
     }
 
     fn duration(
@@ -67,20 +74,35 @@ impl Problems<'_> {
 
 pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        vec![ConfigError { path: String::new(), line, message: e.message().to_string() }]
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        vec![ConfigError {
+            path: String::new(),
+            line,
+            message: e.message().to_string(),
+        }]
     })?;
-    let mut p = Problems { text, errors: Vec::new() };
+    let mut p = Problems {
+        text,
+        errors: Vec::new(),
+    };
 
     let server = server(&mut p, raw.server);
     let journal = journal(&mut p, raw.journal);
     let tokens = tokens(&mut p, raw.tokens);
     let broker = broker(&mut p, raw.broker);
-    let attribution =
-        Attribution { require_owner: raw.attribution.require_owner, clients: raw.attribution.clients };
+    let attribution = Attribution {
+        require_owner: raw.attribution.require_owner,
+        clients: raw.attribution.clients,
+    };
     for (client, owner) in &attribution.clients {
         if client.is_empty() || owner.is_empty() {
-            p.at(None, format!("attribution.clients.{client}"), "client and owner must not be empty");
+            p.at(
+                None,
+                format!("attribution.clients.{client}"),
+                "client and owner must not be empty",
+            );
         }
     }
 
@@ -89,7 +111,11 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         let span = raw.span();
         if let Some(i) = issuer(&mut p, &span, raw.into_inner()) {
             if issuers.iter().any(|o: &IssuerConfig| o.url == i.url) {
-                p.at(Some(&span), format!("issuer.{}", i.url), "is configured twice");
+                p.at(
+                    Some(&span),
+                    format!("issuer.{}", i.url),
+                    "is configured twice",
+                );
             }
             issuers.push(i);
         }
@@ -116,7 +142,11 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         let span = raw.span();
         let w = workload(&mut p, &span, raw.into_inner(), &grants);
         if workloads.iter().any(|o| o.name == w.name) {
-            p.at(Some(&span), format!("workload.{}", w.name), "is defined twice");
+            p.at(
+                Some(&span),
+                format!("workload.{}", w.name),
+                "is defined twice",
+            );
         }
         if let Some(o) = workloads.iter().find(|o| {
             o.uid == w.uid && o.gid == w.gid && o.exe == w.exe && o.systemd_unit == w.systemd_unit
@@ -148,29 +178,45 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
 }
 
 fn server(p: &mut Problems<'_>, raw: RawServer) -> ServerConfig {
-    let broker_socket_gid = raw.broker_socket_group.as_deref().and_then(|name| {
-        match name.parse::<u32>() {
-            Ok(gid) => Some(gid),
-            Err(_) => match nix::unistd::Group::from_name(name) {
-                Ok(Some(g)) => Some(g.gid.as_raw()),
-                Ok(None) => {
-                    p.at(None, "server.broker_socket_group", format!("no group named {name:?}"));
-                    None
-                }
-                Err(e) => {
-                    p.at(None, "server.broker_socket_group", format!("cannot look up {name:?}: {e}"));
-                    None
-                }
-            },
-        }
-    });
-    for (key, path) in [("broker_socket", &raw.broker_socket), ("admin_socket", &raw.admin_socket)] {
+    let broker_socket_gid =
+        raw.broker_socket_group
+            .as_deref()
+            .and_then(|name| match name.parse::<u32>() {
+                Ok(gid) => Some(gid),
+                Err(_) => match nix::unistd::Group::from_name(name) {
+                    Ok(Some(g)) => Some(g.gid.as_raw()),
+                    Ok(None) => {
+                        p.at(
+                            None,
+                            "server.broker_socket_group",
+                            format!("no group named {name:?}"),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        p.at(
+                            None,
+                            "server.broker_socket_group",
+                            format!("cannot look up {name:?}: {e}"),
+                        );
+                        None
+                    }
+                },
+            });
+    for (key, path) in [
+        ("broker_socket", &raw.broker_socket),
+        ("admin_socket", &raw.admin_socket),
+    ] {
         if !path.is_absolute() {
             p.at(None, format!("server.{key}"), "must be an absolute path");
         }
     }
     if raw.broker_socket == raw.admin_socket {
-        p.at(None, "server.admin_socket", "must differ from server.broker_socket");
+        p.at(
+            None,
+            "server.admin_socket",
+            "must differ from server.broker_socket",
+        );
     }
     let mut admin_uids: BTreeSet<u32> = raw.admin_uids.unwrap_or_default().into_iter().collect();
     admin_uids.insert(nix::unistd::geteuid().as_raw());
@@ -187,15 +233,26 @@ fn journal(p: &mut Problems<'_>, raw: RawJournal) -> JournalConfig {
         (Some(f), None) => KeySource::File(f),
         (None, Some(c)) => KeySource::Credential(c),
         (None, None) => {
-            p.at(None, "journal", "one of key_file or key_credential is required");
+            p.at(
+                None,
+                "journal",
+                "one of key_file or key_credential is required",
+            );
             KeySource::Credential(String::new())
         }
         (Some(_), Some(_)) => {
-            p.at(None, "journal", "key_file and key_credential are mutually exclusive");
+            p.at(
+                None,
+                "journal",
+                "key_file and key_credential are mutually exclusive",
+            );
             KeySource::Credential(String::new())
         }
     };
-    JournalConfig { path: raw.path, key }
+    JournalConfig {
+        path: raw.path,
+        key,
+    }
 }
 
 fn tokens(p: &mut Problems<'_>, raw: RawTokens) -> TokenSettings {
@@ -214,16 +271,29 @@ fn tokens(p: &mut Problems<'_>, raw: RawTokens) -> TokenSettings {
     };
     let max_token_bytes = raw.max_token_bytes.unwrap_or(d.max_token_bytes);
     if !(512..=65_536).contains(&max_token_bytes) {
-        p.at(None, "tokens.max_token_bytes", "must be between 512 and 65536");
+        p.at(
+            None,
+            "tokens.max_token_bytes",
+            "must be between 512 and 65536",
+        );
     }
-    TokenSettings { max_token_bytes, leeway, cache_entries: raw.cache_entries.unwrap_or(d.cache_entries) }
+    TokenSettings {
+        max_token_bytes,
+        leeway,
+        cache_entries: raw.cache_entries.unwrap_or(d.cache_entries),
+    }
 }
 
 fn broker(p: &mut Problems<'_>, raw: RawBroker) -> BrokerSettings {
     let d = BrokerSettings::default();
     let s = BrokerSettings {
         max_grants_per_task: raw.max_grants_per_task.unwrap_or(d.max_grants_per_task),
-        default_ttl: p.duration(None, "broker.default_ttl", raw.default_ttl.as_ref(), d.default_ttl),
+        default_ttl: p.duration(
+            None,
+            "broker.default_ttl",
+            raw.default_ttl.as_ref(),
+            d.default_ttl,
+        ),
         provider_concurrency: raw.provider_concurrency.unwrap_or(d.provider_concurrency),
         provider_timeout: p.duration(
             None,
@@ -231,7 +301,12 @@ fn broker(p: &mut Problems<'_>, raw: RawBroker) -> BrokerSettings {
             raw.provider_timeout.as_ref(),
             d.provider_timeout,
         ),
-        end_task_wait: p.duration(None, "broker.end_task_wait", raw.end_task_wait.as_ref(), d.end_task_wait),
+        end_task_wait: p.duration(
+            None,
+            "broker.end_task_wait",
+            raw.end_task_wait.as_ref(),
+            d.end_task_wait,
+        ),
         revoke_backoff_initial: p.duration(
             None,
             "broker.revoke_backoff_initial",
@@ -246,13 +321,21 @@ fn broker(p: &mut Problems<'_>, raw: RawBroker) -> BrokerSettings {
         ),
     };
     if s.max_grants_per_task == 0 || s.max_grants_per_task > 64 {
-        p.at(None, "broker.max_grants_per_task", "must be between 1 and 64");
+        p.at(
+            None,
+            "broker.max_grants_per_task",
+            "must be between 1 and 64",
+        );
     }
     if s.provider_concurrency == 0 {
         p.at(None, "broker.provider_concurrency", "must be at least 1");
     }
     if s.revoke_backoff_initial > s.revoke_backoff_max {
-        p.at(None, "broker.revoke_backoff_initial", "must not exceed broker.revoke_backoff_max");
+        p.at(
+            None,
+            "broker.revoke_backoff_initial",
+            "must not exceed broker.revoke_backoff_max",
+        );
     }
     s
 }
@@ -299,7 +382,11 @@ fn issuer(p: &mut Problems<'_>, span: &Range<usize>, raw: RawIssuer) -> Option<I
                 }
             }
             if algs.is_empty() {
-                p.at(Some(span), format!("{path}.algorithms"), "must name at least one algorithm");
+                p.at(
+                    Some(span),
+                    format!("{path}.algorithms"),
+                    "must name at least one algorithm",
+                );
             }
             algs
         }
@@ -309,11 +396,20 @@ fn issuer(p: &mut Problems<'_>, span: &Range<usize>, raw: RawIssuer) -> Option<I
         Some("oauth") => MetadataMode::OAuth,
         Some("oidc") => MetadataMode::Oidc,
         Some(other) => {
-            p.at(Some(span), format!("{path}.metadata"), format!("{other:?}: expected auto, oauth or oidc"));
+            p.at(
+                Some(span),
+                format!("{path}.metadata"),
+                format!("{other:?}: expected auto, oauth or oidc"),
+            );
             MetadataMode::Auto
         }
     };
-    let refresh = p.duration(Some(span), &format!("{path}.refresh"), raw.refresh.as_ref(), Duration::from_secs(900));
+    let refresh = p.duration(
+        Some(span),
+        &format!("{path}.refresh"),
+        raw.refresh.as_ref(),
+        Duration::from_secs(900),
+    );
     let min_refresh_interval = p.duration(
         Some(span),
         &format!("{path}.min_refresh_interval"),
@@ -345,9 +441,17 @@ fn providers(p: &mut Problems<'_>, raws: Vec<Spanned<RawProvider>>) -> Vec<Provi
         let raw = raw.into_inner();
         check_name(p, &span, "provider", &raw.name);
         if out.iter().any(|o| o.name == raw.name) {
-            p.at(Some(&span), format!("provider.{}", raw.name), "is defined twice");
+            p.at(
+                Some(&span),
+                format!("provider.{}", raw.name),
+                "is defined twice",
+            );
         }
-        out.push(ProviderConfig { name: raw.name, kind: raw.kind, settings: to_params(raw.settings) });
+        out.push(ProviderConfig {
+            name: raw.name,
+            kind: raw.kind,
+            settings: to_params(raw.settings),
+        });
     }
     out
 }
@@ -362,29 +466,54 @@ fn grant(
     let path = format!("grant.{}", raw.name);
     check_name(p, span, "grant", &raw.name);
     if !providers.contains(raw.provider.as_str()) {
-        p.at(Some(span), format!("{path}.provider"), format!("no [[provider]] named {:?}", raw.provider));
+        p.at(
+            Some(span),
+            format!("{path}.provider"),
+            format!("no [[provider]] named {:?}", raw.provider),
+        );
     }
     if raw.scopes.is_empty() {
         // Deny by default: a grant must be tied to something the authorization server decided.
-        p.at(Some(span), format!("{path}.scopes"), "must name at least one scope");
+        p.at(
+            Some(span),
+            format!("{path}.scopes"),
+            "must name at least one scope",
+        );
     }
     for s in &raw.scopes {
         if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            p.at(Some(span), format!("{path}.scopes"), format!("{s:?} is not a valid scope token"));
+            p.at(
+                Some(span),
+                format!("{path}.scopes"),
+                format!("{s:?} is not a valid scope token"),
+            );
         }
     }
     for (claim, values) in &raw.conditions {
         if values.is_empty() {
-            p.at(Some(span), format!("{path}.conditions.{claim}"), "must list at least one value");
+            p.at(
+                Some(span),
+                format!("{path}.conditions.{claim}"),
+                "must list at least one value",
+            );
         }
     }
-    let max_ttl = p.duration(Some(span), &format!("{path}.max_ttl"), Some(&raw.max_ttl), broker.default_ttl);
+    let max_ttl = p.duration(
+        Some(span),
+        &format!("{path}.max_ttl"),
+        Some(&raw.max_ttl),
+        broker.default_ttl,
+    );
     let default_ttl = raw
         .default_ttl
         .as_ref()
         .map(|d| p.duration(Some(span), &format!("{path}.default_ttl"), Some(d), max_ttl));
     if default_ttl.is_some_and(|d| d > max_ttl) {
-        p.at(Some(span), format!("{path}.default_ttl"), "must not exceed max_ttl");
+        p.at(
+            Some(span),
+            format!("{path}.default_ttl"),
+            "must not exceed max_ttl",
+        );
     }
     let params = to_params(raw.params);
     template::check_params(&params, &mut |key, e| {
@@ -415,16 +544,28 @@ fn workload(
         (None, Some(user)) => match nix::unistd::User::from_name(user) {
             Ok(Some(u)) => Some(u.uid.as_raw()),
             Ok(None) => {
-                p.at(Some(span), format!("{path}.user"), format!("no user named {user:?}"));
+                p.at(
+                    Some(span),
+                    format!("{path}.user"),
+                    format!("no user named {user:?}"),
+                );
                 None
             }
             Err(e) => {
-                p.at(Some(span), format!("{path}.user"), format!("cannot look up {user:?}: {e}"));
+                p.at(
+                    Some(span),
+                    format!("{path}.user"),
+                    format!("cannot look up {user:?}: {e}"),
+                );
                 None
             }
         },
         (Some(_), Some(_)) => {
-            p.at(Some(span), format!("{path}.user"), "uid and user are mutually exclusive");
+            p.at(
+                Some(span),
+                format!("{path}.user"),
+                "uid and user are mutually exclusive",
+            );
             None
         }
         (None, None) => None,
@@ -434,22 +575,42 @@ fn workload(
         p.at(Some(span), &path, "must match on uid, user or gid");
     }
     if raw.exe.as_ref().is_some_and(|e| !e.is_absolute()) {
-        p.at(Some(span), format!("{path}.exe"), "must be an absolute path");
+        p.at(
+            Some(span),
+            format!("{path}.exe"),
+            "must be an absolute path",
+        );
     }
-    if let Some(unit) = &raw.systemd_unit {
-        if !(unit.ends_with(".service") || unit.ends_with(".scope")) || unit.contains('/') {
-            p.at(Some(span), format!("{path}.systemd_unit"), "must be a unit name like foo.service");
-        }
+    if let Some(unit) = &raw.systemd_unit
+        && (!(unit.ends_with(".service") || unit.ends_with(".scope")) || unit.contains('/'))
+    {
+        p.at(
+            Some(span),
+            format!("{path}.systemd_unit"),
+            "must be a unit name like foo.service",
+        );
     }
     if reqwest::Url::parse(&raw.audience).is_err() {
-        p.at(Some(span), format!("{path}.audience"), "must be an absolute URI (the MCP server's resource)");
+        p.at(
+            Some(span),
+            format!("{path}.audience"),
+            "must be an absolute URI (the MCP server's resource)",
+        );
     }
     if raw.grants.is_empty() {
-        p.at(Some(span), format!("{path}.grants"), "must name at least one grant");
+        p.at(
+            Some(span),
+            format!("{path}.grants"),
+            "must name at least one grant",
+        );
     }
     for g in &raw.grants {
         if !grants.contains_key(g) {
-            p.at(Some(span), format!("{path}.grants"), format!("no [[grant]] named {g:?}"));
+            p.at(
+                Some(span),
+                format!("{path}.grants"),
+                format!("no [[grant]] named {g:?}"),
+            );
         }
     }
     WorkloadConfig {
@@ -467,9 +628,15 @@ fn workload(
 fn check_name(p: &mut Problems<'_>, span: &Range<usize>, what: &str, name: &str) {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
-        p.at(Some(span), format!("{what}.{name}"), "names must be 1-64 characters of [A-Za-z0-9._-]");
+        p.at(
+            Some(span),
+            format!("{what}.{name}"),
+            "names must be 1-64 characters of [A-Za-z0-9._-]",
+        );
     }
 }
 

@@ -39,10 +39,23 @@ fn errors(text: &str) -> Vec<ConfigError> {
 fn a_good_configuration_parses() {
     let c = parse(BASE).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(c.grants["orders-db-read"].max_ttl, Duration::from_secs(900));
-    assert_eq!(c.issuers[0].algorithms, vec![Alg::RS256, Alg::ES256, Alg::EdDSA]);
+    assert_eq!(
+        c.issuers[0].algorithms,
+        vec![Alg::RS256, Alg::ES256, Alg::EdDSA]
+    );
     assert_eq!(c.workloads[0].uid, Some(1001));
-    assert_eq!(c.providers[0].settings.get("address").and_then(|v| v.as_str()), Some("https://vault.example.com"));
-    assert!(c.server.admin_uids.contains(&nix::unistd::geteuid().as_raw()));
+    assert_eq!(
+        c.providers[0]
+            .settings
+            .get("address")
+            .and_then(|v| v.as_str()),
+        Some("https://vault.example.com")
+    );
+    assert!(
+        c.server
+            .admin_uids
+            .contains(&nix::unistd::geteuid().as_raw())
+    );
 }
 
 #[test]
@@ -51,7 +64,10 @@ fn unknown_keys_are_refused_with_their_line() {
     let e = errors(&text);
     assert_eq!(e.len(), 1, "{e:?}");
     assert!(e[0].message.contains("max_tll"), "{e:?}");
-    let line = text.lines().position(|l| l.starts_with("max_tll")).map(|i| i + 1);
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("max_tll"))
+        .map(|i| i + 1);
     assert_eq!(e[0].line, line);
 }
 
@@ -60,7 +76,10 @@ fn every_problem_is_reported_at_once_with_its_path() {
     let text = BASE
         .replace("https://auth.example.com", "http://auth.example.com")
         .replace("max_ttl = \"15m\"", "max_ttl = \"soon\"")
-        .replace("grants = [\"orders-db-read\"]", "grants = [\"orders-db-raed\"]")
+        .replace(
+            "grants = [\"orders-db-read\"]",
+            "grants = [\"orders-db-raed\"]",
+        )
         .replace("provider = \"vault-main\"", "provider = \"vault\"")
         .replace("database/creds/{sub}", "database/creds/{subject}");
     let e = errors(&text);
@@ -79,14 +98,31 @@ fn every_problem_is_reported_at_once_with_its_path() {
 
 #[test]
 fn refuses_insecure_and_ambiguous_shapes() {
-    let hmac = BASE.replace("url = \"https://auth.example.com\"", "url = \"https://auth.example.com\"\nalgorithms = [\"HS256\"]");
+    let hmac = BASE.replace(
+        "url = \"https://auth.example.com\"",
+        "url = \"https://auth.example.com\"\nalgorithms = [\"HS256\"]",
+    );
     assert!(errors(&hmac).iter().any(|e| e.message.contains("HMAC")));
     let anyone = BASE.replace("uid = 1001\n", "");
-    assert!(errors(&anyone).iter().any(|e| e.message.contains("must match on uid, user or gid")));
-    let twice = format!("{BASE}\n[[workload]]\nname = \"copy\"\nuid = 1001\naudience = \"https://x.example\"\ngrants = [\"orders-db-read\"]\n");
-    assert!(errors(&twice).iter().any(|e| e.message.contains("same peers")));
+    assert!(
+        errors(&anyone)
+            .iter()
+            .any(|e| e.message.contains("must match on uid, user or gid"))
+    );
+    let twice = format!(
+        "{BASE}\n[[workload]]\nname = \"copy\"\nuid = 1001\naudience = \"https://x.example\"\ngrants = [\"orders-db-read\"]\n"
+    );
+    assert!(
+        errors(&twice)
+            .iter()
+            .any(|e| e.message.contains("same peers"))
+    );
     let no_scope = BASE.replace("scopes = [\"mcp.tool:postgres.read\"]", "scopes = []");
-    assert!(errors(&no_scope).iter().any(|e| e.path == "grant.orders-db-read.scopes"));
+    assert!(
+        errors(&no_scope)
+            .iter()
+            .any(|e| e.path == "grant.orders-db-read.scopes")
+    );
     let leeway = format!("{BASE}\n[tokens]\nleeway = \"10m\"\n");
     assert!(errors(&leeway).iter().any(|e| e.path == "tokens.leeway"));
     let no_key = BASE.replace("key_file = \"/etc/credbroker/journal.key\"\n", "");

@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-pub use ops::{Op, chain_hash};
 use ops::Chain;
+pub use ops::{Op, chain_hash};
 
 /// Submissions taken into one group commit at most.
 const MAX_GROUP: usize = 512;
@@ -71,7 +71,10 @@ impl Journal {
         configure(&writer)?;
         let found: usize = writer.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if found > schema::VERSION {
-            return Err(JournalError::TooNew { found, known: schema::VERSION });
+            return Err(JournalError::TooNew {
+                found,
+                known: schema::VERSION,
+            });
         }
         schema::migrate(&mut writer)?;
         let chain = read::chain_head(&writer)?;
@@ -84,8 +87,16 @@ impl Journal {
         std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || write_loop(writer, rx, chain, &thread_stats))
-            .map_err(|error| JournalError::Io { path: path.display().to_string(), error })?;
-        Ok(Self { queue, reader: Arc::new(Mutex::new(reader)), path: path.to_path_buf(), stats })
+            .map_err(|error| JournalError::Io {
+                path: path.display().to_string(),
+                error,
+            })?;
+        Ok(Self {
+            queue,
+            reader: Arc::new(Mutex::new(reader)),
+            path: path.to_path_buf(),
+            stats,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -95,7 +106,10 @@ impl Journal {
     /// Applies `ops` atomically and durably. Returns only after the fsync.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), JournalError> {
         let (reply, rx) = oneshot::channel();
-        self.queue.send(Submission { ops, reply }).await.map_err(|_| JournalError::Closed)?;
+        self.queue
+            .send(Submission { ops, reply })
+            .await
+            .map_err(|_| JournalError::Closed)?;
         rx.await.map_err(|_| JournalError::Closed)?
     }
 
@@ -138,11 +152,19 @@ fn configure(conn: &Connection) -> Result<(), JournalError> {
 /// files SQLite derives from its mode) are never readable by others, not even for an instant.
 fn create_private(path: &Path) -> Result<(), JournalError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |error| JournalError::Io { path: path.display().to_string(), error };
+    let io = |error| JournalError::Io {
+        path: path.display().to_string(),
+        error,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(io(e)),
@@ -167,7 +189,9 @@ fn write_loop(
         let before = chain;
         let results = commit_group(&mut conn, &group, &mut chain);
         stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats.submissions.fetch_add(group.len() as u64, Ordering::Relaxed);
+        stats
+            .submissions
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
         match results {
             Ok(results) => {
                 for (sub, result) in group.drain(..).zip(results) {

@@ -12,8 +12,17 @@ use crate::audit::AuditRecord;
 pub enum Op {
     InsertTask(Box<TaskRow>),
     InsertLease(Box<LeaseRow>),
-    TaskState { id: String, state: TaskState, ended_ms: Option<i64>, end_reason: Option<String> },
-    TaskExpiry { id: String, expires_ms: i64, token_exp_ms: i64 },
+    TaskState {
+        id: String,
+        state: TaskState,
+        ended_ms: Option<i64>,
+        end_reason: Option<String>,
+    },
+    TaskExpiry {
+        id: String,
+        expires_ms: i64,
+        token_exp_ms: i64,
+    },
     LeaseIssued {
         id: String,
         issued_ms: i64,
@@ -30,7 +39,10 @@ pub enum Op {
         next_attempt_ms: Option<i64>,
         last_error: Option<String>,
     },
-    LeaseExpiry { id: String, expires_ms: i64 },
+    LeaseExpiry {
+        id: String,
+        expires_ms: i64,
+    },
     Audit(Box<AuditRecord>),
 }
 
@@ -133,17 +145,26 @@ pub(super) fn apply(conn: &Connection, op: &Op, chain: &mut Chain) -> Result<(),
         }
     };
     if changed != 1 {
-        return Err(JournalError::Conflict(format!("{} changed {changed} rows", name(op))));
+        return Err(JournalError::Conflict(format!(
+            "{} changed {changed} rows",
+            name(op)
+        )));
     }
     Ok(())
 }
 
-fn append_audit(conn: &Connection, record: &AuditRecord, chain: &mut Chain) -> Result<(), JournalError> {
+fn append_audit(
+    conn: &Connection,
+    record: &AuditRecord,
+    chain: &mut Chain,
+) -> Result<(), JournalError> {
     let mut record = record.clone();
     record.seq = chain.seq + 1;
     let body = serde_json::to_string(&record).map_err(|e| JournalError::Encode(e.to_string()))?;
     let hash = chain_hash(&chain.hash, body.as_bytes());
-    let at_ms = humantime::parse_rfc3339(&record.time).map(crate::time::to_ms).unwrap_or_default();
+    let at_ms = humantime::parse_rfc3339(&record.time)
+        .map(crate::time::to_ms)
+        .unwrap_or_default();
     conn.execute(
         "INSERT INTO audit (seq, at_ms, event, task_id, lease_id, client_id, subject, owner,
             grant_name, provider, token_fp, body, prev, hash)
@@ -165,7 +186,10 @@ fn append_audit(conn: &Connection, record: &AuditRecord, chain: &mut Chain) -> R
             hash.as_slice(),
         ],
     )?;
-    *chain = Chain { seq: record.seq, hash };
+    *chain = Chain {
+        seq: record.seq,
+        hash,
+    };
     Ok(())
 }
 

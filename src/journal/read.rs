@@ -33,28 +33,43 @@ pub struct TaskFilter {
 
 impl TaskFilter {
     pub fn is_empty_selector(&self) -> bool {
-        [&self.jti, &self.subject, &self.client_id, &self.owner, &self.grant, &self.provider, &self.workload]
-            .iter()
-            .all(|f| f.is_none())
+        [
+            &self.jti,
+            &self.subject,
+            &self.client_id,
+            &self.owner,
+            &self.grant,
+            &self.provider,
+            &self.workload,
+        ]
+        .iter()
+        .all(|f| f.is_none())
     }
 }
 
 pub(super) fn chain_head(conn: &Connection) -> Result<Chain, JournalError> {
     let row = conn
-        .query_row("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", [], |r| {
-            Ok((r.get::<_, u64>(0)?, r.get::<_, Vec<u8>>(1)?))
-        })
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, u64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )
         .map(Some)
         .or_else(|e| match e {
             rusqlite::Error::QueryReturnedNoRows => Ok(None),
             e => Err(e),
         })?;
     Ok(match row {
-        None => Chain { seq: 0, hash: [0u8; 32] },
+        None => Chain {
+            seq: 0,
+            hash: [0u8; 32],
+        },
         Some((seq, bytes)) => {
             let mut hash = [0u8; 32];
             if bytes.len() != 32 {
-                return Err(JournalError::Conflict(format!("audit record {seq} has a damaged hash")));
+                return Err(JournalError::Conflict(format!(
+                    "audit record {seq} has a damaged hash"
+                )));
             }
             hash.copy_from_slice(&bytes);
             Chain { seq, hash }
@@ -62,7 +77,8 @@ pub(super) fn chain_head(conn: &Connection) -> Result<Chain, JournalError> {
     })
 }
 
-const TASK_COLUMNS: &str = "id, state, workload, tool, issuer, subject, client_id, owner, owner_source,
+const TASK_COLUMNS: &str =
+    "id, state, workload, tool, issuer, subject, client_id, owner, owner_source,
     actors, token_fp, jti, scopes, token_exp_ms, peer_uid, peer_gid, peer_pid, peer_exe, peer_unit,
     created_ms, expires_ms, ended_ms, end_reason";
 
@@ -93,7 +109,13 @@ fn task_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
         jti: r.get(11)?,
         scopes: serde_json::from_str(&scopes).map_err(|_| bad("scopes"))?,
         token_exp_ms: r.get(13)?,
-        peer: PeerRecord { uid: r.get(14)?, gid: r.get(15)?, pid: r.get(16)?, exe: r.get(17)?, unit: r.get(18)? },
+        peer: PeerRecord {
+            uid: r.get(14)?,
+            gid: r.get(15)?,
+            pid: r.get(16)?,
+            exe: r.get(17)?,
+            unit: r.get(18)?,
+        },
         created_ms: r.get(19)?,
         expires_ms: r.get(20)?,
         ended_ms: r.get(21)?,
@@ -126,24 +148,32 @@ fn lease_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
 }
 
 fn leases_of(conn: &Connection, task_id: &str) -> Result<Vec<LeaseRow>, JournalError> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {LEASE_COLUMNS} FROM leases WHERE task_id = ?1 ORDER BY id"))?;
-    let rows = stmt.query_map([task_id], lease_row)?.collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {LEASE_COLUMNS} FROM leases WHERE task_id = ?1 ORDER BY id"
+    ))?;
+    let rows = stmt
+        .query_map([task_id], lease_row)?
+        .collect::<Result<_, _>>()?;
     Ok(rows)
 }
 
 /// Every task that is not ended, with its leases: what recovery resumes.
 pub fn live_tasks(conn: &Connection) -> Result<Vec<TaskView>, JournalError> {
-    let mut stmt =
-        conn.prepare(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE state <> 'ended' ORDER BY id"))?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {TASK_COLUMNS} FROM tasks WHERE state <> 'ended' ORDER BY id"
+    ))?;
     let tasks: Vec<TaskRow> = stmt.query_map([], task_row)?.collect::<Result<_, _>>()?;
-    let mut by_task: std::collections::HashMap<String, Vec<LeaseRow>> = std::collections::HashMap::new();
+    let mut by_task: std::collections::HashMap<String, Vec<LeaseRow>> =
+        std::collections::HashMap::new();
     let mut stmt = conn.prepare(&format!(
         "SELECT {LEASE_COLUMNS} FROM leases WHERE task_id IN (SELECT id FROM tasks WHERE state <> 'ended')"
     ))?;
     for lease in stmt.query_map([], lease_row)? {
         let lease = lease?;
-        by_task.entry(lease.task_id.clone()).or_default().push(lease);
+        by_task
+            .entry(lease.task_id.clone())
+            .or_default()
+            .push(lease);
     }
     Ok(tasks
         .into_iter()
@@ -156,7 +186,8 @@ pub fn live_tasks(conn: &Connection) -> Result<Vec<TaskView>, JournalError> {
 }
 
 pub fn task(conn: &Connection, id: &str) -> Result<Option<TaskView>, JournalError> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
     let mut rows = stmt.query_map([id], task_row)?;
     match rows.next() {
         None => Ok(None),
@@ -203,9 +234,14 @@ pub fn tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<TaskView>, Journal
         args.push(Sql::Text(after.clone()));
         sql.push_str(&format!(" AND t.id < ?{}", args.len()));
     }
-    sql.push_str(&format!(" ORDER BY t.id DESC LIMIT {}", f.limit.clamp(1, 100_000)));
+    sql.push_str(&format!(
+        " ORDER BY t.id DESC LIMIT {}",
+        f.limit.clamp(1, 100_000)
+    ));
     let mut stmt = conn.prepare(&sql)?;
-    let tasks: Vec<TaskRow> = stmt.query_map(params_from_iter(args), task_row)?.collect::<Result<_, _>>()?;
+    let tasks: Vec<TaskRow> = stmt
+        .query_map(params_from_iter(args), task_row)?
+        .collect::<Result<_, _>>()?;
     tasks
         .into_iter()
         .map(|task| {
@@ -223,12 +259,16 @@ pub fn audit_range(
     until_ms: i64,
     each: &mut dyn FnMut(&str) -> std::io::Result<()>,
 ) -> Result<u64, JournalError> {
-    let mut stmt = conn.prepare("SELECT body FROM audit WHERE at_ms >= ?1 AND at_ms < ?2 ORDER BY seq")?;
+    let mut stmt =
+        conn.prepare("SELECT body FROM audit WHERE at_ms >= ?1 AND at_ms < ?2 ORDER BY seq")?;
     let mut rows = stmt.query([since_ms, until_ms])?;
     let mut n = 0;
     while let Some(row) = rows.next()? {
         let body: String = row.get(0)?;
-        each(&body).map_err(|error| JournalError::Io { path: "output".into(), error })?;
+        each(&body).map_err(|error| JournalError::Io {
+            path: "output".into(),
+            error,
+        })?;
         n += 1;
     }
     Ok(n)

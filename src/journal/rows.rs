@@ -88,7 +88,10 @@ impl LeaseState {
 
     /// Nothing more will happen to a lease in a terminal state.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Revoked | Self::Expired | Self::Expiring | Self::Failed)
+        matches!(
+            self,
+            Self::Revoked | Self::Expired | Self::Expiring | Self::Failed
+        )
     }
 }
 

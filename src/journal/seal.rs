@@ -38,7 +38,8 @@ impl Sealer {
     pub fn load(source: &KeySource, env: &dyn Env) -> Result<Self, SealError> {
         let bytes = match source {
             KeySource::File(path) => Zeroizing::new(
-                std::fs::read(path).map_err(|e| SealError::Key(format!("{}: {e}", path.display())))?,
+                std::fs::read(path)
+                    .map_err(|e| SealError::Key(format!("{}: {e}", path.display())))?,
             ),
             KeySource::Credential(name) => {
                 let secret = env.credential(name).map_err(SealError::Key)?;
@@ -52,17 +53,21 @@ impl Sealer {
         let key: Zeroizing<Vec<u8>> = if bytes.len() == 32 {
             Zeroizing::new(bytes.to_vec())
         } else {
-            let text = std::str::from_utf8(bytes).map_err(|_| SealError::Key(shape()))?.trim();
+            let text = std::str::from_utf8(bytes)
+                .map_err(|_| SealError::Key(shape()))?
+                .trim();
             if text.len() != 64 {
                 return Err(SealError::Key(shape()));
             }
             let mut out = Zeroizing::new(vec![0u8; 32]);
             for (i, slot) in out.iter_mut().enumerate() {
-                *slot = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| SealError::Key(shape()))?;
+                *slot = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+                    .map_err(|_| SealError::Key(shape()))?;
             }
             out
         };
-        let key = RandomizedNonceKey::new(&AES_256_GCM, &key).map_err(|_| SealError::Key(shape()))?;
+        let key =
+            RandomizedNonceKey::new(&AES_256_GCM, &key).map_err(|_| SealError::Key(shape()))?;
         Ok(Self { key })
     }
 
@@ -83,7 +88,8 @@ impl Sealer {
         if sealed.len() < 1 + NONCE_LEN || sealed[0] != VERSION {
             return Err(SealError::Open);
         }
-        let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).map_err(|_| SealError::Open)?;
+        let nonce = Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN])
+            .map_err(|_| SealError::Open)?;
         let mut buf = Zeroizing::new(sealed[1 + NONCE_LEN..].to_vec());
         let plain = self
             .key
@@ -120,9 +126,19 @@ mod tests {
     #[test]
     fn round_trip_and_binding_to_the_lease() {
         let s = sealer();
-        let sealed = s.seal("lease-1", &SecretValue::new("ghs_secret")).unwrap_or_default();
-        assert!(!sealed.windows(10).any(|w| w == b"ghs_secret"), "plaintext must not appear");
-        assert_eq!(s.open("lease-1", &sealed).map(|v| v.expose().to_string()).ok(), Some("ghs_secret".into()));
+        let sealed = s
+            .seal("lease-1", &SecretValue::new("ghs_secret"))
+            .unwrap_or_default();
+        assert!(
+            !sealed.windows(10).any(|w| w == b"ghs_secret"),
+            "plaintext must not appear"
+        );
+        assert_eq!(
+            s.open("lease-1", &sealed)
+                .map(|v| v.expose().to_string())
+                .ok(),
+            Some("ghs_secret".into())
+        );
         assert!(matches!(s.open("lease-2", &sealed), Err(SealError::Open)));
         let mut tampered = sealed.clone();
         if let Some(b) = tampered.last_mut() {
@@ -130,7 +146,10 @@ mod tests {
         }
         assert!(matches!(s.open("lease-1", &tampered), Err(SealError::Open)));
         let other = Sealer::from_bytes(&[8u8; 32]).unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(other.open("lease-1", &sealed), Err(SealError::Open)));
+        assert!(matches!(
+            other.open("lease-1", &sealed),
+            Err(SealError::Open)
+        ));
     }
 
     #[test]

@@ -21,7 +21,13 @@ fn task(id: &str) -> TaskRow {
         jti: "j".into(),
         scopes: vec!["s".into()],
         token_exp_ms: 2,
-        peer: PeerRecord { uid: 1, gid: 2, pid: 3, exe: None, unit: None },
+        peer: PeerRecord {
+            uid: 1,
+            gid: 2,
+            pid: 3,
+            exe: None,
+            unit: None,
+        },
         created_ms: 1,
         expires_ms: 2,
         ended_ms: None,
@@ -52,7 +58,11 @@ fn lease(id: &str, task: &str) -> LeaseRow {
 }
 
 fn audit(event: &str) -> Op {
-    Op::Audit(Box::new(AuditRecord::new(event, Outcome::Success, SystemTime::now())))
+    Op::Audit(Box::new(AuditRecord::new(
+        event,
+        Outcome::Success,
+        SystemTime::now(),
+    )))
 }
 
 #[tokio::test]
@@ -60,23 +70,34 @@ async fn commits_are_durable_private_and_chained() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join("j.db");
     let j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
-    let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    let mode = std::fs::metadata(&path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0);
     assert_eq!(mode, 0o600);
-    j.commit(vec![Op::InsertTask(Box::new(task("t1"))), Op::InsertLease(Box::new(lease("l1", "t1"))), audit("a")])
+    j.commit(vec![
+        Op::InsertTask(Box::new(task("t1"))),
+        Op::InsertLease(Box::new(lease("l1", "t1"))),
+        audit("a"),
+    ])
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    j.commit(vec![audit("b")])
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    j.commit(vec![audit("b")]).await.unwrap_or_else(|e| panic!("{e}"));
     drop(j);
 
     // Reopened: the data and the chain continue.
     let j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
-    j.commit(vec![audit("c")]).await.unwrap_or_else(|e| panic!("{e}"));
+    j.commit(vec![audit("c")])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let (live, chain) = j
         .read(|c| {
             let live = read::live_tasks(c)?;
             let mut stmt = c.prepare("SELECT seq, body, prev, hash FROM audit ORDER BY seq")?;
-            let rows: Vec<(u64, String, Vec<u8>, Vec<u8>)> =
-                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<Result<_, _>>()?;
+            let rows: Vec<(u64, String, Vec<u8>, Vec<u8>)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<Result<_, _>>()?;
             Ok((live, rows))
         })
         .await
@@ -100,7 +121,12 @@ async fn a_failing_submission_changes_nothing_and_spares_its_group() {
     let a = j.commit(vec![Op::InsertTask(Box::new(task("t1"))), audit("ok-1")]);
     let b = j.commit(vec![
         audit("doomed"),
-        Op::TaskState { id: "missing".into(), state: TaskState::Ended, ended_ms: None, end_reason: None },
+        Op::TaskState {
+            id: "missing".into(),
+            state: TaskState::Ended,
+            ended_ms: None,
+            end_reason: None,
+        },
     ]);
     let c = j.commit(vec![Op::InsertTask(Box::new(task("t2"))), audit("ok-2")]);
     let (a, b, c) = tokio::join!(a, b, c);
@@ -109,13 +135,18 @@ async fn a_failing_submission_changes_nothing_and_spares_its_group() {
     let events = j
         .read(|c| {
             let mut stmt = c.prepare("SELECT seq, event FROM audit ORDER BY seq")?;
-            let rows: Vec<(u64, String)> = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+            let rows: Vec<(u64, String)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
             Ok(rows)
         })
         .await
         .unwrap_or_default();
     // The doomed record is gone and the chain has no gap.
-    assert_eq!(events, vec![(1, "ok-1".to_string()), (2, "ok-2".to_string())]);
+    assert_eq!(
+        events,
+        vec![(1, "ok-1".to_string()), (2, "ok-2".to_string())]
+    );
 }
 
 #[tokio::test]
@@ -125,14 +156,19 @@ async fn concurrent_commits_share_fsyncs() {
     let mut handles = Vec::new();
     for i in 0..200 {
         let j = Arc::clone(&j);
-        handles.push(tokio::spawn(async move { j.commit(vec![audit(&format!("e{i}"))]).await }));
+        handles.push(tokio::spawn(async move {
+            j.commit(vec![audit(&format!("e{i}"))]).await
+        }));
     }
     for h in handles {
         assert!(h.await.is_ok_and(|r| r.is_ok()));
     }
     let commits = j.stats.commits.load(Ordering::Relaxed);
     assert_eq!(j.stats.submissions.load(Ordering::Relaxed), 200);
-    assert!(commits < 200, "expected group commits, got {commits} commits for 200 submissions");
+    assert!(
+        commits < 200,
+        "expected group commits, got {commits} commits for 200 submissions"
+    );
 }
 
 #[test]
@@ -140,7 +176,11 @@ fn refuses_a_newer_schema() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let path = dir.path().join("j.db");
     let c = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
-    c.pragma_update(None, "user_version", 99).unwrap_or_else(|e| panic!("{e}"));
+    c.pragma_update(None, "user_version", 99)
+        .unwrap_or_else(|e| panic!("{e}"));
     drop(c);
-    assert!(matches!(Journal::open(&path), Err(JournalError::TooNew { found: 99, .. })));
+    assert!(matches!(
+        Journal::open(&path),
+        Err(JournalError::TooNew { found: 99, .. })
+    ));
 }

@@ -71,7 +71,12 @@ pub struct Denial {
 
 impl Denial {
     fn new(kind: DenialKind, code: &'static str, grant: Option<&str>, message: String) -> Self {
-        Self { kind, code, message, grant: grant.map(str::to_owned) }
+        Self {
+            kind,
+            code,
+            message,
+            grant: grant.map(str::to_owned),
+        }
     }
 }
 
@@ -87,7 +92,11 @@ pub struct Policy {
 impl Policy {
     pub fn new(config: &Config, narrowable: HashMap<String, &'static [&'static str]>) -> Self {
         Self {
-            grants: config.grants.iter().map(|(k, g)| (k.clone(), Arc::new(g.clone()))).collect(),
+            grants: config
+                .grants
+                .iter()
+                .map(|(k, g)| (k.clone(), Arc::new(g.clone())))
+                .collect(),
             attribution: config.attribution.clone(),
             settings: config.broker.clone(),
             narrowable,
@@ -106,7 +115,10 @@ impl Policy {
                 PermissionDenied,
                 "owner_required",
                 None,
-                format!("no owner can be attributed to client {:?}; require_owner is set", ask.claims.client_id),
+                format!(
+                    "no owner can be attributed to client {:?}; require_owner is set",
+                    ask.claims.client_id
+                ),
             ));
         }
 
@@ -115,7 +127,12 @@ impl Policy {
         let mut default_ttl: Option<Duration> = None;
         for g in ask.grants {
             let grant = self.grants.get(&g.name).ok_or_else(|| {
-                Denial::new(InvalidArgument, "unknown_grant", Some(&g.name), format!("no grant named {:?}", g.name))
+                Denial::new(
+                    InvalidArgument,
+                    "unknown_grant",
+                    Some(&g.name),
+                    format!("no grant named {:?}", g.name),
+                )
             })?;
             let name = Some(g.name.as_str());
             if !ask.workload.grants.contains(&g.name) {
@@ -123,7 +140,10 @@ impl Policy {
                     PermissionDenied,
                     "grant_not_allowed",
                     name,
-                    format!("workload {:?} may not request grant {:?}", ask.workload.name, g.name),
+                    format!(
+                        "workload {:?} may not request grant {:?}",
+                        ask.workload.name, g.name
+                    ),
                 ));
             }
             if let Some(missing) = grant.scopes.iter().find(|s| !ask.claims.has_scope(s)) {
@@ -131,7 +151,10 @@ impl Policy {
                     PermissionDenied,
                     "insufficient_scope",
                     name,
-                    format!("grant {:?} needs scope {missing:?}, which the token does not hold", g.name),
+                    format!(
+                        "grant {:?} needs scope {missing:?}, which the token does not hold",
+                        g.name
+                    ),
                 ));
             }
             for (path, allowed) in &grant.conditions {
@@ -140,7 +163,10 @@ impl Policy {
                         PermissionDenied,
                         "condition_not_met",
                         name,
-                        format!("grant {:?}: claim {path:?} does not hold an allowed value", g.name),
+                        format!(
+                            "grant {:?}: claim {path:?} does not hold an allowed value",
+                            g.name
+                        ),
                     ));
                 }
             }
@@ -180,16 +206,28 @@ impl Policy {
             if let Some(d) = grant.default_ttl {
                 default_ttl = Some(default_ttl.map_or(d, |cur| cur.min(d)));
             }
-            resolved.push(Resolved { grant: Arc::clone(grant), params });
+            resolved.push(Resolved {
+                grant: Arc::clone(grant),
+                params,
+            });
         }
 
         let wanted = ask.ttl.or(default_ttl).unwrap_or(self.settings.default_ttl);
         let token_exp = UNIX_EPOCH + Duration::from_secs(ask.claims.expires_at.max(0) as u64);
         let expires_at = (ask.now + wanted.min(ttl_cap)).min(token_exp);
         if expires_at <= ask.now {
-            return Err(Denial::new(Unauthenticated, "expired", None, "the token expires now".into()));
+            return Err(Denial::new(
+                Unauthenticated,
+                "expired",
+                None,
+                "the token expires now".into(),
+            ));
         }
-        Ok(Decision { owner, expires_at, grants: resolved })
+        Ok(Decision {
+            owner,
+            expires_at,
+            grants: resolved,
+        })
     }
 
     fn narrow(
@@ -207,7 +245,10 @@ impl Policy {
                     InvalidArgument,
                     "narrowing_not_allowed",
                     name,
-                    format!("grant {:?}: parameter {key:?} cannot be narrowed", grant.name),
+                    format!(
+                        "grant {:?}: parameter {key:?} cannot be narrowed",
+                        grant.name
+                    ),
                 ));
             }
             let have: Vec<&str> = match params.get(key) {
@@ -219,10 +260,16 @@ impl Policy {
                     PermissionDenied,
                     "narrowing_exceeds_grant",
                     name,
-                    format!("grant {:?}: {key:?} may only be narrowed to a non-empty subset of what it allows", grant.name),
+                    format!(
+                        "grant {:?}: {key:?} may only be narrowed to a non-empty subset of what it allows",
+                        grant.name
+                    ),
                 ));
             }
-            params.insert(key.clone(), Value::Array(wanted.iter().cloned().map(Value::String).collect()));
+            params.insert(
+                key.clone(),
+                Value::Array(wanted.iter().cloned().map(Value::String).collect()),
+            );
         }
         Ok(())
     }
@@ -231,8 +278,13 @@ impl Policy {
 fn condition_holds(value: Option<&Value>, allowed: &[String]) -> bool {
     match value {
         Some(Value::String(s)) => allowed.contains(s),
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).any(|s| allowed.iter().any(|a| a == s)),
-        Some(Value::Bool(b)) => allowed.iter().any(|a| a == if *b { "true" } else { "false" }),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|s| allowed.iter().any(|a| a == s)),
+        Some(Value::Bool(b)) => allowed
+            .iter()
+            .any(|a| a == if *b { "true" } else { "false" }),
         _ => false,
     }
 }

@@ -46,13 +46,25 @@ pub struct Owner {
 
 pub fn attribute(claims: &Claims, attribution: &Attribution) -> Owner {
     if !claims.actors.is_empty() {
-        return Owner { id: Some(claims.subject.clone()), source: OwnerSource::ActSubject };
+        return Owner {
+            id: Some(claims.subject.clone()),
+            source: OwnerSource::ActSubject,
+        };
     }
     if claims.subject != claims.client_id {
-        return Owner { id: Some(claims.subject.clone()), source: OwnerSource::ResourceOwner };
+        return Owner {
+            id: Some(claims.subject.clone()),
+            source: OwnerSource::ResourceOwner,
+        };
     }
     match attribution.clients.get(&claims.client_id) {
-        Some(owner) => Owner { id: Some(owner.clone()), source: OwnerSource::ClientRegistry },
-        None => Owner { id: None, source: OwnerSource::None },
+        Some(owner) => Owner {
+            id: Some(owner.clone()),
+            source: OwnerSource::ClientRegistry,
+        },
+        None => Owner {
+            id: None,
+            source: OwnerSource::None,
+        },
     }
 }

@@ -8,7 +8,15 @@
 use credbroker_provider_api::Params;
 use serde_json::Value;
 
-pub const PLACEHOLDERS: [&str; 7] = ["sub", "client_id", "owner", "task_id", "workload", "tool", "grant"];
+pub const PLACEHOLDERS: [&str; 7] = [
+    "sub",
+    "client_id",
+    "owner",
+    "task_id",
+    "workload",
+    "tool",
+    "grant",
+];
 const MAX_VALUE_LEN: usize = 128;
 
 /// The values placeholders are replaced with. `None` means unknown (an unattributed owner).
@@ -67,10 +75,15 @@ fn pieces(template: &str) -> Result<Vec<Piece<'_>>, String> {
         } else if after.starts_with('}') {
             return Err("unmatched '}' (write '}}' for a literal brace)".into());
         } else {
-            let end = after.find('}').ok_or("unclosed '{' (write '{{' for a literal brace)")?;
+            let end = after
+                .find('}')
+                .ok_or("unclosed '{' (write '{{' for a literal brace)")?;
             let name = &after[1..end];
             if !PLACEHOLDERS.contains(&name) {
-                return Err(format!("unknown placeholder {{{name}}}; known: {}", PLACEHOLDERS.join(", ")));
+                return Err(format!(
+                    "unknown placeholder {{{name}}}; known: {}",
+                    PLACEHOLDERS.join(", ")
+                ));
             }
             out.push(Piece::Var(name));
             rest = &after[end + 1..];
@@ -126,13 +139,21 @@ pub fn render_str(template: &str, vars: &Vars<'_>) -> Result<String, RenderError
 
 /// Renders every string (keys of nested tables stay as written).
 pub fn render(params: &Params, vars: &Vars<'_>) -> Result<Params, RenderError> {
-    params.iter().map(|(k, v)| Ok((k.clone(), render_value(v, vars)?))).collect()
+    params
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), render_value(v, vars)?)))
+        .collect()
 }
 
 fn render_value(value: &Value, vars: &Vars<'_>) -> Result<Value, RenderError> {
     Ok(match value {
         Value::String(s) => Value::String(render_str(s, vars)?),
-        Value::Array(items) => Value::Array(items.iter().map(|v| render_value(v, vars)).collect::<Result<_, _>>()?),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| render_value(v, vars))
+                .collect::<Result<_, _>>()?,
+        ),
         Value::Object(map) => Value::Object(render(map, vars)?),
         other => other.clone(),
     })
@@ -142,9 +163,10 @@ fn is_safe(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= MAX_VALUE_LEN
         && !value.contains("..")
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '@' | '.' | '_' | '+' | ':' | '=' | ',' | '|' | '-'))
+        && value.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '@' | '.' | '_' | '+' | ':' | '=' | ',' | '|' | '-')
+        })
 }
 
 #[cfg(test)]
@@ -152,30 +174,60 @@ mod tests {
     use super::*;
 
     fn vars<'a>(sub: &'a str, owner: Option<&'a str>) -> Vars<'a> {
-        Vars { sub, client_id: "agent-1", owner, task_id: "t1", workload: "pg", tool: "query", grant: "g" }
+        Vars {
+            sub,
+            client_id: "agent-1",
+            owner,
+            task_id: "t1",
+            workload: "pg",
+            tool: "query",
+            grant: "g",
+        }
     }
 
     #[test]
     fn renders_and_escapes_braces() {
         let v = vars("alice@example.com", Some("alice@example.com"));
-        assert_eq!(render_str("db/{sub}/{task_id}", &v), Ok("db/alice@example.com/t1".into()));
-        assert_eq!(render_str(r#"{{"Owner":"{owner}"}}"#, &v), Ok(r#"{"Owner":"alice@example.com"}"#.into()));
+        assert_eq!(
+            render_str("db/{sub}/{task_id}", &v),
+            Ok("db/alice@example.com/t1".into())
+        );
+        assert_eq!(
+            render_str(r#"{{"Owner":"{owner}"}}"#, &v),
+            Ok(r#"{"Owner":"alice@example.com"}"#.into())
+        );
     }
 
     #[test]
     fn refuses_unsafe_values_and_missing_owner() {
-        assert_eq!(render_str("{sub}", &vars("a\"b", None)), Err(RenderError::Unsafe("sub".into())));
-        assert_eq!(render_str("{sub}", &vars("../sys", None)), Err(RenderError::Unsafe("sub".into())));
-        assert_eq!(render_str("{sub}", &vars("a/b", None)), Err(RenderError::Unsafe("sub".into())));
-        assert_eq!(render_str("{sub}", &vars("", None)), Err(RenderError::Unsafe("sub".into())));
-        assert_eq!(render_str("{owner}", &vars("a", None)), Err(RenderError::Missing("owner".into())));
+        assert_eq!(
+            render_str("{sub}", &vars("a\"b", None)),
+            Err(RenderError::Unsafe("sub".into()))
+        );
+        assert_eq!(
+            render_str("{sub}", &vars("../sys", None)),
+            Err(RenderError::Unsafe("sub".into()))
+        );
+        assert_eq!(
+            render_str("{sub}", &vars("a/b", None)),
+            Err(RenderError::Unsafe("sub".into()))
+        );
+        assert_eq!(
+            render_str("{sub}", &vars("", None)),
+            Err(RenderError::Unsafe("sub".into()))
+        );
+        assert_eq!(
+            render_str("{owner}", &vars("a", None)),
+            Err(RenderError::Missing("owner".into()))
+        );
     }
 
     #[test]
     fn load_time_check_names_the_problem() {
         let mut errors = Vec::new();
-        let params: Params = serde_json::from_str(r#"{"a":"{nope}","b":["{sub"],"c":{"d":"x}"},"e":"{{ok}}"}"#)
-            .unwrap_or_default();
+        let params: Params =
+            serde_json::from_str(r#"{"a":"{nope}","b":["{sub"],"c":{"d":"x}"},"e":"{{ok}}"}"#)
+                .unwrap_or_default();
         check_params(&params, &mut |k, e| errors.push(format!("{k}: {e}")));
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors[0].starts_with("a: unknown placeholder {nope}"));

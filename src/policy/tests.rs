@@ -42,10 +42,16 @@ grants = ["read"]
 "#;
 
 fn policy(require_owner: bool) -> (Config, Policy) {
-    let text = CONFIG.replace("[attribution]", &format!("[attribution]\nrequire_owner = {require_owner}"));
+    let text = CONFIG.replace(
+        "[attribution]",
+        &format!("[attribution]\nrequire_owner = {require_owner}"),
+    );
     let config = Config::parse(&text, "test").unwrap_or_else(|e| panic!("{e}"));
     let narrowable: &'static [&'static str] = &["items"];
-    let p = Policy::new(&config, [("p".to_string(), narrowable)].into_iter().collect());
+    let p = Policy::new(
+        &config,
+        [("p".to_string(), narrowable)].into_iter().collect(),
+    );
     (config, p)
 }
 
@@ -66,17 +72,39 @@ fn claims(sub: &str, client: &str, scope: &str, extra: Value) -> Claims {
         issued_at: NOW as i64,
         not_before: None,
         scopes: scope.split(' ').map(str::to_owned).collect(),
-        actors: extra.get("act").and_then(|a| a.get("sub")).and_then(|s| s.as_str()).map(|s| vec![s.to_string()]).unwrap_or_default(),
+        actors: extra
+            .get("act")
+            .and_then(|a| a.get("sub"))
+            .and_then(|s| s.as_str())
+            .map(|s| vec![s.to_string()])
+            .unwrap_or_default(),
         all: all.as_object().cloned().unwrap_or_default(),
     }
 }
 
-fn ask<'a>(w: &'a WorkloadConfig, c: &'a Claims, grants: &'a [GrantAsk], tool: &'a str, ttl: Option<Duration>) -> Ask<'a> {
-    Ask { workload: w, claims: c, tool, grants, ttl, task_id: "t-1", now: UNIX_EPOCH + Duration::from_secs(NOW) }
+fn ask<'a>(
+    w: &'a WorkloadConfig,
+    c: &'a Claims,
+    grants: &'a [GrantAsk],
+    tool: &'a str,
+    ttl: Option<Duration>,
+) -> Ask<'a> {
+    Ask {
+        workload: w,
+        claims: c,
+        tool,
+        grants,
+        ttl,
+        task_id: "t-1",
+        now: UNIX_EPOCH + Duration::from_secs(NOW),
+    }
 }
 
 fn grant(name: &str) -> GrantAsk {
-    GrantAsk { name: name.into(), ..Default::default() }
+    GrantAsk {
+        name: name.into(),
+        ..Default::default()
+    }
 }
 
 fn code(r: Result<Decision, Denial>) -> &'static str {
@@ -89,10 +117,26 @@ fn code(r: Result<Decision, Denial>) -> &'static str {
 #[test]
 fn allows_and_renders_templates() {
     let (cfg, p) = policy(false);
-    let c = claims("alice@example.com", "agent-1", "mcp.tool:db.read", json!({}));
-    let d = p.decide(&ask(&cfg.workloads[0], &c, &[grant("read")], "query", None)).unwrap_or_else(|e| panic!("{e:?}"));
-    assert_eq!(d.owner, Owner { id: Some("alice@example.com".into()), source: OwnerSource::ResourceOwner });
-    assert_eq!(d.grants[0].params["label"], json!("db-alice@example.com-t-1"));
+    let c = claims(
+        "alice@example.com",
+        "agent-1",
+        "mcp.tool:db.read",
+        json!({}),
+    );
+    let d = p
+        .decide(&ask(&cfg.workloads[0], &c, &[grant("read")], "query", None))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        d.owner,
+        Owner {
+            id: Some("alice@example.com".into()),
+            source: OwnerSource::ResourceOwner
+        }
+    );
+    assert_eq!(
+        d.grants[0].params["label"],
+        json!("db-alice@example.com-t-1")
+    );
     // default_ttl, not max_ttl, when the request names none.
     assert_eq!(d.expires_at, UNIX_EPOCH + Duration::from_secs(NOW + 300));
 }
@@ -102,12 +146,29 @@ fn ttl_is_the_least_of_request_grant_and_token() {
     let (cfg, p) = policy(false);
     let w = &cfg.workloads[0];
     let mut c = claims("alice", "agent", "mcp.tool:db.read", json!({}));
-    let at = |d: Decision| d.expires_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let at = |d: Decision| {
+        d.expires_at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
     let g = [grant("read")];
-    assert_eq!(p.decide(&ask(w, &c, &g, "query", Some(Duration::from_secs(60)))).map(at), Ok(NOW + 60));
-    assert_eq!(p.decide(&ask(w, &c, &g, "query", Some(Duration::from_secs(7200)))).map(at), Ok(NOW + 600));
+    assert_eq!(
+        p.decide(&ask(w, &c, &g, "query", Some(Duration::from_secs(60))))
+            .map(at),
+        Ok(NOW + 60)
+    );
+    assert_eq!(
+        p.decide(&ask(w, &c, &g, "query", Some(Duration::from_secs(7200))))
+            .map(at),
+        Ok(NOW + 600)
+    );
     c.expires_at = NOW as i64 + 30;
-    assert_eq!(p.decide(&ask(w, &c, &g, "query", Some(Duration::from_secs(7200)))).map(at), Ok(NOW + 30));
+    assert_eq!(
+        p.decide(&ask(w, &c, &g, "query", Some(Duration::from_secs(7200))))
+            .map(at),
+        Ok(NOW + 30)
+    );
     c.expires_at = NOW as i64;
     assert_eq!(code(p.decide(&ask(w, &c, &g, "query", None))), "expired");
 }
@@ -117,15 +178,38 @@ fn denies_by_default_with_reason_codes() {
     let (cfg, p) = policy(false);
     let w = &cfg.workloads[0];
     let good = claims("alice", "agent", "mcp.tool:db.read", json!({}));
-    assert_eq!(code(p.decide(&ask(w, &good, &[grant("nope")], "query", None))), "unknown_grant");
-    assert_eq!(code(p.decide(&ask(w, &good, &[grant("write")], "query", None))), "grant_not_allowed");
+    assert_eq!(
+        code(p.decide(&ask(w, &good, &[grant("nope")], "query", None))),
+        "unknown_grant"
+    );
+    assert_eq!(
+        code(p.decide(&ask(w, &good, &[grant("write")], "query", None))),
+        "grant_not_allowed"
+    );
     let no_scope = claims("alice", "agent", "mcp.tool:db.other", json!({}));
-    assert_eq!(code(p.decide(&ask(w, &no_scope, &[grant("read")], "query", None))), "insufficient_scope");
-    let wrong_group = claims("alice", "agent", "mcp.tool:db.read", json!({"groups": ["dev"]}));
-    assert_eq!(code(p.decide(&ask(w, &wrong_group, &[grant("read")], "query", None))), "condition_not_met");
-    assert_eq!(code(p.decide(&ask(w, &good, &[grant("read")], "drop_table", None))), "tool_not_allowed");
+    assert_eq!(
+        code(p.decide(&ask(w, &no_scope, &[grant("read")], "query", None))),
+        "insufficient_scope"
+    );
+    let wrong_group = claims(
+        "alice",
+        "agent",
+        "mcp.tool:db.read",
+        json!({"groups": ["dev"]}),
+    );
+    assert_eq!(
+        code(p.decide(&ask(w, &wrong_group, &[grant("read")], "query", None))),
+        "condition_not_met"
+    );
+    assert_eq!(
+        code(p.decide(&ask(w, &good, &[grant("read")], "drop_table", None))),
+        "tool_not_allowed"
+    );
     let hostile = claims("alice\"}", "agent", "mcp.tool:db.read", json!({}));
-    assert_eq!(code(p.decide(&ask(w, &hostile, &[grant("read")], "query", None))), "template_value_rejected");
+    assert_eq!(
+        code(p.decide(&ask(w, &hostile, &[grant("read")], "query", None))),
+        "template_value_rejected"
+    );
 }
 
 #[test]
@@ -134,25 +218,63 @@ fn narrowing_only_narrows() {
     let w = &cfg.workloads[0];
     let c = claims("alice", "agent", "mcp.tool:db.read", json!({}));
     let narrow = |k: &str, v: &[&str]| {
-        vec![GrantAsk { name: "read".into(), narrow: [(k.to_string(), v.iter().map(|s| s.to_string()).collect())].into() }]
+        vec![GrantAsk {
+            name: "read".into(),
+            narrow: [(k.to_string(), v.iter().map(|s| s.to_string()).collect())].into(),
+        }]
     };
-    let ok = p.decide(&ask(w, &c, &narrow("items", &["b"]), "query", None)).unwrap_or_else(|e| panic!("{e:?}"));
+    let ok = p
+        .decide(&ask(w, &c, &narrow("items", &["b"]), "query", None))
+        .unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(ok.grants[0].params["items"], json!(["b"]));
-    assert_eq!(code(p.decide(&ask(w, &c, &narrow("items", &["b", "z"]), "query", None))), "narrowing_exceeds_grant");
-    assert_eq!(code(p.decide(&ask(w, &c, &narrow("items", &[]), "query", None))), "narrowing_exceeds_grant");
-    assert_eq!(code(p.decide(&ask(w, &c, &narrow("label", &["x"]), "query", None))), "narrowing_not_allowed");
+    assert_eq!(
+        code(p.decide(&ask(w, &c, &narrow("items", &["b", "z"]), "query", None))),
+        "narrowing_exceeds_grant"
+    );
+    assert_eq!(
+        code(p.decide(&ask(w, &c, &narrow("items", &[]), "query", None))),
+        "narrowing_exceeds_grant"
+    );
+    assert_eq!(
+        code(p.decide(&ask(w, &c, &narrow("label", &["x"]), "query", None))),
+        "narrowing_not_allowed"
+    );
 }
 
 #[test]
 fn attribution_order() {
     let (cfg, p) = policy(true);
-    let a = Attribution { require_owner: true, clients: cfg.attribution.clients.clone() };
+    let a = Attribution {
+        require_owner: true,
+        clients: cfg.attribution.clients.clone(),
+    };
     let delegated = claims("alice", "agent-7", "s", json!({"act": {"sub": "agent-7"}}));
     assert_eq!(attribute(&delegated, &a).source, OwnerSource::ActSubject);
     let machine = claims("ci-bot", "ci-bot", "s", json!({}));
-    assert_eq!(attribute(&machine, &a), Owner { id: Some("team-ci@example.com".into()), source: OwnerSource::ClientRegistry });
+    assert_eq!(
+        attribute(&machine, &a),
+        Owner {
+            id: Some("team-ci@example.com".into()),
+            source: OwnerSource::ClientRegistry
+        }
+    );
     let orphan = claims("rogue", "rogue", "mcp.tool:db.read", json!({}));
-    assert_eq!(attribute(&orphan, &a), Owner { id: None, source: OwnerSource::None });
-    assert_eq!(code(p.decide(&ask(&cfg.workloads[0], &orphan, &[grant("read")], "query", None))), "owner_required");
+    assert_eq!(
+        attribute(&orphan, &a),
+        Owner {
+            id: None,
+            source: OwnerSource::None
+        }
+    );
+    assert_eq!(
+        code(p.decide(&ask(
+            &cfg.workloads[0],
+            &orphan,
+            &[grant("read")],
+            "query",
+            None
+        ))),
+        "owner_required"
+    );
     let _ = SystemTime::now();
 }

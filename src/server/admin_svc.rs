@@ -20,7 +20,14 @@ pub(super) struct AdminService {
 impl AdminService {
     fn operator<T>(&self, req: &Request<T>) -> Result<PeerInfo, Status> {
         let peer = peer_of(req)?;
-        if self.broker.runtime().config.server.admin_uids.contains(&peer.uid) {
+        if self
+            .broker
+            .runtime()
+            .config
+            .server
+            .admin_uids
+            .contains(&peer.uid)
+        {
             Ok(peer)
         } else {
             Err(to_status(&BrokerError::new(
@@ -56,7 +63,10 @@ fn journal_status(e: &crate::journal::JournalError) -> Status {
 
 #[tonic::async_trait]
 impl v1::admin_server::Admin for AdminService {
-    async fn list_tasks(&self, request: Request<v1::ListTasksRequest>) -> Result<Response<v1::ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        request: Request<v1::ListTasksRequest>,
+    ) -> Result<Response<v1::ListTasksResponse>, Status> {
         self.operator(&request)?;
         let req = request.into_inner();
         let mut f = filter(req.filter);
@@ -66,55 +76,106 @@ impl v1::admin_server::Admin for AdminService {
             n => (n as usize).min(1000),
         };
         f.after = nonempty(req.after);
-        let views = self.broker.journal().read(move |c| read::tasks(c, &f)).await.map_err(|e| journal_status(&e))?;
-        Ok(Response::new(v1::ListTasksResponse { tasks: views.iter().map(proto::task).collect() }))
+        let views = self
+            .broker
+            .journal()
+            .read(move |c| read::tasks(c, &f))
+            .await
+            .map_err(|e| journal_status(&e))?;
+        Ok(Response::new(v1::ListTasksResponse {
+            tasks: views.iter().map(proto::task).collect(),
+        }))
     }
 
-    async fn get_task(&self, request: Request<v1::GetTaskRequest>) -> Result<Response<v1::GetTaskResponse>, Status> {
+    async fn get_task(
+        &self,
+        request: Request<v1::GetTaskRequest>,
+    ) -> Result<Response<v1::GetTaskResponse>, Status> {
         self.operator(&request)?;
         let id = request.into_inner().task_id;
         crate::broker::check_task_id(&id).map_err(|e| to_status(&e))?;
         let lookup = id.clone();
-        let view = self.broker.journal().read(move |c| read::task(c, &lookup)).await.map_err(|e| journal_status(&e))?;
+        let view = self
+            .broker
+            .journal()
+            .read(move |c| read::task(c, &lookup))
+            .await
+            .map_err(|e| journal_status(&e))?;
         match view {
-            Some(v) => Ok(Response::new(v1::GetTaskResponse { task: Some(proto::task(&v)) })),
-            None => Err(to_status(&BrokerError::new(ErrorKind::NotFound, "task_not_found", format!("no task {id:?}")))),
+            Some(v) => Ok(Response::new(v1::GetTaskResponse {
+                task: Some(proto::task(&v)),
+            })),
+            None => Err(to_status(&BrokerError::new(
+                ErrorKind::NotFound,
+                "task_not_found",
+                format!("no task {id:?}"),
+            ))),
         }
     }
 
-    async fn revoke_task(&self, request: Request<v1::RevokeTaskRequest>) -> Result<Response<v1::RevokeTaskResponse>, Status> {
+    async fn revoke_task(
+        &self,
+        request: Request<v1::RevokeTaskRequest>,
+    ) -> Result<Response<v1::RevokeTaskResponse>, Status> {
         let peer = self.operator(&request)?;
         let req = request.into_inner();
         crate::broker::check_task_id(&req.task_id).map_err(|e| to_status(&e))?;
         let task = self
             .broker
-            .end_task(&req.task_id, Ender::Operator { peer: peer.record(), reason: req.reason })
+            .end_task(
+                &req.task_id,
+                Ender::Operator {
+                    peer: peer.record(),
+                    reason: req.reason,
+                },
+            )
             .await
             .map_err(|e| to_status(&e))?;
-        Ok(Response::new(v1::RevokeTaskResponse { task: Some(proto::task(&task)) }))
+        Ok(Response::new(v1::RevokeTaskResponse {
+            task: Some(proto::task(&task)),
+        }))
     }
 
-    async fn revoke(&self, request: Request<v1::RevokeRequest>) -> Result<Response<v1::RevokeResponse>, Status> {
+    async fn revoke(
+        &self,
+        request: Request<v1::RevokeRequest>,
+    ) -> Result<Response<v1::RevokeResponse>, Status> {
         let peer = self.operator(&request)?;
         let req = request.into_inner();
         let mut f = filter(req.selector);
         if f.is_empty_selector() {
-            return Err(to_status(&BrokerError::invalid("empty_selector", "name at least one selector field")));
+            return Err(to_status(&BrokerError::invalid(
+                "empty_selector",
+                "name at least one selector field",
+            )));
         }
         f.limit = 100_000;
-        let views = self.broker.journal().read(move |c| read::tasks(c, &f)).await.map_err(|e| journal_status(&e))?;
+        let views = self
+            .broker
+            .journal()
+            .read(move |c| read::tasks(c, &f))
+            .await
+            .map_err(|e| journal_status(&e))?;
         let mut ids = Vec::new();
         for v in views {
-            let ender = Ender::Operator { peer: peer.record(), reason: req.reason.clone() };
+            let ender = Ender::Operator {
+                peer: peer.record(),
+                reason: req.reason.clone(),
+            };
             match self.broker.end_task(&v.task.id, ender).await {
                 Ok(_) => ids.push(v.task.id),
-                Err(e) => tracing::warn!(task = %v.task.id, error = %e, "operator revoke of a task failed"),
+                Err(e) => {
+                    tracing::warn!(task = %v.task.id, error = %e, "operator revoke of a task failed")
+                }
             }
         }
         Ok(Response::new(v1::RevokeResponse { task_ids: ids }))
     }
 
-    async fn status(&self, request: Request<v1::StatusRequest>) -> Result<Response<v1::StatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
         self.operator(&request)?;
         let counts = self.broker.counts();
         let rt = self.broker.runtime();
@@ -132,7 +193,12 @@ impl v1::admin_server::Admin for AdminService {
         let mut providers = Vec::new();
         for (name, slot) in rt.providers.iter() {
             let h = slot.provider.health().await;
-            providers.push(v1::ProviderStatus { name: name.clone(), kind: slot.config.kind.clone(), healthy: h.healthy, detail: h.detail });
+            providers.push(v1::ProviderStatus {
+                name: name.clone(),
+                kind: slot.config.kind.clone(),
+                healthy: h.healthy,
+                detail: h.detail,
+            });
         }
         providers.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Response::new(v1::StatusResponse {

@@ -20,14 +20,22 @@ pub(super) struct BrokerService {
 
 /// The attested peer of the request's connection.
 pub(super) fn peer_of<T>(req: &Request<T>) -> Result<PeerInfo, Status> {
-    match req.extensions().get::<PeerAttestation>().map(|a| a.as_ref()) {
+    match req
+        .extensions()
+        .get::<PeerAttestation>()
+        .map(|a| a.as_ref())
+    {
         Some(Ok(p)) => Ok(p.clone()),
         Some(Err(why)) => Err(to_status(&BrokerError::new(
             ErrorKind::PermissionDenied,
             "peer_unverified",
             format!("the calling process could not be identified: {why}"),
         ))),
-        None => Err(to_status(&BrokerError::new(ErrorKind::PermissionDenied, "peer_unverified", "no peer credentials"))),
+        None => Err(to_status(&BrokerError::new(
+            ErrorKind::PermissionDenied,
+            "peer_unverified",
+            "no peer credentials",
+        ))),
     }
 }
 
@@ -37,7 +45,10 @@ fn ttl(seconds: Option<u32>) -> Option<Duration> {
 
 #[tonic::async_trait]
 impl v1::broker_server::Broker for BrokerService {
-    async fn begin_task(&self, request: Request<v1::BeginTaskRequest>) -> Result<Response<v1::BeginTaskResponse>, Status> {
+    async fn begin_task(
+        &self,
+        request: Request<v1::BeginTaskRequest>,
+    ) -> Result<Response<v1::BeginTaskResponse>, Status> {
         let peer = peer_of(&request)?;
         let mut req = request.into_inner();
         // Moved, not copied, into a zeroizing secret.
@@ -47,12 +58,24 @@ impl v1::broker_server::Broker for BrokerService {
             .into_iter()
             .map(|g| GrantAsk {
                 name: g.name,
-                narrow: g.narrow.into_iter().map(|(k, v)| (k, v.values)).collect::<BTreeMap<_, _>>(),
+                narrow: g
+                    .narrow
+                    .into_iter()
+                    .map(|(k, v)| (k, v.values))
+                    .collect::<BTreeMap<_, _>>(),
             })
             .collect();
         let begun = self
             .broker
-            .begin(&peer, BeginRequest { token, tool: req.tool, grants, ttl: ttl(req.ttl_seconds) })
+            .begin(
+                &peer,
+                BeginRequest {
+                    token,
+                    tool: req.tool,
+                    grants,
+                    ttl: ttl(req.ttl_seconds),
+                },
+            )
             .await
             .map_err(|e| to_status(&e))?;
         let credentials = begun
@@ -66,37 +89,71 @@ impl v1::broker_server::Broker for BrokerService {
                 expires_at: Some(proto::timestamp(c.expires_at)),
                 public: c.credential.public.into_iter().collect(),
                 // The one place credential secrets are exposed: into the response to the workload.
-                secret: c.credential.secret.iter().map(|(k, v)| (k.clone(), v.expose().to_owned())).collect(),
+                secret: c
+                    .credential
+                    .secret
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.expose().to_owned()))
+                    .collect(),
             })
             .collect();
-        Ok(Response::new(v1::BeginTaskResponse { task: Some(proto::task(&begun.task)), credentials }))
+        Ok(Response::new(v1::BeginTaskResponse {
+            task: Some(proto::task(&begun.task)),
+            credentials,
+        }))
     }
 
-    async fn renew_task(&self, request: Request<v1::RenewTaskRequest>) -> Result<Response<v1::RenewTaskResponse>, Status> {
+    async fn renew_task(
+        &self,
+        request: Request<v1::RenewTaskRequest>,
+    ) -> Result<Response<v1::RenewTaskResponse>, Status> {
         let peer = peer_of(&request)?;
         let mut req = request.into_inner();
         let token = SecretValue::new(std::mem::take(&mut req.token));
         let task = self
             .broker
-            .renew(&peer, RenewRequest { task_id: req.task_id, token, ttl: ttl(req.ttl_seconds) })
+            .renew(
+                &peer,
+                RenewRequest {
+                    task_id: req.task_id,
+                    token,
+                    ttl: ttl(req.ttl_seconds),
+                },
+            )
             .await
             .map_err(|e| to_status(&e))?;
-        Ok(Response::new(v1::RenewTaskResponse { task: Some(proto::task(&task)) }))
+        Ok(Response::new(v1::RenewTaskResponse {
+            task: Some(proto::task(&task)),
+        }))
     }
 
-    async fn end_task(&self, request: Request<v1::EndTaskRequest>) -> Result<Response<v1::EndTaskResponse>, Status> {
+    async fn end_task(
+        &self,
+        request: Request<v1::EndTaskRequest>,
+    ) -> Result<Response<v1::EndTaskResponse>, Status> {
         let peer = peer_of(&request)?;
         let req = request.into_inner();
         crate::broker::check_task_id(&req.task_id).map_err(|e| to_status(&e))?;
         let rt = self.broker.runtime();
         let workload = crate::workload::find(&rt.config.workloads, &peer).map_err(|_| {
-            to_status(&BrokerError::new(ErrorKind::PermissionDenied, "unknown_peer", "this process is not a registered workload"))
+            to_status(&BrokerError::new(
+                ErrorKind::PermissionDenied,
+                "unknown_peer",
+                "this process is not a registered workload",
+            ))
         })?;
         let task = self
             .broker
-            .end_task(&req.task_id, Ender::Workload { workload: workload.name.clone() })
+            .end_task(
+                &req.task_id,
+                Ender::Workload {
+                    workload: workload.name.clone(),
+                },
+            )
             .await
             .map_err(|e| to_status(&e))?;
-        Ok(Response::new(v1::EndTaskResponse { task: Some(proto::task(&task)) }))
+        Ok(Response::new(v1::EndTaskResponse {
+            task: Some(proto::task(&task)),
+        }))
     }
 }

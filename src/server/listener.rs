@@ -49,7 +49,10 @@ fn remove_stale(path: &Path) -> io::Result<()> {
     if !meta.file_type().is_socket() {
         return Err(io::Error::new(
             io::ErrorKind::AlreadyExists,
-            format!("{} exists and is not a socket; refusing to remove it", path.display()),
+            format!(
+                "{} exists and is not a socket; refusing to remove it",
+                path.display()
+            ),
         ));
     }
     match std::os::unix::net::UnixStream::connect(path) {
@@ -90,13 +93,21 @@ impl Connected for PeerStream {
 }
 
 impl AsyncRead for PeerStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for PeerStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -130,7 +141,10 @@ pub fn incoming(
     futures_util::stream::unfold(listener, move |listener| {
         let read_exe = read_exe.load(std::sync::atomic::Ordering::Relaxed);
         async move {
-            let next = listener.accept().await.map(|(stream, _)| PeerStream::new(stream, read_exe));
+            let next = listener
+                .accept()
+                .await
+                .map(|(stream, _)| PeerStream::new(stream, read_exe));
             Some((next, listener))
         }
     })
@@ -145,7 +159,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("b.sock");
         let l = bind(&path, 0o660, None).unwrap_or_else(|e| panic!("{e}"));
-        let mode = std::fs::metadata(&path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+        let mode = std::fs::metadata(&path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0);
         assert_eq!(mode, 0o660);
         // A live socket is not replaced.
         let err = bind(&path, 0o600, None).err().map(|e| e.kind());
@@ -156,7 +172,10 @@ mod tests {
         // A regular file is never removed.
         let file = dir.path().join("f.sock");
         std::fs::write(&file, b"keep").unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(bind(&file, 0o600, None).err().map(|e| e.kind()), Some(io::ErrorKind::AlreadyExists));
+        assert_eq!(
+            bind(&file, 0o600, None).err().map(|e| e.kind()),
+            Some(io::ErrorKind::AlreadyExists)
+        );
         assert_eq!(std::fs::read(&file).ok(), Some(b"keep".to_vec()));
     }
 }

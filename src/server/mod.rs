@@ -48,13 +48,20 @@ impl Daemon {
         let mut runtime = Runtime::build(config, &self.registry, self.env.as_ref(), None)
             .map_err(|errors| config_errors(&self.config_path, errors))?;
         let sealer = Sealer::load(&runtime.config.journal.key, self.env.as_ref())?;
-        let journal = Journal::open(&runtime.config.journal.path)
-            .with_context(|| format!("opening the journal {}", runtime.config.journal.path.display()))?;
+        let journal = Journal::open(&runtime.config.journal.path).with_context(|| {
+            format!(
+                "opening the journal {}",
+                runtime.config.journal.path.display()
+            )
+        })?;
         load_keys(&runtime).await;
         runtime.start_refresh(None);
         let cfg = Arc::clone(&runtime.config);
         let broker = Arc::new(Broker::new(journal, sealer, runtime, Arc::new(SystemClock)));
-        let recovery = broker.recover().await.context("recovering from the journal")?;
+        let recovery = broker
+            .recover()
+            .await
+            .context("recovering from the journal")?;
         tracing::info!(
             active = recovery.active,
             interrupted = recovery.interrupted,
@@ -64,14 +71,28 @@ impl Daemon {
         let loops = broker.spawn_loops();
 
         let read_exe = Arc::new(AtomicBool::new(crate::workload::needs_exe(&cfg.workloads)));
-        let broker_listener = listener::bind(&cfg.server.broker_socket, 0o660, cfg.server.broker_socket_gid)
-            .with_context(|| format!("binding {}", cfg.server.broker_socket.display()))?;
+        let broker_listener = listener::bind(
+            &cfg.server.broker_socket,
+            0o660,
+            cfg.server.broker_socket_gid,
+        )
+        .with_context(|| format!("binding {}", cfg.server.broker_socket.display()))?;
         let admin_listener = listener::bind(&cfg.server.admin_socket, 0o600, None)
             .with_context(|| format!("binding {}", cfg.server.admin_socket.display()))?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
-        let broker_srv = tokio::spawn(serve_broker(Arc::clone(&broker), broker_listener, Arc::clone(&read_exe), stop_rx.clone()));
-        let admin_srv = tokio::spawn(serve_admin(Arc::clone(&broker), admin_listener, Arc::clone(&read_exe), stop_rx));
+        let broker_srv = tokio::spawn(serve_broker(
+            Arc::clone(&broker),
+            broker_listener,
+            Arc::clone(&read_exe),
+            stop_rx.clone(),
+        ));
+        let admin_srv = tokio::spawn(serve_admin(
+            Arc::clone(&broker),
+            admin_listener,
+            Arc::clone(&read_exe),
+            stop_rx,
+        ));
         tracing::info!(
             broker_socket = %cfg.server.broker_socket.display(),
             admin_socket = %cfg.server.admin_socket.display(),
@@ -92,7 +113,9 @@ impl Daemon {
                 _ = int.recv() => break,
             }
         }
-        tracing::info!("shutting down: no new requests; tasks stay journaled and resume on the next start");
+        tracing::info!(
+            "shutting down: no new requests; tasks stay journaled and resume on the next start"
+        );
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
             let _ = broker_srv.await;
@@ -121,7 +144,10 @@ impl Daemon {
             load_keys(&runtime).await;
         }
         runtime.start_refresh(Some(&old));
-        read_exe.store(crate::workload::needs_exe(&runtime.config.workloads), Ordering::Relaxed);
+        read_exe.store(
+            crate::workload::needs_exe(&runtime.config.workloads),
+            Ordering::Relaxed,
+        );
         broker.replace_runtime(runtime);
         tracing::info!(path = %self.config_path.display(), "configuration reloaded");
         Ok(())
@@ -140,14 +166,21 @@ async fn load_keys(runtime: &Runtime) {
 }
 
 pub(crate) fn config_errors(path: &Path, errors: Vec<crate::config::ConfigError>) -> anyhow::Error {
-    anyhow::Error::new(crate::config::ConfigErrors { source: path.display().to_string(), errors })
+    anyhow::Error::new(crate::config::ConfigErrors {
+        source: path.display().to_string(),
+        errors,
+    })
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-fn reflection() -> anyhow::Result<tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>> {
+fn reflection() -> anyhow::Result<
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+> {
     Ok(tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -161,8 +194,11 @@ async fn serve_broker(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (health, health_svc) = tonic_health::server::health_reporter();
-    health.set_serving::<BrokerServer<broker_svc::BrokerService>>().await;
-    let svc = BrokerServer::new(broker_svc::BrokerService { broker }).max_decoding_message_size(MAX_REQUEST_BYTES);
+    health
+        .set_serving::<BrokerServer<broker_svc::BrokerService>>()
+        .await;
+    let svc = BrokerServer::new(broker_svc::BrokerService { broker })
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     Server::builder()
         .add_service(health_svc)
         .add_service(reflection()?)
@@ -179,8 +215,11 @@ async fn serve_admin(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (health, health_svc) = tonic_health::server::health_reporter();
-    health.set_serving::<AdminServer<admin_svc::AdminService>>().await;
-    let svc = AdminServer::new(admin_svc::AdminService { broker }).max_decoding_message_size(MAX_REQUEST_BYTES);
+    health
+        .set_serving::<AdminServer<admin_svc::AdminService>>()
+        .await;
+    let svc = AdminServer::new(admin_svc::AdminService { broker })
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     Server::builder()
         .add_service(health_svc)
         .add_service(reflection()?)

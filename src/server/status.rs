@@ -36,5 +36,8 @@ pub fn to_status(e: &BrokerError) -> Status {
 
 /// The reason code in a status from credbroker, for clients (the CLI, tests).
 pub fn reason_of(status: &Status) -> Option<String> {
-    status.get_details_error_info().filter(|i| i.domain == DOMAIN).map(|i| i.reason)
+    status
+        .get_details_error_info()
+        .filter(|i| i.domain == DOMAIN)
+        .map(|i| i.reason)
 }

@@ -73,7 +73,9 @@ impl Alg {
 
     pub fn from_config(name: &str) -> Result<Self, String> {
         if name.eq_ignore_ascii_case("none") || name.to_ascii_uppercase().starts_with("HS") {
-            return Err(format!("{name:?}: unsigned and HMAC tokens are never accepted"));
+            return Err(format!(
+                "{name:?}: unsigned and HMAC tokens are never accepted"
+            ));
         }
         Self::exact(name).ok_or_else(|| {
             let names: Vec<&str> = ALL.iter().map(|a| a.name()).collect();
@@ -125,12 +127,18 @@ mod tests {
     #[test]
     fn header_alg_is_exact_and_special_cases_attacks() {
         assert_eq!(Alg::from_header("ES256"), Ok(Alg::ES256));
-        assert_eq!(Alg::from_header("es256"), Err(Rejection::AlgNotAllowed("es256".into())));
+        assert_eq!(
+            Alg::from_header("es256"),
+            Err(Rejection::AlgNotAllowed("es256".into()))
+        );
         assert_eq!(Alg::from_header("none"), Err(Rejection::AlgNone));
         assert_eq!(Alg::from_header("nOnE"), Err(Rejection::AlgNone));
         assert_eq!(Alg::from_header("HS256"), Err(Rejection::AlgSymmetric));
         assert_eq!(Alg::from_header("hs512"), Err(Rejection::AlgSymmetric));
-        assert_eq!(Alg::from_header("ES512"), Err(Rejection::AlgNotAllowed("ES512".into())));
+        assert_eq!(
+            Alg::from_header("ES512"),
+            Err(Rejection::AlgNotAllowed("ES512".into()))
+        );
     }
 
     #[test]

@@ -23,7 +23,10 @@ pub(crate) struct Cache {
 
 impl Cache {
     pub(crate) fn new(max: usize) -> Self {
-        Self { max, map: Mutex::new(HashMap::new()) }
+        Self {
+            max,
+            map: Mutex::new(HashMap::new()),
+        }
     }
 
     pub(crate) fn get(&self, fingerprint: &[u8; 32]) -> Option<Entry> {

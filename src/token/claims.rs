@@ -46,7 +46,11 @@ impl Claims {
 }
 
 /// Reads and checks the claims. `now` and `leeway` are in seconds.
-pub(crate) fn check(payload: Map<String, Value>, now: i64, leeway: i64) -> Result<Claims, Rejection> {
+pub(crate) fn check(
+    payload: Map<String, Value>,
+    now: i64,
+    leeway: i64,
+) -> Result<Claims, Rejection> {
     let issuer = string(&payload, "iss")?;
     let subject = string(&payload, "sub")?;
     let client_id = string(&payload, "client_id")?;
@@ -66,7 +70,11 @@ pub(crate) fn check(payload: Map<String, Value>, now: i64, leeway: i64) -> Resul
     let not_before = date(&payload, "nbf")?;
     let scopes = match payload.get("scope") {
         None => Vec::new(),
-        Some(Value::String(s)) => s.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        Some(Value::String(s)) => s
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
         Some(_) => return Err(Rejection::InvalidClaim("scope")),
     };
     let actors = actors(&payload)?;
@@ -176,8 +184,14 @@ mod tests {
     #[test]
     fn accepts_a_good_token_and_splits_scopes() {
         let c = check(base(), NOW, 30).ok();
-        assert_eq!(c.as_ref().map(|c| c.scopes.clone()), Some(vec!["a".into(), "b".into(), "c".into()]));
-        assert_eq!(c.map(|c| c.audiences), Some(vec!["https://mcp/pg".to_string()]));
+        assert_eq!(
+            c.as_ref().map(|c| c.scopes.clone()),
+            Some(vec!["a".into(), "b".into(), "c".into()])
+        );
+        assert_eq!(
+            c.map(|c| c.audiences),
+            Some(vec!["https://mcp/pg".to_string()])
+        );
     }
 
     #[test]
@@ -207,8 +221,18 @@ mod tests {
 
     #[test]
     fn act_chain() {
-        let c = check(with("act", json!({"sub": "agent-7", "act": {"sub": "orchestrator"}})), NOW, 0);
-        assert_eq!(c.map(|c| c.actors).ok(), Some(vec!["agent-7".into(), "orchestrator".into()]));
+        let c = check(
+            with(
+                "act",
+                json!({"sub": "agent-7", "act": {"sub": "orchestrator"}}),
+            ),
+            NOW,
+            0,
+        );
+        assert_eq!(
+            c.map(|c| c.actors).ok(),
+            Some(vec!["agent-7".into(), "orchestrator".into()])
+        );
         assert_eq!(code(with("act", json!({"client": "x"}))), "invalid_claim");
         assert_eq!(code(with("act", json!("agent"))), "invalid_claim");
     }

@@ -52,7 +52,10 @@ impl Issuer {
             }
         }
         let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
-        let status = IssuerStatus { url: cfg.url.clone(), ..Default::default() };
+        let status = IssuerStatus {
+            url: cfg.url.clone(),
+            ..Default::default()
+        };
         Ok(Self {
             cfg,
             keys: ArcSwapOption::empty(),
@@ -90,7 +93,10 @@ impl Issuer {
 
     async fn refresh_locked(&self, rediscover: bool) -> Result<usize, String> {
         let result = self.load(rediscover).await;
-        let mut status = self.status.lock().map_err(|_| "status lock poisoned".to_string())?;
+        let mut status = self
+            .status
+            .lock()
+            .map_err(|_| "status lock poisoned".to_string())?;
         match &result {
             Ok((set, skipped)) => {
                 status.keys = set.len();
@@ -149,15 +155,26 @@ impl Issuer {
 
     fn read_metadata(&self, bytes: &[u8]) -> Result<String, String> {
         let doc: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-        let issuer = doc.get("issuer").and_then(Value::as_str).ok_or("no issuer in metadata")?;
+        let issuer = doc
+            .get("issuer")
+            .and_then(Value::as_str)
+            .ok_or("no issuer in metadata")?;
         if issuer != self.cfg.url {
             // RFC 8414 §3.3: a mismatch means the document describes another issuer.
-            return Err(format!("metadata names issuer {issuer:?}, not the configured one"));
+            return Err(format!(
+                "metadata names issuer {issuer:?}, not the configured one"
+            ));
         }
-        let uri = doc.get("jwks_uri").and_then(Value::as_str).ok_or("no jwks_uri in metadata")?;
+        let uri = doc
+            .get("jwks_uri")
+            .and_then(Value::as_str)
+            .ok_or("no jwks_uri in metadata")?;
         let parsed = reqwest::Url::parse(uri).map_err(|e| format!("jwks_uri: {e}"))?;
         let loopback = parsed.host_str().is_some_and(|h| {
-            h == "localhost" || h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            h == "localhost"
+                || h.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
         });
         if parsed.scheme() != "https" && !(parsed.scheme() == "http" && loopback) {
             return Err("jwks_uri must be https".into());
@@ -205,7 +222,11 @@ impl Issuer {
 /// reqwest errors can include the URL, which is fine (no secrets in issuer URLs), but we keep
 /// only the chain of causes so messages stay short.
 fn describe(e: &reqwest::Error) -> String {
-    let mut s = if e.is_timeout() { "timed out".to_string() } else { e.to_string() };
+    let mut s = if e.is_timeout() {
+        "timed out".to_string()
+    } else {
+        e.to_string()
+    };
     let mut src = std::error::Error::source(e);
     while let Some(cause) = src {
         s.push_str(": ");
@@ -227,7 +248,10 @@ pub(crate) fn metadata_urls(issuer: &str, mode: MetadataMode) -> Result<Vec<Stri
     // RFC 8414 §3.1: the well-known segment goes between the host and the issuer's path.
     let oauth = format!("{origin}/.well-known/oauth-authorization-server{path}");
     // OpenID Connect Discovery §4: appended to the issuer.
-    let oidc = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+    let oidc = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
     Ok(match mode {
         MetadataMode::Auto => vec![oauth, oidc],
         MetadataMode::OAuth => vec![oauth],
@@ -250,7 +274,9 @@ mod tests {
         );
         assert_eq!(
             metadata_urls("http://127.0.0.1:8080", MetadataMode::OAuth).ok(),
-            Some(vec!["http://127.0.0.1:8080/.well-known/oauth-authorization-server".into()])
+            Some(vec![
+                "http://127.0.0.1:8080/.well-known/oauth-authorization-server".into()
+            ])
         );
     }
 }

@@ -53,7 +53,9 @@ impl<'de> Visitor<'de> for StrictVisitor {
         Ok(Value::Number(v.into()))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
-        Number::from_f64(v).map(Value::Number).ok_or_else(|| E::custom("non-finite number"))
+        Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("non-finite number"))
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
         Ok(Value::String(v.to_owned()))
@@ -95,18 +97,36 @@ mod tests {
 
     #[test]
     fn duplicate_keys_are_refused_at_any_depth() {
-        assert!(matches!(parse_strict(br#"{"a":1,"a":2}"#), Err(JsonError::DuplicateKey)));
-        assert!(matches!(parse_strict(br#"{"x":{"b":1,"b":1}}"#), Err(JsonError::DuplicateKey)));
-        assert!(matches!(parse_strict(br#"[{"c":1,"c":1}]"#), Err(JsonError::DuplicateKey)));
+        assert!(matches!(
+            parse_strict(br#"{"a":1,"a":2}"#),
+            Err(JsonError::DuplicateKey)
+        ));
+        assert!(matches!(
+            parse_strict(br#"{"x":{"b":1,"b":1}}"#),
+            Err(JsonError::DuplicateKey)
+        ));
+        assert!(matches!(
+            parse_strict(br#"[{"c":1,"c":1}]"#),
+            Err(JsonError::DuplicateKey)
+        ));
         // Escapes that decode to the same key are the same key.
-        assert!(matches!(parse_strict(br#"{"sub":1,"s\u0075b":2}"#), Err(JsonError::DuplicateKey)));
+        assert!(matches!(
+            parse_strict(br#"{"sub":1,"s\u0075b":2}"#),
+            Err(JsonError::DuplicateKey)
+        ));
     }
 
     #[test]
     fn ordinary_json_parses() {
         let v = parse_strict(br#"{"a":[1,2.5,"x",null,true],"b":{"c":-3}}"#).ok();
-        assert_eq!(v, Some(serde_json::json!({"a":[1,2.5,"x",null,true],"b":{"c":-3}})));
+        assert_eq!(
+            v,
+            Some(serde_json::json!({"a":[1,2.5,"x",null,true],"b":{"c":-3}}))
+        );
         assert!(matches!(parse_strict(b"{"), Err(JsonError::Invalid(_))));
-        assert!(matches!(parse_strict(br#"{"a":1} x"#), Err(JsonError::Invalid(_))));
+        assert!(matches!(
+            parse_strict(br#"{"a":1} x"#),
+            Err(JsonError::Invalid(_))
+        ));
     }
 }

@@ -30,7 +30,9 @@ pub(crate) fn parse(token: &str) -> Result<Jws<'_>, Rejection> {
         return Err(Rejection::JweNotSupported);
     }
     if dots != 2 {
-        return Err(Rejection::Malformed("a JWS has three dot-separated parts".into()));
+        return Err(Rejection::Malformed(
+            "a JWS has three dot-separated parts".into(),
+        ));
     }
     let (signing_input, signature) = token
         .rsplit_once('.')
@@ -60,7 +62,13 @@ pub(crate) fn parse(token: &str) -> Result<Jws<'_>, Rejection> {
         return Err(Rejection::Malformed("the signature is empty".into()));
     }
     b64(signature, "signature")?;
-    Ok(Jws { alg, kid, payload, signing_input, signature })
+    Ok(Jws {
+        alg,
+        kid,
+        payload,
+        signing_input,
+        signature,
+    })
 }
 
 fn check_header(header: &Map<String, Value>) -> Result<Alg, Rejection> {
@@ -101,9 +109,13 @@ fn decode_object(segment: &str, part: &str) -> Result<Map<String, Value>, Reject
     let bytes = b64(segment, part)?;
     match parse_strict(&bytes) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(Rejection::Malformed(format!("the {part} is not a JSON object"))),
+        Ok(_) => Err(Rejection::Malformed(format!(
+            "the {part} is not a JSON object"
+        ))),
         Err(JsonError::DuplicateKey) => Err(Rejection::DuplicateKey),
-        Err(JsonError::Invalid(e)) => Err(Rejection::Malformed(format!("the {part} is not JSON: {e}"))),
+        Err(JsonError::Invalid(e)) => {
+            Err(Rejection::Malformed(format!("the {part} is not JSON: {e}")))
+        }
     }
 }
 
@@ -146,19 +158,58 @@ mod tests {
     #[test]
     fn header_rules() {
         assert_eq!(code(&tok(r#"{"alg":"ES256","typ":"at+jwt"}"#, P)), "ok");
-        assert_eq!(code(&tok(r#"{"alg":"ES256","typ":"application/AT+JWT"}"#, P)), "ok");
-        assert_eq!(code(&tok(r#"{"alg":"ES256","typ":"JWT"}"#, P)), "typ_invalid");
+        assert_eq!(
+            code(&tok(r#"{"alg":"ES256","typ":"application/AT+JWT"}"#, P)),
+            "ok"
+        );
+        assert_eq!(
+            code(&tok(r#"{"alg":"ES256","typ":"JWT"}"#, P)),
+            "typ_invalid"
+        );
         assert_eq!(code(&tok(r#"{"alg":"ES256"}"#, P)), "typ_invalid");
-        assert_eq!(code(&tok(r#"{"alg":"none","typ":"at+jwt"}"#, P)), "alg_none");
-        assert_eq!(code(&tok(r#"{"alg":"HS256","typ":"at+jwt"}"#, P)), "alg_symmetric");
-        assert_eq!(code(&tok(r#"{"alg":"ES256","typ":"at+jwt","crit":["exp"]}"#, P)), "crit_not_supported");
-        assert_eq!(code(&tok(r#"{"alg":"ES256","typ":"at+jwt","cty":"JWT"}"#, P)), "nested_jwt");
-        assert_eq!(code(&tok(r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#, P)), "jwe_not_supported");
-        assert_eq!(code(&tok(r#"{"alg":"ES256","typ":"at+jwt","jku":"https://e"}"#, P)), "key_header_not_allowed");
-        assert_eq!(code(&tok(r#"{"alg":"ES256","typ":"at+jwt","x5c":[]}"#, P)), "key_header_not_allowed");
-        assert_eq!(code(&tok(r#"{"alg":"ES256","typ":"at+jwt","jwk":{}}"#, P)), "key_header_not_allowed");
-        assert_eq!(code(&tok(r#"{"alg":"ES256","alg":"ES256","typ":"at+jwt"}"#, P)), "duplicate_key");
-        assert_eq!(code(&tok(r#"{"alg":"ES256","typ":"at+jwt","kid":7}"#, P)), "malformed");
+        assert_eq!(
+            code(&tok(r#"{"alg":"none","typ":"at+jwt"}"#, P)),
+            "alg_none"
+        );
+        assert_eq!(
+            code(&tok(r#"{"alg":"HS256","typ":"at+jwt"}"#, P)),
+            "alg_symmetric"
+        );
+        assert_eq!(
+            code(&tok(r#"{"alg":"ES256","typ":"at+jwt","crit":["exp"]}"#, P)),
+            "crit_not_supported"
+        );
+        assert_eq!(
+            code(&tok(r#"{"alg":"ES256","typ":"at+jwt","cty":"JWT"}"#, P)),
+            "nested_jwt"
+        );
+        assert_eq!(
+            code(&tok(r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#, P)),
+            "jwe_not_supported"
+        );
+        assert_eq!(
+            code(&tok(
+                r#"{"alg":"ES256","typ":"at+jwt","jku":"https://e"}"#,
+                P
+            )),
+            "key_header_not_allowed"
+        );
+        assert_eq!(
+            code(&tok(r#"{"alg":"ES256","typ":"at+jwt","x5c":[]}"#, P)),
+            "key_header_not_allowed"
+        );
+        assert_eq!(
+            code(&tok(r#"{"alg":"ES256","typ":"at+jwt","jwk":{}}"#, P)),
+            "key_header_not_allowed"
+        );
+        assert_eq!(
+            code(&tok(r#"{"alg":"ES256","alg":"ES256","typ":"at+jwt"}"#, P)),
+            "duplicate_key"
+        );
+        assert_eq!(
+            code(&tok(r#"{"alg":"ES256","typ":"at+jwt","kid":7}"#, P)),
+            "malformed"
+        );
     }
 
     #[test]
@@ -169,9 +220,18 @@ mod tests {
         let h = enc(r#"{"alg":"ES256","typ":"at+jwt"}"#);
         assert_eq!(code(&format!("{h}.{}.", enc(P))), "malformed");
         assert_eq!(code(&format!("{h}=.{}.{}", enc(P), enc("s"))), "malformed");
-        assert_eq!(code(&format!("{h}.{}.{}", enc("[1]"), enc("s"))), "malformed");
-        assert_eq!(code(&format!("{h}.{}.{}", enc(r#"{"a":1,"a":1}"#), enc("s"))), "duplicate_key");
+        assert_eq!(
+            code(&format!("{h}.{}.{}", enc("[1]"), enc("s"))),
+            "malformed"
+        );
+        assert_eq!(
+            code(&format!("{h}.{}.{}", enc(r#"{"a":1,"a":1}"#), enc("s"))),
+            "duplicate_key"
+        );
         let inner = format!("{}.{}.{}", enc("{}"), enc("{}"), enc("s"));
-        assert_eq!(code(&format!("{h}.{}.{}", enc(&inner), enc("s"))), "nested_jwt");
+        assert_eq!(
+            code(&format!("{h}.{}.{}", enc(&inner), enc("s"))),
+            "nested_jwt"
+        );
     }
 }

@@ -36,7 +36,8 @@ impl VerifyKey {
     /// Verifies `signature` (base64url) over `message`.
     pub(crate) fn verify(&self, alg: Alg, message: &[u8], signature: &str) -> bool {
         self.fits(alg)
-            && jsonwebtoken::crypto::verify(signature, message, &self.key, alg.jwt()).unwrap_or(false)
+            && jsonwebtoken::crypto::verify(signature, message, &self.key, alg.jwt())
+                .unwrap_or(false)
     }
 }
 
@@ -69,7 +70,8 @@ impl KeySet {
         if bytes.len() > MAX_JWKS_BYTES {
             return Err(format!("JWKS is larger than {MAX_JWKS_BYTES} bytes"));
         }
-        let doc: Value = serde_json::from_slice(bytes).map_err(|e| format!("JWKS is not JSON: {e}"))?;
+        let doc: Value =
+            serde_json::from_slice(bytes).map_err(|e| format!("JWKS is not JSON: {e}"))?;
         let entries = doc
             .get("keys")
             .and_then(Value::as_array)
@@ -90,7 +92,11 @@ impl KeySet {
             }
         }
         if set.keys.is_empty() {
-            let why = if skipped.is_empty() { "it is empty".to_string() } else { skipped.join("; ") };
+            let why = if skipped.is_empty() {
+                "it is empty".to_string()
+            } else {
+                skipped.join("; ")
+            };
             return Err(format!("JWKS holds no usable key: {why}"));
         }
         Ok((set, skipped))
@@ -98,7 +104,10 @@ impl KeySet {
 
     fn push(&mut self, key: VerifyKey) {
         if let Some(kid) = &key.kid {
-            self.by_kid.entry(kid.clone()).or_default().push(self.keys.len());
+            self.by_kid
+                .entry(kid.clone())
+                .or_default()
+                .push(self.keys.len());
         }
         self.keys.push(key);
     }
@@ -140,15 +149,15 @@ impl KeySet {
 }
 
 fn load_key(jwk: &Jwk, allowed: &[Alg]) -> Result<VerifyKey, String> {
-    if let Some(u) = &jwk.use_ {
-        if u != "sig" {
-            return Err(format!("use is {u:?}, not \"sig\""));
-        }
+    if let Some(u) = &jwk.use_
+        && u != "sig"
+    {
+        return Err(format!("use is {u:?}, not \"sig\""));
     }
-    if let Some(ops) = &jwk.key_ops {
-        if !ops.iter().any(|o| o == "verify") {
-            return Err("key_ops does not include \"verify\"".into());
-        }
+    if let Some(ops) = &jwk.key_ops
+        && !ops.iter().any(|o| o == "verify")
+    {
+        return Err("key_ops does not include \"verify\"".into());
     }
     let alg = match &jwk.alg {
         None => None,
@@ -166,7 +175,9 @@ fn load_key(jwk: &Jwk, allowed: &[Alg]) -> Result<VerifyKey, String> {
             let n_bytes = decode(n, "n")?;
             let bits = significant_bits(&n_bytes);
             if bits < MIN_RSA_BITS {
-                return Err(format!("RSA modulus is {bits} bits; at least {MIN_RSA_BITS} required"));
+                return Err(format!(
+                    "RSA modulus is {bits} bits; at least {MIN_RSA_BITS} required"
+                ));
             }
             let e_bytes = decode(e, "e")?;
             if e_bytes.len() > 4 || e_bytes.last().is_none_or(|b| b & 1 == 0) {
@@ -209,7 +220,12 @@ fn load_key(jwk: &Jwk, allowed: &[Alg]) -> Result<VerifyKey, String> {
     } else if !allowed.iter().any(|a| a.family() == family) {
         return Err("no allowed algorithm uses this kind of key".into());
     }
-    Ok(VerifyKey { kid: jwk.kid.clone(), family, alg, key })
+    Ok(VerifyKey {
+        kid: jwk.kid.clone(),
+        family,
+        alg,
+        key,
+    })
 }
 
 fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, String> {
@@ -217,7 +233,9 @@ fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, String> {
 }
 
 fn decode(v: &str, name: &str) -> Result<Vec<u8>, String> {
-    URL_SAFE_NO_PAD.decode(v).map_err(|_| format!("{name} is not base64url"))
+    URL_SAFE_NO_PAD
+        .decode(v)
+        .map_err(|_| format!("{name} is not base64url"))
 }
 
 fn significant_bits(bytes: &[u8]) -> usize {

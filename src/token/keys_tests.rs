@@ -3,9 +3,14 @@ use serde_json::{Value, json};
 use super::*;
 
 fn fixture_jwk(kid: &str) -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/keys.json");
-    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_default()).unwrap_or_default();
-    let mut k = v["keys"].as_array().and_then(|a| a.iter().find(|k| k["kid"] == kid).cloned()).unwrap_or_default();
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/keys/keys.json");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_default())
+        .unwrap_or_default();
+    let mut k = v["keys"]
+        .as_array()
+        .and_then(|a| a.iter().find(|k| k["kid"] == kid).cloned())
+        .unwrap_or_default();
     if let Some(m) = k.as_object_mut() {
         m.remove("d");
     }
@@ -30,11 +35,18 @@ fn skips_unusable_keys_and_says_why() {
     let mut mismatched = fixture_jwk("rs256-1");
     mismatched["alg"] = json!("ES256");
     mismatched["kid"] = json!("mismatch");
-    let (set, skipped) = parse(json!([fixture_jwk("es256-1"), enc, p384, oct, mismatched]), &ALL)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (set, skipped) = parse(
+        json!([fixture_jwk("es256-1"), enc, p384, oct, mismatched]),
+        &ALL,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(set.len(), 1);
     assert_eq!(skipped.len(), 4, "{skipped:?}");
-    assert!(skipped.iter().any(|s| s.contains("\"hmac\"") && s.contains("oct")));
+    assert!(
+        skipped
+            .iter()
+            .any(|s| s.contains("\"hmac\"") && s.contains("oct"))
+    );
 }
 
 #[test]
@@ -56,12 +68,26 @@ fn a_set_with_no_usable_key_is_an_error() {
 
 #[test]
 fn kid_less_tokens_need_exactly_one_fitting_key() {
-    let (set, _) = parse(json!([fixture_jwk("es256-1"), fixture_jwk("rs256-1")]), &ALL).unwrap_or_else(|e| panic!("{e}"));
+    let (set, _) = parse(
+        json!([fixture_jwk("es256-1"), fixture_jwk("rs256-1")]),
+        &ALL,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert!(set.find(None, Alg::ES256).is_ok());
     let mut second = fixture_jwk("es256-1");
     second["kid"] = json!("another");
-    let (set, _) = parse(json!([fixture_jwk("es256-1"), second]), &ALL).unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(set.find(None, Alg::ES256), Err(Rejection::UnknownKid)));
-    assert!(matches!(set.find(Some("es256-1"), Alg::RS256), Err(Rejection::KeyAlgMismatch)));
-    assert!(matches!(set.find(Some("nope"), Alg::ES256), Err(Rejection::UnknownKid)));
+    let (set, _) =
+        parse(json!([fixture_jwk("es256-1"), second]), &ALL).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        set.find(None, Alg::ES256),
+        Err(Rejection::UnknownKid)
+    ));
+    assert!(matches!(
+        set.find(Some("es256-1"), Alg::RS256),
+        Err(Rejection::KeyAlgMismatch)
+    ));
+    assert!(matches!(
+        set.find(Some("nope"), Alg::ES256),
+        Err(Rejection::UnknownKid)
+    ));
 }

@@ -90,10 +90,15 @@ impl Verifier {
     pub fn new(issuers: &[IssuerConfig], settings: &TokenSettings) -> Result<Self, String> {
         let mut map = HashMap::new();
         for cfg in issuers {
-            let issuer = Issuer::new(cfg.clone()).map_err(|e| format!("issuer {}: {e}", cfg.url))?;
+            let issuer =
+                Issuer::new(cfg.clone()).map_err(|e| format!("issuer {}: {e}", cfg.url))?;
             map.insert(cfg.url.clone(), Arc::new(issuer));
         }
-        Ok(Self { issuers: map, settings: settings.clone(), cache: cache::Cache::new(settings.cache_entries) })
+        Ok(Self {
+            issuers: map,
+            settings: settings.clone(),
+            cache: cache::Cache::new(settings.cache_entries),
+        })
     }
 
     /// Loads every issuer's keys once, now. Returns the issuers that failed, with why.
@@ -110,7 +115,10 @@ impl Verifier {
     /// Starts background refresh of every issuer's keys (on the current tokio runtime).
     /// The returned handles abort the refresh loops when dropped via `abort`.
     pub fn spawn_refresh(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        self.issuers.values().map(|i| tokio::spawn(Arc::clone(i).keep_fresh())).collect()
+        self.issuers
+            .values()
+            .map(|i| tokio::spawn(Arc::clone(i).keep_fresh()))
+            .collect()
     }
 
     pub fn statuses(&self) -> Vec<IssuerStatus> {
@@ -124,19 +132,36 @@ impl Verifier {
     }
 
     /// Validates everything but the audience. `now` is passed in so expiry can be tested.
-    pub async fn verify(&self, token: &str, now: SystemTime) -> Result<Verified, (Rejection, Option<Fingerprint>)> {
+    pub async fn verify(
+        &self,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<Verified, (Rejection, Option<Fingerprint>)> {
         if token.len() > self.settings.max_token_bytes {
             // Not even hashed: an oversized token is refused before any work is spent on it.
-            return Err((Rejection::TooLarge { limit: self.settings.max_token_bytes }, None));
+            return Err((
+                Rejection::TooLarge {
+                    limit: self.settings.max_token_bytes,
+                },
+                None,
+            ));
         }
         let fingerprint = Fingerprint::of(token);
         self.verify_inner(token, fingerprint, unix(now))
             .await
-            .map(|claims| Verified { claims, fingerprint })
+            .map(|claims| Verified {
+                claims,
+                fingerprint,
+            })
             .map_err(|r| (r, Some(fingerprint)))
     }
 
-    async fn verify_inner(&self, token: &str, fp: Fingerprint, now: i64) -> Result<Arc<Claims>, Rejection> {
+    async fn verify_inner(
+        &self,
+        token: &str,
+        fp: Fingerprint,
+        now: i64,
+    ) -> Result<Arc<Claims>, Rejection> {
         let leeway = self.settings.leeway.as_secs() as i64;
         if let Some(hit) = self.cache.get(&fp.0) {
             let keys_ok = self
@@ -187,7 +212,15 @@ impl Verifier {
         }
         let (alg, kid) = (jws.alg, jws.kid.clone());
         let claims = Arc::new(claims::check(jws.payload, now, leeway)?);
-        self.cache.insert(fp.0, cache::Entry { claims: Arc::clone(&claims), kid, alg }, now);
+        self.cache.insert(
+            fp.0,
+            cache::Entry {
+                claims: Arc::clone(&claims),
+                kid,
+                alg,
+            },
+            now,
+        );
         Ok(claims)
     }
 }

@@ -7,7 +7,9 @@ use std::fmt;
 /// The detail strings never contain the token or any part of it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rejection {
-    TooLarge { limit: usize },
+    TooLarge {
+        limit: usize,
+    },
     Malformed(String),
     DuplicateKey,
     JweNotSupported,
@@ -98,7 +100,10 @@ impl fmt::Display for Describe<'_> {
             AlgNotAllowed(alg) => write!(f, "{alg:?} is not allowed for this issuer"),
             CritNotSupported => write!(f, "no critical header extension is supported"),
             KeyHeaderNotAllowed(h) => {
-                write!(f, "the {h:?} header is not accepted; keys come only from the issuer's JWKS")
+                write!(
+                    f,
+                    "the {h:?} header is not accepted; keys come only from the issuer's JWKS"
+                )
             }
             TypInvalid => write!(f, "typ must be at+jwt (RFC 9068)"),
             UnknownIssuer => write!(f, "the token's issuer is not configured"),
@@ -113,7 +118,10 @@ impl fmt::Display for Describe<'_> {
             NotYetValid => write!(f, "the token is not valid yet (nbf)"),
             IssuedInFuture => write!(f, "the token was issued in the future (iat)"),
             KeysUnavailable => {
-                write!(f, "the issuer's signing keys could not be loaded; try again later")
+                write!(
+                    f,
+                    "the issuer's signing keys could not be loaded; try again later"
+                )
             }
         }
     }

@@ -24,7 +24,8 @@ fn now() -> (SystemTime, i64) {
 
 /// The fixture JWKS with its private members removed.
 fn public_jwks(set: &str) -> Value {
-    let text = std::fs::read_to_string(forge::fixtures().join(set).join("keys.json")).unwrap_or_default();
+    let text =
+        std::fs::read_to_string(forge::fixtures().join(set).join("keys.json")).unwrap_or_default();
     let mut v: Value = serde_json::from_str(&text).unwrap_or_default();
     for k in v["keys"].as_array_mut().into_iter().flatten() {
         if let Some(m) = k.as_object_mut() {
@@ -52,7 +53,8 @@ fn issuer(jwks: &Path) -> IssuerConfig {
 async fn verifier(dir: &Path) -> Verifier {
     let path = dir.join("jwks.json");
     std::fs::write(&path, public_jwks("keys").to_string()).unwrap_or_default();
-    let v = Verifier::new(&[issuer(&path)], &TokenSettings::default()).unwrap_or_else(|e| panic!("{e}"));
+    let v = Verifier::new(&[issuer(&path)], &TokenSettings::default())
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(v.load_keys().await.is_empty());
     v
 }
@@ -77,10 +79,16 @@ async fn accepts_each_algorithm_and_reads_the_claims() {
         let mut c = forge::claims(ISS, AUD, "mcp.tool:postgres.read extra", now);
         c["act"] = json!({"sub": "agent-7"});
         c["sub"] = json!("alice@example.com");
-        let ok = v.verify(&s.token(&c), at).await.unwrap_or_else(|(r, _)| panic!("{kid}: {r}"));
+        let ok = v
+            .verify(&s.token(&c), at)
+            .await
+            .unwrap_or_else(|(r, _)| panic!("{kid}: {r}"));
         assert!(ok.check_audience(AUD).is_ok());
         assert_eq!(ok.claims.subject, "alice@example.com");
-        assert_eq!(ok.claims.scopes, vec!["mcp.tool:postgres.read".to_string(), "extra".into()]);
+        assert_eq!(
+            ok.claims.scopes,
+            vec!["mcp.tool:postgres.read".to_string(), "extra".into()]
+        );
         assert_eq!(ok.claims.actors, vec!["agent-7".to_string()]);
     }
 }
@@ -118,7 +126,10 @@ async fn cached_validations_still_expire_and_follow_key_removal() {
     assert_eq!(v.cached(), 1);
     assert_eq!(code(&v, &token, at).await, "ok");
     // Later than exp + leeway: the cache does not keep an expired token alive.
-    assert_eq!(code(&v, &token, at + Duration::from_secs(400)).await, "expired");
+    assert_eq!(
+        code(&v, &token, at + Duration::from_secs(400)).await,
+        "expired"
+    );
 
     let token = s.token(&forge::claims(ISS, AUD, "a", now));
     assert_eq!(code(&v, &token, at).await, "ok");
@@ -135,8 +146,11 @@ async fn cached_validations_still_expire_and_follow_key_removal() {
 #[tokio::test]
 async fn a_missing_key_set_is_a_backend_condition() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let v = Verifier::new(&[issuer(&dir.path().join("absent.json"))], &TokenSettings::default())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let v = Verifier::new(
+        &[issuer(&dir.path().join("absent.json"))],
+        &TokenSettings::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(v.load_keys().await.len(), 1);
     let (at, now) = now();
     let token = Signer::fixture("keys", "es256-1").token(&forge::claims(ISS, AUD, "a", now));
@@ -156,7 +170,9 @@ fn fingerprints_are_sha256_hex() {
 // === Wycheproof ===
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2).filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()).collect()
+    (0..s.len() / 2)
+        .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
+        .collect()
 }
 
 /// Some ECDSA groups give the key only as hex coordinates: build the JWK (RFC 7518 §6.2.1:
@@ -164,7 +180,10 @@ fn hex(s: &str) -> Vec<u8> {
 fn ec_jwk(pk: &Value) -> Value {
     use base64::Engine;
     let coord = |name: &str| {
-        let h = pk[name].as_str().unwrap_or_default().trim_start_matches("00");
+        let h = pk[name]
+            .as_str()
+            .unwrap_or_default()
+            .trim_start_matches("00");
         let mut bytes = hex(&format!("{h:0>64}"));
         bytes.drain(..bytes.len().saturating_sub(32));
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
@@ -176,8 +195,11 @@ fn ec_jwk(pk: &Value) -> Value {
 /// Returns (valid accepted, invalid rejected, acceptable accepted, acceptable total).
 fn run_wycheproof(file: &str, alg: Alg, jwk_field: &str) -> (usize, usize, usize, usize) {
     use base64::Engine;
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/wycheproof").join(file);
-    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_default()).unwrap_or_default();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/wycheproof")
+        .join(file);
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_default())
+        .unwrap_or_default();
     let (mut valid, mut invalid, mut acceptable_ok, mut acceptable) = (0, 0, 0, 0);
     let mut failures = Vec::new();
     for group in doc["testGroups"].as_array().into_iter().flatten() {
@@ -189,9 +211,12 @@ fn run_wycheproof(file: &str, alg: Alg, jwk_field: &str) -> (usize, usize, usize
         let set = KeySet::parse(json!({ "keys": [jwk] }).to_string().as_bytes(), &[alg]);
         for t in group["tests"].as_array().into_iter().flatten() {
             let msg = hex(t["msg"].as_str().unwrap_or_default());
-            let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hex(t["sig"].as_str().unwrap_or_default()));
+            let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(hex(t["sig"].as_str().unwrap_or_default()));
             let ok = match &set {
-                Ok((keys, _)) => keys.find(Some("k"), alg).is_ok_and(|k| k.verify(alg, &msg, &sig)),
+                Ok((keys, _)) => keys
+                    .find(Some("k"), alg)
+                    .is_ok_and(|k| k.verify(alg, &msg, &sig)),
                 Err(_) => false,
             };
             match t["result"].as_str() {
@@ -201,7 +226,10 @@ fn run_wycheproof(file: &str, alg: Alg, jwk_field: &str) -> (usize, usize, usize
                     acceptable += 1;
                     acceptable_ok += usize::from(ok);
                 }
-                r => failures.push(format!("tcId {} ({}): result {r:?}, verified {ok}", t["tcId"], t["comment"])),
+                r => failures.push(format!(
+                    "tcId {} ({}): result {r:?}, verified {ok}",
+                    t["tcId"], t["comment"]
+                )),
             }
         }
     }
@@ -211,17 +239,30 @@ fn run_wycheproof(file: &str, alg: Alg, jwk_field: &str) -> (usize, usize, usize
 
 #[test]
 fn wycheproof_es256() {
-    assert_eq!(run_wycheproof("ecdsa_secp256r1_sha256_p1363_test.json", Alg::ES256, "publicKeyJwk"), (173, 89, 0, 0));
+    assert_eq!(
+        run_wycheproof(
+            "ecdsa_secp256r1_sha256_p1363_test.json",
+            Alg::ES256,
+            "publicKeyJwk"
+        ),
+        (173, 89, 0, 0)
+    );
 }
 
 #[test]
 fn wycheproof_eddsa() {
-    assert_eq!(run_wycheproof("ed25519_test.json", Alg::EdDSA, "publicKeyJwk"), (88, 63, 0, 0));
+    assert_eq!(
+        run_wycheproof("ed25519_test.json", Alg::EdDSA, "publicKeyJwk"),
+        (88, 63, 0, 0)
+    );
 }
 
 #[test]
 fn wycheproof_rs256() {
     // The one "acceptable" vector (a signature with a missing NULL in its DigestInfo) is
     // rejected: aws-lc accepts only the canonical encoding, which is the stricter choice.
-    assert_eq!(run_wycheproof("rsa_signature_2048_sha256_test.json", Alg::RS256, "keyJwk"), (9, 249, 0, 1));
+    assert_eq!(
+        run_wycheproof("rsa_signature_2048_sha256_test.json", Alg::RS256, "keyJwk"),
+        (9, 249, 0, 1)
+    );
 }

@@ -12,21 +12,35 @@ use crate::support::oidc::{AuthServer, Options, PG_READ, POSTGRES};
 use crate::support::{begin_request, eventually, now, reason};
 
 async fn begin(d: &Daemon, token: &str) -> Result<String, String> {
-    match d.broker().await.begin_task(begin_request(token, &["orders-db-read"])).await {
+    match d
+        .broker()
+        .await
+        .begin_task(begin_request(token, &["orders-db-read"]))
+        .await
+    {
         Ok(r) => Ok(r.into_inner().task.unwrap_or_default().id),
         Err(e) => Err(reason(&e)),
     }
 }
 
 async fn issuer_status(d: &Daemon) -> v1::IssuerStatus {
-    let s = d.admin().await.status(v1::StatusRequest {}).await.unwrap_or_else(|e| panic!("{e:?}")).into_inner();
+    let s = d
+        .admin()
+        .await
+        .status(v1::StatusRequest {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
     s.issuers.into_iter().next().unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metadata_is_found_by_rfc8414_or_oidc_discovery() {
     for mode in ["oauth", "oidc"] {
-        let auth = AuthServer::start_with(Options { metadata: mode, ..Default::default() });
+        let auth = AuthServer::start_with(Options {
+            metadata: mode,
+            ..Default::default()
+        });
         let d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
         let token = auth.token("agent-1", POSTGRES, PG_READ).await;
         assert!(begin(&d, &token).await.is_ok(), "{mode}");
@@ -42,12 +56,24 @@ async fn metadata_naming_another_issuer_is_refused() {
     let d = Daemon::start(|dir| base_config(dir, &configured, "")).await;
     let signer = Signer::fixture("keys", "es256-1");
     let token = signer.token(&forge::claims(&configured, POSTGRES, PG_READ, now()));
-    let err = d.broker().await.begin_task(begin_request(&token, &["orders-db-read"])).await.err();
+    let err = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["orders-db-read"]))
+        .await
+        .err();
     let err = err.unwrap_or_else(|| panic!("must be refused"));
-    assert_eq!((err.code(), reason(&err).as_str()), (tonic::Code::Unavailable, "issuer_keys_unavailable"));
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (tonic::Code::Unavailable, "issuer_keys_unavailable")
+    );
     let status = issuer_status(&d).await;
     assert_eq!(status.keys, 0);
-    assert!(status.last_error.contains("not the configured one"), "{}", status.last_error);
+    assert!(
+        status.last_error.contains("not the configured one"),
+        "{}",
+        status.last_error
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -60,12 +86,21 @@ async fn a_rotated_key_is_fetched_on_first_sight_and_old_keys_survive_an_outage(
     // The issuer rotates: restart it on the same port signing with a new key.
     let port = auth.port;
     drop(auth);
-    auth = AuthServer::start_with(Options { key_sets: vec!["keys-rotated", "keys"], port: Some(port), ..Default::default() });
+    auth = AuthServer::start_with(Options {
+        key_sets: vec!["keys-rotated", "keys"],
+        port: Some(port),
+        ..Default::default()
+    });
     let new = auth.token("agent-1", POSTGRES, PG_READ).await;
     let header: Value = {
         use base64::Engine;
         let h = new.split('.').next().unwrap_or_default();
-        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).unwrap_or_default()).unwrap_or_default()
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h)
+                .unwrap_or_default(),
+        )
+        .unwrap_or_default()
     };
     assert_eq!(header["kid"], "es256-2");
     // Unknown kid → one refresh → accepted.
@@ -81,14 +116,22 @@ async fn a_rotated_key_is_fetched_on_first_sight_and_old_keys_survive_an_outage(
     claims["client_id"] = "agent-1".into();
     let mut h = unknown.header();
     h["kid"] = "never-published".into();
-    assert_eq!(begin(&d, &unknown.sign(&h, &claims)).await, Err("unknown_kid".into()));
-    eventually(Duration::from_secs(5), "the failed refresh is reported", || async {
-        issuer_status(&d).await.last_error.contains("503")
-    })
+    assert_eq!(
+        begin(&d, &unknown.sign(&h, &claims)).await,
+        Err("unknown_kid".into())
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the failed refresh is reported",
+        || async { issuer_status(&d).await.last_error.contains("503") },
+    )
     .await;
     assert_eq!(issuer_status(&d).await.keys, 6);
     let during = auth.token("agent-1", POSTGRES, PG_READ).await;
-    assert!(begin(&d, &during).await.is_ok(), "last good keys must still verify");
+    assert!(
+        begin(&d, &during).await.is_ok(),
+        "last good keys must still verify"
+    );
     auth.jwks_ok(true).await;
 }
 
@@ -111,17 +154,30 @@ async fn a_static_jwks_file_needs_no_network() {
     // Nothing listens at this issuer URL.
     let issuer = format!("http://127.0.0.1:{}", crate::support::free_port());
     let d = Daemon::start(|dir| {
-        base_config(dir, &issuer, "")
-            .replace("min_refresh_interval = \"1s\"", &format!("jwks_file = \"{}\"", jwks_path.display()))
+        base_config(dir, &issuer, "").replace(
+            "min_refresh_interval = \"1s\"",
+            &format!("jwks_file = \"{}\"", jwks_path.display()),
+        )
     })
     .await;
-    let token = Signer::fixture("keys", "eddsa-1").token(&forge::claims(&issuer, POSTGRES, PG_READ, now()));
+    let token =
+        Signer::fixture("keys", "eddsa-1").token(&forge::claims(&issuer, POSTGRES, PG_READ, now()));
     assert!(begin(&d, &token).await.is_ok());
 
     // token check, ad hoc, against the same file.
     let mut child = d
         .cli()
-        .args(["token", "check", "--issuer", &issuer, "--audience", POSTGRES, "--require-scope", PG_READ, "--jwks"])
+        .args([
+            "token",
+            "check",
+            "--issuer",
+            &issuer,
+            "--audience",
+            POSTGRES,
+            "--require-scope",
+            PG_READ,
+            "--jwks",
+        ])
         .arg(&jwks_path)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -136,5 +192,8 @@ async fn a_static_jwks_file_needs_no_network() {
     assert_eq!(out.status.code(), Some(0), "{v}");
     assert_eq!(v["verdict"], "accepted");
     assert_eq!(v["claims"]["client_id"], "agent-1");
-    assert_eq!(v["fingerprint"], credbroker::token::Fingerprint::of(&token).hex());
+    assert_eq!(
+        v["fingerprint"],
+        credbroker::token::Fingerprint::of(&token).hex()
+    );
 }

@@ -21,39 +21,95 @@ async fn a_real_token_becomes_a_task_whose_leases_end_revoked_with_the_whole_cha
     let d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
 
-    let begun = d.broker().await.begin_task(begin_request(&token, &["orders-db-read"])).await;
-    let begun = begun.unwrap_or_else(|e| panic!("begin: {e:?}")).into_inner();
+    let begun = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["orders-db-read"]))
+        .await;
+    let begun = begun
+        .unwrap_or_else(|e| panic!("begin: {e:?}"))
+        .into_inner();
     let task = begun.task.unwrap_or_default();
     assert_eq!(task.state, "active");
     let p = task.principal.clone().unwrap_or_default();
-    assert_eq!((p.client_id.as_str(), p.owner.as_str(), p.owner_source.as_str()), ("agent-1", "alice@example.com", "client_registry"));
+    assert_eq!(
+        (
+            p.client_id.as_str(),
+            p.owner.as_str(),
+            p.owner_source.as_str()
+        ),
+        ("agent-1", "alice@example.com", "client_registry")
+    );
     assert_eq!(p.token_fingerprint, Fingerprint::of(&token).hex());
     assert_eq!(begun.credentials.len(), 1);
     let cred = &begun.credentials[0];
-    assert!(cred.secret.get("password").is_some_and(|p| p.starts_with("tp_")));
+    assert!(
+        cred.secret
+            .get("password")
+            .is_some_and(|p| p.starts_with("tp_"))
+    );
     assert_eq!(d.outstanding(), vec![cred.lease_id.clone()]);
     // The template was rendered with the owner.
     let issued: Value = serde_json::from_str(
-        &std::fs::read_to_string(d.state.join("issued").join(format!("{}.json", cred.lease_id))).unwrap_or_default(),
+        &std::fs::read_to_string(
+            d.state
+                .join("issued")
+                .join(format!("{}.json", cred.lease_id)),
+        )
+        .unwrap_or_default(),
     )
     .unwrap_or_default();
     assert_eq!(issued["params"]["label"], "orders-alice@example.com");
 
-    let ended = d.broker().await.end_task(v1::EndTaskRequest { task_id: task.id.clone() }).await;
-    let ended = ended.unwrap_or_else(|e| panic!("end: {e:?}")).into_inner().task.unwrap_or_default();
-    assert_eq!((ended.state.as_str(), ended.end_reason.as_str()), ("ended", "ended_by_workload"));
+    let ended = d
+        .broker()
+        .await
+        .end_task(v1::EndTaskRequest {
+            task_id: task.id.clone(),
+        })
+        .await;
+    let ended = ended
+        .unwrap_or_else(|e| panic!("end: {e:?}"))
+        .into_inner()
+        .task
+        .unwrap_or_default();
+    assert_eq!(
+        (ended.state.as_str(), ended.end_reason.as_str()),
+        ("ended", "ended_by_workload")
+    );
     assert!(ended.leases.iter().all(|l| l.state == "revoked"));
     assert!(d.outstanding().is_empty());
     assert_eq!(d.revoked(), vec![cred.lease_id.clone()]);
     // Ending again is idempotent.
-    let again = d.broker().await.end_task(v1::EndTaskRequest { task_id: task.id.clone() }).await;
-    assert_eq!(again.map(|r| r.into_inner().task.unwrap_or_default().state).ok(), Some("ended".to_string()));
+    let again = d
+        .broker()
+        .await
+        .end_task(v1::EndTaskRequest {
+            task_id: task.id.clone(),
+        })
+        .await;
+    assert_eq!(
+        again
+            .map(|r| r.into_inner().task.unwrap_or_default().state)
+            .ok(),
+        Some("ended".to_string())
+    );
 
     // audit export: peer → client → owner → token fingerprint → task → lease.
     let audit = d.audit();
     let chain = events(&audit, &task.id);
     let names: Vec<&str> = chain.iter().filter_map(|r| r["event"].as_str()).collect();
-    assert_eq!(names, ["task_opened", "lease_issued", "task_begun", "task_ending", "lease_revoked", "task_ended"]);
+    assert_eq!(
+        names,
+        [
+            "task_opened",
+            "lease_issued",
+            "task_begun",
+            "task_ending",
+            "lease_revoked",
+            "task_ended"
+        ]
+    );
     let opened = chain[0];
     assert_eq!(opened["peer"]["uid"], nix::unistd::geteuid().as_raw());
     assert_eq!(opened["peer"]["pid"], std::process::id());
@@ -62,7 +118,10 @@ async fn a_real_token_becomes_a_task_whose_leases_end_revoked_with_the_whole_cha
     assert_eq!(opened["token_fingerprint"], Fingerprint::of(&token).hex());
     assert_eq!(opened["workload"], "postgres-mcp");
     let issued = chain[1];
-    assert_eq!((issued["lease_id"].as_str(), issued["grant"].as_str()), (Some(cred.lease_id.as_str()), Some("orders-db-read")));
+    assert_eq!(
+        (issued["lease_id"].as_str(), issued["grant"].as_str()),
+        (Some(cred.lease_id.as_str()), Some("orders-db-read"))
+    );
     assert_eq!(chain[4]["lease_id"], cred.lease_id);
     assert_eq!(chain[5]["reason"], "ended_by_workload");
     // Records are numbered without gaps.
@@ -77,19 +136,42 @@ async fn a_task_survives_sigkill_and_is_reaped_and_revoked_at_expiry() {
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let mut req = begin_request(&token, &["orders-db-read"]);
     req.ttl_seconds = Some(4);
-    let begun = d.broker().await.begin_task(req).await.unwrap_or_else(|e| panic!("{e:?}")).into_inner();
+    let begun = d
+        .broker()
+        .await
+        .begin_task(req)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
     let id = begun.task.unwrap_or_default().id;
 
     d.kill9();
     d.spawn().await;
     let live = live_tasks(&d).await;
-    assert_eq!(live.iter().map(|t| (t.id.as_str(), t.state.as_str())).collect::<Vec<_>>(), vec![(id.as_str(), "active")]);
+    assert_eq!(
+        live.iter()
+            .map(|t| (t.id.as_str(), t.state.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(id.as_str(), "active")]
+    );
     assert_eq!(d.outstanding().len(), 1);
 
-    eventually(Duration::from_secs(20), "the reaper ends the task", || async { live_tasks(&d).await.is_empty() }).await;
+    eventually(
+        Duration::from_secs(20),
+        "the reaper ends the task",
+        || async { live_tasks(&d).await.is_empty() },
+    )
+    .await;
     let t = get_task(&d, &id).await;
-    assert_eq!((t.state.as_str(), t.end_reason.as_str()), ("ended", "expired"));
-    assert!(t.leases.iter().all(|l| l.state == "revoked"), "{:?}", t.leases);
+    assert_eq!(
+        (t.state.as_str(), t.end_reason.as_str()),
+        ("ended", "expired")
+    );
+    assert!(
+        t.leases.iter().all(|l| l.state == "revoked"),
+        "{:?}",
+        t.leases
+    );
     assert!(d.outstanding().is_empty());
     // The sealed handle survived the restart: the provider checks it on revoke.
     assert!(!d.log_text().contains("does not match"));
@@ -102,7 +184,11 @@ async fn a_crash_mid_issue_leaves_nothing_outstanding() {
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     std::fs::write(d.state.join("slow-issue-ms"), "1500").unwrap_or_default();
     let mut client = d.broker().await;
-    let pending = tokio::spawn(async move { client.begin_task(begin_request(&token, &["orders-db-read"])).await });
+    let pending = tokio::spawn(async move {
+        client
+            .begin_task(begin_request(&token, &["orders-db-read"]))
+            .await
+    });
     tokio::time::sleep(Duration::from_millis(500)).await;
     // The intent is journaled; the provider is still working.
     d.kill9();
@@ -111,14 +197,23 @@ async fn a_crash_mid_issue_leaves_nothing_outstanding() {
     // Whatever the provider did after the crash, the restarted daemon settles it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     d.spawn().await;
-    eventually(Duration::from_secs(15), "the interrupted task is settled", || async {
-        live_tasks(&d).await.is_empty() && d.outstanding().is_empty()
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the interrupted task is settled",
+        || async { live_tasks(&d).await.is_empty() && d.outstanding().is_empty() },
+    )
     .await;
     let audit = d.audit();
-    let ended: Vec<&Value> = audit.iter().filter(|r| r["event"] == "task_ended").collect();
+    let ended: Vec<&Value> = audit
+        .iter()
+        .filter(|r| r["event"] == "task_ended")
+        .collect();
     assert_eq!(ended.len(), 1);
-    assert!(audit.iter().any(|r| r["event"] == "task_ending" && r["reason"] == "interrupted"));
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["event"] == "task_ending" && r["reason"] == "interrupted")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -127,14 +222,26 @@ async fn an_issue_whose_outcome_is_unknown_is_reconciled() {
     let d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     d.provider_flag("hang-issue", true);
-    let err = d.broker().await.begin_task(begin_request(&token, &["orders-db-read"])).await.err();
+    let err = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["orders-db-read"]))
+        .await
+        .err();
     let err = err.unwrap_or_else(|| panic!("a hung provider must fail the task"));
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert_eq!(reason(&err), "provider_outcome_unknown");
     // The provider did create it before hanging; reconciliation finds and revokes it.
-    eventually(Duration::from_secs(15), "reconciliation", || async { d.outstanding().is_empty() && live_tasks(&d).await.is_empty() }).await;
+    eventually(Duration::from_secs(15), "reconciliation", || async {
+        d.outstanding().is_empty() && live_tasks(&d).await.is_empty()
+    })
+    .await;
     assert_eq!(d.revoked().len(), 1);
-    assert!(d.audit().iter().any(|r| r["event"] == "lease_reconciled" && r["reason"] == "revoked"));
+    assert!(
+        d.audit()
+            .iter()
+            .any(|r| r["event"] == "lease_reconciled" && r["reason"] == "revoked")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -162,18 +269,46 @@ grants = ["orders-db-read", "customers-db-read"]
     let extra = extra
         .replace("{uid}", &nix::unistd::geteuid().to_string())
         .replace("{gid}", &nix::unistd::getegid().to_string());
-    let d = Daemon::start(|dir| base_config(dir, &auth.issuer, &extra.replace("{d}", &dir.display().to_string()))).await;
+    let d = Daemon::start(|dir| {
+        base_config(
+            dir,
+            &auth.issuer,
+            &extra.replace("{d}", &dir.display().to_string()),
+        )
+    })
+    .await;
     std::fs::write(d.dir.path().join("provider2/deny-issue"), "1").unwrap_or_default();
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
-    let err = d.broker().await.begin_task(begin_request(&token, &["orders-db-read", "customers-db-read"])).await.err();
+    let err = d
+        .broker()
+        .await
+        .begin_task(begin_request(
+            &token,
+            &["orders-db-read", "customers-db-read"],
+        ))
+        .await
+        .err();
     let err = err.unwrap_or_else(|| panic!("must fail"));
     assert_eq!(err.code(), tonic::Code::PermissionDenied);
     assert_eq!(reason(&err), "provider_denied");
-    assert!(err.message().contains("customers-db-read"), "{}", err.message());
-    eventually(Duration::from_secs(10), "the issued half is revoked", || async { d.outstanding().is_empty() }).await;
+    assert!(
+        err.message().contains("customers-db-read"),
+        "{}",
+        err.message()
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the issued half is revoked",
+        || async { d.outstanding().is_empty() },
+    )
+    .await;
     assert_eq!(d.revoked().len(), 1);
     let audit = d.audit();
-    assert!(audit.iter().any(|r| r["event"] == "task_ended" && r["reason"] == "issue_failed"));
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["event"] == "task_ended" && r["reason"] == "issue_failed")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -183,26 +318,58 @@ async fn failed_revocations_are_retried_until_they_succeed() {
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let mut ids = Vec::new();
     for _ in 0..5 {
-        let t = d.broker().await.begin_task(begin_request(&token, &["orders-db-read"])).await;
-        ids.push(t.unwrap_or_else(|e| panic!("{e:?}")).into_inner().task.unwrap_or_default().id);
+        let t = d
+            .broker()
+            .await
+            .begin_task(begin_request(&token, &["orders-db-read"]))
+            .await;
+        ids.push(
+            t.unwrap_or_else(|e| panic!("{e:?}"))
+                .into_inner()
+                .task
+                .unwrap_or_default()
+                .id,
+        );
     }
     d.provider_flag("fail-revoke", true);
     for id in &ids {
-        let t = d.broker().await.end_task(v1::EndTaskRequest { task_id: id.clone() }).await;
-        let t = t.unwrap_or_else(|e| panic!("{e:?}")).into_inner().task.unwrap_or_default();
+        let t = d
+            .broker()
+            .await
+            .end_task(v1::EndTaskRequest {
+                task_id: id.clone(),
+            })
+            .await;
+        let t = t
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .into_inner()
+            .task
+            .unwrap_or_default();
         assert_eq!(t.state, "ending");
         assert_eq!(t.leases[0].state, "revoking");
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(d.outstanding().len(), 5);
     d.provider_flag("fail-revoke", false);
-    eventually(Duration::from_secs(15), "retries succeed", || async { d.outstanding().is_empty() && live_tasks(&d).await.is_empty() }).await;
+    eventually(Duration::from_secs(15), "retries succeed", || async {
+        d.outstanding().is_empty() && live_tasks(&d).await.is_empty()
+    })
+    .await;
     let audit = d.audit();
     for id in &ids {
         let ev = events(&audit, id);
-        assert!(ev.iter().filter(|r| r["event"] == "lease_revocation_failed").count() >= 2, "{id}: several failed attempts");
+        assert!(
+            ev.iter()
+                .filter(|r| r["event"] == "lease_revocation_failed")
+                .count()
+                >= 2,
+            "{id}: several failed attempts"
+        );
         assert!(ev.iter().any(|r| r["event"] == "lease_revoked"));
-        assert_eq!(ev.last().map(|r| r["event"].clone()), Some(Value::from("task_ended")));
+        assert_eq!(
+            ev.last().map(|r| r["event"].clone()),
+            Some(Value::from("task_ended"))
+        );
     }
 }
 
@@ -213,24 +380,59 @@ async fn renewal_extends_within_the_same_limits() {
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let mut req = begin_request(&token, &["orders-db-read"]);
     req.ttl_seconds = Some(30);
-    let t = d.broker().await.begin_task(req).await.unwrap_or_else(|e| panic!("{e:?}")).into_inner().task.unwrap_or_default();
+    let t = d
+        .broker()
+        .await
+        .begin_task(req)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner()
+        .task
+        .unwrap_or_default();
     let before = t.expires_at.map(|t| t.seconds).unwrap_or_default();
 
     let fresh = auth.token("agent-1", POSTGRES, PG_READ).await;
-    let renew = |tok: String, ttl: u32| v1::RenewTaskRequest { task_id: t.id.clone(), token: tok, ttl_seconds: Some(ttl) };
-    let r = d.broker().await.renew_task(renew(fresh.clone(), 200)).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let renew = |tok: String, ttl: u32| v1::RenewTaskRequest {
+        task_id: t.id.clone(),
+        token: tok,
+        ttl_seconds: Some(ttl),
+    };
+    let r = d
+        .broker()
+        .await
+        .renew_task(renew(fresh.clone(), 200))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
     let after = r.into_inner().task.unwrap_or_default();
     let after_exp = after.expires_at.map(|t| t.seconds).unwrap_or_default();
     assert!(after_exp > before + 100, "{before} → {after_exp}");
     // Never beyond the token's own expiry (300 s from issue).
-    let token_exp = after.principal.clone().unwrap_or_default().token_expires_at.map(|t| t.seconds).unwrap_or_default();
+    let token_exp = after
+        .principal
+        .clone()
+        .unwrap_or_default()
+        .token_expires_at
+        .map(|t| t.seconds)
+        .unwrap_or_default();
     assert!(after_exp <= token_exp);
 
     // Another client's token cannot renew it.
-    let other = auth.token("agent-noscope", POSTGRES, "mcp.tool:s3.read").await;
-    let err = d.broker().await.renew_task(renew(other, 60)).await.err().map(|e| reason(&e));
+    let other = auth
+        .token("agent-noscope", POSTGRES, "mcp.tool:s3.read")
+        .await;
+    let err = d
+        .broker()
+        .await
+        .renew_task(renew(other, 60))
+        .await
+        .err()
+        .map(|e| reason(&e));
     assert_eq!(err.as_deref(), Some("principal_mismatch"));
-    assert!(d.audit().iter().any(|r| r["event"] == "task_renewed" && r["task_id"] == t.id.as_str()));
+    assert!(
+        d.audit()
+            .iter()
+            .any(|r| r["event"] == "task_renewed" && r["task_id"] == t.id.as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -240,28 +442,79 @@ async fn operators_revoke_by_id_and_by_selector() {
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let t = d.broker().await.begin_task(begin_request(&token, &["orders-db-read"])).await;
-        ids.push(t.unwrap_or_else(|e| panic!("{e:?}")).into_inner().task.unwrap_or_default().id);
+        let t = d
+            .broker()
+            .await
+            .begin_task(begin_request(&token, &["orders-db-read"]))
+            .await;
+        ids.push(
+            t.unwrap_or_else(|e| panic!("{e:?}"))
+                .into_inner()
+                .task
+                .unwrap_or_default()
+                .id,
+        );
     }
-    let out = d.cli().args(["tasks", "revoke", &ids[0], "--reason", "suspicious"]).output().unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = d
+        .cli()
+        .args(["tasks", "revoke", &ids[0], "--reason", "suspicious"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let t = get_task(&d, &ids[0]).await;
     assert_eq!(t.end_reason, "revoked_by_operator");
 
-    let empty = d.admin().await.revoke(v1::RevokeRequest { selector: Some(Default::default()), reason: String::new() }).await;
-    assert_eq!(empty.err().map(|e| reason(&e)).as_deref(), Some("empty_selector"));
+    let empty = d
+        .admin()
+        .await
+        .revoke(v1::RevokeRequest {
+            selector: Some(Default::default()),
+            reason: String::new(),
+        })
+        .await;
+    assert_eq!(
+        empty.err().map(|e| reason(&e)).as_deref(),
+        Some("empty_selector")
+    );
 
-    let out = d.cli().args(["tasks", "revoke", "--owner", "alice@example.com", "--output", "json"]).output().unwrap_or_else(|e| panic!("{e}"));
+    let out = d
+        .cli()
+        .args([
+            "tasks",
+            "revoke",
+            "--owner",
+            "alice@example.com",
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let mut revoked: Vec<String> = v["revoked"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_owned)).collect();
+    let mut revoked: Vec<String> = v["revoked"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_owned))
+        .collect();
     revoked.sort();
     let mut rest = ids[1..].to_vec();
     rest.sort();
     assert_eq!(revoked, rest);
     assert!(d.outstanding().is_empty());
     let audit = d.audit();
-    let ending: Vec<&Value> = audit.iter().filter(|r| r["event"] == "task_ending").collect();
+    let ending: Vec<&Value> = audit
+        .iter()
+        .filter(|r| r["event"] == "task_ending")
+        .collect();
     assert_eq!(ending.len(), 3);
-    assert!(ending.iter().all(|r| r["reason"] == "revoked_by_operator" && r["detail"]["operator"]["uid"].is_u64()));
+    assert!(
+        ending.iter().all(
+            |r| r["reason"] == "revoked_by_operator" && r["detail"]["operator"]["uid"].is_u64()
+        )
+    );
     assert_eq!(ending[0]["detail"]["operator_reason"], "suspicious");
 }

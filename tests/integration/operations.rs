@@ -13,7 +13,9 @@ use crate::support::oidc::{AuthServer, PG_READ, POSTGRES};
 use crate::support::{begin_request, eventually, reason, repo};
 
 fn mode(p: &std::path::Path) -> u32 {
-    std::fs::metadata(p).map(|m| m.permissions().mode() & 0o777).unwrap_or(0)
+    std::fs::metadata(p)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -31,11 +33,17 @@ async fn sockets_and_journal_have_tight_permissions_and_a_second_daemon_refuses_
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(stderr.contains("database is locked") || stderr.contains("another process is listening"), "{stderr}");
+    assert!(
+        stderr.contains("database is locked") || stderr.contains("another process is listening"),
+        "{stderr}"
+    );
 
     // SIGTERM: a clean exit; a stale socket left behind is replaced on the next start.
     d.signal(Signal::SIGTERM);
-    assert_eq!(d.wait_exit(Duration::from_secs(15)).map(|s| s.code()), Some(Some(0)));
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(15)).map(|s| s.code()),
+        Some(Some(0))
+    );
     d.spawn().await;
 }
 
@@ -43,28 +51,61 @@ async fn sockets_and_journal_have_tight_permissions_and_a_second_daemon_refuses_
 async fn sighup_reloads_a_good_configuration_and_keeps_the_old_one_on_a_bad_one() {
     let auth = AuthServer::start();
     let d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
-    let token = auth.token("agent-1", POSTGRES, "mcp.tool:postgres.read mcp.tool:s3.read").await;
-    let denied = d.broker().await.begin_task(begin_request(&token, &["s3-read"])).await.err();
-    assert_eq!(denied.map(|e| reason(&e)).as_deref(), Some("grant_not_allowed"));
+    let token = auth
+        .token(
+            "agent-1",
+            POSTGRES,
+            "mcp.tool:postgres.read mcp.tool:s3.read",
+        )
+        .await;
+    let denied = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["s3-read"]))
+        .await
+        .err();
+    assert_eq!(
+        denied.map(|e| reason(&e)).as_deref(),
+        Some("grant_not_allowed")
+    );
 
     let original = std::fs::read_to_string(&d.config).unwrap_or_default();
-    let widened = original.replace("grants = [\"orders-db-read\"]", "grants = [\"orders-db-read\", \"s3-read\"]");
+    let widened = original.replace(
+        "grants = [\"orders-db-read\"]",
+        "grants = [\"orders-db-read\", \"s3-read\"]",
+    );
     d.rewrite_config(&widened);
     d.signal(Signal::SIGHUP);
-    eventually(Duration::from_secs(10), "the new grant is allowed", || async {
-        d.broker().await.begin_task(begin_request(&token, &["s3-read"])).await.is_ok()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the new grant is allowed",
+        || async {
+            d.broker()
+                .await
+                .begin_task(begin_request(&token, &["s3-read"]))
+                .await
+                .is_ok()
+        },
+    )
     .await;
 
     // A broken file: the daemon says why and keeps serving the last good configuration.
     d.rewrite_config(&widened.replace("max_ttl = \"10m\"", "max_ttl = \"ten minutes\""));
     d.signal(Signal::SIGHUP);
-    eventually(Duration::from_secs(10), "the failed reload is logged", || async {
-        d.log_text().contains("reload failed")
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the failed reload is logged",
+        || async { d.log_text().contains("reload failed") },
+    )
     .await;
     assert!(d.log_text().contains("grant.orders-db-read.max_ttl"));
-    assert!(d.broker().await.begin_task(begin_request(&token, &["s3-read"])).await.is_ok());
+    assert!(
+        d.broker()
+            .await
+            .begin_task(begin_request(&token, &["s3-read"]))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -74,11 +115,26 @@ async fn the_cli_prints_credentials_as_json_and_shell_exports_and_lists_tasks() 
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let out = d
         .cli()
-        .args(["task", "begin", "--tool", "query", "--grant", "orders-db-read", "--ttl", "2m", "--format", "env"])
+        .args([
+            "task",
+            "begin",
+            "--tool",
+            "query",
+            "--grant",
+            "orders-db-read",
+            "--ttl",
+            "2m",
+            "--format",
+            "env",
+        ])
         .env("CREDBROKER_TOKEN", &token)
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let env = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(env.contains("export USERNAME='u-"));
     assert!(env.contains("export PASSWORD='tp_"));
@@ -88,21 +144,43 @@ async fn the_cli_prints_credentials_as_json_and_shell_exports_and_lists_tasks() 
         .map(|s| s.trim_end_matches('\'').to_string())
         .unwrap_or_default();
 
-    let list = d.cli().args(["tasks", "list", "--output", "json"]).output().unwrap_or_else(|e| panic!("{e}"));
+    let list = d
+        .cli()
+        .args(["tasks", "list", "--output", "json"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
     let v: Value = serde_json::from_slice(&list.stdout).unwrap_or_default();
     assert_eq!(v[0]["id"], task.as_str());
     assert_eq!(v[0]["principal"]["owner"], "alice@example.com");
-    let table = d.cli().args(["tasks", "show", &task]).output().unwrap_or_else(|e| panic!("{e}"));
+    let table = d
+        .cli()
+        .args(["tasks", "show", &task])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
     let table = String::from_utf8_lossy(&table.stdout).to_string();
-    assert!(table.contains("alice@example.com (from client_registry)"), "{table}");
+    assert!(
+        table.contains("alice@example.com (from client_registry)"),
+        "{table}"
+    );
     assert!(!table.contains("tp_"), "tasks show must not print secrets");
 
-    let end = d.cli().args(["task", "end", "--task", &task]).output().unwrap_or_else(|e| panic!("{e}"));
+    let end = d
+        .cli()
+        .args(["task", "end", "--task", &task])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
     let v: Value = serde_json::from_slice(&end.stdout).unwrap_or_default();
     assert_eq!(v["state"], "ended");
-    let status = d.cli().args(["status", "--output", "json"]).output().unwrap_or_else(|e| panic!("{e}"));
+    let status = d
+        .cli()
+        .args(["status", "--output", "json"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
     let s: Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
-    assert_eq!((s["active_tasks"].as_u64(), s["issuers"][0]["keys"].as_u64()), (Some(0), Some(3)));
+    assert_eq!(
+        (s["active_tasks"].as_u64(), s["issuers"][0]["keys"].as_u64()),
+        (Some(0), Some(3))
+    );
 
     // Refusals exit 1 with the reason code, and never print the token.
     let out = d
@@ -113,13 +191,20 @@ async fn the_cli_prints_credentials_as_json_and_shell_exports_and_lists_tasks() 
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("grant_not_allowed") && !stderr.contains(&token), "{stderr}");
+    assert!(
+        stderr.contains("grant_not_allowed") && !stderr.contains(&token),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn every_example_configuration_is_valid() {
     let mut n = 0;
-    for entry in std::fs::read_dir(repo().join("config")).into_iter().flatten().flatten() {
+    for entry in std::fs::read_dir(repo().join("config"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "toml") {
             Config::load(&path).unwrap_or_else(|e| panic!("{e}"));

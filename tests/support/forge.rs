@@ -37,7 +37,11 @@ impl Signer {
         } else {
             (Algorithm::EdDSA, EncodingKey::from_ed_pem(&pem))
         };
-        Self { kid: kid.into(), alg, key: key.unwrap_or_else(|e| panic!("fixture key {kid}: {e}")) }
+        Self {
+            kid: kid.into(),
+            alg,
+            key: key.unwrap_or_else(|e| panic!("fixture key {kid}: {e}")),
+        }
     }
 
     pub fn alg_name(&self) -> &'static str {
@@ -92,64 +96,177 @@ fn without(mut v: Value, key: &str) -> Value {
 
 /// Every way a token must be refused, as (expected reason code, description, token).
 /// `good` is a valid claims set for the audience under test.
-pub fn rejection_cases(signer: &Signer, rotated: &Signer, good: &Value, now: i64) -> Vec<(&'static str, &'static str, String)> {
+pub fn rejection_cases(
+    signer: &Signer,
+    rotated: &Signer,
+    good: &Value,
+    now: i64,
+) -> Vec<(&'static str, &'static str, String)> {
     let h = signer.header();
     let t = |claims: &Value| signer.token(claims);
     let hdr = |k: &str, v: Value| signer.sign(&with(h.clone(), k, v), good);
     let valid = t(good);
     let mut parts = valid.splitn(3, '.');
-    let (h64, p64) = (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
+    let (h64, p64) = (
+        parts.next().unwrap_or_default().to_string(),
+        parts.next().unwrap_or_default().to_string(),
+    );
 
     let mut cases = vec![
-        ("token_too_large", "over 8 KiB", t(&with(good.clone(), "padding", json!("x".repeat(9000))))),
+        (
+            "token_too_large",
+            "over 8 KiB",
+            t(&with(good.clone(), "padding", json!("x".repeat(9000)))),
+        ),
         ("malformed", "not a JWS", "not-a-token".to_string()),
         ("malformed", "bad base64", format!("{h64}.{p64}.@@@")),
-        ("malformed", "payload not JSON", format!("{h64}.{}.{}", b64("hello"), b64("sig"))),
+        (
+            "malformed",
+            "payload not JSON",
+            format!("{h64}.{}.{}", b64("hello"), b64("sig")),
+        ),
         ("duplicate_key", "duplicate claim", {
             let raw = good.to_string();
-            signer.sign_raw(&h.to_string(), &format!("{{\"sub\":\"mallory\",{}", &raw[1..]))
+            signer.sign_raw(
+                &h.to_string(),
+                &format!("{{\"sub\":\"mallory\",{}", &raw[1..]),
+            )
         }),
-        ("duplicate_key", "duplicate header key", signer.sign_raw(
-            &format!("{{\"alg\":\"{}\",\"typ\":\"at+jwt\",\"typ\":\"at+jwt\",\"kid\":\"{}\"}}", signer.alg_name(), signer.kid),
-            &good.to_string(),
-        )),
-        ("jwe_not_supported", "five parts", format!("{}.{}.{}.{}.{}", b64(r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#), b64("k"), b64("iv"), b64("ct"), b64("tag"))),
+        (
+            "duplicate_key",
+            "duplicate header key",
+            signer.sign_raw(
+                &format!(
+                    "{{\"alg\":\"{}\",\"typ\":\"at+jwt\",\"typ\":\"at+jwt\",\"kid\":\"{}\"}}",
+                    signer.alg_name(),
+                    signer.kid
+                ),
+                &good.to_string(),
+            ),
+        ),
+        (
+            "jwe_not_supported",
+            "five parts",
+            format!(
+                "{}.{}.{}.{}.{}",
+                b64(r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#),
+                b64("k"),
+                b64("iv"),
+                b64("ct"),
+                b64("tag")
+            ),
+        ),
         ("nested_jwt", "cty JWT", hdr("cty", json!("JWT"))),
-        ("alg_none", "alg none", format!("{}.{p64}.", b64(r#"{"alg":"none","typ":"at+jwt"}"#))),
+        (
+            "alg_none",
+            "alg none",
+            format!("{}.{p64}.", b64(r#"{"alg":"none","typ":"at+jwt"}"#)),
+        ),
         ("alg_symmetric", "HS256", {
             let key = EncodingKey::from_secret(b"a shared secret that is long enough to be a key");
             let input = format!("{}.{p64}", b64(r#"{"alg":"HS256","typ":"at+jwt"}"#));
-            let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::HS256).unwrap_or_default();
+            let sig = jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::HS256)
+                .unwrap_or_default();
             format!("{input}.{sig}")
         }),
         ("alg_not_allowed", "PS256 not allowlisted", {
             let sig = valid.rsplit('.').next().unwrap_or_default().to_string();
-            format!("{}.{p64}.{sig}", b64(&with(h.clone(), "alg", json!("PS384")).to_string()))
+            format!(
+                "{}.{p64}.{sig}",
+                b64(&with(h.clone(), "alg", json!("PS384")).to_string())
+            )
         }),
-        ("crit_not_supported", "crit header", hdr("crit", json!(["exp"]))),
-        ("key_header_not_allowed", "jku header", hdr("jku", json!("https://attacker.example/jwks"))),
-        ("key_header_not_allowed", "x5u header", hdr("x5u", json!("https://attacker.example/cert"))),
-        ("key_header_not_allowed", "jwk header", hdr("jwk", json!({"kty": "oct", "k": "AAAA"}))),
-        ("key_header_not_allowed", "x5c header", hdr("x5c", json!(["MIIB"]))),
+        (
+            "crit_not_supported",
+            "crit header",
+            hdr("crit", json!(["exp"])),
+        ),
+        (
+            "key_header_not_allowed",
+            "jku header",
+            hdr("jku", json!("https://attacker.example/jwks")),
+        ),
+        (
+            "key_header_not_allowed",
+            "x5u header",
+            hdr("x5u", json!("https://attacker.example/cert")),
+        ),
+        (
+            "key_header_not_allowed",
+            "jwk header",
+            hdr("jwk", json!({"kty": "oct", "k": "AAAA"})),
+        ),
+        (
+            "key_header_not_allowed",
+            "x5c header",
+            hdr("x5c", json!(["MIIB"])),
+        ),
         ("typ_invalid", "typ JWT", hdr("typ", json!("JWT"))),
-        ("typ_invalid", "no typ", signer.sign(&without(h.clone(), "typ"), good)),
-        ("unknown_issuer", "foreign iss", t(&with(good.clone(), "iss", json!("https://attacker.example")))),
+        (
+            "typ_invalid",
+            "no typ",
+            signer.sign(&without(h.clone(), "typ"), good),
+        ),
+        (
+            "unknown_issuer",
+            "foreign iss",
+            t(&with(
+                good.clone(),
+                "iss",
+                json!("https://attacker.example"),
+            )),
+        ),
         ("unknown_kid", "key not in the JWKS", rotated.token(good)),
         ("key_alg_mismatch", "RS256 header on an EC key", {
             let sig = valid.rsplit('.').next().unwrap_or_default().to_string();
-            format!("{}.{p64}.{sig}", b64(&with(h.clone(), "alg", json!("RS256")).to_string()))
+            format!(
+                "{}.{p64}.{sig}",
+                b64(&with(h.clone(), "alg", json!("RS256")).to_string())
+            )
         }),
         ("bad_signature", "signed by another key under this kid", {
             let mut hh = rotated.header();
             hh["kid"] = json!(signer.kid);
             rotated.sign(&hh, good)
         }),
-        ("audience_mismatch", "other resource", t(&with(good.clone(), "aud", json!("https://elsewhere.example/mcp")))),
-        ("expired", "exp an hour ago", t(&with(with(good.clone(), "exp", json!(now - 3600)), "iat", json!(now - 7200)))),
-        ("not_yet_valid", "nbf in an hour", t(&with(good.clone(), "nbf", json!(now + 3600)))),
-        ("issued_in_future", "iat in an hour", t(&with(good.clone(), "iat", json!(now + 3600)))),
-        ("invalid_claim", "exp as a string", t(&with(good.clone(), "exp", json!((now + 300).to_string())))),
-        ("invalid_claim", "act without sub", t(&with(good.clone(), "act", json!({"client": "x"})))),
+        (
+            "audience_mismatch",
+            "other resource",
+            t(&with(
+                good.clone(),
+                "aud",
+                json!("https://elsewhere.example/mcp"),
+            )),
+        ),
+        (
+            "expired",
+            "exp an hour ago",
+            t(&with(
+                with(good.clone(), "exp", json!(now - 3600)),
+                "iat",
+                json!(now - 7200),
+            )),
+        ),
+        (
+            "not_yet_valid",
+            "nbf in an hour",
+            t(&with(good.clone(), "nbf", json!(now + 3600))),
+        ),
+        (
+            "issued_in_future",
+            "iat in an hour",
+            t(&with(good.clone(), "iat", json!(now + 3600))),
+        ),
+        (
+            "invalid_claim",
+            "exp as a string",
+            t(&with(good.clone(), "exp", json!((now + 300).to_string()))),
+        ),
+        (
+            "invalid_claim",
+            "act without sub",
+            t(&with(good.clone(), "act", json!({"client": "x"}))),
+        ),
     ];
     for claim in ["sub", "client_id", "jti", "exp", "iat", "aud"] {
         cases.push(("missing_claim", claim, t(&without(good.clone(), claim))));

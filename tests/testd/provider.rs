@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use credbroker_provider_api::{
-    Credential, Env, ErrorKind, IssueRequest, Issued, LeaseRef, ParamError, Params, Provider, ProviderError,
-    ProviderFactory, ProviderHealth, Reconciled, Renewed, RevocationHandle, Revoked, SecretValue, param_str,
+    Credential, Env, ErrorKind, IssueRequest, Issued, LeaseRef, ParamError, Params, Provider,
+    ProviderError, ProviderFactory, ProviderHealth, Reconciled, Renewed, RevocationHandle, Revoked,
+    SecretValue, param_str,
 };
 use serde_json::{Value, json};
 
@@ -31,7 +32,12 @@ impl ProviderFactory for TestFactory {
         "test"
     }
 
-    fn build(&self, _name: &str, config: &Params, _env: &dyn Env) -> Result<Arc<dyn Provider>, Vec<ParamError>> {
+    fn build(
+        &self,
+        _name: &str,
+        config: &Params,
+        _env: &dyn Env,
+    ) -> Result<Arc<dyn Provider>, Vec<ParamError>> {
         let mut errors = Vec::new();
         for key in config.keys() {
             if key != "state_dir" {
@@ -49,7 +55,8 @@ impl ProviderFactory for TestFactory {
             return Err(errors);
         }
         for sub in ["issued", "revoked"] {
-            std::fs::create_dir_all(dir.join(sub)).map_err(|e| vec![ParamError::new("state_dir", e.to_string())])?;
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| vec![ParamError::new("state_dir", e.to_string())])?;
         }
         Ok(Arc::new(TestProvider { dir }))
     }
@@ -60,7 +67,9 @@ struct TestProvider {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -78,7 +87,10 @@ impl TestProvider {
     }
 
     async fn delay(&self, name: &str) {
-        if let Some(ms) = std::fs::read_to_string(self.dir.join(name)).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+        if let Some(ms) = std::fs::read_to_string(self.dir.join(name))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
     }
@@ -98,15 +110,24 @@ impl TestProvider {
         std::fs::rename(&tmp, path).map_err(|e| unavailable(&e.to_string()))
     }
 
-    fn take_back(&self, lease_id: &str, secret: Option<&SecretValue>) -> Result<bool, ProviderError> {
+    fn take_back(
+        &self,
+        lease_id: &str,
+        secret: Option<&SecretValue>,
+    ) -> Result<bool, ProviderError> {
         let from = self.issued(lease_id);
-        let Ok(text) = std::fs::read_to_string(&from) else { return Ok(false) };
+        let Ok(text) = std::fs::read_to_string(&from) else {
+            return Ok(false);
+        };
         let record: Value = serde_json::from_str(&text).map_err(|e| unavailable(&e.to_string()))?;
         if let Some(secret) = secret {
             // The handle's secret must be the one issued: proves the journal's sealed copy
             // survived a restart intact.
             if record["secret_sha256"].as_str() != Some(&sha256_hex(secret.expose())) {
-                return Err(ProviderError::new(ErrorKind::Unauthorized, "revocation handle does not match"));
+                return Err(ProviderError::new(
+                    ErrorKind::Unauthorized,
+                    "revocation handle does not match",
+                ));
             }
         }
         std::fs::rename(&from, self.revoked(lease_id)).map_err(|e| unavailable(&e.to_string()))?;
@@ -136,7 +157,11 @@ impl Provider for TestProvider {
                 errors.push(ParamError::new(k, "has the wrong type"));
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     fn narrowable(&self) -> &'static [&'static str] {
@@ -149,13 +174,23 @@ impl Provider for TestProvider {
             return Err(unavailable("simulated outage"));
         }
         if self.flag("deny-issue") {
-            return Err(ProviderError::new(ErrorKind::Denied, "simulated permission denied"));
+            return Err(ProviderError::new(
+                ErrorKind::Denied,
+                "simulated permission denied",
+            ));
         }
-        let floor = req.params.get("floor_s").and_then(Value::as_u64).unwrap_or(0);
+        let floor = req
+            .params
+            .get("floor_s")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
         let expires_at = req.expires_at.max(req.now + Duration::from_secs(floor));
         let mut raw = [0u8; 24];
         aws_lc_rs::rand::fill(&mut raw).map_err(|_| unavailable("no randomness"))?;
-        let secret = SecretValue::new(format!("tp_{}", raw.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+        let secret = SecretValue::new(format!(
+            "tp_{}",
+            raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ));
         let record = json!({
             "lease_id": req.lease_id,
             "task_id": req.task.task_id,
@@ -170,28 +205,47 @@ impl Provider for TestProvider {
         if self.flag("hang-issue") {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
-        let username = format!("u-{}", &req.lease_id[req.lease_id.len().saturating_sub(12)..]);
+        let username = format!(
+            "u-{}",
+            &req.lease_id[req.lease_id.len().saturating_sub(12)..]
+        );
         let mut credential = Credential::default();
         credential.public.insert("username".into(), username);
-        credential.secret.insert("password".into(), secret.duplicate());
+        credential
+            .secret
+            .insert("password".into(), secret.duplicate());
         Ok(Issued {
             credential,
-            handle: RevocationHandle { reference: req.lease_id.to_string(), secret: Some(secret) },
+            handle: RevocationHandle {
+                reference: req.lease_id.to_string(),
+                secret: Some(secret),
+            },
             expires_at,
             renewable: true,
         })
     }
 
-    async fn renew(&self, lease: &LeaseRef<'_>, expires_at: SystemTime, _now: SystemTime) -> Result<Renewed, ProviderError> {
+    async fn renew(
+        &self,
+        lease: &LeaseRef<'_>,
+        expires_at: SystemTime,
+        _now: SystemTime,
+    ) -> Result<Renewed, ProviderError> {
         let path = self.issued(lease.lease_id);
-        let text = std::fs::read_to_string(&path).map_err(|_| ProviderError::new(ErrorKind::NotFound, "no such lease"))?;
-        let mut record: Value = serde_json::from_str(&text).map_err(|e| unavailable(&e.to_string()))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|_| ProviderError::new(ErrorKind::NotFound, "no such lease"))?;
+        let mut record: Value =
+            serde_json::from_str(&text).map_err(|e| unavailable(&e.to_string()))?;
         record["expires_at"] = json!(unix(expires_at));
         Self::write(&path, &record)?;
         Ok(Renewed { expires_at })
     }
 
-    async fn revoke(&self, lease: &LeaseRef<'_>, _now: SystemTime) -> Result<Revoked, ProviderError> {
+    async fn revoke(
+        &self,
+        lease: &LeaseRef<'_>,
+        _now: SystemTime,
+    ) -> Result<Revoked, ProviderError> {
         self.delay("slow-revoke-ms").await;
         if self.flag("fail-revoke") {
             return Err(unavailable("simulated outage"));
@@ -202,7 +256,11 @@ impl Provider for TestProvider {
         }
     }
 
-    async fn reconcile(&self, req: &IssueRequest<'_>, _now: SystemTime) -> Result<Reconciled, ProviderError> {
+    async fn reconcile(
+        &self,
+        req: &IssueRequest<'_>,
+        _now: SystemTime,
+    ) -> Result<Reconciled, ProviderError> {
         if self.flag("fail-revoke") {
             return Err(unavailable("simulated outage"));
         }
@@ -213,6 +271,9 @@ impl Provider for TestProvider {
     }
 
     async fn health(&self) -> ProviderHealth {
-        ProviderHealth { healthy: self.dir.join("issued").is_dir(), detail: self.dir.display().to_string() }
+        ProviderHealth {
+            healthy: self.dir.join("issued").is_dir(),
+            detail: self.dir.display().to_string(),
+        }
     }
 }

@@ -47,7 +47,10 @@ impl ErrorKind {
 
     /// Whether trying the same operation again later can succeed.
     pub fn retryable(self) -> bool {
-        matches!(self, Self::Unavailable | Self::RateLimited | Self::OutcomeUnknown)
+        matches!(
+            self,
+            Self::Unavailable | Self::RateLimited | Self::OutcomeUnknown
+        )
     }
 }
 
@@ -63,7 +66,11 @@ pub struct ProviderError {
 
 impl ProviderError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), retry_after: None }
+        Self {
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     pub fn with_retry_after(mut self, after: Duration) -> Self {

@@ -29,8 +29,8 @@ pub use error::{ErrorKind, ProviderError};
 pub use params::{ParamError, Params, param_str, param_str_list};
 pub use secret::SecretValue;
 pub use types::{
-    Credential, Env, IssueRequest, Issued, LeaseRef, ProviderHealth, Reconciled, RevocationHandle,
-    Revoked, Renewed, TaskContext,
+    Credential, Env, IssueRequest, Issued, LeaseRef, ProviderHealth, Reconciled, Renewed,
+    RevocationHandle, Revoked, TaskContext,
 };
 
 use std::sync::Arc;
@@ -66,7 +66,10 @@ pub trait Provider: Send + Sync + 'static {
         now: SystemTime,
     ) -> Result<Renewed, ProviderError> {
         let _ = (lease, expires_at, now);
-        Err(ProviderError::new(ErrorKind::Unsupported, "this provider cannot renew"))
+        Err(ProviderError::new(
+            ErrorKind::Unsupported,
+            "this provider cannot renew",
+        ))
     }
 
     /// Revokes one credential. Must be idempotent: revoking what is already gone is success
@@ -87,7 +90,10 @@ pub trait Provider: Send + Sync + 'static {
 
     /// Health and identity of the provider's own credentials, for `Status`.
     async fn health(&self) -> ProviderHealth {
-        ProviderHealth { healthy: true, detail: String::new() }
+        ProviderHealth {
+            healthy: true,
+            detail: String::new(),
+        }
     }
 }
 

@@ -118,10 +118,10 @@ pub trait Env: Send + Sync {
             .ok_or_else(|| format!("credential {name:?}: $CREDENTIALS_DIRECTORY is not set"))?;
         let path = std::path::Path::new(&dir).join(name);
         // Zeroizing: the buffer held the secret too, and must not outlive this call readable.
-        let bytes = zeroize::Zeroizing::new(
-            std::fs::read(&path)
-                .map_err(|e| format!("credential {name:?}: cannot read {}: {e}", path.display()))?,
-        );
+        let bytes =
+            zeroize::Zeroizing::new(std::fs::read(&path).map_err(|e| {
+                format!("credential {name:?}: cannot read {}: {e}", path.display())
+            })?);
         let text = std::str::from_utf8(&bytes)
             .map_err(|_| format!("credential {name:?}: not valid UTF-8"))?;
         Ok(SecretValue::new(text.trim_end_matches(['\n', '\r'])))

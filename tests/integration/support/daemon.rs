@@ -96,7 +96,10 @@ impl Daemon {
     pub async fn start_logging(config: impl FnOnce(&Path) -> String, log_level: &str) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let d = dir.path().to_path_buf();
-        let key = Command::new(testd()).arg("keygen").output().unwrap_or_else(|e| panic!("{e}"));
+        let key = Command::new(testd())
+            .arg("keygen")
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
         std::fs::write(d.join("journal.key"), &key.stdout).unwrap_or_else(|e| panic!("{e}"));
         let cfg = d.join("credbroker.toml");
         std::fs::write(&cfg, config(&d)).unwrap_or_else(|e| panic!("{e}"));
@@ -117,7 +120,11 @@ impl Daemon {
 
     /// Starts the process and waits until the admin socket answers Status.
     pub async fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap_or_else(|e| panic!("{e}"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("{e}"));
         let child = Command::new(testd())
             .args(["--log-level", &self.log_level, "serve", "--config"])
             .arg(&self.config)
@@ -132,12 +139,16 @@ impl Daemon {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("daemon exited with {status}:\n{}", self.log_text());
             }
-            if let Ok(mut admin) = self.try_admin().await {
-                if admin.status(v1::StatusRequest {}).await.is_ok() {
-                    return;
-                }
+            if let Ok(mut admin) = self.try_admin().await
+                && admin.status(v1::StatusRequest {}).await.is_ok()
+            {
+                return;
             }
-            assert!(started.elapsed() < Duration::from_secs(20), "daemon did not become ready:\n{}", self.log_text());
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "daemon did not become ready:\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -174,15 +185,23 @@ impl Daemon {
     }
 
     async fn try_admin(&self) -> anyhow::Result<AdminClient<Channel>> {
-        Ok(AdminClient::new(credbroker::client::channel(&self.admin_socket).await?))
+        Ok(AdminClient::new(
+            credbroker::client::channel(&self.admin_socket).await?,
+        ))
     }
 
     pub async fn admin(&self) -> AdminClient<Channel> {
-        self.try_admin().await.unwrap_or_else(|e| panic!("admin socket: {e}"))
+        self.try_admin()
+            .await
+            .unwrap_or_else(|e| panic!("admin socket: {e}"))
     }
 
     pub async fn broker(&self) -> BrokerClient<Channel> {
-        BrokerClient::new(credbroker::client::channel(&self.broker_socket).await.unwrap_or_else(|e| panic!("broker socket: {e}")))
+        BrokerClient::new(
+            credbroker::client::channel(&self.broker_socket)
+                .await
+                .unwrap_or_else(|e| panic!("broker socket: {e}")),
+        )
     }
 
     pub fn log_text(&self) -> String {
@@ -193,7 +212,12 @@ impl Daemon {
         let mut v: Vec<String> = std::fs::read_dir(self.state.join(sub))
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
-                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(str::to_owned))
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_suffix(".json"))
+                            .map(str::to_owned)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -222,15 +246,28 @@ impl Daemon {
 
     /// The audit log, through `credbroker audit export`.
     pub fn audit(&self) -> Vec<Value> {
-        let out = self.cli().args(["audit", "export", "--journal"]).arg(&self.journal).output().unwrap_or_else(|e| panic!("{e}"));
-        assert!(out.status.success(), "audit export failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap_or_default()).collect()
+        let out = self
+            .cli()
+            .args(["audit", "export", "--journal"])
+            .arg(&self.journal)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "audit export failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_default())
+            .collect()
     }
 
     /// The CLI, pointed at this daemon's sockets.
     pub fn cli(&self) -> Command {
         let mut c = Command::new(testd());
-        c.env("CREDBROKER_SOCKET", &self.broker_socket).env("CREDBROKER_ADMIN_SOCKET", &self.admin_socket);
+        c.env("CREDBROKER_SOCKET", &self.broker_socket)
+            .env("CREDBROKER_ADMIN_SOCKET", &self.admin_socket);
         c.env_remove("CREDBROKER_TOKEN").env_remove("RUST_LOG");
         c
     }

@@ -26,7 +26,10 @@ pub fn free_port() -> u16 {
 }
 
 pub fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Polls `check` until it returns true or `within` passes.
@@ -37,21 +40,31 @@ where
 {
     let started = Instant::now();
     while !check().await {
-        assert!(started.elapsed() < within, "timed out after {within:?} waiting for: {what}");
+        assert!(
+            started.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// The reason code of a refused call.
 pub fn reason(status: &tonic::Status) -> String {
-    credbroker::server::status::reason_of(status).unwrap_or_else(|| format!("<no reason: {status:?}>"))
+    credbroker::server::status::reason_of(status)
+        .unwrap_or_else(|| format!("<no reason: {status:?}>"))
 }
 
 pub fn begin_request(token: &str, grants: &[&str]) -> v1::BeginTaskRequest {
     v1::BeginTaskRequest {
         token: token.into(),
         tool: "query".into(),
-        grants: grants.iter().map(|g| v1::GrantRequest { name: (*g).into(), narrow: Default::default() }).collect(),
+        grants: grants
+            .iter()
+            .map(|g| v1::GrantRequest {
+                name: (*g).into(),
+                narrow: Default::default(),
+            })
+            .collect(),
         ttl_seconds: None,
     }
 }
@@ -60,7 +73,12 @@ pub fn begin_request(token: &str, grants: &[&str]) -> v1::BeginTaskRequest {
 pub async fn live_tasks(d: &daemon::Daemon) -> Vec<v1::Task> {
     d.admin()
         .await
-        .list_tasks(v1::ListTasksRequest { include_ended: false, filter: None, limit: 1000, after: String::new() })
+        .list_tasks(v1::ListTasksRequest {
+            include_ended: false,
+            filter: None,
+            limit: 1000,
+            after: String::new(),
+        })
         .await
         .map(|r| r.into_inner().tasks)
         .unwrap_or_default()

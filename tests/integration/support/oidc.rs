@@ -24,10 +24,26 @@ pub struct ClientSpec {
 
 pub fn default_clients() -> Vec<ClientSpec> {
     vec![
-        ClientSpec { id: "agent-1", scope: "mcp.tool:postgres.read mcp.tool:s3.read mcp.tool:github.create_issue", extra: json!({}) },
-        ClientSpec { id: "agent-noscope", scope: "mcp.tool:s3.read", extra: json!({}) },
-        ClientSpec { id: "agent-unowned", scope: "mcp.tool:postgres.read", extra: json!({}) },
-        ClientSpec { id: "agent-delegated", scope: "mcp.tool:postgres.read", extra: json!({"act": {"sub": "agent-delegated"}}) },
+        ClientSpec {
+            id: "agent-1",
+            scope: "mcp.tool:postgres.read mcp.tool:s3.read mcp.tool:github.create_issue",
+            extra: json!({}),
+        },
+        ClientSpec {
+            id: "agent-noscope",
+            scope: "mcp.tool:s3.read",
+            extra: json!({}),
+        },
+        ClientSpec {
+            id: "agent-unowned",
+            scope: "mcp.tool:postgres.read",
+            extra: json!({}),
+        },
+        ClientSpec {
+            id: "agent-delegated",
+            scope: "mcp.tool:postgres.read",
+            extra: json!({"act": {"sub": "agent-delegated"}}),
+        },
     ]
 }
 
@@ -42,7 +58,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { clients: default_clients(), metadata: "both", key_sets: vec!["keys"], port: None }
+        Self {
+            clients: default_clients(),
+            metadata: "both",
+            key_sets: vec!["keys"],
+            port: None,
+        }
     }
 }
 
@@ -65,7 +86,8 @@ fn ensure_installed() {
     if dir.join("node_modules/oidc-provider/package.json").exists() {
         return;
     }
-    let lock = std::fs::File::create(dir.join(".install.lock")).unwrap_or_else(|e| panic!("lock: {e}"));
+    let lock =
+        std::fs::File::create(dir.join(".install.lock")).unwrap_or_else(|e| panic!("lock: {e}"));
     lock.lock().unwrap_or_else(|e| panic!("lock: {e}"));
     if !dir.join("node_modules/oidc-provider/package.json").exists() {
         let status = Command::new("npm")
@@ -90,7 +112,8 @@ impl AuthServer {
         let mut all_keys = Vec::new();
         for set in &opts.key_sets {
             let v: Value = serde_json::from_str(
-                &std::fs::read_to_string(repo().join("tests/fixtures").join(set).join("keys.json")).unwrap_or_default(),
+                &std::fs::read_to_string(repo().join("tests/fixtures").join(set).join("keys.json"))
+                    .unwrap_or_default(),
             )
             .unwrap_or_default();
             all_keys.extend(v["keys"].as_array().cloned().unwrap_or_default());
@@ -125,10 +148,21 @@ impl AuthServer {
         let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
         let mut line = String::new();
         let started = Instant::now();
-        BufReader::new(stdout).read_line(&mut line).unwrap_or_else(|e| panic!("reading READY: {e}"));
-        assert!(line.starts_with("READY "), "authorization server did not start: {line:?}");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("reading READY: {e}"));
+        assert!(
+            line.starts_with("READY "),
+            "authorization server did not start: {line:?}"
+        );
         assert!(started.elapsed() < Duration::from_secs(30));
-        Self { issuer, port, child, _dir: dir, http: reqwest::Client::new() }
+        Self {
+            issuer,
+            port,
+            child,
+            _dir: dir,
+            http: reqwest::Client::new(),
+        }
     }
 
     /// A real access token, by client credentials with a resource indicator (RFC 8707).
@@ -137,14 +171,21 @@ impl AuthServer {
             .http
             .post(format!("{}/token", self.issuer))
             .basic_auth(client, Some(secret(client)))
-            .form(&[("grant_type", "client_credentials"), ("resource", resource), ("scope", scope)])
+            .form(&[
+                ("grant_type", "client_credentials"),
+                ("resource", resource),
+                ("scope", scope),
+            ])
             .send()
             .await
             .unwrap_or_else(|e| panic!("token request: {e}"));
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or_default();
         assert!(status.is_success(), "token request failed: {status} {body}");
-        body["access_token"].as_str().unwrap_or_else(|| panic!("no access_token in {body}")).to_string()
+        body["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access_token in {body}"))
+            .to_string()
     }
 
     /// Makes the JWKS endpoint fail (503) or work again.
