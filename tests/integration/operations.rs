@@ -213,3 +213,59 @@ fn every_example_configuration_is_valid() {
     }
     assert!(n > 0, "no example configuration found");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_sockets_serve_health_and_reflection_for_grpcurl() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let auth = AuthServer::start();
+    let d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
+    for (socket, service) in [
+        (&d.broker_socket, "credbroker.v1.Broker"),
+        (&d.admin_socket, "credbroker.v1.Admin"),
+    ] {
+        let channel = credbroker::client::channel(socket)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let h = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{service}: {e:?}"));
+        assert_eq!(
+            h.into_inner().status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+
+        let mut refl = ServerReflectionClient::new(channel);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = refl
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .into_inner();
+        let resp = stream
+            .message()
+            .await
+            .ok()
+            .flatten()
+            .and_then(|r| r.message_response);
+        let Some(MessageResponse::ListServicesResponse(list)) = resp else {
+            panic!("no service list")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        assert!(names.contains(&service.to_string()), "{names:?}");
+        assert!(
+            names.iter().any(|n| n == "grpc.health.v1.Health"),
+            "{names:?}"
+        );
+    }
+}
