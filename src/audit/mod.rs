@@ -17,6 +17,7 @@ use crate::time::rfc3339;
 /// Stable event names.
 pub mod event {
     pub const DAEMON_STARTED: &str = "daemon_started";
+    pub const TOKEN_ACCEPTED: &str = "token_accepted";
     pub const TOKEN_REJECTED: &str = "token_rejected";
     pub const TOKEN_WRONG_WORKLOAD: &str = "token_presented_by_wrong_workload";
     pub const PEER_REJECTED: &str = "peer_rejected";

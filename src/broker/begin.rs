@@ -218,8 +218,13 @@ impl Broker {
         }
         let mut ops = vec![Op::InsertTask(Box::new((*task).clone()))];
         ops.extend(leases.iter().map(|l| Op::InsertLease(Box::new(l.clone()))));
-        let opened = task_audit(&task, event::TASK_OPENED, Outcome::Success, now)
+        let accepted = task_audit(&task, event::TOKEN_ACCEPTED, Outcome::Success, now)
             .detail("scopes", claims.scopes.clone())
+            .detail("audiences", claims.audiences.clone())
+            .detail("token_expires_at", claims.expires_at)
+            .detail("token_issued_at", claims.issued_at);
+        ops.push(Op::Audit(Box::new(accepted)));
+        let opened = task_audit(&task, event::TASK_OPENED, Outcome::Success, now)
             .detail(
                 "grants",
                 leases.iter().map(|l| l.grant.clone()).collect::<Vec<_>>(),

@@ -215,6 +215,12 @@ impl Broker {
                 }
             }
         }
+        let mut accepted = task_audit(&task, event::TOKEN_ACCEPTED, Outcome::Success, now)
+            .detail("scopes", c.scopes.clone())
+            .detail("token_expires_at", c.expires_at);
+        accepted.token_fingerprint = Some(verified.fingerprint.hex());
+        accepted.jti = Some(c.jti.clone());
+        ops.insert(0, Op::Audit(Box::new(accepted)));
         ops.push(Op::Audit(Box::new(
             task_audit(&task, event::TASK_RENEWED, Outcome::Success, now)
                 .detail("expires_at", rfc3339(new_exp_at))

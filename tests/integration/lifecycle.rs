@@ -102,6 +102,7 @@ async fn a_real_token_becomes_a_task_whose_leases_end_revoked_with_the_whole_cha
     assert_eq!(
         names,
         [
+            "token_accepted",
             "task_opened",
             "lease_issued",
             "task_begun",
@@ -110,6 +111,8 @@ async fn a_real_token_becomes_a_task_whose_leases_end_revoked_with_the_whole_cha
             "task_ended"
         ]
     );
+    assert_eq!(chain[0]["detail"]["scopes"][0], PG_READ);
+    let chain = &chain[1..];
     let opened = chain[0];
     assert_eq!(opened["peer"]["uid"], nix::unistd::geteuid().as_raw());
     assert_eq!(opened["peer"]["pid"], std::process::id());

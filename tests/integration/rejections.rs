@@ -322,3 +322,47 @@ async fn unknown_peers_and_non_admins_are_refused() {
         && r["reason"] == "unknown_peer"));
     assert!(live_tasks(&d).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workload_pinned_to_an_executable_admits_only_that_executable() {
+    let auth = AuthServer::start();
+    let exe =
+        std::fs::canonicalize(crate::support::daemon::testd()).unwrap_or_else(|e| panic!("{e}"));
+    let d = Daemon::start(|dir| {
+        base_config(dir, &auth.issuer, "").replace(
+            "grants = [\"orders-db-read\"]",
+            &format!("grants = [\"orders-db-read\"]\nexe = \"{}\"", exe.display()),
+        )
+    })
+    .await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    // This test binary is not that executable.
+    let err = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["orders-db-read"]))
+        .await
+        .err();
+    assert_eq!(err.map(|e| reason(&e)).as_deref(), Some("unknown_peer"));
+    // The CLI is.
+    let out = d
+        .cli()
+        .args([
+            "task",
+            "begin",
+            "--tool",
+            "query",
+            "--grant",
+            "orders-db-read",
+        ])
+        .env("CREDBROKER_TOKEN", &token)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(v["task"]["peer"]["exe"], exe.display().to_string());
+}
