@@ -297,15 +297,32 @@ impl Broker {
         now: SystemTime,
     ) -> Result<Begun, BrokerError> {
         let mut ops = Vec::new();
+        let issued_all: Vec<Issued> = results.into_iter().flatten().collect();
+        // Seal every secret handle first: one that cannot be sealed cannot be journaled, and a
+        // credential whose handle is not durable must not be handed out.
+        let mut sealed_all = Vec::with_capacity(issued_all.len());
+        for (lease, i) in leases.iter().zip(&issued_all) {
+            match i
+                .handle
+                .secret
+                .as_ref()
+                .map(|s| self.sealer.seal(&lease.id, s))
+                .transpose()
+            {
+                Ok(s) => sealed_all.push(s),
+                Err(e) => {
+                    let handles = issued_all.into_iter().map(|i| Some(i.handle)).collect();
+                    self.abandon(&task, &leases, handles, now);
+                    return Err(BrokerError::new(
+                        ErrorKind::Internal,
+                        "seal_failed",
+                        e.to_string(),
+                    ));
+                }
+            }
+        }
         let mut issued = Vec::new();
-        for (lease, result) in leases.iter_mut().zip(results) {
-            let Ok(i) = result else { continue };
-            let sealed = match &i.handle.secret {
-                Some(s) => Some(self.sealer.seal(&lease.id, s).map_err(|e| {
-                    BrokerError::new(ErrorKind::Internal, "seal_failed", e.to_string())
-                })?),
-                None => None,
-            };
+        for ((lease, i), sealed) in leases.iter_mut().zip(issued_all).zip(sealed_all) {
             lease.state = LeaseState::Active;
             lease.issued_ms = Some(to_ms(now));
             lease.expires_ms = Some(to_ms(i.expires_at));
