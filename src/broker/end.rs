@@ -6,22 +6,19 @@ use std::time::Duration;
 use futures_util::future::join_all;
 
 use super::live::{TaskSummary, task_audit};
+use super::revoke::{Attempt, Target, scope_handle};
 use super::{Broker, BrokerError, ErrorKind};
 use crate::audit::{Outcome, PeerRecord, event};
 use crate::journal::Op;
 use crate::journal::read;
-use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState, end_reason};
+use crate::journal::rows::{LeaseState, TaskRow, TaskState, end_reason};
 use crate::time::to_ms;
-use credbroker_provider_api::RevocationHandle;
+use credbroker_provider_api::Role;
 
 enum Marked {
     Gone,
     AlreadyEnding(Box<TaskSummary>),
-    Ending(
-        Arc<TaskRow>,
-        Vec<(LeaseRow, Option<Arc<RevocationHandle>>)>,
-        &'static str,
-    ),
+    Ending(Arc<TaskRow>, Vec<Target>, &'static str),
 }
 
 /// Who is ending a task.
@@ -60,11 +57,24 @@ impl Broker {
             Ender::Reaper => rt.config.broker.provider_timeout,
             _ => rt.config.broker.end_task_wait,
         };
-        let attempts =
-            join_all(targets.iter().map(|(lease, handle)| {
-                self.attempt(&rt, &task, lease, handle.as_deref(), wait, now)
-            }))
-            .await;
+        // Credentials first; a scope only once everything under it is settled.
+        let (scopes, creds): (Vec<&Target>, Vec<&Target>) =
+            targets.iter().partition(|t| t.lease.role == Role::Scope);
+        let mut attempts =
+            join_all(creds.iter().map(|t| self.attempt(&rt, &task, t, wait, now))).await;
+        let blocked = |scope: &Target, attempts: &[Attempt]| {
+            creds.iter().any(|c| {
+                c.lease.parent.as_deref() == Some(&scope.lease.id)
+                    && attempts
+                        .iter()
+                        .any(|a| a.lease_id == c.lease.id && !a.state.is_terminal())
+            })
+        };
+        let (waiting, ready): (Vec<&Target>, Vec<&Target>) =
+            scopes.into_iter().partition(|s| blocked(s, &attempts));
+        attempts.extend(waiting.iter().map(|s| self.scope_waits(&s.lease, now)));
+        attempts
+            .extend(join_all(ready.iter().map(|t| self.attempt(&rt, &task, t, wait, now))).await);
 
         let mut ending =
             task_audit(&task, event::TASK_ENDING, Outcome::Success, now).reason(reason);
@@ -86,10 +96,10 @@ impl Broker {
                 // tries again (revocation is idempotent), committing when the journal is back.
                 if let Ok(mut state) = self.state.lock() {
                     let next = to_ms(now + Duration::from_secs(1));
-                    for (lease, _) in &targets {
+                    for t in &targets {
                         state
                             .retries
-                            .insert((next, task_id.to_string(), lease.id.clone()));
+                            .insert((next, task_id.to_string(), t.lease.id.clone()));
                     }
                 }
                 Err(BrokerError::journal(&e))
@@ -127,13 +137,21 @@ impl Broker {
         row.end_reason = Some(reason.into());
         let expiry = (live.row.expires_ms, live.row.id.clone());
         live.row = Arc::new(row);
-        let targets: Vec<_> = live
+        for l in live
             .leases
             .iter_mut()
             .filter(|l| l.row.state == LeaseState::Active)
-            .map(|l| {
-                l.row.state = LeaseState::Revoking;
-                (l.row.clone(), l.handle.clone())
+        {
+            l.row.state = LeaseState::Revoking;
+        }
+        let targets: Vec<Target> = live
+            .leases
+            .iter()
+            .filter(|l| l.row.state == LeaseState::Revoking && l.row.revoked_ms.is_none())
+            .map(|l| Target {
+                lease: l.row.clone(),
+                handle: l.handle.clone(),
+                scope: scope_handle(live, &l.row),
             })
             .collect();
         let task = Arc::clone(&live.row);

@@ -13,6 +13,7 @@ mod begin;
 mod end;
 mod error;
 mod gate;
+mod issue;
 mod live;
 mod recover;
 mod renew;

@@ -59,6 +59,11 @@ impl Broker {
                 report.ending += 1;
             }
 
+            let scope_states: std::collections::HashMap<String, LeaseState> = view
+                .leases
+                .iter()
+                .map(|l| (l.id.clone(), l.state))
+                .collect();
             let mut leases = Vec::with_capacity(view.leases.len());
             for mut lease in view.leases {
                 let handle = match (&lease.reference, lease.sealed_handle.take()) {
@@ -80,7 +85,16 @@ impl Broker {
                     })),
                     (None, _) => None,
                 };
+                // A credential is issued only once its scope is journaled active: under a scope
+                // still pending it was never attempted.
+                let scope_pending = lease
+                    .parent
+                    .as_ref()
+                    .is_some_and(|p| scope_states.get(p) == Some(&LeaseState::Pending));
                 let wanted = match (task.state, lease.state) {
+                    (TaskState::Ending, LeaseState::Pending) if scope_pending => {
+                        Some(LeaseState::Failed)
+                    }
                     (TaskState::Ending, LeaseState::Pending) => Some(LeaseState::Reconciling),
                     (TaskState::Ending, LeaseState::Active) if handle.is_none() => {
                         Some(LeaseState::Reconciling)
@@ -90,13 +104,13 @@ impl Broker {
                 };
                 if let Some(state) = wanted {
                     lease.state = state;
-                    lease.next_attempt_ms = Some(now_ms);
+                    lease.next_attempt_ms = (!state.is_terminal()).then_some(now_ms);
                     ops.push(Op::LeaseState {
                         id: lease.id.clone(),
                         state,
                         revoked_ms: None,
                         attempts: lease.attempts,
-                        next_attempt_ms: Some(now_ms),
+                        next_attempt_ms: lease.next_attempt_ms,
                         last_error: lease.last_error.clone(),
                     });
                 }

@@ -6,17 +6,20 @@
 //! a total, as Vault's `max_ttl` is), and the new token's expiry.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use credbroker_provider_api::{ErrorKind as PKind, LeaseRef, SecretValue};
+use credbroker_provider_api::{
+    ErrorKind as PKind, LeaseRef, ProviderError, Renewed, Role, SecretValue,
+};
 use futures_util::future::join_all;
 
 use super::begin::call_provider;
 use super::live::{TaskSummary, task_audit};
-use super::{Broker, BrokerError, ErrorKind};
+use super::revoke::{Target, scope_handle};
+use super::{Broker, BrokerError, ErrorKind, Runtime};
 use crate::audit::{AuditRecord, Outcome, event};
 use crate::journal::Op;
-use crate::journal::rows::{LeaseState, TaskState};
+use crate::journal::rows::{LeaseRow, LeaseState, TaskState};
 use crate::policy::{Ask, GrantAsk};
 use crate::time::{from_ms, rfc3339, to_ms};
 use crate::workload::PeerInfo;
@@ -69,10 +72,14 @@ impl Broker {
         let _guard = op.lock_owned().await;
         let picked = self.state.lock().ok().and_then(|s| {
             s.tasks.get(&req.task_id).map(|t| {
-                let leases: Vec<_> = t
+                let leases: Vec<Target> = t
                     .leases
                     .iter()
-                    .map(|l| (l.row.clone(), l.handle.clone()))
+                    .map(|l| Target {
+                        lease: l.row.clone(),
+                        handle: l.handle.clone(),
+                        scope: scope_handle(t, &l.row),
+                    })
                     .collect();
                 (Arc::clone(&t.row), leases)
             })
@@ -109,8 +116,9 @@ impl Broker {
 
         let grants: Vec<GrantAsk> = leases
             .iter()
-            .map(|(l, _)| GrantAsk {
-                name: l.grant.clone(),
+            .filter(|t| t.lease.role == Role::Credential)
+            .map(|t| GrantAsk {
+                name: t.lease.grant.clone(),
                 ..Default::default()
             })
             .collect();
@@ -151,36 +159,20 @@ impl Broker {
             .max(task.expires_ms);
         let new_exp_at = from_ms(new_exp);
 
-        let timeout = rt.config.broker.provider_timeout;
-        let renewals = join_all(
-            leases
-                .iter()
-                .filter(|(l, _)| l.state == LeaseState::Active && l.renewable)
-                .map(|(lease, handle)| {
-                    let rt = &rt;
-                    async move {
-                        let slot = rt.providers.get(&lease.provider)?;
-                        let handle = handle.as_deref()?;
-                        let lease_ref = LeaseRef {
-                            lease_id: &lease.id,
-                            grant: &lease.grant,
-                            params: &lease.params,
-                            handle,
-                            expires_at: from_ms(lease.expires_ms.unwrap_or(lease.wanted_exp_ms)),
-                        };
-                        Some((
-                            lease,
-                            call_provider(
-                                slot,
-                                timeout,
-                                slot.provider.renew(&lease_ref, new_exp_at, now),
-                            )
-                            .await,
-                        ))
-                    }
-                }),
-        )
-        .await;
+        // A scope first (a Vault child token must outlive what is renewed under it), then the
+        // credentials.
+        let renewable = |role: Role| {
+            leases.iter().filter(move |t| {
+                t.lease.role == role && t.lease.state == LeaseState::Active && t.lease.renewable
+            })
+        };
+        let mut renewals = self
+            .renew_each(&rt, renewable(Role::Scope), new_exp_at, now)
+            .await;
+        renewals.extend(
+            self.renew_each(&rt, renewable(Role::Credential), new_exp_at, now)
+                .await,
+        );
 
         let mut ops = vec![Op::TaskExpiry {
             id: task.id.clone(),
@@ -188,7 +180,7 @@ impl Broker {
             token_exp_ms: c.expires_at.saturating_mul(1000),
         }];
         let mut lease_exps = Vec::new();
-        for (lease, result) in renewals.into_iter().flatten() {
+        for (lease, result) in renewals {
             match result {
                 Ok(r) => {
                     let exp = to_ms(r.expires_at);
@@ -243,6 +235,38 @@ impl Broker {
                 "the task ended during renewal",
             )
         })
+    }
+
+    async fn renew_each<'t>(
+        &self,
+        rt: &Runtime,
+        targets: impl Iterator<Item = &'t Target>,
+        until: SystemTime,
+        now: SystemTime,
+    ) -> Vec<(&'t LeaseRow, Result<Renewed, ProviderError>)> {
+        let timeout = rt.config.broker.provider_timeout;
+        join_all(targets.map(|t| async move {
+            let result = match (rt.providers.get(&t.lease.provider), t.handle.as_deref()) {
+                (Some(slot), Some(handle)) => {
+                    let lease_ref = LeaseRef {
+                        lease_id: &t.lease.id,
+                        role: t.lease.role,
+                        scope: t.scope.as_deref(),
+                        grant: &t.lease.grant,
+                        params: &t.lease.params,
+                        handle,
+                        expires_at: from_ms(t.lease.expires_ms.unwrap_or(t.lease.wanted_exp_ms)),
+                    };
+                    call_provider(slot, timeout, slot.provider.renew(&lease_ref, until, now)).await
+                }
+                _ => Err(ProviderError::new(
+                    PKind::Unsupported,
+                    "no provider or handle",
+                )),
+            };
+            (&t.lease, result)
+        }))
+        .await
     }
 
     fn apply_renewal(

@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use credbroker_provider_api::{
-    ErrorKind as PKind, IssueRequest, LeaseRef, Reconciled, RevocationHandle, Revoked,
+    ErrorKind as PKind, IssueRequest, LeaseRef, Reconciled, RevocationHandle, Revoked, Role,
 };
 
 use super::begin::call_provider;
-use super::live::{TaskSummary, context, task_audit};
+use super::live::{LiveTask, TaskSummary, context, task_audit};
 use super::{Broker, Runtime};
 use crate::audit::{AuditRecord, Outcome, event};
-use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState};
+use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState, role_str};
 use crate::journal::{JournalError, Op};
 use crate::time::{from_ms, rfc3339, to_ms};
 
@@ -36,7 +36,16 @@ pub(super) struct Attempt {
     pub(super) attempts: u32,
     pub(super) next_attempt_ms: Option<i64>,
     pub(super) last_error: Option<String>,
-    pub(super) audit: AuditRecord,
+    /// None for "not yet": a scope waiting for its credentials.
+    pub(super) audit: Option<AuditRecord>,
+}
+
+/// A lease to revoke or reconcile, with what that needs.
+pub(super) struct Target {
+    pub(super) lease: LeaseRow,
+    pub(super) handle: Option<Arc<RevocationHandle>>,
+    /// The task's scope, for a credential of a scoped provider.
+    pub(super) scope: Option<Arc<RevocationHandle>>,
 }
 
 impl Broker {
@@ -45,11 +54,13 @@ impl Broker {
         &self,
         rt: &Runtime,
         task: &TaskRow,
-        lease: &LeaseRow,
-        handle: Option<&RevocationHandle>,
+        target: &Target,
         timeout: Duration,
         now: SystemTime,
     ) -> Attempt {
+        let lease = &target.lease;
+        let handle = target.handle.as_deref();
+        let scope = target.scope.as_deref();
         let base = |state, ev: &str, outcome| Attempt {
             lease_id: lease.id.clone(),
             state,
@@ -58,10 +69,10 @@ impl Broker {
             attempts: lease.attempts,
             next_attempt_ms: None,
             last_error: None,
-            audit: task_audit(task, ev, outcome, now).lease(
-                &lease.id,
-                &lease.grant,
-                &lease.provider,
+            audit: Some(
+                task_audit(task, ev, outcome, now)
+                    .lease(&lease.id, &lease.grant, &lease.provider)
+                    .detail("role", role_str(lease.role)),
             ),
         };
         let now_ms = to_ms(now);
@@ -85,12 +96,12 @@ impl Broker {
                 event::LEASE_EXPIRED_UNREVOKED,
                 Outcome::Failure,
             );
-            a.audit = a
-                .audit
-                .reason("revocation_abandoned")
-                .detail("attempts", lease.attempts);
+            a = a.note(|r| {
+                r.reason("revocation_abandoned")
+                    .detail("attempts", lease.attempts)
+            });
             if reconciling {
-                a.audit = a.audit.detail("outcome_unknown", true);
+                a = a.note(|r| r.detail("outcome_unknown", true));
             }
             return a;
         }
@@ -109,7 +120,9 @@ impl Broker {
             let ctx = context(task);
             let req = IssueRequest {
                 lease_id: &lease.id,
+                role: lease.role,
                 task: &ctx,
+                scope,
                 grant: &lease.grant,
                 params: &lease.params,
                 expires_at: from_ms(lease.wanted_exp_ms),
@@ -122,10 +135,7 @@ impl Broker {
                         event::LEASE_RECONCILED,
                         Outcome::Success,
                     );
-                    Attempt {
-                        audit: a.audit.reason("nothing_issued"),
-                        ..a
-                    }
+                    a.note(|r| r.reason("nothing_issued"))
                 }
                 Ok(Reconciled::Revoked) => {
                     let a = base(
@@ -135,8 +145,7 @@ impl Broker {
                     );
                     Attempt {
                         revoked_ms: Some(now_ms),
-                        audit: a.audit.reason("revoked"),
-                        ..a
+                        ..a.note(|r| r.reason("revoked"))
                     }
                 }
                 Ok(Reconciled::WillExpire { at }) => self.lapsing(base, at),
@@ -156,6 +165,8 @@ impl Broker {
         };
         let lease_ref = LeaseRef {
             lease_id: &lease.id,
+            role: lease.role,
+            scope,
             grant: &lease.grant,
             params,
             handle,
@@ -166,24 +177,21 @@ impl Broker {
                 let a = base(LeaseState::Revoked, event::LEASE_REVOKED, Outcome::Success);
                 Attempt {
                     revoked_ms: Some(now_ms),
-                    audit: a.audit.detail("confirmed", true),
-                    ..a
+                    ..a.note(|r| r.detail("confirmed", true))
                 }
             }
             Ok(Revoked::AlreadyGone) => {
                 let a = base(LeaseState::Revoked, event::LEASE_REVOKED, Outcome::Success);
                 Attempt {
                     revoked_ms: Some(now_ms),
-                    audit: a.audit.detail("already_gone", true),
-                    ..a
+                    ..a.note(|r| r.detail("already_gone", true))
                 }
             }
             Err(e) if e.kind == PKind::NotFound => {
                 let a = base(LeaseState::Revoked, event::LEASE_REVOKED, Outcome::Success);
                 Attempt {
                     revoked_ms: Some(now_ms),
-                    audit: a.audit.detail("already_gone", true),
-                    ..a
+                    ..a.note(|r| r.detail("already_gone", true))
                 }
             }
             Ok(Revoked::WillExpire { at }) => self.lapsing(base, at),
@@ -203,11 +211,10 @@ impl Broker {
         );
         Attempt {
             expires_ms: Some(to_ms(at)),
-            audit: a
-                .audit
-                .reason("provider_cannot_revoke")
-                .detail("residual_until", rfc3339(at)),
-            ..a
+            ..a.note(|r| {
+                r.reason("provider_cannot_revoke")
+                    .detail("residual_until", rfc3339(at))
+            })
         }
     }
 
@@ -221,41 +228,59 @@ impl Broker {
         now: SystemTime,
     ) -> Attempt {
         let attempts = lease.attempts.saturating_add(1);
-        let settings = &self.runtime().config.broker;
-        let wait = backoff(
-            attempts,
-            settings.revoke_backoff_initial,
-            settings.revoke_backoff_max,
-        )
-        .max(retry_after.unwrap_or_default());
-        let next = to_ms(now + wait);
-        let state = if lease.state == LeaseState::Reconciling || lease.state == LeaseState::Pending
-        {
-            LeaseState::Reconciling
-        } else {
-            LeaseState::Revoking
+        let next = to_ms(now + self.backoff(attempts).max(retry_after.unwrap_or_default()));
+        let state = match lease.state {
+            LeaseState::Reconciling | LeaseState::Pending => LeaseState::Reconciling,
+            _ => LeaseState::Revoking,
         };
         let a = base(state, event::LEASE_REVOCATION_FAILED, Outcome::Failure);
         Attempt {
             attempts,
             next_attempt_ms: Some(next),
             last_error: Some(format!("{code}: {message}")),
-            audit: a
-                .audit
-                .reason(code)
-                .detail("error", message.to_string())
-                .detail("attempt", attempts)
-                .detail("next_attempt_at", rfc3339(from_ms(next))),
-            ..a
+            ..a.note(|r| {
+                r.reason(code)
+                    .detail("error", message.to_string())
+                    .detail("attempt", attempts)
+                    .detail("next_attempt_at", rfc3339(from_ms(next)))
+            })
         }
     }
 
-    /// Records attempts on one task's leases (plus `extra` ops before them), ends the task if
-    /// every lease is now terminal, and updates memory. One commit.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let settings = &self.runtime().config.broker;
+        backoff(
+            attempt,
+            settings.revoke_backoff_initial,
+            settings.revoke_backoff_max,
+        )
+    }
+
+    /// A scope not yet revocable (some credential under it is still being revoked): look again
+    /// shortly, without calling the provider or writing an audit record.
+    pub(super) fn scope_waits(&self, lease: &LeaseRow, now: SystemTime) -> Attempt {
+        Attempt {
+            lease_id: lease.id.clone(),
+            state: LeaseState::Revoking,
+            revoked_ms: None,
+            expires_ms: None,
+            attempts: lease.attempts,
+            next_attempt_ms: Some(to_ms(now + self.backoff(1))),
+            last_error: lease.last_error.clone(),
+            audit: None,
+        }
+    }
+
+    /// Records attempts on one task's leases (plus `ops` before them), ends the task if every
+    /// lease is now terminal, and updates memory. One commit.
+    ///
+    /// A scope that reached a terminal state takes the credentials still unsettled under it
+    /// along: revoking a Vault child token revokes every lease created with it, including any
+    /// whose id never reached the journal.
     pub(super) async fn settle(
         &self,
         task_id: &str,
-        attempts: Vec<Attempt>,
+        mut attempts: Vec<Attempt>,
         mut ops: Vec<Op>,
         end_reason: Option<&str>,
         now: SystemTime,
@@ -267,6 +292,24 @@ impl Broker {
             let Some(live) = state.tasks.get(task_id) else {
                 return Ok(None);
             };
+            let mut covered = Vec::new();
+            for a in attempts.iter().filter(|a| a.state.is_terminal()) {
+                let is_scope = live
+                    .leases
+                    .iter()
+                    .any(|l| l.row.id == a.lease_id && l.row.role == Role::Scope);
+                if !is_scope {
+                    continue;
+                }
+                for child in live.leases.iter().filter(|l| {
+                    l.row.parent.as_deref() == Some(&a.lease_id)
+                        && !l.row.state.is_terminal()
+                        && !attempts.iter().any(|x| x.lease_id == l.row.id)
+                }) {
+                    covered.push(with_scope(&live.row, &child.row, a, now));
+                }
+            }
+            attempts.extend(covered);
             let all = live.leases.iter().all(|l| {
                 attempts
                     .iter()
@@ -290,7 +333,9 @@ impl Broker {
                     expires_ms: exp,
                 });
             }
-            ops.push(Op::Audit(Box::new(a.audit.clone())));
+            if let Some(rec) = &a.audit {
+                ops.push(Op::Audit(Box::new(rec.clone())));
+            }
         }
         let reason = end_reason
             .map(str::to_owned)
@@ -396,29 +441,36 @@ impl Broker {
             return;
         };
         let _guard = op.lock_owned().await;
+        let now = self.clock.now();
         let picked = {
             let Ok(state) = self.state.lock() else { return };
             state.tasks.get(task_id).and_then(|t| {
                 let l = t.leases.iter().find(|l| l.row.id == lease_id)?;
-                matches!(l.row.state, LeaseState::Revoking | LeaseState::Reconciling)
-                    .then(|| (Arc::clone(&t.row), l.row.clone(), l.handle.clone()))
+                if !matches!(l.row.state, LeaseState::Revoking | LeaseState::Reconciling) {
+                    return None;
+                }
+                if covered_by_scope(t, &l.row) {
+                    // Its scope takes it back (see `settle`); nothing to ask the provider.
+                    return None;
+                }
+                let target = Target {
+                    lease: l.row.clone(),
+                    handle: l.handle.clone(),
+                    scope: scope_handle(t, &l.row),
+                };
+                Some((Arc::clone(&t.row), target, scope_ready(t, &l.row)))
             })
         };
-        let Some((task, lease, handle)) = picked else {
+        let Some((task, target, ready)) = picked else {
             return;
         };
         let rt = self.runtime();
-        let now = self.clock.now();
-        let a = self
-            .attempt(
-                &rt,
-                &task,
-                &lease,
-                handle.as_deref(),
-                rt.config.broker.provider_timeout,
-                now,
-            )
-            .await;
+        let a = if ready {
+            self.attempt(&rt, &task, &target, rt.config.broker.provider_timeout, now)
+                .await
+        } else {
+            self.scope_waits(&target.lease, now)
+        };
         if let Err(e) = self.settle(task_id, vec![a], Vec::new(), None, now).await {
             tracing::error!(error = %e, lease = lease_id, "could not record a revocation attempt; retrying");
             if let Ok(mut state) = self.state.lock() {
@@ -428,6 +480,66 @@ impl Broker {
                     .insert((next, task_id.to_string(), lease_id.to_string()));
             }
         }
+    }
+}
+
+impl Attempt {
+    fn note(mut self, f: impl FnOnce(AuditRecord) -> AuditRecord) -> Self {
+        self.audit = self.audit.map(f);
+        self
+    }
+}
+
+/// A credential whose outcome is unknown, under a scope that will be revoked: the scope settles it.
+pub(super) fn covered_by_scope(task: &LiveTask, lease: &LeaseRow) -> bool {
+    lease.role == Role::Credential
+        && lease.parent.is_some()
+        && (lease.state == LeaseState::Reconciling
+            || !task
+                .leases
+                .iter()
+                .any(|l| l.row.id == lease.id && l.handle.is_some()))
+}
+
+/// A scope may be revoked once nothing under it still needs its own revocation.
+pub(super) fn scope_ready(task: &LiveTask, lease: &LeaseRow) -> bool {
+    lease.role != Role::Scope
+        || task
+            .leases
+            .iter()
+            .filter(|l| l.row.parent.as_deref() == Some(&lease.id))
+            .all(|l| l.row.state.is_terminal() || covered_by_scope(task, &l.row))
+}
+
+pub(super) fn scope_handle(task: &LiveTask, lease: &LeaseRow) -> Option<Arc<RevocationHandle>> {
+    let parent = lease.parent.as_deref()?;
+    task.leases
+        .iter()
+        .find(|l| l.row.id == parent)
+        .and_then(|l| l.handle.clone())
+}
+
+/// The attempt recording that a credential went with its scope.
+fn with_scope(task: &TaskRow, child: &LeaseRow, scope: &Attempt, now: SystemTime) -> Attempt {
+    let (ev, reason) = match scope.state {
+        LeaseState::Revoked => (event::LEASE_REVOKED, "revoked_with_scope"),
+        LeaseState::Expiring => (event::LEASE_EXPIRED_UNREVOKED, "expires_with_scope"),
+        _ => (event::LEASE_EXPIRED_UNREVOKED, "scope_abandoned"),
+    };
+    Attempt {
+        lease_id: child.id.clone(),
+        state: scope.state,
+        revoked_ms: scope.revoked_ms,
+        expires_ms: scope.expires_ms,
+        attempts: child.attempts,
+        next_attempt_ms: None,
+        last_error: None,
+        audit: Some(
+            task_audit(task, ev, Outcome::Success, now)
+                .lease(&child.id, &child.grant, &child.provider)
+                .reason(reason)
+                .detail("scope", scope.lease_id.clone()),
+        ),
     }
 }
 

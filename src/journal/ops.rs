@@ -87,13 +87,15 @@ pub(super) fn apply(conn: &Connection, op: &Op, chain: &mut Chain) -> Result<(),
             ],
         )?,
         Op::InsertLease(l) => conn.execute(
-            "INSERT INTO leases (id, task_id, grant_name, provider, kind, state, params,
+            "INSERT INTO leases (id, task_id, role, parent, grant_name, provider, kind, state, params,
                 wanted_exp_ms, issued_ms, expires_ms, revoked_ms, reference, sealed_handle,
                 renewable, attempts, next_attempt_ms, last_error)
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17)",
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)",
             params![
                 l.id,
                 l.task_id,
+                super::rows::role_str(l.role),
+                l.parent,
                 l.grant,
                 l.provider,
                 l.kind,

@@ -84,7 +84,7 @@ const TASK_COLUMNS: &str =
 
 const LEASE_COLUMNS: &str = "id, task_id, grant_name, provider, kind, state, params, wanted_exp_ms,
     issued_ms, expires_ms, revoked_ms, reference, sealed_handle, renewable, attempts,
-    next_attempt_ms, last_error";
+    next_attempt_ms, last_error, role, parent";
 
 fn bad(what: &str) -> rusqlite::Error {
     rusqlite::Error::InvalidColumnType(0, what.into(), rusqlite::types::Type::Text)
@@ -144,6 +144,8 @@ fn lease_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
         attempts: r.get(14)?,
         next_attempt_ms: r.get(15)?,
         last_error: r.get(16)?,
+        role: super::rows::parse_role(&r.get::<_, String>(17)?).ok_or_else(|| bad("lease role"))?,
+        parent: r.get(18)?,
     })
 }
 

@@ -13,7 +13,7 @@
 //! `expiring` is terminal for the broker: the provider cannot revoke (an STS session), so the
 //! credential stops working on its own at `expires_ms`, and the audit log says so.
 
-use credbroker_provider_api::Params;
+use credbroker_provider_api::{Params, Role};
 
 use crate::audit::PeerRecord;
 
@@ -95,6 +95,21 @@ impl LeaseState {
     }
 }
 
+pub fn role_str(r: Role) -> &'static str {
+    match r {
+        Role::Credential => "credential",
+        Role::Scope => "scope",
+    }
+}
+
+pub fn parse_role(s: &str) -> Option<Role> {
+    match s {
+        "credential" => Some(Role::Credential),
+        "scope" => Some(Role::Scope),
+        _ => None,
+    }
+}
+
 /// Why a task ended. Stable codes.
 pub mod end_reason {
     pub const BY_WORKLOAD: &str = "ended_by_workload";
@@ -132,6 +147,9 @@ pub struct TaskRow {
 pub struct LeaseRow {
     pub id: String,
     pub task_id: String,
+    pub role: Role,
+    /// For a credential of a scoped provider: the id of its task's scope lease.
+    pub parent: Option<String>,
     pub grant: String,
     pub provider: String,
     pub kind: String,

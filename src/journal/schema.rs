@@ -37,6 +37,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE leases (
         id               TEXT PRIMARY KEY,
         task_id          TEXT NOT NULL REFERENCES tasks(id),
+        role             TEXT NOT NULL,
+        parent           TEXT,
         grant_name       TEXT NOT NULL,
         provider         TEXT NOT NULL,
         kind             TEXT NOT NULL,

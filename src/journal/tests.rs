@@ -39,6 +39,8 @@ fn lease(id: &str, task: &str) -> LeaseRow {
     LeaseRow {
         id: id.into(),
         task_id: task.into(),
+        role: credbroker_provider_api::Role::Credential,
+        parent: None,
         grant: "g".into(),
         provider: "p".into(),
         kind: "test".into(),

@@ -30,7 +30,7 @@ pub use params::{ParamError, Params, param_str, param_str_list};
 pub use secret::SecretValue;
 pub use types::{
     Credential, Env, IssueRequest, Issued, LeaseRef, ProviderHealth, Reconciled, Renewed,
-    RevocationHandle, Revoked, TaskContext,
+    RevocationHandle, Revoked, Role, TaskContext,
 };
 
 use std::sync::Arc;
@@ -49,6 +49,15 @@ pub trait Provider: Send + Sync + 'static {
     /// configuration error and never a request-time surprise. Templates (`{sub}`…) are not yet
     /// rendered here; a provider checks what it can of their shape.
     fn check_grant(&self, params: &Params) -> Result<(), Vec<ParamError>>;
+
+    /// Whether this provider issues a task's credentials under a per-task scope
+    /// ([`Role::Scope`]). If so, the broker issues (and journals) the scope first, passes it in
+    /// every credential's [`IssueRequest::scope`], revokes the scope after the credentials,
+    /// renews it before them, and lets the scope take back any credential whose issue outcome
+    /// is unknown.
+    fn scoped(&self) -> bool {
+        false
+    }
 
     /// The list-valued grant parameters a request may narrow to a subset.
     fn narrowable(&self) -> &'static [&'static str] {

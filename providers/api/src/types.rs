@@ -19,12 +19,28 @@ pub struct TaskContext {
     pub token_fingerprint: String,
 }
 
+/// What a lease is to its provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A credential handed to the workload.
+    Credential,
+    /// The per-task scope of a [`Provider::scoped`](crate::Provider::scoped) provider: a
+    /// credential of the provider's own (a Vault child token) under which the task's
+    /// credentials are issued. Never handed out. Revoking it takes every credential issued
+    /// under it back, including any whose issue outcome never reached the journal.
+    Scope,
+}
+
 /// One credential to issue.
 #[derive(Debug)]
 pub struct IssueRequest<'a> {
     /// Fresh, time-ordered, unique. Already journaled as an intent when `issue` is called.
     pub lease_id: &'a str,
+    pub role: Role,
     pub task: &'a TaskContext,
+    /// The task's scope, for a credential of a scoped provider (already journaled).
+    pub scope: Option<&'a RevocationHandle>,
+    /// Empty for a scope.
     pub grant: &'a str,
     /// The grant's parameters, templates rendered, narrowed by the request.
     pub params: &'a Params,
@@ -66,6 +82,9 @@ pub struct RevocationHandle {
 #[derive(Debug)]
 pub struct LeaseRef<'a> {
     pub lease_id: &'a str,
+    pub role: Role,
+    /// The task's scope, for a credential of a scoped provider.
+    pub scope: Option<&'a RevocationHandle>,
     pub grant: &'a str,
     pub params: &'a Params,
     pub handle: &'a RevocationHandle,
