@@ -18,7 +18,7 @@ pub struct Registry {
 impl Registry {
     /// The providers shipped in the `credbroker` binary.
     pub fn builtin() -> Self {
-        Self::default()
+        Self::default().with(Arc::new(credbroker_provider_vault::VaultFactory))
     }
 
     pub fn with(mut self, factory: Arc<dyn ProviderFactory>) -> Self {

@@ -42,6 +42,18 @@ pub(super) async fn run(
     }
     let mut bad = !failed.is_empty();
     for (name, slot) in runtime.providers.iter() {
+        let grants: Vec<(&str, &credbroker_provider_api::Params)> = runtime
+            .config
+            .grants
+            .values()
+            .filter(|g| g.provider == *name)
+            .map(|g| (g.name.as_str(), &g.params))
+            .collect();
+        let problems = slot.provider.check_online(&grants).await;
+        for p in &problems {
+            println!("provider {name}: FAILED: {p}");
+        }
+        bad |= !problems.is_empty();
         let h = slot.provider.health().await;
         println!(
             "provider {name} ({}): {}{}",

@@ -97,6 +97,13 @@ pub trait Provider: Send + Sync + 'static {
         now: SystemTime,
     ) -> Result<Reconciled, ProviderError>;
 
+    /// `credbroker check-config --online`: can this instance reach its backend and do what the
+    /// grants `(name, params)` need? Returns one line per problem; empty means ready.
+    async fn check_online(&self, grants: &[(&str, &Params)]) -> Vec<String> {
+        let _ = grants;
+        Vec::new()
+    }
+
     /// Health and identity of the provider's own credentials, for `Status`.
     async fn health(&self) -> ProviderHealth {
         ProviderHealth {

@@ -1,0 +1,266 @@
+//! credbroker's own Vault token: where it comes from, and keeping it alive.
+//!
+//! A token read from a file or a systemd credential is renewed (`renew-self`) before it runs
+//! out, and the source is read again when renewal fails, so rotating the file is enough to
+//! rotate the token. With AppRole, a token that can no longer be renewed is replaced by a fresh
+//! login. `lookup-self` results are kept for `Status`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+
+use credbroker_provider_api::{ErrorKind, ProviderError, SecretValue};
+use reqwest::Method;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use crate::client::Client;
+
+/// Where a secret (the token, or an AppRole secret_id) is read from. Read again on every login.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Source {
+    File(PathBuf),
+    /// `$CREDENTIALS_DIRECTORY/NAME`, the directory resolved when the instance was built.
+    Credential(PathBuf),
+}
+
+impl Source {
+    pub(crate) fn read(&self) -> Result<SecretValue, String> {
+        let path = match self {
+            Self::File(p) | Self::Credential(p) => p,
+        };
+        let bytes =
+            Zeroizing::new(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?);
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| format!("{}: not UTF-8", path.display()))?
+            .trim();
+        if text.is_empty() {
+            return Err(format!("{} is empty", path.display()));
+        }
+        Ok(SecretValue::new(text))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Login {
+    Token(Source),
+    AppRole {
+        mount: String,
+        role_id: String,
+        secret_id: Source,
+    },
+}
+
+/// What `Status` shows about the token. No secret in here.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TokenInfo {
+    pub(crate) accessor: String,
+    pub(crate) policies: Vec<String>,
+    pub(crate) expires_at: Option<SystemTime>,
+    pub(crate) creation_ttl: Duration,
+    pub(crate) renewable: bool,
+    pub(crate) checked: Option<SystemTime>,
+    pub(crate) error: Option<String>,
+}
+
+pub(crate) struct SelfToken {
+    login: Login,
+    current: RwLock<Option<Arc<SecretValue>>>,
+    info: Mutex<TokenInfo>,
+    /// One login at a time.
+    gate: tokio::sync::Mutex<()>,
+}
+
+impl SelfToken {
+    pub(crate) fn new(login: Login) -> Self {
+        Self {
+            login,
+            current: RwLock::new(None),
+            info: Mutex::new(TokenInfo::default()),
+            gate: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn info(&self) -> TokenInfo {
+        self.info.lock().map(|i| i.clone()).unwrap_or_default()
+    }
+
+    fn set_error(&self, e: &str) {
+        if let Ok(mut i) = self.info.lock() {
+            i.error = Some(e.to_string());
+        }
+    }
+
+    /// The current token, logging in first if there is none.
+    pub(crate) async fn get(&self, client: &Client) -> Result<Arc<SecretValue>, ProviderError> {
+        if let Some(t) = self.current.read().ok().and_then(|c| c.clone()) {
+            return Ok(t);
+        }
+        let _gate = self.gate.lock().await;
+        if let Some(t) = self.current.read().ok().and_then(|c| c.clone()) {
+            return Ok(t);
+        }
+        self.login(client).await
+    }
+
+    /// Replaces the token from its source (a new login for AppRole).
+    pub(crate) async fn relogin(&self, client: &Client) -> Result<Arc<SecretValue>, ProviderError> {
+        let _gate = self.gate.lock().await;
+        self.login(client).await
+    }
+
+    async fn login(&self, client: &Client) -> Result<Arc<SecretValue>, ProviderError> {
+        let unauthorized = |m: String| ProviderError::new(ErrorKind::Unauthorized, m);
+        let token = match &self.login {
+            Login::Token(src) => src
+                .read()
+                .map_err(|e| unauthorized(format!("Vault token: {e}")))?,
+            Login::AppRole {
+                mount,
+                role_id,
+                secret_id,
+            } => {
+                let sid = secret_id
+                    .read()
+                    .map_err(|e| unauthorized(format!("AppRole secret_id: {e}")))?;
+                let body = json!({ "role_id": role_id, "secret_id": sid.expose() });
+                let env = client
+                    .call(
+                        Method::POST,
+                        &format!("auth/{mount}/login"),
+                        None,
+                        Some(&body),
+                    )
+                    .await
+                    .map_err(|f| match f.status().map(|s| s.as_u16()) {
+                        Some(400) | Some(403) => {
+                            unauthorized(format!("AppRole login refused: {}", f.message()))
+                        }
+                        _ => f.retryable("AppRole login"),
+                    })?;
+                let auth = env
+                    .and_then(|e| e.auth)
+                    .ok_or_else(|| unauthorized("AppRole login returned no token".into()))?;
+                SecretValue::new(auth.client_token)
+            }
+        };
+        let token = Arc::new(token);
+        self.lookup(client, &token)
+            .await
+            .inspect_err(|e| self.set_error(&e.to_string()))?;
+        if let Ok(mut c) = self.current.write() {
+            *c = Some(Arc::clone(&token));
+        }
+        Ok(token)
+    }
+
+    /// `lookup-self`: records TTL, policies, accessor. Fails when Vault refuses the token.
+    async fn lookup(&self, client: &Client, token: &SecretValue) -> Result<(), ProviderError> {
+        let env = client
+            .call(Method::GET, "auth/token/lookup-self", Some(token), None)
+            .await
+            .map_err(|f| {
+                if f.status().is_some_and(|s| s.as_u16() == 403) {
+                    ProviderError::new(
+                        ErrorKind::Unauthorized,
+                        format!("Vault refuses credbroker's token: {}", f.message()),
+                    )
+                } else {
+                    f.retryable("token lookup")
+                }
+            })?;
+        let data = env.and_then(|e| e.data).unwrap_or(Value::Null);
+        let ttl = data.get("ttl").and_then(Value::as_u64).unwrap_or(0);
+        let info = TokenInfo {
+            accessor: data
+                .get("accessor")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            policies: data
+                .get("policies")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| p.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            // ttl 0 means a token that never expires (root, or a periodic token at its period).
+            expires_at: (ttl > 0).then(|| SystemTime::now() + Duration::from_secs(ttl)),
+            creation_ttl: Duration::from_secs(
+                data.get("creation_ttl")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(ttl),
+            ),
+            renewable: data
+                .get("renewable")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            checked: Some(SystemTime::now()),
+            error: None,
+        };
+        if let Ok(mut i) = self.info.lock() {
+            *i = info;
+        }
+        Ok(())
+    }
+
+    /// One maintenance round: look the token up; renew it when less than half its life is left;
+    /// log in again when it cannot be renewed or Vault refuses it. Returns when to come back.
+    pub(crate) async fn maintain(&self, client: &Client) -> Duration {
+        let token = match self.get(client).await {
+            Ok(t) => t,
+            Err(e) => {
+                self.set_error(&e.to_string());
+                return Duration::from_secs(5);
+            }
+        };
+        if let Err(e) = self.lookup(client, &token).await {
+            if e.kind == ErrorKind::Unauthorized {
+                tracing::warn!(error = %e, "Vault token refused; logging in again");
+                if let Err(e) = self.relogin(client).await {
+                    self.set_error(&e.to_string());
+                }
+            } else {
+                self.set_error(&e.to_string());
+            }
+            return Duration::from_secs(5);
+        }
+        let info = self.info();
+        let Some(expires) = info.expires_at else {
+            return Duration::from_secs(300);
+        };
+        let left = expires
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        if left < (info.creation_ttl / 2).max(Duration::from_secs(120)) {
+            let renewed = info.renewable
+                && client
+                    .call(
+                        Method::POST,
+                        "auth/token/renew-self",
+                        Some(&token),
+                        Some(&json!({})),
+                    )
+                    .await
+                    .is_ok();
+            let result = if renewed {
+                self.lookup(client, &token).await
+            } else {
+                // Not renewable (or renewal refused): a new login, or the rotated file.
+                self.relogin(client).await.map(|_| ())
+            };
+            if let Err(e) = result {
+                self.set_error(&e.to_string());
+                return Duration::from_secs(5);
+            }
+        }
+        let left = self
+            .info()
+            .expires_at
+            .and_then(|e| e.duration_since(SystemTime::now()).ok())
+            .unwrap_or_default();
+        (left / 3).clamp(Duration::from_secs(5), Duration::from_secs(300))
+    }
+}
