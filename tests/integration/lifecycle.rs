@@ -185,20 +185,22 @@ async fn a_crash_mid_issue_leaves_nothing_outstanding() {
     let auth = AuthServer::start();
     let mut d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
-    std::fs::write(d.state.join("slow-issue-ms"), "1500").unwrap_or_default();
+    std::fs::write(d.state.join("slow-answer-ms"), "5000").unwrap_or_default();
     let mut client = d.broker().await;
     let pending = tokio::spawn(async move {
         client
             .begin_task(begin_request(&token, &["orders-db-read"]))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    // The intent is journaled; the provider is still working.
+    // The provider has created the credential; its answer has not reached the journal.
+    eventually(Duration::from_secs(5), "the credential exists", || async {
+        d.outstanding().len() == 1
+    })
+    .await;
     d.kill9();
     assert!(pending.await.is_ok_and(|r| r.is_err()));
-    d.provider_flag("slow-issue-ms", false);
-    // Whatever the provider did after the crash, the restarted daemon settles it.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    d.provider_flag("slow-answer-ms", false);
+    // The restarted daemon finds it by its lease id (the intent) and revokes it.
     d.spawn().await;
     eventually(
         Duration::from_secs(15),
@@ -212,6 +214,12 @@ async fn a_crash_mid_issue_leaves_nothing_outstanding() {
         .filter(|r| r["event"] == "task_ended")
         .collect();
     assert_eq!(ended.len(), 1);
+    assert_eq!(d.revoked().len(), 1);
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["event"] == "lease_reconciled" && r["reason"] == "revoked")
+    );
     assert!(
         audit
             .iter()

@@ -8,5 +8,6 @@ mod keys;
 mod lifecycle;
 mod operations;
 mod rejections;
+mod scopes;
 mod secrets;
 mod support;

@@ -1,7 +1,9 @@
 //! A test-only provider with real, durable state, so tests can assert on what was issued and
 //! revoked — across daemon crashes — without a real backend. Never part of the shipped binary.
 //!
-//! Instance settings: `state_dir` (required). Every issued credential is a file
+//! Instance settings: `state_dir` (required), `scoped` (bool: issue under a per-task scope, the
+//! way Vault issues under a child token — revoking the scope revokes every credential issued
+//! under it, recorded or not). Every issued credential is a file
 //! `STATE_DIR/issued/LEASE_ID.json`; revoking moves it to `STATE_DIR/revoked/`. Tests steer
 //! behaviour by creating files in `STATE_DIR`:
 //!
@@ -9,7 +11,9 @@
 //! * `deny-issue`   → issue answers Denied
 //! * `hang-issue`   → issue records the credential, then never answers (outcome unknown)
 //! * `fail-revoke`  → revoke and reconcile answer Unavailable (a provider outage)
-//! * `slow-issue-ms`, `slow-revoke-ms` → contents: a delay in milliseconds
+//! * `slow-issue-ms`, `slow-revoke-ms` → contents: a delay in milliseconds before acting
+//! * `slow-answer-ms` → a delay after the credential exists, before answering (a crash then
+//!   leaves a credential the journal never heard of)
 //!
 //! Grant parameters: `label` (string), `items` (list of strings, narrowable), `floor_s`
 //! (integer: a minimum lifetime, like STS's 15 minutes). Anything else is a config error.
@@ -21,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use credbroker_provider_api::{
     Credential, Env, ErrorKind, IssueRequest, Issued, LeaseRef, ParamError, Params, Provider,
     ProviderError, ProviderFactory, ProviderHealth, Reconciled, Renewed, RevocationHandle, Revoked,
-    SecretValue, param_str,
+    Role, SecretValue, param_str,
 };
 use serde_json::{Value, json};
 
@@ -40,10 +44,14 @@ impl ProviderFactory for TestFactory {
     ) -> Result<Arc<dyn Provider>, Vec<ParamError>> {
         let mut errors = Vec::new();
         for key in config.keys() {
-            if key != "state_dir" {
+            if key != "state_dir" && key != "scoped" {
                 errors.push(ParamError::new(key, "unknown setting"));
             }
         }
+        let scoped = config
+            .get("scoped")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let dir = match param_str(config, "state_dir") {
             Ok(d) => PathBuf::from(d),
             Err(e) => {
@@ -54,16 +62,17 @@ impl ProviderFactory for TestFactory {
         if !errors.is_empty() {
             return Err(errors);
         }
-        for sub in ["issued", "revoked"] {
+        for sub in ["issued", "revoked", "scopes", "revoked-scopes"] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| vec![ParamError::new("state_dir", e.to_string())])?;
         }
-        Ok(Arc::new(TestProvider { dir }))
+        Ok(Arc::new(TestProvider { dir, scoped }))
     }
 }
 
 struct TestProvider {
     dir: PathBuf,
+    scoped: bool,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -108,6 +117,32 @@ impl TestProvider {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, v.to_string()).map_err(|e| unavailable(&e.to_string()))?;
         std::fs::rename(&tmp, path).map_err(|e| unavailable(&e.to_string()))
+    }
+
+    /// Revokes a scope and, like Vault revoking a parent token, everything issued under it.
+    fn take_back_scope(&self, lease_id: &str) -> Result<bool, ProviderError> {
+        let from = self.dir.join("scopes").join(format!("{lease_id}.json"));
+        if !from.exists() {
+            return Ok(false);
+        }
+        let issued =
+            std::fs::read_dir(self.dir.join("issued")).map_err(|e| unavailable(&e.to_string()))?;
+        for entry in issued.flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let record: Value = serde_json::from_str(&text).unwrap_or_default();
+            if record["scope"] == lease_id {
+                let _ = std::fs::rename(
+                    entry.path(),
+                    self.dir.join("revoked").join(entry.file_name()),
+                );
+            }
+        }
+        let to = self
+            .dir
+            .join("revoked-scopes")
+            .join(format!("{lease_id}.json"));
+        std::fs::rename(&from, to).map_err(|e| unavailable(&e.to_string()))?;
+        Ok(true)
     }
 
     fn take_back(
@@ -168,7 +203,36 @@ impl Provider for TestProvider {
         &["items"]
     }
 
+    fn scoped(&self) -> bool {
+        self.scoped
+    }
+
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, ProviderError> {
+        if req.role == Role::Scope {
+            if self.flag("fail-scope") {
+                return Err(unavailable("simulated outage opening the scope"));
+            }
+            let record = json!({ "lease_id": req.lease_id, "task_id": req.task.task_id, "expires_at": unix(req.expires_at) });
+            Self::write(
+                &self
+                    .dir
+                    .join("scopes")
+                    .join(format!("{}.json", req.lease_id)),
+                &record,
+            )?;
+            return Ok(Issued {
+                credential: Credential::default(),
+                handle: RevocationHandle {
+                    reference: req.lease_id.to_string(),
+                    secret: Some(SecretValue::new(format!("scope-{}", req.lease_id))),
+                },
+                expires_at: req.expires_at,
+                renewable: true,
+            });
+        }
+        if self.scoped && req.scope.and_then(|s| s.secret.as_ref()).is_none() {
+            return Err(ProviderError::new(ErrorKind::Config, "no scope"));
+        }
         self.delay("slow-issue-ms").await;
         if self.flag("fail-issue") {
             return Err(unavailable("simulated outage"));
@@ -200,8 +264,10 @@ impl Provider for TestProvider {
             "params": req.params,
             "expires_at": unix(expires_at),
             "secret_sha256": sha256_hex(secret.expose()),
+            "scope": req.scope.map(|s| s.reference.clone()),
         });
         Self::write(&self.issued(req.lease_id), &record)?;
+        self.delay("slow-answer-ms").await;
         if self.flag("hang-issue") {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
@@ -250,6 +316,13 @@ impl Provider for TestProvider {
         if self.flag("fail-revoke") {
             return Err(unavailable("simulated outage"));
         }
+        if lease.role == Role::Scope {
+            return Ok(if self.take_back_scope(lease.lease_id)? {
+                Revoked::Revoked
+            } else {
+                Revoked::AlreadyGone
+            });
+        }
         match self.take_back(lease.lease_id, lease.handle.secret.as_ref())? {
             true => Ok(Revoked::Revoked),
             false => Ok(Revoked::AlreadyGone),
@@ -263,6 +336,13 @@ impl Provider for TestProvider {
     ) -> Result<Reconciled, ProviderError> {
         if self.flag("fail-revoke") {
             return Err(unavailable("simulated outage"));
+        }
+        if req.role == Role::Scope {
+            return Ok(if self.take_back_scope(req.lease_id)? {
+                Reconciled::Revoked
+            } else {
+                Reconciled::NothingIssued
+            });
         }
         match self.take_back(req.lease_id, None)? {
             true => Ok(Reconciled::Revoked),
