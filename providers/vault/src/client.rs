@@ -27,6 +27,8 @@ pub(crate) struct Envelope {
     pub(crate) data: Option<Value>,
     #[serde(default)]
     pub(crate) auth: Option<Auth>,
+    #[serde(default)]
+    pub(crate) warnings: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

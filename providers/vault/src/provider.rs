@@ -170,7 +170,7 @@ impl Inner {
                     ErrorKind::Denied,
                     format!("permission denied reading {path}: {}", f.message()),
                 ),
-                Some(404) => invalid_config(format!("{path} does not exist in Vault")),
+                Some(404) | Some(400) => invalid_config(format!("reading {path}: {}", f.message())),
                 _ => f.creating(&format!("reading {path}")),
             })?;
         let env: Envelope =
@@ -181,13 +181,28 @@ impl Inner {
                 "{path} returned no lease; only lease-bearing secrets can be brokered"
             )));
         }
+        // Engines pick their own lease TTL (a role's default_ttl, an hour say). OpenBao revokes
+        // the lease when the scope token expires anyway, but shortening the lease to the task
+        // also moves the backend's own expiry (PostgreSQL's VALID UNTIL, through the role's
+        // renew statements): the credential dies on time even if Vault is down by then.
+        let wanted = secs_until(req.expires_at, req.now);
+        let mut lease_duration = env.lease_duration;
+        if env.renewable && lease_duration > wanted {
+            match self.renew_lease(&env.lease_id, wanted).await {
+                Ok(d) => lease_duration = d,
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "could not shorten a lease to its task; its scope still ends it"
+                ),
+            }
+        }
         let mut credential = Credential::default();
         credential
             .public
             .insert("lease_id".into(), env.lease_id.clone());
         credential
             .public
-            .insert("lease_duration".into(), env.lease_duration.to_string());
+            .insert("lease_duration".into(), lease_duration.to_string());
         if let Some(Value::Object(data)) = env.data {
             for (k, v) in data {
                 let text = match v {
@@ -203,13 +218,32 @@ impl Inner {
         }
         Ok(Issued {
             credential,
-            expires_at: req.now + Duration::from_secs(env.lease_duration),
+            // The scope token's expiry (the task's) ends the lease even if the shortening failed.
+            expires_at: (req.now + Duration::from_secs(lease_duration))
+                .min(req.expires_at.max(req.now)),
             renewable: env.renewable,
             handle: RevocationHandle {
                 reference: env.lease_id,
                 secret: None,
             },
         })
+    }
+
+    /// `sys/leases/renew` to `secs` from now; returns the lease's new duration.
+    async fn renew_lease(&self, lease_id: &str, secs: u64) -> Result<u64, ProviderError> {
+        let body = json!({ "lease_id": lease_id, "increment": secs });
+        let env = self
+            .with_token(|t| {
+                let body = body.clone();
+                async move {
+                    self.client
+                        .call(Method::PUT, "sys/leases/renew", Some(&t), Some(&body))
+                        .await
+                }
+            })
+            .await
+            .map_err(|f| f.retryable("renewing a lease"))?;
+        Ok(env.map_or(secs, |e| e.lease_duration))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -294,6 +328,16 @@ impl Inner {
             })
             .await
         {
+            // An unknown accessor is a 200 with a warning, not an error.
+            Ok(Some(env))
+                if env
+                    .warnings
+                    .iter()
+                    .flatten()
+                    .any(|w| w.contains("No token found")) =>
+            {
+                Ok(Revoked::AlreadyGone)
+            }
             Ok(_) => Ok(Revoked::Revoked),
             Err(f) if gone(&f) => Ok(Revoked::AlreadyGone),
             Err(f) => Err(f.retryable("revoking a token")),

@@ -25,6 +25,7 @@ pub struct Daemon {
     pub log: PathBuf,
     child: Option<Child>,
     log_level: String,
+    env: Vec<(String, String)>,
 }
 
 /// A configuration for the daemon under test. `issuer` is the authorization server's URL;
@@ -94,6 +95,15 @@ impl Daemon {
     }
 
     pub async fn start_logging(config: impl FnOnce(&Path) -> String, log_level: &str) -> Self {
+        Self::start_opts(config, log_level, Vec::new()).await
+    }
+
+    /// With extra environment for the daemon (e.g. `CREDENTIALS_DIRECTORY`).
+    pub async fn start_opts(
+        config: impl FnOnce(&Path) -> String,
+        log_level: &str,
+        env: Vec<(String, String)>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let d = dir.path().to_path_buf();
         let key = Command::new(testd())
@@ -113,6 +123,7 @@ impl Daemon {
             dir,
             child: None,
             log_level: log_level.into(),
+            env,
         };
         daemon.spawn().await;
         daemon
@@ -131,6 +142,7 @@ impl Daemon {
             .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
             .stderr(log)
             .stdin(Stdio::null())
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .spawn()
             .unwrap_or_else(|e| panic!("starting the daemon: {e}"));
         self.child = Some(child);

@@ -7,6 +7,8 @@ pub mod daemon;
 #[path = "../../support/forge.rs"]
 pub mod forge;
 pub mod oidc;
+pub mod openbao;
+pub mod postgres;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
