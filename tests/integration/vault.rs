@@ -100,7 +100,10 @@ async fn a_database_credential_works_until_the_task_ends_then_is_gone_for_real()
     let task = begun.task.unwrap_or_default();
     let db = cred(&begun.credentials, "orders-db");
     let (user, password) = (db.public["username"].clone(), db.secret["password"].clone());
-    assert!(user.starts_with("v-token-cr"), "created under the scope token (display name credbroker-task): {user}");
+    assert!(
+        user.starts_with("v-token-cr"),
+        "created under the scope token (display name credbroker-task): {user}"
+    );
     assert_eq!(pg.query_as(&user, &password, COUNT).as_deref(), Ok("3"));
     let lease_id = db.public["lease_id"].clone();
     assert_eq!(bao.leases().await.len(), 1);
@@ -320,5 +323,295 @@ async fn approle_login_from_systemd_credentials() {
         pg.query_as(&db.public["username"], &db.secret["password"], COUNT)
             .as_deref(),
         Ok("3")
+    );
+}
+
+/// Begins and ends tasks from several clients until `stop`; returns the ids it was given.
+async fn churn(
+    socket: std::path::PathBuf,
+    token: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<String> {
+    use std::sync::atomic::Ordering;
+    let mut ids = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(ch) = credbroker::client::channel(&socket).await else {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            continue;
+        };
+        let mut client = v1::broker_client::BrokerClient::new(ch);
+        let mut req = begin_request(&token, &["orders-db"]);
+        req.ttl_seconds = Some(30);
+        let Ok(resp) = client.begin_task(req).await else {
+            continue;
+        };
+        let id = resp.into_inner().task.unwrap_or_default().id;
+        ids.push(id.clone());
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..120))).await;
+        // May be lost to a crash: then the reaper ends the task at its expiry.
+        let _ = client.end_task(v1::EndTaskRequest { task_id: id }).await;
+    }
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_moments_leaves_no_lease_and_every_task_accounted_for() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let auth = AuthServer::start();
+    let (pg, bao, secrets) = backends().await;
+    let mut d =
+        Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &token_file(&secrets))).await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            tokio::spawn(churn(
+                d.broker_socket.clone(),
+                token.clone(),
+                Arc::clone(&stop),
+            ))
+        })
+        .collect();
+    let mut kills = 0;
+    while kills < 22 {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(150..600))).await;
+        d.kill9();
+        kills += 1;
+        d.spawn().await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut given = Vec::new();
+    for w in workers {
+        given.extend(w.await.unwrap_or_default());
+    }
+    assert!(
+        given.len() >= 20,
+        "only {} tasks got through the churn",
+        given.len()
+    );
+
+    // Tasks whose EndTask died with the daemon are reaped at their 30 s expiry.
+    eventually(Duration::from_secs(90), "every task ends", || async {
+        live_tasks(&d).await.is_empty()
+    })
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "OpenBao has no outstanding lease",
+        || async { bao.leases().await.is_empty() && pg.dynamic_roles().is_empty() },
+    )
+    .await;
+
+    // Every task, whether its client heard back or not, is in the journal and ended.
+    let audit = d.audit();
+    let opened: std::collections::BTreeSet<&str> = audit
+        .iter()
+        .filter(|r| r["event"] == "task_opened")
+        .filter_map(|r| r["task_id"].as_str())
+        .collect();
+    let ended: std::collections::BTreeSet<&str> = audit
+        .iter()
+        .filter(|r| r["event"] == "task_ended")
+        .filter_map(|r| r["task_id"].as_str())
+        .collect();
+    assert!(
+        given.iter().all(|id| opened.contains(id.as_str())),
+        "a task a client holds is missing from the audit log"
+    );
+    assert_eq!(opened, ended, "every task opened was ended");
+    let starts = audit
+        .iter()
+        .filter(|r| r["event"] == "daemon_started")
+        .count();
+    assert_eq!(starts, 23, "22 crashes and restarts");
+    assert!(!audit.iter().any(|r| r["reason"] == "revocation_abandoned"));
+    eprintln!(
+        "{} tasks given to clients, {} opened, {} interrupted by a crash",
+        given.len(),
+        opened.len(),
+        audit
+            .iter()
+            .filter(|r| r["reason"] == "interrupted" && r["event"] == "task_ending")
+            .count()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_openbao_outage_while_100_tasks_end_loses_no_lease() {
+    let auth = AuthServer::start();
+    let pg = Postgres::start();
+    let mut bao = OpenBao::durable().await;
+    bao.setup_database(&pg).await;
+    let secrets = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(secrets.path().join("vault-token"), bao.broker_token().await)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let d = Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &token_file(&secrets))).await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        let t = d
+            .broker()
+            .await
+            .begin_task(begin_request(&token, &["orders-db"]))
+            .await;
+        ids.push(
+            t.unwrap_or_else(|e| panic!("{e:?}"))
+                .into_inner()
+                .task
+                .unwrap_or_default()
+                .id,
+        );
+    }
+    assert_eq!(bao.leases().await.len(), 100);
+
+    bao.stop();
+    let ends = ids.iter().map(|id| {
+        let socket = d.broker_socket.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let ch = credbroker::client::channel(&socket)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut c = v1::broker_client::BrokerClient::new(ch);
+            c.end_task(v1::EndTaskRequest { task_id: id })
+                .await
+                .map(|r| r.into_inner().task.unwrap_or_default())
+        })
+    });
+    for e in futures_util::future::join_all(ends).await {
+        let t = e
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            t.state, "ending",
+            "nothing can be revoked while OpenBao is down"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        pg.dynamic_roles().len(),
+        100,
+        "the credentials still exist during the outage"
+    );
+
+    bao.start().await;
+    eventually(
+        Duration::from_secs(60),
+        "every lease is revoked after the outage",
+        || async { live_tasks(&d).await.is_empty() },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "OpenBao has no outstanding lease",
+        || async { bao.leases().await.is_empty() && pg.dynamic_roles().is_empty() },
+    )
+    .await;
+    let audit = d.audit();
+    for id in &ids {
+        let ev: Vec<&Value> = audit
+            .iter()
+            .filter(|r| r["task_id"] == id.as_str() && r["detail"]["role"] == "credential")
+            .collect();
+        let failed = ev
+            .iter()
+            .filter(|r| r["event"] == "lease_revocation_failed")
+            .count();
+        let revoked = ev.iter().filter(|r| r["event"] == "lease_revoked").count();
+        assert!(
+            failed >= 1 && revoked == 1,
+            "{id}: {failed} failed attempts, {revoked} revocations"
+        );
+        assert!(
+            audit
+                .iter()
+                .any(|r| r["task_id"] == id.as_str() && r["event"] == "task_ended")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leases_end_with_a_token_that_expires_in_two_minutes_even_without_credbroker() {
+    let auth = AuthServer::start_with(crate::support::oidc::Options {
+        ttl: 120,
+        ..Default::default()
+    });
+    let (pg, bao, secrets) = backends().await;
+    let mut d =
+        Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &token_file(&secrets))).await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let begun = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["orders-db"]))
+        .await;
+    let begun = begun.unwrap_or_else(|e| panic!("{e:?}")).into_inner();
+    let task = begun.task.unwrap_or_default();
+    let token_exp = task
+        .principal
+        .clone()
+        .unwrap_or_default()
+        .token_expires_at
+        .map(|t| t.seconds)
+        .unwrap_or_default();
+    assert_eq!(
+        task.expires_at.map(|t| t.seconds),
+        Some(token_exp),
+        "the task ends with the token, not at default_ttl"
+    );
+    let db = cred(&begun.credentials, "orders-db");
+    let (user, password) = (db.public["username"].clone(), db.secret["password"].clone());
+    assert_eq!(pg.query_as(&user, &password, COUNT).as_deref(), Ok("3"));
+    // Both OpenBao and PostgreSQL will end it with the token.
+    let lease_ttl = bao
+        .lease_ttl(&db.public["lease_id"])
+        .await
+        .unwrap_or(u64::MAX) as i64;
+    assert!(
+        lease_ttl <= token_exp - crate::support::now() + 1,
+        "lease ttl {lease_ttl}s"
+    );
+    let valid_until = pg.superuser("postgres", &format!("SELECT extract(epoch FROM rolvaliduntil)::bigint FROM pg_roles WHERE rolname = '{user}'"));
+    // The database engine sets VALID UNTIL 5 s past the lease's end on purpose ("a small
+    // buffer … to ensure the database credential does not expire before the lease"); OpenBao
+    // revokes the role at the lease's end itself.
+    assert!(
+        valid_until.parse::<i64>().unwrap_or(i64::MAX) <= token_exp + 6,
+        "VALID UNTIL {valid_until} vs token exp {token_exp}"
+    );
+
+    // credbroker dies; nothing of it is needed for the credential to end on time.
+    d.kill9();
+    let wait = (token_exp - crate::support::now() + 3).max(0) as u64;
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let refused = pg
+        .query_as(&user, &password, COUNT)
+        .err()
+        .unwrap_or_default();
+    assert!(
+        refused.contains("password authentication failed") || refused.contains("expired"),
+        "{refused}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "OpenBao revokes the lease with its scope token",
+        || async { bao.leases().await.is_empty() },
+    )
+    .await;
+
+    // When it comes back, credbroker reaps the task and records why.
+    d.spawn().await;
+    eventually(Duration::from_secs(15), "the task is reaped", || async {
+        live_tasks(&d).await.is_empty()
+    })
+    .await;
+    let t = crate::support::get_task(&d, &task.id).await;
+    assert_eq!(
+        (t.state.as_str(), t.end_reason.as_str()),
+        ("ended", "token_expired")
     );
 }

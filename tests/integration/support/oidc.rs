@@ -54,6 +54,8 @@ pub struct Options {
     /// Fixture key sets (`keys`, `keys-rotated`); the first one signs.
     pub key_sets: Vec<&'static str>,
     pub port: Option<u16>,
+    /// Access token lifetime in seconds, for every resource.
+    pub ttl: u64,
 }
 
 impl Default for Options {
@@ -63,6 +65,7 @@ impl Default for Options {
             metadata: "both",
             key_sets: vec!["keys"],
             port: None,
+            ttl: 300,
         }
     }
 }
@@ -120,6 +123,7 @@ impl AuthServer {
         }
         let keys = json!({ "keys": all_keys });
         let clients = opts.clients;
+        let ttl = opts.ttl;
         let metadata = opts.metadata;
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let all = "mcp.tool:postgres.read mcp.tool:s3.read mcp.tool:github.create_issue";
@@ -131,9 +135,9 @@ impl AuthServer {
                 "client_id": c.id, "client_secret": secret(c.id), "scope": c.scope, "extra_claims": c.extra,
             })).collect::<Vec<_>>(),
             "resources": {
-                POSTGRES: { "alg": "ES256", "ttl": 300, "scope": all },
-                S3: { "alg": "RS256", "ttl": 300, "scope": all },
-                GITHUB: { "alg": "EdDSA", "ttl": 300, "scope": all },
+                POSTGRES: { "alg": "ES256", "ttl": ttl, "scope": all },
+                S3: { "alg": "RS256", "ttl": ttl, "scope": all },
+                GITHUB: { "alg": "EdDSA", "ttl": ttl, "scope": all },
             },
         });
         let path = dir.path().join("as.json");

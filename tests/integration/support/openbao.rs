@@ -177,10 +177,9 @@ cluster_addr = "http://127.0.0.1:{cluster}"
                 .get(format!("{}/v1/sys/health", self.addr))
                 .send()
                 .await
+                && ok.contains(&r.status().as_u16())
             {
-                if ok.contains(&r.status().as_u16()) {
-                    return;
-                }
+                return;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
