@@ -197,6 +197,15 @@ async fn the_cli_prints_credentials_as_json_and_shell_exports_and_lists_tasks() 
     );
 }
 
+/// The environment of a host where systemd passes credentials.
+struct ExampleEnv;
+
+impl credbroker_provider_api::Env for ExampleEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        (key == "CREDENTIALS_DIRECTORY").then(|| "/run/credentials/credbroker.service".into())
+    }
+}
+
 #[test]
 fn every_example_configuration_is_valid() {
     let mut n = 0;
@@ -207,7 +216,13 @@ fn every_example_configuration_is_valid() {
     {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "toml") {
-            Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            // Providers and their grants too, as `serve` builds them.
+            let registry = credbroker::providers::Registry::builtin();
+            if let Err(e) = credbroker::broker::Runtime::build(config, &registry, &ExampleEnv, None)
+            {
+                panic!("{}: {e:?}", path.display());
+            }
             n += 1;
         }
     }
