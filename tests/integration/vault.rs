@@ -615,3 +615,62 @@ async fn leases_end_with_a_token_that_expires_in_two_minutes_even_without_credbr
         ("ended", "token_expired")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_vault_secret_reaches_the_log_at_trace_level() {
+    let auth = AuthServer::start();
+    let (pg, bao, secrets) = backends().await;
+    let d = Daemon::start_logging(
+        |dir| vault_config(dir, &auth.issuer, &bao, &token_file(&secrets)),
+        "trace",
+    )
+    .await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let begun = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["orders-db", "orders-token"]))
+        .await;
+    let begun = begun.unwrap_or_else(|e| panic!("{e:?}")).into_inner();
+    let task = begun.task.unwrap_or_default().id;
+    let db = cred(&begun.credentials, "orders-db");
+    assert_eq!(
+        pg.query_as(&db.public["username"], &db.secret["password"], COUNT)
+            .as_deref(),
+        Ok("3")
+    );
+    d.broker()
+        .await
+        .end_task(v1::EndTaskRequest { task_id: task })
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+
+    let log = d.log_text();
+    assert!(
+        log.contains("TRACE") && log.lines().count() > 100,
+        "trace logging is not on"
+    );
+    let broker_token =
+        std::fs::read_to_string(secrets.path().join("vault-token")).unwrap_or_default();
+    let workload_token = cred(&begun.credentials, "orders-token").secret["token"].clone();
+    for (what, secret) in [
+        ("credbroker's Vault token", broker_token.trim()),
+        ("the database password", db.secret["password"].as_str()),
+        ("the workload's Vault token", workload_token.as_str()),
+        ("the access token", token.as_str()),
+    ] {
+        assert!(
+            !secret.is_empty() && !log.contains(secret),
+            "{what} appears in the log"
+        );
+    }
+    let journal = std::fs::read(&d.journal).unwrap_or_default();
+    let wal = std::fs::read(d.dir.path().join("journal.db-wal")).unwrap_or_default();
+    for bytes in [journal, wal] {
+        assert!(
+            !bytes
+                .windows(workload_token.len())
+                .any(|w| w == workload_token.as_bytes())
+        );
+    }
+}
