@@ -674,3 +674,167 @@ async fn no_vault_secret_reaches_the_log_at_trace_level() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credbrokers_own_token_is_kept_alive_and_replaced_when_it_cannot_be_renewed() {
+    let auth = AuthServer::start();
+    let (pg, bao, _secrets) = backends().await;
+    // AppRole tokens that live 6 s and can be renewed only up to 12 s in all: credbroker must
+    // renew them, then log in again, for the instance to keep working.
+    bao.api(
+        Method::POST,
+        "sys/auth/approle",
+        Some(serde_json::json!({"type": "approle"})),
+    )
+    .await;
+    bao.api(
+        Method::POST,
+        "auth/approle/role/credbroker",
+        Some(serde_json::json!({"token_policies": ["credbroker", "orders-read"], "token_ttl": "6s", "token_max_ttl": "12s"})),
+    )
+    .await;
+    let (_, rid) = bao
+        .api(Method::GET, "auth/approle/role/credbroker/role-id", None)
+        .await;
+    let (_, sid) = bao
+        .api(
+            Method::POST,
+            "auth/approle/role/credbroker/secret-id",
+            Some(serde_json::json!({})),
+        )
+        .await;
+    let files = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sid_file = files.path().join("secret-id");
+    std::fs::write(
+        &sid_file,
+        sid["data"]["secret_id"].as_str().unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    let approle = format!(
+        "approle = {{ role_id = \"{}\", secret_id_file = \"{}\" }}",
+        rid["data"]["role_id"].as_str().unwrap_or_default(),
+        sid_file.display()
+    );
+    let d = Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &approle)).await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let accessor = || async {
+        let s = d
+            .admin()
+            .await
+            .status(v1::StatusRequest {})
+            .await
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .into_inner();
+        s.providers
+            .iter()
+            .find(|p| p.name == "vault")
+            .map(|p| p.detail.clone())
+            .unwrap_or_default()
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the instance has logged in",
+        || async { accessor().await.contains("token ") },
+    )
+    .await;
+    let first = accessor().await;
+    // Well past the first token's 12 s maximum.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let begun = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["orders-db"]))
+        .await;
+    let begun = begun
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log_text()))
+        .into_inner();
+    let db = cred(&begun.credentials, "orders-db");
+    assert_eq!(
+        pg.query_as(&db.public["username"], &db.secret["password"], COUNT)
+            .as_deref(),
+        Ok("3")
+    );
+    let later = accessor().await;
+    assert_ne!(
+        first.split_whitespace().nth(1),
+        later.split_whitespace().nth(1),
+        "a new login replaced the token: {first} / {later}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scope_tokens_can_be_orphans_through_a_token_role() {
+    let auth = AuthServer::start();
+    let (pg, bao, secrets) = backends().await;
+    // A token role that makes orphans: a scope then outlives credbroker's own token.
+    bao.api(
+        Method::POST,
+        "auth/token/roles/credbroker-scope",
+        Some(serde_json::json!({"orphan": true, "allowed_policies": ["orders-read"], "renewable": true})),
+    )
+    .await;
+    let (status, _) = bao
+        .api(
+            Method::PUT,
+            "sys/policies/acl/scope-role",
+            Some(serde_json::json!({"policy": "path \"auth/token/create/credbroker-scope\" { capabilities = [\"update\"] }"})),
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (_, t) = bao
+        .api(
+            Method::POST,
+            "auth/token/create",
+            Some(serde_json::json!({"policies": ["credbroker", "orders-read", "scope-role"], "ttl": "1h"})),
+        )
+        .await;
+    std::fs::write(
+        secrets.path().join("vault-token"),
+        t["auth"]["client_token"].as_str().unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    let settings = format!(
+        "{}\nscope_role = \"credbroker-scope\"\nscope_policies = [\"orders-read\"]",
+        token_file(&secrets)
+    );
+    let d = Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &settings)).await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let begun = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["orders-db"]))
+        .await;
+    let begun = begun
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log_text()))
+        .into_inner();
+    let task = begun.task.unwrap_or_default();
+    let scope = task
+        .leases
+        .iter()
+        .find(|l| l.grant.is_empty())
+        .map(|l| l.reference.clone())
+        .unwrap_or_default();
+    let (_, info) = bao
+        .api(
+            Method::POST,
+            "auth/token/lookup-accessor",
+            Some(serde_json::json!({"accessor": scope})),
+        )
+        .await;
+    assert_eq!(info["data"]["orphan"], true, "{info}");
+    assert_eq!(info["data"]["path"], "auth/token/create/credbroker-scope");
+
+    // credbroker's own token is revoked: the task's credential lives on with its scope.
+    bao.api(
+        Method::POST,
+        "auth/token/revoke",
+        Some(serde_json::json!({"token": t["auth"]["client_token"]})),
+    )
+    .await;
+    let db = cred(&begun.credentials, "orders-db");
+    assert_eq!(
+        pg.query_as(&db.public["username"], &db.secret["password"], COUNT)
+            .as_deref(),
+        Ok("3")
+    );
+}

@@ -21,6 +21,10 @@
 //! approle = { role_id = "…", secret_id_credential = "vault-secret-id" }   # or secret_id_file
 //! # optional: policies for per-task scope tokens (default: those of credbroker's token)
 //! scope_policies = ["credbroker-task"]
+//! # optional: create scope tokens through this token role. A role with `orphan = true` makes
+//! # scopes independent of credbroker's own token: without it a scope is that token's child and
+//! # ends when it does (AppRole tokens have a max TTL), cutting long tasks short.
+//! scope_role = "credbroker-scope"
 //! ```
 
 mod auth;
@@ -43,7 +47,7 @@ use provider::{Inner, VaultProvider};
 
 pub struct VaultFactory;
 
-const KEYS: [&str; 8] = [
+const KEYS: [&str; 9] = [
     "address",
     "namespace",
     "ca_file",
@@ -52,6 +56,7 @@ const KEYS: [&str; 8] = [
     "token_credential",
     "approle",
     "scope_policies",
+    "scope_role",
 ];
 
 impl ProviderFactory for VaultFactory {
@@ -99,6 +104,16 @@ impl ProviderFactory for VaultFactory {
                 .map_err(|e| errors.push(ParamError::new("ca_file", format!("{p}: {e}"))))
                 .ok()
         });
+        let scope_role = config
+            .get("scope_role")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if scope_role
+            .as_deref()
+            .is_some_and(|r| r.is_empty() || r.contains('/'))
+        {
+            errors.push(ParamError::new("scope_role", "must be a token role name"));
+        }
         let scope_policies = param_str_list(config, "scope_policies")
             .map_err(|e| errors.push(e))
             .unwrap_or_default();
@@ -119,6 +134,7 @@ impl ProviderFactory for VaultFactory {
             client,
             token: SelfToken::new(login),
             scope_policies,
+            scope_role,
         });
         // Keep credbroker's token alive while the instance exists (the loop holds a weak ref).
         if let Ok(rt) = tokio::runtime::Handle::try_current() {

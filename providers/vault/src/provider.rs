@@ -21,6 +21,7 @@ pub(crate) struct Inner {
     pub(crate) client: Client,
     pub(crate) token: SelfToken,
     pub(crate) scope_policies: Vec<String>,
+    pub(crate) scope_role: Option<String>,
 }
 
 pub(crate) struct VaultProvider {
@@ -123,12 +124,17 @@ impl Inner {
         if !self.scope_policies.is_empty() {
             body["policies"] = json!(self.scope_policies);
         }
+        let create_path = match &self.scope_role {
+            Some(role) => format!("auth/token/create/{role}"),
+            None => "auth/token/create".to_string(),
+        };
+        let create_path = create_path.as_str();
         let env = self
             .with_token(|t| {
                 let body = body.clone();
                 async move {
                     self.client
-                        .call(Method::POST, "auth/token/create", Some(&t), Some(&body))
+                        .call(Method::POST, &create_path, Some(&t), Some(&body))
                         .await
                 }
             })
@@ -510,11 +516,14 @@ impl Provider for VaultProvider {
             Ok(t) => t,
             Err(e) => return vec![format!("credbroker's token: {e}")],
         };
-        let mut paths: Vec<(String, &'static str, String)> = vec![(
-            "auth/token/create".into(),
-            "update",
-            "per-task scope tokens".into(),
-        )];
+        let create = inner
+            .scope_role
+            .as_ref()
+            .map_or("auth/token/create".to_string(), |r| {
+                format!("auth/token/create/{r}")
+            });
+        let mut paths: Vec<(String, &'static str, String)> =
+            vec![(create, "update", "per-task scope tokens".into())];
         for (name, params) in grants {
             if let Ok(Grant::Dynamic { path, post, .. }) = grants::parse(params) {
                 paths.push((
