@@ -134,7 +134,7 @@ impl Inner {
                 let body = body.clone();
                 async move {
                     self.client
-                        .call(Method::POST, &create_path, Some(&t), Some(&body))
+                        .call(Method::POST, create_path, Some(&t), Some(&body))
                         .await
                 }
             })
