@@ -54,6 +54,9 @@ pub struct AuditRecord {
     /// Assigned by the journal when the record is appended.
     pub seq: u64,
     pub time: String,
+    /// `time` as Unix milliseconds, for the index; not part of the record's body.
+    #[serde(skip)]
+    pub at_ms: i64,
     pub event: String,
     /// success | denied | failure
     pub outcome: String,
@@ -97,6 +100,7 @@ impl AuditRecord {
     pub fn new(event: &str, outcome: Outcome, at: SystemTime) -> Self {
         Self {
             time: rfc3339(at),
+            at_ms: crate::time::to_ms(at),
             event: event.into(),
             outcome: outcome.as_str().into(),
             ..Default::default()

@@ -140,6 +140,7 @@ impl Journal {
 }
 
 fn configure(conn: &Connection) -> Result<(), JournalError> {
+    conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: the WAL is fsynced on every commit, so a committed transition survives power loss.
     conn.pragma_update(None, "synchronous", "FULL")?;

@@ -46,6 +46,12 @@ pub enum Op {
     Audit(Box<AuditRecord>),
 }
 
+/// Executes through the connection's statement cache: the same dozen statements run for every
+/// transition, and preparing them each time would cost more than running them.
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
 /// The running end of the audit hash chain.
 #[derive(Clone, Copy)]
 pub(super) struct Chain {
@@ -55,7 +61,7 @@ pub(super) struct Chain {
 
 pub(super) fn apply(conn: &Connection, op: &Op, chain: &mut Chain) -> Result<(), JournalError> {
     let changed = match op {
-        Op::InsertTask(t) => conn.execute(
+        Op::InsertTask(t) => exec(conn, 
             "INSERT INTO tasks (id, state, workload, tool, issuer, subject, client_id, owner,
                 owner_source, actors, token_fp, jti, scopes, token_exp_ms, peer_uid, peer_gid,
                 peer_pid, peer_exe, peer_unit, created_ms, expires_ms, ended_ms, end_reason)
@@ -86,7 +92,7 @@ pub(super) fn apply(conn: &Connection, op: &Op, chain: &mut Chain) -> Result<(),
                 t.end_reason,
             ],
         )?,
-        Op::InsertLease(l) => conn.execute(
+        Op::InsertLease(l) => exec(conn, 
             "INSERT INTO leases (id, task_id, role, parent, grant_name, provider, kind, state, params,
                 wanted_exp_ms, issued_ms, expires_ms, revoked_ms, reference, sealed_handle,
                 renewable, attempts, next_attempt_ms, last_error)
@@ -113,16 +119,16 @@ pub(super) fn apply(conn: &Connection, op: &Op, chain: &mut Chain) -> Result<(),
                 l.last_error,
             ],
         )?,
-        Op::TaskState { id, state, ended_ms, end_reason } => conn.execute(
+        Op::TaskState { id, state, ended_ms, end_reason } => exec(conn, 
             "UPDATE tasks SET state = ?2, ended_ms = COALESCE(?3, ended_ms),
                 end_reason = COALESCE(?4, end_reason) WHERE id = ?1",
             params![id, state.as_str(), ended_ms, end_reason],
         )?,
-        Op::TaskExpiry { id, expires_ms, token_exp_ms } => conn.execute(
+        Op::TaskExpiry { id, expires_ms, token_exp_ms } => exec(conn, 
             "UPDATE tasks SET expires_ms = ?2, token_exp_ms = ?3 WHERE id = ?1",
             params![id, expires_ms, token_exp_ms],
         )?,
-        Op::LeaseIssued { id, issued_ms, expires_ms, reference, sealed_handle, renewable } => conn.execute(
+        Op::LeaseIssued { id, issued_ms, expires_ms, reference, sealed_handle, renewable } => exec(conn, 
             "UPDATE leases SET state = 'active', issued_ms = ?2, expires_ms = ?3, reference = ?4,
                 sealed_handle = ?5, renewable = ?6 WHERE id = ?1",
             params![id, issued_ms, expires_ms, reference, sealed_handle, renewable],
@@ -130,7 +136,7 @@ pub(super) fn apply(conn: &Connection, op: &Op, chain: &mut Chain) -> Result<(),
         Op::LeaseState { id, state, revoked_ms, attempts, next_attempt_ms, last_error } => {
             // A terminal lease no longer needs what revoked it: drop the sealed handle.
             let clear = state.is_terminal();
-            conn.execute(
+            exec(conn, 
                 "UPDATE leases SET state = ?2, revoked_ms = COALESCE(?3, revoked_ms), attempts = ?4,
                     next_attempt_ms = ?5, last_error = ?6,
                     sealed_handle = CASE WHEN ?7 THEN NULL ELSE sealed_handle END
@@ -139,7 +145,7 @@ pub(super) fn apply(conn: &Connection, op: &Op, chain: &mut Chain) -> Result<(),
             )?
         }
         Op::LeaseExpiry { id, expires_ms } => {
-            conn.execute("UPDATE leases SET expires_ms = ?2 WHERE id = ?1", params![id, expires_ms])?
+            exec(conn, "UPDATE leases SET expires_ms = ?2 WHERE id = ?1", params![id, expires_ms])?
         }
         Op::Audit(record) => {
             append_audit(conn, record, chain)?;
@@ -164,10 +170,8 @@ fn append_audit(
     record.seq = chain.seq + 1;
     let body = serde_json::to_string(&record).map_err(|e| JournalError::Encode(e.to_string()))?;
     let hash = chain_hash(&chain.hash, body.as_bytes());
-    let at_ms = humantime::parse_rfc3339(&record.time)
-        .map(crate::time::to_ms)
-        .unwrap_or_default();
-    conn.execute(
+    let at_ms = record.at_ms;
+    exec(conn, 
         "INSERT INTO audit (seq, at_ms, event, task_id, lease_id, client_id, subject, owner,
             grant_name, provider, token_fp, body, prev, hash)
          VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)",

@@ -6,6 +6,8 @@ mod provider;
 use std::sync::Arc;
 
 fn main() -> std::process::ExitCode {
-    let registry = credbroker::providers::Registry::builtin().with(Arc::new(provider::TestFactory));
+    let registry = credbroker::providers::Registry::builtin()
+        .with(Arc::new(provider::TestFactory))
+        .with(Arc::new(provider::NoopFactory));
     credbroker::cli::main(registry)
 }

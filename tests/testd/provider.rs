@@ -357,3 +357,71 @@ impl Provider for TestProvider {
         }
     }
 }
+
+/// `type = "noop"`: issues nothing and remembers nothing — the cost of the broker alone, for
+/// benchmarks. Settings: `revoke_delay_ms` (a provider that answers revoke that slowly).
+pub(crate) struct NoopFactory;
+
+impl ProviderFactory for NoopFactory {
+    fn kind(&self) -> &'static str {
+        "noop"
+    }
+
+    fn build(
+        &self,
+        _name: &str,
+        config: &Params,
+        _env: &dyn Env,
+    ) -> Result<Arc<dyn Provider>, Vec<ParamError>> {
+        let mut errors = Vec::new();
+        for key in config.keys() {
+            if key != "revoke_delay_ms" && key != "issue_delay_ms" {
+                errors.push(ParamError::new(key, "unknown setting"));
+            }
+        }
+        let ms = |k: &str| Duration::from_millis(config.get(k).and_then(Value::as_u64).unwrap_or(0));
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Arc::new(Noop { issue_delay: ms("issue_delay_ms"), revoke_delay: ms("revoke_delay_ms") }))
+    }
+}
+
+struct Noop {
+    issue_delay: Duration,
+    revoke_delay: Duration,
+}
+
+#[async_trait::async_trait]
+impl Provider for Noop {
+    fn kind(&self) -> &'static str {
+        "noop"
+    }
+
+    fn check_grant(&self, _params: &Params) -> Result<(), Vec<ParamError>> {
+        Ok(())
+    }
+
+    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, ProviderError> {
+        if !self.issue_delay.is_zero() {
+            tokio::time::sleep(self.issue_delay).await;
+        }
+        Ok(Issued {
+            credential: Credential::default(),
+            handle: RevocationHandle { reference: req.lease_id.to_string(), secret: None },
+            expires_at: req.expires_at,
+            renewable: false,
+        })
+    }
+
+    async fn revoke(&self, _lease: &LeaseRef<'_>, _now: SystemTime) -> Result<Revoked, ProviderError> {
+        if !self.revoke_delay.is_zero() {
+            tokio::time::sleep(self.revoke_delay).await;
+        }
+        Ok(Revoked::Revoked)
+    }
+
+    async fn reconcile(&self, _req: &IssueRequest<'_>, _now: SystemTime) -> Result<Reconciled, ProviderError> {
+        Ok(Reconciled::NothingIssued)
+    }
+}

@@ -1,0 +1,420 @@
+//! `credbroker-bench`: a load generator that drives a running daemon over its unix socket with a
+//! real access token, and OpenBao with its own API for comparison. Built with `--features testd`
+//! (never shipped). See BENCHMARKS.md and scripts/bench.sh.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use credbroker::proto::v1;
+use credbroker::proto::v1::broker_client::BrokerClient;
+use serde_json::json;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(name = "credbroker-bench", about = "Load generator for credbroker (and OpenBao, side by side)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Client runtime threads (the daemon shares the machine).
+    #[arg(long, global = true, default_value_t = 1)]
+    threads: usize,
+    /// Print one JSON summary line instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+struct Target {
+    #[arg(long, default_value = "/run/credbroker/broker.sock")]
+    socket: PathBuf,
+    /// A file holding the access token (the same token every request: the cached path).
+    #[arg(long)]
+    token_file: PathBuf,
+    #[arg(long, default_value = "bench")]
+    grant: String,
+    #[arg(long, default_value = "bench")]
+    tool: String,
+    /// gRPC connections (HTTP/2) shared by the workers.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// The daemon's pid, to report its memory.
+    #[arg(long)]
+    daemon_pid: Option<u32>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// BeginTask + EndTask cycles for a while, at a fixed concurrency.
+    Cycle {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        #[arg(long, default_value = "2s")]
+        warmup: String,
+    },
+    /// Begin N tasks and leave them active; report the daemon's memory.
+    Fill {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 100_000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 3600)]
+        ttl: u32,
+    },
+    /// Begin N tasks, then end them all at once; report how long until every lease is revoked.
+    EndBurst {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 10_000)]
+        tasks: usize,
+        #[arg(long, default_value_t = 1024)]
+        concurrency: usize,
+    },
+    /// OpenBao: token create + revoke-accessor cycles (its closest equivalent of a task).
+    Openbao {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        token_file: PathBuf,
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        #[arg(long, default_value = "2s")]
+        warmup: String,
+    },
+}
+
+fn dur(s: &str) -> Duration {
+    humantime::parse_duration(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cli.threads.max(1))
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let summary = rt.block_on(run(cli.cmd));
+    if cli.json {
+        println!("{summary}");
+    } else {
+        for (k, v) in summary.as_object().into_iter().flatten() {
+            println!("{k:>24}: {v}");
+        }
+    }
+}
+
+async fn run(cmd: Cmd) -> serde_json::Value {
+    match cmd {
+        Cmd::Cycle { target, concurrency, duration, warmup } => cycle(target, concurrency, dur(&duration), dur(&warmup)).await,
+        Cmd::Fill { target, tasks, concurrency, ttl } => fill(target, tasks, concurrency, ttl).await,
+        Cmd::EndBurst { target, tasks, concurrency } => end_burst(target, tasks, concurrency).await,
+        Cmd::Openbao { addr, token_file, concurrency, duration, warmup } => {
+            openbao(addr, token_file, concurrency, dur(&duration), dur(&warmup)).await
+        }
+    }
+}
+
+struct Session {
+    clients: Vec<BrokerClient<Channel>>,
+    token: String,
+    grant: String,
+    tool: String,
+}
+
+impl Session {
+    async fn open(t: &Target) -> Arc<Self> {
+        let token = std::fs::read_to_string(&t.token_file).unwrap_or_else(|e| panic!("token: {e}")).trim().to_string();
+        let mut clients = Vec::new();
+        for _ in 0..t.connections.max(1) {
+            let ch = credbroker::client::channel(&t.socket).await.unwrap_or_else(|e| panic!("{e}"));
+            clients.push(BrokerClient::new(ch).max_decoding_message_size(1 << 20));
+        }
+        Arc::new(Self { clients, token, grant: t.grant.clone(), tool: t.tool.clone() })
+    }
+
+    fn client(&self, i: usize) -> BrokerClient<Channel> {
+        self.clients[i % self.clients.len()].clone()
+    }
+
+    async fn begin(&self, c: &mut BrokerClient<Channel>, ttl: Option<u32>) -> Result<String, tonic::Status> {
+        let req = v1::BeginTaskRequest {
+            token: self.token.clone(),
+            tool: self.tool.clone(),
+            grants: vec![v1::GrantRequest { name: self.grant.clone(), narrow: Default::default() }],
+            ttl_seconds: ttl,
+        };
+        Ok(c.begin_task(req).await?.into_inner().task.unwrap_or_default().id)
+    }
+
+    async fn end(&self, c: &mut BrokerClient<Channel>, id: String) -> Result<v1::Task, tonic::Status> {
+        Ok(c.end_task(v1::EndTaskRequest { task_id: id }).await?.into_inner().task.unwrap_or_default())
+    }
+}
+
+/// Latencies in microseconds.
+#[derive(Default)]
+struct Hist(Vec<u32>);
+
+impl Hist {
+    fn add(&mut self, d: Duration) {
+        self.0.push(d.as_micros().min(u32::MAX as u128) as u32);
+    }
+
+    fn merge(&mut self, o: Hist) {
+        self.0.extend(o.0);
+    }
+
+    fn pct(&mut self, p: f64) -> f64 {
+        if self.0.is_empty() {
+            return 0.0;
+        }
+        self.0.sort_unstable();
+        let i = ((self.0.len() as f64 - 1.0) * p).round() as usize;
+        f64::from(self.0[i]) / 1000.0
+    }
+
+    fn summary(&mut self, name: &str) -> serde_json::Value {
+        json!({
+            format!("{name}_p50_ms"): self.pct(0.50),
+            format!("{name}_p99_ms"): self.pct(0.99),
+            format!("{name}_p999_ms"): self.pct(0.999),
+        })
+    }
+}
+
+fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+    if let (Some(a), Some(b)) = (into.as_object_mut(), from.as_object()) {
+        a.extend(b.clone());
+    }
+}
+
+fn memory(pid: Option<u32>) -> serde_json::Value {
+    let Some(pid) = pid else { return json!({}) };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |k: &str| {
+        status.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0)
+    };
+    json!({ "daemon_rss_mb": kb("VmRSS:") as f64 / 1024.0, "daemon_peak_rss_mb": kb("VmHWM:") as f64 / 1024.0 })
+}
+
+async fn cycle(t: Target, concurrency: usize, duration: Duration, warmup: Duration) -> serde_json::Value {
+    let s = Session::open(&t).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for i in 0..concurrency {
+        let (s, stop, measuring, errors) = (Arc::clone(&s), Arc::clone(&stop), Arc::clone(&measuring), Arc::clone(&errors));
+        workers.push(tokio::spawn(async move {
+            let mut c = s.client(i);
+            let (mut begin, mut end, mut cyc) = (Hist::default(), Hist::default(), Hist::default());
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let id = match s.begin(&mut c, Some(60)).await {
+                    Ok(id) => id,
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                };
+                let t1 = Instant::now();
+                if s.end(&mut c, id).await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                let t2 = Instant::now();
+                if measuring.load(Ordering::Relaxed) {
+                    begin.add(t1 - t0);
+                    end.add(t2 - t1);
+                    cyc.add(t2 - t0);
+                }
+            }
+            (begin, end, cyc)
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (mut begin, mut end, mut cyc) = (Hist::default(), Hist::default(), Hist::default());
+    for w in workers {
+        if let Ok((b, e, c)) = w.await {
+            begin.merge(b);
+            end.merge(e);
+            cyc.merge(c);
+        }
+    }
+    let cycles = cyc.0.len();
+    let mut out = json!({
+        "concurrency": concurrency,
+        "connections": t.connections,
+        "cycles": cycles,
+        "cycles_per_s": (cycles as f64 / elapsed.as_secs_f64()).round(),
+        "errors": errors.load(Ordering::Relaxed),
+    });
+    merge(&mut out, begin.summary("begin"));
+    merge(&mut out, end.summary("end"));
+    merge(&mut out, cyc.summary("cycle"));
+    merge(&mut out, memory(t.daemon_pid));
+    out
+}
+
+async fn begin_many(s: &Arc<Session>, tasks: usize, concurrency: usize, ttl: u32) -> (Vec<String>, u64, Duration) {
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for i in 0..concurrency {
+        let (s, next, errors) = (Arc::clone(s), Arc::clone(&next), Arc::clone(&errors));
+        workers.push(tokio::spawn(async move {
+            let mut c = s.client(i);
+            let mut ids = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < tasks as u64 {
+                match s.begin(&mut c, Some(ttl)).await {
+                    Ok(id) => ids.push(id),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for w in workers {
+        ids.extend(w.await.unwrap_or_default());
+    }
+    (ids, errors.load(Ordering::Relaxed), started.elapsed())
+}
+
+async fn fill(t: Target, tasks: usize, concurrency: usize, ttl: u32) -> serde_json::Value {
+    let s = Session::open(&t).await;
+    let (ids, errors, took) = begin_many(&s, tasks, concurrency, ttl).await;
+    let mut out = json!({
+        "tasks_active": ids.len(),
+        "errors": errors,
+        "fill_seconds": took.as_secs_f64(),
+        "begins_per_s": (ids.len() as f64 / took.as_secs_f64()).round(),
+    });
+    merge(&mut out, memory(t.daemon_pid));
+    out
+}
+
+async fn end_burst(t: Target, tasks: usize, concurrency: usize) -> serde_json::Value {
+    let s = Session::open(&t).await;
+    let (ids, begin_errors, _) = begin_many(&s, tasks, 64, 3600).await;
+    let queue = Arc::new(std::sync::Mutex::new(ids));
+    let revoked = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for i in 0..concurrency {
+        let (s, queue, revoked) = (Arc::clone(&s), Arc::clone(&queue), Arc::clone(&revoked));
+        workers.push(tokio::spawn(async move {
+            let mut c = s.client(i);
+            loop {
+                let Some(id) = queue.lock().ok().and_then(|mut q| q.pop()) else { return };
+                if let Ok(task) = s.end(&mut c, id).await {
+                    if task.leases.iter().all(|l| l.state == "revoked") {
+                        revoked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+    let took = started.elapsed();
+    json!({
+        "tasks": tasks,
+        "begin_errors": begin_errors,
+        "revoked": revoked.load(Ordering::Relaxed),
+        "all_revoked_seconds": took.as_secs_f64(),
+    })
+}
+
+async fn openbao(addr: String, token_file: PathBuf, concurrency: usize, duration: Duration, warmup: Duration) -> serde_json::Value {
+    let token = std::fs::read_to_string(&token_file).unwrap_or_else(|e| panic!("{e}")).trim().to_string();
+    let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap_or_else(|e| panic!("{e}"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (http, addr, token) = (http.clone(), addr.clone(), token.clone());
+        let (stop, measuring, errors) = (Arc::clone(&stop), Arc::clone(&measuring), Arc::clone(&errors));
+        workers.push(tokio::spawn(async move {
+            let mut cyc = Hist::default();
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let created = http
+                    .post(format!("{addr}/v1/auth/token/create"))
+                    .header("X-Vault-Token", &token)
+                    .body(r#"{"ttl":"1h","policies":["default"]}"#)
+                    .send()
+                    .await;
+                let accessor = match created {
+                    Ok(r) if r.status().is_success() => r
+                        .bytes()
+                        .await
+                        .ok()
+                        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+                        .and_then(|v| v["auth"]["accessor"].as_str().map(str::to_owned)),
+                    _ => None,
+                };
+                let Some(accessor) = accessor else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let revoked = http
+                    .post(format!("{addr}/v1/auth/token/revoke-accessor"))
+                    .header("X-Vault-Token", &token)
+                    .body(json!({ "accessor": accessor }).to_string())
+                    .send()
+                    .await;
+                if !revoked.is_ok_and(|r| r.status().is_success()) {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if measuring.load(Ordering::Relaxed) {
+                    cyc.add(t0.elapsed());
+                }
+            }
+            cyc
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut cyc = Hist::default();
+    for w in workers {
+        if let Ok(c) = w.await {
+            cyc.merge(c);
+        }
+    }
+    let cycles = cyc.0.len();
+    let mut out = json!({
+        "concurrency": concurrency,
+        "cycles": cycles,
+        "cycles_per_s": (cycles as f64 / elapsed.as_secs_f64()).round(),
+        "errors": errors.load(Ordering::Relaxed),
+    });
+    merge(&mut out, cyc.summary("cycle"));
+    out
+}

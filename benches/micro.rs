@@ -1,0 +1,240 @@
+//! Micro-benchmarks of the request path's parts: token validation (cold and cached), policy
+//! resolution, journal transitions (one at a time, and 64 at once sharing fsyncs).
+//!
+//!     cargo bench --bench micro
+//!
+//! The journal benchmarks write to a real file with synchronous=FULL: they measure fsyncs.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use credbroker::config::{Config, IssuerConfig, MetadataMode, TokenSettings};
+use credbroker::journal::{Journal, Op};
+use credbroker::policy::{Ask, GrantAsk, Policy};
+use credbroker::token::{Alg, Verifier};
+
+#[path = "../tests/support/forge.rs"]
+mod forge;
+
+const ISS: &str = "https://as.bench.test";
+const AUD: &str = "https://mcp.bench.test/db";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn public_jwks(dir: &Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(forge::fixtures().join("keys/keys.json")).unwrap_or_default();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    for k in v["keys"].as_array_mut().into_iter().flatten() {
+        if let Some(m) = k.as_object_mut() {
+            for p in ["d", "p", "q", "dp", "dq", "qi"] {
+                m.remove(p);
+            }
+        }
+    }
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, v.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+fn verifier(jwks: &Path, cache_entries: usize) -> Verifier {
+    let issuer = IssuerConfig {
+        url: ISS.into(),
+        algorithms: vec![Alg::RS256, Alg::ES256, Alg::EdDSA],
+        metadata: MetadataMode::Auto,
+        jwks_file: Some(jwks.to_path_buf()),
+        refresh: Duration::from_secs(900),
+        min_refresh_interval: Duration::from_secs(30),
+        http_timeout: Duration::from_secs(1),
+        ca_file: None,
+    };
+    let settings = TokenSettings { cache_entries, ..TokenSettings::default() };
+    Verifier::new(&[issuer], &settings).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn token_validation(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let jwks = public_jwks(dir.path());
+    let cold = verifier(&jwks, 0);
+    let cached = verifier(&jwks, 1024);
+    rt.block_on(async {
+        assert!(cold.load_keys().await.is_empty());
+        assert!(cached.load_keys().await.is_empty());
+    });
+    let now = SystemTime::now();
+    let unix = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let mut g = c.benchmark_group("token");
+    for kid in ["es256-1", "rs256-1", "eddsa-1"] {
+        let token = forge::Signer::fixture("keys", kid).token(&forge::claims(ISS, AUD, "mcp.tool:db.read", unix));
+        g.bench_function(format!("cold/{kid}"), |b| {
+            b.iter(|| rt.block_on(cold.verify(&token, now)).map(|v| v.check_audience(AUD)).is_ok())
+        });
+        g.bench_function(format!("cached/{kid}"), |b| {
+            b.iter(|| rt.block_on(cached.verify(&token, now)).map(|v| v.check_audience(AUD)).is_ok())
+        });
+    }
+    g.finish();
+}
+
+const CONFIG: &str = r#"
+[server]
+broker_socket = "/run/b.sock"
+admin_socket = "/run/a.sock"
+[journal]
+path = "/tmp/j.db"
+key_file = "/tmp/k"
+[[issuer]]
+url = "https://as.bench.test"
+[attribution]
+require_owner = true
+clients = { "agent-1" = "alice@example.com" }
+[[provider]]
+name = "p"
+type = "noop"
+[[grant]]
+name = "read"
+provider = "p"
+scopes = ["mcp.tool:db.read"]
+max_ttl = "10m"
+tools = ["query"]
+params = { path = "database/creds/{owner}-{task_id}", items = ["a", "b"] }
+[grant.conditions]
+"client_id" = ["agent-1"]
+[[workload]]
+name = "db"
+uid = 1000
+audience = "https://mcp.bench.test/db"
+grants = ["read"]
+"#;
+
+fn policy(c: &mut Criterion) {
+    let config = Config::parse(CONFIG, "bench").unwrap_or_else(|e| panic!("{e}"));
+    let policy = Policy::new(&config, Default::default());
+    let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let claims_json = forge::claims(ISS, AUD, "mcp.tool:db.read other", unix);
+    let claims = credbroker::token::Claims {
+        issuer: ISS.into(),
+        subject: "agent-1".into(),
+        client_id: "agent-1".into(),
+        jti: "j".into(),
+        audiences: vec![AUD.into()],
+        expires_at: unix + 300,
+        issued_at: unix,
+        not_before: None,
+        scopes: vec!["mcp.tool:db.read".into(), "other".into()],
+        actors: vec![],
+        all: claims_json.as_object().cloned().unwrap_or_default(),
+    };
+    let grants = [GrantAsk { name: "read".into(), narrow: Default::default() }];
+    c.bench_function("policy/decide", |b| {
+        b.iter(|| {
+            policy
+                .decide(&Ask {
+                    workload: &config.workloads[0],
+                    claims: &claims,
+                    tool: "query",
+                    grants: &grants,
+                    ttl: Some(Duration::from_secs(300)),
+                    task_id: "01a2012d-2b6b-71d7-bf11-b771b6e0a944",
+                    now: SystemTime::now(),
+                })
+                .is_ok()
+        })
+    });
+}
+
+fn intent(i: u64) -> Vec<Op> {
+    use credbroker::audit::{AuditRecord, Outcome, PeerRecord};
+    use credbroker::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState};
+    let id = format!("task-{i}-{}", fastrand::u64(..));
+    let task = TaskRow {
+        id: id.clone(),
+        state: TaskState::Issuing,
+        workload: "db".into(),
+        tool: "query".into(),
+        issuer: ISS.into(),
+        subject: "agent-1".into(),
+        client_id: "agent-1".into(),
+        owner: Some("alice@example.com".into()),
+        owner_source: "client_registry".into(),
+        actors: vec![],
+        token_fp: "ab".repeat(32),
+        jti: "jti".into(),
+        scopes: vec!["mcp.tool:db.read".into()],
+        token_exp_ms: 0,
+        peer: PeerRecord { uid: 1000, gid: 1000, pid: 4242, exe: None, unit: Some("db-mcp.service".into()) },
+        created_ms: 0,
+        expires_ms: 0,
+        ended_ms: None,
+        end_reason: None,
+    };
+    let lease = LeaseRow {
+        id: format!("{id}-l"),
+        task_id: id.clone(),
+        role: credbroker_provider_api::Role::Credential,
+        parent: None,
+        grant: "read".into(),
+        provider: "p".into(),
+        kind: "noop".into(),
+        state: LeaseState::Pending,
+        params: Default::default(),
+        wanted_exp_ms: 0,
+        issued_ms: None,
+        expires_ms: None,
+        revoked_ms: None,
+        reference: None,
+        sealed_handle: None,
+        renewable: false,
+        attempts: 0,
+        next_attempt_ms: None,
+        last_error: None,
+    };
+    let mut rec = AuditRecord::new("task_opened", Outcome::Success, SystemTime::now());
+    rec.task_id = Some(id);
+    rec.owner = task.owner.clone();
+    vec![Op::InsertTask(Box::new(task)), Op::InsertLease(Box::new(lease)), Op::Audit(Box::new(rec))]
+}
+
+fn journal(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::Builder::new().tempdir_in("/var/tmp").unwrap_or_else(|e| panic!("{e}"));
+    let journal = Arc::new(Journal::open(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}")));
+    let mut g = c.benchmark_group("journal");
+    let mut n = 0;
+    g.bench_function("intent/one-at-a-time", |b| {
+        b.iter(|| {
+            n += 1;
+            rt.block_on(journal.commit(intent(n))).is_ok()
+        })
+    });
+    g.bench_function("intent/64-concurrent (per transition)", |b| {
+        b.iter_custom(|iters| {
+            let started = std::time::Instant::now();
+            rt.block_on(async {
+                let mut done = 0;
+                while done < iters {
+                    let batch = (iters - done).min(64);
+                    let futs = (0..batch).map(|i| {
+                        let j = Arc::clone(&journal);
+                        async move { j.commit(intent(done + i)).await.is_ok() }
+                    });
+                    futures_util::future::join_all(futs).await;
+                    done += batch;
+                }
+            });
+            started.elapsed()
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    targets = token_validation, policy, journal
+}
+criterion_main!(benches);
