@@ -9,7 +9,6 @@ use super::live::{TaskSummary, task_audit};
 use super::revoke::{Attempt, Target, scope_handle};
 use super::{Broker, BrokerError, ErrorKind};
 use crate::audit::{Outcome, PeerRecord, event};
-use crate::journal::Op;
 use crate::journal::read;
 use crate::journal::rows::{LeaseState, TaskRow, TaskState, end_reason};
 use crate::time::to_ms;
@@ -87,8 +86,7 @@ impl Broker {
                 .detail
                 .insert("operator_reason".into(), why.clone().into());
         }
-        let ops = vec![Op::Audit(Box::new(ending))];
-        match self.settle(task_id, attempts, ops, Some(reason), now).await {
+        match self.settle(task_id, attempts, Some(ending), Some(reason), now).await {
             Ok(Some(summary)) => Ok(summary),
             Ok(None) => self.ended_view(task_id, &ender).await,
             Err(e) => {

@@ -22,7 +22,7 @@ use credbroker_provider_api::{
 use futures_util::future::join_all;
 
 use super::begin::{Begun, IssuedCredential, call_provider};
-use super::live::{LiveLease, LiveTask, TaskSummary, context, task_audit};
+use super::live::{LiveLease, LiveTask, TaskSummary, context, task_audit, task_audit_full};
 use super::{Broker, BrokerError, ErrorKind, Runtime, new_id};
 use crate::audit::{Outcome, event};
 use crate::config::WorkloadConfig;
@@ -144,14 +144,14 @@ impl Broker {
         // === Commit 1: the intent, before any provider is called. ===
         let mut ops = vec![Op::InsertTask(Box::new((*task).clone()))];
         ops.extend(rows.iter().map(|l| Op::InsertLease(Box::new(l.clone()))));
-        let accepted = task_audit(&task, event::TOKEN_ACCEPTED, Outcome::Success, now)
+        let accepted = task_audit_full(&task, event::TOKEN_ACCEPTED, Outcome::Success, now)
             .detail("scopes", claims.scopes.clone())
             .detail("audiences", claims.audiences.clone())
             .detail("token_expires_at", claims.expires_at)
             .detail("token_issued_at", claims.issued_at);
         let credentials: Vec<&LeaseRow> =
             rows.iter().filter(|l| l.role == Role::Credential).collect();
-        let opened = task_audit(&task, event::TASK_OPENED, Outcome::Success, now)
+        let opened = task_audit_full(&task, event::TASK_OPENED, Outcome::Success, now)
             .detail(
                 "grants",
                 credentials

@@ -60,8 +60,10 @@ pub(crate) struct State {
     pub(crate) retries: BTreeSet<(i64, String, String)>,
 }
 
-/// An audit record carrying the task's whole attribution chain: peer, workload, client,
-/// subject, actors, owner, token fingerprint.
+/// An audit record for a task: the attribution every record carries (peer, workload, client,
+/// subject, owner, token fingerprint, task). The rest of the principal (issuer, actors, jti,
+/// tool, how the owner was found) is in the task's opening records, [`task_audit_full`]; every
+/// later record joins to them by task id.
 pub(crate) fn task_audit(
     t: &TaskRow,
     event: &str,
@@ -71,15 +73,26 @@ pub(crate) fn task_audit(
     let mut r = crate::audit::AuditRecord::new(event, outcome, now);
     r.task_id = Some(t.id.clone());
     r.workload = Some(t.workload.clone());
-    r.tool = Some(t.tool.clone());
     r.peer = Some(t.peer.clone());
-    r.issuer = Some(t.issuer.clone());
     r.client_id = Some(t.client_id.clone());
     r.subject = Some(t.subject.clone());
-    r.actors = t.actors.clone();
     r.owner = t.owner.clone();
-    r.owner_source = Some(t.owner_source.clone());
     r.token_fingerprint = Some(t.token_fp.clone());
+    r
+}
+
+/// [`task_audit`] plus the whole principal: for the records that open a task or accept a token.
+pub(crate) fn task_audit_full(
+    t: &TaskRow,
+    event: &str,
+    outcome: crate::audit::Outcome,
+    now: std::time::SystemTime,
+) -> crate::audit::AuditRecord {
+    let mut r = task_audit(t, event, outcome, now);
+    r.tool = Some(t.tool.clone());
+    r.issuer = Some(t.issuer.clone());
+    r.actors = t.actors.clone();
+    r.owner_source = Some(t.owner_source.clone());
     r.jti = Some(t.jti.clone());
     r
 }

@@ -14,7 +14,7 @@ use credbroker_provider_api::{
 use futures_util::future::join_all;
 
 use super::begin::call_provider;
-use super::live::{TaskSummary, task_audit};
+use super::live::{TaskSummary, task_audit, task_audit_full};
 use super::revoke::{Target, scope_handle};
 use super::{Broker, BrokerError, ErrorKind, Runtime};
 use crate::audit::{AuditRecord, Outcome, event};
@@ -207,7 +207,7 @@ impl Broker {
                 }
             }
         }
-        let mut accepted = task_audit(&task, event::TOKEN_ACCEPTED, Outcome::Success, now)
+        let mut accepted = task_audit_full(&task, event::TOKEN_ACCEPTED, Outcome::Success, now)
             .detail("scopes", c.scopes.clone())
             .detail("token_expires_at", c.expires_at);
         accepted.token_fingerprint = Some(verified.fingerprint.hex());

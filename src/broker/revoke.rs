@@ -281,7 +281,7 @@ impl Broker {
         &self,
         task_id: &str,
         mut attempts: Vec<Attempt>,
-        mut ops: Vec<Op>,
+        ending: Option<AuditRecord>,
         end_reason: Option<&str>,
         now: SystemTime,
     ) -> Result<Option<TaskSummary>, JournalError> {
@@ -318,7 +318,16 @@ impl Broker {
             });
             (Arc::clone(&live.row), all)
         };
-        for a in &attempts {
+        let mut ops = Vec::with_capacity(attempts.len() * 2 + 3);
+        // A task that ends in this very commit gets one `task_ended` record (carrying the
+        // reason and any operator detail); `task_ending` is written only when it stays ending.
+        let mut ending = ending;
+        if !all_terminal {
+            if let Some(rec) = ending.take() {
+                ops.push(Op::Audit(Box::new(rec)));
+            }
+        }
+        for a in &mut attempts {
             ops.push(Op::LeaseState {
                 id: a.lease_id.clone(),
                 state: a.state,
@@ -333,8 +342,8 @@ impl Broker {
                     expires_ms: exp,
                 });
             }
-            if let Some(rec) = &a.audit {
-                ops.push(Op::Audit(Box::new(rec.clone())));
+            if let Some(rec) = a.audit.take() {
+                ops.push(Op::Audit(Box::new(rec)));
             }
         }
         let reason = end_reason
@@ -347,7 +356,13 @@ impl Broker {
                 ended_ms: Some(to_ms(now)),
                 end_reason: reason.clone(),
             });
-            let mut rec = task_audit(&task_row, event::TASK_ENDED, Outcome::Success, now);
+            let mut rec = match ending {
+                Some(mut e) => {
+                    e.event = event::TASK_ENDED.into();
+                    e
+                }
+                None => task_audit(&task_row, event::TASK_ENDED, Outcome::Success, now),
+            };
             rec.reason = reason.clone();
             ops.push(Op::Audit(Box::new(rec)));
         } else if task_row.state != TaskState::Ending {
@@ -471,7 +486,7 @@ impl Broker {
         } else {
             self.scope_waits(&target.lease, now)
         };
-        if let Err(e) = self.settle(task_id, vec![a], Vec::new(), None, now).await {
+        if let Err(e) = self.settle(task_id, vec![a], None, None, now).await {
             tracing::error!(error = %e, lease = lease_id, "could not record a revocation attempt; retrying");
             if let Ok(mut state) = self.state.lock() {
                 let next = to_ms(now + rt.config.broker.revoke_backoff_initial);

@@ -78,6 +78,8 @@ impl Journal {
         }
         schema::migrate(&mut writer)?;
         let chain = read::chain_head(&writer)?;
+        // The writer never checkpoints; `checkpoint_loop` does, beside it.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let reader = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         configure(&reader)?;
 
@@ -91,12 +93,13 @@ impl Journal {
                 path: path.display().to_string(),
                 error,
             })?;
-        Ok(Self {
-            queue,
-            reader: Arc::new(Mutex::new(reader)),
-            path: path.to_path_buf(),
-            stats,
-        })
+        let reader = Arc::new(Mutex::new(reader));
+        let weak = Arc::downgrade(&reader);
+        std::thread::Builder::new()
+            .name("journal-checkpoint".into())
+            .spawn(move || checkpoint_loop(weak))
+            .map_err(|error| JournalError::Io { path: path.display().to_string(), error })?;
+        Ok(Self { queue, reader, path: path.to_path_buf(), stats })
     }
 
     pub fn path(&self) -> &Path {
@@ -188,11 +191,9 @@ fn write_loop(
             }
         }
         let before = chain;
-        let results = commit_group(&mut conn, &group, &mut chain);
+        let results = commit_group(&mut conn, &mut group, &mut chain);
         stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats
-            .submissions
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
+        stats.submissions.fetch_add(group.len() as u64, Ordering::Relaxed);
         match results {
             Ok(results) => {
                 for (sub, result) in group.drain(..).zip(results) {
@@ -213,18 +214,35 @@ fn write_loop(
     }
 }
 
+/// One transaction, one fsync, for the whole group.
+///
+/// Fast path: every submission applied straight into the transaction. A savepoint per
+/// submission would make SQLite copy every page it first touches into a statement journal,
+/// which costs more than the inserts themselves; and a failing submission is a bug, not load.
+/// So only when one fails is the transaction rolled back and the group replayed with a
+/// savepoint around each submission, so the failing one fails alone.
 fn commit_group(
     conn: &mut Connection,
-    group: &[Submission],
+    group: &mut [Submission],
     chain: &mut Chain,
 ) -> Result<Vec<Result<(), JournalError>>, JournalError> {
+    let start = *chain;
+    {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let applied = group.iter_mut().try_for_each(|sub| sub.ops.iter_mut().try_for_each(|op| ops::apply(&tx, op, chain)));
+        if applied.is_ok() {
+            tx.commit()?;
+            return Ok(group.iter().map(|_| Ok(())).collect());
+        }
+        // Dropping the transaction rolls it back.
+    }
+    *chain = start;
     let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut results = Vec::with_capacity(group.len());
-    for sub in group {
+    for sub in group.iter_mut() {
         let mut sp = tx.savepoint()?;
         let before = *chain;
-        let outcome = sub.ops.iter().try_for_each(|op| ops::apply(&sp, op, chain));
-        match outcome {
+        match sub.ops.iter_mut().try_for_each(|op| ops::apply(&sp, op, chain)) {
             Ok(()) => {
                 sp.commit()?;
                 results.push(Ok(()));
@@ -238,6 +256,18 @@ fn commit_group(
     }
     tx.commit()?;
     Ok(results)
+}
+
+/// Checkpoints the WAL into the database from the reader's connection, so the writer thread
+/// (whose autocheckpoint is off) never stalls on it. PASSIVE: never blocks the writer.
+fn checkpoint_loop(reader: std::sync::Weak<Mutex<Connection>>) {
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let Some(reader) = reader.upgrade() else { return };
+        if let Ok(conn) = reader.lock() {
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -59,7 +59,15 @@ pub(super) struct Chain {
     pub(super) hash: [u8; 32],
 }
 
-pub(super) fn apply(conn: &Connection, op: &Op, chain: &mut Chain) -> Result<(), JournalError> {
+pub(super) fn apply(conn: &Connection, op: &mut Op, chain: &mut Chain) -> Result<(), JournalError> {
+    // Audit records get their sequence number in place: no copy of the record.
+    if let Op::Audit(record) = op {
+        return append_audit(conn, record, chain);
+    }
+    apply_row(conn, op)
+}
+
+fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
     let changed = match op {
         Op::InsertTask(t) => exec(conn, 
             "INSERT INTO tasks (id, state, workload, tool, issuer, subject, client_id, owner,
@@ -147,10 +155,8 @@ pub(super) fn apply(conn: &Connection, op: &Op, chain: &mut Chain) -> Result<(),
         Op::LeaseExpiry { id, expires_ms } => {
             exec(conn, "UPDATE leases SET expires_ms = ?2 WHERE id = ?1", params![id, expires_ms])?
         }
-        Op::Audit(record) => {
-            append_audit(conn, record, chain)?;
-            1
-        }
+        // Handled by `apply`.
+        Op::Audit(_) => 1,
     };
     if changed != 1 {
         return Err(JournalError::Conflict(format!(
