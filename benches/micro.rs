@@ -9,11 +9,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use criterion::{Criterion, criterion_group, criterion_main};
 use credbroker::config::{Config, IssuerConfig, MetadataMode, TokenSettings};
 use credbroker::journal::{Journal, Op};
 use credbroker::policy::{Ask, GrantAsk, Policy};
 use credbroker::token::{Alg, Verifier};
+use criterion::{Criterion, criterion_group, criterion_main};
 
 #[path = "../tests/support/forge.rs"]
 mod forge;
@@ -22,11 +22,16 @@ const ISS: &str = "https://as.bench.test";
 const AUD: &str = "https://mcp.bench.test/db";
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap_or_else(|e| panic!("{e}"))
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn public_jwks(dir: &Path) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(forge::fixtures().join("keys/keys.json")).unwrap_or_default();
+    let text =
+        std::fs::read_to_string(forge::fixtures().join("keys/keys.json")).unwrap_or_default();
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     for k in v["keys"].as_array_mut().into_iter().flatten() {
         if let Some(m) = k.as_object_mut() {
@@ -51,7 +56,10 @@ fn verifier(jwks: &Path, cache_entries: usize) -> Verifier {
         http_timeout: Duration::from_secs(1),
         ca_file: None,
     };
-    let settings = TokenSettings { cache_entries, ..TokenSettings::default() };
+    let settings = TokenSettings {
+        cache_entries,
+        ..TokenSettings::default()
+    };
     Verifier::new(&[issuer], &settings).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -66,15 +74,31 @@ fn token_validation(c: &mut Criterion) {
         assert!(cached.load_keys().await.is_empty());
     });
     let now = SystemTime::now();
-    let unix = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let unix = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     let mut g = c.benchmark_group("token");
     for kid in ["es256-1", "rs256-1", "eddsa-1"] {
-        let token = forge::Signer::fixture("keys", kid).token(&forge::claims(ISS, AUD, "mcp.tool:db.read", unix));
+        let token = forge::Signer::fixture("keys", kid).token(&forge::claims(
+            ISS,
+            AUD,
+            "mcp.tool:db.read",
+            unix,
+        ));
         g.bench_function(format!("cold/{kid}"), |b| {
-            b.iter(|| rt.block_on(cold.verify(&token, now)).map(|v| v.check_audience(AUD)).is_ok())
+            b.iter(|| {
+                rt.block_on(cold.verify(&token, now))
+                    .map(|v| v.check_audience(AUD))
+                    .is_ok()
+            })
         });
         g.bench_function(format!("cached/{kid}"), |b| {
-            b.iter(|| rt.block_on(cached.verify(&token, now)).map(|v| v.check_audience(AUD)).is_ok())
+            b.iter(|| {
+                rt.block_on(cached.verify(&token, now))
+                    .map(|v| v.check_audience(AUD))
+                    .is_ok()
+            })
         });
     }
     g.finish();
@@ -114,7 +138,10 @@ grants = ["read"]
 fn policy(c: &mut Criterion) {
     let config = Config::parse(CONFIG, "bench").unwrap_or_else(|e| panic!("{e}"));
     let policy = Policy::new(&config, Default::default());
-    let unix = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    let unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
     let claims_json = forge::claims(ISS, AUD, "mcp.tool:db.read other", unix);
     let claims = credbroker::token::Claims {
         issuer: ISS.into(),
@@ -129,7 +156,10 @@ fn policy(c: &mut Criterion) {
         actors: vec![],
         all: claims_json.as_object().cloned().unwrap_or_default(),
     };
-    let grants = [GrantAsk { name: "read".into(), narrow: Default::default() }];
+    let grants = [GrantAsk {
+        name: "read".into(),
+        narrow: Default::default(),
+    }];
     c.bench_function("policy/decide", |b| {
         b.iter(|| {
             policy
@@ -166,7 +196,13 @@ fn intent(i: u64) -> Vec<Op> {
         jti: "jti".into(),
         scopes: vec!["mcp.tool:db.read".into()],
         token_exp_ms: 0,
-        peer: PeerRecord { uid: 1000, gid: 1000, pid: 4242, exe: None, unit: Some("db-mcp.service".into()) },
+        peer: PeerRecord {
+            uid: 1000,
+            gid: 1000,
+            pid: 4242,
+            exe: None,
+            unit: Some("db-mcp.service".into()),
+        },
         created_ms: 0,
         expires_ms: 0,
         ended_ms: None,
@@ -196,13 +232,20 @@ fn intent(i: u64) -> Vec<Op> {
     let mut rec = AuditRecord::new("task_opened", Outcome::Success, SystemTime::now());
     rec.task_id = Some(id);
     rec.owner = task.owner.clone();
-    vec![Op::InsertTask(Box::new(task)), Op::InsertLease(Box::new(lease)), Op::Audit(Box::new(rec))]
+    vec![
+        Op::InsertTask(Box::new(task)),
+        Op::InsertLease(Box::new(lease)),
+        Op::Audit(Box::new(rec)),
+    ]
 }
 
 fn journal(c: &mut Criterion) {
     let rt = runtime();
-    let dir = tempfile::Builder::new().tempdir_in("/var/tmp").unwrap_or_else(|e| panic!("{e}"));
-    let journal = Arc::new(Journal::open(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}")));
+    let dir = tempfile::Builder::new()
+        .tempdir_in("/var/tmp")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let journal =
+        Arc::new(Journal::open(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}")));
     let mut g = c.benchmark_group("journal");
     let mut n = 0;
     g.bench_function("intent/one-at-a-time", |b| {

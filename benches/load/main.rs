@@ -14,7 +14,10 @@ use serde_json::json;
 use tonic::transport::Channel;
 
 #[derive(Parser)]
-#[command(name = "credbroker-bench", about = "Load generator for credbroker (and OpenBao, side by side)")]
+#[command(
+    name = "credbroker-bench",
+    about = "Load generator for credbroker (and OpenBao, side by side)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -116,12 +119,30 @@ fn main() {
 
 async fn run(cmd: Cmd) -> serde_json::Value {
     match cmd {
-        Cmd::Cycle { target, concurrency, duration, warmup } => cycle(target, concurrency, dur(&duration), dur(&warmup)).await,
-        Cmd::Fill { target, tasks, concurrency, ttl } => fill(target, tasks, concurrency, ttl).await,
-        Cmd::EndBurst { target, tasks, concurrency } => end_burst(target, tasks, concurrency).await,
-        Cmd::Openbao { addr, token_file, concurrency, duration, warmup } => {
-            openbao(addr, token_file, concurrency, dur(&duration), dur(&warmup)).await
-        }
+        Cmd::Cycle {
+            target,
+            concurrency,
+            duration,
+            warmup,
+        } => cycle(target, concurrency, dur(&duration), dur(&warmup)).await,
+        Cmd::Fill {
+            target,
+            tasks,
+            concurrency,
+            ttl,
+        } => fill(target, tasks, concurrency, ttl).await,
+        Cmd::EndBurst {
+            target,
+            tasks,
+            concurrency,
+        } => end_burst(target, tasks, concurrency).await,
+        Cmd::Openbao {
+            addr,
+            token_file,
+            concurrency,
+            duration,
+            warmup,
+        } => openbao(addr, token_file, concurrency, dur(&duration), dur(&warmup)).await,
     }
 }
 
@@ -134,31 +155,61 @@ struct Session {
 
 impl Session {
     async fn open(t: &Target) -> Arc<Self> {
-        let token = std::fs::read_to_string(&t.token_file).unwrap_or_else(|e| panic!("token: {e}")).trim().to_string();
+        let token = std::fs::read_to_string(&t.token_file)
+            .unwrap_or_else(|e| panic!("token: {e}"))
+            .trim()
+            .to_string();
         let mut clients = Vec::new();
         for _ in 0..t.connections.max(1) {
-            let ch = credbroker::client::channel(&t.socket).await.unwrap_or_else(|e| panic!("{e}"));
+            let ch = credbroker::client::channel(&t.socket)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
             clients.push(BrokerClient::new(ch).max_decoding_message_size(1 << 20));
         }
-        Arc::new(Self { clients, token, grant: t.grant.clone(), tool: t.tool.clone() })
+        Arc::new(Self {
+            clients,
+            token,
+            grant: t.grant.clone(),
+            tool: t.tool.clone(),
+        })
     }
 
     fn client(&self, i: usize) -> BrokerClient<Channel> {
         self.clients[i % self.clients.len()].clone()
     }
 
-    async fn begin(&self, c: &mut BrokerClient<Channel>, ttl: Option<u32>) -> Result<String, tonic::Status> {
+    async fn begin(
+        &self,
+        c: &mut BrokerClient<Channel>,
+        ttl: Option<u32>,
+    ) -> Result<String, tonic::Status> {
         let req = v1::BeginTaskRequest {
             token: self.token.clone(),
             tool: self.tool.clone(),
-            grants: vec![v1::GrantRequest { name: self.grant.clone(), narrow: Default::default() }],
+            grants: vec![v1::GrantRequest {
+                name: self.grant.clone(),
+                narrow: Default::default(),
+            }],
             ttl_seconds: ttl,
         };
-        Ok(c.begin_task(req).await?.into_inner().task.unwrap_or_default().id)
+        Ok(c.begin_task(req)
+            .await?
+            .into_inner()
+            .task
+            .unwrap_or_default()
+            .id)
     }
 
-    async fn end(&self, c: &mut BrokerClient<Channel>, id: String) -> Result<v1::Task, tonic::Status> {
-        Ok(c.end_task(v1::EndTaskRequest { task_id: id }).await?.into_inner().task.unwrap_or_default())
+    async fn end(
+        &self,
+        c: &mut BrokerClient<Channel>,
+        id: String,
+    ) -> Result<v1::Task, tonic::Status> {
+        Ok(c.end_task(v1::EndTaskRequest { task_id: id })
+            .await?
+            .into_inner()
+            .task
+            .unwrap_or_default())
     }
 }
 
@@ -203,19 +254,33 @@ fn memory(pid: Option<u32>) -> serde_json::Value {
     let Some(pid) = pid else { return json!({}) };
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = |k: &str| {
-        status.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()).unwrap_or(0)
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0)
     };
     json!({ "daemon_rss_mb": kb("VmRSS:") as f64 / 1024.0, "daemon_peak_rss_mb": kb("VmHWM:") as f64 / 1024.0 })
 }
 
-async fn cycle(t: Target, concurrency: usize, duration: Duration, warmup: Duration) -> serde_json::Value {
+async fn cycle(
+    t: Target,
+    concurrency: usize,
+    duration: Duration,
+    warmup: Duration,
+) -> serde_json::Value {
     let s = Session::open(&t).await;
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for i in 0..concurrency {
-        let (s, stop, measuring, errors) = (Arc::clone(&s), Arc::clone(&stop), Arc::clone(&measuring), Arc::clone(&errors));
+        let (s, stop, measuring, errors) = (
+            Arc::clone(&s),
+            Arc::clone(&stop),
+            Arc::clone(&measuring),
+            Arc::clone(&errors),
+        );
         workers.push(tokio::spawn(async move {
             let mut c = s.client(i);
             let (mut begin, mut end, mut cyc) = (Hist::default(), Hist::default(), Hist::default());
@@ -272,7 +337,12 @@ async fn cycle(t: Target, concurrency: usize, duration: Duration, warmup: Durati
     out
 }
 
-async fn begin_many(s: &Arc<Session>, tasks: usize, concurrency: usize, ttl: u32) -> (Vec<String>, u64, Duration) {
+async fn begin_many(
+    s: &Arc<Session>,
+    tasks: usize,
+    concurrency: usize,
+    ttl: u32,
+) -> (Vec<String>, u64, Duration) {
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -325,7 +395,9 @@ async fn end_burst(t: Target, tasks: usize, concurrency: usize) -> serde_json::V
         workers.push(tokio::spawn(async move {
             let mut c = s.client(i);
             loop {
-                let Some(id) = queue.lock().ok().and_then(|mut q| q.pop()) else { return };
+                let Some(id) = queue.lock().ok().and_then(|mut q| q.pop()) else {
+                    return;
+                };
                 if let Ok(task) = s.end(&mut c, id).await {
                     if task.leases.iter().all(|l| l.state == "revoked") {
                         revoked.fetch_add(1, Ordering::Relaxed);
@@ -346,16 +418,32 @@ async fn end_burst(t: Target, tasks: usize, concurrency: usize) -> serde_json::V
     })
 }
 
-async fn openbao(addr: String, token_file: PathBuf, concurrency: usize, duration: Duration, warmup: Duration) -> serde_json::Value {
-    let token = std::fs::read_to_string(&token_file).unwrap_or_else(|e| panic!("{e}")).trim().to_string();
-    let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().unwrap_or_else(|e| panic!("{e}"));
+async fn openbao(
+    addr: String,
+    token_file: PathBuf,
+    concurrency: usize,
+    duration: Duration,
+    warmup: Duration,
+) -> serde_json::Value {
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .trim()
+        .to_string();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let (http, addr, token) = (http.clone(), addr.clone(), token.clone());
-        let (stop, measuring, errors) = (Arc::clone(&stop), Arc::clone(&measuring), Arc::clone(&errors));
+        let (stop, measuring, errors) = (
+            Arc::clone(&stop),
+            Arc::clone(&measuring),
+            Arc::clone(&errors),
+        );
         workers.push(tokio::spawn(async move {
             let mut cyc = Hist::default();
             while !stop.load(Ordering::Relaxed) {

@@ -86,7 +86,10 @@ impl Broker {
                 .detail
                 .insert("operator_reason".into(), why.clone().into());
         }
-        match self.settle(task_id, attempts, Some(ending), Some(reason), now).await {
+        match self
+            .settle(task_id, attempts, Some(ending), Some(reason), now)
+            .await
+        {
             Ok(Some(summary)) => Ok(summary),
             Ok(None) => self.ended_view(task_id, &ender).await,
             Err(e) => {

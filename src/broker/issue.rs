@@ -170,8 +170,9 @@ impl Broker {
         // Hold the task's lock from the moment it exists: an EndTask for it waits for issuing.
         let op = Arc::new(tokio::sync::Mutex::new(()));
         let _guard = Arc::clone(&op).lock_owned().await;
+        let intent = rt.config.journal.intent_durability();
         self.journal
-            .commit(ops)
+            .commit_with(ops, intent)
             .await
             .map_err(|e| BrokerError::journal(&e))?;
         self.insert_live(LiveTask {
@@ -221,7 +222,7 @@ impl Broker {
                     handles.insert(id, i.handle);
                 }
             }
-            if let Err(e) = self.journal.commit(ops).await {
+            if let Err(e) = self.journal.commit_with(ops, intent).await {
                 self.abandon(&task, rows, handles, done);
                 return Err(BrokerError::journal(&e));
             }

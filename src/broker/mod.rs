@@ -189,13 +189,19 @@ impl Broker {
     }
 
     /// Appends audit records that go with no state change (rejections). A journal failure is
-    /// logged, not returned: the caller's answer is the refusal either way.
+    /// logged, not returned: the caller's answer is the refusal either way. Not fsync'd on their
+    /// own (they acknowledge no transition): the next fsync'd commit carries them, and a flood
+    /// of bad tokens cannot make the daemon fsync per request.
     async fn audit_only(&self, records: Vec<AuditRecord>) {
         let ops = records
             .into_iter()
             .map(|r| Op::Audit(Box::new(r)))
             .collect();
-        if let Err(e) = self.journal.commit(ops).await {
+        if let Err(e) = self
+            .journal
+            .commit_with(ops, crate::journal::Durability::Process)
+            .await
+        {
             tracing::error!(error = %e, "could not append an audit record");
         }
     }

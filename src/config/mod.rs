@@ -45,6 +45,20 @@ pub struct ServerConfig {
 pub struct JournalConfig {
     pub path: PathBuf,
     pub key: KeySource,
+    /// fsync intents too (two fsyncs per BeginTask instead of one). Without it an intent
+    /// survives the daemon being killed but not the machine losing power: see ARCHITECTURE.md.
+    pub fsync_intents: bool,
+}
+
+impl JournalConfig {
+    /// How intents (commits made before a provider is called) are committed.
+    pub fn intent_durability(&self) -> crate::journal::Durability {
+        if self.fsync_intents {
+            crate::journal::Durability::Fsync
+        } else {
+            crate::journal::Durability::Process
+        }
+    }
 }
 
 /// Where the journal's encryption key comes from.

@@ -41,6 +41,8 @@ pub(super) struct RawServer {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawJournal {
     pub(super) path: PathBuf,
+    #[serde(default)]
+    pub(super) fsync_intents: bool,
     pub(super) key_file: Option<PathBuf>,
     pub(super) key_credential: Option<String>,
 }

@@ -252,6 +252,7 @@ fn journal(p: &mut Problems<'_>, raw: RawJournal) -> JournalConfig {
     JournalConfig {
         path: raw.path,
         key,
+        fsync_intents: raw.fsync_intents,
     }
 }
 

@@ -44,8 +44,20 @@ pub enum JournalError {
     TooNew { found: usize, known: usize },
 }
 
+/// How durable a commit must be before it is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync'd: survives power loss. Everything acknowledged to a caller is committed so.
+    Fsync,
+    /// Written to the WAL but not fsync'd: survives the process being killed (the kernel
+    /// holds the write), not the machine losing power. For intents: the next fsync'd commit
+    /// makes them durable with it.
+    Process,
+}
+
 struct Submission {
     ops: Vec<Op>,
+    durability: Durability,
     reply: oneshot::Sender<Result<(), JournalError>>,
 }
 
@@ -98,8 +110,16 @@ impl Journal {
         std::thread::Builder::new()
             .name("journal-checkpoint".into())
             .spawn(move || checkpoint_loop(weak))
-            .map_err(|error| JournalError::Io { path: path.display().to_string(), error })?;
-        Ok(Self { queue, reader, path: path.to_path_buf(), stats })
+            .map_err(|error| JournalError::Io {
+                path: path.display().to_string(),
+                error,
+            })?;
+        Ok(Self {
+            queue,
+            reader,
+            path: path.to_path_buf(),
+            stats,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -108,9 +128,23 @@ impl Journal {
 
     /// Applies `ops` atomically and durably. Returns only after the fsync.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<(), JournalError> {
+        self.commit_with(ops, Durability::Fsync).await
+    }
+
+    /// Like [`Journal::commit`], choosing the durability. A group containing any `Fsync`
+    /// submission is fsync'd whole.
+    pub async fn commit_with(
+        &self,
+        ops: Vec<Op>,
+        durability: Durability,
+    ) -> Result<(), JournalError> {
         let (reply, rx) = oneshot::channel();
         self.queue
-            .send(Submission { ops, reply })
+            .send(Submission {
+                ops,
+                durability,
+                reply,
+            })
             .await
             .map_err(|_| JournalError::Closed)?;
         rx.await.map_err(|_| JournalError::Closed)?
@@ -181,7 +215,8 @@ fn write_loop(
     mut chain: Chain,
     stats: &JournalStats,
 ) {
-    let mut group = Vec::with_capacity(MAX_GROUP);
+    let mut group: Vec<Submission> = Vec::with_capacity(MAX_GROUP);
+    let mut fsyncing = true;
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -190,10 +225,30 @@ fn write_loop(
                 Err(_) => break,
             }
         }
+        // In WAL mode, synchronous=FULL fsyncs the WAL at commit and NORMAL does not; the
+        // setting applies per transaction, so a group pays for an fsync only if it needs one.
+        let fsync = group.iter().any(|s| s.durability == Durability::Fsync);
+        if fsync != fsyncing {
+            let mode = if fsync { "FULL" } else { "NORMAL" };
+            match conn.pragma_update(None, "synchronous", mode) {
+                Ok(()) => fsyncing = fsync,
+                Err(e) if fsync => {
+                    // Never acknowledge as durable what would not be fsync'd.
+                    tracing::error!(error = %e, "cannot make the journal fsync; refusing the group");
+                    for sub in group.drain(..) {
+                        let _ = sub.reply.send(Err(JournalError::Conflict(e.to_string())));
+                    }
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot switch the journal to NORMAL sync"),
+            }
+        }
         let before = chain;
         let results = commit_group(&mut conn, &mut group, &mut chain);
         stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats.submissions.fetch_add(group.len() as u64, Ordering::Relaxed);
+        stats
+            .submissions
+            .fetch_add(group.len() as u64, Ordering::Relaxed);
         match results {
             Ok(results) => {
                 for (sub, result) in group.drain(..).zip(results) {
@@ -229,7 +284,11 @@ fn commit_group(
     let start = *chain;
     {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let applied = group.iter_mut().try_for_each(|sub| sub.ops.iter_mut().try_for_each(|op| ops::apply(&tx, op, chain)));
+        let applied = group.iter_mut().try_for_each(|sub| {
+            sub.ops
+                .iter_mut()
+                .try_for_each(|op| ops::apply(&tx, op, chain))
+        });
         if applied.is_ok() {
             tx.commit()?;
             return Ok(group.iter().map(|_| Ok(())).collect());
@@ -242,7 +301,11 @@ fn commit_group(
     for sub in group.iter_mut() {
         let mut sp = tx.savepoint()?;
         let before = *chain;
-        match sub.ops.iter_mut().try_for_each(|op| ops::apply(&sp, op, chain)) {
+        match sub
+            .ops
+            .iter_mut()
+            .try_for_each(|op| ops::apply(&sp, op, chain))
+        {
             Ok(()) => {
                 sp.commit()?;
                 results.push(Ok(()));
@@ -263,7 +326,9 @@ fn commit_group(
 fn checkpoint_loop(reader: std::sync::Weak<Mutex<Connection>>) {
     loop {
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let Some(reader) = reader.upgrade() else { return };
+        let Some(reader) = reader.upgrade() else {
+            return;
+        };
         if let Ok(conn) = reader.lock() {
             let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
         }

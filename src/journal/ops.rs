@@ -69,7 +69,8 @@ pub(super) fn apply(conn: &Connection, op: &mut Op, chain: &mut Chain) -> Result
 
 fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
     let changed = match op {
-        Op::InsertTask(t) => exec(conn, 
+        Op::InsertTask(t) => exec(
+            conn,
             "INSERT INTO tasks (id, state, workload, tool, issuer, subject, client_id, owner,
                 owner_source, actors, token_fp, jti, scopes, token_exp_ms, peer_uid, peer_gid,
                 peer_pid, peer_exe, peer_unit, created_ms, expires_ms, ended_ms, end_reason)
@@ -100,7 +101,8 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
                 t.end_reason,
             ],
         )?,
-        Op::InsertLease(l) => exec(conn, 
+        Op::InsertLease(l) => exec(
+            conn,
             "INSERT INTO leases (id, task_id, role, parent, grant_name, provider, kind, state, params,
                 wanted_exp_ms, issued_ms, expires_ms, revoked_ms, reference, sealed_handle,
                 renewable, attempts, next_attempt_ms, last_error)
@@ -127,16 +129,19 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
                 l.last_error,
             ],
         )?,
-        Op::TaskState { id, state, ended_ms, end_reason } => exec(conn, 
+        Op::TaskState { id, state, ended_ms, end_reason } => exec(
+            conn,
             "UPDATE tasks SET state = ?2, ended_ms = COALESCE(?3, ended_ms),
                 end_reason = COALESCE(?4, end_reason) WHERE id = ?1",
             params![id, state.as_str(), ended_ms, end_reason],
         )?,
-        Op::TaskExpiry { id, expires_ms, token_exp_ms } => exec(conn, 
+        Op::TaskExpiry { id, expires_ms, token_exp_ms } => exec(
+            conn,
             "UPDATE tasks SET expires_ms = ?2, token_exp_ms = ?3 WHERE id = ?1",
             params![id, expires_ms, token_exp_ms],
         )?,
-        Op::LeaseIssued { id, issued_ms, expires_ms, reference, sealed_handle, renewable } => exec(conn, 
+        Op::LeaseIssued { id, issued_ms, expires_ms, reference, sealed_handle, renewable } => exec(
+            conn,
             "UPDATE leases SET state = 'active', issued_ms = ?2, expires_ms = ?3, reference = ?4,
                 sealed_handle = ?5, renewable = ?6 WHERE id = ?1",
             params![id, issued_ms, expires_ms, reference, sealed_handle, renewable],
@@ -144,7 +149,8 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
         Op::LeaseState { id, state, revoked_ms, attempts, next_attempt_ms, last_error } => {
             // A terminal lease no longer needs what revoked it: drop the sealed handle.
             let clear = state.is_terminal();
-            exec(conn, 
+            exec(
+            conn,
                 "UPDATE leases SET state = ?2, revoked_ms = COALESCE(?3, revoked_ms), attempts = ?4,
                     next_attempt_ms = ?5, last_error = ?6,
                     sealed_handle = CASE WHEN ?7 THEN NULL ELSE sealed_handle END
@@ -169,32 +175,49 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
 
 fn append_audit(
     conn: &Connection,
-    record: &AuditRecord,
+    record: &mut AuditRecord,
     chain: &mut Chain,
 ) -> Result<(), JournalError> {
-    let mut record = record.clone();
     record.seq = chain.seq + 1;
-    let body = serde_json::to_string(&record).map_err(|e| JournalError::Encode(e.to_string()))?;
+    // The hash covers the record's canonical JSON; the table keeps the fields as columns and
+    // the canonical form is rebuilt from them to export or verify (see `read::audit_record`).
+    let body = serde_json::to_string(&*record).map_err(|e| JournalError::Encode(e.to_string()))?;
     let hash = chain_hash(&chain.hash, body.as_bytes());
-    let at_ms = record.at_ms;
-    exec(conn, 
-        "INSERT INTO audit (seq, at_ms, event, task_id, lease_id, client_id, subject, owner,
-            grant_name, provider, token_fp, body, prev, hash)
-         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14)",
+    let peer = record.peer.as_ref().map(json).transpose()?;
+    let actors = (!record.actors.is_empty())
+        .then(|| json(&record.actors))
+        .transpose()?;
+    let detail = (!record.detail.is_empty())
+        .then(|| json(&record.detail))
+        .transpose()?;
+    exec(
+        conn,
+        "INSERT INTO audit (seq, at_ms, event, outcome, reason, task_id, lease_id, workload, tool,
+            grant_name, provider, peer, issuer, client_id, subject, actors, owner, owner_source,
+            token_fp, jti, detail, hash)
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22)",
         params![
             record.seq,
-            at_ms,
+            record.at_ms,
             record.event,
+            record.outcome,
+            record.reason,
             record.task_id,
             record.lease_id,
-            record.client_id,
-            record.subject,
-            record.owner,
+            record.workload,
+            record.tool,
             record.grant,
             record.provider,
+            peer,
+            record.issuer,
+            record.client_id,
+            record.subject,
+            actors,
+            record.owner,
+            record.owner_source,
             record.token_fingerprint,
-            body,
-            chain.hash.as_slice(),
+            record.jti,
+            detail,
             hash.as_slice(),
         ],
     )?;

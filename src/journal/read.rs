@@ -253,21 +253,75 @@ pub fn tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<TaskView>, Journal
         .collect()
 }
 
-/// Audit records with `at_ms` in `[since, until)`, in order, handed to `each` one at a time so
-/// an export of any size runs in constant memory.
+/// The columns of an audit record, in the order `audit_record` reads them.
+pub const AUDIT_COLUMNS: &str =
+    "seq, at_ms, event, outcome, reason, task_id, lease_id, workload, tool,
+    grant_name, provider, peer, issuer, client_id, subject, actors, owner, owner_source, token_fp,
+    jti, detail, hash";
+
+fn json_col<T: serde::de::DeserializeOwned + Default>(
+    r: &Row<'_>,
+    i: usize,
+) -> rusqlite::Result<T> {
+    match r.get::<_, Option<String>>(i)? {
+        None => Ok(T::default()),
+        Some(text) => serde_json::from_str(&text).map_err(|_| bad("audit json column")),
+    }
+}
+
+/// An audit record rebuilt from its columns; its canonical JSON is what the chain hashed.
+pub fn audit_record(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
+    let at_ms: i64 = r.get(1)?;
+    Ok(AuditRecord {
+        seq: r.get(0)?,
+        time: crate::time::rfc3339_ms(at_ms),
+        at_ms,
+        event: r.get(2)?,
+        outcome: r.get(3)?,
+        reason: r.get(4)?,
+        task_id: r.get(5)?,
+        lease_id: r.get(6)?,
+        workload: r.get(7)?,
+        tool: r.get(8)?,
+        grant: r.get(9)?,
+        provider: r.get(10)?,
+        peer: match r.get::<_, Option<String>>(11)? {
+            None => None,
+            Some(text) => Some(serde_json::from_str(&text).map_err(|_| bad("audit peer"))?),
+        },
+        issuer: r.get(12)?,
+        client_id: r.get(13)?,
+        subject: r.get(14)?,
+        actors: json_col(r, 15)?,
+        owner: r.get(16)?,
+        owner_source: r.get(17)?,
+        token_fingerprint: r.get(18)?,
+        jti: r.get(19)?,
+        detail: json_col(r, 20)?,
+    })
+}
+
+/// Audit records with `at_ms` in `[since, until)`, in order, as canonical JSON, handed to
+/// `each` one at a time so an export of any size runs in constant memory.
 pub fn audit_range(
     conn: &Connection,
     since_ms: i64,
     until_ms: i64,
     each: &mut dyn FnMut(&str) -> std::io::Result<()>,
 ) -> Result<u64, JournalError> {
-    let mut stmt =
-        conn.prepare("SELECT body FROM audit WHERE at_ms >= ?1 AND at_ms < ?2 ORDER BY seq")?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit WHERE at_ms >= ?1 AND at_ms < ?2 ORDER BY seq"
+    ))?;
     let mut rows = stmt.query([since_ms, until_ms])?;
     let mut n = 0;
+    let mut line = String::new();
     while let Some(row) = rows.next()? {
-        let body: String = row.get(0)?;
-        each(&body).map_err(|error| JournalError::Io {
+        let record = audit_record(row)?;
+        line.clear();
+        line.push_str(
+            &serde_json::to_string(&record).map_err(|e| JournalError::Encode(e.to_string()))?,
+        );
+        each(&line).map_err(|error| JournalError::Io {
             path: "output".into(),
             error,
         })?;
@@ -276,13 +330,11 @@ pub fn audit_range(
     Ok(n)
 }
 
-/// Every audit record of a task, in order (for tests and `tasks show`).
+/// Every audit record of a task, in order.
 pub fn audit_of_task(conn: &Connection, task_id: &str) -> Result<Vec<AuditRecord>, JournalError> {
-    let mut stmt = conn.prepare("SELECT body FROM audit WHERE task_id = ?1 ORDER BY seq")?;
-    let rows = stmt.query_map([task_id], |r| r.get::<_, String>(0))?;
-    let mut out = Vec::new();
-    for body in rows {
-        out.push(serde_json::from_str(&body?).map_err(|e| JournalError::Encode(e.to_string()))?);
-    }
-    Ok(out)
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit WHERE task_id = ?1 ORDER BY seq"
+    ))?;
+    let rows = stmt.query_map([task_id], audit_record)?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }

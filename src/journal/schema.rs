@@ -4,7 +4,9 @@
 use rusqlite::Connection;
 
 const MIGRATIONS: &[&str] = &[
-    // 1: tasks, leases, audit.
+    // 1: tasks, leases, audit. Tasks and leases are keyed by their time-ordered id with no
+    // separate rowid tree; audit records keep their fields as columns (no JSON copy) and the
+    // hash of their canonical JSON.
     r#"
     CREATE TABLE tasks (
         id            TEXT PRIMARY KEY,
@@ -30,7 +32,7 @@ const MIGRATIONS: &[&str] = &[
         expires_ms    INTEGER NOT NULL,
         ended_ms      INTEGER,
         end_reason    TEXT
-    ) STRICT;
+    ) STRICT, WITHOUT ROWID;
     CREATE INDEX tasks_live ON tasks(state) WHERE state <> 'ended';
     CREATE INDEX tasks_created ON tasks(created_ms);
 
@@ -54,24 +56,32 @@ const MIGRATIONS: &[&str] = &[
         attempts         INTEGER NOT NULL DEFAULT 0,
         next_attempt_ms  INTEGER,
         last_error       TEXT
-    ) STRICT;
+    ) STRICT, WITHOUT ROWID;
     CREATE INDEX leases_task ON leases(task_id);
 
     CREATE TABLE audit (
-        seq        INTEGER PRIMARY KEY,
-        at_ms      INTEGER NOT NULL,
-        event      TEXT NOT NULL,
-        task_id    TEXT,
-        lease_id   TEXT,
-        client_id  TEXT,
-        subject    TEXT,
-        owner      TEXT,
-        grant_name TEXT,
-        provider   TEXT,
-        token_fp   TEXT,
-        body       TEXT NOT NULL,
-        prev       BLOB NOT NULL,
-        hash       BLOB NOT NULL
+        seq          INTEGER PRIMARY KEY,
+        at_ms        INTEGER NOT NULL,
+        event        TEXT NOT NULL,
+        outcome      TEXT NOT NULL,
+        reason       TEXT,
+        task_id      TEXT,
+        lease_id     TEXT,
+        workload     TEXT,
+        tool         TEXT,
+        grant_name   TEXT,
+        provider     TEXT,
+        peer         TEXT,
+        issuer       TEXT,
+        client_id    TEXT,
+        subject      TEXT,
+        actors       TEXT,
+        owner        TEXT,
+        owner_source TEXT,
+        token_fp     TEXT,
+        jti          TEXT,
+        detail       TEXT,
+        hash         BLOB NOT NULL
     ) STRICT;
     CREATE INDEX audit_at ON audit(at_ms);
     CREATE INDEX audit_task ON audit(task_id);

@@ -379,11 +379,15 @@ impl ProviderFactory for NoopFactory {
                 errors.push(ParamError::new(key, "unknown setting"));
             }
         }
-        let ms = |k: &str| Duration::from_millis(config.get(k).and_then(Value::as_u64).unwrap_or(0));
+        let ms =
+            |k: &str| Duration::from_millis(config.get(k).and_then(Value::as_u64).unwrap_or(0));
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(Arc::new(Noop { issue_delay: ms("issue_delay_ms"), revoke_delay: ms("revoke_delay_ms") }))
+        Ok(Arc::new(Noop {
+            issue_delay: ms("issue_delay_ms"),
+            revoke_delay: ms("revoke_delay_ms"),
+        }))
     }
 }
 
@@ -408,20 +412,31 @@ impl Provider for Noop {
         }
         Ok(Issued {
             credential: Credential::default(),
-            handle: RevocationHandle { reference: req.lease_id.to_string(), secret: None },
+            handle: RevocationHandle {
+                reference: req.lease_id.to_string(),
+                secret: None,
+            },
             expires_at: req.expires_at,
             renewable: false,
         })
     }
 
-    async fn revoke(&self, _lease: &LeaseRef<'_>, _now: SystemTime) -> Result<Revoked, ProviderError> {
+    async fn revoke(
+        &self,
+        _lease: &LeaseRef<'_>,
+        _now: SystemTime,
+    ) -> Result<Revoked, ProviderError> {
         if !self.revoke_delay.is_zero() {
             tokio::time::sleep(self.revoke_delay).await;
         }
         Ok(Revoked::Revoked)
     }
 
-    async fn reconcile(&self, _req: &IssueRequest<'_>, _now: SystemTime) -> Result<Reconciled, ProviderError> {
+    async fn reconcile(
+        &self,
+        _req: &IssueRequest<'_>,
+        _now: SystemTime,
+    ) -> Result<Reconciled, ProviderError> {
         Ok(Reconciled::NothingIssued)
     }
 }
