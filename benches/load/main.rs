@@ -398,10 +398,10 @@ async fn end_burst(t: Target, tasks: usize, concurrency: usize) -> serde_json::V
                 let Some(id) = queue.lock().ok().and_then(|mut q| q.pop()) else {
                     return;
                 };
-                if let Ok(task) = s.end(&mut c, id).await {
-                    if task.leases.iter().all(|l| l.state == "revoked") {
-                        revoked.fetch_add(1, Ordering::Relaxed);
-                    }
+                if let Ok(task) = s.end(&mut c, id).await
+                    && task.leases.iter().all(|l| l.state == "revoked")
+                {
+                    revoked.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }));

@@ -322,10 +322,8 @@ impl Broker {
         // A task that ends in this very commit gets one `task_ended` record (carrying the
         // reason and any operator detail); `task_ending` is written only when it stays ending.
         let mut ending = ending;
-        if !all_terminal {
-            if let Some(rec) = ending.take() {
-                ops.push(Op::Audit(Box::new(rec)));
-            }
+        if !all_terminal && let Some(rec) = ending.take() {
+            ops.push(Op::Audit(Box::new(rec)));
         }
         for a in &mut attempts {
             ops.push(Op::LeaseState {
