@@ -180,9 +180,9 @@ fn policy(c: &mut Criterion) {
 fn intent(i: u64) -> Vec<Op> {
     use credbroker::audit::{AuditRecord, Outcome, PeerRecord};
     use credbroker::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState};
-    let id = format!("task-{i}-{}", fastrand::u64(..));
+    let id: Arc<str> = format!("task-{i}-{}", fastrand::u64(..)).into();
     let task = TaskRow {
-        id: id.clone(),
+        id: Arc::clone(&id),
         state: TaskState::Issuing,
         workload: "db".into(),
         tool: "query".into(),
@@ -192,32 +192,32 @@ fn intent(i: u64) -> Vec<Op> {
         owner: Some("alice@example.com".into()),
         owner_source: "client_registry".into(),
         actors: vec![],
-        token_fp: "ab".repeat(32),
+        token_fp: "ab".repeat(32).into(),
         jti: "jti".into(),
-        scopes: vec!["mcp.tool:db.read".into()],
+        scopes: "mcp.tool:db.read".into(),
         token_exp_ms: 0,
-        peer: PeerRecord {
+        peer: Arc::new(PeerRecord {
             uid: 1000,
             gid: 1000,
             pid: 4242,
             exe: None,
             unit: Some("db-mcp.service".into()),
-        },
+        }),
         created_ms: 0,
         expires_ms: 0,
         ended_ms: None,
         end_reason: None,
     };
     let lease = LeaseRow {
-        id: format!("{id}-l"),
-        task_id: id.clone(),
+        id: format!("{id}-l").into(),
+        task_id: Arc::clone(&id),
         role: credbroker_provider_api::Role::Credential,
         parent: None,
         grant: "read".into(),
         provider: "p".into(),
         kind: "noop".into(),
         state: LeaseState::Pending,
-        params: Default::default(),
+        params: Arc::default(),
         wanted_exp_ms: 0,
         issued_ms: None,
         expires_ms: None,
@@ -230,8 +230,8 @@ fn intent(i: u64) -> Vec<Op> {
         last_error: None,
     };
     let mut rec = AuditRecord::new("task_opened", Outcome::Success, SystemTime::now());
-    rec.task_id = Some(id);
-    rec.owner = task.owner.clone();
+    rec.task_id = Some(id.to_string());
+    rec.owner = Some("alice@example.com".into());
     vec![
         Op::InsertTask(Box::new(task)),
         Op::InsertLease(Box::new(lease)),

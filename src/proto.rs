@@ -25,21 +25,22 @@ fn ts_ms(ms: i64) -> Option<prost_types::Timestamp> {
 
 pub fn task(v: &TaskView) -> v1::Task {
     let t: &TaskRow = &v.task;
+    let text = |s: &crate::journal::rows::Text| s.to_string();
     v1::Task {
-        id: t.id.clone(),
+        id: text(&t.id),
         state: t.state.as_str().into(),
-        workload: t.workload.clone(),
-        tool: t.tool.clone(),
+        workload: text(&t.workload),
+        tool: text(&t.tool),
         principal: Some(v1::Principal {
-            issuer: t.issuer.clone(),
-            subject: t.subject.clone(),
-            client_id: t.client_id.clone(),
-            owner: t.owner.clone().unwrap_or_default(),
-            owner_source: t.owner_source.clone(),
+            issuer: text(&t.issuer),
+            subject: text(&t.subject),
+            client_id: text(&t.client_id),
+            owner: t.owner.as_deref().unwrap_or_default().to_string(),
+            owner_source: text(&t.owner_source),
             actors: t.actors.clone(),
-            token_fingerprint: t.token_fp.clone(),
-            jti: t.jti.clone(),
-            scopes: t.scopes.clone(),
+            token_fingerprint: text(&t.token_fp),
+            jti: text(&t.jti),
+            scopes: t.scope_list(),
             token_expires_at: ts_ms(t.token_exp_ms),
         }),
         peer: Some(v1::Peer {
@@ -52,22 +53,22 @@ pub fn task(v: &TaskView) -> v1::Task {
         created_at: ts_ms(t.created_ms),
         expires_at: ts_ms(t.expires_ms),
         ended_at: t.ended_ms.and_then(ts_ms),
-        end_reason: t.end_reason.clone().unwrap_or_default(),
+        end_reason: t.end_reason.as_deref().unwrap_or_default().to_string(),
         leases: v.leases.iter().map(lease).collect(),
     }
 }
 
 pub fn lease(l: &LeaseRow) -> v1::Lease {
     v1::Lease {
-        id: l.id.clone(),
-        grant: l.grant.clone(),
-        provider: l.provider.clone(),
-        kind: l.kind.clone(),
+        id: l.id.to_string(),
+        grant: l.grant.to_string(),
+        provider: l.provider.to_string(),
+        kind: l.kind.to_string(),
         state: l.state.as_str().into(),
         issued_at: l.issued_ms.and_then(ts_ms),
         expires_at: l.expires_ms.or(Some(l.wanted_exp_ms)).and_then(ts_ms),
         revoked_at: l.revoked_ms.and_then(ts_ms),
-        reference: l.reference.clone().unwrap_or_default(),
+        reference: l.reference.as_deref().unwrap_or_default().to_string(),
         revoke_attempts: l.attempts,
         last_error: l.last_error.clone().unwrap_or_default(),
     }

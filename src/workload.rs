@@ -6,6 +6,7 @@
 //! than resolved by file order, because the choice decides which audience tokens must carry.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::config::WorkloadConfig;
 
@@ -19,17 +20,36 @@ pub struct PeerInfo {
     pub exe: Option<PathBuf>,
     /// The systemd unit from `/proc/PID/cgroup`, when the process runs in one.
     pub unit: Option<String>,
+    /// The same, as recorded in tasks and audit records: built once per connection and shared
+    /// by every task begun on it.
+    record: Arc<crate::audit::PeerRecord>,
 }
 
 impl PeerInfo {
-    pub fn record(&self) -> crate::audit::PeerRecord {
-        crate::audit::PeerRecord {
-            uid: self.uid,
-            gid: self.gid,
-            pid: self.pid,
-            exe: self.exe.as_ref().map(|p| p.display().to_string()),
-            unit: self.unit.clone(),
+    pub fn new(uid: u32, gid: u32, pid: i32, exe: Option<PathBuf>, unit: Option<String>) -> Self {
+        let record = Arc::new(crate::audit::PeerRecord {
+            uid,
+            gid,
+            pid,
+            exe: exe.as_ref().map(|p| p.display().to_string()),
+            unit: unit.clone(),
+        });
+        Self {
+            uid,
+            gid,
+            pid,
+            exe,
+            unit,
+            record,
         }
+    }
+
+    pub fn record(&self) -> crate::audit::PeerRecord {
+        (*self.record).clone()
+    }
+
+    pub fn shared_record(&self) -> Arc<crate::audit::PeerRecord> {
+        Arc::clone(&self.record)
     }
 }
 
@@ -103,13 +123,13 @@ mod tests {
     }
 
     fn peer(uid: u32, exe: Option<&str>, unit: Option<&str>) -> PeerInfo {
-        PeerInfo {
+        PeerInfo::new(
             uid,
-            gid: 100,
-            pid: 42,
-            exe: exe.map(PathBuf::from),
-            unit: unit.map(str::to_owned),
-        }
+            100,
+            42,
+            exe.map(PathBuf::from),
+            unit.map(str::to_owned),
+        )
     }
 
     #[test]

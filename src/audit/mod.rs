@@ -37,7 +37,7 @@ pub mod event {
     pub const OPERATOR_REVOKE: &str = "operator_revoke";
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PeerRecord {
     pub uid: u32,
     pub gid: u32,

@@ -10,7 +10,7 @@ use super::revoke::{Attempt, Target, scope_handle};
 use super::{Broker, BrokerError, ErrorKind};
 use crate::audit::{Outcome, PeerRecord, event};
 use crate::journal::read;
-use crate::journal::rows::{LeaseState, TaskRow, TaskState, end_reason};
+use crate::journal::rows::{LeaseState, TaskRow, TaskState, Text, end_reason};
 use crate::time::to_ms;
 use credbroker_provider_api::Role;
 
@@ -100,7 +100,7 @@ impl Broker {
                     for t in &targets {
                         state
                             .retries
-                            .insert((next, task_id.to_string(), t.lease.id.clone()));
+                            .insert((next, Text::from(task_id), t.lease.id.clone()));
                     }
                 }
                 Err(BrokerError::journal(&e))
@@ -187,7 +187,12 @@ impl Broker {
 
     /// Ends every task whose expiry has passed, until the process ends.
     pub(super) async fn reaper_loop(self: Arc<Self>) {
+        let mut purged = std::time::Instant::now();
         loop {
+            if purged.elapsed() > Duration::from_secs(60) {
+                self.intern.purge();
+                purged = std::time::Instant::now();
+            }
             let now_ms = to_ms(self.clock.now());
             // Take the due entries out, so a slow revocation is not started twice; end_task
             // moves the task to `ending` and from then on the revoker owns what is left.
@@ -195,7 +200,7 @@ impl Broker {
                 let Ok(mut state) = self.state.lock() else {
                     return;
                 };
-                let later = state.expiries.split_off(&(now_ms + 1, String::new()));
+                let later = state.expiries.split_off(&(now_ms + 1, Text::from("")));
                 let due = std::mem::replace(&mut state.expiries, later);
                 (due, state.expiries.first().map(|(t, _)| *t))
             };

@@ -22,36 +22,38 @@ use credbroker_provider_api::{
 use futures_util::future::join_all;
 
 use super::begin::{Begun, IssuedCredential, call_provider};
+use super::intern::Interner;
 use super::live::{LiveLease, LiveTask, TaskSummary, context, task_audit, task_audit_full};
 use super::{Broker, BrokerError, ErrorKind, Runtime, new_id};
 use crate::audit::{Outcome, event};
 use crate::config::WorkloadConfig;
 use crate::journal::Op;
-use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState, end_reason, role_str};
+use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState, Text, end_reason, role_str};
 use crate::policy::Decision;
 use crate::providers::Slot;
 use crate::time::{from_ms, rfc3339, to_ms};
 use crate::token::Verified;
 use crate::workload::PeerInfo;
 
-type Outcomes = HashMap<String, Result<Issued, ProviderError>>;
+type Outcomes = HashMap<Text, Result<Issued, ProviderError>>;
 
 fn lease_row(
+    intern: &Interner,
     task: &TaskRow,
     role: Role,
-    parent: Option<String>,
+    parent: Option<Text>,
     grant: &str,
     slot: &Slot,
-    params: Params,
+    params: Arc<Params>,
 ) -> LeaseRow {
     LeaseRow {
-        id: new_id(),
-        task_id: task.id.clone(),
+        id: new_id().into(),
+        task_id: Arc::clone(&task.id),
         role,
         parent,
-        grant: grant.into(),
-        provider: slot.config.name.clone(),
-        kind: slot.config.kind.clone(),
+        grant: intern.get(grant),
+        provider: intern.get(&slot.config.name),
+        kind: intern.get(&slot.config.kind),
         state: LeaseState::Pending,
         params,
         wanted_exp_ms: task.expires_ms,
@@ -81,22 +83,23 @@ impl Broker {
         now: SystemTime,
     ) -> Result<Begun, BrokerError> {
         let claims = &verified.claims;
+        let i = &self.intern;
         let task = Arc::new(TaskRow {
-            id: task_id,
+            id: task_id.into(),
             state: TaskState::Issuing,
-            workload: workload.name.clone(),
-            tool: tool.into(),
-            issuer: claims.issuer.clone(),
-            subject: claims.subject.clone(),
-            client_id: claims.client_id.clone(),
-            owner: decision.owner.id.clone(),
-            owner_source: decision.owner.source.code().into(),
+            workload: i.get(&workload.name),
+            tool: i.get(tool),
+            issuer: i.get(&claims.issuer),
+            subject: i.get(&claims.subject),
+            client_id: i.get(&claims.client_id),
+            owner: i.opt(decision.owner.id.as_deref()),
+            owner_source: i.get(decision.owner.source.code()),
             actors: claims.actors.clone(),
-            token_fp: verified.fingerprint.hex(),
-            jti: claims.jti.clone(),
-            scopes: claims.scopes.clone(),
+            token_fp: i.get(&verified.fingerprint.hex()),
+            jti: i.get(&claims.jti),
+            scopes: i.get(&claims.scopes.join(" ")),
             token_exp_ms: claims.expires_at.saturating_mul(1000),
-            peer: peer.record(),
+            peer: peer.shared_record(),
             created_ms: to_ms(now),
             expires_ms: to_ms(decision.expires_at),
             ended_ms: None,
@@ -106,7 +109,7 @@ impl Broker {
         // One scope per scoped provider instance, one credential per grant.
         let mut rows: Vec<LeaseRow> = Vec::new();
         let mut slots: HashMap<String, Arc<Slot>> = HashMap::new();
-        let mut scope_of: HashMap<String, String> = HashMap::new();
+        let mut scope_of: HashMap<String, Text> = HashMap::new();
         for r in &decision.grants {
             let slot = rt
                 .providers
@@ -121,7 +124,7 @@ impl Broker {
                 })?;
             let parent = if slot.provider.scoped() {
                 let id = scope_of.entry(slot.config.name.clone()).or_insert_with(|| {
-                    let scope = lease_row(&task, Role::Scope, None, "", &slot, Params::new());
+                    let scope = lease_row(i, &task, Role::Scope, None, "", &slot, Arc::default());
                     let id = scope.id.clone();
                     rows.push(scope);
                     id
@@ -131,12 +134,13 @@ impl Broker {
                 None
             };
             rows.push(lease_row(
+                i,
                 &task,
                 Role::Credential,
                 parent,
                 &r.grant.name,
                 &slot,
-                r.params.clone(),
+                Arc::clone(&r.params),
             ));
             slots.insert(slot.config.name.clone(), slot);
         }
@@ -156,12 +160,15 @@ impl Broker {
                 "grants",
                 credentials
                     .iter()
-                    .map(|l| l.grant.clone())
+                    .map(|l| l.grant.to_string())
                     .collect::<Vec<_>>(),
             )
             .detail(
                 "lease_ids",
-                credentials.iter().map(|l| l.id.clone()).collect::<Vec<_>>(),
+                credentials
+                    .iter()
+                    .map(|l| l.id.to_string())
+                    .collect::<Vec<_>>(),
             )
             .detail("expires_at", rfc3339(decision.expires_at));
         ops.push(Op::Audit(Box::new(accepted)));
@@ -187,7 +194,7 @@ impl Broker {
             op,
         });
 
-        let mut handles: HashMap<String, RevocationHandle> = HashMap::new();
+        let mut handles: HashMap<Text, RevocationHandle> = HashMap::new();
 
         // === Scopes, then commit 2. ===
         let scopes: Vec<LeaseRow> = rows
@@ -258,7 +265,7 @@ impl Broker {
         task: &TaskRow,
         rows: &[LeaseRow],
         slots: &HashMap<String, Arc<Slot>>,
-        handles: &HashMap<String, RevocationHandle>,
+        handles: &HashMap<Text, RevocationHandle>,
         now: SystemTime,
     ) -> Outcomes {
         let ctx = context(task);
@@ -266,7 +273,7 @@ impl Broker {
         let results = join_all(rows.iter().map(|lease| {
             let ctx = &ctx;
             async move {
-                let Some(slot) = slots.get(&lease.provider) else {
+                let Some(slot) = slots.get(&*lease.provider) else {
                     return Err(ProviderError::new(PKind::Config, "provider not loaded"));
                 };
                 let req = IssueRequest {
@@ -304,7 +311,7 @@ impl Broker {
         row.state = LeaseState::Active;
         row.issued_ms = Some(to_ms(now));
         row.expires_ms = Some(to_ms(i.expires_at));
-        row.reference = Some(i.handle.reference.clone());
+        row.reference = Some(Text::from(i.handle.reference.as_str()));
         row.renewable = i.renewable;
         let mut rec = task_audit(task, event::LEASE_ISSUED, Outcome::Success, now)
             .lease(&row.id, &row.grant, &row.provider)
@@ -320,7 +327,7 @@ impl Broker {
                 id: row.id.clone(),
                 issued_ms: to_ms(now),
                 expires_ms: to_ms(i.expires_at),
-                reference: i.handle.reference.clone(),
+                reference: Text::from(i.handle.reference.as_str()),
                 sealed_handle: sealed,
                 renewable: i.renewable,
             },
@@ -329,12 +336,7 @@ impl Broker {
     }
 
     /// Copies rows and handles into the live task.
-    fn mirror(
-        &self,
-        task_id: &str,
-        rows: &[LeaseRow],
-        handles: &HashMap<String, RevocationHandle>,
-    ) {
+    fn mirror(&self, task_id: &str, rows: &[LeaseRow], handles: &HashMap<Text, RevocationHandle>) {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
@@ -357,7 +359,7 @@ impl Broker {
         task: Arc<TaskRow>,
         mut rows: Vec<LeaseRow>,
         mut outcomes: Outcomes,
-        mut handles: HashMap<String, RevocationHandle>,
+        mut handles: HashMap<Text, RevocationHandle>,
         now: SystemTime,
     ) -> Result<Begun, BrokerError> {
         let mut ops = Vec::new();
@@ -390,10 +392,10 @@ impl Broker {
             if let Some(Ok(i)) = outcomes.remove(&row.id) {
                 handles.insert(row.id.clone(), i.handle);
                 credentials.push(IssuedCredential {
-                    lease_id: row.id.clone(),
-                    grant: row.grant.clone(),
-                    provider: row.provider.clone(),
-                    kind: row.kind.clone(),
+                    lease_id: row.id.to_string(),
+                    grant: row.grant.to_string(),
+                    provider: row.provider.to_string(),
+                    kind: row.kind.to_string(),
                     expires_at: i.expires_at,
                     credential: i.credential,
                 });
@@ -434,7 +436,7 @@ impl Broker {
         task: &TaskRow,
         rows: Vec<LeaseRow>,
         outcomes: Outcomes,
-        handles: HashMap<String, RevocationHandle>,
+        handles: HashMap<Text, RevocationHandle>,
         now: SystemTime,
         err: BrokerError,
     ) -> BrokerError {
@@ -449,7 +451,7 @@ impl Broker {
         task: &TaskRow,
         mut rows: Vec<LeaseRow>,
         mut outcomes: Outcomes,
-        mut handles: HashMap<String, RevocationHandle>,
+        mut handles: HashMap<Text, RevocationHandle>,
         now: SystemTime,
     ) -> BrokerError {
         let mut first: Option<BrokerError> = None;
@@ -467,13 +469,13 @@ impl Broker {
                         id: row.id.clone(),
                         issued_ms: to_ms(now),
                         expires_ms: to_ms(i.expires_at),
-                        reference: i.handle.reference.clone(),
+                        reference: Text::from(i.handle.reference.as_str()),
                         sealed_handle: sealed,
                         renewable: i.renewable,
                     });
                     row.issued_ms = Some(to_ms(now));
                     row.expires_ms = Some(to_ms(i.expires_at));
-                    row.reference = Some(i.handle.reference.clone());
+                    row.reference = Some(Text::from(i.handle.reference.as_str()));
                     row.state = LeaseState::Revoking;
                     handles.insert(row.id.clone(), i.handle);
                 }
@@ -495,7 +497,7 @@ impl Broker {
                         let grant = if row.role == Role::Scope {
                             "(task scope)"
                         } else {
-                            row.grant.as_str()
+                            &*row.grant
                         };
                         first = Some(BrokerError::provider(&e, grant, &row.provider));
                     }
@@ -557,7 +559,7 @@ impl Broker {
         &self,
         task: &TaskRow,
         rows: Vec<LeaseRow>,
-        handles: HashMap<String, RevocationHandle>,
+        handles: HashMap<Text, RevocationHandle>,
         reason: &str,
         now: SystemTime,
     ) {
@@ -602,7 +604,7 @@ impl Broker {
         &self,
         task: &TaskRow,
         rows: Vec<LeaseRow>,
-        handles: HashMap<String, RevocationHandle>,
+        handles: HashMap<Text, RevocationHandle>,
         now: SystemTime,
     ) {
         let rows = rows

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use credbroker_provider_api::{RevocationHandle, TaskContext};
 
 use crate::journal::read::TaskView;
-use crate::journal::rows::{LeaseRow, TaskRow};
+use crate::journal::rows::{LeaseRow, TaskRow, Text};
 
 /// What callers get back about a task: the journal's rows (sealed handles never included).
 pub type TaskSummary = TaskView;
@@ -34,30 +34,30 @@ impl LiveTask {
     }
 
     pub(crate) fn lease_mut(&mut self, id: &str) -> Option<&mut LiveLease> {
-        self.leases.iter_mut().find(|l| l.row.id == id)
+        self.leases.iter_mut().find(|l| *l.row.id == *id)
     }
 }
 
 pub(crate) fn context(t: &TaskRow) -> TaskContext {
     TaskContext {
-        task_id: t.id.clone(),
-        workload: t.workload.clone(),
-        tool: t.tool.clone(),
-        issuer: t.issuer.clone(),
-        subject: t.subject.clone(),
-        client_id: t.client_id.clone(),
-        owner: t.owner.clone(),
-        token_fingerprint: t.token_fp.clone(),
+        task_id: t.id.to_string(),
+        workload: t.workload.to_string(),
+        tool: t.tool.to_string(),
+        issuer: t.issuer.to_string(),
+        subject: t.subject.to_string(),
+        client_id: t.client_id.to_string(),
+        owner: t.owner.as_deref().map(str::to_owned),
+        token_fingerprint: t.token_fp.to_string(),
     }
 }
 
 #[derive(Default)]
 pub(crate) struct State {
-    pub(crate) tasks: HashMap<String, LiveTask>,
+    pub(crate) tasks: HashMap<Text, LiveTask>,
     /// Active tasks by expiry: what the reaper walks.
-    pub(crate) expiries: BTreeSet<(i64, String)>,
+    pub(crate) expiries: BTreeSet<(i64, Text)>,
     /// Leases waiting for a revocation or reconciliation attempt: (when, task, lease).
-    pub(crate) retries: BTreeSet<(i64, String, String)>,
+    pub(crate) retries: BTreeSet<(i64, Text, Text)>,
 }
 
 /// An audit record for a task: the attribution every record carries (peer, workload, client,
@@ -71,13 +71,13 @@ pub(crate) fn task_audit(
     now: std::time::SystemTime,
 ) -> crate::audit::AuditRecord {
     let mut r = crate::audit::AuditRecord::new(event, outcome, now);
-    r.task_id = Some(t.id.clone());
-    r.workload = Some(t.workload.clone());
-    r.peer = Some(t.peer.clone());
-    r.client_id = Some(t.client_id.clone());
-    r.subject = Some(t.subject.clone());
-    r.owner = t.owner.clone();
-    r.token_fingerprint = Some(t.token_fp.clone());
+    r.task_id = Some(t.id.to_string());
+    r.workload = Some(t.workload.to_string());
+    r.peer = Some((*t.peer).clone());
+    r.client_id = Some(t.client_id.to_string());
+    r.subject = Some(t.subject.to_string());
+    r.owner = t.owner.as_deref().map(str::to_owned);
+    r.token_fingerprint = Some(t.token_fp.to_string());
     r
 }
 
@@ -89,10 +89,10 @@ pub(crate) fn task_audit_full(
     now: std::time::SystemTime,
 ) -> crate::audit::AuditRecord {
     let mut r = task_audit(t, event, outcome, now);
-    r.tool = Some(t.tool.clone());
-    r.issuer = Some(t.issuer.clone());
+    r.tool = Some(t.tool.to_string());
+    r.issuer = Some(t.issuer.to_string());
     r.actors = t.actors.clone();
-    r.owner_source = Some(t.owner_source.clone());
-    r.jti = Some(t.jti.clone());
+    r.owner_source = Some(t.owner_source.to_string());
+    r.jti = Some(t.jti.to_string());
     r
 }

@@ -13,6 +13,7 @@ mod begin;
 mod end;
 mod error;
 mod gate;
+mod intern;
 mod issue;
 mod live;
 mod recover;
@@ -123,6 +124,7 @@ pub struct Broker {
     wake_revoker: Notify,
     wake_reaper: Notify,
     started_at: SystemTime,
+    intern: Arc<intern::Interner>,
 }
 
 impl Broker {
@@ -137,6 +139,7 @@ impl Broker {
             wake_revoker: Notify::new(),
             wake_reaper: Notify::new(),
             started_at,
+            intern: Arc::default(),
         }
     }
 

@@ -26,7 +26,11 @@ pub struct Recovery {
 
 impl Broker {
     pub async fn recover(&self) -> Result<Recovery, JournalError> {
-        let views = self.journal.read(read::live_tasks).await?;
+        let intern = Arc::clone(&self.intern);
+        let views = self
+            .journal
+            .read(move |c| read::live_tasks(c, &|s| intern.get(s)))
+            .await?;
         let now = self.clock.now();
         let now_ms = to_ms(now);
         let mut ops = Vec::new();
@@ -59,17 +63,17 @@ impl Broker {
                 report.ending += 1;
             }
 
-            let scope_states: std::collections::HashMap<String, LeaseState> = view
-                .leases
-                .iter()
-                .map(|l| (l.id.clone(), l.state))
-                .collect();
+            let scope_states: std::collections::HashMap<crate::journal::rows::Text, LeaseState> =
+                view.leases
+                    .iter()
+                    .map(|l| (l.id.clone(), l.state))
+                    .collect();
             let mut leases = Vec::with_capacity(view.leases.len());
             for mut lease in view.leases {
                 let handle = match (&lease.reference, lease.sealed_handle.take()) {
                     (Some(reference), Some(sealed)) => match self.sealer.open(&lease.id, &sealed) {
                         Ok(secret) => Some(Arc::new(RevocationHandle {
-                            reference: reference.clone(),
+                            reference: reference.to_string(),
                             secret: Some(secret),
                         })),
                         Err(e) => {
@@ -80,7 +84,7 @@ impl Broker {
                         }
                     },
                     (Some(reference), None) => Some(Arc::new(RevocationHandle {
-                        reference: reference.clone(),
+                        reference: reference.to_string(),
                         secret: None,
                     })),
                     (None, _) => None,

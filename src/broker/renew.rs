@@ -65,13 +65,13 @@ impl Broker {
             .state
             .lock()
             .ok()
-            .and_then(|s| s.tasks.get(&req.task_id).map(|t| Arc::clone(&t.op)));
+            .and_then(|s| s.tasks.get(req.task_id.as_str()).map(|t| Arc::clone(&t.op)));
         let Some(op) = op else {
             return Err(self.not_renewable(&req.task_id, &workload.name).await);
         };
         let _guard = op.lock_owned().await;
         let picked = self.state.lock().ok().and_then(|s| {
-            s.tasks.get(&req.task_id).map(|t| {
+            s.tasks.get(req.task_id.as_str()).map(|t| {
                 let leases: Vec<Target> = t
                     .leases
                     .iter()
@@ -87,7 +87,7 @@ impl Broker {
         let Some((task, leases)) = picked else {
             return Err(self.not_renewable(&req.task_id, &workload.name).await);
         };
-        if task.workload != workload.name {
+        if *task.workload != *workload.name {
             return Err(BrokerError::new(
                 ErrorKind::PermissionDenied,
                 "task_not_owned",
@@ -102,7 +102,10 @@ impl Broker {
             ));
         }
         let c = &verified.claims;
-        if c.issuer != task.issuer || c.subject != task.subject || c.client_id != task.client_id {
+        if *c.issuer != *task.issuer
+            || *c.subject != *task.subject
+            || *c.client_id != *task.client_id
+        {
             let mut rec = task_audit(&task, event::REQUEST_DENIED, Outcome::Denied, now)
                 .reason("principal_mismatch");
             rec.token_fingerprint = Some(verified.fingerprint.hex());
@@ -118,7 +121,7 @@ impl Broker {
             .iter()
             .filter(|t| t.lease.role == Role::Credential)
             .map(|t| GrantAsk {
-                name: t.lease.grant.clone(),
+                name: t.lease.grant.to_string(),
                 ..Default::default()
             })
             .collect();
@@ -274,7 +277,7 @@ impl Broker {
         task_id: &str,
         new_exp: i64,
         token_exp_ms: i64,
-        leases: &[(String, i64)],
+        leases: &[(crate::journal::rows::Text, i64)],
     ) -> Option<TaskSummary> {
         let Ok(mut state) = self.state.lock() else {
             return None;

@@ -17,7 +17,7 @@ use super::begin::call_provider;
 use super::live::{LiveTask, TaskSummary, context, task_audit};
 use super::{Broker, Runtime};
 use crate::audit::{AuditRecord, Outcome, event};
-use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState, role_str};
+use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState, Text, role_str};
 use crate::journal::{JournalError, Op};
 use crate::time::{from_ms, rfc3339, to_ms};
 
@@ -29,7 +29,7 @@ const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
 /// The result of one attempt on one lease.
 pub(super) struct Attempt {
-    pub(super) lease_id: String,
+    pub(super) lease_id: Text,
     pub(super) state: LeaseState,
     pub(super) revoked_ms: Option<i64>,
     pub(super) expires_ms: Option<i64>,
@@ -344,8 +344,8 @@ impl Broker {
                 ops.push(Op::Audit(Box::new(rec)));
             }
         }
-        let reason = end_reason
-            .map(str::to_owned)
+        let reason: Option<Text> = end_reason
+            .map(Text::from)
             .or_else(|| task_row.end_reason.clone());
         if all_terminal {
             ops.push(Op::TaskState {
@@ -361,7 +361,7 @@ impl Broker {
                 }
                 None => task_audit(&task_row, event::TASK_ENDED, Outcome::Success, now),
             };
-            rec.reason = reason.clone();
+            rec.reason = reason.as_deref().map(str::to_owned);
             ops.push(Op::Audit(Box::new(rec)));
         } else if task_row.state != TaskState::Ending {
             ops.push(Op::TaskState {
@@ -402,7 +402,7 @@ impl Broker {
                 if a.state.is_terminal() {
                     l.handle = None;
                 } else if let Some(next) = a.next_attempt_ms {
-                    retries.push((next, task_id.to_string(), a.lease_id));
+                    retries.push((next, Arc::clone(&live.row.id), a.lease_id));
                 }
             }
         }
@@ -426,7 +426,7 @@ impl Broker {
                 };
                 let later = state
                     .retries
-                    .split_off(&(now_ms + 1, String::new(), String::new()));
+                    .split_off(&(now_ms + 1, Text::from(""), Text::from("")));
                 let due = std::mem::replace(&mut state.retries, later);
                 (due, state.retries.first().map(|(t, _, _)| *t))
             };
@@ -458,7 +458,7 @@ impl Broker {
         let picked = {
             let Ok(state) = self.state.lock() else { return };
             state.tasks.get(task_id).and_then(|t| {
-                let l = t.leases.iter().find(|l| l.row.id == lease_id)?;
+                let l = t.leases.iter().find(|l| *l.row.id == *lease_id)?;
                 if !matches!(l.row.state, LeaseState::Revoking | LeaseState::Reconciling) {
                     return None;
                 }
@@ -490,7 +490,7 @@ impl Broker {
                 let next = to_ms(now + rt.config.broker.revoke_backoff_initial);
                 state
                     .retries
-                    .insert((next, task_id.to_string(), lease_id.to_string()));
+                    .insert((next, Text::from(task_id), Text::from(lease_id)));
             }
         }
     }
@@ -528,7 +528,7 @@ pub(super) fn scope_handle(task: &LiveTask, lease: &LeaseRow) -> Option<Arc<Revo
     let parent = lease.parent.as_deref()?;
     task.leases
         .iter()
-        .find(|l| l.row.id == parent)
+        .find(|l| *l.row.id == *parent)
         .and_then(|l| l.handle.clone())
 }
 
@@ -551,7 +551,7 @@ fn with_scope(task: &TaskRow, child: &LeaseRow, scope: &Attempt, now: SystemTime
             task_audit(task, ev, Outcome::Success, now)
                 .lease(&child.id, &child.grant, &child.provider)
                 .reason(reason)
-                .detail("scope", scope.lease_id.clone()),
+                .detail("scope", scope.lease_id.to_string()),
         ),
     }
 }

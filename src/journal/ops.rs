@@ -5,7 +5,7 @@
 use rusqlite::{Connection, params};
 
 use super::JournalError;
-use super::rows::{LeaseRow, LeaseState, TaskRow, TaskState};
+use super::rows::{LeaseRow, LeaseState, TaskRow, TaskState, Text};
 use crate::audit::AuditRecord;
 
 #[derive(Clone, Debug)]
@@ -13,26 +13,26 @@ pub enum Op {
     InsertTask(Box<TaskRow>),
     InsertLease(Box<LeaseRow>),
     TaskState {
-        id: String,
+        id: Text,
         state: TaskState,
         ended_ms: Option<i64>,
-        end_reason: Option<String>,
+        end_reason: Option<Text>,
     },
     TaskExpiry {
-        id: String,
+        id: Text,
         expires_ms: i64,
         token_exp_ms: i64,
     },
     LeaseIssued {
-        id: String,
+        id: Text,
         issued_ms: i64,
         expires_ms: i64,
-        reference: String,
+        reference: Text,
         sealed_handle: Option<Vec<u8>>,
         renewable: bool,
     },
     LeaseState {
-        id: String,
+        id: Text,
         state: LeaseState,
         revoked_ms: Option<i64>,
         attempts: u32,
@@ -40,7 +40,7 @@ pub enum Op {
         last_error: Option<String>,
     },
     LeaseExpiry {
-        id: String,
+        id: Text,
         expires_ms: i64,
     },
     Audit(Box<AuditRecord>),
@@ -76,19 +76,19 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
                 peer_pid, peer_exe, peer_unit, created_ms, expires_ms, ended_ms, end_reason)
              VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23)",
             params![
-                t.id,
+                &*t.id,
                 t.state.as_str(),
-                t.workload,
-                t.tool,
-                t.issuer,
-                t.subject,
-                t.client_id,
-                t.owner,
-                t.owner_source,
+                &*t.workload,
+                &*t.tool,
+                &*t.issuer,
+                &*t.subject,
+                &*t.client_id,
+                t.owner.as_deref(),
+                &*t.owner_source,
                 json(&t.actors)?,
-                t.token_fp,
-                t.jti,
-                json(&t.scopes)?,
+                &*t.token_fp,
+                &*t.jti,
+                json(&t.scope_list())?,
                 t.token_exp_ms,
                 t.peer.uid,
                 t.peer.gid,
@@ -98,7 +98,7 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
                 t.created_ms,
                 t.expires_ms,
                 t.ended_ms,
-                t.end_reason,
+                t.end_reason.as_deref(),
             ],
         )?,
         Op::InsertLease(l) => exec(
@@ -108,20 +108,20 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
                 renewable, attempts, next_attempt_ms, last_error)
              VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19)",
             params![
-                l.id,
-                l.task_id,
+                &*l.id,
+                &*l.task_id,
                 super::rows::role_str(l.role),
-                l.parent,
-                l.grant,
-                l.provider,
-                l.kind,
+                l.parent.as_deref(),
+                &*l.grant,
+                &*l.provider,
+                &*l.kind,
                 l.state.as_str(),
-                json(&l.params)?,
+                json(&*l.params)?,
                 l.wanted_exp_ms,
                 l.issued_ms,
                 l.expires_ms,
                 l.revoked_ms,
-                l.reference,
+                l.reference.as_deref(),
                 l.sealed_handle,
                 l.renewable,
                 l.attempts,

@@ -5,7 +5,7 @@ use rusqlite::{Connection, Row, params_from_iter};
 
 use super::JournalError;
 use super::ops::Chain;
-use super::rows::{LeaseRow, LeaseState, TaskRow, TaskState};
+use super::rows::{LeaseRow, LeaseState, TaskRow, TaskState, Text};
 use crate::audit::{AuditRecord, PeerRecord};
 
 /// A task with its leases.
@@ -90,62 +90,79 @@ fn bad(what: &str) -> rusqlite::Error {
     rusqlite::Error::InvalidColumnType(0, what.into(), rusqlite::types::Type::Text)
 }
 
-fn task_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
+/// Turns a column's text into shared text; recovery passes an interner, reads for display
+/// do not bother.
+pub type Intern<'a> = &'a dyn Fn(&str) -> Text;
+
+fn plain(s: &str) -> Text {
+    Text::from(s)
+}
+
+fn text(r: &Row<'_>, i: usize, intern: Intern<'_>) -> rusqlite::Result<Text> {
+    Ok(intern(&r.get::<_, String>(i)?))
+}
+
+fn opt_text(r: &Row<'_>, i: usize, intern: Intern<'_>) -> rusqlite::Result<Option<Text>> {
+    Ok(r.get::<_, Option<String>>(i)?.map(|s| intern(&s)))
+}
+
+fn task_row(r: &Row<'_>, intern: Intern<'_>) -> rusqlite::Result<TaskRow> {
     let state: String = r.get(1)?;
     let actors: String = r.get(9)?;
-    let scopes: String = r.get(12)?;
+    let scopes: Vec<String> =
+        serde_json::from_str(&r.get::<_, String>(12)?).map_err(|_| bad("scopes"))?;
     Ok(TaskRow {
-        id: r.get(0)?,
+        id: r.get::<_, String>(0)?.into(),
         state: TaskState::parse(&state).ok_or_else(|| bad("task state"))?,
-        workload: r.get(2)?,
-        tool: r.get(3)?,
-        issuer: r.get(4)?,
-        subject: r.get(5)?,
-        client_id: r.get(6)?,
-        owner: r.get(7)?,
-        owner_source: r.get(8)?,
+        workload: text(r, 2, intern)?,
+        tool: text(r, 3, intern)?,
+        issuer: text(r, 4, intern)?,
+        subject: text(r, 5, intern)?,
+        client_id: text(r, 6, intern)?,
+        owner: opt_text(r, 7, intern)?,
+        owner_source: text(r, 8, intern)?,
         actors: serde_json::from_str(&actors).map_err(|_| bad("actors"))?,
-        token_fp: r.get(10)?,
-        jti: r.get(11)?,
-        scopes: serde_json::from_str(&scopes).map_err(|_| bad("scopes"))?,
+        token_fp: text(r, 10, intern)?,
+        jti: text(r, 11, intern)?,
+        scopes: intern(&scopes.join(" ")),
         token_exp_ms: r.get(13)?,
-        peer: PeerRecord {
+        peer: std::sync::Arc::new(PeerRecord {
             uid: r.get(14)?,
             gid: r.get(15)?,
             pid: r.get(16)?,
             exe: r.get(17)?,
             unit: r.get(18)?,
-        },
+        }),
         created_ms: r.get(19)?,
         expires_ms: r.get(20)?,
         ended_ms: r.get(21)?,
-        end_reason: r.get(22)?,
+        end_reason: opt_text(r, 22, intern)?,
     })
 }
 
-fn lease_row(r: &Row<'_>) -> rusqlite::Result<LeaseRow> {
+fn lease_row(r: &Row<'_>, intern: Intern<'_>) -> rusqlite::Result<LeaseRow> {
     let state: String = r.get(5)?;
     let params: String = r.get(6)?;
     Ok(LeaseRow {
-        id: r.get(0)?,
-        task_id: r.get(1)?,
-        grant: r.get(2)?,
-        provider: r.get(3)?,
-        kind: r.get(4)?,
+        id: r.get::<_, String>(0)?.into(),
+        task_id: r.get::<_, String>(1)?.into(),
+        grant: text(r, 2, intern)?,
+        provider: text(r, 3, intern)?,
+        kind: text(r, 4, intern)?,
         state: LeaseState::parse(&state).ok_or_else(|| bad("lease state"))?,
-        params: serde_json::from_str(&params).map_err(|_| bad("params"))?,
+        params: std::sync::Arc::new(serde_json::from_str(&params).map_err(|_| bad("params"))?),
         wanted_exp_ms: r.get(7)?,
         issued_ms: r.get(8)?,
         expires_ms: r.get(9)?,
         revoked_ms: r.get(10)?,
-        reference: r.get(11)?,
+        reference: r.get::<_, Option<String>>(11)?.map(Text::from),
         sealed_handle: r.get(12)?,
         renewable: r.get(13)?,
         attempts: r.get(14)?,
         next_attempt_ms: r.get(15)?,
         last_error: r.get(16)?,
         role: super::rows::parse_role(&r.get::<_, String>(17)?).ok_or_else(|| bad("lease role"))?,
-        parent: r.get(18)?,
+        parent: r.get::<_, Option<String>>(18)?.map(Text::from),
     })
 }
 
@@ -154,23 +171,25 @@ fn leases_of(conn: &Connection, task_id: &str) -> Result<Vec<LeaseRow>, JournalE
         "SELECT {LEASE_COLUMNS} FROM leases WHERE task_id = ?1 ORDER BY id"
     ))?;
     let rows = stmt
-        .query_map([task_id], lease_row)?
+        .query_map([task_id], |r| lease_row(r, &plain))?
         .collect::<Result<_, _>>()?;
     Ok(rows)
 }
 
 /// Every task that is not ended, with its leases: what recovery resumes.
-pub fn live_tasks(conn: &Connection) -> Result<Vec<TaskView>, JournalError> {
+pub fn live_tasks(conn: &Connection, intern: Intern<'_>) -> Result<Vec<TaskView>, JournalError> {
     let mut stmt = conn.prepare(&format!(
         "SELECT {TASK_COLUMNS} FROM tasks WHERE state <> 'ended' ORDER BY id"
     ))?;
-    let tasks: Vec<TaskRow> = stmt.query_map([], task_row)?.collect::<Result<_, _>>()?;
-    let mut by_task: std::collections::HashMap<String, Vec<LeaseRow>> =
+    let tasks: Vec<TaskRow> = stmt
+        .query_map([], |r| task_row(r, intern))?
+        .collect::<Result<_, _>>()?;
+    let mut by_task: std::collections::HashMap<Text, Vec<LeaseRow>> =
         std::collections::HashMap::new();
     let mut stmt = conn.prepare(&format!(
         "SELECT {LEASE_COLUMNS} FROM leases WHERE task_id IN (SELECT id FROM tasks WHERE state <> 'ended')"
     ))?;
-    for lease in stmt.query_map([], lease_row)? {
+    for lease in stmt.query_map([], |r| lease_row(r, intern))? {
         let lease = lease?;
         by_task
             .entry(lease.task_id.clone())
@@ -182,6 +201,10 @@ pub fn live_tasks(conn: &Connection) -> Result<Vec<TaskView>, JournalError> {
         .map(|task| {
             let mut leases = by_task.remove(&task.id).unwrap_or_default();
             leases.sort_by(|a, b| a.id.cmp(&b.id));
+            for l in &mut leases {
+                // One copy of the task id, shared.
+                l.task_id = std::sync::Arc::clone(&task.id);
+            }
             TaskView { task, leases }
         })
         .collect())
@@ -190,7 +213,7 @@ pub fn live_tasks(conn: &Connection) -> Result<Vec<TaskView>, JournalError> {
 pub fn task(conn: &Connection, id: &str) -> Result<Option<TaskView>, JournalError> {
     let mut stmt =
         conn.prepare_cached(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))?;
-    let mut rows = stmt.query_map([id], task_row)?;
+    let mut rows = stmt.query_map([id], |r| task_row(r, &plain))?;
     match rows.next() {
         None => Ok(None),
         Some(task) => {
@@ -242,7 +265,7 @@ pub fn tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<TaskView>, Journal
     ));
     let mut stmt = conn.prepare(&sql)?;
     let tasks: Vec<TaskRow> = stmt
-        .query_map(params_from_iter(args), task_row)?
+        .query_map(params_from_iter(args), |r| task_row(r, &plain))?
         .collect::<Result<_, _>>()?;
     tasks
         .into_iter()

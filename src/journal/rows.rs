@@ -13,6 +13,8 @@
 //! `expiring` is terminal for the broker: the provider cannot revoke (an STS session), so the
 //! credential stops working on its own at `expires_ms`, and the audit log says so.
 
+use std::sync::Arc;
+
 use credbroker_provider_api::{Params, Role};
 
 use crate::audit::PeerRecord;
@@ -120,49 +122,66 @@ pub mod end_reason {
     pub const INTERRUPTED: &str = "interrupted";
 }
 
+/// Text shared between rows: interned (see `broker::intern`), so 100,000 tasks of one workload
+/// and client hold one copy of each name, not 100,000.
+pub type Text = Arc<str>;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskRow {
-    pub id: String,
+    pub id: Text,
     pub state: TaskState,
-    pub workload: String,
-    pub tool: String,
-    pub issuer: String,
-    pub subject: String,
-    pub client_id: String,
-    pub owner: Option<String>,
-    pub owner_source: String,
+    pub workload: Text,
+    pub tool: Text,
+    pub issuer: Text,
+    pub subject: Text,
+    pub client_id: Text,
+    pub owner: Option<Text>,
+    pub owner_source: Text,
     pub actors: Vec<String>,
-    pub token_fp: String,
-    pub jti: String,
-    pub scopes: Vec<String>,
+    pub token_fp: Text,
+    pub jti: Text,
+    /// Space-separated, as in the token's `scope` claim.
+    pub scopes: Text,
     pub token_exp_ms: i64,
-    pub peer: PeerRecord,
+    /// Shared by every task begun on one connection.
+    pub peer: Arc<PeerRecord>,
     pub created_ms: i64,
     pub expires_ms: i64,
     pub ended_ms: Option<i64>,
-    pub end_reason: Option<String>,
+    pub end_reason: Option<Text>,
+}
+
+impl TaskRow {
+    pub fn scope_list(&self) -> Vec<String> {
+        self.scopes
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeaseRow {
-    pub id: String,
-    pub task_id: String,
+    pub id: Text,
+    pub task_id: Text,
     pub role: Role,
     /// For a credential of a scoped provider: the id of its task's scope lease.
-    pub parent: Option<String>,
-    pub grant: String,
-    pub provider: String,
-    pub kind: String,
+    pub parent: Option<Text>,
+    pub grant: Text,
+    pub provider: Text,
+    pub kind: Text,
     pub state: LeaseState,
-    /// The grant's parameters as issued (rendered, narrowed). Never secret.
-    pub params: Params,
+    /// The grant's parameters as issued (rendered, narrowed). Never secret. Shared with the
+    /// grant when it has no template.
+    pub params: Arc<Params>,
     /// The expiry asked of the provider.
     pub wanted_exp_ms: i64,
     pub issued_ms: Option<i64>,
     /// When the credential stops working on its own, as the provider reported it.
     pub expires_ms: Option<i64>,
     pub revoked_ms: Option<i64>,
-    pub reference: Option<String>,
+    pub reference: Option<Text>,
     /// The secret half of the revocation handle, sealed (see `seal`).
     pub sealed_handle: Option<Vec<u8>>,
     pub renewable: bool,

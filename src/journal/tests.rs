@@ -19,15 +19,15 @@ fn task(id: &str) -> TaskRow {
         actors: vec![],
         token_fp: "ff".into(),
         jti: "j".into(),
-        scopes: vec!["s".into()],
+        scopes: "s".into(),
         token_exp_ms: 2,
-        peer: PeerRecord {
+        peer: Arc::new(PeerRecord {
             uid: 1,
             gid: 2,
             pid: 3,
             exe: None,
             unit: None,
-        },
+        }),
         created_ms: 1,
         expires_ms: 2,
         ended_ms: None,
@@ -95,7 +95,7 @@ async fn commits_are_durable_private_and_chained() {
         .unwrap_or_else(|e| panic!("{e}"));
     let (live, chain) = j
         .read(|c| {
-            let live = read::live_tasks(c)?;
+            let live = read::live_tasks(c, &|s| s.into())?;
             let mut stmt = c.prepare(&format!(
                 "SELECT {} FROM audit ORDER BY seq",
                 read::AUDIT_COLUMNS

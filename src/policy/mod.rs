@@ -41,8 +41,8 @@ pub struct Ask<'a> {
 #[derive(Clone, Debug)]
 pub struct Resolved {
     pub grant: Arc<GrantConfig>,
-    /// Rendered and narrowed.
-    pub params: Params,
+    /// Rendered and narrowed; shared with the grant when it has no template to render.
+    pub params: Arc<Params>,
 }
 
 #[derive(Clone, Debug)]
@@ -83,6 +83,8 @@ impl Denial {
 /// The grants, attribution rules and limits of one configuration.
 pub struct Policy {
     grants: HashMap<String, Arc<GrantConfig>>,
+    /// The parameters of grants without templates, shared by all their leases.
+    fixed: HashMap<String, Arc<Params>>,
     attribution: Attribution,
     settings: BrokerSettings,
     /// provider instance → parameters a request may narrow.
@@ -96,6 +98,12 @@ impl Policy {
                 .grants
                 .iter()
                 .map(|(k, g)| (k.clone(), Arc::new(g.clone())))
+                .collect(),
+            fixed: config
+                .grants
+                .iter()
+                .filter(|(_, g)| !template::has_placeholders(&g.params))
+                .map(|(k, g)| (k.clone(), Arc::new(g.params.clone())))
                 .collect(),
             attribution: config.attribution.clone(),
             settings: config.broker.clone(),
@@ -187,21 +195,30 @@ impl Policy {
                 tool: ask.tool,
                 grant: &g.name,
             };
-            let mut params = template::render(&grant.params, &vars).map_err(|e| match e {
-                RenderError::Missing(p) => Denial::new(
-                    PermissionDenied,
-                    "owner_required",
-                    name,
-                    format!("grant {:?} uses {{{p}}} but the task has none", g.name),
-                ),
-                RenderError::Unsafe(p) => Denial::new(
-                    PermissionDenied,
-                    "template_value_rejected",
-                    name,
-                    format!("grant {:?}: the value for {{{p}}} holds characters not allowed in templates", g.name),
-                ),
-            })?;
-            self.narrow(grant, &g.narrow, &mut params)?;
+            let params = match self.fixed.get(&g.name) {
+                Some(fixed) if g.narrow.is_empty() => Arc::clone(fixed),
+                _ => {
+                    let mut params = template::render(&grant.params, &vars).map_err(|e| match e {
+                        RenderError::Missing(p) => Denial::new(
+                            PermissionDenied,
+                            "owner_required",
+                            name,
+                            format!("grant {:?} uses {{{p}}} but the task has none", g.name),
+                        ),
+                        RenderError::Unsafe(p) => Denial::new(
+                            PermissionDenied,
+                            "template_value_rejected",
+                            name,
+                            format!(
+                                "grant {:?}: the value for {{{p}}} holds characters not allowed in templates",
+                                g.name
+                            ),
+                        ),
+                    })?;
+                    self.narrow(grant, &g.narrow, &mut params)?;
+                    Arc::new(params)
+                }
+            };
             ttl_cap = ttl_cap.min(grant.max_ttl);
             if let Some(d) = grant.default_ttl {
                 default_ttl = Some(default_ttl.map_or(d, |cur| cur.min(d)));

@@ -95,6 +95,19 @@ fn pieces(template: &str) -> Result<Vec<Piece<'_>>, String> {
     Ok(out)
 }
 
+/// Whether any string in `params` holds a placeholder (then it must be rendered per task).
+pub fn has_placeholders(params: &Params) -> bool {
+    let mut found = false;
+    for value in params.values() {
+        walk(value, &mut |s| {
+            found |= pieces(s)
+                .map(|p| p.iter().any(|x| matches!(x, Piece::Var(_))))
+                .unwrap_or(true);
+        });
+    }
+    found
+}
+
 /// Checks every string in `params` at load time; `on_error(key, message)` for each problem.
 pub fn check_params(params: &Params, on_error: &mut dyn FnMut(&str, String)) {
     for (key, value) in params {

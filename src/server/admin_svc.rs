@@ -163,7 +163,7 @@ impl v1::admin_server::Admin for AdminService {
                 reason: req.reason.clone(),
             };
             match self.broker.end_task(&v.task.id, ender).await {
-                Ok(_) => ids.push(v.task.id),
+                Ok(_) => ids.push(v.task.id.to_string()),
                 Err(e) => {
                     tracing::warn!(task = %v.task.id, error = %e, "operator revoke of a task failed")
                 }

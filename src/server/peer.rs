@@ -86,13 +86,7 @@ pub fn attest(stream: &UnixStream, read_exe: bool) -> Result<PeerInfo, String> {
             "pid {pid} changed hands while it was being identified"
         ));
     }
-    Ok(PeerInfo {
-        uid: cred.uid(),
-        gid: cred.gid(),
-        pid,
-        exe,
-        unit,
-    })
+    Ok(PeerInfo::new(cred.uid(), cred.gid(), pid, exe, unit))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
