@@ -117,7 +117,7 @@ pub struct Counts {
 
 pub struct Broker {
     journal: Journal,
-    sealer: Sealer,
+    sealer: Arc<Sealer>,
     runtime: ArcSwap<Runtime>,
     state: Mutex<State>,
     clock: Arc<dyn Clock>,
@@ -132,7 +132,7 @@ impl Broker {
         let started_at = clock.now();
         Self {
             journal,
-            sealer,
+            sealer: Arc::new(sealer),
             runtime: ArcSwap::from_pointee(runtime),
             state: Mutex::new(State::default()),
             clock,

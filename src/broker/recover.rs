@@ -5,16 +5,22 @@
 //!   reconciled; leases recorded `active` are revoked.
 //! * `active` tasks continue; the reaper ends those that expired while the daemon was down.
 //! * `ending` tasks continue their revocations, now.
+//!
+//! Rows are turned into live tasks as they are read, inside the read, so recovering 100,000
+//! tasks holds only the live tasks themselves in memory (and takes well under a second).
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use credbroker_provider_api::RevocationHandle;
 
 use super::Broker;
 use super::live::{LiveLease, LiveTask, task_audit};
 use crate::audit::{AuditRecord, Outcome, event};
-use crate::journal::rows::{LeaseState, TaskState, end_reason};
-use crate::journal::{JournalError, Op, read};
+use crate::journal::read::{self, TaskView};
+use crate::journal::rows::{LeaseState, TaskState, Text, end_reason};
+use crate::journal::seal::Sealer;
+use crate::journal::{JournalError, Op};
 use crate::time::to_ms;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -24,149 +30,179 @@ pub struct Recovery {
     pub ending: usize,
 }
 
+/// What recovery builds while it reads.
+struct Rebuild {
+    sealer: Arc<Sealer>,
+    now: SystemTime,
+    now_ms: i64,
+    ops: Vec<Op>,
+    report: Recovery,
+    tasks: Vec<LiveTask>,
+    expiries: Vec<(i64, Text)>,
+    retries: Vec<(i64, Text, Text)>,
+}
+
 impl Broker {
     pub async fn recover(&self) -> Result<Recovery, JournalError> {
         let intern = Arc::clone(&self.intern);
-        let views = self
-            .journal
-            .read(move |c| read::live_tasks(c, &|s| intern.get(s)))
-            .await?;
         let now = self.clock.now();
-        let now_ms = to_ms(now);
-        let mut ops = Vec::new();
-        let mut report = Recovery::default();
-        let mut live_tasks = Vec::new();
-        let mut expiries = Vec::new();
-        let mut retries = Vec::new();
+        let rebuild = Rebuild {
+            sealer: Arc::clone(&self.sealer),
+            now,
+            now_ms: to_ms(now),
+            ops: Vec::new(),
+            report: Recovery::default(),
+            tasks: Vec::new(),
+            expiries: Vec::new(),
+            retries: Vec::new(),
+        };
+        let mut rebuild = self
+            .journal
+            .read(move |c| {
+                let mut rebuild = rebuild;
+                read::for_each_live_task(c, &|s| intern.get(s), &mut |view| rebuild.take(view))?;
+                Ok(rebuild)
+            })
+            .await?;
 
-        for view in views {
-            let mut task = view.task;
-            let interrupted = task.state == TaskState::Issuing;
-            if interrupted {
-                task.state = TaskState::Ending;
-                task.end_reason = Some(end_reason::INTERRUPTED.into());
-                ops.push(Op::TaskState {
-                    id: task.id.clone(),
-                    state: TaskState::Ending,
-                    ended_ms: None,
-                    end_reason: task.end_reason.clone(),
-                });
-                ops.push(Op::Audit(Box::new(
-                    task_audit(&task, event::TASK_ENDING, Outcome::Failure, now)
-                        .reason(end_reason::INTERRUPTED),
-                )));
-                report.interrupted += 1;
-            } else if task.state == TaskState::Active {
-                expiries.push((task.expires_ms, task.id.clone()));
-                report.active += 1;
-            } else {
-                report.ending += 1;
-            }
-
-            let scope_states: std::collections::HashMap<crate::journal::rows::Text, LeaseState> =
-                view.leases
-                    .iter()
-                    .map(|l| (l.id.clone(), l.state))
-                    .collect();
-            let mut leases = Vec::with_capacity(view.leases.len());
-            for mut lease in view.leases {
-                let handle = match (&lease.reference, lease.sealed_handle.take()) {
-                    (Some(reference), Some(sealed)) => match self.sealer.open(&lease.id, &sealed) {
-                        Ok(secret) => Some(Arc::new(RevocationHandle {
-                            reference: reference.to_string(),
-                            secret: Some(secret),
-                        })),
-                        Err(e) => {
-                            // Without its secret the handle cannot revoke; the provider may still
-                            // find the credential by its lease id.
-                            tracing::error!(lease = %lease.id, error = %e, "cannot open a revocation handle");
-                            None
-                        }
-                    },
-                    (Some(reference), None) => Some(Arc::new(RevocationHandle {
-                        reference: reference.to_string(),
-                        secret: None,
-                    })),
-                    (None, _) => None,
-                };
-                // A credential is issued only once its scope is journaled active: under a scope
-                // still pending it was never attempted.
-                let scope_pending = lease
-                    .parent
-                    .as_ref()
-                    .is_some_and(|p| scope_states.get(p) == Some(&LeaseState::Pending));
-                let wanted = match (task.state, lease.state) {
-                    (TaskState::Ending, LeaseState::Pending) if scope_pending => {
-                        Some(LeaseState::Failed)
-                    }
-                    (TaskState::Ending, LeaseState::Pending) => Some(LeaseState::Reconciling),
-                    (TaskState::Ending, LeaseState::Active) if handle.is_none() => {
-                        Some(LeaseState::Reconciling)
-                    }
-                    (TaskState::Ending, LeaseState::Active) => Some(LeaseState::Revoking),
-                    _ => None,
-                };
-                if let Some(state) = wanted {
-                    lease.state = state;
-                    lease.next_attempt_ms = (!state.is_terminal()).then_some(now_ms);
-                    ops.push(Op::LeaseState {
-                        id: lease.id.clone(),
-                        state,
-                        revoked_ms: None,
-                        attempts: lease.attempts,
-                        next_attempt_ms: lease.next_attempt_ms,
-                        last_error: lease.last_error.clone(),
-                    });
-                }
-                if matches!(lease.state, LeaseState::Revoking | LeaseState::Reconciling) {
-                    retries.push((
-                        lease.next_attempt_ms.unwrap_or(now_ms).min(now_ms),
-                        task.id.clone(),
-                        lease.id.clone(),
-                    ));
-                }
-                leases.push(LiveLease { row: lease, handle });
-            }
-            if task.state == TaskState::Ending && leases.iter().all(|l| l.row.state.is_terminal()) {
-                ops.push(Op::TaskState {
-                    id: task.id.clone(),
-                    state: TaskState::Ended,
-                    ended_ms: Some(now_ms),
-                    end_reason: None,
-                });
-                ops.push(Op::Audit(Box::new(task_audit(
-                    &task,
-                    event::TASK_ENDED,
-                    Outcome::Success,
-                    now,
-                ))));
-                continue;
-            }
-            live_tasks.push(LiveTask {
-                row: Arc::new(task),
-                leases,
-                op: Arc::new(tokio::sync::Mutex::new(())),
-            });
-        }
-
-        ops.push(Op::Audit(Box::new(
+        let r = &rebuild.report;
+        rebuild.ops.push(Op::Audit(Box::new(
             AuditRecord::new(event::DAEMON_STARTED, Outcome::Success, now)
                 .detail("version", env!("CARGO_PKG_VERSION"))
-                .detail("active_tasks", report.active)
-                .detail("interrupted_tasks", report.interrupted)
-                .detail("ending_tasks", report.ending),
+                .detail("active_tasks", r.active)
+                .detail("interrupted_tasks", r.interrupted)
+                .detail("ending_tasks", r.ending),
         )));
-        self.journal.commit(ops).await?;
+        self.journal
+            .commit(std::mem::take(&mut rebuild.ops))
+            .await?;
 
         if let Ok(mut state) = self.state.lock() {
-            for t in live_tasks {
-                state.tasks.insert(t.row.id.clone(), t);
+            state.tasks.reserve(rebuild.tasks.len());
+            for t in rebuild.tasks {
+                state.tasks.insert(Arc::clone(&t.row.id), t);
             }
-            state.expiries.extend(expiries);
-            state.retries.extend(retries);
+            state.expiries.extend(rebuild.expiries);
+            state.retries.extend(rebuild.retries);
         }
         self.wake_reaper.notify_one();
         self.wake_revoker.notify_one();
-        Ok(report)
+        Ok(rebuild.report)
+    }
+}
+
+impl Rebuild {
+    fn take(&mut self, view: TaskView) {
+        let (now, now_ms) = (self.now, self.now_ms);
+        let mut task = view.task;
+        if task.state == TaskState::Issuing {
+            task.state = TaskState::Ending;
+            task.end_reason = Some(end_reason::INTERRUPTED.into());
+            self.ops.push(Op::TaskState {
+                id: Arc::clone(&task.id),
+                state: TaskState::Ending,
+                ended_ms: None,
+                end_reason: task.end_reason.clone(),
+            });
+            self.ops.push(Op::Audit(Box::new(
+                task_audit(&task, event::TASK_ENDING, Outcome::Failure, now)
+                    .reason(end_reason::INTERRUPTED),
+            )));
+            self.report.interrupted += 1;
+        } else if task.state == TaskState::Active {
+            self.expiries.push((task.expires_ms, Arc::clone(&task.id)));
+            self.report.active += 1;
+        } else {
+            self.report.ending += 1;
+        }
+
+        // A credential is issued only once its scope is journaled active: under a scope still
+        // pending it was never attempted.
+        let pending_scopes: Vec<Text> = view
+            .leases
+            .iter()
+            .filter(|l| l.state == LeaseState::Pending)
+            .map(|l| Arc::clone(&l.id))
+            .collect();
+        let mut leases = Vec::with_capacity(view.leases.len());
+        for mut lease in view.leases {
+            let handle = self.handle(&mut lease);
+            let scope_pending = lease
+                .parent
+                .as_ref()
+                .is_some_and(|p| pending_scopes.contains(p));
+            let wanted = match (task.state, lease.state) {
+                (TaskState::Ending, LeaseState::Pending) if scope_pending => {
+                    Some(LeaseState::Failed)
+                }
+                (TaskState::Ending, LeaseState::Pending) => Some(LeaseState::Reconciling),
+                (TaskState::Ending, LeaseState::Active) if handle.is_none() => {
+                    Some(LeaseState::Reconciling)
+                }
+                (TaskState::Ending, LeaseState::Active) => Some(LeaseState::Revoking),
+                _ => None,
+            };
+            if let Some(state) = wanted {
+                lease.state = state;
+                lease.next_attempt_ms = (!state.is_terminal()).then_some(now_ms);
+                self.ops.push(Op::LeaseState {
+                    id: Arc::clone(&lease.id),
+                    state,
+                    revoked_ms: None,
+                    attempts: lease.attempts,
+                    next_attempt_ms: lease.next_attempt_ms,
+                    last_error: lease.last_error.clone(),
+                });
+            }
+            if matches!(lease.state, LeaseState::Revoking | LeaseState::Reconciling) {
+                let when = lease.next_attempt_ms.unwrap_or(now_ms).min(now_ms);
+                self.retries
+                    .push((when, Arc::clone(&task.id), Arc::clone(&lease.id)));
+            }
+            leases.push(LiveLease { row: lease, handle });
+        }
+        if task.state == TaskState::Ending && leases.iter().all(|l| l.row.state.is_terminal()) {
+            self.ops.push(Op::TaskState {
+                id: Arc::clone(&task.id),
+                state: TaskState::Ended,
+                ended_ms: Some(now_ms),
+                end_reason: None,
+            });
+            self.ops.push(Op::Audit(Box::new(task_audit(
+                &task,
+                event::TASK_ENDED,
+                Outcome::Success,
+                now,
+            ))));
+            return;
+        }
+        self.tasks.push(LiveTask {
+            row: Arc::new(task),
+            leases,
+            op: Arc::new(tokio::sync::Mutex::new(())),
+        });
+    }
+
+    /// Opens a lease's sealed revocation handle.
+    fn handle(&self, lease: &mut crate::journal::rows::LeaseRow) -> Option<Arc<RevocationHandle>> {
+        match (&lease.reference, lease.sealed_handle.take()) {
+            (Some(reference), Some(sealed)) => match self.sealer.open(&lease.id, &sealed) {
+                Ok(secret) => Some(Arc::new(RevocationHandle {
+                    reference: reference.to_string(),
+                    secret: Some(secret),
+                })),
+                Err(e) => {
+                    // Without its secret the handle cannot revoke; the provider may still find
+                    // the credential by its lease id.
+                    tracing::error!(lease = %lease.id, error = %e, "cannot open a revocation handle");
+                    None
+                }
+            },
+            (Some(reference), None) => Some(Arc::new(RevocationHandle {
+                reference: reference.to_string(),
+                secret: None,
+            })),
+            (None, _) => None,
+        }
     }
 }

@@ -178,36 +178,52 @@ fn leases_of(conn: &Connection, task_id: &str) -> Result<Vec<LeaseRow>, JournalE
 
 /// Every task that is not ended, with its leases: what recovery resumes.
 pub fn live_tasks(conn: &Connection, intern: Intern<'_>) -> Result<Vec<TaskView>, JournalError> {
-    let mut stmt = conn.prepare(&format!(
+    let mut out = Vec::new();
+    for_each_live_task(conn, intern, &mut |v| out.push(v))?;
+    Ok(out)
+}
+
+/// The same, handed over one task at a time: tasks and leases are read in one ordered pass each
+/// and merged, so nothing is held but what `each` keeps.
+pub fn for_each_live_task(
+    conn: &Connection,
+    intern: Intern<'_>,
+    each: &mut dyn FnMut(TaskView),
+) -> Result<(), JournalError> {
+    let mut tasks_stmt = conn.prepare(&format!(
         "SELECT {TASK_COLUMNS} FROM tasks WHERE state <> 'ended' ORDER BY id"
     ))?;
-    let tasks: Vec<TaskRow> = stmt
-        .query_map([], |r| task_row(r, intern))?
-        .collect::<Result<_, _>>()?;
-    let mut by_task: std::collections::HashMap<Text, Vec<LeaseRow>> =
-        std::collections::HashMap::new();
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {LEASE_COLUMNS} FROM leases WHERE task_id IN (SELECT id FROM tasks WHERE state <> 'ended')"
+    let mut leases_stmt = conn.prepare(&format!(
+        "SELECT {LEASE_COLUMNS} FROM leases
+         WHERE task_id IN (SELECT id FROM tasks WHERE state <> 'ended') ORDER BY task_id, id"
     ))?;
-    for lease in stmt.query_map([], |r| lease_row(r, intern))? {
-        let lease = lease?;
-        by_task
-            .entry(lease.task_id.clone())
-            .or_default()
-            .push(lease);
-    }
-    Ok(tasks
-        .into_iter()
-        .map(|task| {
-            let mut leases = by_task.remove(&task.id).unwrap_or_default();
-            leases.sort_by(|a, b| a.id.cmp(&b.id));
-            for l in &mut leases {
+    let mut leases = leases_stmt
+        .query_map([], |r| lease_row(r, intern))?
+        .peekable();
+    for task in tasks_stmt.query_map([], |r| task_row(r, intern))? {
+        let task = task?;
+        let mut mine = Vec::new();
+        loop {
+            match leases.peek() {
+                Some(Ok(l)) if *l.task_id <= *task.id => {}
+                Some(Err(_)) => {
+                    if let Some(Err(e)) = leases.next() {
+                        return Err(e.into());
+                    }
+                }
+                _ => break,
+            }
+            if let Some(Ok(mut l)) = leases.next()
+                && l.task_id == task.id
+            {
                 // One copy of the task id, shared.
                 l.task_id = std::sync::Arc::clone(&task.id);
+                mine.push(l);
             }
-            TaskView { task, leases }
-        })
-        .collect())
+        }
+        each(TaskView { task, leases: mine });
+    }
+    Ok(())
 }
 
 pub fn task(conn: &Connection, id: &str) -> Result<Option<TaskView>, JournalError> {

@@ -54,15 +54,16 @@ impl Daemon {
                 runtime.config.journal.path.display()
             )
         })?;
-        load_keys(&runtime).await;
+        let verifier = Arc::clone(&runtime.verifier);
         runtime.start_refresh(None);
         let cfg = Arc::clone(&runtime.config);
         let broker = Arc::new(Broker::new(journal, sealer, runtime, Arc::new(SystemClock)));
-        let recovery = broker
-            .recover()
-            .await
-            .context("recovering from the journal")?;
+        // Issuer keys load (network) while the journal is recovered (disk).
+        let started = std::time::Instant::now();
+        let (recovery, ()) = tokio::join!(broker.recover(), load_keys(&verifier));
+        let recovery = recovery.context("recovering from the journal")?;
         tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
             active = recovery.active,
             interrupted = recovery.interrupted,
             ending = recovery.ending,
@@ -141,7 +142,7 @@ impl Daemon {
         let mut runtime = Runtime::build(config, &self.registry, self.env.as_ref(), Some(&old))
             .map_err(|errors| config_errors(&self.config_path, errors))?;
         if !Arc::ptr_eq(&runtime.verifier, &old.verifier) {
-            load_keys(&runtime).await;
+            load_keys(&runtime.verifier).await;
         }
         runtime.start_refresh(Some(&old));
         read_exe.store(
@@ -154,8 +155,8 @@ impl Daemon {
     }
 }
 
-async fn load_keys(runtime: &Runtime) {
-    match tokio::time::timeout(INITIAL_KEY_WAIT, runtime.verifier.load_keys()).await {
+async fn load_keys(verifier: &crate::token::Verifier) {
+    match tokio::time::timeout(INITIAL_KEY_WAIT, verifier.load_keys()).await {
         Ok(failed) => {
             for (url, e) in failed {
                 tracing::warn!(issuer = %url, error = %e, "issuer keys not loaded yet; retrying in the background");
