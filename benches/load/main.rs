@@ -250,6 +250,16 @@ fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
     }
 }
 
+/// CPU time (user + system) a process has used, in microseconds.
+fn cpu_us(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    // After the command come state (field 3) … utime (14) and stime (15): indexes 11 and 12.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (field(11) + field(12)) * 10_000
+}
+
 fn memory(pid: Option<u32>) -> serde_json::Value {
     let Some(pid) = pid else { return json!({}) };
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -308,11 +318,14 @@ async fn cycle(
         }));
     }
     tokio::time::sleep(warmup).await;
+    let daemon = t.daemon_pid.map(|p| p.to_string());
+    let cpu0 = (cpu_us("self"), daemon.as_deref().map(cpu_us));
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(duration).await;
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
+    let cpu1 = (cpu_us("self"), daemon.as_deref().map(cpu_us));
     stop.store(true, Ordering::Relaxed);
     let (mut begin, mut end, mut cyc) = (Hist::default(), Hist::default(), Hist::default());
     for w in workers {
@@ -334,6 +347,24 @@ async fn cycle(
     merge(&mut out, end.summary("end"));
     merge(&mut out, cyc.summary("cycle"));
     merge(&mut out, memory(t.daemon_pid));
+    // Where the machine's time goes, per cycle (the tick is 10 ms: a long run is needed).
+    let per = |a: u64, b: u64| {
+        if cycles == 0 {
+            0.0
+        } else {
+            (b.saturating_sub(a)) as f64 / cycles as f64
+        }
+    };
+    merge(
+        &mut out,
+        json!({ "client_cpu_us_per_cycle": per(cpu0.0, cpu1.0).round() }),
+    );
+    if let (Some(a), Some(b)) = (cpu0.1, cpu1.1) {
+        merge(
+            &mut out,
+            json!({ "daemon_cpu_us_per_cycle": per(a, b).round() }),
+        );
+    }
     out
 }
 

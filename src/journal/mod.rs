@@ -27,8 +27,6 @@ pub use ops::{Op, chain_hash};
 
 /// Submissions taken into one group commit at most.
 const MAX_GROUP: usize = 512;
-/// How long the writer spins for the next submission before sleeping.
-const SPIN: std::time::Duration = std::time::Duration::from_micros(100);
 /// How often the writer checkpoints the WAL into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
@@ -219,7 +217,7 @@ fn write_loop(
     let mut group: Vec<Submission> = Vec::with_capacity(MAX_GROUP);
     let mut fsyncing = true;
     let mut checkpointed = std::time::Instant::now();
-    while let Some(first) = next_submission(&mut rx) {
+    while let Some(first) = rx.blocking_recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -277,23 +275,6 @@ fn write_loop(
                 tracing::warn!(error = %e, "journal checkpoint failed");
             }
             checkpointed = std::time::Instant::now();
-        }
-    }
-}
-
-/// The next submission. A request usually sends its next transition a few tens of microseconds
-/// after the previous one was answered (BeginTask's intent, then its record): spinning briefly
-/// catches it without the cost of parking and waking a thread.
-fn next_submission(rx: &mut mpsc::Receiver<Submission>) -> Option<Submission> {
-    let until = std::time::Instant::now() + SPIN;
-    loop {
-        match rx.try_recv() {
-            Ok(s) => return Some(s),
-            Err(mpsc::error::TryRecvError::Disconnected) => return None,
-            Err(mpsc::error::TryRecvError::Empty) if std::time::Instant::now() < until => {
-                std::hint::spin_loop()
-            }
-            Err(mpsc::error::TryRecvError::Empty) => return rx.blocking_recv(),
         }
     }
 }
