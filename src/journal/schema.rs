@@ -3,7 +3,7 @@
 
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: tasks, leases, audit. Tasks and leases are keyed by their time-ordered id with no
     // separate rowid tree; audit records keep their fields as columns (no JSON copy) and the
     // hash of their canonical JSON.
@@ -85,6 +85,11 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX audit_at ON audit(at_ms);
     CREATE INDEX audit_task ON audit(task_id);
+    "#,
+    // 2: no index on tasks.created_ms. Task ids are time-ordered, so listing by id is listing by
+    // creation; the index only cost a page write on every task insert.
+    r#"
+    DROP INDEX IF EXISTS tasks_created;
     "#,
 ];
 

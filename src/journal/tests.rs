@@ -196,3 +196,46 @@ fn refuses_a_newer_schema() {
         Err(JournalError::TooNew { found: 99, .. })
     ));
 }
+
+#[tokio::test]
+async fn migrates_an_older_journal_keeping_its_rows() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("j.db");
+    // A journal written by a build that knew only the first schema.
+    let c = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    c.execute_batch(schema::MIGRATIONS[0])
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.pragma_update(None, "user_version", 1)
+        .unwrap_or_else(|e| panic!("{e}"));
+    c.execute(
+        "INSERT INTO tasks (id, state, workload, tool, issuer, subject, client_id, owner_source,
+            actors, token_fp, jti, scopes, token_exp_ms, peer_uid, peer_gid, peer_pid,
+            created_ms, expires_ms)
+         VALUES ('t1','active','w','t','i','s','c','none','[]','ff','j','[]',2,1,2,3,1,2)",
+        [],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    drop(c);
+
+    let j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let (version, index): (usize, i64) = {
+        let r = j.reader.lock().unwrap_or_else(|e| panic!("{e}"));
+        (
+            r.query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap_or_else(|e| panic!("{e}")),
+            r.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'tasks_created'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
+        )
+    };
+    assert_eq!(version, schema::VERSION);
+    assert_eq!(index, 0, "the unused index is gone");
+    let kept = j
+        .read(|c| read::task(c, "t1"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(kept.is_some(), "rows written before the migration are kept");
+}

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::broker_svc::peer_of;
@@ -12,6 +13,9 @@ use crate::journal::read::{self, TaskFilter};
 use crate::proto::{self, v1};
 use crate::time::rfc3339;
 use crate::workload::PeerInfo;
+
+/// Tasks ended at once by a selector revoke.
+const REVOKE_CONCURRENCY: usize = 256;
 
 pub(super) struct AdminService {
     pub(super) broker: Arc<Broker>,
@@ -156,19 +160,30 @@ impl v1::admin_server::Admin for AdminService {
             .read(move |c| read::tasks(c, &f))
             .await
             .map_err(|e| journal_status(&e))?;
-        let mut ids = Vec::new();
-        for v in views {
+        // Concurrently: an incident responder revoking a user's thousands of tasks should wait
+        // for the slowest provider, not for their sum. Each provider's own limit still applies.
+        let ended = futures_util::stream::iter(views.into_iter().map(|v| {
             let ender = Ender::Operator {
                 peer: peer.record(),
                 reason: req.reason.clone(),
             };
-            match self.broker.end_task(&v.task.id, ender).await {
-                Ok(_) => ids.push(v.task.id.to_string()),
-                Err(e) => {
-                    tracing::warn!(task = %v.task.id, error = %e, "operator revoke of a task failed")
+            let broker = &self.broker;
+            async move {
+                let id = v.task.id;
+                match broker.end_task(&id, ender).await {
+                    Ok(_) => Some(id.to_string()),
+                    Err(e) => {
+                        tracing::warn!(task = %id, error = %e, "operator revoke of a task failed");
+                        None
+                    }
                 }
             }
-        }
+        }))
+        .buffer_unordered(REVOKE_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
+        let mut ids: Vec<String> = ended.into_iter().flatten().collect();
+        ids.sort_unstable();
         Ok(Response::new(v1::RevokeResponse { task_ids: ids }))
     }
 
