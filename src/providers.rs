@@ -18,7 +18,9 @@ pub struct Registry {
 impl Registry {
     /// The providers shipped in the `credbroker` binary.
     pub fn builtin() -> Self {
-        Self::default().with(Arc::new(credbroker_provider_vault::VaultFactory))
+        Self::default()
+            .with(Arc::new(credbroker_provider_vault::VaultFactory))
+            .with(Arc::new(credbroker_provider_aws::AwsFactory))
     }
 
     pub fn with(mut self, factory: Arc<dyn ProviderFactory>) -> Self {

@@ -149,6 +149,17 @@ impl Broker {
                     }
                 }
                 Ok(Reconciled::WillExpire { at }) => self.lapsing(base, at),
+                Ok(Reconciled::CutOff { issued_before }) => {
+                    let a = base(
+                        LeaseState::Revoked,
+                        event::LEASE_RECONCILED,
+                        Outcome::Success,
+                    );
+                    Attempt {
+                        revoked_ms: Some(now_ms),
+                        ..a.note(|r| cut_off(r.reason("revoked"), issued_before))
+                    }
+                }
                 Err(e) => self.failed(base, lease, e.kind.code(), &e.message, e.retry_after, now),
             };
         }
@@ -195,6 +206,13 @@ impl Broker {
                 }
             }
             Ok(Revoked::WillExpire { at }) => self.lapsing(base, at),
+            Ok(Revoked::CutOff { issued_before }) => {
+                let a = base(LeaseState::Revoked, event::LEASE_REVOKED, Outcome::Success);
+                Attempt {
+                    revoked_ms: Some(now_ms),
+                    ..a.note(|r| cut_off(r.detail("confirmed", true), issued_before))
+                }
+            }
             Err(e) => self.failed(base, lease, e.kind.code(), &e.message, e.retry_after, now),
         }
     }
@@ -564,6 +582,20 @@ pub(super) fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duratio
         .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
         .min(max);
     exp.mul_f64(0.5 + fastrand::f64() * 0.5)
+}
+
+/// The audit details of a [`Revoked::CutOff`]: the provider could not take back this credential
+/// alone and took back every credential of its kind issued before `issued_before`, which may
+/// include other tasks' credentials. Said plainly, so nobody mistakes it for a precise revoke.
+fn cut_off(record: AuditRecord, issued_before: SystemTime) -> AuditRecord {
+    record
+        .detail("fallback", "issued_before_cutoff")
+        .detail("issued_before", rfc3339(issued_before))
+        .detail(
+            "note",
+            "the provider could not deny this credential alone; every credential it issued \
+             for the same target before this instant was cut off, including other tasks'",
+        )
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use credbroker_provider_api::Env;
+use credbroker_provider_api::{Env, Params};
 
 use crate::broker::Runtime;
 use crate::config::Config;
@@ -30,6 +30,12 @@ pub(super) async fn run(
         .map_err(|errors| config_errors(path, errors))?;
     Sealer::load(&runtime.config.journal.key, env)?;
     println!("{}: ok: {summary}", path.display());
+    for (name, slot) in runtime.providers.iter() {
+        let grants = grants_of(&runtime, name);
+        for paragraph in slot.provider.explain(&grants) {
+            println!("\nprovider {name} needs:\n{paragraph}");
+        }
+    }
     if !online {
         return Ok(ExitCode::SUCCESS);
     }
@@ -42,13 +48,7 @@ pub(super) async fn run(
     }
     let mut bad = !failed.is_empty();
     for (name, slot) in runtime.providers.iter() {
-        let grants: Vec<(&str, &credbroker_provider_api::Params)> = runtime
-            .config
-            .grants
-            .values()
-            .filter(|g| g.provider == *name)
-            .map(|g| (g.name.as_str(), &g.params))
-            .collect();
+        let grants = grants_of(&runtime, name);
         let problems = slot.provider.check_online(&grants).await;
         for p in &problems {
             println!("provider {name}: FAILED: {p}");
@@ -72,4 +72,17 @@ pub(super) async fn run(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The grants `(name, params)` that issue from the provider instance `provider`.
+fn grants_of<'a>(runtime: &'a Runtime, provider: &str) -> Vec<(&'a str, &'a Params)> {
+    let mut grants: Vec<(&str, &Params)> = runtime
+        .config
+        .grants
+        .values()
+        .filter(|g| g.provider == provider)
+        .map(|g| (g.name.as_str(), &g.params))
+        .collect();
+    grants.sort_unstable_by_key(|(name, _)| *name);
+    grants
 }

@@ -17,7 +17,7 @@ pub const PLACEHOLDERS: [&str; 7] = [
     "tool",
     "grant",
 ];
-const MAX_VALUE_LEN: usize = 128;
+const MAX_VALUE_LEN: usize = credbroker_provider_api::MAX_TEMPLATE_VALUE_LEN;
 
 /// The values placeholders are replaced with. `None` means unknown (an unattributed owner).
 pub struct Vars<'a> {

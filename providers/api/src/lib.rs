@@ -34,6 +34,11 @@ pub use types::{
 };
 
 use std::sync::Arc;
+
+/// The longest value a claim template placeholder (`{owner}`, `{task_id}`…) renders to; longer
+/// values are refused at request time. Providers use it to bound the size of a rendered
+/// parameter at configuration load (an STS session policy must fit STS's limit).
+pub const MAX_TEMPLATE_VALUE_LEN: usize = 128;
 use std::time::SystemTime;
 
 /// One configured provider instance (for example the Vault cluster named `vault-main`).
@@ -96,6 +101,14 @@ pub trait Provider: Send + Sync + 'static {
         req: &IssueRequest<'_>,
         now: SystemTime,
     ) -> Result<Reconciled, ProviderError>;
+
+    /// `credbroker check-config`: what an operator must set up outside credbroker for these
+    /// grants `(name, params)` to work (a role's trust policy, an App's permissions), one
+    /// paragraph per entry. Shown offline, without reaching the backend.
+    fn explain(&self, grants: &[(&str, &Params)]) -> Vec<String> {
+        let _ = grants;
+        Vec::new()
+    }
 
     /// `credbroker check-config --online`: can this instance reach its backend and do what the
     /// grants `(name, params)` need? Returns one line per problem; empty means ready.

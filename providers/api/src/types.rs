@@ -105,6 +105,11 @@ pub enum Revoked {
     AlreadyGone,
     /// The backend cannot revoke it; it stops working at `at` (residual exposure).
     WillExpire { at: SystemTime },
+    /// The backend could not take back this credential alone, so the provider took back every
+    /// credential of the same kind issued before `issued_before` (an AWS `aws:TokenIssueTime`
+    /// cut-off when the role's deny list is full). Other tasks' credentials may have stopped
+    /// working too: the broker says so in the audit log.
+    CutOff { issued_before: SystemTime },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +120,9 @@ pub enum Reconciled {
     Revoked,
     /// The provider cannot tell or cannot revoke; whatever was issued stops working at `at`.
     WillExpire { at: SystemTime },
+    /// As [`Revoked::CutOff`]: whatever was issued is taken back with every credential of the
+    /// same kind issued before `issued_before`.
+    CutOff { issued_before: SystemTime },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

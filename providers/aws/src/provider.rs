@@ -1,0 +1,684 @@
+//! The provider: AssumeRole per credential, the deny list per role, the online checks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
+use aws_sdk_sts::types::{PolicyDescriptorType, Tag};
+use credbroker_provider_api::Credential;
+use credbroker_provider_api::{
+    ErrorKind, IssueRequest, Issued, LeaseRef, ParamError, Params, Provider, ProviderError,
+    ProviderHealth, Reconciled, RevocationHandle, Revoked, Role, SecretValue, TaskContext,
+};
+use tokio::sync::{OnceCell, oneshot};
+
+use crate::deny::{self, Entry, MergeError, Outcome};
+use crate::errors::{Effect, classify};
+use crate::grant::{self, Grant, MAX_DURATION, MIN_DURATION};
+use crate::{Revocation, Settings};
+
+/// A session policy that allows nothing: the dry AssumeRole of `check-config --online`.
+const DENY_ALL: &str =
+    r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Action":"*","Resource":"*"}]}"#;
+/// A role's maximum session duration when IAM cannot be asked (STS's default for a role).
+const DEFAULT_ROLE_MAX: Duration = Duration::from_secs(3600);
+
+pub(crate) struct AwsProvider {
+    name: String,
+    settings: Settings,
+    /// Built on first use: loading the SDK configuration is async and may read files.
+    clients: OnceCell<Clients>,
+    /// One deny-list writer per role.
+    deny_lists: Mutex<HashMap<String, Arc<DenyList>>>,
+    /// Roles' MaxSessionDuration, learnt when STS refused a longer session.
+    role_max: Mutex<HashMap<String, Duration>>,
+}
+
+struct Clients {
+    sts: aws_sdk_sts::Client,
+    iam: aws_sdk_iam::Client,
+    region: Option<String>,
+}
+
+impl AwsProvider {
+    pub(crate) fn new(name: &str, settings: Settings) -> Self {
+        Self {
+            name: name.to_string(),
+            settings,
+            clients: OnceCell::new(),
+            deny_lists: Mutex::new(HashMap::new()),
+            role_max: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn clients(&self) -> &Clients {
+        self.clients
+            .get_or_init(|| build_clients(&self.settings))
+            .await
+    }
+
+    fn grant(params: &Params) -> Result<Grant, ProviderError> {
+        grant::parse(params).map_err(|errors| {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            ProviderError::new(ErrorKind::Config, list.join("; "))
+        })
+    }
+
+    fn role_max(&self, role_arn: &str) -> Duration {
+        self.role_max
+            .lock()
+            .ok()
+            .and_then(|m| m.get(role_arn).copied())
+            .unwrap_or(MAX_DURATION)
+    }
+
+    /// The role's MaxSessionDuration from IAM, or STS's default when IAM will not say.
+    async fn learn_role_max(&self, g: &Grant) -> Duration {
+        let iam = &self.clients().await.iam;
+        let max = match iam.get_role().role_name(g.role_name()).send().await {
+            Ok(out) => out
+                .role()
+                .and_then(|r| r.max_session_duration())
+                .and_then(|s| u64::try_from(s).ok())
+                .map_or(DEFAULT_ROLE_MAX, Duration::from_secs),
+            Err(e) => {
+                let e = classify("GetRole", &e, Effect::ReadsOrIdempotent);
+                tracing::warn!(provider = %self.name, role = %g.role_arn, error = %e,
+                    "cannot read the role's maximum session duration; assuming one hour");
+                DEFAULT_ROLE_MAX
+            }
+        };
+        if let Ok(mut m) = self.role_max.lock() {
+            m.insert(g.role_arn.clone(), max);
+        }
+        max
+    }
+
+    async fn assume(
+        &self,
+        req: &IssueRequest<'_>,
+        g: &Grant,
+        duration: Duration,
+    ) -> Result<aws_sdk_sts::operation::assume_role::AssumeRoleOutput, ProviderError> {
+        let sts = &self.clients().await.sts;
+        let task = req.task;
+        let mut call = sts
+            .assume_role()
+            .role_arn(&g.role_arn)
+            .role_session_name(grant::session_name(&g.session_name_prefix, req.lease_id))
+            .duration_seconds(i32::try_from(duration.as_secs()).unwrap_or(i32::MAX))
+            .set_external_id(g.external_id.clone())
+            .set_policy(g.session_policy.clone());
+        if let Some(identity) = source_identity(task) {
+            call = call.source_identity(identity);
+        }
+        for arn in &g.policy_arns {
+            call = call.policy_arns(PolicyDescriptorType::builder().arn(arn).build());
+        }
+        for (key, value) in session_tags(task, req.grant) {
+            let tag = Tag::builder().key(key).value(value).build().map_err(|e| {
+                ProviderError::new(ErrorKind::Config, format!("session tag {key}: {e}"))
+            })?;
+            call = call.tags(tag);
+            if g.transitive_tags {
+                call = call.transitive_tag_keys(key);
+            }
+        }
+        call.send().await.map_err(|e| {
+            classify(
+                &format!("AssumeRole of {} for grant {}", g.role_arn, req.grant),
+                &e,
+                Effect::Creates,
+            )
+        })
+    }
+
+    /// Writes `entry` into the role's deny list, batched with whatever else is waiting.
+    async fn deny(
+        &self,
+        g: &Grant,
+        entry: Entry,
+        now: SystemTime,
+    ) -> Result<Outcome, ProviderError> {
+        let list = {
+            let Ok(mut lists) = self.deny_lists.lock() else {
+                return Err(ProviderError::new(
+                    ErrorKind::Unavailable,
+                    "deny list poisoned",
+                ));
+            };
+            Arc::clone(lists.entry(g.role_name().to_string()).or_default())
+        };
+        list.deny(self, g.role_name(), entry, now).await
+    }
+
+    /// One read-merge-write of a role's deny list: GetRolePolicy, merge, PutRolePolicy.
+    async fn write_deny_list(
+        &self,
+        role: &str,
+        entries: &[Entry],
+        now: SystemTime,
+    ) -> Result<Outcome, ProviderError> {
+        let iam = &self.clients().await.iam;
+        let policy_name = &self.settings.deny_policy_name;
+        let what = format!("deny list {policy_name} on role {role}");
+        let existing = match iam
+            .get_role_policy()
+            .role_name(role)
+            .policy_name(policy_name)
+            .send()
+            .await
+        {
+            Ok(out) => Some(deny::decode_document(out.policy_document())),
+            Err(e) => {
+                let e = classify(
+                    &format!("GetRolePolicy of {what}"),
+                    &e,
+                    Effect::ReadsOrIdempotent,
+                );
+                if e.kind != ErrorKind::NotFound {
+                    return Err(e);
+                }
+                None
+            }
+        };
+        let max = self.settings.deny_policy_max_chars;
+        let mut force_cutoff = false;
+        loop {
+            let merged = deny::merge(existing.as_deref(), entries, now, max, force_cutoff)
+                .map_err(|e| match e {
+                    MergeError::Unreadable(why) => ProviderError::new(
+                        ErrorKind::Config,
+                        format!("{what}: the existing document is not a policy credbroker can read ({why}); fix or delete it"),
+                    ),
+                    MergeError::Full { chars, max } => ProviderError::new(
+                        ErrorKind::Config,
+                        format!("{what}: {chars} characters even with a single cut-off statement (limit {max}); remove the statements that are not credbroker's"),
+                    ),
+                })?;
+            let put = iam
+                .put_role_policy()
+                .role_name(role)
+                .policy_name(policy_name)
+                .policy_document(&merged.document)
+                .send()
+                .await;
+            match put {
+                Ok(_) => {
+                    tracing::info!(provider = %self.name, role, entries = entries.len(),
+                        pruned = merged.pruned, outcome = ?merged.outcome, "deny list written");
+                    return Ok(merged.outcome);
+                }
+                Err(e) => {
+                    let e = classify(
+                        &format!("PutRolePolicy of {what}"),
+                        &e,
+                        Effect::ReadsOrIdempotent,
+                    );
+                    // IAM counts all the role's inline policies together; when they are over
+                    // its limit, cut off instead (once).
+                    if e.message.contains("LimitExceeded") && !force_cutoff {
+                        force_cutoff = true;
+                        continue;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+async fn build_clients(s: &Settings) -> Clients {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(s.max_attempts)
+                .with_initial_backoff(Duration::from_millis(200)),
+        )
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(s.timeout)
+                .operation_attempt_timeout(s.timeout)
+                .build(),
+        )
+        .use_fips(s.use_fips);
+    if let Some(region) = &s.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    if let Some(profile) = &s.profile {
+        loader = loader.profile_name(profile);
+    }
+    if let Some(path) = &s.credentials_file {
+        let files = EnvConfigFiles::builder()
+            .with_file(EnvConfigFileKind::Credentials, path)
+            .build();
+        let provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
+            .profile_files(files)
+            .profile_name(s.profile.as_deref().unwrap_or("default"))
+            .build();
+        loader = loader.credentials_provider(provider);
+    }
+    let sdk = loader.load().await;
+    let mut sts = aws_sdk_sts::config::Builder::from(&sdk);
+    if let Some(url) = &s.sts_endpoint {
+        sts = sts.endpoint_url(url);
+    }
+    let mut iam = aws_sdk_iam::config::Builder::from(&sdk);
+    if let Some(url) = &s.iam_endpoint {
+        iam = iam.endpoint_url(url);
+    }
+    Clients {
+        sts: aws_sdk_sts::Client::from_conf(sts.build()),
+        iam: aws_sdk_iam::Client::from_conf(iam.build()),
+        region: sdk.region().map(ToString::to_string),
+    }
+}
+
+/// The owner, as STS accepts a SourceIdentity (2–64 of `[\w+=,.@-]`); the subject when the task
+/// has no owner. Once set, SourceIdentity cannot be changed by chained sessions.
+fn source_identity(task: &TaskContext) -> Option<String> {
+    let who = task.owner.as_deref().unwrap_or(&task.subject);
+    let s = grant::sanitise(who, 64);
+    (s.len() >= 2).then_some(s)
+}
+
+/// The session tags: who and what the session is for, for CloudTrail and for ABAC conditions.
+fn session_tags<'a>(task: &'a TaskContext, grant: &'a str) -> Vec<(&'static str, String)> {
+    let mut tags = Vec::with_capacity(4);
+    if let Some(owner) = &task.owner {
+        tags.push(("credbroker:owner", grant::tag_value(owner)));
+    }
+    tags.push(("credbroker:task", grant::tag_value(&task.task_id)));
+    tags.push(("credbroker:client", grant::tag_value(&task.client_id)));
+    tags.push(("credbroker:grant", grant::tag_value(grant)));
+    tags
+}
+
+/// STS's DurationSeconds for a credential wanted until `wanted`: the time left, rounded up to
+/// STS's 15-minute floor, no longer than the grant's duration or the role's maximum.
+fn duration_for(
+    wanted: SystemTime,
+    now: SystemTime,
+    grant: Duration,
+    role_max: Duration,
+) -> Duration {
+    let left = wanted.duration_since(now).unwrap_or_default();
+    let left = Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0));
+    left.min(grant).min(role_max).max(MIN_DURATION)
+}
+
+fn duration_refused(e: &ProviderError) -> bool {
+    e.kind == ErrorKind::Config
+        && (e.message.contains("DurationSeconds") || e.message.contains("MaxSessionDuration"))
+}
+
+#[async_trait::async_trait]
+impl Provider for AwsProvider {
+    fn kind(&self) -> &'static str {
+        "aws"
+    }
+
+    fn check_grant(&self, params: &Params) -> Result<(), Vec<ParamError>> {
+        grant::parse(params).map(|_| ())
+    }
+
+    async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, ProviderError> {
+        if req.role != Role::Credential {
+            return Err(ProviderError::new(
+                ErrorKind::Unsupported,
+                "the AWS provider has no per-task scope",
+            ));
+        }
+        let g = Self::grant(req.params)?;
+        let mut duration = duration_for(
+            req.expires_at,
+            req.now,
+            g.duration,
+            self.role_max(&g.role_arn),
+        );
+        let out = match self.assume(req, &g, duration).await {
+            Err(e) if duration_refused(&e) && duration > DEFAULT_ROLE_MAX => {
+                // Longer than the role allows: learn its maximum, ask again, once.
+                let max = self.learn_role_max(&g).await;
+                duration = duration_for(req.expires_at, req.now, g.duration, max);
+                self.assume(req, &g, duration).await?
+            }
+            other => other?,
+        };
+        let (Some(creds), Some(user)) = (out.credentials(), out.assumed_role_user()) else {
+            return Err(ProviderError::new(
+                ErrorKind::OutcomeUnknown,
+                format!(
+                    "AssumeRole of {}: the answer has no credentials",
+                    g.role_arn
+                ),
+            ));
+        };
+        let expires_at = SystemTime::try_from(*creds.expiration()).unwrap_or(req.now + duration);
+        let mut credential = Credential::default();
+        credential
+            .public
+            .insert("AWS_ACCESS_KEY_ID".into(), creds.access_key_id().into());
+        credential.public.insert(
+            "AWS_CREDENTIAL_EXPIRATION".into(),
+            humantime::format_rfc3339_seconds(expires_at).to_string(),
+        );
+        credential
+            .public
+            .insert("AWS_SESSION_ARN".into(), user.arn().into());
+        if let Some(region) = &self.clients().await.region {
+            credential
+                .public
+                .insert("AWS_REGION".into(), region.clone());
+        }
+        credential.secret.insert(
+            "AWS_SECRET_ACCESS_KEY".into(),
+            SecretValue::new(creds.secret_access_key()),
+        );
+        credential.secret.insert(
+            "AWS_SESSION_TOKEN".into(),
+            SecretValue::new(creds.session_token()),
+        );
+        Ok(Issued {
+            credential,
+            handle: RevocationHandle {
+                // ROLE_ID:SESSION_NAME, the session's aws:userid.
+                reference: user.assumed_role_id().to_string(),
+                secret: None,
+            },
+            expires_at,
+            renewable: false,
+        })
+    }
+
+    async fn revoke(
+        &self,
+        lease: &LeaseRef<'_>,
+        now: SystemTime,
+    ) -> Result<Revoked, ProviderError> {
+        if lease.expires_at <= now {
+            return Ok(Revoked::AlreadyGone);
+        }
+        match self.settings.revocation {
+            Revocation::Expire => Ok(Revoked::WillExpire {
+                at: lease.expires_at,
+            }),
+            Revocation::DenySession => {
+                let g = Self::grant(lease.params)?;
+                let entry = Entry {
+                    userid: lease.handle.reference.clone(),
+                    until: lease.expires_at,
+                };
+                Ok(match self.deny(&g, entry, now).await? {
+                    Outcome::Denied => Revoked::Revoked,
+                    Outcome::CutOff { issued_before } => Revoked::CutOff { issued_before },
+                })
+            }
+        }
+    }
+
+    async fn reconcile(
+        &self,
+        req: &IssueRequest<'_>,
+        now: SystemTime,
+    ) -> Result<Reconciled, ProviderError> {
+        // STS cannot list sessions. Whatever AssumeRole may have issued for this lease was
+        // named after it and lives at most the grant's duration from now.
+        let g = Self::grant(req.params)?;
+        let until = now + g.duration.max(MIN_DURATION);
+        match self.settings.revocation {
+            Revocation::Expire => Ok(Reconciled::WillExpire { at: until }),
+            Revocation::DenySession => {
+                let entry = Entry {
+                    // The role id is unknown without an answer; the session name is unique.
+                    userid: format!(
+                        "*:{}",
+                        grant::session_name(&g.session_name_prefix, req.lease_id)
+                    ),
+                    until,
+                };
+                Ok(match self.deny(&g, entry, now).await? {
+                    Outcome::Denied => Reconciled::Revoked,
+                    Outcome::CutOff { issued_before } => Reconciled::CutOff { issued_before },
+                })
+            }
+        }
+    }
+
+    fn explain(&self, grants: &[(&str, &Params)]) -> Vec<String> {
+        let mut roles: BTreeMap<&str, (Vec<&str>, Option<String>)> = BTreeMap::new();
+        let parsed: Vec<(&str, Grant)> = grants
+            .iter()
+            .filter_map(|(name, p)| grant::parse(p).ok().map(|g| (*name, g)))
+            .collect();
+        for (name, g) in &parsed {
+            let e = roles.entry(&g.role_arn).or_default();
+            e.0.push(name);
+            if g.external_id.is_some() {
+                e.1.clone_from(&g.external_id);
+            }
+        }
+        let mut out = Vec::new();
+        for (role, (names, external_id)) in roles {
+            let mut statement = serde_json::json!({
+                "Effect": "Allow",
+                "Principal": {"AWS": "<credbroker's own role or user ARN>"},
+                "Action": ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"],
+            });
+            if let Some(id) = external_id {
+                statement["Condition"] =
+                    serde_json::json!({"StringEquals": {"sts:ExternalId": id}});
+            }
+            let mut text = format!(
+                "  role {role} (grant {}): its trust policy must allow credbroker to assume it, \
+                 tag the session and set its source identity:\n    {}\n",
+                names.join(", "),
+                statement
+            );
+            match self.settings.revocation {
+                Revocation::Expire => text.push_str(
+                    "  revocation = \"expire\": ending a task calls nothing; each session keeps \
+                     working until it expires (at least 15 minutes after issue), recorded as \
+                     residual exposure in the audit log and shown by `tasks show`.",
+                ),
+                Revocation::DenySession => text.push_str(&format!(
+                    "  revocation = \"deny-session\": credbroker's identity needs \
+                     iam:GetRolePolicy and iam:PutRolePolicy on {role} (inline policy {}); \
+                     ended sessions are denied within IAM's propagation delay (seconds).",
+                    self.settings.deny_policy_name
+                )),
+            }
+            out.push(text);
+        }
+        out
+    }
+
+    async fn check_online(&self, grants: &[(&str, &Params)]) -> Vec<String> {
+        let clients = self.clients().await;
+        let mut problems = Vec::new();
+        if let Err(e) = clients.sts.get_caller_identity().send().await {
+            problems.push(classify("GetCallerIdentity", &e, Effect::ReadsOrIdempotent).to_string());
+            return problems;
+        }
+        let check = TaskContext {
+            task_id: "check-config".into(),
+            subject: "credbroker-check".into(),
+            client_id: "credbroker-check".into(),
+            owner: Some("credbroker-check".into()),
+            ..TaskContext::default()
+        };
+        for (name, params) in grants {
+            let Ok(g) = grant::parse(params) else {
+                continue;
+            };
+            // A real AssumeRole, but of a session that can do nothing and ends in 15 minutes:
+            // proves the trust policy allows AssumeRole, TagSession and SetSourceIdentity.
+            let dry = Grant {
+                session_policy: Some(DENY_ALL.into()),
+                policy_arns: Vec::new(),
+                session_name_prefix: "credbroker-check".into(),
+                ..g.clone()
+            };
+            let req = IssueRequest {
+                lease_id: "check",
+                role: Role::Credential,
+                task: &check,
+                scope: None,
+                grant: name,
+                params,
+                expires_at: SystemTime::now(),
+                now: SystemTime::now(),
+            };
+            if let Err(e) = self.assume(&req, &dry, MIN_DURATION).await {
+                problems.push(format!("grant {name}: {e}"));
+                continue;
+            }
+            if self.settings.revocation == Revocation::DenySession {
+                let read = clients
+                    .iam
+                    .get_role_policy()
+                    .role_name(g.role_name())
+                    .policy_name(&self.settings.deny_policy_name)
+                    .send()
+                    .await;
+                if let Err(e) = read {
+                    let e = classify("GetRolePolicy", &e, Effect::ReadsOrIdempotent);
+                    if e.kind != ErrorKind::NotFound {
+                        problems.push(format!("grant {name}: deny-session needs it: {e}"));
+                    }
+                }
+            }
+        }
+        problems
+    }
+
+    async fn health(&self) -> ProviderHealth {
+        match self.clients().await.sts.get_caller_identity().send().await {
+            Ok(me) => ProviderHealth {
+                healthy: true,
+                detail: format!("as {}", me.arn().unwrap_or("?")),
+            },
+            Err(e) => ProviderHealth {
+                healthy: false,
+                detail: classify("GetCallerIdentity", &e, Effect::ReadsOrIdempotent).to_string(),
+            },
+        }
+    }
+}
+
+/// A role's deny-list writer. Revocations that arrive while a write is in flight wait and go
+/// out together in the next one: one GetRolePolicy + PutRolePolicy per batch, not per session,
+/// and never two writers racing on the same document.
+#[derive(Default)]
+struct DenyList {
+    pending: Mutex<Vec<(Entry, oneshot::Sender<Result<Outcome, ProviderError>>)>>,
+    writer: tokio::sync::Mutex<()>,
+}
+
+impl DenyList {
+    async fn deny(
+        &self,
+        provider: &AwsProvider,
+        role: &str,
+        entry: Entry,
+        now: SystemTime,
+    ) -> Result<Outcome, ProviderError> {
+        let (tx, mut rx) = oneshot::channel();
+        if let Ok(mut p) = self.pending.lock() {
+            p.push((entry, tx));
+        }
+        let _writing = self.writer.lock().await;
+        // A writer drains the queue and answers everyone in it before letting go of the
+        // lock, so ours is either answered or still queued.
+        match rx.try_recv() {
+            Ok(result) => return result,
+            Err(oneshot::error::TryRecvError::Closed) => {
+                return Err(ProviderError::new(
+                    ErrorKind::Unavailable,
+                    "the deny-list write carrying this session was interrupted",
+                ));
+            }
+            Err(oneshot::error::TryRecvError::Empty) => {}
+        }
+        let batch = self
+            .pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        let entries: Vec<Entry> = batch.iter().map(|(e, _)| e.clone()).collect();
+        let result = provider.write_deny_list(role, &entries, now).await;
+        for (_, tx) in batch {
+            let _ = tx.send(result.clone());
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(ProviderError::new(
+                ErrorKind::Unavailable,
+                "deny-list write lost",
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_follow_the_task_within_sts_and_role_limits() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let hour = Duration::from_secs(3600);
+        let d = |left: u64, grant: u64, max: u64| {
+            duration_for(
+                now + Duration::from_millis(left),
+                now,
+                Duration::from_secs(grant),
+                Duration::from_secs(max),
+            )
+            .as_secs()
+        };
+        assert_eq!(d(120_000, 3600, 43200), 900, "raised to STS's floor");
+        assert_eq!(
+            d(1_800_500, 3600, 43200),
+            1801,
+            "the task's time, rounded up"
+        );
+        assert_eq!(d(7_200_000, 3600, 43200), 3600, "the grant's duration");
+        assert_eq!(d(7_200_000, 7200, 3600), 3600, "the role's maximum");
+        assert_eq!(duration_for(now, now + hour, hour, hour).as_secs(), 900);
+    }
+
+    #[test]
+    fn tags_and_source_identity_name_the_human() {
+        let task = TaskContext {
+            task_id: "t-1".into(),
+            subject: "sub|123".into(),
+            client_id: "agent/1".into(),
+            owner: Some("alice smith@example.com".into()),
+            ..TaskContext::default()
+        };
+        assert_eq!(
+            source_identity(&task).as_deref(),
+            Some("alice_smith@example.com")
+        );
+        let tags = session_tags(&task, "s3-read");
+        assert_eq!(
+            tags,
+            [
+                ("credbroker:owner", "alice smith@example.com".to_string()),
+                ("credbroker:task", "t-1".into()),
+                ("credbroker:client", "agent/1".into()),
+                ("credbroker:grant", "s3-read".into()),
+            ]
+        );
+        let anonymous = TaskContext {
+            owner: None,
+            ..task
+        };
+        assert_eq!(source_identity(&anonymous).as_deref(), Some("sub_123"));
+        assert_eq!(session_tags(&anonymous, "g").len(), 3);
+    }
+}
