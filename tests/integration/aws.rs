@@ -27,7 +27,6 @@ region = "us-east-1"
 endpoint_url = "{url}"
 credentials_credential = "aws-credentials"
 timeout = "3s"
-max_attempts = 3
 {provider_extra}
 
 [[grant]]
@@ -561,4 +560,49 @@ async fn refusals_throttling_and_oversized_policies_are_reported_as_such() {
         stdout.contains("grant s3-reports") && stdout.contains("AccessDenied"),
         "{stdout}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_whose_answer_never_arrived_is_denied_by_its_name() {
+    // The AWS SDK gives up after 3 s (the instance's timeout) and does not retry; STS did create
+    // the session. credbroker cannot look sessions up, but it named this one after the lease.
+    let (auth, moto, d, _creds) = setup("revocation = \"deny-session\"\nmax_attempts = 1").await;
+    let token = auth.token("agent-1", S3, "mcp.tool:s3.read").await;
+    moto.recorder
+        .delay("AssumeRole", std::time::Duration::from_secs(8), 1);
+    let refused = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["s3-reports"]))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("an unanswered AssumeRole must fail the task"));
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(reason(&refused), "provider_outcome_unknown");
+    let sent = moto.recorder.calls("AssumeRole");
+    let session = sent[0]
+        .param("RoleSessionName")
+        .unwrap_or_default()
+        .to_string();
+    assert!(session.starts_with("alice@example.com."));
+    crate::support::eventually(
+        std::time::Duration::from_secs(20),
+        "the unknown session denied",
+        || async {
+            moto.role_policy(ROLE, DENY_POLICY)
+                .await
+                .is_some_and(|doc| doc.to_string().contains(&format!("\"*:{session}\"")))
+        },
+    )
+    .await;
+    crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        "the lease reconciled",
+        || async {
+            d.audit()
+                .iter()
+                .any(|r| r["event"] == "lease_reconciled" && r["reason"] == "revoked")
+        },
+    )
+    .await;
 }

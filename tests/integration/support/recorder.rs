@@ -12,9 +12,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Clone, Debug)]
 pub struct Recorded {
+    seq: u64,
     pub path: String,
     pub form: Vec<(String, String)>,
-    /// What the client was answered.
+    /// What the client was answered; 0 while the answer is still pending.
     pub status: u16,
     pub injected: bool,
 }
@@ -61,7 +62,10 @@ struct Fault {
 #[derive(Default)]
 struct State {
     requests: Vec<Recorded>,
+    next_seq: u64,
     faults: Vec<Fault>,
+    /// (action, delay, times): forward, then hold the answer back.
+    delays: Vec<(String, std::time::Duration, usize)>,
 }
 
 pub struct Recorder {
@@ -126,6 +130,14 @@ impl Recorder {
         }
     }
 
+    /// Forwards the next `times` requests for `action` but holds moto's answer back for `delay`:
+    /// the request took effect and the client does not know it.
+    pub fn delay(&self, action: &str, delay: std::time::Duration, times: usize) {
+        if let Ok(mut s) = self.state.lock() {
+            s.delays.push((action.into(), delay, times));
+        }
+    }
+
     pub fn clear(&self) {
         if let Ok(mut s) = self.state.lock() {
             s.requests.clear();
@@ -184,6 +196,19 @@ async fn serve(
         .find(|(k, _)| k == "Action")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
+    // Recorded on arrival (a held-back answer must not hide that the request was made).
+    let seq = state.lock().map_or(0, |mut s| {
+        s.next_seq += 1;
+        let seq = s.next_seq;
+        s.requests.push(Recorded {
+            seq,
+            path: path.clone(),
+            form,
+            status: 0,
+            injected: false,
+        });
+        seq
+    });
     let fault = state.lock().ok().and_then(|mut s| {
         let f = s
             .faults
@@ -191,6 +216,14 @@ async fn serve(
             .find(|f| f.action == action && f.times > 0)?;
         f.times -= 1;
         Some((f.status, error_xml(&f.code, &f.message)))
+    });
+    let delay = state.lock().ok().and_then(|mut s| {
+        let d = s
+            .delays
+            .iter_mut()
+            .find(|(a, _, times)| *a == action && *times > 0)?;
+        d.2 -= 1;
+        Some(d.1)
     });
     let (status, content_type, answer, injected) = match fault {
         Some((status, xml)) => (status, "text/xml".to_string(), xml.into_bytes(), true),
@@ -214,19 +247,20 @@ async fn serve(
                         .unwrap_or("text/xml")
                         .to_string();
                     let bytes = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+                    if let Some(d) = delay {
+                        tokio::time::sleep(d).await;
+                    }
                     (status, ct, bytes, false)
                 }
                 Err(e) => (502, "text/plain".into(), e.to_string().into_bytes(), false),
             }
         }
     };
-    if let Ok(mut s) = state.lock() {
-        s.requests.push(Recorded {
-            path,
-            form,
-            status,
-            injected,
-        });
+    if let Ok(mut s) = state.lock()
+        && let Some(r) = s.requests.iter_mut().find(|r| r.seq == seq)
+    {
+        r.status = status;
+        r.injected = injected;
     }
     let mut stream = reader.into_inner();
     let head = format!(
