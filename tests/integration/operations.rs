@@ -284,3 +284,33 @@ async fn both_sockets_serve_health_and_reflection_for_grpcurl() {
         );
     }
 }
+
+/// `check-config` on the annotated example explains, offline, what each AWS role's trust
+/// policy must allow and what deny-session needs.
+#[test]
+fn check_config_explains_what_the_example_roles_need() {
+    let creds = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let key = std::process::Command::new(crate::support::daemon::testd())
+        .arg("keygen")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(creds.path().join("journal-key"), key.stdout).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(creds.path().join("vault-token"), "s.example").unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new(crate::support::daemon::testd())
+        .args(["check-config", "--config"])
+        .arg(repo().join("config/credbroker.toml"))
+        .env("CREDENTIALS_DIRECTORY", creds.path())
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(": ok:"), "{stdout}");
+    assert!(
+        stdout.contains("sts:SetSourceIdentity") && stdout.contains("iam:PutRolePolicy"),
+        "{stdout}"
+    );
+}

@@ -505,7 +505,7 @@ mod tests {
         let n = session_name(&"x y/z".repeat(40), lease);
         assert_eq!(n.len(), 64);
         assert!(n.ends_with(lease) && n.starts_with("x_y_zx_y_z"));
-        assert!(n.chars().all(|c| session_char(c)));
+        assert!(n.chars().all(session_char));
         assert_eq!(session_name("", lease), format!("cb.{lease}"));
         assert_eq!(tag_value("a\"b<c>"), "a_b_c_");
         assert_eq!(tag_value(&"é".repeat(300)).chars().count(), 256);

@@ -575,9 +575,12 @@ impl Provider for AwsProvider {
 /// and never two writers racing on the same document.
 #[derive(Default)]
 struct DenyList {
-    pending: Mutex<Vec<(Entry, oneshot::Sender<Result<Outcome, ProviderError>>)>>,
+    pending: Mutex<Vec<(Entry, Answer)>>,
     writer: tokio::sync::Mutex<()>,
 }
+
+/// Where a queued revocation learns how the write carrying it went.
+type Answer = oneshot::Sender<Result<Outcome, ProviderError>>;
 
 impl DenyList {
     async fn deny(
