@@ -14,6 +14,8 @@ use crate::support::{begin_request, get_task, reason};
 
 const ROLE: &str = "mcp-s3-read";
 const DENY_POLICY: &str = "credbroker-revoked-sessions";
+/// A role whose sessions may last one hour at most, for a grant that asks for two.
+const SHORT_ROLE: &str = "mcp-s3-short";
 
 /// The daemon's configuration: an AWS instance through the recorder, the `s3-reports` grant,
 /// and the test workload re-pointed at the S3 MCP server's audience.
@@ -46,23 +48,32 @@ Version = "2012-10-17"
 Effect = "Allow"
 Action = ["s3:GetObject", "s3:ListBucket"]
 Resource = ["arn:aws:s3:::reports/{{owner}}/*"]
+
+[[grant]]
+name = "s3-long"
+provider = "aws"
+scopes = ["mcp.tool:s3.read"]
+max_ttl = "2h"
+default_ttl = "2h"
+params = {{ role_arn = "arn:aws:iam::{ACCOUNT}:role/{SHORT_ROLE}", duration = "2h" }}
 "#,
         url = moto.recorder.url
     );
     base_config(dir, issuer, &extra).replace(
         "audience = \"https://mcp.example.test/postgres\"\ngrants = [\"orders-db-read\"]",
-        &format!("audience = \"{S3}\"\ngrants = [\"s3-reports\"]"),
+        &format!("audience = \"{S3}\"\ngrants = [\"s3-reports\", \"s3-long\"]"),
     )
 }
 
 /// moto with the role, an authorization server whose tokens last an hour, and the daemon.
 async fn setup(provider_extra: &str) -> (AuthServer, Moto, Daemon, tempfile::TempDir) {
     let auth = AuthServer::start_with(Options {
-        ttl: 3600,
+        ttl: 3 * 3600,
         ..Options::default()
     });
     let moto = Moto::start().await;
-    moto.create_role(ROLE).await;
+    moto.create_role(ROLE, 43200).await;
+    moto.create_role(SHORT_ROLE, 3600).await;
     let creds = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     Moto::write_credentials(creds.path());
     let env = vec![(
@@ -449,6 +460,43 @@ async fn credential_process_output_is_what_a_real_sdk_reads_from_a_profile() {
         "{me}"
     );
     assert_eq!(moto.recorder.calls("AssumeRole").len(), 1);
+
+    // `--format env`: the `export AWS_…` lines are what the SDKs read from the environment.
+    let script = format!(
+        "set -e; eval \"$({} task begin --socket {} --token-file {} --tool s3.read \
+         --grant s3-reports --format env)\"; exec {} -c \"$CODE\"",
+        testd().display(),
+        d.broker_socket.display(),
+        token_file.display(),
+        crate::support::venv::dir().join("bin/python").display()
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .env(
+            "CODE",
+            "import boto3, json, os\n\
+             c = boto3.client('sts', endpoint_url=os.environ['ENDPOINT'])\n\
+             print(json.dumps(c.get_caller_identity()))",
+        )
+        .env("ENDPOINT", &moto.direct)
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let me: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert!(
+        me["Arn"]
+            .as_str()
+            .is_some_and(|a| a.contains(&format!("assumed-role/{ROLE}/alice@example.com."))),
+        "{me}"
+    );
+    assert_eq!(moto.recorder.calls("AssumeRole").len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -489,6 +537,33 @@ async fn refusals_throttling_and_oversized_policies_are_reported_as_such() {
         "{}",
         refused.message()
     );
+
+    // The grant asks for two hours, the role allows one: STS refuses, the provider learns the
+    // role's maximum from IAM and asks again within it.
+    moto.recorder.clear();
+    moto.recorder.fail(
+        "AssumeRole",
+        400,
+        "ValidationError",
+        "The requested DurationSeconds exceeds the MaxSessionDuration set for this role.",
+        1,
+    );
+    let long = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["s3-long"]))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
+    assert_eq!(long.credentials.len(), 1);
+    let asked: Vec<String> = moto
+        .recorder
+        .calls("AssumeRole")
+        .iter()
+        .filter_map(|c| c.param("DurationSeconds").map(str::to_owned))
+        .collect();
+    assert_eq!(asked, ["7200", "3600"]);
+    assert_eq!(moto.recorder.calls("GetRole").len(), 1);
 
     // A session policy too large for STS is a configuration error at load, naming the grant.
     let big: Vec<String> = (0..20)
@@ -537,14 +612,15 @@ async fn refusals_throttling_and_oversized_policies_are_reported_as_such() {
         "{stdout}"
     );
     let dry = moto.recorder.calls("AssumeRole");
-    assert_eq!(dry.len(), 1);
-    assert_eq!(dry[0].param("DurationSeconds"), Some("900"));
-    assert!(
-        dry[0]
-            .param("Policy")
-            .is_some_and(|p| p.contains("\"Effect\":\"Deny\""))
-    );
-    assert!(!dry[0].tags().is_empty() && dry[0].param("SourceIdentity").is_some());
+    assert_eq!(dry.len(), 2, "one per grant");
+    for call in &dry {
+        assert_eq!(call.param("DurationSeconds"), Some("900"));
+        assert!(
+            call.param("Policy")
+                .is_some_and(|p| p.contains("\"Effect\":\"Deny\""))
+        );
+        assert!(!call.tags().is_empty() && call.param("SourceIdentity").is_some());
+    }
     moto.recorder
         .fail("AssumeRole", 403, "AccessDenied", "not trusted", 1);
     let out = d
@@ -557,7 +633,7 @@ async fn refusals_throttling_and_oversized_policies_are_reported_as_such() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(
-        stdout.contains("grant s3-reports") && stdout.contains("AccessDenied"),
+        stdout.contains("FAILED: grant s3-long") && stdout.contains("AccessDenied"),
         "{stdout}"
     );
 }

@@ -371,9 +371,13 @@ impl Provider for AwsProvider {
             .public
             .insert("AWS_SESSION_ARN".into(), user.arn().into());
         if let Some(region) = &self.clients().await.region {
+            // Both: the newer SDKs read AWS_REGION, boto3 and the older ones AWS_DEFAULT_REGION.
             credential
                 .public
                 .insert("AWS_REGION".into(), region.clone());
+            credential
+                .public
+                .insert("AWS_DEFAULT_REGION".into(), region.clone());
         }
         credential.secret.insert(
             "AWS_SECRET_ACCESS_KEY".into(),

@@ -82,8 +82,9 @@ impl Moto {
         (status, resp.text().await.unwrap_or_default())
     }
 
-    /// Creates a role that trusts the account; returns its ARN.
-    pub async fn create_role(&self, name: &str) -> String {
+    /// Creates a role that trusts the account, with sessions of up to `max_session` seconds;
+    /// returns its ARN.
+    pub async fn create_role(&self, name: &str, max_session: u32) -> String {
         let trust = format!(
             r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::{ACCOUNT}:root"}},"Action":["sts:AssumeRole","sts:TagSession","sts:SetSourceIdentity"]}}]}}"#
         );
@@ -92,7 +93,7 @@ impl Moto {
                 ("Action", "CreateRole"),
                 ("RoleName", name),
                 ("AssumeRolePolicyDocument", &trust),
-                ("MaxSessionDuration", "43200"),
+                ("MaxSessionDuration", &max_session.to_string()),
             ])
             .await;
         assert_eq!(status, 200, "CreateRole: {body}");
