@@ -21,6 +21,7 @@ impl Registry {
         Self::default()
             .with(Arc::new(credbroker_provider_vault::VaultFactory))
             .with(Arc::new(credbroker_provider_aws::AwsFactory))
+            .with(Arc::new(credbroker_provider_github::GithubFactory))
     }
 
     pub fn with(mut self, factory: Arc<dyn ProviderFactory>) -> Self {

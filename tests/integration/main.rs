@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)] // A test binary: `pub` in its modules is for its own modules.
 
 mod aws;
+mod github;
 mod keys;
 mod lifecycle;
 mod operations;

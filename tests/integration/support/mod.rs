@@ -6,7 +6,9 @@
 pub mod daemon;
 #[path = "../../support/forge.rs"]
 pub mod forge;
+pub mod github;
 pub mod moto;
+pub mod npm;
 pub mod oidc;
 pub mod openbao;
 pub mod postgres;

@@ -82,24 +82,8 @@ fn oidc_dir() -> PathBuf {
     repo().join("tests/support/oidc")
 }
 
-/// Installs the npm packages into the project's own folder once (under a lock, since nextest
-/// runs tests as parallel processes).
 fn ensure_installed() {
-    let dir = oidc_dir();
-    if dir.join("node_modules/oidc-provider/package.json").exists() {
-        return;
-    }
-    let lock =
-        std::fs::File::create(dir.join(".install.lock")).unwrap_or_else(|e| panic!("lock: {e}"));
-    lock.lock().unwrap_or_else(|e| panic!("lock: {e}"));
-    if !dir.join("node_modules/oidc-provider/package.json").exists() {
-        let status = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(&dir)
-            .status()
-            .unwrap_or_else(|e| panic!("npm ci: {e} (is Node.js installed?)"));
-        assert!(status.success(), "npm ci failed in {}", dir.display());
-    }
+    super::npm::ensure(&oidc_dir(), "oidc-provider");
 }
 
 impl AuthServer {
