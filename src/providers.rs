@@ -131,8 +131,11 @@ impl ProviderSet {
         self.slots.get(name)
     }
 
+    /// The instances, by name.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<Slot>)> {
-        self.slots.iter()
+        let mut slots: Vec<_> = self.slots.iter().collect();
+        slots.sort_unstable_by_key(|(name, _)| *name);
+        slots.into_iter()
     }
 
     /// Which parameters each instance lets a request narrow.

@@ -204,6 +204,13 @@ impl credbroker_provider_api::Env for ExampleEnv {
     fn var(&self, key: &str) -> Option<String> {
         (key == "CREDENTIALS_DIRECTORY").then(|| "/run/credentials/credbroker.service".into())
     }
+
+    /// Credentials read at load (the GitHub App's key) are a throwaway test key.
+    fn credential(&self, _name: &str) -> Result<credbroker_provider_api::SecretValue, String> {
+        std::fs::read_to_string(repo().join("providers/github/testdata/app-key.pem"))
+            .map(credbroker_provider_api::SecretValue::new)
+            .map_err(|e| e.to_string())
+    }
 }
 
 #[test]
@@ -296,6 +303,11 @@ fn check_config_explains_what_the_example_roles_need() {
         .unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(creds.path().join("journal-key"), key.stdout).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(creds.path().join("vault-token"), "s.example").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(
+        repo().join("providers/github/testdata/app-key.pem"),
+        creds.path().join("github-app-key"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let out = std::process::Command::new(crate::support::daemon::testd())
         .args(["check-config", "--config"])
         .arg(repo().join("config/credbroker.toml"))
@@ -310,7 +322,9 @@ fn check_config_explains_what_the_example_roles_need() {
     );
     assert!(stdout.contains(": ok:"), "{stdout}");
     assert!(
-        stdout.contains("sts:SetSourceIdentity") && stdout.contains("iam:PutRolePolicy"),
+        stdout.contains("sts:SetSourceIdentity")
+            && stdout.contains("iam:PutRolePolicy")
+            && stdout.contains("hold the permissions contents: write, issues: write"),
         "{stdout}"
     );
 }
