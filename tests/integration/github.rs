@@ -72,6 +72,13 @@ fn narrowed(token: &str, grant: &str, repos: &[&str]) -> v1::BeginTaskRequest {
     req
 }
 
+fn audit_of(d: &Daemon, event: &str, lease: &str) -> serde_json::Value {
+    d.audit()
+        .into_iter()
+        .find(|r| r["event"] == event && r["lease_id"] == lease)
+        .unwrap_or_else(|| panic!("no {event} for {lease}"))
+}
+
 async fn end(d: &Daemon, task_id: &str) {
     d.broker()
         .await
@@ -167,6 +174,13 @@ async fn an_installation_token_names_exactly_the_grant_and_is_revoked_when_the_t
     assert_eq!(ours["fingerprint"], revoked[0]["revoked"]);
     let lease = get_task(&d, &task.id).await.leases[0].clone();
     assert!(lease.reference.starts_with("installation 77 token sha256:"));
+    let issued = audit_of(&d, "lease_issued", &lease.id);
+    assert!(
+        issued["detail"]["reference"].as_str().is_some_and(
+            |r| r.ends_with("granted issues:write,metadata:read on acme/notes,acme/docs")
+        ),
+        "GitHub's grant is in the audit log: {issued}"
+    );
     let audit = d.audit();
     let rec = audit
         .iter()

@@ -302,9 +302,20 @@ impl Provider for GithubProvider {
         credential
             .public
             .insert("GITHUB_INSTALLATION_ID".into(), id.to_string());
+        // The reference is audited with the lease: what GitHub says it granted goes with it.
+        let mut repos = full_names
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(",");
+        if full_names.len() > 10 {
+            repos.push_str(&format!(",+{} more", full_names.len() - 10));
+        }
         let reference = format!(
-            "installation {id} token sha256:{}",
-            fingerprint(token.expose())
+            "installation {id} token sha256:{} granted {} on {repos}",
+            fingerprint(token.expose()),
+            credential.public["GITHUB_PERMISSIONS"]
         );
         credential
             .secret
