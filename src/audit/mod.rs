@@ -96,6 +96,27 @@ pub struct AuditRecord {
     pub detail: Map<String, Value>,
 }
 
+/// Mirrors an audit record to the log, target `credbroker::audit`, one field per identifier.
+/// Under journald these are journal fields: `journalctl -u credbroker TASK_ID=…` lists a task's
+/// whole story. Records hold identifiers and fingerprints only, never a secret.
+pub fn log(r: &AuditRecord) {
+    tracing::info!(
+        target: "credbroker::audit",
+        event = %r.event,
+        outcome = %r.outcome,
+        reason = r.reason.as_deref(),
+        task_id = r.task_id.as_deref(),
+        lease_id = r.lease_id.as_deref(),
+        grant = r.grant.as_deref(),
+        provider = r.provider.as_deref(),
+        workload = r.workload.as_deref(),
+        client_id = r.client_id.as_deref(),
+        owner = r.owner.as_deref(),
+        "{}",
+        r.event
+    );
+}
+
 impl AuditRecord {
     pub fn new(event: &str, outcome: Outcome, at: SystemTime) -> Self {
         Self {

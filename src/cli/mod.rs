@@ -28,8 +28,9 @@ struct Cli {
     /// Log filter (tracing syntax, e.g. `info`, `credbroker=debug`). Overrides $RUST_LOG.
     #[arg(long, global = true)]
     log_level: Option<String>,
-    /// Log line format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Plain)]
+    /// Log format. `auto`: native journald records when stderr is the journal (systemd sets
+    /// JOURNAL_STREAM), plain lines otherwise.
+    #[arg(long, global = true, value_enum, env = "CREDBROKER_LOG_FORMAT", default_value_t = LogFormat::Auto)]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -37,8 +38,10 @@ struct Cli {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
+    Auto,
     Plain,
     Json,
+    Journald,
 }
 
 #[derive(Subcommand)]
@@ -140,15 +143,61 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
 
 fn init_logging(level: Option<&str>, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = match level {
         Some(l) => EnvFilter::new(l),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
+    let format = match format {
+        LogFormat::Auto if stderr_is_journal() => LogFormat::Journald,
+        LogFormat::Auto => LogFormat::Plain,
+        other => other,
+    };
+    if let LogFormat::Journald = format {
+        // Native journal records: every field is a journal field (TASK_ID, LEASE_ID, GRANT,
+        // OWNER, REASON…), so `journalctl -u credbroker TASK_ID=…` finds a task's lines.
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                // syslog's levels: INFO is "informational" (6), not tracing-journald's
+                // default "notice" (5), so `journalctl -p notice` shows only what needs a look.
+                let mut priorities = tracing_journald::PriorityMappings::new();
+                priorities.info = tracing_journald::Priority::Informational;
+                priorities.debug = tracing_journald::Priority::Debug;
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("credbroker".into())
+                    .with_priority_mappings(priorities);
+                let _ = tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer)
+                    .try_init();
+                return;
+            }
+            Err(e) => eprintln!("journald is not reachable ({e}); logging to stderr"),
+        }
+    }
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a person at a terminal, never into files or the journal.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
+        _ => builder.try_init(),
     };
+}
+
+/// systemd sets `JOURNAL_STREAM=DEV:INODE` for a service whose stderr is the journal; it is
+/// trusted only if stderr is still that stream (not when inherited by a child that redirected).
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd as _;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else {
+        return false;
+    };
+    stream == format!("{}:{}", st.st_dev, st.st_ino)
 }

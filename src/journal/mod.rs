@@ -137,6 +137,11 @@ impl Journal {
         ops: Vec<Op>,
         durability: Durability,
     ) -> Result<(), JournalError> {
+        for op in &ops {
+            if let Op::Audit(r) = op {
+                crate::audit::log(r);
+            }
+        }
         let (reply, rx) = oneshot::channel();
         self.queue
             .send(Submission {

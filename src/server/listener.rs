@@ -40,6 +40,12 @@ pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<UnixListener
     Ok(listener)
 }
 
+/// A listener passed by systemd, made non-blocking for tokio.
+pub fn adopt(listener: std::os::unix::net::UnixListener) -> io::Result<UnixListener> {
+    listener.set_nonblocking(true)?;
+    UnixListener::from_std(listener)
+}
+
 fn remove_stale(path: &Path) -> io::Result<()> {
     let meta = match std::fs::symlink_metadata(path) {
         Ok(m) => m,

@@ -9,6 +9,7 @@ mod broker_svc;
 pub mod listener;
 pub mod peer;
 pub mod status;
+pub mod systemd;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +36,8 @@ const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// How long start-up waits for issuers' keys before serving anyway (requests then get
 /// `issuer_keys_unavailable` until the background refresh succeeds).
 const INITIAL_KEY_WAIT: Duration = Duration::from_secs(5);
+/// How often `STATUS=` is refreshed when there is no watchdog to ping.
+const STATUS_INTERVAL: Duration = Duration::from_secs(10);
 
 pub struct Daemon {
     pub config_path: PathBuf,
@@ -72,14 +75,23 @@ impl Daemon {
         let loops = broker.spawn_loops();
 
         let read_exe = Arc::new(AtomicBool::new(crate::workload::needs_exe(&cfg.workloads)));
-        let broker_listener = listener::bind(
-            &cfg.server.broker_socket,
-            0o660,
-            cfg.server.broker_socket_gid,
-        )
-        .with_context(|| format!("binding {}", cfg.server.broker_socket.display()))?;
-        let admin_listener = listener::bind(&cfg.server.admin_socket, 0o600, None)
-            .with_context(|| format!("binding {}", cfg.server.admin_socket.display()))?;
+        // Sockets passed by systemd (credbroker.socket) are used as they are: their mode and
+        // group are the .socket unit's. Otherwise the daemon binds its own.
+        let activated = systemd::activated_sockets(self.env.as_ref())?;
+        let broker_listener = match activated.broker {
+            Some(l) => listener::adopt(l)?,
+            None => listener::bind(
+                &cfg.server.broker_socket,
+                0o660,
+                cfg.server.broker_socket_gid,
+            )
+            .with_context(|| format!("binding {}", cfg.server.broker_socket.display()))?,
+        };
+        let admin_listener = match activated.admin {
+            Some(l) => listener::adopt(l)?,
+            None => listener::bind(&cfg.server.admin_socket, 0o600, None)
+                .with_context(|| format!("binding {}", cfg.server.admin_socket.display()))?,
+        };
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let broker_srv = tokio::spawn(serve_broker(
@@ -94,26 +106,57 @@ impl Daemon {
             Arc::clone(&read_exe),
             stop_rx,
         ));
-        tracing::info!(
-            broker_socket = %cfg.server.broker_socket.display(),
-            admin_socket = %cfg.server.admin_socket.display(),
-            "credbroker ready"
-        );
-
+        let notifier = systemd::Notifier::from_env(self.env.as_ref());
         let mut hup = signal(SignalKind::hangup())?;
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
+        // Ready: the configuration is valid, the journal open and recovered, both sockets
+        // listening (a connection made now is queued until the servers accept it).
+        tracing::info!(
+            broker_socket = %cfg.server.broker_socket.display(),
+            admin_socket = %cfg.server.admin_socket.display(),
+            socket_activated = activated.passed,
+            "credbroker ready"
+        );
+        notifier.notify(&format!(
+            "READY=1\nMAINPID={}\n{}",
+            std::process::id(),
+            status_line(&broker)
+        ));
+        // The watchdog is pinged from this loop, so a stuck loop (or a dead background loop)
+        // stops the pings and systemd restarts the daemon. STATUS= is refreshed on the same beat.
+        let watchdog = systemd::watchdog_interval(self.env.as_ref());
+        let mut beat =
+            tokio::time::interval(watchdog.unwrap_or(STATUS_INTERVAL).min(STATUS_INTERVAL));
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = hup.recv() => {
+                    notifier.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
                     if let Err(e) = self.reload(&broker, &read_exe).await {
                         tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                    }
+                    notifier.notify(&format!("READY=1\n{}", status_line(&broker)));
+                }
+                _ = beat.tick() => {
+                    if let Some(dead) = loops.iter().position(|l| l.is_finished()) {
+                        // Not pinging is the point: systemd's watchdog restarts us.
+                        tracing::error!(loop_index = dead, "a background loop stopped; no more watchdog pings");
+                        continue;
+                    }
+                    if watchdog.is_some() {
+                        notifier.notify(&format!("WATCHDOG=1\n{}", status_line(&broker)));
+                    } else {
+                        notifier.notify(&status_line(&broker));
                     }
                 }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
         }
+        notifier.notify(
+            "STOPPING=1\nSTATUS=stopping: tasks stay journaled and resume on the next start",
+        );
         tracing::info!(
             "shutting down: no new requests; tasks stay journaled and resume on the next start"
         );
@@ -153,6 +196,22 @@ impl Daemon {
         tracing::info!(path = %self.config_path.display(), "configuration reloaded");
         Ok(())
     }
+}
+
+/// `STATUS=` for systemd: what `systemctl status credbroker` shows.
+fn status_line(broker: &Broker) -> String {
+    let c = broker.counts();
+    format!(
+        "STATUS=serving: {} active task(s), {} lease(s), {} revocation(s) pending",
+        c.active_tasks, c.active_leases, c.revocation_backlog
+    )
+}
+
+/// CLOCK_MONOTONIC in microseconds, which systemd wants beside RELOADING=1.
+fn monotonic_usec() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000
+    })
 }
 
 async fn load_keys(verifier: &crate::token::Verifier) {

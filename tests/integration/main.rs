@@ -13,4 +13,5 @@ mod rejections;
 mod scopes;
 mod secrets;
 mod support;
+mod systemd;
 mod vault;

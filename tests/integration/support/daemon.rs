@@ -26,6 +26,9 @@ pub struct Daemon {
     child: Option<Child>,
     log_level: String,
     env: Vec<(String, String)>,
+    /// A command the daemon runs under (`systemd-socket-activate -l …`, a sandbox), with
+    /// `{dir}` replaced by the daemon's directory.
+    wrapper: Vec<String>,
 }
 
 /// A configuration for the daemon under test. `issuer` is the authorization server's URL;
@@ -104,6 +107,16 @@ impl Daemon {
         log_level: &str,
         env: Vec<(String, String)>,
     ) -> Self {
+        Self::start_wrapped(config, log_level, env, Vec::new()).await
+    }
+
+    /// Under a wrapper command (see [`Daemon::wrapper`]).
+    pub async fn start_wrapped(
+        config: impl FnOnce(&Path) -> String,
+        log_level: &str,
+        env: Vec<(String, String)>,
+        wrapper: Vec<String>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let d = dir.path().to_path_buf();
         let key = Command::new(testd())
@@ -124,6 +137,10 @@ impl Daemon {
             child: None,
             log_level: log_level.into(),
             env,
+            wrapper: wrapper
+                .iter()
+                .map(|w| w.replace("{dir}", &d.display().to_string()))
+                .collect(),
         };
         daemon.spawn().await;
         daemon
@@ -136,7 +153,15 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new(testd())
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(testd());
+                c
+            }
+            None => Command::new(testd()),
+        };
+        let child = command
             .args(["--log-level", &self.log_level, "serve", "--config"])
             .arg(&self.config)
             .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
