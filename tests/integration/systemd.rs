@@ -460,3 +460,218 @@ async fn under_journald_each_audit_event_is_a_record_with_task_grant_owner_and_r
         "the access token reached the journal"
     );
 }
+
+fn dir_file(beside: &Path, name: &str) -> std::path::PathBuf {
+    beside.with_file_name(name)
+}
+
+/// The groups `systemd-analyze syscall-filter` knows, each expanded to system call names.
+fn syscall_groups() -> std::collections::HashMap<String, Vec<String>> {
+    let out = Command::new("systemd-analyze")
+        .arg("syscall-filter")
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut raw: std::collections::HashMap<String, Vec<String>> = Default::default();
+    let mut current = String::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if let Some(group) = line.strip_prefix('@') {
+            current = format!("@{}", group.trim());
+        } else {
+            let item = line.trim();
+            if !item.is_empty() && !item.starts_with('#') && !current.is_empty() {
+                raw.entry(current.clone())
+                    .or_default()
+                    .push(item.to_string());
+            }
+        }
+    }
+    fn expand(
+        name: &str,
+        raw: &std::collections::HashMap<String, Vec<String>>,
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        for item in raw.get(name).into_iter().flatten() {
+            if item.starts_with('@') {
+                expand(item, raw, out);
+            } else {
+                out.insert(item.clone());
+            }
+        }
+    }
+    raw.keys()
+        .map(|g| {
+            let mut set = std::collections::BTreeSet::new();
+            expand(g, &raw, &mut set);
+            (g.clone(), set.into_iter().collect())
+        })
+        .collect()
+}
+
+/// A seccompiler filter equivalent to the unit's SystemCallFilter= lines,
+/// SystemCallErrorNumber=EPERM and MemoryDenyWriteExecute=yes (which systemd also implements
+/// with seccomp: no mapping both writable and executable, no making memory executable later).
+fn unit_seccomp_filter() -> serde_json::Value {
+    use serde_json::json;
+    let unit =
+        std::fs::read_to_string(repo().join("systemd/credbroker.service")).unwrap_or_default();
+    let groups = syscall_groups();
+    let names = |spec: &str| -> Vec<String> {
+        spec.split_whitespace()
+            .flat_map(|g| {
+                if g.starts_with('@') {
+                    groups.get(g).cloned().unwrap_or_default()
+                } else {
+                    vec![g.to_string()]
+                }
+            })
+            .collect()
+    };
+    let mut allowed: std::collections::BTreeSet<String> = names("@default").into_iter().collect();
+    for line in unit.lines() {
+        if let Some(spec) = line.strip_prefix("SystemCallFilter=") {
+            match spec.strip_prefix('~') {
+                Some(denied) => names(denied).iter().for_each(|n| {
+                    allowed.remove(n);
+                }),
+                None => allowed.extend(names(spec)),
+            }
+        }
+    }
+    assert!(
+        allowed.len() > 200,
+        "{} system calls allowed?",
+        allowed.len()
+    );
+    // Only names this architecture has (the groups list every architecture's).
+    let arch: seccompiler::TargetArch = std::env::consts::ARCH
+        .try_into()
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let known = |name: &str| {
+        let one = json!({"t": {"mismatch_action": "trap", "match_action": "allow",
+            "filter": [{"syscall": name}]}});
+        seccompiler::compile_from_json(one.to_string().as_bytes(), arch).is_ok()
+    };
+    const PROT_WRITE: u64 = 2;
+    const PROT_EXEC: u64 = 4;
+    const SHM_EXEC: u64 = 0o100000;
+    let no = |index: u8, mask: u64| json!({"index": index, "type": "dword", "op": {"masked_eq": mask}, "val": 0});
+    let mut rules = Vec::new();
+    let present: Vec<&String> = allowed.iter().filter(|n| known(n)).collect();
+    assert!(present.len() > 150, "{} known system calls?", present.len());
+    for name in present {
+        match name.as_str() {
+            "mmap" => {
+                rules.push(json!({"syscall": "mmap", "args": [no(2, PROT_WRITE)]}));
+                rules.push(json!({"syscall": "mmap", "args": [no(2, PROT_EXEC)]}));
+            }
+            "mprotect" | "pkey_mprotect" => {
+                rules.push(json!({"syscall": name, "args": [no(2, PROT_EXEC)]}));
+            }
+            "shmat" => rules.push(json!({"syscall": "shmat", "args": [no(2, SHM_EXEC)]})),
+            _ => rules.push(json!({"syscall": name})),
+        }
+    }
+    json!({"main": {"mismatch_action": {"errno": 1}, "match_action": "allow", "filter": rules}})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_serves_under_the_units_sandbox() {
+    let auth = AuthServer::start();
+    let filter_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let filter = filter_dir.path().join("seccomp.json");
+    std::fs::write(&filter, unit_seccomp_filter().to_string()).unwrap_or_else(|e| panic!("{e}"));
+    // The filter is really applied: keygen prints a key under it, and nothing once `write` is
+    // taken out of it.
+    let keygen = |filter: &Path| {
+        let out = dir_file(filter, "keygen.out");
+        let mut child = Command::new(testd())
+            .arg("keygen")
+            .env("CREDBROKER_TEST_SECCOMP", filter)
+            .stdout(std::fs::File::create(&out).unwrap_or_else(|e| panic!("{e}")))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{e}"));
+        // Without `write` the process cannot even report its failure: give it 5 s.
+        let started = Instant::now();
+        while child.try_wait().ok().flatten().is_none()
+            && started.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        std::fs::read(&out).map(|o| o.len()).unwrap_or(0)
+    };
+    assert_eq!(keygen(&filter), 65, "a 64-hex-digit key and a newline");
+    let mut no_write = unit_seccomp_filter();
+    if let Some(rules) = no_write["main"]["filter"].as_array_mut() {
+        rules.retain(|r| r["syscall"] != "write");
+    }
+    let crippled = filter_dir.path().join("no-write.json");
+    std::fs::write(&crippled, no_write.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(keygen(&crippled), 0);
+    std::fs::set_permissions(
+        filter_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    // DynamicUser= (not root), NoNewPrivileges=, CapabilityBoundingSet= (none), PrivateIPC=,
+    // ProtectHostname= (own IPC and UTS namespaces), a private mount namespace, and the
+    // seccomp filter above.
+    let script = "chown -R 65534:65534 \"$DIR\" && exec unshare --ipc --uts --mount \
+                  --propagation private -- setpriv --reuid=65534 --regid=65534 --clear-groups \
+                  --no-new-privs --bounding-set=-all --inh-caps=-all -- \"$@\"";
+    let wrapper = ["env", "DIR={dir}", "sh", "-c", script, "sh"]
+        .map(String::from)
+        .to_vec();
+    let env = vec![(
+        "CREDBROKER_TEST_SECCOMP".to_string(),
+        filter.display().to_string(),
+    )];
+    let d = Daemon::start_wrapped(
+        // The operator (this test, as root) is listed: the daemon itself is not root here.
+        |dir| {
+            base_config(dir, &auth.issuer, "").replace("[server]\n", "[server]\nadmin_uids = [0]\n")
+        },
+        "info",
+        env,
+        wrapper,
+    )
+    .await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid().unwrap_or(0)))
+        .unwrap_or_default();
+    for expected in [
+        "Uid:\t65534",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+        "CapBnd:\t0000000000000000",
+    ] {
+        assert!(status.contains(expected), "{expected} not in:\n{status}");
+    }
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let begun = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["orders-db-read"]))
+        .await
+        .unwrap_or_else(|e| panic!("begin under the sandbox: {e:?}\n{}", d.log_text()))
+        .into_inner();
+    let task = begun.task.unwrap_or_default();
+    d.broker()
+        .await
+        .end_task(credbroker::proto::v1::EndTaskRequest {
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("end under the sandbox: {e:?}"));
+    eventually(Duration::from_secs(5), "the lease revoked", || async {
+        d.revoked().len() == 1
+    })
+    .await;
+    // SIGHUP reload works under the filter too.
+    d.signal(Signal::SIGHUP);
+    eventually(Duration::from_secs(5), "reloaded", || async {
+        d.log_text().contains("configuration reloaded")
+    })
+    .await;
+}
