@@ -40,6 +40,9 @@ struct Rebuild {
     tasks: Vec<LiveTask>,
     expiries: Vec<(i64, Text)>,
     retries: Vec<(i64, Text, Text)>,
+    /// The provider timeout, in ms: how long a request the previous process sent may still be
+    /// running at a backend.
+    in_flight_ms: i64,
 }
 
 impl Broker {
@@ -55,6 +58,8 @@ impl Broker {
             tasks: Vec::new(),
             expiries: Vec::new(),
             retries: Vec::new(),
+            in_flight_ms: i64::try_from(self.runtime().config.broker.provider_timeout.as_millis())
+                .unwrap_or(i64::MAX),
         };
         let mut rebuild = self
             .journal
@@ -142,9 +147,23 @@ impl Rebuild {
                 (TaskState::Ending, LeaseState::Active) => Some(LeaseState::Revoking),
                 _ => None,
             };
+            // An intent whose outcome never reached the journal: the previous process may have
+            // died with its request still running at the backend (OpenBao finishing a creds
+            // read under the scope token). Settling it at once would race that request: a
+            // scope revoked first can leave the credential created after it behind. So it is
+            // settled once the request must have finished, a provider timeout after the intent.
+            let in_flight = lease.state == LeaseState::Pending;
+            let not_before = if in_flight {
+                intent_ms(&lease.id)
+                    .unwrap_or(now_ms)
+                    .saturating_add(self.in_flight_ms)
+                    .max(now_ms)
+            } else {
+                now_ms
+            };
             if let Some(state) = wanted {
                 lease.state = state;
-                lease.next_attempt_ms = (!state.is_terminal()).then_some(now_ms);
+                lease.next_attempt_ms = (!state.is_terminal()).then_some(not_before);
                 self.ops.push(Op::LeaseState {
                     id: Arc::clone(&lease.id),
                     state,
@@ -155,7 +174,7 @@ impl Rebuild {
                 });
             }
             if matches!(lease.state, LeaseState::Revoking | LeaseState::Reconciling) {
-                let when = lease.next_attempt_ms.unwrap_or(now_ms).min(now_ms);
+                let when = lease.next_attempt_ms.unwrap_or(now_ms).min(not_before);
                 self.retries
                     .push((when, Arc::clone(&task.id), Arc::clone(&lease.id)));
             }
@@ -204,5 +223,27 @@ impl Rebuild {
             })),
             (None, _) => None,
         }
+    }
+}
+
+/// When a lease's intent was written: lease ids are UUIDv7, whose first 48 bits are the Unix
+/// time in milliseconds.
+fn intent_ms(id: &str) -> Option<i64> {
+    let uuid = uuid::Uuid::parse_str(id).ok()?;
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    i64::try_from(secs)
+        .ok()?
+        .checked_mul(1000)?
+        .checked_add(i64::from(nanos / 1_000_000))
+}
+
+#[cfg(test)]
+mod intent_tests {
+    #[test]
+    fn a_lease_ids_intent_time_is_read_from_its_uuid() {
+        let now = crate::time::to_ms(std::time::SystemTime::now());
+        let at = super::intent_ms(&super::super::new_id()).unwrap_or(0);
+        assert!((now - 5..=now + 5).contains(&at), "{at} vs {now}");
+        assert_eq!(super::intent_ms("not-a-uuid"), None);
     }
 }

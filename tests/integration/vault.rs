@@ -398,12 +398,54 @@ async fn sigkill_at_random_moments_leaves_no_lease_and_every_task_accounted_for(
         live_tasks(&d).await.is_empty()
     })
     .await;
-    eventually(
-        Duration::from_secs(20),
-        "OpenBao has no outstanding lease",
-        || async { bao.leases().await.is_empty() && pg.dynamic_roles().is_empty() },
-    )
-    .await;
+    let started = std::time::Instant::now();
+    while !(bao.leases().await.is_empty() && pg.dynamic_roles().is_empty()) {
+        if started.elapsed() > Duration::from_secs(20) {
+            // Say which lease, what OpenBao knows of it and whether credbroker ever heard of
+            // it: the difference between a lost lease and a slow OpenBao.
+            let mut report = Vec::new();
+            for l in bao.leases().await {
+                let id = format!("{}/{l}", crate::support::openbao::CREDS);
+                let (_, lookup) = bao
+                    .api(
+                        Method::PUT,
+                        "sys/leases/lookup",
+                        Some(serde_json::json!({"lease_id": id})),
+                    )
+                    .await;
+                let known = d.audit().iter().any(|r| r.to_string().contains(&l));
+                report.push(format!(
+                    "{id}: {} known to credbroker: {known}",
+                    lookup["data"]
+                ));
+            }
+            let audit = d.audit();
+            let roles: Vec<String> = pg
+                .dynamic_roles()
+                .into_iter()
+                .map(|r| {
+                    let until = pg.superuser(
+                        "postgres",
+                        &format!("SELECT rolvaliduntil FROM pg_roles WHERE rolname = '{r}'"),
+                    );
+                    let known = audit.iter().any(|a| a.to_string().contains(&r));
+                    format!(
+                        "{r} valid until {} known to credbroker: {known}",
+                        until.trim()
+                    )
+                })
+                .collect();
+            panic!(
+                "OpenBao still has leases after 20 s: {report:#?}; roles {roles:?}\n{}",
+                bao.log()
+                    .lines()
+                    .filter(|l| l.contains("[ERROR]") || l.contains("[WARN]"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Every task, whether its client heard back or not, is in the journal and ended.
     let audit = d.audit();
