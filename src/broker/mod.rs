@@ -18,6 +18,7 @@ mod issue;
 mod live;
 mod recover;
 mod renew;
+mod retention;
 mod revoke;
 
 use std::sync::{Arc, Mutex};
@@ -214,6 +215,7 @@ impl Broker {
         vec![
             tokio::spawn(Arc::clone(self).reaper_loop()),
             tokio::spawn(Arc::clone(self).revoker_loop()),
+            tokio::spawn(Arc::clone(self).retention_loop()),
         ]
     }
 }

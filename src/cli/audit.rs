@@ -1,66 +1,397 @@
-//! `credbroker audit export`: reads the journal file directly (read-only), so it works beside
-//! a running daemon and without one.
+//! `credbroker audit export|verify|query` and `credbroker lineage`: read the journal file
+//! directly (read-only), so they work beside a running daemon and without one.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::{Context as _, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
-use crate::config::Config;
+use crate::audit::export::{self, Pseudonymise};
+use crate::audit::key::AuditKey;
+use crate::audit::query::{self, AuditFilter};
+use crate::audit::{lineage, verify};
+use crate::config::{Config, KeySource};
 use crate::journal::Journal;
-use crate::time::parse_when;
+use crate::journal::read::TaskFilter;
+use crate::time::{parse_when, to_ms};
+
+/// Where the journal is.
+#[derive(Args)]
+pub(super) struct JournalArgs {
+    /// Find the journal (and the audit keys) through this configuration.
+    #[arg(long, short, env = "CREDBROKER_CONFIG", conflicts_with = "journal")]
+    config: Option<PathBuf>,
+    /// The journal file itself.
+    #[arg(long)]
+    journal: Option<PathBuf>,
+}
+
+impl JournalArgs {
+    fn open(&self) -> anyhow::Result<(rusqlite::Connection, Option<Config>)> {
+        let (path, config) = match (&self.config, &self.journal) {
+            (_, Some(j)) => (j.clone(), None),
+            (Some(c), None) => {
+                let config = Config::load(c)?;
+                (config.journal.path.clone(), Some(config))
+            }
+            (None, None) => bail!("give --config or --journal"),
+        };
+        let conn = Journal::open_read_only(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok((conn, config))
+    }
+}
+
+/// Who, what and when: the same filters for every audit command.
+#[derive(Args, Clone)]
+pub(super) struct FilterArgs {
+    /// The human (or team) the credentials were issued for.
+    #[arg(long)]
+    owner: Option<String>,
+    /// The OAuth client (the agent).
+    #[arg(long)]
+    client: Option<String>,
+    /// The token's subject.
+    #[arg(long)]
+    sub: Option<String>,
+    /// The token's SHA-256 fingerprint (as `token check` and the audit log print it).
+    #[arg(long)]
+    token: Option<String>,
+    #[arg(long)]
+    grant: Option<String>,
+    #[arg(long)]
+    provider: Option<String>,
+    /// From: an RFC 3339 time, or a duration meaning that long ago (24h).
+    #[arg(long)]
+    since: Option<String>,
+    /// Until (exclusive): an RFC 3339 time or a duration ago.
+    #[arg(long)]
+    until: Option<String>,
+}
+
+#[derive(Args, Clone)]
+pub(super) struct RecordArgs {
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// Only these events (repeat, or separate with commas), e.g. lease_issued.
+    #[arg(long, value_delimiter = ',')]
+    event: Vec<String>,
+    /// success | denied | failure
+    #[arg(long)]
+    outcome: Option<String>,
+    /// A reason code, e.g. token_expired.
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long)]
+    task: Option<String>,
+}
+
+fn when(text: &Option<String>, now: SystemTime) -> anyhow::Result<Option<i64>> {
+    text.as_deref()
+        .map(|t| parse_when(t, now).map(to_ms).map_err(anyhow::Error::msg))
+        .transpose()
+}
+
+impl RecordArgs {
+    fn filter(&self) -> anyhow::Result<AuditFilter> {
+        let now = SystemTime::now();
+        let f = &self.filter;
+        if let Some(o) = self
+            .outcome
+            .as_deref()
+            .filter(|o| !["success", "denied", "failure"].contains(o))
+        {
+            bail!("--outcome {o:?}: use success, denied or failure");
+        }
+        Ok(AuditFilter {
+            owner: f.owner.clone(),
+            client: f.client.clone(),
+            sub: f.sub.clone(),
+            token: f.token.clone(),
+            grant: f.grant.clone(),
+            provider: f.provider.clone(),
+            task: self.task.clone(),
+            events: self.event.clone(),
+            outcome: self.outcome.clone(),
+            reason: self.reason.clone(),
+            since_ms: when(&f.since, now)?,
+            until_ms: when(&f.until, now)?,
+        })
+    }
+}
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-pub(super) enum Format {
+pub(super) enum ExportFormat {
     Jsonl,
+    Csv,
+    Ocsf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(super) enum Shape {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(super) enum TreeShape {
+    Table,
+    Json,
+    Dot,
 }
 
 #[derive(Subcommand)]
 pub(super) enum AuditCommand {
-    /// Export audit records, oldest first.
+    /// Export audit records, oldest first (JSON Lines, CSV or OCSF).
     Export {
-        /// Find the journal through this configuration.
-        #[arg(long, short, env = "CREDBROKER_CONFIG", conflicts_with = "journal")]
-        config: Option<PathBuf>,
-        /// The journal file itself.
+        #[command(flatten)]
+        journal: JournalArgs,
+        #[command(flatten)]
+        records: RecordArgs,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        /// Replace identifiers with their HMAC-SHA256 under this key (32 bytes or 64 hex).
         #[arg(long)]
-        journal: Option<PathBuf>,
-        /// Start: an RFC 3339 time, or a duration meaning that long ago (24h).
-        #[arg(long, default_value = "100y")]
-        since: String,
-        /// End (exclusive); default now.
+        hmac_key_file: Option<PathBuf>,
+        /// Which identifiers --hmac-key-file replaces.
+        #[arg(long, value_delimiter = ',', default_value = "owner,sub,actors")]
+        hmac_fields: Vec<String>,
+    },
+    /// Walk the hash chain: name every record edited, deleted or moved. Exit 1 if any.
+    Verify {
+        #[command(flatten)]
+        journal: JournalArgs,
+        /// Also check the sealed head with this key (default: the configuration's head key).
         #[arg(long)]
-        until: Option<String>,
-        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
-        format: Format,
+        head_key_file: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = Shape::Table)]
+        output: Shape,
+    },
+    /// Count audit records matching the filters, grouped.
+    Query {
+        #[command(flatten)]
+        journal: JournalArgs,
+        #[command(flatten)]
+        records: RecordArgs,
+        /// Group by these (comma-separated): client, owner, grant, provider, event, outcome,
+        /// reason, workload, tool, sub, token, day.
+        #[arg(long, value_delimiter = ',')]
+        group_by: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Shape::Table)]
+        output: Shape,
     },
 }
 
+#[derive(Args)]
+pub(super) struct LineageArgs {
+    #[command(flatten)]
+    journal: JournalArgs,
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// At most this many tasks (newest).
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    #[arg(long, value_enum, default_value_t = TreeShape::Table)]
+    output: TreeShape,
+}
+
+/// A usage error: exit 2, like clap's own.
+fn usage(msg: impl std::fmt::Display) -> anyhow::Result<ExitCode> {
+    eprintln!("error: {msg}");
+    Ok(ExitCode::from(2))
+}
+
 pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
-    let AuditCommand::Export {
-        config,
-        journal,
-        since,
-        until,
-        format: Format::Jsonl,
-    } = cmd;
-    let path = match (config, journal) {
-        (_, Some(j)) => j,
-        (Some(c), None) => Config::load(&c)?.journal.path,
-        (None, None) => bail!("give --config or --journal"),
+    match cmd {
+        AuditCommand::Export {
+            journal,
+            records,
+            format,
+            hmac_key_file,
+            hmac_fields,
+        } => {
+            let filter = match records.filter() {
+                Ok(f) => f,
+                Err(e) => return usage(e),
+            };
+            let pseudo = match hmac_key_file {
+                None => None,
+                Some(path) => {
+                    // A field name is a usage error, found before any key is read.
+                    let check =
+                        Pseudonymise::new(AuditKey::from_key(&[0; 32]), hmac_fields.clone());
+                    if let Err(e) = check {
+                        return usage(e);
+                    }
+                    let key = AuditKey::load(&KeySource::File(path.clone()), &crate::ProcessEnv)
+                        .map_err(|e| anyhow::anyhow!("export HMAC key {}: {e}", path.display()))?;
+                    Pseudonymise::new(key, hmac_fields).ok()
+                }
+            };
+            let (conn, _) = journal.open()?;
+            let format = match format {
+                ExportFormat::Jsonl => export::Format::Jsonl,
+                ExportFormat::Csv => export::Format::Csv,
+                ExportFormat::Ocsf => export::Format::Ocsf,
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            export::export(&conn, &filter, format, pseudo.as_ref(), &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Verify {
+            journal,
+            head_key_file,
+            output,
+        } => {
+            let (conn, config) = journal.open()?;
+            let source = match head_key_file {
+                Some(p) => Some(KeySource::File(p)),
+                None => config.and_then(|c| c.audit.head_key),
+            };
+            let key = source
+                .map(|s| AuditKey::load(&s, &crate::ProcessEnv))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("audit head key: {e}"))?;
+            let report = verify::verify(&conn, key.as_ref())?;
+            print_report(&report, output)?;
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        AuditCommand::Query {
+            journal,
+            records,
+            group_by,
+            output,
+        } => {
+            let filter = match records.filter() {
+                Ok(f) => f,
+                Err(e) => return usage(e),
+            };
+            let (conn, _) = journal.open()?;
+            let groups = match query::count(&conn, &filter, &group_by) {
+                Ok(g) => g,
+                Err(e @ query::QueryError::UnknownGroup(..)) => return usage(e),
+                Err(query::QueryError::Journal(e)) => return Err(e.into()),
+            };
+            print_groups(&group_by, &groups, output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_report(r: &verify::Report, output: Shape) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if let Shape::Json = output {
+        writeln!(out, "{}", serde_json::to_string_pretty(r)?)?;
+        return Ok(());
+    }
+    for p in &r.listed {
+        writeln!(out, "record {}: {:?}: {}", p.seq, p.kind, p.message)?;
+    }
+    if r.problems as usize > r.listed.len() {
+        writeln!(out, "… and {} more", r.problems as usize - r.listed.len())?;
+    }
+    let range = match (r.first_seq, r.last_seq) {
+        (Some(a), Some(b)) => format!(" ({a}..{b})"),
+        _ => String::new(),
     };
+    let pruned = r
+        .pruned_before
+        .map(|p| format!("; records before {p} pruned by retention (anchored)"))
+        .unwrap_or_default();
+    let head = if r.head_checked {
+        "; sealed head checked"
+    } else {
+        "; head not checked (no head key): the newest records could have been cut off unnoticed"
+    };
+    if r.ok() {
+        writeln!(
+            out,
+            "ok: {} records verified{range}{pruned}{head}",
+            r.records
+        )?;
+    } else {
+        writeln!(
+            out,
+            "FAILED: {} problem(s) in {} records{range}{pruned}{head}",
+            r.problems, r.records
+        )?;
+    }
+    Ok(())
+}
+
+fn print_groups(keys: &[String], groups: &[query::Group], output: Shape) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match output {
+        Shape::Json => {
+            let rows: Vec<serde_json::Value> = groups
+                .iter()
+                .map(|g| {
+                    let mut m = serde_json::Map::new();
+                    for (k, v) in keys.iter().zip(&g.key) {
+                        m.insert(k.clone(), v.clone().into());
+                    }
+                    m.insert("count".into(), g.count.into());
+                    serde_json::Value::Object(m)
+                })
+                .collect();
+            writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        }
+        Shape::Csv | Shape::Table => {
+            let sep = if let Shape::Csv = output { "," } else { "\t" };
+            let mut header: Vec<&str> = keys.iter().map(String::as_str).collect();
+            header.push("count");
+            writeln!(out, "{}", header.join(sep))?;
+            for g in groups {
+                let mut cells: Vec<String> = g
+                    .key
+                    .iter()
+                    .map(|v| v.clone().unwrap_or_else(|| "-".into()))
+                    .collect();
+                cells.push(g.count.to_string());
+                writeln!(out, "{}", cells.join(sep))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn lineage(args: LineageArgs) -> anyhow::Result<ExitCode> {
     let now = SystemTime::now();
-    let since = parse_when(&since, now).map_err(anyhow::Error::msg)?;
-    let until = match until {
-        Some(u) => parse_when(&u, now).map_err(anyhow::Error::msg)?,
-        None => now + std::time::Duration::from_secs(1),
+    let f = &args.filter;
+    let (since_ms, until_ms) = match (when(&f.since, now), when(&f.until, now)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return usage(e),
     };
-    let conn =
-        Journal::open_read_only(&path).with_context(|| format!("opening {}", path.display()))?;
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    crate::audit::export::jsonl(&conn, since, until, &mut out)?;
+    if args.limit == 0 || args.limit > 100_000 {
+        return usage("--limit must be between 1 and 100000");
+    }
+    let filter = TaskFilter {
+        subject: f.sub.clone(),
+        client_id: f.client.clone(),
+        owner: f.owner.clone(),
+        grant: f.grant.clone(),
+        provider: f.provider.clone(),
+        token_fp: f.token.clone(),
+        since_ms,
+        until_ms,
+        ..Default::default()
+    };
+    let (conn, _) = args.journal.open()?;
+    let tree = lineage::build(&conn, &filter, args.limit)?;
+    let mut out = std::io::stdout().lock();
+    match args.output {
+        TreeShape::Table => write!(out, "{}", lineage::text(&tree))?,
+        TreeShape::Json => writeln!(out, "{}", serde_json::to_string_pretty(&tree)?)?,
+        TreeShape::Dot => write!(out, "{}", lineage::dot(&tree))?,
+    }
     Ok(ExitCode::SUCCESS)
 }

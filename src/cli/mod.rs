@@ -80,6 +80,8 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Who got which credential: owner → agent → token → task → leases (table, JSON or DOT).
+    Lineage(audit::LineageArgs),
     /// Print a fresh journal encryption key (64 hex digits) for `journal.key_file`.
     Keygen,
 }
@@ -120,6 +122,7 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
         Command::Tasks { command } => admin::run(command).await,
         Command::Status(args) => admin::status(args).await,
         Command::Audit { command } => audit::run(command),
+        Command::Lineage(args) => audit::lineage(args),
         Command::Keygen => match crate::journal::seal::generate_hex() {
             Ok(k) => {
                 println!("{}", k.as_str());

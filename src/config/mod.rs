@@ -25,6 +25,8 @@ pub struct Config {
     pub tokens: TokenSettings,
     pub broker: BrokerSettings,
     pub attribution: Attribution,
+    pub audit: AuditConfig,
+    pub metrics: Option<MetricsListen>,
     pub issuers: Vec<IssuerConfig>,
     pub workloads: Vec<WorkloadConfig>,
     pub grants: BTreeMap<String, GrantConfig>,
@@ -59,6 +61,21 @@ impl JournalConfig {
             crate::journal::Durability::Process
         }
     }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuditConfig {
+    /// Seals the audit chain's head (HMAC-SHA256) in every commit; see `audit::verify`.
+    pub head_key: Option<KeySource>,
+    /// Audit records older than this are pruned (hourly), leaving an anchor; none: kept forever.
+    pub retention: Option<Duration>,
+}
+
+/// Where the Prometheus endpoint listens: loopback TCP or a unix socket, never further.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetricsListen {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
 }
 
 /// Where the journal's encryption key comes from.

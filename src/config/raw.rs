@@ -18,6 +18,10 @@ pub(super) struct RawConfig {
     pub(super) broker: RawBroker,
     #[serde(default)]
     pub(super) attribution: RawAttribution,
+    #[serde(default)]
+    pub(super) audit: RawAudit,
+    #[serde(default)]
+    pub(super) metrics: RawMetrics,
     #[serde(default, rename = "issuer")]
     pub(super) issuers: Vec<Spanned<RawIssuer>>,
     #[serde(default, rename = "workload")]
@@ -65,6 +69,20 @@ pub(super) struct RawBroker {
     pub(super) end_task_wait: Option<String>,
     pub(super) revoke_backoff_initial: Option<String>,
     pub(super) revoke_backoff_max: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAudit {
+    pub(super) head_key_file: Option<PathBuf>,
+    pub(super) head_key_credential: Option<String>,
+    pub(super) retention: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

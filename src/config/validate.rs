@@ -9,8 +9,8 @@ use credbroker_provider_api::Params;
 use toml::Spanned;
 
 use super::raw::{
-    RawBroker, RawConfig, RawGrant, RawIssuer, RawJournal, RawProvider, RawServer, RawTokens,
-    RawWorkload,
+    RawAudit, RawBroker, RawConfig, RawGrant, RawIssuer, RawJournal, RawProvider, RawServer,
+    RawTokens, RawWorkload,
 };
 use super::*;
 use crate::policy::template;
@@ -92,6 +92,14 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let journal = journal(&mut p, raw.journal);
     let tokens = tokens(&mut p, raw.tokens);
     let broker = broker(&mut p, raw.broker);
+    let audit = audit(&mut p, raw.audit);
+    let metrics = raw.metrics.listen.and_then(|l| match metrics_listen(&l) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            p.at(None, "metrics.listen", e);
+            None
+        }
+    });
     let attribution = Attribution {
         require_owner: raw.attribution.require_owner,
         clients: raw.attribution.clients,
@@ -167,6 +175,8 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             tokens,
             broker,
             attribution,
+            audit,
+            metrics,
             issuers,
             workloads,
             grants,
@@ -254,6 +264,63 @@ fn journal(p: &mut Problems<'_>, raw: RawJournal) -> JournalConfig {
         key,
         fsync_intents: raw.fsync_intents,
     }
+}
+
+fn audit(p: &mut Problems<'_>, raw: RawAudit) -> AuditConfig {
+    let head_key = match (raw.head_key_file, raw.head_key_credential) {
+        (Some(f), None) => Some(KeySource::File(f)),
+        (None, Some(c)) => Some(KeySource::Credential(c)),
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            p.at(
+                None,
+                "audit",
+                "head_key_file and head_key_credential are mutually exclusive",
+            );
+            None
+        }
+    };
+    let retention = raw
+        .retention
+        .as_ref()
+        .and_then(|r| match parse_duration(r) {
+            // Shorter than a day is almost certainly a unit mistake, and would prune records that
+            // `audit export` has not had a chance to ship.
+            Ok(d) if d < Duration::from_secs(86_400) => {
+                p.at(None, "audit.retention", "must be at least 1 day");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                p.at(None, "audit.retention", e);
+                None
+            }
+        });
+    AuditConfig {
+        head_key,
+        retention,
+    }
+}
+
+/// `127.0.0.1:9464`, `[::1]:9464` or `unix:/run/credbroker/metrics.sock`.
+fn metrics_listen(text: &str) -> Result<MetricsListen, String> {
+    if let Some(path) = text.strip_prefix("unix:") {
+        let path = PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(format!("{text:?}: the socket path must be absolute"));
+        }
+        return Ok(MetricsListen::Unix(path));
+    }
+    let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+        format!("{text:?} is neither host:port nor unix:/path (e.g. \"127.0.0.1:9464\")")
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{text:?}: metrics are served on loopback or a unix socket only (put a proxy in \
+             front to expose them further)"
+        ));
+    }
+    Ok(MetricsListen::Tcp(addr))
 }
 
 fn tokens(p: &mut Problems<'_>, raw: RawTokens) -> TokenSettings {

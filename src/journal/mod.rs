@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::audit::key::AuditKey;
 use ops::Chain;
 pub use ops::{Op, chain_hash};
 
@@ -80,6 +81,13 @@ pub struct Journal {
 impl Journal {
     /// Opens (creating, mode 0600) and migrates the journal, and starts its writer thread.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
+        Self::open_with(path, None)
+    }
+
+    /// [`Journal::open`], sealing the audit chain's head with `head_key` in every commit that
+    /// appends records: then rewriting the whole chain, or deleting its newest records, is
+    /// detectable by whoever holds the key (`credbroker audit verify --head-key-file`).
+    pub fn open_with(path: &Path, head_key: Option<AuditKey>) -> Result<Self, JournalError> {
         create_private(path)?;
         let mut writer = Connection::open(path)?;
         configure(&writer)?;
@@ -108,7 +116,7 @@ impl Journal {
         let thread_stats = Arc::clone(&stats);
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || write_loop(writer, rx, chain, &thread_stats))
+            .spawn(move || write_loop(writer, rx, chain, head_key, &thread_stats))
             .map_err(|error| JournalError::Io {
                 path: path.display().to_string(),
                 error,
@@ -217,6 +225,7 @@ fn write_loop(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Submission>,
     mut chain: Chain,
+    head_key: Option<AuditKey>,
     stats: &JournalStats,
 ) {
     let mut group: Vec<Submission> = Vec::with_capacity(MAX_GROUP);
@@ -249,7 +258,7 @@ fn write_loop(
             }
         }
         let before = chain;
-        let results = commit_group(&mut conn, &mut group, &mut chain);
+        let results = commit_group(&mut conn, &mut group, &mut chain, head_key.as_ref());
         stats.commits.fetch_add(1, Ordering::Relaxed);
         stats
             .submissions
@@ -295,8 +304,28 @@ fn commit_group(
     conn: &mut Connection,
     group: &mut [Submission],
     chain: &mut Chain,
+    head_key: Option<&AuditKey>,
 ) -> Result<Vec<Result<(), JournalError>>, JournalError> {
     let start = *chain;
+    // In the same transaction as the records: the sealed head and the chain never disagree.
+    let seal = |tx: &Connection, chain: &Chain| -> rusqlite::Result<()> {
+        match head_key {
+            Some(key) if chain.seq != start.seq => {
+                let mac = key.seal_head(chain.seq, &chain.hash);
+                tx.prepare_cached(
+                    "INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, ?1, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2, mac = ?3",
+                )?
+                .execute(rusqlite::params![
+                    chain.seq,
+                    chain.hash.as_slice(),
+                    mac.as_slice()
+                ])?;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    };
     {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let applied = group.iter_mut().try_for_each(|sub| {
@@ -305,6 +334,7 @@ fn commit_group(
                 .try_for_each(|op| ops::apply(&tx, op, chain))
         });
         if applied.is_ok() {
+            seal(&tx, chain)?;
             tx.commit()?;
             return Ok(group.iter().map(|_| Ok(())).collect());
         }
@@ -332,6 +362,7 @@ fn commit_group(
             }
         }
     }
+    seal(&tx, chain)?;
     tx.commit()?;
     Ok(results)
 }

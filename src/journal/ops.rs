@@ -44,6 +44,12 @@ pub enum Op {
         expires_ms: i64,
     },
     Audit(Box<AuditRecord>),
+    /// Deletes the audit records older than `before_ms` (retention) and appends `anchor`, which
+    /// is given the hash of the last record deleted, so the rest still verifies.
+    PruneAudit {
+        before_ms: i64,
+        anchor: Box<AuditRecord>,
+    },
 }
 
 /// Executes through the connection's statement cache: the same dozen statements run for every
@@ -61,8 +67,12 @@ pub(super) struct Chain {
 
 pub(super) fn apply(conn: &Connection, op: &mut Op, chain: &mut Chain) -> Result<(), JournalError> {
     // Audit records get their sequence number in place: no copy of the record.
-    if let Op::Audit(record) = op {
-        return append_audit(conn, record, chain);
+    match op {
+        Op::Audit(record) => return append_audit(conn, record, chain),
+        Op::PruneAudit { before_ms, anchor } => {
+            return prune_audit(conn, *before_ms, anchor, chain);
+        }
+        _ => {}
     }
     apply_row(conn, op)
 }
@@ -162,7 +172,7 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
             exec(conn, "UPDATE leases SET expires_ms = ?2 WHERE id = ?1", params![id, expires_ms])?
         }
         // Handled by `apply`.
-        Op::Audit(_) => 1,
+        Op::Audit(_) | Op::PruneAudit { .. } => 1,
     };
     if changed != 1 {
         return Err(JournalError::Conflict(format!(
@@ -228,6 +238,52 @@ fn append_audit(
     Ok(())
 }
 
+/// Retention: deletes every record before the first one at or after `before_ms`, and appends
+/// the anchor carrying the hash the first kept record chains from. Never deletes the newest
+/// record's predecessor without an anchor, so the chain always verifies from its first row.
+fn prune_audit(
+    conn: &Connection,
+    before_ms: i64,
+    anchor: &mut AuditRecord,
+    chain: &mut Chain,
+) -> Result<(), JournalError> {
+    let first_kept: u64 = conn
+        .query_row(
+            "SELECT MIN(seq) FROM audit WHERE at_ms >= ?1",
+            [before_ms],
+            |r| r.get::<_, Option<u64>>(0),
+        )?
+        .unwrap_or(chain.seq + 1);
+    let oldest: Option<u64> = conn.query_row("SELECT MIN(seq) FROM audit", [], |r| r.get(0))?;
+    if oldest.is_none_or(|o| o >= first_kept) {
+        return Ok(());
+    }
+    let prev: Vec<u8> = conn
+        .query_row(
+            "SELECT hash FROM audit WHERE seq = ?1",
+            [first_kept - 1],
+            |r| r.get(0),
+        )
+        .map_err(|_| {
+            JournalError::Conflict(format!(
+                "cannot prune the audit log: record {} is missing (run `credbroker audit verify`)",
+                first_kept - 1
+            ))
+        })?;
+    let pruned = exec(conn, "DELETE FROM audit WHERE seq < ?1", [first_kept])?;
+    anchor
+        .detail
+        .insert("first_kept_seq".into(), first_kept.into());
+    anchor
+        .detail
+        .insert("prev_hash".into(), crate::audit::key::hex(&prev).into());
+    anchor.detail.insert("pruned_records".into(), pruned.into());
+    anchor
+        .detail
+        .insert("before".into(), crate::time::rfc3339_ms(before_ms).into());
+    append_audit(conn, anchor, chain)
+}
+
 /// `SHA-256(prev ‖ body)`: each record commits to everything before it.
 pub fn chain_hash(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
@@ -252,5 +308,6 @@ fn name(op: &Op) -> &'static str {
         Op::LeaseState { .. } => "lease state",
         Op::LeaseExpiry { .. } => "lease expiry",
         Op::Audit(_) => "audit",
+        Op::PruneAudit { .. } => "prune audit",
     }
 }

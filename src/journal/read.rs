@@ -25,6 +25,11 @@ pub struct TaskFilter {
     pub grant: Option<String>,
     pub provider: Option<String>,
     pub workload: Option<String>,
+    /// The token's SHA-256 fingerprint.
+    pub token_fp: Option<String>,
+    /// Tasks created in `[since, until)`, Unix milliseconds.
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
     pub include_ended: bool,
     pub limit: usize,
     /// Page after this task id (ids are time-ordered; newest first).
@@ -41,6 +46,7 @@ impl TaskFilter {
             &self.grant,
             &self.provider,
             &self.workload,
+            &self.token_fp,
         ]
         .iter()
         .all(|f| f.is_none())
@@ -254,6 +260,15 @@ pub fn tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<TaskView>, Journal
     eq(&mut sql, "t.client_id", &f.client_id);
     eq(&mut sql, "t.owner", &f.owner);
     eq(&mut sql, "t.workload", &f.workload);
+    eq(&mut sql, "t.token_fp", &f.token_fp);
+    if let Some(t) = f.since_ms {
+        args.push(Sql::Integer(t));
+        sql.push_str(&format!(" AND t.created_ms >= ?{}", args.len()));
+    }
+    if let Some(t) = f.until_ms {
+        args.push(Sql::Integer(t));
+        sql.push_str(&format!(" AND t.created_ms < ?{}", args.len()));
+    }
     if let Some(g) = &f.grant {
         args.push(Sql::Text(g.clone()));
         sql.push_str(&format!(
@@ -338,35 +353,6 @@ pub fn audit_record(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
         jti: r.get(19)?,
         detail: json_col(r, 20)?,
     })
-}
-
-/// Audit records with `at_ms` in `[since, until)`, in order, as canonical JSON, handed to
-/// `each` one at a time so an export of any size runs in constant memory.
-pub fn audit_range(
-    conn: &Connection,
-    since_ms: i64,
-    until_ms: i64,
-    each: &mut dyn FnMut(&str) -> std::io::Result<()>,
-) -> Result<u64, JournalError> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {AUDIT_COLUMNS} FROM audit WHERE at_ms >= ?1 AND at_ms < ?2 ORDER BY seq"
-    ))?;
-    let mut rows = stmt.query([since_ms, until_ms])?;
-    let mut n = 0;
-    let mut line = String::new();
-    while let Some(row) = rows.next()? {
-        let record = audit_record(row)?;
-        line.clear();
-        line.push_str(
-            &serde_json::to_string(&record).map_err(|e| JournalError::Encode(e.to_string()))?,
-        );
-        each(&line).map_err(|error| JournalError::Io {
-            path: "output".into(),
-            error,
-        })?;
-        n += 1;
-    }
-    Ok(n)
 }
 
 /// Every audit record of a task, in order.

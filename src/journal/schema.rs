@@ -91,6 +91,21 @@ pub(super) const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX IF EXISTS tasks_created;
     "#,
+    // 3: the sealed chain head (one row, rewritten in every commit that appends records, when a
+    // head key is configured), and the indexes `audit query` needs: credentials of a grant over
+    // time grouped by client and owner is answered from the index alone; everything else by
+    // event and time.
+    r#"
+    CREATE TABLE audit_head (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        seq   INTEGER NOT NULL,
+        hash  BLOB NOT NULL,
+        mac   BLOB NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_grant ON audit(grant_name, event, at_ms, client_id, owner)
+        WHERE grant_name IS NOT NULL;
+    CREATE INDEX audit_event ON audit(event, at_ms);
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -36,36 +36,12 @@ pub enum SealError {
 impl Sealer {
     /// Reads the key: 32 raw bytes, or 64 hex digits (a trailing newline is fine).
     pub fn load(source: &KeySource, env: &dyn Env) -> Result<Self, SealError> {
-        let bytes = match source {
-            KeySource::File(path) => Zeroizing::new(
-                std::fs::read(path)
-                    .map_err(|e| SealError::Key(format!("{}: {e}", path.display())))?,
-            ),
-            KeySource::Credential(name) => {
-                let secret = env.credential(name).map_err(SealError::Key)?;
-                Zeroizing::new(secret.expose().as_bytes().to_vec())
-            }
-        };
-        Self::from_bytes(&bytes)
+        let key = read_key(source, env).map_err(SealError::Key)?;
+        Self::from_bytes(&key)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SealError> {
-        let key: Zeroizing<Vec<u8>> = if bytes.len() == 32 {
-            Zeroizing::new(bytes.to_vec())
-        } else {
-            let text = std::str::from_utf8(bytes)
-                .map_err(|_| SealError::Key(shape()))?
-                .trim();
-            if text.len() != 64 {
-                return Err(SealError::Key(shape()));
-            }
-            let mut out = Zeroizing::new(vec![0u8; 32]);
-            for (i, slot) in out.iter_mut().enumerate() {
-                *slot = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
-                    .map_err(|_| SealError::Key(shape()))?;
-            }
-            out
-        };
+        let key = key_bytes(bytes).ok_or_else(|| SealError::Key(shape()))?;
         let key =
             RandomizedNonceKey::new(&AES_256_GCM, &key).map_err(|_| SealError::Key(shape()))?;
         Ok(Self { key })
@@ -98,6 +74,36 @@ impl Sealer {
         let text = std::str::from_utf8(plain).map_err(|_| SealError::Open)?;
         Ok(SecretValue::new(text))
     }
+}
+
+/// A 256-bit key from its file or credential: 32 raw bytes, or 64 hex digits (a trailing
+/// newline is fine). The same shape for every key credbroker reads (journal, audit head, export).
+pub(crate) fn read_key(source: &KeySource, env: &dyn Env) -> Result<Zeroizing<Vec<u8>>, String> {
+    let bytes = match source {
+        KeySource::File(path) => {
+            Zeroizing::new(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?)
+        }
+        KeySource::Credential(name) => {
+            let secret = env.credential(name)?;
+            Zeroizing::new(secret.expose().as_bytes().to_vec())
+        }
+    };
+    key_bytes(&bytes).ok_or_else(shape)
+}
+
+fn key_bytes(bytes: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if bytes.len() == 32 {
+        return Some(Zeroizing::new(bytes.to_vec()));
+    }
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = Zeroizing::new(vec![0u8; 32]);
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn shape() -> String {

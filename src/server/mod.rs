@@ -22,6 +22,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tonic::transport::Server;
 
+use crate::audit::key::AuditKey;
 use crate::broker::{Broker, Runtime};
 use crate::config::Config;
 use crate::journal::Journal;
@@ -51,12 +52,20 @@ impl Daemon {
         let mut runtime = Runtime::build(config, &self.registry, self.env.as_ref(), None)
             .map_err(|errors| config_errors(&self.config_path, errors))?;
         let sealer = Sealer::load(&runtime.config.journal.key, self.env.as_ref())?;
-        let journal = Journal::open(&runtime.config.journal.path).with_context(|| {
-            format!(
-                "opening the journal {}",
-                runtime.config.journal.path.display()
-            )
-        })?;
+        let head_key = match &runtime.config.audit.head_key {
+            Some(source) => Some(
+                AuditKey::load(source, self.env.as_ref())
+                    .map_err(|e| anyhow::anyhow!("audit head key: {e}"))?,
+            ),
+            None => None,
+        };
+        let journal =
+            Journal::open_with(&runtime.config.journal.path, head_key).with_context(|| {
+                format!(
+                    "opening the journal {}",
+                    runtime.config.journal.path.display()
+                )
+            })?;
         let verifier = Arc::clone(&runtime.verifier);
         runtime.start_refresh(None);
         let cfg = Arc::clone(&runtime.config);

@@ -4,6 +4,7 @@
 
 #![allow(unreachable_pub)] // A test binary: `pub` in its modules is for its own modules.
 
+mod audit;
 mod aws;
 mod github;
 mod keys;

@@ -20,6 +20,8 @@ pub struct ClientSpec {
     pub id: &'static str,
     pub scope: &'static str,
     pub extra: Value,
+    /// Users this client may get delegated tokens for (RFC 8693 token exchange).
+    pub may_act_for: Vec<&'static str>,
 }
 
 pub fn default_clients() -> Vec<ClientSpec> {
@@ -28,21 +30,31 @@ pub fn default_clients() -> Vec<ClientSpec> {
             id: "agent-1",
             scope: "mcp.tool:postgres.read mcp.tool:s3.read mcp.tool:github.create_issue",
             extra: json!({}),
+            may_act_for: vec![],
         },
         ClientSpec {
             id: "agent-noscope",
             scope: "mcp.tool:s3.read",
             extra: json!({}),
+            may_act_for: vec![],
         },
         ClientSpec {
             id: "agent-unowned",
             scope: "mcp.tool:postgres.read",
             extra: json!({}),
+            may_act_for: vec![],
         },
         ClientSpec {
             id: "agent-delegated",
             scope: "mcp.tool:postgres.read",
             extra: json!({"act": {"sub": "agent-delegated"}}),
+            may_act_for: vec![],
+        },
+        ClientSpec {
+            id: "agent-7",
+            scope: "mcp.tool:postgres.read mcp.tool:s3.read",
+            extra: json!({}),
+            may_act_for: vec!["carol@example.com"],
         },
     ]
 }
@@ -117,6 +129,7 @@ impl AuthServer {
             "metadata": metadata,
             "clients": clients.iter().map(|c| json!({
                 "client_id": c.id, "client_secret": secret(c.id), "scope": c.scope, "extra_claims": c.extra,
+                "may_act_for": c.may_act_for,
             })).collect::<Vec<_>>(),
             "resources": {
                 POSTGRES: { "alg": "ES256", "ttl": ttl, "scope": all },
@@ -170,6 +183,43 @@ impl AuthServer {
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or_default();
         assert!(status.is_success(), "token request failed: {status} {body}");
+        body["access_token"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no access_token in {body}"))
+            .to_string()
+    }
+
+    /// A delegated token (RFC 8693 token exchange): `sub` = `user`, `act` = `{sub: client}`.
+    pub async fn delegated_token(
+        &self,
+        client: &str,
+        user: &str,
+        resource: &str,
+        scope: &str,
+    ) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/token", self.issuer))
+            .basic_auth(client, Some(secret(client)))
+            .form(&[
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
+                ("subject_token_type", "urn:credbroker:test:user"),
+                ("subject_token", user),
+                ("resource", resource),
+                ("scope", scope),
+            ])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("token exchange: {e}"));
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or_default();
+        assert!(
+            status.is_success(),
+            "token exchange failed: {status} {body}"
+        );
         body["access_token"]
             .as_str()
             .unwrap_or_else(|| panic!("no access_token in {body}"))

@@ -71,6 +71,8 @@ for (const jwk of cfg.keys.keys) {
 if (!Array.isArray(cfg.clients) || cfg.clients.length === 0) fail('config.clients must be a non-empty array');
 const clientScopes = new Map();
 const clientExtra = new Map();
+// RFC 8693 token exchange: the users a client may obtain delegated tokens for.
+const clientMayActFor = new Map();
 for (const c of cfg.clients) {
   if (!isObject(c) || typeof c.client_id !== 'string' || typeof c.client_secret !== 'string') {
     fail('every client needs string client_id and client_secret');
@@ -80,6 +82,10 @@ for (const c of cfg.clients) {
   if (c.extra_claims !== undefined && !isObject(c.extra_claims)) fail(`client ${c.client_id}: extra_claims must be an object`);
   clientScopes.set(c.client_id, new Set(scopeList(c.scope)));
   if (c.extra_claims) clientExtra.set(c.client_id, c.extra_claims);
+  if (c.may_act_for !== undefined && !(Array.isArray(c.may_act_for) && c.may_act_for.every((u) => typeof u === 'string'))) {
+    fail(`client ${c.client_id}: may_act_for must be an array of user names`);
+  }
+  clientMayActFor.set(c.client_id, new Set(c.may_act_for ?? []));
 }
 
 if (!isObject(cfg.resources)) fail('config.resources must be an object keyed by resource URI');
@@ -116,11 +122,15 @@ const allScopes = new Set(['openid']);
 for (const s of clientScopes.values()) s.forEach((x) => allScopes.add(x));
 for (const r of Object.values(cfg.resources)) scopeList(r.scope).forEach((x) => allScopes.add(x));
 
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+// The subject token names the user (a test stand-in for the user's own token at a real AS).
+const TEST_USER_TOKEN = 'urn:credbroker:test:user';
+
 const provider = new Provider(cfg.issuer, {
   clients: cfg.clients.map((c) => ({
     client_id: c.client_id,
     client_secret: c.client_secret,
-    grant_types: ['client_credentials'],
+    grant_types: ['client_credentials', TOKEN_EXCHANGE],
     response_types: [],
     redirect_uris: [],
     token_endpoint_auth_method: 'client_secret_basic', // client_secret_post works too
@@ -163,9 +173,50 @@ const provider = new Provider(cfg.issuer, {
   },
   // Added to the JWT payload before the registered claims, so a client's
   // extra_claims can never override iss/sub/aud/exp/iat/jti/client_id/scope.
-  extraTokenClaims: async (ctx, token) => clientExtra.get(token.clientId),
+  // A delegated token (token exchange) also names its actor, the agent.
+  extraTokenClaims: async (ctx, token) => (token.delegated
+    ? { ...(clientExtra.get(token.clientId) ?? {}), act: { sub: token.clientId } }
+    : clientExtra.get(token.clientId)),
 });
 provider.proxy = false;
+
+// RFC 8693 delegation: the agent (the authenticated client) exchanges a user's subject token
+// for an access token with sub = the user and act = {sub: the agent}, as a real AS does when an
+// agent acts on a person's behalf. Same resource/scope rules as client_credentials.
+// Named ClientCredentials so the ClientCredentials ttl (and model name) apply to it.
+const DelegatedToken = class ClientCredentials extends provider.ClientCredentials {
+  static get IN_PAYLOAD() {
+    return [...super.IN_PAYLOAD, 'accountId'];
+  }
+};
+provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
+  const { client, params } = ctx.oidc;
+  if (params.subject_token_type !== TEST_USER_TOKEN || !params.subject_token) {
+    throw new errors.InvalidRequest(`subject_token_type must be ${TEST_USER_TOKEN} with a subject_token`);
+  }
+  const user = params.subject_token;
+  if (!clientMayActFor.get(client.clientId)?.has(user)) {
+    throw new errors.InvalidGrant(`client may not act for ${user}`);
+  }
+  const resource = params.resource;
+  const r = cfg.resources[resource];
+  if (typeof resource !== 'string' || !r) throw new errors.InvalidTarget();
+  const allowed = clientScopes.get(client.clientId) ?? new Set();
+  const scope = scopeList(params.scope).filter((x) => allowed.has(x) && scopeList(r.scope).includes(x)).join(' ');
+  const token = new DelegatedToken({ client, scope: scope || undefined, accountId: user });
+  token.resourceServer = new provider.ResourceServer(resource, {
+    scope: r.scope, audience: resource, accessTokenTTL: r.ttl, accessTokenFormat: 'jwt', jwt: { sign: { alg: r.alg } },
+  });
+  token.delegated = true;
+  const value = await token.save();
+  ctx.body = {
+    access_token: value,
+    issued_token_type: 'urn:ietf:params:oauth:token-type:access_token',
+    token_type: 'Bearer',
+    expires_in: token.expiration,
+    scope: token.scope,
+  };
+}, new Set(['scope', 'resource', 'subject_token', 'subject_token_type', 'requested_token_type', 'audience']));
 
 provider.on('server_error', (ctx, err) => {
   process.stderr.write(`oidc test server: server_error: ${err?.stack ?? err}\n`);

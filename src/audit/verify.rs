@@ -1,0 +1,317 @@
+//! `credbroker audit verify`: walks the hash chain and names every record that was edited,
+//! deleted or moved.
+//!
+//! Each record's hash is `SHA-256(previous hash ‖ canonical JSON)`, and the canonical JSON
+//! includes the record's number, so:
+//! - an edited record no longer matches its hash;
+//! - a deleted record leaves a gap in the numbers;
+//! - a moved record matches its hash only with another number and another predecessor, which
+//!   the verifier finds by trying the numbers and hashes around it.
+//!
+//! A chain alone cannot show that its newest records were cut off, or that the whole chain was
+//! rebuilt. With a head key, the daemon MACs the chain's end in every commit (`audit_head`), and
+//! the verifier checks the chain ends exactly there.
+//!
+//! The walk streams: memory stays flat however long the journal is.
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::AuditRecord;
+use super::key::{AuditKey, hex, unhex};
+use crate::journal::{JournalError, chain_hash, read};
+
+/// How far around a mismatching record the verifier looks for where it came from.
+const WINDOW: u64 = 8;
+/// Problems listed at most; the count is always exact.
+const MAX_LISTED: usize = 1000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The record's content does not match its hash.
+    Edited,
+    /// Records are missing.
+    Deleted,
+    /// The record is intact but sits at another position than it was written at.
+    Reordered,
+    /// The sealed head does not vouch for the chain's end.
+    Unsealed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The record (or the first missing record) concerned.
+    pub seq: u64,
+    pub kind: Kind,
+    pub message: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// Records before this one were pruned by retention (an `audit_pruned` anchor vouches).
+    pub pruned_before: Option<u64>,
+    /// Whether the head seal was checked (a head key was given).
+    pub head_checked: bool,
+    pub problems: u64,
+    pub listed: Vec<Problem>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.problems == 0
+    }
+
+    fn add(&mut self, seq: u64, kind: Kind, message: String) {
+        self.problems += 1;
+        if self.listed.len() < MAX_LISTED {
+            self.listed.push(Problem { seq, kind, message });
+        }
+    }
+}
+
+struct Row {
+    record: AuditRecord,
+    hash: Vec<u8>,
+}
+
+fn body(record: &AuditRecord) -> Result<String, JournalError> {
+    serde_json::to_string(record).map_err(|e| JournalError::Encode(e.to_string()))
+}
+
+fn hash32(bytes: &[u8]) -> Option<[u8; 32]> {
+    bytes.try_into().ok()
+}
+
+/// Walks the whole chain. `head_key` also checks the sealed head.
+pub fn verify(conn: &Connection, head_key: Option<&AuditKey>) -> Result<Report, JournalError> {
+    let mut report = Report {
+        head_checked: head_key.is_some(),
+        ..Report::default()
+    };
+    let first: Option<u64> = conn.query_row("SELECT MIN(seq) FROM audit", [], |r| r.get(0))?;
+    let (mut prev, mut expected) = match first {
+        None => ([0u8; 32], 1),
+        Some(first) => start(conn, first, &mut report)?,
+    };
+    let mut after_gap = false;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {} FROM audit ORDER BY seq",
+        read::AUDIT_COLUMNS
+    ))?;
+    let mut rows = stmt.query([])?;
+    let mut last: Option<(u64, [u8; 32])> = None;
+    while let Some(r) = rows.next()? {
+        let row = Row {
+            record: read::audit_record(r)?,
+            hash: r.get(21)?,
+        };
+        let seq = row.record.seq;
+        report.records += 1;
+        report.first_seq.get_or_insert(seq);
+        report.last_seq = Some(seq);
+        if seq > expected {
+            let msg = if seq - expected == 1 {
+                format!("record {expected} is missing (deleted)")
+            } else {
+                format!("records {expected}..{} are missing (deleted)", seq - 1)
+            };
+            report.add(expected, Kind::Deleted, msg);
+            after_gap = true;
+        }
+        let Some(stored) = hash32(&row.hash) else {
+            report.add(
+                seq,
+                Kind::Edited,
+                format!("record {seq}: its hash was damaged"),
+            );
+            expected = seq + 1;
+            after_gap = true;
+            continue;
+        };
+        let intact = chain_hash(&prev, body(&row.record)?.as_bytes()) == stored;
+        if !intact && !after_gap {
+            diagnose(conn, &row, stored, &mut report)?;
+        }
+        // Resynchronise on the stored hash: one tampered record is reported once, and the
+        // records after it are checked against what they were written after.
+        prev = stored;
+        expected = seq + 1;
+        after_gap = false;
+        last = Some((seq, stored));
+    }
+    if let Some(key) = head_key {
+        check_head(conn, key, last, &mut report)?;
+    }
+    Ok(report)
+}
+
+/// Where the walk starts: record 1 after the zero hash, or the first kept record after the hash
+/// its retention anchor carries.
+fn start(
+    conn: &Connection,
+    first: u64,
+    report: &mut Report,
+) -> Result<([u8; 32], u64), JournalError> {
+    if first == 1 {
+        return Ok(([0u8; 32], 1));
+    }
+    // The newest anchor; it is itself a chained record, so editing it shows up in the walk.
+    let anchor: Option<(u64, String)> = conn
+        .query_row(
+            "SELECT seq, detail FROM audit WHERE event = ?1 ORDER BY seq DESC LIMIT 1",
+            [super::event::AUDIT_PRUNED],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                ))
+            },
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    let parsed = anchor.and_then(|(_, detail)| {
+        let v: serde_json::Value = serde_json::from_str(&detail).ok()?;
+        let kept = v.get("first_kept_seq")?.as_u64()?;
+        let prev = hash32(&unhex(v.get("prev_hash")?.as_str()?)?)?;
+        Some((kept, prev))
+    });
+    match parsed {
+        Some((kept, prev)) if kept <= first => {
+            report.pruned_before = Some(kept);
+            Ok((prev, kept))
+        }
+        _ => {
+            // No anchor explains the missing beginning: it was deleted. Report it and walk on
+            // from the first record present, checking each later link.
+            report.add(
+                1,
+                Kind::Deleted,
+                format!(
+                    "records 1..{} are missing and no retention anchor covers them (deleted)",
+                    first - 1
+                ),
+            );
+            Ok(([0u8; 32], first))
+        }
+    }
+}
+
+/// A record that does not match: moved, or edited?
+fn diagnose(
+    conn: &Connection,
+    row: &Row,
+    stored: [u8; 32],
+    report: &mut Report,
+) -> Result<(), JournalError> {
+    let seq = row.record.seq;
+    let lo = seq.saturating_sub(WINDOW).max(1);
+    let hi = seq + WINDOW;
+    let mut preds: Vec<[u8; 32]> = vec![[0u8; 32]];
+    let mut stmt = conn.prepare_cached("SELECT hash FROM audit WHERE seq BETWEEN ?1 AND ?2")?;
+    for h in stmt.query_map([lo.saturating_sub(1), hi], |r| r.get::<_, Vec<u8>>(0))? {
+        if let Some(h) = hash32(&h?) {
+            preds.push(h);
+        }
+    }
+    let mut moved = row.record.clone();
+    for q in lo..=hi {
+        moved.seq = q;
+        let b = body(&moved)?;
+        if preds.iter().any(|p| chain_hash(p, b.as_bytes()) == stored) {
+            if q != seq {
+                report.add(
+                    seq,
+                    Kind::Reordered,
+                    format!("record {seq} was written as record {q} (moved)"),
+                );
+            }
+            // q == seq: intact and in place; what changed is before it, reported there.
+            return Ok(());
+        }
+    }
+    report.add(
+        seq,
+        Kind::Edited,
+        format!(
+            "record {seq} does not match its hash (edited, or the record before it was rewritten \
+             with a recomputed hash)"
+        ),
+    );
+    Ok(())
+}
+
+fn check_head(
+    conn: &Connection,
+    key: &AuditKey,
+    last: Option<(u64, [u8; 32])>,
+    report: &mut Report,
+) -> Result<(), JournalError> {
+    let head: Option<(u64, Vec<u8>, Vec<u8>)> = conn
+        .query_row(
+            "SELECT seq, hash, mac FROM audit_head WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map(Some)
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    let last_seq = last.map_or(0, |l| l.0);
+    let Some((seq, hash, mac)) = head else {
+        if last.is_some() {
+            report.add(
+                last_seq,
+                Kind::Unsealed,
+                "there is no sealed head: the daemon never sealed this chain with a key, or the \
+                 seal was deleted"
+                    .into(),
+            );
+        }
+        return Ok(());
+    };
+    let Some(hash) = hash32(&hash).filter(|h| key.head_is_sealed(seq, h, &mac)) else {
+        report.add(
+            seq,
+            Kind::Unsealed,
+            "the sealed head does not verify with this key: the head was forged, or the key is \
+             not the daemon's"
+                .into(),
+        );
+        return Ok(());
+    };
+    match last {
+        Some((s, h)) if s == seq && h == hash => {}
+        Some((s, _)) if s < seq => report.add(
+            s + 1,
+            Kind::Deleted,
+            format!("the sealed head is record {seq}, but the chain ends at {s}: records {}..{seq} were deleted", s + 1),
+        ),
+        Some((s, _)) if s > seq => report.add(
+            seq + 1,
+            Kind::Unsealed,
+            format!("records {}..{s} come after the sealed head ({seq}): appended without the key", seq + 1),
+        ),
+        None => report.add(
+            1,
+            Kind::Deleted,
+            format!("the sealed head is record {seq}, but the audit log is empty"),
+        ),
+        Some(_) => report.add(
+            seq,
+            Kind::Edited,
+            format!(
+                "record {seq} is not the record the head sealed (hash {}): the chain was rewritten",
+                hex(&hash[..8])
+            ),
+        ),
+    }
+    Ok(())
+}
