@@ -93,11 +93,10 @@ pub fn verify(conn: &Connection, head_key: Option<&AuditKey>) -> Result<Report, 
         ..Report::default()
     };
     let first: Option<u64> = conn.query_row("SELECT MIN(seq) FROM audit", [], |r| r.get(0))?;
-    let (mut prev, mut expected) = match first {
-        None => ([0u8; 32], 1),
+    let (mut prev, mut expected, mut after_gap) = match first {
+        None => ([0u8; 32], 1, false),
         Some(first) => start(conn, first, &mut report)?,
     };
-    let mut after_gap = false;
     let mut stmt = conn.prepare(&format!(
         "SELECT {} FROM audit ORDER BY seq",
         read::AUDIT_COLUMNS
@@ -150,14 +149,15 @@ pub fn verify(conn: &Connection, head_key: Option<&AuditKey>) -> Result<Report, 
 }
 
 /// Where the walk starts: record 1 after the zero hash, or the first kept record after the hash
-/// its retention anchor carries.
+/// its retention anchor carries. The flag: the first link cannot be checked (its predecessor is
+/// gone unanchored; the deletion is what gets reported).
 fn start(
     conn: &Connection,
     first: u64,
     report: &mut Report,
-) -> Result<([u8; 32], u64), JournalError> {
+) -> Result<([u8; 32], u64, bool), JournalError> {
     if first == 1 {
-        return Ok(([0u8; 32], 1));
+        return Ok(([0u8; 32], 1, false));
     }
     // The newest anchor; it is itself a chained record, so editing it shows up in the walk.
     let anchor: Option<(u64, String)> = conn
@@ -185,7 +185,7 @@ fn start(
     match parsed {
         Some((kept, prev)) if kept <= first => {
             report.pruned_before = Some(kept);
-            Ok((prev, kept))
+            Ok((prev, kept, false))
         }
         _ => {
             // No anchor explains the missing beginning: it was deleted. Report it and walk on
@@ -198,7 +198,7 @@ fn start(
                     first - 1
                 ),
             );
-            Ok(([0u8; 32], first))
+            Ok(([0u8; 32], first, true))
         }
     }
 }
@@ -314,4 +314,110 @@ fn check_head(
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::audit::{Outcome, event};
+    use crate::journal::{Journal, Op};
+
+    fn record(at: SystemTime) -> Op {
+        Op::Audit(Box::new(AuditRecord::new("x", Outcome::Success, at)))
+    }
+
+    async fn journal(dir: &std::path::Path) -> Journal {
+        let j = Journal::open_with(&dir.join("j.db"), Some(AuditKey::from_key(&[9; 32])))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let old = SystemTime::now() - Duration::from_secs(10 * 86_400);
+        // 6 old records, then 4 recent ones.
+        for i in 0..10 {
+            let at = if i < 6 { old } else { SystemTime::now() };
+            j.commit(vec![record(at)])
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        j
+    }
+
+    fn check(path: &std::path::Path) -> Report {
+        let conn = Journal::open_read_only(path).unwrap_or_else(|e| panic!("{e}"));
+        verify(&conn, Some(&AuditKey::from_key(&[9; 32]))).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn retention_prunes_behind_an_anchor_and_the_rest_still_verifies() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let j = journal(dir.path()).await;
+        let path = dir.path().join("j.db");
+        let prune = |days: u64| Op::PruneAudit {
+            before_ms: crate::time::to_ms(SystemTime::now() - Duration::from_secs(days * 86_400)),
+            anchor: Box::new(AuditRecord::new(
+                event::AUDIT_PRUNED,
+                Outcome::Success,
+                SystemTime::now(),
+            )),
+        };
+        j.commit(vec![prune(1)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let r = check(&path);
+        assert!(r.ok(), "{r:?}");
+        assert_eq!(
+            (r.records, r.first_seq, r.last_seq, r.pruned_before),
+            (5, Some(7), Some(11), Some(7))
+        );
+        // Nothing more to prune: no second anchor.
+        j.commit(vec![prune(1)])
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(check(&path).records, 5);
+        drop(j);
+
+        // The anchor is chained too: editing what it vouches for is caught.
+        let conn = rusqlite::Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        conn.execute(
+            "UPDATE audit SET detail = replace(detail, '\"first_kept_seq\":7', '\"first_kept_seq\":8') WHERE seq = 11",
+            [],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let r = check(&path);
+        // The forged anchor no longer vouches for the pruned beginning either.
+        assert_eq!(
+            r.listed.iter().map(|p| (p.seq, p.kind)).collect::<Vec<_>>(),
+            vec![(1, Kind::Deleted), (11, Kind::Edited)],
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_deleted_beginning_without_an_anchor_is_reported() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        drop(journal(dir.path()).await);
+        let path = dir.path().join("j.db");
+        let conn = rusqlite::Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        conn.execute("DELETE FROM audit WHERE seq < 4", [])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let r = check(&path);
+        assert_eq!(r.problems, 1, "{r:?}");
+        assert_eq!((r.listed[0].seq, r.listed[0].kind), (1, Kind::Deleted));
+        assert!(r.listed[0].message.contains("records 1..3 are missing"));
+        // Deleting the sealed head row itself is reported, not silently skipped.
+        conn.execute("DELETE FROM audit_head", [])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let r = check(&path);
+        assert!(r.listed.iter().any(|p| p.kind == Kind::Unsealed), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn an_empty_journal_verifies() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        drop(Journal::open(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}")));
+        let conn =
+            Journal::open_read_only(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}"));
+        let r = verify(&conn, None).unwrap_or_else(|e| panic!("{e}"));
+        assert!(r.ok() && r.records == 0);
+    }
 }
