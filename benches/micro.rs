@@ -281,9 +281,70 @@ fn journal(c: &mut Criterion) {
     g.finish();
 }
 
+#[path = "audit_fixture.rs"]
+mod audit_fixture;
+
+/// `audit query` on a million-record journal: the example (credentials issued for one
+/// grant in the last 24 hours, by client and owner), answered from the `audit_grant` index; and,
+/// for contrast, a count by event over all of it. The answer is checked against the generator's.
+fn audit(c: &mut Criterion) {
+    use credbroker::audit::query::{AuditFilter, count};
+    let records = std::env::var("AUDIT_RECORDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1_000_000u64);
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/bench-data/audit-{records}.db"));
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let expected = audit_fixture::ensure(&path, records);
+    let conn = Journal::open_read_only(&path).unwrap_or_else(|e| panic!("{e}"));
+    let since = credbroker::time::to_ms(SystemTime::now()) - 86_400_000;
+    let filter = AuditFilter {
+        events: vec!["lease_issued".into()],
+        grant: Some(audit_fixture::GRANT.into()),
+        since_ms: Some(since),
+        ..Default::default()
+    };
+    let by = ["client".to_string(), "owner".to_string()];
+    let groups = count(&conn, &filter, &by).unwrap_or_else(|e| panic!("{e}"));
+    let got: audit_fixture::Expected = groups
+        .iter()
+        .map(|g| {
+            let k = |i: usize| g.key[i].clone().unwrap_or_default();
+            ((k(0), k(1)), g.count)
+        })
+        .collect();
+    let total: u64 = got.values().sum();
+    if got == expected {
+        eprintln!(
+            "audit: {records} records; the query's {} groups ({total} credentials) match the generator",
+            got.len()
+        );
+    } else {
+        // Only a cached journal older than a few minutes can differ (its last day has moved).
+        eprintln!(
+            "audit: cached journal has aged; delete {} to re-check the counts",
+            path.display()
+        );
+    }
+    let mut g = c.benchmark_group("audit");
+    g.sample_size(20);
+    g.bench_function(
+        "query/lease_issued for one grant, 24h, by client+owner (1M records)",
+        |b| b.iter(|| count(&conn, &filter, &by).map(|g| g.len()).unwrap_or(0)),
+    );
+    let all = AuditFilter::default();
+    let by_event = ["event".to_string()];
+    g.bench_function("query/all records by event (full scan, 1M records)", |b| {
+        b.iter(|| count(&conn, &all, &by_event).map(|g| g.len()).unwrap_or(0))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
-    targets = token_validation, policy, journal
+    targets = token_validation, policy, journal, audit
 }
 criterion_main!(benches);

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod journal;
+pub mod metrics;
 pub mod policy;
 pub mod proto;
 pub mod providers;

@@ -81,6 +81,15 @@ enum Cmd {
         #[arg(long, default_value_t = 1024)]
         concurrency: usize,
     },
+    /// `audit export` of generated journals (10k and --records records) in each format: peak
+    /// memory (VmHWM) and throughput of the export process, to show memory stays flat.
+    Audit {
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        /// Where the generated journals are kept (generation takes a while; they are reused).
+        #[arg(long, default_value = "target/bench-data")]
+        dir: PathBuf,
+    },
     /// OpenBao: token create + revoke-accessor cycles (its closest equivalent of a task).
     Openbao {
         #[arg(long)]
@@ -100,8 +109,20 @@ fn dur(s: &str) -> Duration {
     humantime::parse_duration(s).unwrap_or_else(|e| panic!("{s:?}: {e}"))
 }
 
+#[path = "../audit_fixture.rs"]
+mod audit_fixture;
+
 fn main() {
     let cli = Cli::parse();
+    // Synchronous, and builds its own runtime to generate the journal.
+    if let Cmd::Audit { records, dir } = &cli.cmd {
+        let summary = audit_export(*records, dir);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary).unwrap_or_default()
+        );
+        return;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.threads.max(1))
         .enable_all()
@@ -143,7 +164,59 @@ async fn run(cmd: Cmd) -> serde_json::Value {
             duration,
             warmup,
         } => openbao(addr, token_file, concurrency, dur(&duration), dur(&warmup)).await,
+        Cmd::Audit { .. } => unreachable!("handled in main"),
     }
+}
+
+/// Runs `credbroker-testd audit export` on each journal and format, output to /dev/null,
+/// sampling the child's VmHWM (peak resident set) until it exits.
+fn audit_export(records: u64, dir: &std::path::Path) -> serde_json::Value {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+    let exe = std::env::current_exe()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_file_name("credbroker-testd");
+    let mut out = serde_json::Map::new();
+    for n in [10_000, records] {
+        let path = dir.join(format!("audit-{n}.db"));
+        let generated = Instant::now();
+        audit_fixture::ensure(&path, n);
+        eprintln!("journal of {n} records ready in {:?}", generated.elapsed());
+        for format in ["jsonl", "csv", "ocsf"] {
+            let started = Instant::now();
+            let mut child = std::process::Command::new(&exe)
+                .args(["audit", "export", "--format", format, "--journal"])
+                .arg(&path)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{}: {e}", exe.display()));
+            let status_file = format!("/proc/{}/status", child.id());
+            let mut peak_kib = 0u64;
+            loop {
+                if let Ok(text) = std::fs::read_to_string(&status_file)
+                    && let Some(kib) = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                {
+                    peak_kib = peak_kib.max(kib);
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let secs = started.elapsed().as_secs_f64();
+            out.insert(
+                format!("{format}/{n}"),
+                json!({
+                    "peak_rss_mib": (peak_kib as f64 / 1024.0 * 10.0).round() / 10.0,
+                    "seconds": (secs * 100.0).round() / 100.0,
+                    "records_per_second": (n as f64 / secs).round(),
+                }),
+            );
+        }
+    }
+    serde_json::Value::Object(out)
 }
 
 struct Session {

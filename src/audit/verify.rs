@@ -377,7 +377,7 @@ mod tests {
         drop(j);
 
         // The anchor is chained too: editing what it vouches for is caught.
-        let conn = rusqlite::Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
         conn.execute(
             "UPDATE audit SET detail = replace(detail, '\"first_kept_seq\":7', '\"first_kept_seq\":8') WHERE seq = 11",
             [],
@@ -397,7 +397,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         drop(journal(dir.path()).await);
         let path = dir.path().join("j.db");
-        let conn = rusqlite::Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
         conn.execute("DELETE FROM audit WHERE seq < 4", [])
             .unwrap_or_else(|e| panic!("{e}"));
         let r = check(&path);

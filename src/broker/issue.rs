@@ -286,7 +286,12 @@ impl Broker {
                     expires_at: from_ms(lease.wanted_exp_ms),
                     now,
                 };
-                call_provider(slot, timeout, slot.provider.issue(&req)).await
+                let started = std::time::Instant::now();
+                let result = call_provider(slot, timeout, slot.provider.issue(&req)).await;
+                self.journal
+                    .metrics()
+                    .observe_issue(&lease.provider, started.elapsed());
+                result
             }
         }))
         .await;

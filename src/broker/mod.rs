@@ -114,6 +114,8 @@ pub struct Counts {
     pub active_tasks: u64,
     pub active_leases: u64,
     pub revocation_backlog: u64,
+    /// provider → (active leases, revocation backlog)
+    pub by_provider: std::collections::BTreeMap<String, (u64, u64)>,
 }
 
 pub struct Broker {
@@ -182,14 +184,37 @@ impl Broker {
                 c.active_tasks += 1;
             }
             for l in &t.leases {
-                match l.row.state {
-                    LeaseState::Active => c.active_leases += 1,
-                    LeaseState::Revoking | LeaseState::Reconciling => c.revocation_backlog += 1,
-                    _ => {}
+                let active = l.row.state == LeaseState::Active;
+                let backlog = matches!(l.row.state, LeaseState::Revoking | LeaseState::Reconciling);
+                if !active && !backlog {
+                    continue;
+                }
+                let entry = c.by_provider.entry(l.row.provider.to_string()).or_default();
+                if active {
+                    c.active_leases += 1;
+                    entry.0 += 1;
+                } else {
+                    c.revocation_backlog += 1;
+                    entry.1 += 1;
                 }
             }
         }
         c
+    }
+
+    /// The Prometheus text exposition: counters from the journal, gauges from now.
+    pub fn metrics_text(&self) -> String {
+        let c = self.counts();
+        let mut by_provider = c.by_provider;
+        // Every configured provider has its series, at zero when idle.
+        for (name, _) in self.runtime().providers.iter() {
+            by_provider.entry(name.clone()).or_default();
+        }
+        let snapshot = crate::metrics::Snapshot {
+            active_tasks: c.active_tasks,
+            by_provider,
+        };
+        self.journal.metrics().render(&snapshot)
     }
 
     /// Appends audit records that go with no state change (rejections). A journal failure is

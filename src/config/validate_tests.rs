@@ -141,3 +141,65 @@ fn issuer_urls() {
     assert!(check_issuer_url("https://u:p@a.example").is_err());
     assert!(check_issuer_url("not a url").is_err());
 }
+
+#[test]
+fn audit_and_metrics_settings() {
+    let good = format!(
+        "{BASE}\n[audit]\nhead_key_credential = \"audit-head\"\nretention = \"400d\"\n[metrics]\nlisten = \"unix:/run/credbroker/metrics.sock\"\n"
+    );
+    let c = parse(&good).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(
+        c.audit.head_key,
+        Some(KeySource::Credential("audit-head".into()))
+    );
+    assert_eq!(c.audit.retention, Some(Duration::from_secs(400 * 86_400)));
+    assert_eq!(
+        c.metrics,
+        Some(MetricsListen::Unix("/run/credbroker/metrics.sock".into()))
+    );
+    let tcp = format!("{BASE}\n[metrics]\nlisten = \"[::1]:9464\"\n");
+    assert!(matches!(
+        parse(&tcp).map(|c| c.metrics),
+        Ok(Some(MetricsListen::Tcp(_)))
+    ));
+    for (extra, path, says) in [
+        (
+            "[metrics]\nlisten = \"0.0.0.0:9464\"",
+            "metrics.listen",
+            "loopback or a unix socket only",
+        ),
+        (
+            "[metrics]\nlisten = \"unix:metrics.sock\"",
+            "metrics.listen",
+            "must be absolute",
+        ),
+        (
+            "[metrics]\nlisten = \"localhost\"",
+            "metrics.listen",
+            "neither host:port",
+        ),
+        (
+            "[audit]\nretention = \"2h\"",
+            "audit.retention",
+            "at least 1 day",
+        ),
+        (
+            "[audit]\nretention = \"forever\"",
+            "audit.retention",
+            "is not a duration",
+        ),
+        (
+            "[audit]\nhead_key_file = \"/k\"\nhead_key_credential = \"k\"",
+            "audit",
+            "mutually exclusive",
+        ),
+        ("[audit]\nhead_key = \"/k\"", "", "unknown field"),
+    ] {
+        let e = errors(&format!("{BASE}\n{extra}\n"));
+        assert!(
+            e.iter()
+                .any(|e| e.path.starts_with(path) && e.to_string().contains(says)),
+            "{extra}: {e:?}"
+        );
+    }
+}

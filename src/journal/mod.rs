@@ -23,6 +23,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::key::AuditKey;
+use crate::metrics::Metrics;
 use ops::Chain;
 pub use ops::{Op, chain_hash};
 
@@ -73,6 +74,7 @@ pub struct JournalStats {
 
 pub struct Journal {
     queue: mpsc::Sender<Submission>,
+    metrics: Arc<Metrics>,
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
     pub stats: Arc<JournalStats>,
@@ -114,15 +116,18 @@ impl Journal {
         let (queue, rx) = mpsc::channel(8192);
         let stats = Arc::new(JournalStats::default());
         let thread_stats = Arc::clone(&stats);
+        let metrics = Arc::new(Metrics::default());
+        let thread_metrics = Arc::clone(&metrics);
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || write_loop(writer, rx, chain, head_key, &thread_stats))
+            .spawn(move || write_loop(writer, rx, chain, head_key, &thread_stats, &thread_metrics))
             .map_err(|error| JournalError::Io {
                 path: path.display().to_string(),
                 error,
             })?;
         Ok(Self {
             queue,
+            metrics,
             reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
             stats,
@@ -131,6 +136,11 @@ impl Journal {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Counters fed by every committed audit record (see `metrics`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Applies `ops` atomically and durably. Returns only after the fsync.
@@ -227,6 +237,7 @@ fn write_loop(
     mut chain: Chain,
     head_key: Option<AuditKey>,
     stats: &JournalStats,
+    metrics: &Metrics,
 ) {
     let mut group: Vec<Submission> = Vec::with_capacity(MAX_GROUP);
     let mut fsyncing = true;
@@ -266,6 +277,13 @@ fn write_loop(
         match results {
             Ok(results) => {
                 for (sub, result) in group.drain(..).zip(results) {
+                    if result.is_ok() {
+                        for op in &sub.ops {
+                            if let Op::Audit(r) | Op::PruneAudit { anchor: r, .. } = op {
+                                metrics.record(r);
+                            }
+                        }
+                    }
                     let _ = sub.reply.send(result);
                 }
             }

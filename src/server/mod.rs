@@ -7,6 +7,7 @@
 mod admin_svc;
 mod broker_svc;
 pub mod listener;
+mod metrics;
 pub mod peer;
 pub mod status;
 pub mod systemd;
@@ -109,6 +110,14 @@ impl Daemon {
             Arc::clone(&read_exe),
             stop_rx.clone(),
         ));
+        let metrics_srv = match &cfg.metrics {
+            Some(listen) => Some(
+                metrics::start(listen, Arc::clone(&broker), stop_rx.clone())
+                    .await
+                    .with_context(|| format!("serving metrics on {listen:?}"))?,
+            ),
+            None => None,
+        };
         let admin_srv = tokio::spawn(serve_admin(
             Arc::clone(&broker),
             admin_listener,
@@ -173,6 +182,9 @@ impl Daemon {
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
             let _ = broker_srv.await;
             let _ = admin_srv.await;
+            if let Some(m) = metrics_srv {
+                let _ = m.await;
+            }
         })
         .await;
         for l in loops {

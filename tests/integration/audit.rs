@@ -636,3 +636,75 @@ async fn lineage_queries_and_exports_of_a_delegated_token() {
         assert!(!export.contains(&carol), "a token in an export");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_metrics_count_what_the_audit_log_records() {
+    let auth = AuthServer::start();
+    let port = crate::support::free_port();
+    let d = Daemon::start(|dir| {
+        base_config(
+            dir,
+            &auth.issuer,
+            &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        )
+    })
+    .await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    task(&d, &token, true).await;
+    task(&d, &token, false).await;
+    // Two refusals before any task: a token that does not parse, and an expired-looking one.
+    for bad in ["not-a-jwt", "a.b.c"] {
+        let refused = d
+            .broker()
+            .await
+            .begin_task(begin_request(bad, &["orders-db-read"]))
+            .await;
+        assert!(refused.is_err());
+    }
+    let http = reqwest::Client::new();
+    let resp = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = resp.text().await.unwrap_or_default();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in\n{text}"))
+    };
+    assert_eq!(value("credbroker_tasks_active"), 1.0);
+    assert_eq!(value("credbroker_leases_active{provider=\"pg\"}"), 1.0);
+    assert_eq!(value("credbroker_revocation_backlog{provider=\"pg\"}"), 0.0);
+    assert_eq!(
+        value("credbroker_issues_total{provider=\"pg\",result=\"issued\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("credbroker_revocations_total{provider=\"pg\",result=\"revoked\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("credbroker_issue_duration_seconds_count{provider=\"pg\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("credbroker_token_rejections_total{reason=\"malformed\"}"),
+        2.0
+    );
+    // Labels are reason codes and provider names only: no token, owner or client in the text.
+    assert!(!text.contains(&token) && !text.contains("alice") && !text.contains("agent-1"));
+    let missing = http
+        .get(format!("http://127.0.0.1:{port}/secrets"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(missing.status(), 404);
+}

@@ -1,0 +1,127 @@
+//! A generated audit log for the audit benchmarks (`benches/micro.rs` `audit`, and
+//! `credbroker-bench audit`): N records over the last 30 days, written through the journal
+//! itself (hash chain, indexes, sealed head), shaped like a busy deployment — per task, a token
+//! acceptance, the task opening, one to three credentials issued and revoked, and the end —
+//! with 12 grants (one in four credentials is `orders-db-read`), 40 clients and 400 owners.
+//!
+//! The expected answer of the benchmark's query is counted while generating, so the benchmark
+//! checks the journal's answer, not only its speed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use credbroker::audit::key::AuditKey;
+use credbroker::audit::{AuditRecord, Outcome, event};
+use credbroker::journal::{Journal, Op};
+
+pub(crate) const GRANT: &str = "orders-db-read";
+
+/// (client, owner) → credentials issued for [`GRANT`] in the last 24 hours.
+pub(crate) type Expected = BTreeMap<(String, String), u64>;
+
+/// Opens `path` if it already holds `records` records (generation takes a while), else makes it.
+pub(crate) fn ensure(path: &Path, records: u64) -> Expected {
+    let sidecar = PathBuf::from(format!("{}.expected.json", path.display()));
+    if path.exists()
+        && let Ok(text) = std::fs::read_to_string(&sidecar)
+        && let Ok(list) = serde_json::from_str::<Vec<(String, String, u64)>>(&text)
+    {
+        return list.into_iter().map(|(c, o, n)| ((c, o), n)).collect();
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    let expected = generate(path, records);
+    let list: Vec<(&String, &String, &u64)> =
+        expected.iter().map(|((c, o), n)| (c, o, n)).collect();
+    std::fs::write(&sidecar, serde_json::to_string(&list).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    expected
+}
+
+fn generate(path: &Path, records: u64) -> Expected {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let journal = Journal::open_with(path, Some(AuditKey::from_key(&[1; 32])))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let now = SystemTime::now();
+    let span = Duration::from_secs(30 * 86_400);
+    let day_ago = now - Duration::from_secs(86_400);
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut expected = Expected::new();
+    let mut batch: Vec<Op> = Vec::with_capacity(10_000);
+    let mut written = 0u64;
+    let mut task_no = 0u64;
+    while written < records {
+        task_no += 1;
+        // Tasks evenly over the span, oldest first (records are appended in time order).
+        let at = now - span + span.mul_f64(written as f64 / records as f64);
+        let client = format!("agent-{}", rng.u32(0..40));
+        let owner = format!("user-{}@example.com", rng.u32(0..400));
+        let task = format!("task-{task_no}");
+        let fp = format!("{:064x}", rng.u128(..));
+        let base = |e: &str, outcome: Outcome| {
+            let mut r = AuditRecord::new(e, outcome, at);
+            r.task_id = Some(task.clone());
+            r.client_id = Some(client.clone());
+            r.owner = Some(owner.clone());
+            r.subject = Some(owner.clone());
+            r.token_fingerprint = Some(fp.clone());
+            r.workload = Some("postgres-mcp".into());
+            r
+        };
+        let mut rs = vec![
+            base(event::TOKEN_ACCEPTED, Outcome::Success),
+            base(event::TASK_OPENED, Outcome::Success),
+        ];
+        for l in 0..rng.u32(1..4) {
+            let grant = if rng.u32(0..4) == 0 {
+                GRANT.to_string()
+            } else {
+                format!("grant-{}", rng.u32(0..11))
+            };
+            let lease = format!("{task}-l{l}");
+            if grant == GRANT && at >= day_ago {
+                *expected.entry((client.clone(), owner.clone())).or_default() += 1;
+            }
+            rs.push(base(event::LEASE_ISSUED, Outcome::Success).lease(&lease, &grant, "pg"));
+            rs.push(base(event::LEASE_REVOKED, Outcome::Success).lease(&lease, &grant, "pg"));
+        }
+        rs.push(base(event::TASK_ENDED, Outcome::Success));
+        // Whole tasks only, so the expected counts are exact (a few records past N).
+        for r in rs {
+            batch.push(Op::Audit(Box::new(r)));
+            written += 1;
+        }
+        if batch.len() >= 10_000 {
+            rt.block_on(journal.commit(std::mem::take(&mut batch)))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    if !batch.is_empty() {
+        rt.block_on(journal.commit(batch))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    // Recount through another index than the benchmark's query uses.
+    let conn = Journal::open_read_only(path).unwrap_or_else(|e| panic!("{e}"));
+    let mut stmt = conn
+        .prepare(
+            "SELECT client_id, owner, COUNT(*) FROM audit INDEXED BY audit_event
+             WHERE event = 'lease_issued' AND at_ms >= ?1 AND grant_name = ?2
+             GROUP BY client_id, owner",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let check: Expected = stmt
+        .query_map(
+            rusqlite::params![credbroker::time::to_ms(day_ago), GRANT],
+            |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(check, expected, "generator and journal disagree");
+    expected
+}
