@@ -26,6 +26,9 @@ pub struct AuditFilter {
     pub reason: Option<String>,
     pub since_ms: Option<i64>,
     pub until_ms: Option<i64>,
+    /// Records numbered in `[from, until)`.
+    pub seq_from: Option<u64>,
+    pub seq_until: Option<u64>,
 }
 
 /// What `--group-by` accepts, and the column each names.
@@ -87,6 +90,14 @@ impl AuditFilter {
         if let Some(t) = self.until_ms {
             args.push(Sql::Integer(t));
             sql.push_str(&format!(" AND at_ms < ?{}", args.len()));
+        }
+        if let Some(n) = self.seq_from {
+            args.push(Sql::Integer(n as i64));
+            sql.push_str(&format!(" AND seq >= ?{}", args.len()));
+        }
+        if let Some(n) = self.seq_until {
+            args.push(Sql::Integer(n as i64));
+            sql.push_str(&format!(" AND seq < ?{}", args.len()));
         }
         (sql, args)
     }

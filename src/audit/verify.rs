@@ -352,15 +352,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let j = journal(dir.path()).await;
         let path = dir.path().join("j.db");
-        let prune = |days: u64| Op::PruneAudit {
-            before_ms: crate::time::to_ms(SystemTime::now() - Duration::from_secs(days * 86_400)),
+        let prune = |keep_from: u64| Op::PruneAudit {
+            keep_from,
             anchor: Box::new(AuditRecord::new(
                 event::AUDIT_PRUNED,
                 Outcome::Success,
                 SystemTime::now(),
             )),
         };
-        j.commit(vec![prune(1)])
+        // Records 1..6 are the old ones.
+        j.commit(vec![prune(7)])
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let r = check(&path);
@@ -369,10 +370,11 @@ mod tests {
             (r.records, r.first_seq, r.last_seq, r.pruned_before),
             (5, Some(7), Some(11), Some(7))
         );
-        // Nothing more to prune: no second anchor.
-        j.commit(vec![prune(1)])
+        // Nothing more to prune: no second anchor. Past the end of the log: refused.
+        j.commit(vec![prune(7)])
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        assert!(j.commit(vec![prune(99)]).await.is_err());
         assert_eq!(check(&path).records, 5);
         drop(j);
 

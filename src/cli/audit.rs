@@ -87,6 +87,10 @@ pub(super) struct RecordArgs {
     reason: Option<String>,
     #[arg(long)]
     task: Option<String>,
+    /// Only records after this record number: ship incrementally from where the last export
+    /// ended (each record carries its `seq`).
+    #[arg(long)]
+    after_seq: Option<u64>,
 }
 
 fn when(text: &Option<String>, now: SystemTime) -> anyhow::Result<Option<i64>> {
@@ -119,6 +123,8 @@ impl RecordArgs {
             reason: self.reason.clone(),
             since_ms: when(&f.since, now)?,
             until_ms: when(&f.until, now)?,
+            seq_from: self.after_seq.map(|n| n.saturating_add(1)),
+            seq_until: None,
         })
     }
 }

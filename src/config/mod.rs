@@ -69,6 +69,8 @@ pub struct AuditConfig {
     pub head_key: Option<KeySource>,
     /// Audit records older than this are pruned (hourly), leaving an anchor; none: kept forever.
     pub retention: Option<Duration>,
+    /// Pruned records are first archived here as JSON Lines (and nothing is pruned if that fails).
+    pub archive_dir: Option<PathBuf>,
 }
 
 /// Where the Prometheus endpoint listens: loopback TCP or a unix socket, never further.

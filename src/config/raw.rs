@@ -77,6 +77,7 @@ pub(super) struct RawAudit {
     pub(super) head_key_file: Option<PathBuf>,
     pub(super) head_key_credential: Option<String>,
     pub(super) retention: Option<String>,
+    pub(super) archive_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

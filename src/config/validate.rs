@@ -296,9 +296,24 @@ fn audit(p: &mut Problems<'_>, raw: RawAudit) -> AuditConfig {
                 None
             }
         });
+    if let Some(dir) = raw.archive_dir.as_ref().filter(|d| !d.is_absolute()) {
+        p.at(
+            None,
+            "audit.archive_dir",
+            format!("{} must be absolute", dir.display()),
+        );
+    }
+    if raw.archive_dir.is_some() && retention.is_none() {
+        p.at(
+            None,
+            "audit.archive_dir",
+            "only makes sense with audit.retention",
+        );
+    }
     AuditConfig {
         head_key,
         retention,
+        archive_dir: raw.archive_dir,
     }
 }
 

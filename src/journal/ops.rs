@@ -44,10 +44,10 @@ pub enum Op {
         expires_ms: i64,
     },
     Audit(Box<AuditRecord>),
-    /// Deletes the audit records older than `before_ms` (retention) and appends `anchor`, which
-    /// is given the hash of the last record deleted, so the rest still verifies.
+    /// Deletes the audit records before `keep_from` (retention) and appends `anchor`, which is
+    /// given the hash of the last record deleted, so the rest still verifies.
     PruneAudit {
-        before_ms: i64,
+        keep_from: u64,
         anchor: Box<AuditRecord>,
     },
 }
@@ -69,8 +69,8 @@ pub(super) fn apply(conn: &Connection, op: &mut Op, chain: &mut Chain) -> Result
     // Audit records get their sequence number in place: no copy of the record.
     match op {
         Op::Audit(record) => return append_audit(conn, record, chain),
-        Op::PruneAudit { before_ms, anchor } => {
-            return prune_audit(conn, *before_ms, anchor, chain);
+        Op::PruneAudit { keep_from, anchor } => {
+            return prune_audit(conn, *keep_from, anchor, chain);
         }
         _ => {}
     }
@@ -238,49 +238,45 @@ fn append_audit(
     Ok(())
 }
 
-/// Retention: deletes every record before the first one at or after `before_ms`, and appends
-/// the anchor carrying the hash the first kept record chains from. Never deletes the newest
-/// record's predecessor without an anchor, so the chain always verifies from its first row.
+/// Retention: deletes every record before `keep_from` and appends the anchor carrying the hash
+/// the record `keep_from` chains from. Refuses when that predecessor is missing (the chain is
+/// already damaged; `audit verify` says where), so pruning never hides a deletion.
 fn prune_audit(
     conn: &Connection,
-    before_ms: i64,
+    keep_from: u64,
     anchor: &mut AuditRecord,
     chain: &mut Chain,
 ) -> Result<(), JournalError> {
-    let first_kept: u64 = conn
-        .query_row(
-            "SELECT MIN(seq) FROM audit WHERE at_ms >= ?1",
-            [before_ms],
-            |r| r.get::<_, Option<u64>>(0),
-        )?
-        .unwrap_or(chain.seq + 1);
+    if keep_from > chain.seq + 1 {
+        return Err(JournalError::Conflict(format!(
+            "cannot prune up to record {keep_from}: the audit log ends at {}",
+            chain.seq
+        )));
+    }
     let oldest: Option<u64> = conn.query_row("SELECT MIN(seq) FROM audit", [], |r| r.get(0))?;
-    if oldest.is_none_or(|o| o >= first_kept) {
+    if oldest.is_none_or(|o| o >= keep_from) {
         return Ok(());
     }
     let prev: Vec<u8> = conn
         .query_row(
             "SELECT hash FROM audit WHERE seq = ?1",
-            [first_kept - 1],
+            [keep_from - 1],
             |r| r.get(0),
         )
         .map_err(|_| {
             JournalError::Conflict(format!(
                 "cannot prune the audit log: record {} is missing (run `credbroker audit verify`)",
-                first_kept - 1
+                keep_from - 1
             ))
         })?;
-    let pruned = exec(conn, "DELETE FROM audit WHERE seq < ?1", [first_kept])?;
+    let pruned = exec(conn, "DELETE FROM audit WHERE seq < ?1", [keep_from])?;
     anchor
         .detail
-        .insert("first_kept_seq".into(), first_kept.into());
+        .insert("first_kept_seq".into(), keep_from.into());
     anchor
         .detail
         .insert("prev_hash".into(), crate::audit::key::hex(&prev).into());
     anchor.detail.insert("pruned_records".into(), pruned.into());
-    anchor
-        .detail
-        .insert("before".into(), crate::time::rfc3339_ms(before_ms).into());
     append_audit(conn, anchor, chain)
 }
 

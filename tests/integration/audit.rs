@@ -708,3 +708,91 @@ async fn prometheus_metrics_count_what_the_audit_log_records() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_archives_then_prunes_behind_an_anchor_and_the_chain_still_verifies() {
+    use credbroker::audit::{AuditRecord, Outcome};
+    use credbroker::journal::{Journal, Op};
+    let auth = AuthServer::start();
+    let d = Daemon::start(|dir| {
+        // Five records from three days ago, in a journal the daemon then opens.
+        let path = dir.join("journal.db");
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| panic!("{e}"));
+            let j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+            let old = std::time::SystemTime::now() - Duration::from_secs(3 * 86_400);
+            for _ in 0..5 {
+                let r = AuditRecord::new("old_event", Outcome::Success, old);
+                rt.block_on(j.commit(vec![Op::Audit(Box::new(r))]))
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+        })
+        .join()
+        .unwrap_or_else(|_| panic!("seeding the journal"));
+        let mut config = with_head_key(dir, &auth.issuer);
+        config = config.replace(
+            "retention = \"400d\"",
+            &format!(
+                "retention = \"1d\"\narchive_dir = \"{}/archive\"",
+                dir.display()
+            ),
+        );
+        config
+    })
+    .await;
+    let mut audit = Vec::new();
+    crate::support::eventually(Duration::from_secs(10), "the retention pass", || {
+        audit = d.audit();
+        let done = audit.iter().any(|r| r["event"] == "audit_pruned");
+        async move { done }
+    })
+    .await;
+    assert_eq!(audit[0]["seq"], 6, "records 1..5 pruned, the rest kept");
+    let anchor = audit
+        .iter()
+        .find(|r| r["event"] == "audit_pruned")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(anchor["detail"]["first_kept_seq"], 6);
+    assert_eq!(anchor["detail"]["pruned_records"], 5);
+    assert_eq!(anchor["detail"]["retention"], "1day");
+
+    // The archive holds exactly the pruned records, private, and their chain ends where the
+    // anchor says.
+    let archive = d
+        .dir
+        .path()
+        .join("archive/audit-000000000001-000000000005.jsonl");
+    assert_eq!(anchor["detail"]["archive"], archive.display().to_string());
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&archive)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0);
+    assert_eq!(mode, 0o600);
+    let lines = std::fs::read_to_string(&archive).unwrap_or_default();
+    assert_eq!(lines.lines().count(), 5);
+    let mut prev = [0u8; 32];
+    for (i, line) in lines.lines().enumerate() {
+        let v: Value = serde_json::from_str(line).unwrap_or_default();
+        assert_eq!(
+            (v["seq"].as_u64(), v["event"].as_str()),
+            (Some(i as u64 + 1), Some("old_event"))
+        );
+        prev = credbroker::journal::chain_hash(&prev, line.as_bytes());
+    }
+    let hex: String = prev.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(anchor["detail"]["prev_hash"], hex);
+
+    // The pruned journal verifies, the anchor vouching for its start.
+    let out = verify(&d.journal, Some(&d.dir.path().join("audit-head.key")));
+    assert_eq!(out.code, 0, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("records before 6 pruned by retention (anchored)"),
+        "{}",
+        out.stdout
+    );
+}
