@@ -17,30 +17,31 @@ use credbroker::journal::{Journal, Op};
 
 pub(crate) const GRANT: &str = "orders-db-read";
 
-/// (client, owner) → credentials issued for [`GRANT`] in the last 24 hours.
+/// (client, owner) → credentials issued for [`GRANT`] in the 24 hours before generation.
 pub(crate) type Expected = BTreeMap<(String, String), u64>;
 
-/// Opens `path` if it already holds `records` records (generation takes a while), else makes it.
-pub(crate) fn ensure(path: &Path, records: u64) -> Expected {
+/// The journal's "last 24 hours" (Unix ms, from generation time) and the expected answer.
+/// Reuses `path` if it was generated before with its sidecar (generation takes a while).
+pub(crate) fn ensure(path: &Path, records: u64) -> (i64, Expected) {
     let sidecar = PathBuf::from(format!("{}.expected.json", path.display()));
     if path.exists()
         && let Ok(text) = std::fs::read_to_string(&sidecar)
-        && let Ok(list) = serde_json::from_str::<Vec<(String, String, u64)>>(&text)
+        && let Ok((since, list)) = serde_json::from_str::<(i64, Vec<(String, String, u64)>)>(&text)
     {
-        return list.into_iter().map(|(c, o, n)| ((c, o), n)).collect();
+        return (since, list.into_iter().map(|(c, o, n)| ((c, o), n)).collect());
     }
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
-    let expected = generate(path, records);
+    let (since, expected) = generate(path, records);
     let list: Vec<(&String, &String, &u64)> =
         expected.iter().map(|((c, o), n)| (c, o, n)).collect();
-    std::fs::write(&sidecar, serde_json::to_string(&list).unwrap_or_default())
+    std::fs::write(&sidecar, serde_json::to_string(&(since, list)).unwrap_or_default())
         .unwrap_or_else(|e| panic!("{e}"));
-    expected
+    (since, expected)
 }
 
-fn generate(path: &Path, records: u64) -> Expected {
+fn generate(path: &Path, records: u64) -> (i64, Expected) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -123,5 +124,5 @@ fn generate(path: &Path, records: u64) -> Expected {
         .collect::<Result<_, _>>()
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(check, expected, "generator and journal disagree");
-    expected
+    (credbroker::time::to_ms(day_ago), expected)
 }

@@ -297,9 +297,8 @@ fn audit(c: &mut Criterion) {
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/bench-data/audit-{records}.db"));
     std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
         .unwrap_or_else(|e| panic!("{e}"));
-    let expected = audit_fixture::ensure(&path, records);
+    let (since, expected) = audit_fixture::ensure(&path, records);
     let conn = Journal::open_read_only(&path).unwrap_or_else(|e| panic!("{e}"));
-    let since = credbroker::time::to_ms(SystemTime::now()) - 86_400_000;
     let filter = AuditFilter {
         events: vec!["lease_issued".into()],
         grant: Some(audit_fixture::GRANT.into()),
@@ -316,18 +315,11 @@ fn audit(c: &mut Criterion) {
         })
         .collect();
     let total: u64 = got.values().sum();
-    if got == expected {
-        eprintln!(
-            "audit: {records} records; the query's {} groups ({total} credentials) match the generator",
-            got.len()
-        );
-    } else {
-        // Only a cached journal older than a few minutes can differ (its last day has moved).
-        eprintln!(
-            "audit: cached journal has aged; delete {} to re-check the counts",
-            path.display()
-        );
-    }
+    assert_eq!(got, expected, "audit query disagrees with the generator");
+    eprintln!(
+        "audit: {records} records; the query's {} groups ({total} credentials) match the generator",
+        got.len()
+    );
     let mut g = c.benchmark_group("audit");
     g.sample_size(20);
     g.bench_function(

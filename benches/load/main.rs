@@ -179,7 +179,7 @@ fn audit_export(records: u64, dir: &std::path::Path) -> serde_json::Value {
     for n in [10_000, records] {
         let path = dir.join(format!("audit-{n}.db"));
         let generated = Instant::now();
-        audit_fixture::ensure(&path, n);
+        let _ = audit_fixture::ensure(&path, n);
         eprintln!("journal of {n} records ready in {:?}", generated.elapsed());
         for format in ["jsonl", "csv", "ocsf"] {
             let started = Instant::now();

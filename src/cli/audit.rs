@@ -259,10 +259,17 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 Some(p) => Some(KeySource::File(p)),
                 None => config.and_then(|c| c.audit.head_key),
             };
+            let hint = match &source {
+                Some(KeySource::Credential(_)) => {
+                    " (a systemd credential is readable only inside the service: give \
+                     --head-key-file, e.g. /etc/credbroker/credentials/audit-head.key)"
+                }
+                _ => "",
+            };
             let key = source
                 .map(|s| AuditKey::load(&s, &crate::ProcessEnv))
                 .transpose()
-                .map_err(|e| anyhow::anyhow!("audit head key: {e}"))?;
+                .map_err(|e| anyhow::anyhow!("audit head key: {e}{hint}"))?;
             let report = verify::verify(&conn, key.as_ref())?;
             print_report(&report, output)?;
             Ok(if report.ok() {

@@ -29,6 +29,10 @@ pub(super) async fn run(
     let runtime = Runtime::build(config, registry, env, None)
         .map_err(|errors| config_errors(path, errors))?;
     Sealer::load(&runtime.config.journal.key, env)?;
+    if let Some(source) = &runtime.config.audit.head_key {
+        crate::audit::key::AuditKey::load(source, env)
+            .map_err(|e| anyhow::anyhow!("audit head key: {e}"))?;
+    }
     println!("{}: ok: {summary}", path.display());
     for (name, slot) in runtime.providers.iter() {
         let grants = grants_of(&runtime, name);

@@ -301,7 +301,9 @@ fn check_config_explains_what_the_example_roles_need() {
         .arg("keygen")
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(creds.path().join("journal-key"), key.stdout).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(creds.path().join("journal-key"), &key.stdout).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(creds.path().join("audit-head-key"), &key.stdout)
+        .unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(creds.path().join("vault-token"), "s.example").unwrap_or_else(|e| panic!("{e}"));
     std::fs::copy(
         repo().join("providers/github/testdata/app-key.pem"),
