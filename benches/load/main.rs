@@ -81,8 +81,9 @@ enum Cmd {
         #[arg(long, default_value_t = 1024)]
         concurrency: usize,
     },
-    /// `audit export` of generated journals (10k and --records records) in each format: peak
-    /// memory (VmHWM) and throughput of the export process, to show memory stays flat.
+    /// `audit export` (each format) and `audit verify` on generated journals (10k and --records
+    /// records): peak memory (VmHWM) and time of each process, to show that memory stays flat
+    /// as the log grows.
     Audit {
         #[arg(long, default_value_t = 1_000_000)]
         records: u64,
@@ -181,10 +182,17 @@ fn audit_export(records: u64, dir: &std::path::Path) -> serde_json::Value {
         let generated = Instant::now();
         let _ = audit_fixture::ensure(&path, n);
         eprintln!("journal of {n} records ready in {:?}", generated.elapsed());
-        for format in ["jsonl", "csv", "ocsf"] {
+        let runs: [(&str, &[&str]); 4] = [
+            ("export-jsonl", &["audit", "export", "--format", "jsonl"]),
+            ("export-csv", &["audit", "export", "--format", "csv"]),
+            ("export-ocsf", &["audit", "export", "--format", "ocsf"]),
+            ("verify", &["audit", "verify"]),
+        ];
+        for (name, args) in runs {
             let started = Instant::now();
             let mut child = std::process::Command::new(&exe)
-                .args(["audit", "export", "--format", format, "--journal"])
+                .args(args)
+                .arg("--journal")
                 .arg(&path)
                 .stdout(std::process::Stdio::null())
                 .spawn()
@@ -207,7 +215,7 @@ fn audit_export(records: u64, dir: &std::path::Path) -> serde_json::Value {
             }
             let secs = started.elapsed().as_secs_f64();
             out.insert(
-                format!("{format}/{n}"),
+                format!("{name}/{n}"),
                 json!({
                     "peak_rss_mib": (peak_kib as f64 / 1024.0 * 10.0).round() / 10.0,
                     "seconds": (secs * 100.0).round() / 100.0,

@@ -119,7 +119,10 @@ pub fn build(
     let mut f = filter.clone();
     f.include_ended = true;
     f.limit = limit + 1;
-    let mut found = tasks(conn, &f)?;
+    // One snapshot for the tasks and each task's leases.
+    let snapshot = conn.unchecked_transaction()?;
+    let mut found = tasks(&snapshot, &f)?;
+    snapshot.finish()?;
     let truncated = found.len() > limit;
     found.truncate(limit);
     // Oldest first inside each branch reads like a story.

@@ -88,6 +88,15 @@ fn hash32(bytes: &[u8]) -> Option<[u8; 32]> {
 
 /// Walks the whole chain. `head_key` also checks the sealed head.
 pub fn verify(conn: &Connection, head_key: Option<&AuditKey>) -> Result<Report, JournalError> {
+    // One read transaction: every statement sees the same snapshot, so records the running
+    // daemon appends meanwhile are not mistaken for records past the sealed head.
+    let snapshot = conn.unchecked_transaction()?;
+    let report = walk(&snapshot, head_key)?;
+    snapshot.finish()?;
+    Ok(report)
+}
+
+fn walk(conn: &Connection, head_key: Option<&AuditKey>) -> Result<Report, JournalError> {
     let mut report = Report {
         head_checked: head_key.is_some(),
         ..Report::default()

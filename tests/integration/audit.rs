@@ -635,6 +635,27 @@ async fn lineage_queries_and_exports_of_a_delegated_token() {
         assert!(!export.contains("tp_"), "a credential in an export");
         assert!(!export.contains(&carol), "a token in an export");
     }
+
+    // Verifying beside a busy daemon: records appended meanwhile are not taken for records
+    // past the sealed head (the walk reads one snapshot).
+    let mut client = d.broker().await;
+    let busy = tokio::spawn(async move {
+        for _ in 0..40 {
+            if let Ok(b) = client
+                .begin_task(begin_request(&alice, &["orders-db-read"]))
+                .await
+            {
+                let task_id = b.into_inner().task.unwrap_or_default().id;
+                let _ = client.end_task(v1::EndTaskRequest { task_id }).await;
+            }
+        }
+    });
+    let key = d.dir.path().join("audit-head.key");
+    while !busy.is_finished() {
+        let out = verify(&j, Some(&key));
+        assert_eq!(out.code, 0, "{}", out.stdout);
+    }
+    busy.await.unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
