@@ -28,7 +28,10 @@ pub(crate) fn ensure(path: &Path, records: u64) -> (i64, Expected) {
         && let Ok(text) = std::fs::read_to_string(&sidecar)
         && let Ok((since, list)) = serde_json::from_str::<(i64, Vec<(String, String, u64)>)>(&text)
     {
-        return (since, list.into_iter().map(|(c, o, n)| ((c, o), n)).collect());
+        return (
+            since,
+            list.into_iter().map(|(c, o, n)| ((c, o), n)).collect(),
+        );
     }
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
@@ -36,8 +39,11 @@ pub(crate) fn ensure(path: &Path, records: u64) -> (i64, Expected) {
     let (since, expected) = generate(path, records);
     let list: Vec<(&String, &String, &u64)> =
         expected.iter().map(|((c, o), n)| (c, o, n)).collect();
-    std::fs::write(&sidecar, serde_json::to_string(&(since, list)).unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &sidecar,
+        serde_json::to_string(&(since, list)).unwrap_or_default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     (since, expected)
 }
 
