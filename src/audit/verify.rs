@@ -56,6 +56,8 @@ pub struct Report {
     pub pruned_before: Option<u64>,
     /// Whether the head seal was checked (a head key was given).
     pub head_checked: bool,
+    /// Records read from retention archives before the live log.
+    pub archived: u64,
     pub problems: u64,
     pub listed: Vec<Problem>,
 }
@@ -88,23 +90,113 @@ fn hash32(bytes: &[u8]) -> Option<[u8; 32]> {
 
 /// Walks the whole chain. `head_key` also checks the sealed head.
 pub fn verify(conn: &Connection, head_key: Option<&AuditKey>) -> Result<Report, JournalError> {
-    // One read transaction: every statement sees the same snapshot, so records the running
-    // daemon appends meanwhile are not mistaken for records past the sealed head.
-    let snapshot = conn.unchecked_transaction()?;
-    let report = walk(&snapshot, head_key)?;
-    snapshot.finish()?;
-    Ok(report)
+    verify_with_archive(conn, head_key, &[])
 }
 
-fn walk(conn: &Connection, head_key: Option<&AuditKey>) -> Result<Report, JournalError> {
+/// [`verify`], starting from record 1 in `archives` (retention's JSON Lines files, in order):
+/// the archived records must number on without a gap, and the live log must chain from the
+/// hash they end with. Archives keep no hashes of their own, so an altered archive shows as
+/// the live log not linking to it, not as a particular record.
+pub fn verify_with_archive(
+    conn: &Connection,
+    head_key: Option<&AuditKey>,
+    archives: &[std::path::PathBuf],
+) -> Result<Report, JournalError> {
     let mut report = Report {
         head_checked: head_key.is_some(),
         ..Report::default()
     };
+    let archived = if archives.is_empty() {
+        None
+    } else {
+        Some(walk_archives(archives, &mut report)?)
+    };
+    // One read transaction: every statement sees the same snapshot, so records the running
+    // daemon appends meanwhile are not mistaken for records past the sealed head.
+    let snapshot = conn.unchecked_transaction()?;
+    walk(&snapshot, head_key, archived, &mut report)?;
+    snapshot.finish()?;
+    Ok(report)
+}
+
+/// Recomputes the chain over the archived lines. Returns the hash they end with and the next
+/// record number.
+fn walk_archives(
+    files: &[std::path::PathBuf],
+    report: &mut Report,
+) -> Result<([u8; 32], u64), JournalError> {
+    use std::io::BufRead as _;
+    let mut prev = [0u8; 32];
+    let mut expected = 1u64;
+    for path in files {
+        let io = |error| JournalError::Io {
+            path: path.display().to_string(),
+            error,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line.map_err(io)?;
+            let seq = serde_json::from_str::<serde_json::Value>(&line)
+                .ok()
+                .and_then(|v| v.get("seq")?.as_u64());
+            let Some(seq) = seq else {
+                report.add(
+                    expected,
+                    Kind::Edited,
+                    format!("{}: a line that is not an audit record", path.display()),
+                );
+                continue;
+            };
+            if seq != expected {
+                report.add(
+                    expected,
+                    Kind::Deleted,
+                    format!(
+                        "{}: record {seq} follows {} (records missing or out of order)",
+                        path.display(),
+                        expected - 1
+                    ),
+                );
+            }
+            prev = chain_hash(&prev, line.as_bytes());
+            report.archived += 1;
+            expected = seq + 1;
+        }
+    }
+    Ok((prev, expected))
+}
+
+fn walk(
+    conn: &Connection,
+    head_key: Option<&AuditKey>,
+    archived: Option<([u8; 32], u64)>,
+    report: &mut Report,
+) -> Result<(), JournalError> {
     let first: Option<u64> = conn.query_row("SELECT MIN(seq) FROM audit", [], |r| r.get(0))?;
-    let (mut prev, mut expected, mut after_gap) = match first {
-        None => ([0u8; 32], 1, false),
-        Some(first) => start(conn, first, &mut report)?,
+    let (mut prev, mut expected, mut after_gap) = match (first, archived) {
+        (_, Some((hash, next))) => {
+            // The live log must go on where the archives end; its first link is then checked
+            // against the archives' hash, so an altered archive shows here.
+            match anchor(conn)? {
+                // The live log is checked from the anchor; the archives must end where it says.
+                Some((kept, anchor_prev)) if kept == next => {
+                    if anchor_prev != hash {
+                        report.add(
+                            kept,
+                            Kind::Edited,
+                            "the archives do not end with the hash the retention anchor \
+                             recorded: an archived record was altered, or an archive is missing"
+                                .into(),
+                        );
+                    }
+                    report.pruned_before = Some(kept);
+                    (anchor_prev, next, false)
+                }
+                _ => (hash, next, false),
+            }
+        }
+        (None, None) => ([0u8; 32], 1, false),
+        (Some(first), None) => start(conn, first, report)?,
     };
     let mut stmt = conn.prepare(&format!(
         "SELECT {} FROM audit ORDER BY seq",
@@ -142,7 +234,7 @@ fn walk(conn: &Connection, head_key: Option<&AuditKey>) -> Result<Report, Journa
         };
         let intact = chain_hash(&prev, body(&row.record)?.as_bytes()) == stored;
         if !intact && !after_gap {
-            diagnose(conn, &row, stored, &mut report)?;
+            diagnose(conn, &row, stored, report)?;
         }
         // Resynchronise on the stored hash: one tampered record is reported once, and the
         // records after it are checked against what they were written after.
@@ -152,9 +244,9 @@ fn walk(conn: &Connection, head_key: Option<&AuditKey>) -> Result<Report, Journa
         last = Some((seq, stored));
     }
     if let Some(key) = head_key {
-        check_head(conn, key, last, &mut report)?;
+        check_head(conn, key, last, report)?;
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Where the walk starts: record 1 after the zero hash, or the first kept record after the hash
@@ -168,29 +260,7 @@ fn start(
     if first == 1 {
         return Ok(([0u8; 32], 1, false));
     }
-    // The newest anchor; it is itself a chained record, so editing it shows up in the walk.
-    let anchor: Option<(u64, String)> = conn
-        .query_row(
-            "SELECT seq, detail FROM audit WHERE event = ?1 ORDER BY seq DESC LIMIT 1",
-            [super::event::AUDIT_PRUNED],
-            |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                ))
-            },
-        )
-        .map(Some)
-        .or_else(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => Ok(None),
-            e => Err(e),
-        })?;
-    let parsed = anchor.and_then(|(_, detail)| {
-        let v: serde_json::Value = serde_json::from_str(&detail).ok()?;
-        let kept = v.get("first_kept_seq")?.as_u64()?;
-        let prev = hash32(&unhex(v.get("prev_hash")?.as_str()?)?)?;
-        Some((kept, prev))
-    });
+    let parsed = anchor(conn)?;
     match parsed {
         Some((kept, prev)) if kept <= first => {
             report.pruned_before = Some(kept);
@@ -210,6 +280,27 @@ fn start(
             Ok(([0u8; 32], first, true))
         }
     }
+}
+
+/// The newest retention anchor: the first record it kept and the hash that record chains from.
+/// The anchor is itself a chained record, so editing it shows up in the walk.
+fn anchor(conn: &Connection) -> Result<Option<(u64, [u8; 32])>, JournalError> {
+    let detail: Option<String> = conn
+        .query_row(
+            "SELECT detail FROM audit WHERE event = ?1 ORDER BY seq DESC LIMIT 1",
+            [super::event::AUDIT_PRUNED],
+            |r| r.get::<_, Option<String>>(0),
+        )
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+            e => Err(e),
+        })?;
+    Ok(detail.and_then(|detail| {
+        let v: serde_json::Value = serde_json::from_str(&detail).ok()?;
+        let kept = v.get("first_kept_seq")?.as_u64()?;
+        let prev = hash32(&unhex(v.get("prev_hash")?.as_str()?)?)?;
+        Some((kept, prev))
+    }))
 }
 
 /// A record that does not match: moved, or edited?

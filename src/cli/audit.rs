@@ -174,6 +174,10 @@ pub(super) enum AuditCommand {
         /// Also check the sealed head with this key (default: the configuration's head key).
         #[arg(long)]
         head_key_file: Option<PathBuf>,
+        /// Verify from record 1 through retention archives: a directory of `audit-*.jsonl`
+        /// (taken in name order) or files, repeatable.
+        #[arg(long)]
+        archive: Vec<PathBuf>,
         #[arg(long, value_enum, default_value_t = Shape::Table)]
         output: Shape,
     },
@@ -252,8 +256,10 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify {
             journal,
             head_key_file,
+            archive,
             output,
         } => {
+            let archives = archive_files(&archive)?;
             let (conn, config) = journal.open()?;
             let source = match head_key_file {
                 Some(p) => Some(KeySource::File(p)),
@@ -270,7 +276,7 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 .map(|s| AuditKey::load(&s, &crate::ProcessEnv))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("audit head key: {e}{hint}"))?;
-            let report = verify::verify(&conn, key.as_ref())?;
+            let report = verify::verify_with_archive(&conn, key.as_ref(), &archives)?;
             print_report(&report, output)?;
             Ok(if report.ok() {
                 ExitCode::SUCCESS
@@ -300,6 +306,30 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Archive paths: files as given, directories as their `audit-*.jsonl` in name order (the
+/// names carry zero-padded record numbers).
+fn archive_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(p)
+                .with_context(|| format!("reading {}", p.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|f| {
+                    f.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("audit-") && n.ends_with(".jsonl"))
+                })
+                .collect();
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
 fn print_report(r: &verify::Report, output: Shape) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if let Shape::Json = output {
@@ -316,10 +346,11 @@ fn print_report(r: &verify::Report, output: Shape) -> anyhow::Result<()> {
         (Some(a), Some(b)) => format!(" ({a}..{b})"),
         _ => String::new(),
     };
-    let pruned = r
-        .pruned_before
-        .map(|p| format!("; records before {p} pruned by retention (anchored)"))
-        .unwrap_or_default();
+    let pruned = match (r.pruned_before, r.archived) {
+        (_, n) if n > 0 => format!("; {n} archived records chained in from record 1"),
+        (Some(p), _) => format!("; records before {p} pruned by retention (anchored)"),
+        _ => String::new(),
+    };
     let head = if r.head_checked {
         "; sealed head checked"
     } else {

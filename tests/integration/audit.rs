@@ -816,4 +816,41 @@ async fn retention_archives_then_prunes_behind_an_anchor_and_the_chain_still_ver
         "{}",
         out.stdout
     );
+
+    // From record 1, through the archive: the whole history verifies.
+    let dir = d.dir.path().join("archive").display().to_string();
+    let out = run(&["audit", "verify", "--archive", &dir], &d.journal, None);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains("5 archived records chained in from record 1"),
+        "{}",
+        out.stdout
+    );
+    // An archived record altered, or one removed: the archive no longer joins the live log.
+    std::fs::write(&archive, lines.replacen("old_event", "new_event", 1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = run(&["audit", "verify", "--archive", &dir], &d.journal, None);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stdout.contains(
+            "record 6: Edited: the archives do not end with the hash the retention anchor recorded"
+        ),
+        "{}",
+        out.stdout
+    );
+    let without_third: Vec<&str> = lines
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, l)| l)
+        .collect();
+    std::fs::write(&archive, without_third.join("\n") + "\n").unwrap_or_else(|e| panic!("{e}"));
+    let out = run(&["audit", "verify", "--archive", &dir], &d.journal, None);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("record 3: Deleted:") && out.stdout.contains("record 4 follows 2"),
+        "{}",
+        out.stdout
+    );
 }
