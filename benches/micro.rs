@@ -246,12 +246,20 @@ fn journal(c: &mut Criterion) {
     let dir = tempfile::Builder::new()
         .tempdir_in("/var/tmp")
         .unwrap_or_else(|e| panic!("{e}"));
-    let journal =
-        Arc::new(Journal::open(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}")));
+    let plain = Arc::new(Journal::open(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}")));
+    // With an audit head key: one HMAC and one upsert of the sealed head per commit.
+    let sealed = Arc::new(
+        Journal::open_with(
+            &dir.path().join("sealed.db"),
+            Some(credbroker::audit::key::AuditKey::from_key(&[5; 32])),
+        )
+        .unwrap_or_else(|e| panic!("{e}")),
+    );
     let mut g = c.benchmark_group("journal");
-    for (name, durability) in [
-        ("fsync", Durability::Fsync),
-        ("intent", Durability::Process),
+    for (name, durability, journal) in [
+        ("fsync", Durability::Fsync, &plain),
+        ("intent", Durability::Process, &plain),
+        ("fsync+sealed-head", Durability::Fsync, &sealed),
     ] {
         g.bench_function(format!("{name}/one-at-a-time"), |b| {
             b.iter(|| {

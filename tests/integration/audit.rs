@@ -854,3 +854,42 @@ async fn retention_archives_then_prunes_behind_an_anchor_and_the_chain_still_ver
         out.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_over_a_unix_socket() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let auth = AuthServer::start();
+    let d = Daemon::start(|dir| {
+        base_config(
+            dir,
+            &auth.issuer,
+            &format!(
+                "[metrics]\nlisten = \"unix:{}/metrics.sock\"\n",
+                dir.display()
+            ),
+        )
+    })
+    .await;
+    let path = d.dir.path().join("metrics.sock");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0);
+    assert_eq!(mode, 0o660);
+    let mut s = tokio::net::UnixStream::connect(&path)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: credbroker\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("\ncredbroker_tasks_active 0\n"), "{text}");
+    assert!(
+        text.contains("\ncredbroker_leases_active{provider=\"pg\"} 0\n"),
+        "{text}"
+    );
+}
