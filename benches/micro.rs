@@ -275,7 +275,7 @@ fn journal(c: &mut Criterion) {
                     while done < iters {
                         let batch = (iters - done).min(64);
                         let futs = (0..batch).map(|_| {
-                            let j = Arc::clone(&journal);
+                            let j = Arc::clone(journal);
                             async move { j.commit_with(intent(), durability).await.is_ok() }
                         });
                         futures_util::future::join_all(futs).await;
