@@ -121,4 +121,10 @@ for line in open(sys.argv[1]):
           f" token={str(r.get('token_fingerprint') or '-')[:12]} task=…{short('task_id', 12)}"
           f" lease=…{short('lease_id', 12)} {r.get('reason', '')}")
 PY
+
+step "lineage: owner → agent → token → task → leases"
+"$CB" lineage --journal "$DEMO/journal.db"
+
+step "the audit log is intact (hash chain)"
+"$CB" audit verify --journal "$DEMO/journal.db"
 step "done"
