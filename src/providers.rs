@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use credbroker_provider_api::{Env, Provider, ProviderFactory};
+use credbroker_provider_api::{Env, ParamRule, Provider, ProviderFactory};
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, ConfigError, ProviderConfig};
@@ -138,11 +138,11 @@ impl ProviderSet {
         slots.into_iter()
     }
 
-    /// Which parameters each instance lets a request narrow.
-    pub fn narrowable(&self) -> HashMap<String, &'static [&'static str]> {
+    /// Each instance's grant parameter rules (narrowing, case).
+    pub fn param_rules(&self) -> HashMap<String, &'static [ParamRule]> {
         self.slots
             .iter()
-            .map(|(k, s)| (k.clone(), s.provider.narrowable()))
+            .map(|(k, s)| (k.clone(), s.provider.param_rules()))
             .collect()
     }
 }

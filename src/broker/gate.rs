@@ -64,7 +64,10 @@ impl Broker {
                 return Err(reason.into());
             }
         };
-        if let Err(reason) = verified.check_audience(&workload.audience) {
+        if let Err(reason) = verified
+            .check_audience(&workload.audience)
+            .and_then(|()| verified.check_issuer(&workload.issuer))
+        {
             let c = &verified.claims;
             // A token meant for another registered workload, presented by this one, is worth
             // its own event: it is how a compromised MCP server replaying tokens shows up.

@@ -80,7 +80,7 @@ impl Runtime {
                 }]
             })?),
         };
-        let policy = Policy::new(&config, providers.narrowable());
+        let policy = Policy::new(&config, providers.param_rules());
         Ok(Self {
             config: Arc::new(config),
             verifier,

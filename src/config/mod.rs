@@ -138,8 +138,15 @@ impl Default for BrokerSettings {
 #[derive(Clone, Debug, Default)]
 pub struct Attribution {
     pub require_owner: bool,
-    /// client_id → owner, for machine clients acting for a known human or team.
-    pub clients: BTreeMap<String, String>,
+    /// issuer → client_id → owner, for machine clients acting for a known human or team. A
+    /// client id means something only at its issuer, so the registry is kept per issuer.
+    pub clients: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Attribution {
+    pub fn owner_of(&self, issuer: &str, client_id: &str) -> Option<&str> {
+        self.clients.get(issuer)?.get(client_id).map(String::as_str)
+    }
 }
 
 /// How an issuer's metadata is discovered.
@@ -175,6 +182,10 @@ pub struct WorkloadConfig {
     pub gid: Option<u32>,
     pub exe: Option<PathBuf>,
     pub systemd_unit: Option<String>,
+    /// A user unit, under the user manager of the peer's own uid (`user@UID.service`).
+    pub systemd_user_unit: Option<String>,
+    /// The one issuer whose tokens this workload accepts.
+    pub issuer: String,
     /// The workload's MCP resource URI: tokens must carry it in `aud` (RFC 8707).
     pub audience: String,
     pub grants: BTreeSet<String>,
@@ -184,6 +195,9 @@ pub struct WorkloadConfig {
 pub struct GrantConfig {
     pub name: String,
     pub provider: String,
+    /// The one issuer whose tokens may use this grant: its templates render that issuer's
+    /// claims, and the same `sub` at another issuer is another person.
+    pub issuer: String,
     /// Every one of these must be in the token's `scope`.
     pub scopes: Vec<String>,
     /// claim path → allowed values; the claim must hold at least one of them.

@@ -106,6 +106,10 @@ pub(super) struct RawIssuer {
     pub(super) min_refresh_interval: Option<String>,
     pub(super) http_timeout: Option<String>,
     pub(super) ca_file: Option<PathBuf>,
+    /// client_id → owner for this issuer's machine clients (client ids are the issuer's own:
+    /// two issuers' `ci-agent` are two different clients).
+    #[serde(default)]
+    pub(super) clients: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +121,9 @@ pub(super) struct RawWorkload {
     pub(super) gid: Option<u32>,
     pub(super) exe: Option<PathBuf>,
     pub(super) systemd_unit: Option<String>,
+    pub(super) systemd_user_unit: Option<String>,
+    /// The issuer whose tokens this workload accepts; required when several are configured.
+    pub(super) issuer: Option<String>,
     pub(super) audience: String,
     #[serde(default)]
     pub(super) grants: Vec<String>,
@@ -127,6 +134,8 @@ pub(super) struct RawWorkload {
 pub(super) struct RawGrant {
     pub(super) name: String,
     pub(super) provider: String,
+    /// The issuer whose tokens may use this grant; required when several are configured.
+    pub(super) issuer: Option<String>,
     #[serde(default)]
     pub(super) scopes: Vec<String>,
     #[serde(default)]

@@ -100,24 +100,13 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             None
         }
     });
-    let attribution = Attribution {
-        require_owner: raw.attribution.require_owner,
-        clients: raw.attribution.clients,
-    };
-    for (client, owner) in &attribution.clients {
-        if client.is_empty() || owner.is_empty() {
-            p.at(
-                None,
-                format!("attribution.clients.{client}"),
-                "client and owner must not be empty",
-            );
-        }
-    }
-
     let mut issuers = Vec::new();
+    let mut registry: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for raw in raw.issuers {
         let span = raw.span();
-        if let Some(i) = issuer(&mut p, &span, raw.into_inner()) {
+        let mut raw = raw.into_inner();
+        let clients = std::mem::take(&mut raw.clients);
+        if let Some(i) = issuer(&mut p, &span, raw) {
             if issuers.iter().any(|o: &IssuerConfig| o.url == i.url) {
                 p.at(
                     Some(&span),
@@ -125,12 +114,34 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                     "is configured twice",
                 );
             }
+            check_clients(&mut p, Some(&span), &format!("issuer.{}.clients", i.url), &clients);
+            registry.entry(i.url.clone()).or_default().extend(clients);
             issuers.push(i);
         }
     }
     if issuers.is_empty() {
         p.at(None, "issuer", "at least one [[issuer]] is required");
     }
+    let bind = Binding::new(&issuers);
+    if !raw.attribution.clients.is_empty() {
+        check_clients(&mut p, None, "attribution.clients", &raw.attribution.clients);
+        match bind.only() {
+            Some(only) => registry
+                .entry(only.to_owned())
+                .or_default()
+                .extend(raw.attribution.clients),
+            None => p.at(
+                None,
+                "attribution.clients",
+                "a client id means something only at its issuer: with more than one [[issuer]], \
+                 list client owners under each [[issuer]] as `clients = { … }`",
+            ),
+        }
+    }
+    let attribution = Attribution {
+        require_owner: raw.attribution.require_owner,
+        clients: registry,
+    };
 
     let providers = providers(&mut p, raw.providers);
     let provider_names: BTreeSet<&str> = providers.iter().map(|p| p.name.as_str()).collect();
@@ -138,7 +149,10 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let mut grants = BTreeMap::new();
     for raw in raw.grants {
         let span = raw.span();
-        let g = grant(&mut p, &span, raw.into_inner(), &provider_names, &broker);
+        let mut raw = raw.into_inner();
+        let issuer = raw.issuer.take();
+        let mut g = grant(&mut p, &span, raw, &provider_names, &broker);
+        g.issuer = bind.resolve(&mut p, &span, &format!("grant.{}", g.name), issuer);
         if grants.contains_key(&g.name) {
             p.at(Some(&span), format!("grant.{}", g.name), "is defined twice");
         }
@@ -148,7 +162,22 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let mut workloads: Vec<WorkloadConfig> = Vec::new();
     for raw in raw.workloads {
         let span = raw.span();
-        let w = workload(&mut p, &span, raw.into_inner(), &grants);
+        let mut raw = raw.into_inner();
+        let issuer = raw.issuer.take();
+        let mut w = workload(&mut p, &span, raw, &grants);
+        w.issuer = bind.resolve(&mut p, &span, &format!("workload.{}", w.name), issuer);
+        for g in w.grants.iter().filter_map(|g| grants.get(g)) {
+            if !w.issuer.is_empty() && !g.issuer.is_empty() && g.issuer != w.issuer {
+                p.at(
+                    Some(&span),
+                    format!("workload.{}.grants", w.name),
+                    format!(
+                        "grant {:?} is for tokens of {:?}, but this workload accepts tokens of {:?} only",
+                        g.name, g.issuer, w.issuer
+                    ),
+                );
+            }
+        }
         if workloads.iter().any(|o| o.name == w.name) {
             p.at(
                 Some(&span),
@@ -157,7 +186,11 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             );
         }
         if let Some(o) = workloads.iter().find(|o| {
-            o.uid == w.uid && o.gid == w.gid && o.exe == w.exe && o.systemd_unit == w.systemd_unit
+            o.uid == w.uid
+                && o.gid == w.gid
+                && o.exe == w.exe
+                && o.systemd_unit == w.systemd_unit
+                && o.systemd_user_unit == w.systemd_user_unit
         }) {
             p.at(
                 Some(&span),
@@ -539,6 +572,78 @@ fn providers(p: &mut Problems<'_>, raws: Vec<Spanned<RawProvider>>) -> Vec<Provi
     out
 }
 
+/// Binds grants and workloads to the issuer whose tokens they accept. With one issuer that is
+/// the default; with several each must say, because the same `sub` or `client_id` at two
+/// issuers names two different principals.
+struct Binding<'a> {
+    urls: Vec<&'a str>,
+}
+
+impl<'a> Binding<'a> {
+    fn new(issuers: &'a [IssuerConfig]) -> Self {
+        Self {
+            urls: issuers.iter().map(|i| i.url.as_str()).collect(),
+        }
+    }
+
+    fn only(&self) -> Option<&'a str> {
+        match self.urls.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    fn resolve(
+        &self,
+        p: &mut Problems<'_>,
+        span: &Range<usize>,
+        path: &str,
+        named: Option<String>,
+    ) -> String {
+        match named {
+            Some(url) if self.urls.contains(&url.as_str()) => url,
+            Some(url) => {
+                p.at(
+                    Some(span),
+                    format!("{path}.issuer"),
+                    format!("no [[issuer]] with url {url:?}"),
+                );
+                String::new()
+            }
+            None => match self.only() {
+                Some(only) => only.to_owned(),
+                None if self.urls.is_empty() => String::new(),
+                None => {
+                    p.at(
+                        Some(span),
+                        format!("{path}.issuer"),
+                        "is required when more than one [[issuer]] is configured: the same \
+                         subject or client id at two issuers is two different principals",
+                    );
+                    String::new()
+                }
+            },
+        }
+    }
+}
+
+fn check_clients(
+    p: &mut Problems<'_>,
+    span: Option<&Range<usize>>,
+    path: &str,
+    clients: &BTreeMap<String, String>,
+) {
+    for (client, owner) in clients {
+        if client.is_empty() || owner.is_empty() {
+            p.at(
+                span,
+                format!("{path}.{client}"),
+                "client and owner must not be empty",
+            );
+        }
+    }
+}
+
 fn grant(
     p: &mut Problems<'_>,
     span: &Range<usize>,
@@ -605,6 +710,7 @@ fn grant(
     GrantConfig {
         name: raw.name,
         provider: raw.provider,
+        issuer: String::new(),
         scopes: raw.scopes,
         conditions: raw.conditions,
         max_ttl,
@@ -664,13 +770,27 @@ fn workload(
             "must be an absolute path",
         );
     }
-    if let Some(unit) = &raw.systemd_unit
-        && (!(unit.ends_with(".service") || unit.ends_with(".scope")) || unit.contains('/'))
-    {
+    for (key, unit) in [
+        ("systemd_unit", &raw.systemd_unit),
+        ("systemd_user_unit", &raw.systemd_user_unit),
+    ] {
+        if let Some(unit) = unit
+            && (!(unit.ends_with(".service") || unit.ends_with(".scope"))
+                || unit.contains('/')
+                || unit.len() <= ".scope".len())
+        {
+            p.at(
+                Some(span),
+                format!("{path}.{key}"),
+                "must be a unit name like foo.service",
+            );
+        }
+    }
+    if raw.systemd_user_unit.is_some() && raw.uid.is_none() && raw.user.is_none() {
         p.at(
             Some(span),
-            format!("{path}.systemd_unit"),
-            "must be a unit name like foo.service",
+            format!("{path}.systemd_user_unit"),
+            "a user unit belongs to one user's manager: name that user with uid or user",
         );
     }
     if reqwest::Url::parse(&raw.audience).is_err() {
@@ -702,6 +822,8 @@ fn workload(
         gid: raw.gid,
         exe: raw.exe,
         systemd_unit: raw.systemd_unit,
+        systemd_user_unit: raw.systemd_user_unit,
+        issuer: String::new(),
         audience: raw.audience,
         grants: raw.grants.into_iter().collect(),
     }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use credbroker_provider_api::Params;
+use credbroker_provider_api::{Narrowing, ParamRule, Params};
 use serde_json::Value;
 
 use crate::config::{Attribution, BrokerSettings, Config, GrantConfig, WorkloadConfig};
@@ -87,12 +87,12 @@ pub struct Policy {
     fixed: HashMap<String, Arc<Params>>,
     attribution: Attribution,
     settings: BrokerSettings,
-    /// provider instance → parameters a request may narrow.
-    narrowable: HashMap<String, &'static [&'static str]>,
+    /// provider instance → what its grant parameters allow (narrowing, case).
+    rules: HashMap<String, &'static [ParamRule]>,
 }
 
 impl Policy {
-    pub fn new(config: &Config, narrowable: HashMap<String, &'static [&'static str]>) -> Self {
+    pub fn new(config: &Config, rules: HashMap<String, &'static [ParamRule]>) -> Self {
         Self {
             grants: config
                 .grants
@@ -107,7 +107,7 @@ impl Policy {
                 .collect(),
             attribution: config.attribution.clone(),
             settings: config.broker.clone(),
-            narrowable,
+            rules,
         }
     }
 
@@ -151,6 +151,17 @@ impl Policy {
                     format!(
                         "workload {:?} may not request grant {:?}",
                         ask.workload.name, g.name
+                    ),
+                ));
+            }
+            if grant.issuer != ask.claims.issuer {
+                return Err(Denial::new(
+                    PermissionDenied,
+                    "issuer_not_allowed",
+                    name,
+                    format!(
+                        "grant {:?} is for tokens of another issuer than {:?}",
+                        g.name, ask.claims.issuer
                     ),
                 ));
             }
@@ -198,23 +209,9 @@ impl Policy {
             let params = match self.fixed.get(&g.name) {
                 Some(fixed) if g.narrow.is_empty() => Arc::clone(fixed),
                 _ => {
-                    let mut params = template::render(&grant.params, &vars).map_err(|e| match e {
-                        RenderError::Missing(p) => Denial::new(
-                            PermissionDenied,
-                            "owner_required",
-                            name,
-                            format!("grant {:?} uses {{{p}}} but the task has none", g.name),
-                        ),
-                        RenderError::Unsafe(p) => Denial::new(
-                            PermissionDenied,
-                            "template_value_rejected",
-                            name,
-                            format!(
-                                "grant {:?}: the value for {{{p}}} holds characters not allowed in templates",
-                                g.name
-                            ),
-                        ),
-                    })?;
+                    let rules = self.rules.get(&grant.provider).copied().unwrap_or(&[]);
+                    let mut params = template::render(&grant.params, &vars, rules)
+                        .map_err(|e| render_denial(&g.name, e))?;
                     self.narrow(grant, &g.narrow, &mut params)?;
                     Arc::new(params)
                 }
@@ -254,10 +251,11 @@ impl Policy {
         params: &mut Params,
     ) -> Result<(), Denial> {
         use DenialKind::*;
-        let allowed_keys = self.narrowable.get(&grant.provider).copied().unwrap_or(&[]);
+        let rules = self.rules.get(&grant.provider).copied().unwrap_or(&[]);
         for (key, wanted) in narrow {
             let name = Some(grant.name.as_str());
-            if !allowed_keys.contains(&key.as_str()) {
+            let rule = rules.iter().find(|r| r.key == key);
+            if rule.is_none_or(|r| r.narrowing != Narrowing::Subset) {
                 return Err(Denial::new(
                     InvalidArgument,
                     "narrowing_not_allowed",
@@ -289,6 +287,44 @@ impl Policy {
             );
         }
         Ok(())
+    }
+}
+
+fn render_denial(grant: &str, e: RenderError) -> Denial {
+    use DenialKind::*;
+    let name = Some(grant);
+    match e {
+        RenderError::Missing(p) => Denial::new(
+            PermissionDenied,
+            "owner_required",
+            name,
+            format!("grant {grant:?} uses {{{p}}} but the task has none"),
+        ),
+        RenderError::Unsafe(p) => Denial::new(
+            PermissionDenied,
+            "template_value_rejected",
+            name,
+            format!(
+                "grant {grant:?}: the value for {{{p}}} is not one plain path segment \
+                 ([A-Za-z0-9@._+:|-], not '.', no '..')"
+            ),
+        ),
+        RenderError::CaseFolded { placeholder, param } => Denial::new(
+            PermissionDenied,
+            "template_value_rejected",
+            name,
+            format!(
+                "grant {grant:?}: the value for {{{placeholder}}} has upper-case letters, and \
+                 the provider compares {param:?} without case: it could name another \
+                 principal's resource"
+            ),
+        ),
+        RenderError::DotSegment { param } => Denial::new(
+            PermissionDenied,
+            "template_value_rejected",
+            name,
+            format!("grant {grant:?}: {param:?} would render a '.' or '..' path segment"),
+        ),
     }
 }
 

@@ -57,9 +57,9 @@ pub fn attribute(claims: &Claims, attribution: &Attribution) -> Owner {
             source: OwnerSource::ResourceOwner,
         };
     }
-    match attribution.clients.get(&claims.client_id) {
+    match attribution.owner_of(&claims.issuer, &claims.client_id) {
         Some(owner) => Owner {
-            id: Some(owner.clone()),
+            id: Some(owner.to_owned()),
             source: OwnerSource::ClientRegistry,
         },
         None => Owner {

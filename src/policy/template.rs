@@ -2,10 +2,16 @@
 //! `{workload}`, `{tool}`, `{grant}`; `{{` and `}}` are literal braces.
 //!
 //! Values come from tokens, so they are checked before they are put into a provider parameter:
-//! only `[A-Za-z0-9@._+:=,|-]`, at most 128 characters, and never `..`. That rules out breaking
-//! out of a JSON string, a path segment or a policy document, whatever the template is used in.
+//! only `[A-Za-z0-9@._+:|-]`, at most 128 characters, never `.`, never containing `..`. That
+//! rules out breaking out of a JSON string, a path segment or a policy document, and adding an
+//! entry to a comma-separated backend list (`alt_names`), whatever the template is used in.
+//! After rendering, no `/`-separated segment of a rendered string may be `.` or `..`, even
+//! percent-encoded: a path is never shortened by what a token says.
+//!
+//! For parameters the provider declares case-insensitive ([`ParamRule::case_insensitive`]), a
+//! value with upper-case letters is refused: `ALICE` would otherwise name alice's Vault policy.
 
-use credbroker_provider_api::Params;
+use credbroker_provider_api::{ParamRule, Params};
 use serde_json::Value;
 
 pub const PLACEHOLDERS: [&str; 7] = [
@@ -51,6 +57,10 @@ pub enum RenderError {
     Missing(String),
     /// A value holds characters that are not allowed in a template.
     Unsafe(String),
+    /// A value with upper-case letters, for a parameter the backend compares without case.
+    CaseFolded { placeholder: String, param: String },
+    /// The rendered string has a `.` or `..` path segment.
+    DotSegment { param: String },
 }
 
 enum Piece<'a> {
@@ -128,10 +138,21 @@ fn walk(value: &Value, f: &mut dyn FnMut(&str)) {
     }
 }
 
+/// Renders one string; `case_insensitive` refuses values that depend on case.
 pub fn render_str(template: &str, vars: &Vars<'_>) -> Result<String, RenderError> {
+    render_one(template, vars, false, "")
+}
+
+fn render_one(
+    template: &str,
+    vars: &Vars<'_>,
+    case_insensitive: bool,
+    param: &str,
+) -> Result<String, RenderError> {
     // Templates were checked at load, so a parse error here cannot happen; treat it as unsafe.
     let parts = pieces(template).map_err(RenderError::Unsafe)?;
     let mut out = String::with_capacity(template.len());
+    let mut substituted = false;
     for p in parts {
         match p {
             Piece::Text(t) => out.push_str(t),
@@ -143,43 +164,103 @@ pub fn render_str(template: &str, vars: &Vars<'_>) -> Result<String, RenderError
                 if !is_safe(value) {
                     return Err(RenderError::Unsafe(name.to_string()));
                 }
+                if case_insensitive && value.bytes().any(|b| b.is_ascii_uppercase()) {
+                    return Err(RenderError::CaseFolded {
+                        placeholder: name.to_string(),
+                        param: param.to_string(),
+                    });
+                }
                 out.push_str(value);
+                substituted = true;
             }
         }
+    }
+    if substituted && has_dot_segment(&out) {
+        return Err(RenderError::DotSegment {
+            param: param.to_string(),
+        });
     }
     Ok(out)
 }
 
-/// Renders every string (keys of nested tables stay as written).
-pub fn render(params: &Params, vars: &Vars<'_>) -> Result<Params, RenderError> {
+/// Renders every string (keys of nested tables stay as written) under the provider's rules.
+pub fn render(
+    params: &Params,
+    vars: &Vars<'_>,
+    rules: &[ParamRule],
+) -> Result<Params, RenderError> {
     params
         .iter()
-        .map(|(k, v)| Ok((k.clone(), render_value(v, vars)?)))
+        .map(|(k, v)| {
+            let ci = rules.iter().any(|r| r.key == k && r.case_insensitive);
+            Ok((k.clone(), render_value(v, vars, ci, k)?))
+        })
         .collect()
 }
 
-fn render_value(value: &Value, vars: &Vars<'_>) -> Result<Value, RenderError> {
+fn render_value(
+    value: &Value,
+    vars: &Vars<'_>,
+    ci: bool,
+    param: &str,
+) -> Result<Value, RenderError> {
     Ok(match value {
-        Value::String(s) => Value::String(render_str(s, vars)?),
+        Value::String(s) => Value::String(render_one(s, vars, ci, param)?),
         Value::Array(items) => Value::Array(
             items
                 .iter()
-                .map(|v| render_value(v, vars))
+                .map(|v| render_value(v, vars, ci, param))
                 .collect::<Result<_, _>>()?,
         ),
-        Value::Object(map) => Value::Object(render(map, vars)?),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), render_value(v, vars, ci, param)?)))
+                .collect::<Result<_, RenderError>>()?,
+        ),
         other => other.clone(),
     })
 }
 
-fn is_safe(value: &str) -> bool {
+/// Whether a placeholder value is allowed at all.
+pub fn is_safe(value: &str) -> bool {
     !value.is_empty()
         && value.len() <= MAX_VALUE_LEN
+        && value != "."
         && !value.contains("..")
         && value.chars().all(|c| {
-            c.is_ascii_alphanumeric()
-                || matches!(c, '@' | '.' | '_' | '+' | ':' | '=' | ',' | '|' | '-')
+            c.is_ascii_alphanumeric() || matches!(c, '@' | '.' | '_' | '+' | ':' | '|' | '-')
         })
+}
+
+/// A `.` or `..` segment, also as `%2e`, and a `%2f` inside a segment: what a URL resolver
+/// (`Url::join`, Vault's router) would turn into a shorter path.
+fn has_dot_segment(s: &str) -> bool {
+    s.split('/').any(|seg| {
+        let decoded = percent_decode(seg);
+        decoded == b"." || decoded == b".." || decoded.contains(&b'/') || decoded.contains(&b'\\')
+    })
+}
+
+fn percent_decode(seg: &str) -> Vec<u8> {
+    let b = seg.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -233,6 +314,80 @@ mod tests {
             render_str("{owner}", &vars("a", None)),
             Err(RenderError::Missing("owner".into()))
         );
+    }
+
+    /// The review's path attack: `sub = "."` turned `team-kv/users/{sub}/creds` into
+    /// `team-kv/users/creds` at OpenBao (`Url::join` drops dot segments). `{tool}` is chosen by
+    /// the workload and could be `.` too.
+    #[test]
+    fn a_value_is_one_path_segment_or_refused() {
+        for bad in [".", "..", "a/b", "%2f", "a%2Fb", "", "a\u{0}b", "a\nb", "a b", "a\\b"] {
+            assert_eq!(
+                render_str("team-kv/users/{sub}/creds", &vars(bad, None)),
+                Err(RenderError::Unsafe("sub".into())),
+                "{bad:?}"
+            );
+        }
+        let mut v = vars("alice", None);
+        v.tool = ".";
+        assert_eq!(
+            render_str("kv/{tool}/x", &v),
+            Err(RenderError::Unsafe("tool".into()))
+        );
+        // Checked after rendering too: a value completing a dot segment the template began.
+        assert_eq!(
+            render_str("kv/%2{sub}/x", &vars("e", None)),
+            Err(RenderError::DotSegment { param: String::new() })
+        );
+        assert_eq!(
+            render_str("kv/%2e{sub}/x", &vars("-", None)),
+            Ok("kv/%2e-/x".into())
+        );
+        assert_eq!(
+            render_str("kv/%2e%2{sub}/x", &vars("e", None)),
+            Err(RenderError::DotSegment { param: String::new() })
+        );
+        assert_eq!(
+            render_str("kv/{sub}", &vars("a.b", None)),
+            Ok("kv/a.b".into())
+        );
+    }
+
+    /// Commas and `=` would add entries to comma-separated Vault parameters (PKI `alt_names`,
+    /// `ip_sans`) or key=value lists.
+    #[test]
+    fn no_list_separators_in_values() {
+        for bad in ["a,b", "a=b", "a;b"] {
+            assert_eq!(
+                render_str("{sub}.example.com", &vars(bad, None)),
+                Err(RenderError::Unsafe("sub".into())),
+                "{bad:?}"
+            );
+        }
+    }
+
+    /// The review's case attack: `sub = ALICE` rendered `user-ALICE`, which Vault folded to
+    /// `user-alice`: alice's policy.
+    #[test]
+    fn case_insensitive_parameters_refuse_upper_case_values() {
+        let rules = [ParamRule::fixed("policies").case_insensitive()];
+        let params: Params =
+            serde_json::from_value(serde_json::json!({"policies": ["user-{sub}"], "path": "kv/{sub}"}))
+                .unwrap_or_default();
+        assert_eq!(
+            render(&params, &vars("ALICE", None), &rules),
+            Err(RenderError::CaseFolded {
+                placeholder: "sub".into(),
+                param: "policies".into()
+            })
+        );
+        let ok = render(&params, &vars("alice", None), &rules).unwrap_or_default();
+        assert_eq!(ok["policies"], serde_json::json!(["user-alice"]));
+        // Case-sensitive parameters keep the value as it is.
+        let path_only: Params =
+            serde_json::from_value(serde_json::json!({"path": "kv/{sub}"})).unwrap_or_default();
+        let ok = render(&path_only, &vars("ALICE", None), &rules).unwrap_or_default();
+        assert_eq!(ok["path"], "kv/ALICE");
     }
 
     #[test]

@@ -47,11 +47,8 @@ fn policy(require_owner: bool) -> (Config, Policy) {
         &format!("[attribution]\nrequire_owner = {require_owner}"),
     );
     let config = Config::parse(&text, "test").unwrap_or_else(|e| panic!("{e}"));
-    let narrowable: &'static [&'static str] = &["items"];
-    let p = Policy::new(
-        &config,
-        [("p".to_string(), narrowable)].into_iter().collect(),
-    );
+    const RULES: [ParamRule; 2] = [ParamRule::subset("items"), ParamRule::fixed("label")];
+    let p = Policy::new(&config, [("p".to_string(), &RULES[..])].into_iter().collect());
     (config, p)
 }
 
@@ -277,4 +274,114 @@ fn attribution_order() {
         "owner_required"
     );
     let _ = SystemTime::now();
+}
+
+/// Two issuers: grants, workloads and the client registry are each bound to one.
+const TWO_ISSUERS: &str = r#"
+[server]
+broker_socket = "/run/b.sock"
+admin_socket = "/run/a.sock"
+[journal]
+path = "/tmp/j.db"
+key_file = "/tmp/k"
+[[issuer]]
+url = "https://as.example"
+clients = { "ci-agent" = "team-ci@example.com" }
+[[issuer]]
+url = "https://partner.example"
+clients = { "ci-agent" = "partner-ci@partner.example" }
+[[provider]]
+name = "p"
+type = "test"
+[[grant]]
+name = "read"
+provider = "p"
+issuer = "https://as.example"
+scopes = ["mcp.tool:db.read"]
+max_ttl = "10m"
+params = { label = "db-{sub}" }
+[[workload]]
+name = "db-mcp"
+uid = 1000
+issuer = "https://as.example"
+audience = "https://mcp.example/db"
+grants = ["read"]
+"#;
+
+/// The review's issuer attack: with two issuers configured, the partner's `sub = alice`
+/// rendered the same `db-alice` as ours, and the partner's `ci-agent` was attributed to our
+/// team's owner.
+#[test]
+fn issuers_are_kept_apart() {
+    let config = Config::parse(TWO_ISSUERS, "test").unwrap_or_else(|e| panic!("{e}"));
+    let p = Policy::new(&config, HashMap::new());
+    let w = &config.workloads[0];
+    let ours = claims("alice", "agent", "mcp.tool:db.read", json!({}));
+    let mut theirs = ours.clone();
+    theirs.issuer = "https://partner.example".into();
+    assert!(p.decide(&ask(w, &ours, &[grant("read")], "query", None)).is_ok());
+    assert_eq!(
+        code(p.decide(&ask(w, &theirs, &[grant("read")], "query", None))),
+        "issuer_not_allowed"
+    );
+    let mut machine = claims("ci-agent", "ci-agent", "s", json!({}));
+    assert_eq!(
+        attribute(&machine, &config.attribution).id.as_deref(),
+        Some("team-ci@example.com")
+    );
+    machine.issuer = "https://partner.example".into();
+    assert_eq!(
+        attribute(&machine, &config.attribution).id.as_deref(),
+        Some("partner-ci@partner.example")
+    );
+    machine.issuer = "https://unknown.example".into();
+    assert_eq!(attribute(&machine, &config.attribution).id, None);
+}
+
+#[test]
+fn with_two_issuers_every_binding_is_explicit() {
+    let loose = TWO_ISSUERS
+        .replace("issuer = \"https://as.example\"\nscopes", "scopes")
+        .replace("issuer = \"https://as.example\"\naudience", "audience")
+        .replace(
+            "[[provider]]",
+            "[attribution]\nclients = { \"x\" = \"y\" }\n[[provider]]",
+        );
+    let errors = Config::parse(&loose, "test")
+        .err()
+        .map(|e| e.errors.into_iter().map(|e| e.path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    assert_eq!(
+        errors,
+        ["attribution.clients", "grant.read.issuer", "workload.db-mcp.issuer"],
+        "{errors:?}"
+    );
+    // A workload and its grant bound to different issuers can never work: refused at load.
+    let crossed = TWO_ISSUERS.replacen(
+        "issuer = \"https://as.example\"\naudience",
+        "issuer = \"https://partner.example\"\naudience",
+        1,
+    );
+    let errors = Config::parse(&crossed, "test")
+        .err()
+        .map(|e| e.errors.into_iter().map(|e| e.path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    assert_eq!(errors, ["workload.db-mcp.grants"]);
+}
+
+/// A parameter whose entries can deny (Vault policies) is never narrowed: dropping
+/// `deny-payroll` from `["kv-read", "deny-payroll"]` is a subset and yet widens access.
+#[test]
+fn only_subset_parameters_narrow() {
+    let (cfg, p) = policy(false);
+    let w = &cfg.workloads[0];
+    let c = claims("alice", "agent", "mcp.tool:db.read", json!({}));
+    let ask_narrow = vec![GrantAsk {
+        name: "read".into(),
+        narrow: [("label".to_string(), vec!["x".to_string()])].into(),
+    }];
+    assert_eq!(
+        code(p.decide(&ask(w, &c, &ask_narrow, "query", None))),
+        "narrowing_not_allowed"
+    );
 }

@@ -12,6 +12,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::server::Connected;
 
+use super::h2fix::AuthorityFix;
+use super::h2watch::FrameWatch;
 use crate::workload::PeerInfo;
 
 /// Binds `path` with `mode` (and group `gid`): bound under a temporary name, its mode and group
@@ -74,10 +76,16 @@ fn remove_stale(path: &Path) -> io::Result<()> {
 /// every request on that connection is refused with the reason.
 pub type PeerAttestation = Arc<Result<PeerInfo, String>>;
 
-/// An accepted connection with its attested peer.
+/// An accepted connection with its attested peer. Reads pass through [`AuthorityFix`] (stock
+/// gRPC clients' `:authority`), writes through [`FrameWatch`] (refusals are logged).
 pub struct PeerStream {
     inner: UnixStream,
     peer: PeerAttestation,
+    fix: Option<AuthorityFix>,
+    /// Rewritten bytes not yet read by h2.
+    out: Vec<u8>,
+    out_at: usize,
+    watch: FrameWatch,
 }
 
 impl PeerStream {
@@ -86,7 +94,35 @@ impl PeerStream {
         if let Err(e) = peer.as_ref() {
             tracing::warn!(error = %e, "could not identify a connecting peer; its requests will be refused");
         }
-        Self { inner, peer }
+        Self {
+            inner,
+            peer,
+            fix: Some(AuthorityFix::default()),
+            out: Vec::new(),
+            out_at: 0,
+            watch: FrameWatch::default(),
+        }
+    }
+
+    fn peer_fields(&self) -> (Option<u32>, Option<i32>) {
+        match self.peer.as_ref() {
+            Ok(p) => (Some(p.uid), Some(p.pid)),
+            Err(_) => (None, None),
+        }
+    }
+
+    fn watch_written(&mut self, written: &[u8]) {
+        for r in self.watch.scan(written) {
+            let (uid, pid) = self.peer_fields();
+            tracing::warn!(
+                peer_uid = uid,
+                peer_pid = pid,
+                frame = r.frame,
+                stream = r.stream,
+                code = r.code_name(),
+                "the HTTP/2 layer refused a request from this peer (malformed or over a limit)"
+            );
+        }
     }
 }
 
@@ -104,7 +140,48 @@ impl AsyncRead for PeerStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        loop {
+            if this.out_at < this.out.len() {
+                let n = buf.remaining().min(this.out.len() - this.out_at);
+                buf.put_slice(&this.out[this.out_at..this.out_at + n]);
+                this.out_at += n;
+                if this.out_at == this.out.len() {
+                    this.out.clear();
+                    this.out_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            let Some(fix) = this.fix.as_mut() else {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            };
+            if fix.done() {
+                this.fix = None;
+                continue;
+            }
+            let mut chunk = [0u8; 8192];
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {
+                    fix.feed(read.filled(), &mut this.out);
+                    if fix.take_rewritten() {
+                        let (uid, pid) = match this.peer.as_ref() {
+                            Ok(p) => (Some(p.uid), Some(p.pid)),
+                            Err(_) => (None, None),
+                        };
+                        tracing::debug!(
+                            peer_uid = uid,
+                            peer_pid = pid,
+                            "replaced an unparseable :authority (a gRPC C-core or Java client's \
+                             socket path) with localhost"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -114,7 +191,11 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.watch_written(&buf[..n]);
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -130,7 +211,18 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = polled {
+            for b in bufs {
+                let take = n.min(b.len());
+                self.watch_written(&b[..take]);
+                n -= take;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -6,6 +6,8 @@
 
 mod admin_svc;
 mod broker_svc;
+mod h2fix;
+mod h2watch;
 pub mod listener;
 mod metrics;
 pub mod peer;

@@ -19,7 +19,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use tokio::net::UnixStream;
 
-use crate::workload::PeerInfo;
+use crate::workload::{PeerInfo, Units};
 
 /// Attests the peer of an accepted connection. `read_exe` only when a workload selects on it:
 /// reading another user's `/proc/PID/exe` needs `CAP_SYS_PTRACE`.
@@ -73,9 +73,9 @@ pub fn attest(stream: &UnixStream, read_exe: bool) -> Result<PeerInfo, String> {
     } else {
         None
     };
-    let unit = fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .ok()
-        .and_then(|c| unit_of(&c));
+    let units = fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map(|c| units_of(&c))
+        .unwrap_or_default();
 
     let after = match &pidfd {
         Some(fd) => Identity::Pidfd(pidfd_pid(fd.as_raw_fd())?),
@@ -86,7 +86,7 @@ pub fn attest(stream: &UnixStream, read_exe: bool) -> Result<PeerInfo, String> {
             "pid {pid} changed hands while it was being identified"
         ));
     }
-    Ok(PeerInfo::new(cred.uid(), cred.gid(), pid, exe, unit))
+    Ok(PeerInfo::new(cred.uid(), cred.gid(), pid, exe, units))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -147,36 +147,112 @@ fn status_ids(pid: i32) -> Result<(u32, u32), String> {
     ))
 }
 
-/// The systemd unit a process runs in, from its cgroup v2 path: the deepest `.service` or
-/// `.scope` component (`/system.slice/pg-mcp.service` → `pg-mcp.service`).
-pub(crate) fn unit_of(cgroup: &str) -> Option<String> {
-    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
-    path.split('/')
-        .rev()
-        .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
-        .map(str::to_owned)
+/// The units a process runs in, read from its cgroup v2 path as systemd itself reads it
+/// (`cg_path_get_unit`, `cg_path_get_user_unit`).
+///
+/// Never the *deepest* unit-like name: a unit with `Delegate=yes`, and any user inside their
+/// own `user@UID.service`, can create child cgroups with any name, such as
+/// `attacker.service/postgres-mcp.service`. Only the first unit after the slices is the one
+/// systemd started the process in.
+pub fn units_of(cgroup: &str) -> Units {
+    let Some(path) = cgroup.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return Units::default();
+    };
+    let mut parts = path.split('/').filter(|c| !c.is_empty());
+    let system = first_unit(&mut parts);
+    let user = match &system {
+        Some(s) if is_user_manager(s) => first_unit(&mut parts),
+        _ => None,
+    };
+    Units { system, user }
+}
+
+/// Skips slices, then takes the next component if it is a unit that holds processes.
+fn first_unit<'a>(parts: &mut impl Iterator<Item = &'a str>) -> Option<String> {
+    let c = parts.find(|c| !c.ends_with(".slice"))?;
+    (is_unit_name(c)).then(|| c.to_owned())
+}
+
+fn is_unit_name(c: &str) -> bool {
+    let stem = c
+        .strip_suffix(".service")
+        .or_else(|| c.strip_suffix(".scope"));
+    stem.is_some_and(|s| !s.is_empty())
+}
+
+/// `user@1000.service`: a user's service manager, under which units are user units.
+fn is_user_manager(unit: &str) -> bool {
+    unit.strip_prefix("user@")
+        .and_then(|r| r.strip_suffix(".service"))
+        .is_some_and(|uid| !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn units(cgroup: &str) -> (Option<String>, Option<String>) {
+        let u = units_of(cgroup);
+        (u.system, u.user)
+    }
+
+    fn pair(system: Option<&str>, user: Option<&str>) -> (Option<String>, Option<String>) {
+        (system.map(str::to_owned), user.map(str::to_owned))
+    }
+
     #[test]
     fn units_from_cgroup_paths() {
         assert_eq!(
-            unit_of("0::/system.slice/pg-mcp.service\n"),
-            Some("pg-mcp.service".into())
+            units("0::/system.slice/pg-mcp.service\n"),
+            pair(Some("pg-mcp.service"), None)
         );
         assert_eq!(
-            unit_of("0::/user.slice/user-1000.slice/user@1000.service/app.slice/gh-mcp.service"),
-            Some("gh-mcp.service".into())
+            units("0::/system.slice/x.service/worker\n"),
+            pair(Some("x.service"), None)
         );
         assert_eq!(
-            unit_of("0::/system.slice/x.service/worker\n"),
-            Some("x.service".into())
+            units("0::/user.slice/user-1000.slice/session-3.scope\n"),
+            pair(Some("session-3.scope"), None)
         );
-        assert_eq!(unit_of("0::/\n"), None);
-        assert_eq!(unit_of("1:name=systemd:/foo.service\n"), None);
+        assert_eq!(units("0::/\n"), pair(None, None));
+        assert_eq!(units("1:name=systemd:/foo.service\n"), pair(None, None));
+        // A cgroup systemd did not create is not a unit.
+        assert_eq!(units("0::/mine/pg-mcp.service\n"), pair(None, None));
+        assert_eq!(units("0::/system.slice/.service\n"), pair(None, None));
+    }
+
+    /// The review's attack: a unit with `Delegate=yes` (or a user in their own manager) creates
+    /// a child cgroup named like the victim's unit. The deepest name is the attacker's choice;
+    /// the first unit after the slices is not.
+    #[test]
+    fn a_nested_cgroup_cannot_claim_another_unit() {
+        assert_eq!(
+            units("0::/system.slice/attacker.service/postgres-mcp.service\n"),
+            pair(Some("attacker.service"), None)
+        );
+        assert_eq!(
+            units("0::/system.slice/attacker.service/sub.slice/postgres-mcp.service\n"),
+            pair(Some("attacker.service"), None)
+        );
+    }
+
+    /// `systemd-run --user --unit=postgres-mcp.service` runs in the user's manager: a user unit,
+    /// never the system unit of that name.
+    #[test]
+    fn user_units_are_not_system_units() {
+        assert_eq!(
+            units("0::/user.slice/user-1000.slice/user@1000.service/app.slice/postgres-mcp.service"),
+            pair(Some("user@1000.service"), Some("postgres-mcp.service"))
+        );
+        assert_eq!(
+            units("0::/user.slice/user-1000.slice/user@1000.service/init.scope"),
+            pair(Some("user@1000.service"), Some("init.scope"))
+        );
+        // Nested under a user unit: still that user unit.
+        assert_eq!(
+            units("0::/user.slice/user-1000.slice/user@1000.service/app.slice/a.service/b.service"),
+            pair(Some("user@1000.service"), Some("a.service"))
+        );
     }
 
     #[tokio::test]

@@ -77,6 +77,16 @@ impl Verified {
             Err(Rejection::AudienceMismatch)
         }
     }
+
+    /// The workload's own issuer: another configured issuer's token, even with the right
+    /// audience, is another principal's.
+    pub fn check_issuer(&self, issuer: &str) -> Result<(), Rejection> {
+        if self.claims.issuer == issuer {
+            Ok(())
+        } else {
+            Err(Rejection::IssuerNotAccepted)
+        }
+    }
 }
 
 /// Validates access tokens against the configured issuers.

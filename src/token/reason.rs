@@ -27,6 +27,8 @@ pub enum Rejection {
     MissingClaim(&'static str),
     InvalidClaim(&'static str),
     AudienceMismatch,
+    /// A configured issuer, but not the one this workload accepts tokens from.
+    IssuerNotAccepted,
     /// Only from `token check --require-scope`; the broker's own scope checks are policy's.
     InsufficientScope(String),
     Expired,
@@ -57,6 +59,7 @@ impl Rejection {
             Self::MissingClaim(_) => "missing_claim",
             Self::InvalidClaim(_) => "invalid_claim",
             Self::AudienceMismatch => "audience_mismatch",
+            Self::IssuerNotAccepted => "issuer_not_accepted",
             Self::InsufficientScope(_) => "insufficient_scope",
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
@@ -113,6 +116,7 @@ impl fmt::Display for Describe<'_> {
             MissingClaim(c) => write!(f, "the {c:?} claim is required"),
             InvalidClaim(c) => write!(f, "the {c:?} claim has the wrong type or value"),
             AudienceMismatch => write!(f, "the token is not for this workload's resource"),
+            IssuerNotAccepted => write!(f, "this workload does not accept tokens of this issuer"),
             InsufficientScope(s) => write!(f, "the token does not hold scope {s:?}"),
             Expired => write!(f, "the token has expired"),
             NotYetValid => write!(f, "the token is not valid yet (nbf)"),

@@ -13,6 +13,7 @@ mod operations;
 mod rejections;
 mod scopes;
 mod secrets;
+mod stock_clients;
 mod support;
 mod systemd;
 mod vault;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use credbroker_provider_api::{
-    Credential, Env, ErrorKind, IssueRequest, Issued, LeaseRef, ParamError, Params, Provider,
+    Credential, Env, ErrorKind, IssueRequest, Issued, LeaseRef, ParamError, ParamRule, Params, Provider,
     ProviderError, ProviderFactory, ProviderHealth, Reconciled, Renewed, RevocationHandle, Revoked,
     Role, SecretValue, param_str,
 };
@@ -199,8 +199,15 @@ impl Provider for TestProvider {
         }
     }
 
-    fn narrowable(&self) -> &'static [&'static str] {
-        &["items"]
+    fn param_rules(&self) -> &'static [ParamRule] {
+        // `items` is an allow-list; `deny` is a list whose entries take access away (as Vault
+        // policies can), so it is never narrowed; `names` is compared without case.
+        const RULES: [ParamRule; 3] = [
+            ParamRule::subset("items"),
+            ParamRule::fixed("deny"),
+            ParamRule::fixed("names").case_insensitive(),
+        ];
+        &RULES
     }
 
     fn scoped(&self) -> bool {

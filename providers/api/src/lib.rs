@@ -26,7 +26,7 @@ mod secret;
 mod types;
 
 pub use error::{ErrorKind, ProviderError};
-pub use params::{ParamError, Params, param_str, param_str_list};
+pub use params::{Narrowing, ParamError, ParamRule, Params, param_str, param_str_list};
 pub use secret::SecretValue;
 pub use types::{
     Credential, Env, IssueRequest, Issued, LeaseRef, ProviderHealth, Reconciled, Renewed,
@@ -64,8 +64,10 @@ pub trait Provider: Send + Sync + 'static {
         false
     }
 
-    /// The list-valued grant parameters a request may narrow to a subset.
-    fn narrowable(&self) -> &'static [&'static str] {
+    /// What the broker must know about grant parameters: which a request may narrow and how
+    /// ([`Narrowing`]), and which the backend compares without case. A parameter not listed
+    /// cannot be narrowed and is case-sensitive.
+    fn param_rules(&self) -> &'static [ParamRule] {
         &[]
     }
 

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use credbroker_provider_api::{
-    Credential, ErrorKind, IssueRequest, Issued, LeaseRef, ParamError, Params, Provider,
+    Credential, ErrorKind, IssueRequest, Issued, LeaseRef, ParamError, ParamRule, Params, Provider,
     ProviderError, ProviderHealth, Reconciled, RevocationHandle, Revoked, Role, SecretValue,
 };
 use reqwest::{Method, StatusCode};
@@ -187,8 +187,14 @@ impl Provider for GithubProvider {
         grant::parse(params).map(|_| ())
     }
 
-    fn narrowable(&self) -> &'static [&'static str] {
-        &["repositories"]
+    fn param_rules(&self) -> &'static [ParamRule] {
+        // GitHub compares account and repository names without case.
+        const RULES: [ParamRule; 3] = [
+            ParamRule::subset("repositories").case_insensitive(),
+            ParamRule::fixed("owner").case_insensitive(),
+            ParamRule::fixed("repository").case_insensitive(),
+        ];
+        &RULES
     }
 
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, ProviderError> {

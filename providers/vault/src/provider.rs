@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use credbroker_provider_api::{
-    Credential, ErrorKind, IssueRequest, Issued, LeaseRef, ParamError, Params, Provider,
+    Credential, ErrorKind, IssueRequest, Issued, LeaseRef, ParamError, ParamRule, Params, Provider,
     ProviderError, ProviderHealth, Reconciled, Renewed, RevocationHandle, Revoked, Role,
     SecretValue,
 };
@@ -384,8 +384,11 @@ impl Provider for VaultProvider {
         grants::parse(params).map(|_| ())
     }
 
-    fn narrowable(&self) -> &'static [&'static str] {
-        &["policies"]
+    fn param_rules(&self) -> &'static [ParamRule] {
+        // Never narrowed: Vault policies can deny (an explicit deny wins), so dropping one from
+        // the list can *add* access. Vault lowercases policy names.
+        const RULES: [ParamRule; 1] = [ParamRule::fixed("policies").case_insensitive()];
+        &RULES
     }
 
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, ProviderError> {
