@@ -52,3 +52,93 @@ impl From<tonic::Status> for Refused {
         }
     }
 }
+
+/// How long [`begin_task`] keeps retrying a BeginTask whose answer was lost to the transport.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether a failed call never got an answer from credbroker (a reset, a restart, no daemon):
+/// then its outcome is unknown and only an idempotent retry is safe.
+pub fn is_transport(s: &tonic::Status) -> bool {
+    reason_of(s).is_none()
+        && matches!(
+            s.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Internal
+                | tonic::Code::Cancelled
+        )
+}
+
+/// BeginTask, safe to retry: every attempt carries an idempotency key, an answer lost to the
+/// transport is retried with the same key for up to ten seconds, and when the daemon says the
+/// key already began a task (`begin_replayed`: it ended that task, whose answer was lost) the
+/// request is made once more with a new key. So a reset never leaves a live credential the
+/// caller does not know about.
+pub async fn begin_task(
+    socket: &Path,
+    mut request: crate::proto::v1::BeginTaskRequest,
+) -> anyhow::Result<crate::proto::v1::BeginTaskResponse> {
+    use crate::proto::v1::broker_client::BrokerClient;
+    for _fresh in 0..2 {
+        request.idempotency_key = Some(uuid::Uuid::now_v7().to_string());
+        let deadline = std::time::Instant::now() + RETRY_FOR;
+        let mut delay = std::time::Duration::from_millis(50);
+        let replayed = loop {
+            let outcome = match channel(socket).await {
+                Ok(ch) => BrokerClient::new(ch)
+                    .begin_task(request.clone())
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(Some),
+                // No connection: nothing was sent, a retry is safe whatever the key.
+                Err(e) if std::time::Instant::now() + delay >= deadline => return Err(e),
+                Err(_) => Err(None),
+            };
+            match outcome {
+                Ok(resp) => return Ok(resp),
+                Err(Some(s)) if reason_of(&s).as_deref() == Some("begin_replayed") => break s,
+                Err(Some(s))
+                    if !is_transport(&s) || std::time::Instant::now() + delay >= deadline =>
+                {
+                    return Err(Refused::from(s).into());
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(1));
+                }
+            }
+        };
+        tracing::info!(message = %replayed.message(), "an earlier attempt's task was ended; beginning afresh");
+    }
+    anyhow::bail!("BeginTask was replayed twice; giving up")
+}
+
+/// EndTask, retried on transport errors for up to ten seconds (ending is idempotent).
+pub async fn end_task(socket: &Path, task_id: &str) -> anyhow::Result<crate::proto::v1::Task> {
+    use crate::proto::v1::broker_client::BrokerClient;
+    let deadline = std::time::Instant::now() + RETRY_FOR;
+    let mut delay = std::time::Duration::from_millis(50);
+    loop {
+        let outcome = match channel(socket).await {
+            Ok(ch) => BrokerClient::new(ch)
+                .end_task(crate::proto::v1::EndTaskRequest {
+                    task_id: task_id.to_string(),
+                })
+                .await
+                .map(|r| r.into_inner().task.unwrap_or_default())
+                .map_err(Some),
+            Err(e) if std::time::Instant::now() + delay >= deadline => return Err(e),
+            Err(_) => Err(None),
+        };
+        match outcome {
+            Ok(task) => return Ok(task),
+            Err(Some(s)) if !is_transport(&s) || std::time::Instant::now() + delay >= deadline => {
+                return Err(Refused::from(s).into());
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(1));
+            }
+        }
+    }
+}

@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use crate::config::WorkloadConfig;
 
-
 /// The systemd units a process runs in (`server::peer::units_of` reads them from its cgroup).
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Units {
@@ -41,13 +40,7 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
-    pub fn new(
-        uid: u32,
-        gid: u32,
-        pid: i32,
-        exe: Option<PathBuf>,
-        units: Units,
-    ) -> Self {
+    pub fn new(uid: u32, gid: u32, pid: i32, exe: Option<PathBuf>, units: Units) -> Self {
         // A user unit is recorded with its manager (`user@1000.service/gh-mcp.service`), so the
         // audit log never shows it as the system unit of the same name.
         let recorded = match (&units.system, &units.user) {

@@ -272,6 +272,8 @@ impl Session {
                 narrow: Default::default(),
             }],
             ttl_seconds: ttl,
+            // As the CLI and the client libraries send one: its index insert is part of the cost.
+            idempotency_key: Some(uuid::Uuid::now_v7().to_string()),
         };
         Ok(c.begin_task(req)
             .await?

@@ -19,6 +19,8 @@ pub struct BeginRequest {
     pub tool: String,
     pub grants: Vec<GrantAsk>,
     pub ttl: Option<Duration>,
+    /// See `broker::replay`.
+    pub idempotency_key: Option<String>,
 }
 
 /// One issued credential, secrets included: it goes to the workload and nowhere else.
@@ -116,6 +118,9 @@ impl Broker {
             req.ttl,
             rt.config.broker.max_grants_per_task,
         )?;
+        if let Some(k) = &req.idempotency_key {
+            super::replay::check_key(k)?;
+        }
         let workload = self.identify(&rt, peer, now).await?;
         let verified = self
             .authenticate(&rt, workload, peer, req.token.expose(), now)
@@ -152,10 +157,36 @@ impl Broker {
             }
         };
 
-        self.open_and_issue(
-            &rt, peer, workload, &verified, &req.tool, task_id, decision, now,
-        )
-        .await
+        let key = req.idempotency_key.map(|key| super::replay::BeginKey {
+            digest: super::replay::request_digest(
+                &verified.fingerprint.hex(),
+                &req.tool,
+                &req.grants,
+                req.ttl.map(|t| t.as_secs()),
+            ),
+            key,
+        });
+        let begun = self
+            .open_and_issue(
+                &rt,
+                peer,
+                workload,
+                &verified,
+                &req.tool,
+                task_id,
+                decision,
+                key.as_ref(),
+                now,
+            )
+            .await;
+        match (begun, &key) {
+            (Err(e), Some(key)) if e.code == super::issue::KEY_SEEN => {
+                match self.replay(&workload.name, key).await {
+                    Err(e) => Err(e),
+                }
+            }
+            (begun, _) => begun,
+        }
     }
 }
 

@@ -25,6 +25,8 @@ enum Marked {
 pub enum Ender {
     /// The workload that began it (EndTask). Only that workload may end it.
     Workload { workload: String },
+    /// The same workload retrying a BeginTask whose answer it lost (`broker::replay`).
+    Replay { workload: String },
     /// The reaper, at the task's expiry.
     Reaper,
     /// An operator, over the admin socket.
@@ -127,6 +129,7 @@ impl Broker {
         }
         let reason = match ender {
             Ender::Workload { .. } => end_reason::BY_WORKLOAD,
+            Ender::Replay { .. } => end_reason::BEGIN_REPLAYED,
             Ender::Operator { .. } => end_reason::BY_OPERATOR,
             Ender::Reaper if live.row.expires_ms >= live.row.token_exp_ms => {
                 end_reason::TOKEN_EXPIRED
@@ -225,11 +228,13 @@ impl Broker {
 
 fn check_owner(ender: &Ender, task_workload: &str) -> Result<(), BrokerError> {
     match ender {
-        Ender::Workload { workload } if workload != task_workload => Err(BrokerError::new(
-            ErrorKind::PermissionDenied,
-            "task_not_owned",
-            "this task belongs to another workload",
-        )),
+        Ender::Workload { workload } | Ender::Replay { workload } if workload != task_workload => {
+            Err(BrokerError::new(
+                ErrorKind::PermissionDenied,
+                "task_not_owned",
+                "this task belongs to another workload",
+            ))
+        }
         _ => Ok(()),
     }
 }

@@ -15,6 +15,9 @@ pub enum ErrorKind {
     PermissionDenied,
     NotFound,
     FailedPrecondition,
+    /// The request was not carried out because an earlier attempt's outcome decided it (an
+    /// idempotent retry of a BeginTask whose answer was lost).
+    Aborted,
     Unavailable,
     Internal,
 }
@@ -27,6 +30,8 @@ pub struct BrokerError {
     pub message: String,
     pub grant: Option<String>,
     pub retry_after: Option<Duration>,
+    /// The task the error is about, for the caller to act on (a replayed BeginTask's task).
+    pub task_id: Option<String>,
 }
 
 impl BrokerError {
@@ -37,6 +42,7 @@ impl BrokerError {
             message: message.into(),
             grant: None,
             retry_after: None,
+            task_id: None,
         }
     }
 
@@ -75,6 +81,7 @@ impl BrokerError {
             message,
             grant: Some(grant.into()),
             retry_after: e.retry_after,
+            task_id: None,
         }
     }
 }
@@ -103,6 +110,7 @@ impl From<Denial> for BrokerError {
             message: d.message,
             grant: d.grant,
             retry_after: None,
+            task_id: None,
         }
     }
 }

@@ -37,6 +37,9 @@ use crate::workload::PeerInfo;
 
 type Outcomes = HashMap<Text, Result<Issued, ProviderError>>;
 
+/// Internal: the intent's idempotency key was used before (see `broker::replay`).
+pub(super) const KEY_SEEN: &str = "idempotency_key_seen";
+
 fn lease_row(
     intern: &Interner,
     task: &TaskRow,
@@ -80,6 +83,7 @@ impl Broker {
         tool: &str,
         task_id: String,
         decision: Decision,
+        key: Option<&super::replay::BeginKey>,
         now: SystemTime,
     ) -> Result<Begun, BrokerError> {
         let claims = &verified.claims;
@@ -173,15 +177,27 @@ impl Broker {
             .detail("expires_at", rfc3339(decision.expires_at));
         ops.push(Op::Audit(Box::new(accepted)));
         ops.push(Op::Audit(Box::new(opened)));
+        if let Some(k) = key {
+            ops.push(Op::BeginKey {
+                workload: Arc::clone(&task.workload),
+                key: k.key.clone(),
+                task_id: Arc::clone(&task.id),
+                digest: k.digest,
+                created_ms: task.created_ms,
+            });
+        }
 
         // Hold the task's lock from the moment it exists: an EndTask for it waits for issuing.
         let op = Arc::new(tokio::sync::Mutex::new(()));
         let _guard = Arc::clone(&op).lock_owned().await;
         let intent = rt.config.journal.intent_durability();
-        self.journal
-            .commit_with(ops, intent)
-            .await
-            .map_err(|e| BrokerError::journal(&e))?;
+        self.journal.commit_with(ops, intent).await.map_err(|e| {
+            if key.is_some() && e.is_duplicate() {
+                BrokerError::new(ErrorKind::Aborted, KEY_SEEN, "idempotency key seen")
+            } else {
+                BrokerError::journal(&e)
+            }
+        })?;
         self.insert_live(LiveTask {
             row: Arc::clone(&task),
             leases: rows
@@ -192,6 +208,7 @@ impl Broker {
                 })
                 .collect(),
             op,
+            ending_journaled: false,
         });
 
         let mut handles: HashMap<Text, RevocationHandle> = HashMap::new();
@@ -582,6 +599,7 @@ impl Broker {
         row.state = TaskState::Ending;
         row.end_reason = Some(reason.into());
         live.row = Arc::new(row);
+        live.ending_journaled = true;
         let mut due = Vec::new();
         for lease in rows {
             if !lease.state.is_terminal() {

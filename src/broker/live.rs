@@ -23,6 +23,9 @@ pub(crate) struct LiveTask {
     pub(crate) leases: Vec<LiveLease>,
     /// Serialises operations on this task (begin, renew, end, retry).
     pub(crate) op: Arc<tokio::sync::Mutex<()>>,
+    /// Whether the journal already says `ending`. EndTask marks memory `ending` before it
+    /// revokes and commits the transition afterwards, so the row in memory cannot tell.
+    pub(crate) ending_journaled: bool,
 }
 
 impl LiveTask {

@@ -18,6 +18,7 @@ mod issue;
 mod live;
 mod recover;
 mod renew;
+mod replay;
 mod retention;
 mod revoke;
 

@@ -70,17 +70,11 @@ impl Broker {
             })
             .await?;
 
-        let r = &rebuild.report;
-        rebuild.ops.push(Op::Audit(Box::new(
-            AuditRecord::new(event::DAEMON_STARTED, Outcome::Success, now)
-                .detail("version", env!("CARGO_PKG_VERSION"))
-                .detail("active_tasks", r.active)
-                .detail("interrupted_tasks", r.interrupted)
-                .detail("ending_tasks", r.ending),
-        )));
-        self.journal
-            .commit(std::mem::take(&mut rebuild.ops))
-            .await?;
+        if !rebuild.ops.is_empty() {
+            self.journal
+                .commit(std::mem::take(&mut rebuild.ops))
+                .await?;
+        }
 
         if let Ok(mut state) = self.state.lock() {
             state.tasks.reserve(rebuild.tasks.len());
@@ -93,6 +87,19 @@ impl Broker {
         self.wake_reaper.notify_one();
         self.wake_revoker.notify_one();
         Ok(rebuild.report)
+    }
+}
+
+impl Broker {
+    /// `daemon_started`, once the daemon can serve (sockets bound): a start that fails before
+    /// that leaves no record claiming it started.
+    pub async fn record_started(&self, r: &Recovery) -> Result<(), JournalError> {
+        let rec = AuditRecord::new(event::DAEMON_STARTED, Outcome::Success, self.clock.now())
+            .detail("version", env!("CARGO_PKG_VERSION"))
+            .detail("active_tasks", r.active)
+            .detail("interrupted_tasks", r.interrupted)
+            .detail("ending_tasks", r.ending);
+        self.journal.commit(vec![Op::Audit(Box::new(rec))]).await
     }
 }
 
@@ -195,10 +202,13 @@ impl Rebuild {
             ))));
             return;
         }
+        // An `ending` task is journaled as such (an interrupted one by this very rebuild).
+        let ending_journaled = task.state == TaskState::Ending;
         self.tasks.push(LiveTask {
             row: Arc::new(task),
             leases,
             op: Arc::new(tokio::sync::Mutex::new(())),
+            ending_journaled,
         });
     }
 

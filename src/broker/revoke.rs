@@ -303,7 +303,7 @@ impl Broker {
         end_reason: Option<&str>,
         now: SystemTime,
     ) -> Result<Option<TaskSummary>, JournalError> {
-        let (task_row, all_terminal) = {
+        let (task_row, all_terminal, ending_journaled) = {
             let Ok(state) = self.state.lock() else {
                 return Err(JournalError::Closed);
             };
@@ -334,7 +334,7 @@ impl Broker {
                     .find(|a| a.lease_id == l.row.id)
                     .map_or(l.row.state.is_terminal(), |a| a.state.is_terminal())
             });
-            (Arc::clone(&live.row), all)
+            (Arc::clone(&live.row), all, live.ending_journaled)
         };
         let mut ops = Vec::with_capacity(attempts.len() * 2 + 3);
         // A task that ends in this very commit gets one `task_ended` record (carrying the
@@ -381,7 +381,9 @@ impl Broker {
             };
             rec.reason = reason.as_deref().map(str::to_owned);
             ops.push(Op::Audit(Box::new(rec)));
-        } else if task_row.state != TaskState::Ending {
+        } else if !ending_journaled {
+            // Memory already says `ending` (EndTask marked it before revoking); the journal
+            // must say so too, or a GetTask reads `active` and a restart re-arms the task.
             ops.push(Op::TaskState {
                 id: task_id.into(),
                 state: TaskState::Ending,
@@ -408,6 +410,7 @@ impl Broker {
             row.ended_ms = Some(to_ms(now));
         }
         live.row = Arc::new(row);
+        live.ending_journaled = true;
         let mut retries = Vec::new();
         for a in attempts {
             if let Some(l) = live.lease_mut(&a.lease_id) {

@@ -119,9 +119,9 @@ pub(super) async fn run(cmd: TasksCommand) -> anyhow::Result<ExitCode> {
             match conn.output {
                 Output::Json => {
                     let v: Vec<_> = tasks.iter().map(output::task_json).collect();
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    outln!("{}", serde_json::to_string_pretty(&v)?)?;
                 }
-                Output::Table => print!("{}", output::tasks_table(&tasks)),
+                Output::Table => out!("{}", output::tasks_table(&tasks))?,
             }
         }
         TasksCommand::Show { conn, task } => {
@@ -134,9 +134,9 @@ pub(super) async fn run(cmd: TasksCommand) -> anyhow::Result<ExitCode> {
             let t = t.task.unwrap_or_default();
             match conn.output {
                 Output::Json => {
-                    println!("{}", serde_json::to_string_pretty(&output::task_json(&t))?)
+                    outln!("{}", serde_json::to_string_pretty(&output::task_json(&t))?)?
                 }
-                Output::Table => print!("{}", output::task_detail(&t)),
+                Output::Table => out!("{}", output::task_detail(&t))?,
             }
         }
         TasksCommand::Revoke {
@@ -173,13 +173,13 @@ pub(super) async fn run(cmd: TasksCommand) -> anyhow::Result<ExitCode> {
                 }
             };
             match conn.output {
-                Output::Json => println!("{}", serde_json::json!({ "revoked": ids })),
+                Output::Json => outln!("{}", serde_json::json!({ "revoked": ids }))?,
                 Output::Table => {
                     for id in &ids {
-                        println!("revoked {id}");
+                        outln!("revoked {id}")?;
                     }
                     if ids.is_empty() {
-                        println!("no live task matched");
+                        outln!("no live task matched")?;
                     }
                 }
             }
@@ -208,17 +208,21 @@ pub(super) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     "name": p.name, "kind": p.kind, "healthy": p.healthy, "detail": p.detail,
                 })).collect::<Vec<_>>(),
             });
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            outln!("{}", serde_json::to_string_pretty(&doc)?)?;
         }
         Output::Table => {
-            println!(
+            outln!(
                 "credbroker {} up {}s, configuration loaded {}",
-                s.version, s.uptime_seconds, s.config_loaded_at
-            );
-            println!(
+                s.version,
+                s.uptime_seconds,
+                s.config_loaded_at
+            )?;
+            outln!(
                 "active tasks {}  active leases {}  revocation backlog {}",
-                s.active_tasks, s.active_leases, s.revocation_backlog
-            );
+                s.active_tasks,
+                s.active_leases,
+                s.revocation_backlog
+            )?;
             let mut rows = vec![vec![
                 "ISSUER".into(),
                 "KEYS".into(),
@@ -233,7 +237,7 @@ pub(super) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     i.last_error.clone(),
                 ]
             }));
-            print!("{}", output::table(&rows));
+            out!("{}", output::table(&rows))?;
             let mut rows = vec![vec![
                 "PROVIDER".into(),
                 "KIND".into(),
@@ -248,7 +252,7 @@ pub(super) async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                     p.detail.clone(),
                 ]
             }));
-            print!("{}", output::table(&rows));
+            out!("{}", output::table(&rows))?;
         }
     }
     Ok(ExitCode::SUCCESS)

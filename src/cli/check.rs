@@ -33,11 +33,11 @@ pub(super) async fn run(
         crate::audit::key::AuditKey::load(source, env)
             .map_err(|e| anyhow::anyhow!("audit head key: {e}"))?;
     }
-    println!("{}: ok: {summary}", path.display());
+    outln!("{}: ok: {summary}", path.display())?;
     for (name, slot) in runtime.providers.iter() {
         let grants = grants_of(&runtime, name);
         for paragraph in slot.provider.explain(&grants) {
-            println!("\nprovider {name} needs:\n{paragraph}");
+            outln!("\nprovider {name} needs:\n{paragraph}")?;
         }
     }
     if !online {
@@ -46,8 +46,8 @@ pub(super) async fn run(
     let failed = runtime.verifier.load_keys().await;
     for s in runtime.verifier.statuses() {
         match failed.iter().find(|(u, _)| *u == s.url) {
-            Some((_, e)) => println!("issuer {}: FAILED: {e}", s.url),
-            None => println!("issuer {}: ok, {} key(s)", s.url, s.keys),
+            Some((_, e)) => outln!("issuer {}: FAILED: {e}", s.url)?,
+            None => outln!("issuer {}: ok, {} key(s)", s.url, s.keys)?,
         }
     }
     let mut bad = !failed.is_empty();
@@ -55,11 +55,11 @@ pub(super) async fn run(
         let grants = grants_of(&runtime, name);
         let problems = slot.provider.check_online(&grants).await;
         for p in &problems {
-            println!("provider {name}: FAILED: {p}");
+            outln!("provider {name}: FAILED: {p}")?;
         }
         bad |= !problems.is_empty();
         let h = slot.provider.health().await;
-        println!(
+        outln!(
             "provider {name} ({}): {}{}",
             slot.config.kind,
             if h.healthy { "ok" } else { "FAILED" },
@@ -68,7 +68,7 @@ pub(super) async fn run(
             } else {
                 format!(": {}", h.detail)
             }
-        );
+        )?;
         bad |= !h.healthy;
     }
     Ok(if bad {

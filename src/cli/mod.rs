@@ -1,7 +1,24 @@
 //! The command line: one binary for the daemon, the workload side and the operator side.
 //!
 //! Exit codes: 0 success, 1 refused or failed (a rejected token, a denied task, an unreachable
-//! daemon), 2 bad usage or configuration.
+//! daemon), 2 bad usage or configuration. A closed stdout (`credbroker status | head -1`) ends
+//! the command quietly, never with a panic.
+
+/// `println!` that returns the write's error instead of panicking on a closed pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
+/// `print!` likewise.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
 
 mod admin;
 mod audit;
@@ -124,15 +141,16 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
         Command::Audit { command } => audit::run(command),
         Command::Lineage(args) => audit::lineage(args),
         Command::Keygen => match crate::journal::seal::generate_hex() {
-            Ok(k) => {
-                println!("{}", k.as_str());
-                Ok(ExitCode::SUCCESS)
-            }
+            Ok(k) => outln!("{}", k.as_str())
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from),
             Err(e) => Err(e.into()),
         },
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`| head`): what it wanted, it got.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             if e.downcast_ref::<crate::config::ConfigErrors>().is_some() {
@@ -142,6 +160,13 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
             }
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn init_logging(level: Option<&str>, format: LogFormat) {

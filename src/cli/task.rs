@@ -161,29 +161,35 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 tool,
                 grants: grant_requests(&grants, &narrow)?,
                 ttl_seconds: ttl_seconds(&ttl)?,
+                idempotency_key: None,
             };
-            let mut client = BrokerClient::new(client::channel(&conn.socket).await?);
-            let resp = client
-                .begin_task(request)
-                .await
-                .map_err(Refused::from)?
-                .into_inner();
+            let resp = client::begin_task(&conn.socket, request).await?;
             let task = resp.task.unwrap_or_default();
-            match format {
+            let written = match format {
                 Format::Json => {
                     let doc = serde_json::json!({
                         "task": output::task_json(&task),
                         "credentials": output::credentials_json(&resp.credentials),
                     });
-                    println!("{}", serde_json::to_string_pretty(&doc)?);
+                    serde_json::to_string_pretty(&doc)
+                        .map_err(anyhow::Error::from)
+                        .and_then(|d| Ok(outln!("{d}")?))
                 }
-                Format::Env => print!("{}", output::env_lines(&task.id, &resp.credentials)),
-                Format::CredentialProcess => {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&output::credential_process(&resp.credentials)?)?
-                    );
-                }
+                Format::Env => Ok(out!("{}", output::env_lines(&task.id, &resp.credentials))?),
+                Format::CredentialProcess => output::credential_process(&resp.credentials)
+                    .and_then(|doc| Ok(serde_json::to_string(&doc)?))
+                    .and_then(|d| Ok(outln!("{d}")?)),
+            };
+            if let Err(e) = written {
+                // Credentials nobody received must not stay alive until the task expires.
+                let ended = match client::end_task(&conn.socket, &task.id).await {
+                    Ok(t) => format!("ended ({})", t.state),
+                    Err(end) => format!("NOT ended ({end:#}): end it with `credbroker task end`"),
+                };
+                bail!(
+                    "{e:#}; task {} was not delivered, so it was {ended}",
+                    task.id
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -204,10 +210,10 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(Refused::from)?
                 .into_inner();
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&output::task_json(&resp.task.unwrap_or_default()))?
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         TaskCommand::End { conn, task } => {
@@ -217,10 +223,10 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(Refused::from)?
                 .into_inner();
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&output::task_json(&resp.task.unwrap_or_default()))?
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -105,7 +105,7 @@ pub(super) async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             Err(r) => (rejected(&r, Some(v.fingerprint.hex()), &load_errors), 1),
         },
     };
-    println!("{}", serde_json::to_string_pretty(&verdict)?);
+    outln!("{}", serde_json::to_string_pretty(&verdict)?)?;
     Ok(ExitCode::from(code))
 }
 

@@ -114,7 +114,12 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                     "is configured twice",
                 );
             }
-            check_clients(&mut p, Some(&span), &format!("issuer.{}.clients", i.url), &clients);
+            check_clients(
+                &mut p,
+                Some(&span),
+                &format!("issuer.{}.clients", i.url),
+                &clients,
+            );
             registry.entry(i.url.clone()).or_default().extend(clients);
             issuers.push(i);
         }
@@ -124,7 +129,12 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     }
     let bind = Binding::new(&issuers);
     if !raw.attribution.clients.is_empty() {
-        check_clients(&mut p, None, "attribution.clients", &raw.attribution.clients);
+        check_clients(
+            &mut p,
+            None,
+            "attribution.clients",
+            &raw.attribution.clients,
+        );
         match bind.only() {
             Some(only) => registry
                 .entry(only.to_owned())

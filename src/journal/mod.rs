@@ -9,6 +9,7 @@
 //! Reads (admin queries, recovery, export) use a separate connection; WAL lets them run beside
 //! the writer.
 
+mod keycheck;
 mod ops;
 pub mod read;
 pub mod rows;
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::audit::key::AuditKey;
 use crate::metrics::Metrics;
+pub use keycheck::KeyCheckError;
 use ops::Chain;
 pub use ops::{Op, chain_hash};
 
@@ -46,6 +48,17 @@ pub enum JournalError {
     Io { path: String, error: std::io::Error },
     #[error("journal schema version {found} is newer than this build understands ({known})")]
     TooNew { found: usize, known: usize },
+}
+
+impl JournalError {
+    /// A key that must be unique was used again (a BeginTask idempotency key).
+    pub fn is_duplicate(&self) -> bool {
+        matches!(
+            self,
+            Self::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+                if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+        )
+    }
 }
 
 /// How durable a commit must be before it is answered.

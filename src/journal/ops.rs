@@ -44,6 +44,19 @@ pub enum Op {
         expires_ms: i64,
     },
     Audit(Box<AuditRecord>),
+    /// A BeginTask idempotency key, in the intent's commit: a second use conflicts.
+    BeginKey {
+        workload: Text,
+        key: String,
+        task_id: Text,
+        digest: [u8; 32],
+        created_ms: i64,
+    },
+    /// A fact about the journal itself (written once, e.g. the key check).
+    SetMeta {
+        name: &'static str,
+        value: Vec<u8>,
+    },
     /// Deletes the audit records before `keep_from` (retention) and appends `anchor`, which is
     /// given the hash of the last record deleted, so the rest still verifies.
     PruneAudit {
@@ -171,6 +184,18 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
         Op::LeaseExpiry { id, expires_ms } => {
             exec(conn, "UPDATE leases SET expires_ms = ?2 WHERE id = ?1", params![id, expires_ms])?
         }
+        Op::BeginKey { workload, key, task_id, digest, created_ms } => exec(
+            conn,
+            "INSERT INTO begin_keys (workload, key, task_id, digest, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![&**workload, key, &**task_id, digest.as_slice(), created_ms],
+        )?,
+        Op::SetMeta { name, value } => exec(
+            conn,
+            "INSERT INTO meta (name, value) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET value = ?2",
+            params![name, value],
+        )?,
         // Handled by `apply`.
         Op::Audit(_) | Op::PruneAudit { .. } => 1,
     };
@@ -305,5 +330,7 @@ fn name(op: &Op) -> &'static str {
         Op::LeaseExpiry { .. } => "lease expiry",
         Op::Audit(_) => "audit",
         Op::PruneAudit { .. } => "prune audit",
+        Op::BeginKey { .. } => "begin key",
+        Op::SetMeta { .. } => "set meta",
     }
 }

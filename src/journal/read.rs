@@ -246,6 +246,36 @@ pub fn task(conn: &Connection, id: &str) -> Result<Option<TaskView>, JournalErro
     }
 }
 
+/// The task a workload's BeginTask idempotency key began, and the digest of that request.
+pub fn begin_key(
+    conn: &Connection,
+    workload: &str,
+    key: &str,
+) -> Result<Option<(String, Vec<u8>)>, JournalError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT task_id, digest FROM begin_keys WHERE workload = ?1 AND key = ?2",
+    )?;
+    let mut rows = stmt.query_map([workload, key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.next().transpose()?)
+}
+
+/// A fact about the journal itself.
+pub fn meta(conn: &Connection, name: &str) -> Result<Option<Vec<u8>>, JournalError> {
+    let mut stmt = conn.prepare_cached("SELECT value FROM meta WHERE name = ?1")?;
+    let mut rows = stmt.query_map([name], |r| r.get(0))?;
+    Ok(rows.next().transpose()?)
+}
+
+/// Any sealed revocation handle and its lease id: a journal from before the key check was
+/// recorded proves its key with one of these.
+pub fn any_sealed_handle(conn: &Connection) -> Result<Option<(String, Vec<u8>)>, JournalError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, sealed_handle FROM leases WHERE sealed_handle IS NOT NULL LIMIT 1",
+    )?;
+    let mut rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.next().transpose()?)
+}
+
 pub fn tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<TaskView>, JournalError> {
     let mut sql = format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE 1=1");
     let mut args: Vec<Sql> = Vec::new();

@@ -120,6 +120,8 @@ pub mod end_reason {
     pub const BY_OPERATOR: &str = "revoked_by_operator";
     pub const ISSUE_FAILED: &str = "issue_failed";
     pub const INTERRUPTED: &str = "interrupted";
+    /// A BeginTask retried with the same idempotency key after its answer was lost.
+    pub const BEGIN_REPLAYED: &str = "begin_replayed";
 }
 
 /// Text shared between rows: interned (see `broker::intern`), so 100,000 tasks of one workload

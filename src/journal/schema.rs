@@ -106,6 +106,23 @@ pub(super) const MIGRATIONS: &[&str] = &[
         WHERE grant_name IS NOT NULL;
     CREATE INDEX audit_event ON audit(event, at_ms);
     "#,
+    // 4: facts about the journal itself (the journal key's check value), and BeginTask
+    // idempotency keys: which task a workload's key began, and a digest of the request, so a
+    // retry after a lost answer finds the task instead of leaving it unknown to its client.
+    r#"
+    CREATE TABLE meta (
+        name   TEXT PRIMARY KEY,
+        value  BLOB NOT NULL
+    ) STRICT;
+    CREATE TABLE begin_keys (
+        workload    TEXT NOT NULL,
+        key         TEXT NOT NULL,
+        task_id     TEXT NOT NULL,
+        digest      BLOB NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        PRIMARY KEY (workload, key)
+    ) STRICT, WITHOUT ROWID;
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

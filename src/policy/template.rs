@@ -321,7 +321,9 @@ mod tests {
     /// the workload and could be `.` too.
     #[test]
     fn a_value_is_one_path_segment_or_refused() {
-        for bad in [".", "..", "a/b", "%2f", "a%2Fb", "", "a\u{0}b", "a\nb", "a b", "a\\b"] {
+        for bad in [
+            ".", "..", "a/b", "%2f", "a%2Fb", "", "a\u{0}b", "a\nb", "a b", "a\\b",
+        ] {
             assert_eq!(
                 render_str("team-kv/users/{sub}/creds", &vars(bad, None)),
                 Err(RenderError::Unsafe("sub".into())),
@@ -337,7 +339,9 @@ mod tests {
         // Checked after rendering too: a value completing a dot segment the template began.
         assert_eq!(
             render_str("kv/%2{sub}/x", &vars("e", None)),
-            Err(RenderError::DotSegment { param: String::new() })
+            Err(RenderError::DotSegment {
+                param: String::new()
+            })
         );
         assert_eq!(
             render_str("kv/%2e{sub}/x", &vars("-", None)),
@@ -345,7 +349,9 @@ mod tests {
         );
         assert_eq!(
             render_str("kv/%2e%2{sub}/x", &vars("e", None)),
-            Err(RenderError::DotSegment { param: String::new() })
+            Err(RenderError::DotSegment {
+                param: String::new()
+            })
         );
         assert_eq!(
             render_str("kv/{sub}", &vars("a.b", None)),
@@ -371,9 +377,10 @@ mod tests {
     #[test]
     fn case_insensitive_parameters_refuse_upper_case_values() {
         let rules = [ParamRule::fixed("policies").case_insensitive()];
-        let params: Params =
-            serde_json::from_value(serde_json::json!({"policies": ["user-{sub}"], "path": "kv/{sub}"}))
-                .unwrap_or_default();
+        let params: Params = serde_json::from_value(
+            serde_json::json!({"policies": ["user-{sub}"], "path": "kv/{sub}"}),
+        )
+        .unwrap_or_default();
         assert_eq!(
             render(&params, &vars("ALICE", None), &rules),
             Err(RenderError::CaseFolded {

@@ -48,7 +48,10 @@ fn policy(require_owner: bool) -> (Config, Policy) {
     );
     let config = Config::parse(&text, "test").unwrap_or_else(|e| panic!("{e}"));
     const RULES: [ParamRule; 2] = [ParamRule::subset("items"), ParamRule::fixed("label")];
-    let p = Policy::new(&config, [("p".to_string(), &RULES[..])].into_iter().collect());
+    let p = Policy::new(
+        &config,
+        [("p".to_string(), &RULES[..])].into_iter().collect(),
+    );
     (config, p)
 }
 
@@ -319,7 +322,10 @@ fn issuers_are_kept_apart() {
     let ours = claims("alice", "agent", "mcp.tool:db.read", json!({}));
     let mut theirs = ours.clone();
     theirs.issuer = "https://partner.example".into();
-    assert!(p.decide(&ask(w, &ours, &[grant("read")], "query", None)).is_ok());
+    assert!(
+        p.decide(&ask(w, &ours, &[grant("read")], "query", None))
+            .is_ok()
+    );
     assert_eq!(
         code(p.decide(&ask(w, &theirs, &[grant("read")], "query", None))),
         "issuer_not_allowed"
@@ -353,7 +359,11 @@ fn with_two_issuers_every_binding_is_explicit() {
         .unwrap_or_default();
     assert_eq!(
         errors,
-        ["attribution.clients", "grant.read.issuer", "workload.db-mcp.issuer"],
+        [
+            "attribution.clients",
+            "grant.read.issuer",
+            "workload.db-mcp.issuer"
+        ],
         "{errors:?}"
     );
     // A workload and its grant bound to different issuers can never work: refused at load.

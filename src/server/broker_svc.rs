@@ -74,6 +74,7 @@ impl v1::broker_server::Broker for BrokerService {
                     tool: req.tool,
                     grants,
                     ttl: ttl(req.ttl_seconds),
+                    idempotency_key: req.idempotency_key,
                 },
             )
             .await

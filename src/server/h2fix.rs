@@ -278,7 +278,14 @@ fn encode_block(block: &Block, fields: &[(Vec<u8>, Vec<u8>)], out: &mut Vec<u8>)
     let mut first = true;
     let mut chunks = encoded.chunks(MAX_FRAME - 5).peekable();
     if chunks.peek().is_none() {
-        frame(HEADERS, block.flags & END_STREAM | END_HEADERS, block, block.priority, &[], out);
+        frame(
+            HEADERS,
+            block.flags & END_STREAM | END_HEADERS,
+            block,
+            block.priority,
+            &[],
+            out,
+        );
         return;
     }
     while let Some(chunk) = chunks.next() {
@@ -294,7 +301,14 @@ fn encode_block(block: &Block, fields: &[(Vec<u8>, Vec<u8>)], out: &mut Vec<u8>)
     }
 }
 
-fn frame(kind: u8, flags: u8, block: &Block, prio: Option<[u8; 5]>, body: &[u8], out: &mut Vec<u8>) {
+fn frame(
+    kind: u8,
+    flags: u8,
+    block: &Block,
+    prio: Option<[u8; 5]>,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) {
     let len = body.len() + prio.map_or(0, |_| 5);
     out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8, kind]);
     out.push(flags | if prio.is_some() { PRIORITY } else { 0 });

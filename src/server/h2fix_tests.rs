@@ -45,7 +45,9 @@ fn server_view(bytes: &[u8]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut blocks = Vec::new();
     let mut pending = Vec::new();
     while at < bytes.len() {
-        let len = usize::from(bytes[at]) << 16 | usize::from(bytes[at + 1]) << 8 | usize::from(bytes[at + 2]);
+        let len = usize::from(bytes[at]) << 16
+            | usize::from(bytes[at + 1]) << 8
+            | usize::from(bytes[at + 2]);
         let (kind, flags) = (bytes[at + 3], bytes[at + 4]);
         let payload = &bytes[at + 9..at + 9 + len];
         if kind == HEADERS || kind == CONTINUATION {
@@ -76,7 +78,10 @@ fn run(input: &[u8], chunk: usize) -> (Vec<u8>, bool) {
 
 #[test]
 fn a_parseable_authority_passes_through_byte_for_byte() {
-    let input = client(&[(1, request(b"localhost", b"/a")), (3, request(b"localhost", b"/b"))]);
+    let input = client(&[
+        (1, request(b"localhost", b"/a")),
+        (3, request(b"localhost", b"/b")),
+    ]);
     for chunk in [1, 7, 4096] {
         let (out, rewritten) = run(&input, chunk);
         assert_eq!(out, input, "chunk {chunk}");
@@ -96,8 +101,14 @@ fn a_socket_path_authority_becomes_localhost_on_every_request() {
         assert!(rewritten);
         let blocks = server_view(&out);
         assert_eq!(blocks.len(), 2);
-        assert_eq!(blocks[0], request(b"localhost", b"/credbroker.v1.Broker/BeginTask"));
-        assert_eq!(blocks[1], request(b"localhost", b"/credbroker.v1.Broker/EndTask"));
+        assert_eq!(
+            blocks[0],
+            request(b"localhost", b"/credbroker.v1.Broker/BeginTask")
+        );
+        assert_eq!(
+            blocks[1],
+            request(b"localhost", b"/credbroker.v1.Broker/EndTask")
+        );
         // DATA frames are untouched.
         assert_eq!(
             out.windows(7).filter(|w| *w == b"\0\0\0\0\x02hi").count(),
@@ -136,7 +147,8 @@ fn a_large_header_block_is_split_into_frames_h2_accepts() {
     let (out, _) = run(&input, 4096);
     let mut at = PREFACE.len();
     while at < out.len() {
-        let len = usize::from(out[at]) << 16 | usize::from(out[at + 1]) << 8 | usize::from(out[at + 2]);
+        let len =
+            usize::from(out[at]) << 16 | usize::from(out[at + 1]) << 8 | usize::from(out[at + 2]);
         assert!(len <= MAX_FRAME);
         at += 9 + len;
     }
@@ -151,7 +163,12 @@ fn what_it_cannot_read_is_forwarded_unchanged() {
     assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
     // A corrupt header block after the preface.
     let mut input = PREFACE.to_vec();
-    input.extend(frame_bytes(HEADERS, END_HEADERS, 1, &[0xff, 0xff, 0xff, 0xff]));
+    input.extend(frame_bytes(
+        HEADERS,
+        END_HEADERS,
+        1,
+        &[0xff, 0xff, 0xff, 0xff],
+    ));
     input.extend(frame_bytes(0x0, 0, 1, b"after"));
     let (out, rewritten) = run(&input, 2);
     assert_eq!(out, input);

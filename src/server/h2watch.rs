@@ -64,7 +64,8 @@ impl FrameWatch {
                     break;
                 }
                 let h = &self.header;
-                self.remaining = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                self.remaining =
+                    usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                 self.kind = h[3];
                 self.stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
                 self.collected.clear();
@@ -93,7 +94,9 @@ impl FrameWatch {
     fn refusal(&mut self) -> Option<Refusal> {
         let c = &self.collected;
         let (frame, code) = match self.kind {
-            RST_STREAM if c.len() >= 4 => ("RST_STREAM", u32::from_be_bytes([c[0], c[1], c[2], c[3]])),
+            RST_STREAM if c.len() >= 4 => {
+                ("RST_STREAM", u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            }
             GOAWAY if c.len() >= 8 => ("GOAWAY", u32::from_be_bytes([c[4], c[5], c[6], c[7]])),
             _ => return None,
         };
@@ -135,8 +138,16 @@ mod tests {
             assert_eq!(
                 found,
                 vec![
-                    Refusal { frame: "RST_STREAM", stream: 1, code: 1 },
-                    Refusal { frame: "GOAWAY", stream: 0, code: 0xb },
+                    Refusal {
+                        frame: "RST_STREAM",
+                        stream: 1,
+                        code: 1
+                    },
+                    Refusal {
+                        frame: "GOAWAY",
+                        stream: 0,
+                        code: 0xb
+                    },
                 ],
                 "chunk {chunk}"
             );
@@ -147,7 +158,9 @@ mod tests {
     #[test]
     fn logs_a_few_per_connection_only() {
         let mut w = FrameWatch::default();
-        let bytes: Vec<u8> = (0..20).flat_map(|i| frame(RST_STREAM, i * 2 + 1, &[0, 0, 0, 1])).collect();
+        let bytes: Vec<u8> = (0..20)
+            .flat_map(|i| frame(RST_STREAM, i * 2 + 1, &[0, 0, 0, 1]))
+            .collect();
         assert_eq!(w.scan(&bytes).len(), MAX_LOGGED as usize);
     }
 }

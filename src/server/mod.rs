@@ -9,6 +9,7 @@ mod broker_svc;
 mod h2fix;
 mod h2watch;
 pub mod listener;
+mod lock;
 mod metrics;
 pub mod peer;
 pub mod status;
@@ -54,6 +55,8 @@ impl Daemon {
         let config = Config::load(&self.config_path)?;
         let mut runtime = Runtime::build(config, &self.registry, self.env.as_ref(), None)
             .map_err(|errors| config_errors(&self.config_path, errors))?;
+        // Before anything touches the journal: one daemon per journal.
+        let _lock = lock::acquire(&runtime.config.journal.path).map_err(anyhow::Error::msg)?;
         let sealer = Sealer::load(&runtime.config.journal.key, self.env.as_ref())?;
         let head_key = match &runtime.config.audit.head_key {
             Some(source) => Some(
@@ -69,6 +72,12 @@ impl Daemon {
                     runtime.config.journal.path.display()
                 )
             })?;
+        journal.check_key(&sealer).await.with_context(|| {
+            format!(
+                "checking the journal key against {}",
+                runtime.config.journal.path.display()
+            )
+        })?;
         let verifier = Arc::clone(&runtime.verifier);
         runtime.start_refresh(None);
         let cfg = Arc::clone(&runtime.config);
@@ -104,6 +113,11 @@ impl Daemon {
             None => listener::bind(&cfg.server.admin_socket, 0o600, None)
                 .with_context(|| format!("binding {}", cfg.server.admin_socket.display()))?,
         };
+
+        broker
+            .record_started(&recovery)
+            .await
+            .context("recording the start in the journal")?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let broker_srv = tokio::spawn(serve_broker(
@@ -204,6 +218,17 @@ impl Daemon {
             || config.journal.path != old.config.journal.path
         {
             tracing::warn!("socket and journal paths change only on restart");
+        }
+        // The journal key cannot change while the daemon runs: every sealed handle depends on
+        // it. A reload whose key is missing, unreadable or different is refused whole.
+        let sealer = Sealer::load(&config.journal.key, self.env.as_ref())
+            .map_err(|e| anyhow::anyhow!("journal key: {e}; the running key stays"))?;
+        if !broker.journal().key_matches(&sealer).await? {
+            anyhow::bail!(
+                "the reloaded journal key ({:?}) is not the key this journal was written with; \
+                 the key cannot change without a restart and a journal it opens",
+                config.journal.key
+            );
         }
         let mut runtime = Runtime::build(config, &self.registry, self.env.as_ref(), Some(&old))
             .map_err(|errors| config_errors(&self.config_path, errors))?;

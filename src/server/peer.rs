@@ -241,7 +241,9 @@ mod tests {
     #[test]
     fn user_units_are_not_system_units() {
         assert_eq!(
-            units("0::/user.slice/user-1000.slice/user@1000.service/app.slice/postgres-mcp.service"),
+            units(
+                "0::/user.slice/user-1000.slice/user@1000.service/app.slice/postgres-mcp.service"
+            ),
             pair(Some("user@1000.service"), Some("postgres-mcp.service"))
         );
         assert_eq!(

@@ -20,12 +20,16 @@ pub fn to_status(e: &BrokerError) -> Status {
         ErrorKind::PermissionDenied => Code::PermissionDenied,
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::Aborted => Code::Aborted,
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::Internal => Code::Internal,
     };
     let mut meta = HashMap::new();
     if let Some(g) = &e.grant {
         meta.insert("grant".to_string(), g.clone());
+    }
+    if let Some(t) = &e.task_id {
+        meta.insert("task_id".to_string(), t.clone());
     }
     let mut details = ErrorDetails::with_error_info(e.code.clone(), DOMAIN, meta);
     if e.kind == ErrorKind::Unavailable {

@@ -6,6 +6,7 @@
 
 mod audit;
 mod aws;
+mod defects;
 mod github;
 mod keys;
 mod lifecycle;

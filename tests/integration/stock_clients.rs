@@ -120,7 +120,11 @@ async fn a_request_refused_by_the_http2_layer_is_logged() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let mut block = Vec::new();
-    for (n, v) in [(":method", "POST"), (":scheme", "http"), (":authority", "localhost")] {
+    for (n, v) in [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":authority", "localhost"),
+    ] {
         block.push(0x00);
         block.push(n.len() as u8);
         block.extend_from_slice(n.as_bytes());
@@ -134,15 +138,20 @@ async fn a_request_refused_by_the_http2_layer_is_logged() {
     s.write_all(&bytes).await.unwrap_or_else(|e| panic!("{e}"));
     let mut buf = vec![0u8; 4096];
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf)).await;
-    crate::support::eventually(std::time::Duration::from_secs(5), "the refusal in the log", || async {
-        d.log_text().contains("the HTTP/2 layer refused a request")
-    })
+    crate::support::eventually(
+        std::time::Duration::from_secs(5),
+        "the refusal in the log",
+        || async { d.log_text().contains("the HTTP/2 layer refused a request") },
+    )
     .await;
     let log = d.log_text();
     let line = log
         .lines()
         .find(|l| l.contains("the HTTP/2 layer refused a request"))
         .unwrap_or_default();
-    assert!(line.contains("code=\"PROTOCOL_ERROR\"") || line.contains("code=PROTOCOL_ERROR"), "{line}");
+    assert!(
+        line.contains("code=\"PROTOCOL_ERROR\"") || line.contains("code=PROTOCOL_ERROR"),
+        "{line}"
+    );
     assert!(line.contains("peer_pid="), "{line}");
 }

@@ -13,7 +13,7 @@ use crate::support::daemon::{Daemon, base_config};
 use crate::support::oidc::{AuthServer, PG_READ, POSTGRES};
 use crate::support::openbao::OpenBao;
 use crate::support::postgres::Postgres;
-use crate::support::{begin_request, eventually, live_tasks, reason};
+use crate::support::{begin_request, eventually, get_task, live_tasks, reason};
 
 const COUNT: &str = "SELECT count(*) FROM orders";
 
@@ -638,6 +638,31 @@ async fn an_openbao_outage_while_100_tasks_end_loses_no_lease() {
         100,
         "the credentials still exist during the outage"
     );
+    // What EndTask answered is what the journal holds: `ending`, not `active`.
+    for id in ids.iter().step_by(10) {
+        let t = get_task(&d, id).await;
+        assert_eq!(t.state, "ending", "{id}");
+        assert_eq!(t.end_reason, "ended_by_workload", "{id}");
+    }
+    // Killed during the outage, the daemon comes back knowing the tasks are ending: it does
+    // not re-arm them as active for the reaper to call `expired` later.
+    let mut d = d;
+    d.kill9();
+    d.spawn().await;
+    eventually(Duration::from_secs(10), "recovery logged", || async {
+        d.log_text().contains("journal recovered")
+    })
+    .await;
+    let recovered = d
+        .log_text()
+        .lines()
+        .rfind(|l| l.contains("journal recovered"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(
+        recovered.contains("active=0") && recovered.contains("ending=100"),
+        "{recovered}"
+    );
 
     bao.start().await;
     eventually(
@@ -673,6 +698,21 @@ async fn an_openbao_outage_while_100_tasks_end_loses_no_lease() {
                 .any(|r| r["task_id"] == id.as_str() && r["event"] == "task_ended")
         );
     }
+    // The reason survives the outage and the restart through to `ended`.
+    for id in &ids {
+        let t = get_task(&d, id).await;
+        assert_eq!(
+            (t.state.as_str(), t.end_reason.as_str()),
+            ("ended", "ended_by_workload"),
+            "{id}"
+        );
+    }
+    assert!(
+        !audit
+            .iter()
+            .any(|r| r["event"] == "task_ended" && r["reason"] != "ended_by_workload"),
+        "no task ended for another reason"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -750,7 +790,7 @@ async fn leases_end_with_a_token_that_expires_in_two_minutes_even_without_credbr
         live_tasks(&d).await.is_empty()
     })
     .await;
-    let t = crate::support::get_task(&d, &task.id).await;
+    let t = get_task(&d, &task.id).await;
     assert_eq!(
         (t.state.as_str(), t.end_reason.as_str()),
         ("ended", "token_expired")

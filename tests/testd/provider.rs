@@ -23,9 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use credbroker_provider_api::{
-    Credential, Env, ErrorKind, IssueRequest, Issued, LeaseRef, ParamError, ParamRule, Params, Provider,
-    ProviderError, ProviderFactory, ProviderHealth, Reconciled, Renewed, RevocationHandle, Revoked,
-    Role, SecretValue, param_str,
+    Credential, Env, ErrorKind, IssueRequest, Issued, LeaseRef, ParamError, ParamRule, Params,
+    Provider, ProviderError, ProviderFactory, ProviderHealth, Reconciled, Renewed,
+    RevocationHandle, Revoked, Role, SecretValue, param_str,
 };
 use serde_json::{Value, json};
 
