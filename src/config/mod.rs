@@ -41,6 +41,10 @@ pub struct ServerConfig {
     pub admin_socket: PathBuf,
     /// Peer uids allowed on the admin socket. Always includes the daemon's own uid.
     pub admin_uids: BTreeSet<u32>,
+    /// Connections one uid may hold open on a socket; more are closed as they arrive.
+    pub max_connections_per_uid: usize,
+    /// A connection that sends no request within this is closed.
+    pub connection_idle_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]

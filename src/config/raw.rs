@@ -39,6 +39,8 @@ pub(super) struct RawServer {
     pub(super) broker_socket_group: Option<String>,
     pub(super) admin_socket: PathBuf,
     pub(super) admin_uids: Option<Vec<u32>>,
+    pub(super) max_connections_per_uid: Option<usize>,
+    pub(super) connection_idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -273,11 +273,34 @@ fn server(p: &mut Problems<'_>, raw: RawServer) -> ServerConfig {
     }
     let mut admin_uids: BTreeSet<u32> = raw.admin_uids.unwrap_or_default().into_iter().collect();
     admin_uids.insert(nix::unistd::geteuid().as_raw());
+    let max_connections_per_uid = raw.max_connections_per_uid.unwrap_or(64);
+    if !(1..=4096).contains(&max_connections_per_uid) {
+        p.at(
+            None,
+            "server.max_connections_per_uid",
+            "must be between 1 and 4096",
+        );
+    }
+    let connection_idle_timeout = p.duration(
+        None,
+        "server.connection_idle_timeout",
+        raw.connection_idle_timeout.as_ref(),
+        Duration::from_secs(10),
+    );
+    if connection_idle_timeout > Duration::from_secs(300) {
+        p.at(
+            None,
+            "server.connection_idle_timeout",
+            "must be at most 5m: an idle connection holds a file descriptor",
+        );
+    }
     ServerConfig {
         broker_socket: raw.broker_socket,
         broker_socket_gid,
         admin_socket: raw.admin_socket,
         admin_uids,
+        max_connections_per_uid,
+        connection_idle_timeout,
     }
 }
 

@@ -81,6 +81,11 @@ impl Default for AuthorityFix {
 }
 
 impl AuthorityFix {
+    /// A whole header block (a request) has arrived on this connection.
+    pub(crate) fn saw_request(&self) -> bool {
+        self.mode != Mode::Undecided
+    }
+
     /// Nothing more to do on this connection: reads can bypass the adapter.
     pub(crate) fn done(&self) -> bool {
         self.mode == Mode::PassThrough && self.input.is_empty()

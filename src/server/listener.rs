@@ -1,6 +1,7 @@
 //! Unix socket listeners whose permissions are right from the first instant, and the accepted
 //! streams that carry their attested peer into every request.
 
+use std::future::Future as _;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
@@ -12,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tonic::transport::server::Connected;
 
+use super::accept::ConnGuard;
 use super::h2fix::AuthorityFix;
 use super::h2watch::FrameWatch;
 use crate::workload::PeerInfo;
@@ -77,7 +79,8 @@ fn remove_stale(path: &Path) -> io::Result<()> {
 pub type PeerAttestation = Arc<Result<PeerInfo, String>>;
 
 /// An accepted connection with its attested peer. Reads pass through [`AuthorityFix`] (stock
-/// gRPC clients' `:authority`), writes through [`FrameWatch`] (refusals are logged).
+/// gRPC clients' `:authority`), writes through [`FrameWatch`] (refusals are logged). Until its
+/// first request arrives the connection has a deadline: one that never asks anything is closed.
 pub struct PeerStream {
     inner: UnixStream,
     peer: PeerAttestation,
@@ -86,14 +89,17 @@ pub struct PeerStream {
     out: Vec<u8>,
     out_at: usize,
     watch: FrameWatch,
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    _guard: ConnGuard,
 }
 
 impl PeerStream {
-    pub fn new(inner: UnixStream, read_exe: bool) -> Self {
-        let peer = Arc::new(super::peer::attest(&inner, read_exe));
-        if let Err(e) = peer.as_ref() {
-            tracing::warn!(error = %e, "could not identify a connecting peer; its requests will be refused");
-        }
+    pub(crate) fn new(
+        inner: UnixStream,
+        peer: PeerAttestation,
+        guard: ConnGuard,
+        idle: std::time::Duration,
+    ) -> Self {
         Self {
             inner,
             peer,
@@ -101,6 +107,8 @@ impl PeerStream {
             out: Vec::new(),
             out_at: 0,
             watch: FrameWatch::default(),
+            idle: Some(Box::pin(tokio::time::sleep(idle))),
+            _guard: guard,
         }
     }
 
@@ -155,6 +163,9 @@ impl AsyncRead for PeerStream {
             let Some(fix) = this.fix.as_mut() else {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             };
+            if fix.saw_request() {
+                this.idle = None;
+            }
             if fix.done() {
                 this.fix = None;
                 continue;
@@ -162,7 +173,17 @@ impl AsyncRead for PeerStream {
             let mut chunk = [0u8; 8192];
             let mut read = ReadBuf::new(&mut chunk);
             match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if let Some(idle) = this.idle.as_mut()
+                        && idle.as_mut().poll(cx).is_ready()
+                    {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "no request on this connection within the idle timeout",
+                        )));
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) if read.filled().is_empty() => return Poll::Ready(Ok(())),
                 Poll::Ready(Ok(())) => {
@@ -228,24 +249,6 @@ impl AsyncWrite for PeerStream {
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
-}
-
-/// Accepted connections as a stream for tonic, each attested as it arrives.
-/// `read_exe` follows the configuration: whether any workload selects on the executable.
-pub fn incoming(
-    listener: UnixListener,
-    read_exe: Arc<std::sync::atomic::AtomicBool>,
-) -> impl futures_util::Stream<Item = io::Result<PeerStream>> + Send + 'static {
-    futures_util::stream::unfold(listener, move |listener| {
-        let read_exe = read_exe.load(std::sync::atomic::Ordering::Relaxed);
-        async move {
-            let next = listener
-                .accept()
-                .await
-                .map(|(stream, _)| PeerStream::new(stream, read_exe));
-            Some((next, listener))
-        }
-    })
 }
 
 #[cfg(test)]

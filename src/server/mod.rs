@@ -4,6 +4,7 @@
 //! and the journal opened, memory is rebuilt from the journal (`recover`), and only then are the
 //! sockets bound — a workload can never reach a daemon that does not yet know what it issued.
 
+mod accept;
 mod admin_svc;
 mod broker_svc;
 mod h2fix;
@@ -120,10 +121,20 @@ impl Daemon {
             .context("recording the start in the journal")?;
 
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (broker_budget, admin_budget) = accept::budgets();
+        let limits = |total| accept::Limits {
+            per_uid: cfg.server.max_connections_per_uid,
+            total,
+            idle: cfg.server.connection_idle_timeout,
+        };
         let broker_srv = tokio::spawn(serve_broker(
             Arc::clone(&broker),
-            broker_listener,
-            Arc::clone(&read_exe),
+            accept::incoming(
+                broker_listener,
+                Arc::clone(&read_exe),
+                limits(broker_budget),
+                "broker",
+            ),
             stop_rx.clone(),
         ));
         let metrics_srv = match &cfg.metrics {
@@ -136,8 +147,12 @@ impl Daemon {
         };
         let admin_srv = tokio::spawn(serve_admin(
             Arc::clone(&broker),
-            admin_listener,
-            Arc::clone(&read_exe),
+            accept::incoming(
+                admin_listener,
+                Arc::clone(&read_exe),
+                limits(admin_budget),
+                "admin",
+            ),
             stop_rx,
         ));
         let notifier = systemd::Notifier::from_env(self.env.as_ref());
@@ -295,10 +310,11 @@ fn reflection() -> anyhow::Result<
         .build_v1()?)
 }
 
+type Incoming = tokio_stream::wrappers::ReceiverStream<std::io::Result<listener::PeerStream>>;
+
 async fn serve_broker(
     broker: Arc<Broker>,
-    listener: tokio::net::UnixListener,
-    read_exe: Arc<AtomicBool>,
+    incoming: Incoming,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -311,15 +327,14 @@ async fn serve_broker(
         .add_service(health_svc)
         .add_service(reflection()?)
         .add_service(svc)
-        .serve_with_incoming_shutdown(listener::incoming(listener, read_exe), stopped(stop))
+        .serve_with_incoming_shutdown(incoming, stopped(stop))
         .await?;
     Ok(())
 }
 
 async fn serve_admin(
     broker: Arc<Broker>,
-    listener: tokio::net::UnixListener,
-    read_exe: Arc<AtomicBool>,
+    incoming: Incoming,
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -332,7 +347,7 @@ async fn serve_admin(
         .add_service(health_svc)
         .add_service(reflection()?)
         .add_service(svc)
-        .serve_with_incoming_shutdown(listener::incoming(listener, read_exe), stopped(stop))
+        .serve_with_incoming_shutdown(incoming, stopped(stop))
         .await?;
     Ok(())
 }

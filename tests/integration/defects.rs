@@ -431,3 +431,159 @@ async fn a_retried_begin_ends_the_task_its_first_attempt_began() {
         .count();
     assert_eq!(opened, 1);
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Review finding 5: with 400 idle connections (no token, no registered workload needed) the
+/// daemon ran out of descriptors, its accept loop spun, and EndTask and `status` hung until the
+/// flood ended. Here: 1,000 idle connections from another uid, a descriptor limit of 256.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_flood_leaves_end_task_and_status_answering() {
+    let auth = AuthServer::start();
+    let wrapper = ["sh", "-c", "ulimit -n 256 && exec \"$@\"", "sh"]
+        .map(str::to_owned)
+        .to_vec();
+    let d = Daemon::start_wrapped(
+        |dir| {
+            base_config(dir, &auth.issuer, "").replace(
+                "[server]\n",
+                "[server]\nbroker_socket_group = \"65534\"\nconnection_idle_timeout = \"60s\"\n",
+            )
+        },
+        "info",
+        Vec::new(),
+        wrapper,
+    )
+    .await;
+    std::fs::set_permissions(
+        d.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pid = d.pid().unwrap_or_default();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.contains(" 256 ")),
+        "{limits}"
+    );
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let begun = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["orders-db-read"]))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
+    let id = begun.task.unwrap_or_default().id;
+
+    // The system's Python: a user's (pyenv under /root) is not readable by nobody.
+    let python = ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("python3");
+    let mut flood = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", python])
+        .arg(crate::support::repo().join("tests/support/flood/hold.py"))
+        .arg(&d.broker_socket)
+        .arg("1000")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut line = String::new();
+    {
+        use std::io::BufRead as _;
+        let stdout = flood.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert!(line.starts_with("connected "), "{line}");
+    // The daemon holds one uid's share, not the flood, and stays under its limit.
+    let fds = open_fds(pid);
+    assert!(
+        fds < 200,
+        "the daemon holds {fds} descriptors during the flood"
+    );
+
+    let timed = |args: &[&str]| {
+        let started = std::time::Instant::now();
+        let out = d
+            .cli()
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        (started.elapsed(), out)
+    };
+    let (took, out) = timed(&["task", "end", "--task", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "EndTask took {took:?} during the flood"
+    );
+    let end_took = took;
+    let (took, out) = timed(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "status took {took:?} during the flood"
+    );
+    eprintln!(
+        "flood: {} ; daemon fds {fds}; EndTask {end_took:?}, status {took:?}",
+        line.trim()
+    );
+    assert!(d.outstanding().is_empty());
+    assert!(
+        d.log_text().contains("too many connections from one uid"),
+        "the refusals are logged"
+    );
+    drop(flood.stdin.take());
+    let _ = flood.wait();
+}
+
+/// A connection that never sends a request is closed after `connection_idle_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_connection_is_closed() {
+    use tokio::io::AsyncReadExt as _;
+    let auth = AuthServer::start();
+    let d = Daemon::start(|dir| {
+        base_config(dir, &auth.issuer, "")
+            .replace("[server]\n", "[server]\nconnection_idle_timeout = \"1s\"\n")
+    })
+    .await;
+    let mut s = tokio::net::UnixStream::connect(&d.broker_socket)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let started = std::time::Instant::now();
+    // The daemon's own SETTINGS arrive first; then, with no request from us, the end.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 64];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(closed.is_ok(), "the idle connection stayed open");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    // A connection in use is not: the CLI's own request is served.
+    assert!(d.admin().await.status(v1::StatusRequest {}).await.is_ok());
+}

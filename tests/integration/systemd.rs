@@ -140,9 +140,15 @@ async fn socket_activation_passes_named_sockets_and_a_task_begins_through_them()
     // Sockets that cannot be told apart are refused, not guessed at.
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let config = dir.path().join("credbroker.toml");
+    // Its own journal: the running daemon holds the first one's lock.
     std::fs::write(
         &config,
-        std::fs::read_to_string(&d.config).unwrap_or_default(),
+        std::fs::read_to_string(&d.config)
+            .unwrap_or_default()
+            .replace(
+                &d.journal.display().to_string(),
+                &dir.path().join("journal.db").display().to_string(),
+            ),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let child = Command::new("systemd-socket-activate")

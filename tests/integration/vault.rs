@@ -326,8 +326,10 @@ async fn approle_login_from_systemd_credentials() {
     );
 }
 
-/// Begins and ends tasks from several clients until `stop`; returns the task ids and the
-/// database user names it was given.
+/// Begins and ends tasks from several clients until `stop`, as a real client would: every
+/// BeginTask carries an idempotency key and is retried with it when the answer is lost to a
+/// crash (`client::begin_task`), and every EndTask is retried until the daemon answers. Returns
+/// the task ids and the database user names it was given.
 async fn churn(
     socket: std::path::PathBuf,
     token: String,
@@ -337,17 +339,13 @@ async fn churn(
     let mut ids = Vec::new();
     let mut users = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        let Ok(ch) = credbroker::client::channel(&socket).await else {
-            tokio::time::sleep(Duration::from_millis(30)).await;
-            continue;
-        };
-        let mut client = v1::broker_client::BrokerClient::new(ch);
         let mut req = begin_request(&token, &["orders-db"]);
-        req.ttl_seconds = Some(30);
-        let Ok(resp) = client.begin_task(req).await else {
-            continue;
+        // Far longer than the run: a task left to its TTL would fail the test.
+        req.ttl_seconds = Some(600);
+        let resp = match credbroker::client::begin_task(&socket, req).await {
+            Ok(r) => r,
+            Err(e) => panic!("BeginTask failed for good: {e:#}"),
         };
-        let resp = resp.into_inner();
         users.extend(
             resp.credentials
                 .iter()
@@ -356,8 +354,14 @@ async fn churn(
         let id = resp.task.unwrap_or_default().id;
         ids.push(id.clone());
         tokio::time::sleep(Duration::from_millis(fastrand::u64(0..120))).await;
-        // May be lost to a crash: then the reaper ends the task at its expiry.
-        let _ = client.end_task(v1::EndTaskRequest { task_id: id }).await;
+        let ended = credbroker::client::end_task(&socket, &id)
+            .await
+            .unwrap_or_else(|e| panic!("EndTask {id} failed for good: {e:#}"));
+        assert!(
+            matches!(ended.state.as_str(), "ending" | "ended"),
+            "{id}: {}",
+            ended.state
+        );
     }
     (ids, users)
 }
@@ -404,8 +408,9 @@ async fn sigkill_at_random_moments_leaves_no_lease_and_every_task_accounted_for(
         given.len()
     );
 
-    // Tasks whose EndTask died with the daemon are reaped at their 30 s expiry.
-    eventually(Duration::from_secs(90), "every task ends", || async {
+    // Every task was ended by its client or, when its answer was lost, by the client's retry:
+    // nothing waits for its 10-minute TTL.
+    eventually(Duration::from_secs(15), "every task ends", || async {
         live_tasks(&d).await.is_empty()
     })
     .await;
@@ -476,6 +481,7 @@ async fn sigkill_at_random_moments_leaves_no_lease_and_every_task_accounted_for(
     }
     let started = std::time::Instant::now();
     let orphans = loop {
+        // Right after the run, not at a TTL.
         let roles = pg.dynamic_roles();
         let leases = bao.leases().await;
         let mut orphans = undelivered(roles.clone()).await;
@@ -569,13 +575,23 @@ async fn sigkill_at_random_moments_leaves_no_lease_and_every_task_accounted_for(
         .count();
     assert_eq!(starts, 23, "22 crashes and restarts");
     assert!(!audit.iter().any(|r| r["reason"] == "revocation_abandoned"));
+    assert!(
+        !audit.iter().any(|r| r["event"] == "task_ended"
+            && matches!(r["reason"].as_str(), Some("expired" | "token_expired"))),
+        "no task was left to its expiry"
+    );
     eprintln!(
-        "{} tasks given to clients, {} opened, {} interrupted by a crash",
+        "{} tasks given to clients, {} opened, {} interrupted by a crash, {} whose answer was \
+         lost and which the client's retry ended",
         given.len(),
         opened.len(),
         audit
             .iter()
             .filter(|r| r["reason"] == "interrupted" && r["event"] == "task_ending")
+            .count(),
+        audit
+            .iter()
+            .filter(|r| r["reason"] == "begin_replayed" && r["event"] == "task_ended")
             .count()
     );
 }
