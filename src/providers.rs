@@ -41,6 +41,65 @@ pub struct Slot {
     pub provider: Arc<dyn Provider>,
     pub config: ProviderConfig,
     pub limit: Arc<Semaphore>,
+    /// What the broker's own calls to this instance found (see [`Observed`]).
+    pub observed: Observed,
+}
+
+/// How the backend answered the broker's most recent calls. A provider's own `health()` knows
+/// only what it last checked itself (Vault: its token, minutes ago); during an outage every
+/// issue and revocation fails while that still says healthy. `Status` combines both.
+#[derive(Default)]
+pub struct Observed {
+    inner: std::sync::Mutex<ObservedInner>,
+}
+
+#[derive(Default)]
+struct ObservedInner {
+    /// Consecutive failures of the backend's making since the last answer.
+    failures: u32,
+    last_error: Option<String>,
+    since: Option<std::time::SystemTime>,
+    last_at: Option<std::time::SystemTime>,
+}
+
+/// The backend is failing: how many calls in a row, since when, the last error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failing {
+    pub failures: u32,
+    pub since: std::time::SystemTime,
+    pub last_at: std::time::SystemTime,
+    pub last_error: String,
+}
+
+impl Observed {
+    /// The backend answered (whatever it said: a refusal is an answer).
+    pub fn answered(&self) {
+        if let Ok(mut o) = self.inner.lock() {
+            *o = ObservedInner::default();
+        }
+    }
+
+    /// The backend did not answer, or failed (unavailable, timeout, rate limit, credbroker's
+    /// own credentials refused).
+    pub fn failed(&self, now: std::time::SystemTime, error: &str) {
+        if let Ok(mut o) = self.inner.lock() {
+            o.failures = o.failures.saturating_add(1);
+            o.since.get_or_insert(now);
+            o.last_at = Some(now);
+            o.last_error = Some(error.to_string());
+        }
+    }
+
+    pub fn failing(&self) -> Option<Failing> {
+        let o = self.inner.lock().ok()?;
+        Some(Failing {
+            failures: o.failures,
+            since: o.since?,
+            last_at: o.last_at?,
+            last_error: o.last_error.clone().unwrap_or_default(),
+        })
+        .filter(|f| f.failures > 0)
+    }
 }
 
 /// The instances of one configuration.
@@ -90,6 +149,7 @@ impl ProviderSet {
                             provider,
                             config: pc.clone(),
                             limit,
+                            observed: Observed::default(),
                         }),
                     );
                 }

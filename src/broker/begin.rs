@@ -206,11 +206,26 @@ pub(super) async fn call_provider<T>(
             )
         })?
         .map_err(|_| ProviderError::new(PKind::Unavailable, "provider is shutting down"))?;
-    match tokio::time::timeout(timeout, call).await {
+    let result = match tokio::time::timeout(timeout, call).await {
         Ok(r) => r,
         Err(_) => Err(ProviderError::new(
             PKind::OutcomeUnknown,
             format!("no answer within {}s", timeout.as_secs_f64()),
         )),
+    };
+    match &result {
+        Err(e)
+            if matches!(
+                e.kind,
+                PKind::Unavailable
+                    | PKind::OutcomeUnknown
+                    | PKind::RateLimited
+                    | PKind::Unauthorized
+            ) =>
+        {
+            slot.observed.failed(SystemTime::now(), &e.message);
+        }
+        _ => slot.observed.answered(),
     }
+    result
 }

@@ -340,8 +340,9 @@ impl Broker {
             .detail("role", role_str(row.role))
             .detail("reference", i.handle.reference.clone())
             .detail("expires_at", rfc3339(i.expires_at));
-        if i.expires_at > from_ms(row.wanted_exp_ms) {
+        if i.expires_at > from_ms(row.wanted_exp_ms) + std::time::Duration::from_secs(1) {
             // The provider has a floor (STS: 15 minutes): say how long it outlives the task.
+            // Not for the rounding of an expiry to whole seconds.
             rec = rec.detail("residual_until", rfc3339(i.expires_at));
         }
         Ok(vec![
@@ -418,7 +419,9 @@ impl Broker {
                     grant: row.grant.to_string(),
                     provider: row.provider.to_string(),
                     kind: row.kind.to_string(),
-                    expires_at: i.expires_at,
+                    // The caller may use it until the task ends, never longer, even where the
+                    // provider's credential lives on (STS's 15-minute floor).
+                    expires_at: i.expires_at.min(from_ms(task.expires_ms)),
                     credential: i.credential,
                 });
             }

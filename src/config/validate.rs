@@ -273,7 +273,7 @@ fn server(p: &mut Problems<'_>, raw: RawServer) -> ServerConfig {
     }
     let mut admin_uids: BTreeSet<u32> = raw.admin_uids.unwrap_or_default().into_iter().collect();
     admin_uids.insert(nix::unistd::geteuid().as_raw());
-    let max_connections_per_uid = raw.max_connections_per_uid.unwrap_or(64);
+    let max_connections_per_uid = raw.max_connections_per_uid.unwrap_or(256);
     if !(1..=4096).contains(&max_connections_per_uid) {
         p.at(
             None,

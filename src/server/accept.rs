@@ -7,7 +7,8 @@
 //! * every socket has a connection budget taken from `RLIMIT_NOFILE` (raised to its hard
 //!   limit at start), with a reserve the budgets never touch: the journal, provider HTTPS
 //!   connections and the admin socket keep their descriptors during a flood;
-//! * one uid holds at most `max_connections_per_uid` connections per socket; more are closed
+//! * one uid holds at most `max_connections_per_uid` connections per socket (and never more
+//!   than half its budget); more are closed
 //!   as they arrive, so one flooding workload cannot crowd out another;
 //! * a connection that fails attestation is closed at once instead of being served refusals;
 //! * a connection that sends no request within `connection_idle_timeout` is closed

@@ -208,11 +208,14 @@ impl v1::admin_server::Admin for AdminService {
         let mut providers = Vec::new();
         for (name, slot) in rt.providers.iter() {
             let h = slot.provider.health().await;
+            let backlog = counts.by_provider.get(name).map_or(0, |c| c.1);
+            let (healthy, detail) =
+                super::status::provider_health(h, slot.observed.failing(), backlog);
             providers.push(v1::ProviderStatus {
                 name: name.clone(),
                 kind: slot.config.kind.clone(),
-                healthy: h.healthy,
-                detail: h.detail,
+                healthy,
+                detail,
             });
         }
         providers.sort_by(|a, b| a.name.cmp(&b.name));

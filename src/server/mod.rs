@@ -122,8 +122,10 @@ impl Daemon {
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let (broker_budget, admin_budget) = accept::budgets();
-        let limits = |total| accept::Limits {
-            per_uid: cfg.server.max_connections_per_uid,
+        // One uid never gets more than half a socket's budget, whatever is configured: a
+        // flooding peer leaves room for everyone else.
+        let limits = |total: usize| accept::Limits {
+            per_uid: cfg.server.max_connections_per_uid.min(total / 2).max(1),
             total,
             idle: cfg.server.connection_idle_timeout,
         };

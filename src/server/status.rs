@@ -38,10 +38,80 @@ pub fn to_status(e: &BrokerError) -> Status {
     Status::with_error_details(code, e.to_string(), details)
 }
 
+/// A provider's health as `Status` reports it: what the provider says of itself, overruled by
+/// what the broker's calls found. A backend failing now is unhealthy whatever its own check
+/// said; a failure older than five minutes with nothing left to retry is old news.
+pub fn provider_health(
+    own: credbroker_provider_api::ProviderHealth,
+    failing: Option<crate::providers::Failing>,
+    backlog: u64,
+) -> (bool, String) {
+    let stale = |f: &crate::providers::Failing| {
+        backlog == 0
+            && f.last_at
+                .elapsed()
+                .is_ok_and(|e| e > std::time::Duration::from_secs(300))
+    };
+    match failing.filter(|f| !stale(f)) {
+        Some(f) => (
+            false,
+            format!(
+                "{} call(s) failed since {}; last: {}; {backlog} revocation(s) pending{}",
+                f.failures,
+                crate::time::rfc3339(f.since),
+                f.last_error,
+                if own.detail.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", own.detail)
+                }
+            ),
+        ),
+        None => (own.healthy, own.detail),
+    }
+}
+
 /// The reason code in a status from credbroker, for clients (the CLI, tests).
 pub fn reason_of(status: &Status) -> Option<String> {
     status
         .get_details_error_info()
         .filter(|i| i.domain == DOMAIN)
         .map(|i| i.reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use credbroker_provider_api::ProviderHealth;
+
+    fn own() -> ProviderHealth {
+        ProviderHealth {
+            healthy: true,
+            detail: "token ok".into(),
+        }
+    }
+
+    /// End-to-end finding 10: `status` said healthy while OpenBao was down and 40 revocations
+    /// were failing. What the broker's own calls found overrules the provider's last check.
+    #[test]
+    fn failing_calls_make_a_provider_unhealthy_until_it_answers() {
+        let observed = crate::providers::Observed::default();
+        assert_eq!(provider_health(own(), observed.failing(), 0).0, true);
+        observed.failed(std::time::SystemTime::now(), "connection refused");
+        observed.failed(std::time::SystemTime::now(), "connection refused");
+        let (healthy, detail) = provider_health(own(), observed.failing(), 40);
+        assert!(!healthy);
+        assert!(
+            detail.starts_with("2 call(s) failed since")
+                && detail.contains("connection refused")
+                && detail.contains("40 revocation(s) pending")
+                && detail.ends_with("; token ok"),
+            "{detail}"
+        );
+        observed.answered();
+        assert_eq!(
+            provider_health(own(), observed.failing(), 0),
+            (true, "token ok".into())
+        );
+    }
 }

@@ -13,13 +13,19 @@ use crate::support::oidc::{AuthServer, Options, S3};
 use crate::support::{begin_request, get_task, reason};
 
 const ROLE: &str = "mcp-s3-read";
-const DENY_POLICY: &str = "credbroker-revoked-sessions";
+/// The deny document of the test daemons' writer (`deny_writer = "t1"`).
+const DENY_POLICY: &str = "credbroker-revoked-sessions.t1";
 /// A role whose sessions may last one hour at most, for a grant that asks for two.
 const SHORT_ROLE: &str = "mcp-s3-short";
 
 /// The daemon's configuration: an AWS instance through the recorder, the `s3-reports` grant,
 /// and the test workload re-pointed at the S3 MCP server's audience.
 fn aws_config(dir: &Path, issuer: &str, moto: &Moto, provider_extra: &str) -> String {
+    let writer = if provider_extra.contains("deny_writer") {
+        ""
+    } else {
+        "deny_writer = \"t1\""
+    };
     let extra = format!(
         r#"
 [[provider]]
@@ -29,6 +35,7 @@ region = "us-east-1"
 endpoint_url = "{url}"
 credentials_credential = "aws-credentials"
 timeout = "3s"
+{writer}
 {provider_extra}
 
 [[grant]]
@@ -681,4 +688,160 @@ async fn a_session_whose_answer_never_arrived_is_denied_by_its_name() {
         },
     )
     .await;
+}
+
+/// End-to-end finding 15: `deny-session` did GetRolePolicy, merge, PutRolePolicy, so two
+/// daemons ending tasks on one role at once lost entries (5 rounds out of 5), while the audit
+/// said `lease_revoked {confirmed: true}`. Each writer now owns its document on the role.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_writers_on_one_role_lose_no_deny_entry() {
+    let auth = AuthServer::start_with(Options {
+        ttl: 3 * 3600,
+        ..Options::default()
+    });
+    let moto = Moto::start().await;
+    moto.create_role(ROLE, 43200).await;
+    moto.create_role(SHORT_ROLE, 3600).await;
+    let creds = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    Moto::write_credentials(creds.path());
+    let env = vec![(
+        "CREDENTIALS_DIRECTORY".to_string(),
+        creds.path().display().to_string(),
+    )];
+    // Two daemons as two hosts would run them (their machine ids differ; here, one machine,
+    // so each names its writer).
+    let mut daemons = Vec::new();
+    for host in ["host-1", "host-2"] {
+        let extra = format!("revocation = \"deny-session\"\ndeny_writer = \"{host}\"");
+        daemons.push(
+            Daemon::start_opts(
+                |dir| aws_config(dir, &auth.issuer, &moto, &extra),
+                "info",
+                env.clone(),
+            )
+            .await,
+        );
+    }
+    let token = auth.token("agent-1", S3, "mcp.tool:s3.read").await;
+    let mut sessions = Vec::new();
+    for round in 0..3 {
+        // Each daemon begins five tasks, then all ten end at once.
+        let mut tasks = Vec::new();
+        for d in &daemons {
+            for _ in 0..5 {
+                tasks.push((d, begin(d, &token).await.task.unwrap_or_default().id));
+            }
+        }
+        for (d, id) in &tasks {
+            sessions.push(get_task(d, id).await.leases[0].reference.clone());
+        }
+        let ends = tasks.iter().map(|(d, id)| end(d, id));
+        let states = futures_util::future::join_all(ends).await;
+        assert!(
+            states.iter().all(|s| s == "ended"),
+            "round {round}: {states:?}"
+        );
+    }
+    // Read back from IAM: every session ended is denied by some credbroker document.
+    let mut denied = Vec::new();
+    let mut names = moto.role_policy_names(ROLE).await;
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "credbroker-revoked-sessions.host-1",
+            "credbroker-revoked-sessions.host-2"
+        ],
+        "one document per writer"
+    );
+    for name in &names {
+        let doc = moto.role_policy(ROLE, name).await.unwrap_or(Value::Null);
+        for s in doc["Statement"].as_array().into_iter().flatten() {
+            if s["Effect"] == "Deny" && s["Action"] == "*" {
+                let ids = s["Condition"]["StringLike"]["aws:userid"].as_array();
+                denied.extend(
+                    ids.into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned),
+                );
+            }
+        }
+    }
+    let missing: Vec<&String> = sessions.iter().filter(|s| !denied.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} sessions are not denied: {missing:?}",
+        missing.len(),
+        sessions.len()
+    );
+}
+
+/// End-to-end finding 16: under deny-session `expires_at`, `AWS_CREDENTIAL_EXPIRATION` and the
+/// credential-process `Expiration` said STS's expiry (≥ 15 minutes) while the task, and so the
+/// deny, ended in 38 s: an SDK kept using cached credentials it believed valid.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_expiry_a_workload_is_told_is_the_tasks() {
+    let (auth, _moto, d, _creds) = setup("revocation = \"deny-session\"").await;
+    let token = auth.token("agent-1", S3, "mcp.tool:s3.read").await;
+    let out = d
+        .cli()
+        .args([
+            "task",
+            "begin",
+            "--tool",
+            "s3.read",
+            "--grant",
+            "s3-reports",
+            "--ttl",
+            "38s",
+        ])
+        .args(["--format", "credential-process"])
+        .env("CREDBROKER_TOKEN", &token)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let expiration = humantime::parse_rfc3339(doc["Expiration"].as_str().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {doc}"));
+    let left = expiration
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        left <= std::time::Duration::from_secs(38),
+        "Expiration is {left:?} away"
+    );
+
+    let mut req = begin_request(&token, &["s3-reports"]);
+    req.ttl_seconds = Some(38);
+    let resp = d
+        .broker()
+        .await
+        .begin_task(req)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
+    let task = resp.task.unwrap_or_default();
+    let cred = &resp.credentials[0];
+    let secs = |t: &Option<prost_types::Timestamp>| t.as_ref().map_or(0, |t| t.seconds);
+    assert!(
+        secs(&cred.expires_at) <= secs(&task.expires_at),
+        "{cred:?} {task:?}"
+    );
+    let env_exp = humantime::parse_rfc3339(&cred.public["AWS_CREDENTIAL_EXPIRATION"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let env_secs = env_exp
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    assert!(env_secs <= secs(&task.expires_at));
+    // The lease itself keeps STS's expiry: the deny must last as long as the session can.
+    let lease = get_task(&d, &task.id).await.leases[0].clone();
+    assert!(
+        secs(&lease.expires_at) >= secs(&task.expires_at) + 800,
+        "{lease:?}"
+    );
 }

@@ -654,6 +654,28 @@ async fn an_openbao_outage_while_100_tasks_end_loses_no_lease() {
         100,
         "the credentials still exist during the outage"
     );
+    // Status tells the truth about the outage: the provider fails, revocations are pending.
+    let status = d
+        .admin()
+        .await
+        .status(v1::StatusRequest {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
+    let vault = status.providers.iter().find(|p| p.kind == "vault");
+    let vault = vault.unwrap_or_else(|| panic!("no vault provider in {status:?}"));
+    assert!(
+        !vault.healthy,
+        "healthy during the outage: {}",
+        vault.detail
+    );
+    // 100 credentials and the 100 scope tokens above them.
+    assert!(
+        vault.detail.contains("200 revocation(s) pending"),
+        "{}",
+        vault.detail
+    );
+    assert_eq!(status.revocation_backlog, 200);
     // What EndTask answered is what the journal holds: `ending`, not `active`.
     for id in ids.iter().step_by(10) {
         let t = get_task(&d, id).await;
@@ -714,6 +736,18 @@ async fn an_openbao_outage_while_100_tasks_end_loses_no_lease() {
                 .any(|r| r["task_id"] == id.as_str() && r["event"] == "task_ended")
         );
     }
+    let status = d
+        .admin()
+        .await
+        .status(v1::StatusRequest {})
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
+    assert!(
+        status.providers.iter().all(|p| p.healthy),
+        "unhealthy after the outage: {:?}",
+        status.providers
+    );
     // The reason survives the outage and the restart through to `ended`.
     for id in &ids {
         let t = get_task(&d, id).await;

@@ -30,7 +30,10 @@
 //! timeout = "5s"                        # per attempt
 //! max_attempts = 4                      # the SDK's standard retry, with backoff, on throttling
 //! revocation = "deny-session"           # or "expire"
-//! deny_policy_name = "credbroker-revoked-sessions"
+//! deny_policy_name = "credbroker-revoked-sessions"   # a prefix: the policy is PREFIX.WRITER
+//! deny_writer = "host-a"                # optional; default: derived from /etc/machine-id and
+//!                                       # the instance name, so two daemons (or instances)
+//!                                       # sharing a role never write the same document
 //! deny_policy_max_chars = 10240         # IAM's limit for a role's inline policies together
 //! ```
 
@@ -50,7 +53,7 @@ use provider::AwsProvider;
 
 pub struct AwsFactory;
 
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 13] = [
     "region",
     "use_fips",
     "endpoint_url",
@@ -63,6 +66,7 @@ const KEYS: [&str; 12] = [
     "revocation",
     "deny_policy_name",
     "deny_policy_max_chars",
+    "deny_writer",
 ];
 
 /// What ending a task does to its sessions.
@@ -84,6 +88,9 @@ pub(crate) struct Settings {
     pub(crate) timeout: Duration,
     pub(crate) max_attempts: u32,
     pub(crate) revocation: Revocation,
+    /// The full inline policy name this instance writes: `PREFIX.WRITER`. IAM has no
+    /// conditional write, so two writers doing GetRolePolicy-merge-PutRolePolicy on one
+    /// document lose each other's entries; each writer owns its own document instead.
     pub(crate) deny_policy_name: String,
     pub(crate) deny_policy_max_chars: usize,
 }
@@ -99,7 +106,12 @@ impl ProviderFactory for AwsFactory {
         config: &Params,
         env: &dyn Env,
     ) -> Result<Arc<dyn Provider>, Vec<ParamError>> {
-        let settings = settings(config, env)?;
+        let mut settings = settings(config, env)?;
+        let writer = match config.get("deny_writer").and_then(Value::as_str) {
+            Some(w) => w.to_string(),
+            None => default_writer(name),
+        };
+        settings.deny_policy_name = format!("{}.{writer}", settings.deny_policy_name);
         Ok(Arc::new(AwsProvider::new(name, settings)))
     }
 }
@@ -195,10 +207,24 @@ fn settings(config: &Params, env: &dyn Env) -> Result<Settings, Vec<ParamError>>
     };
     let deny_policy_name = string("deny_policy_name", &mut errors)
         .unwrap_or_else(|| "credbroker-revoked-sessions".into());
-    if deny_policy_name.len() > 128 || !deny_policy_name.chars().all(grant::session_char) {
+    if deny_policy_name.is_empty() || !deny_policy_name.chars().all(grant::session_char) {
         errors.push(ParamError::new(
             "deny_policy_name",
             "must be 1–128 characters of letters, digits and _+=,.@-",
+        ));
+    }
+    if let Some(w) = string("deny_writer", &mut errors)
+        && (w.is_empty() || w.len() > 32 || !w.chars().all(grant::session_char))
+    {
+        errors.push(ParamError::new(
+            "deny_writer",
+            "must be 1–32 characters of letters, digits and _+=,.@-",
+        ));
+    }
+    if deny_policy_name.len() > 128 - 33 {
+        errors.push(ParamError::new(
+            "deny_policy_name",
+            "must leave room for '.' and the writer (at most 95 characters)",
         ));
     }
     let deny_policy_max_chars = match config.get("deny_policy_max_chars") {
@@ -230,6 +256,30 @@ fn settings(config: &Params, env: &dyn Env) -> Result<Settings, Vec<ParamError>>
         deny_policy_name,
         deny_policy_max_chars,
     })
+}
+
+/// A writer id stable across restarts and distinct per host and instance: a hash of the
+/// machine id (or, without one, the host name) and the instance's name.
+fn default_writer(instance: &str) -> String {
+    let machine = [
+        "/etc/machine-id",
+        "/var/lib/dbus/machine-id",
+        "/proc/sys/kernel/hostname",
+    ]
+    .iter()
+    .find_map(|p| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })
+    .unwrap_or_default();
+    // FNV-1a: uniqueness is all that is wanted here, not secrecy.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in machine.bytes().chain([0]).chain(instance.bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 fn is_loopback_http(address: &str) -> bool {
@@ -277,6 +327,45 @@ mod tests {
             return Err(vec![]);
         };
         settings(&p, &NoEnv).map_err(|e| e.iter().map(ToString::to_string).collect())
+    }
+
+    /// End-to-end finding 15: two writers on one role, each doing GetRolePolicy, merge,
+    /// PutRolePolicy on the same document, lost each other's entries. Each writer now owns its
+    /// document: instances and hosts get distinct names; an explicit writer is used as given.
+    #[test]
+    fn every_writer_owns_its_deny_document() {
+        let name = |instance: &str, cfg: Value| -> String {
+            let Value::Object(p) = cfg else {
+                return String::new();
+            };
+            let mut s = settings(&p, &NoEnv).unwrap_or_else(|e| panic!("{e:?}"));
+            let writer = p
+                .get("deny_writer")
+                .and_then(Value::as_str)
+                .map_or_else(|| default_writer(instance), str::to_owned);
+            s.deny_policy_name = format!("{}.{writer}", s.deny_policy_name);
+            s.deny_policy_name
+        };
+        let a = name("aws-a", serde_json::json!({"region": "eu-west-1"}));
+        let b = name("aws-b", serde_json::json!({"region": "eu-west-1"}));
+        assert_ne!(a, b);
+        assert!(
+            a.starts_with("credbroker-revoked-sessions.") && a.len() <= 128,
+            "{a}"
+        );
+        assert_eq!(
+            a,
+            name("aws-a", serde_json::json!({"region": "eu-west-1"})),
+            "stable"
+        );
+        assert_eq!(
+            name(
+                "aws-a",
+                serde_json::json!({"region": "eu-west-1", "deny_writer": "host-2"})
+            ),
+            "credbroker-revoked-sessions.host-2"
+        );
+        assert!(build(serde_json::json!({"deny_writer": "a b"})).is_err());
     }
 
     #[test]

@@ -359,13 +359,18 @@ impl Provider for AwsProvider {
             ));
         };
         let expires_at = SystemTime::try_from(*creds.expiration()).unwrap_or(req.now + duration);
+        // What an SDK is told: the end of the task, when the session is denied or its use is
+        // over, not STS's expiry (at least 15 minutes away), or it keeps using cached
+        // credentials it believes valid. The lease keeps STS's expiry: the deny entry and any
+        // residual exposure are measured against that.
+        let usable_until = expires_at.min(req.expires_at.max(req.now));
         let mut credential = Credential::default();
         credential
             .public
             .insert("AWS_ACCESS_KEY_ID".into(), creds.access_key_id().into());
         credential.public.insert(
             "AWS_CREDENTIAL_EXPIRATION".into(),
-            humantime::format_rfc3339_seconds(expires_at).to_string(),
+            humantime::format_rfc3339_seconds(usable_until).to_string(),
         );
         credential
             .public

@@ -133,6 +133,19 @@ impl Moto {
         serde_json::from_str(&decoded).ok()
     }
 
+    /// The names of the role's inline policies.
+    pub async fn role_policy_names(&self, role: &str) -> Vec<String> {
+        let (status, body) = self
+            .iam(&[("Action", "ListRolePolicies"), ("RoleName", role)])
+            .await;
+        assert_eq!(status, 200, "ListRolePolicies: {body}");
+        body.split("<member>")
+            .skip(1)
+            .filter_map(|m| m.split("</member>").next())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Runs a Python snippet with the venv's interpreter (boto3 is there); `env` is passed
     /// through the environment, never the command line.
     pub fn python(&self, code: &str, env: &[(&str, &str)]) -> Output {
