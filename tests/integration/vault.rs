@@ -1069,3 +1069,76 @@ async fn scope_tokens_can_be_orphans_through_a_token_role() {
         Ok("3")
     );
 }
+
+/// Suspected: `gone()` took any 400 mentioning "invalid" or "not found" for a lease already
+/// gone, so a backend revocation failure (a revocation statement that fails) could be recorded
+/// as revoked and never retried while the PostgreSQL role stayed usable. Settled against
+/// OpenBao: the failure is retried, not recorded as revoked, and the role is gone once the
+/// statement works again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_revocation_statement_is_retried_not_recorded_as_revoked() {
+    let auth = AuthServer::start();
+    let (pg, bao, secrets) = backends().await;
+    let d = Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &token_file(&secrets))).await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let begun = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["orders-db"]))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
+    let task = begun.task.unwrap_or_default();
+    let user = begun.credentials[0].public["username"].clone();
+    let password = begun.credentials[0].secret["password"].clone();
+
+    // The role's revocation now fails, with words the old check took for "already gone".
+    let role = format!("database/roles/{}", crate::support::openbao::ROLE);
+    let (_, current) = bao.api(Method::GET, &role, None).await;
+    let mut broken = current["data"].clone();
+    broken["revocation_statements"] = serde_json::json!([
+        "DO $$ BEGIN RAISE EXCEPTION 'invalid revocation: lease not found'; END $$;"
+    ]);
+    let (status, body) = bao.api(Method::POST, &role, Some(broken)).await;
+    assert!(status < 300, "{body}");
+
+    let ended = d
+        .broker()
+        .await
+        .end_task(v1::EndTaskRequest {
+            task_id: task.id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner()
+        .task
+        .unwrap_or_default();
+    assert_eq!(ended.state, "ending", "{:?}", ended.leases);
+    let lease = ended
+        .leases
+        .iter()
+        .find(|l| l.grant == "orders-db")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(lease.state, "revoking", "{lease:?}");
+    assert_eq!(pg.query_as(&user, &password, COUNT).as_deref(), Ok("3"), "still usable");
+    let audit = d.audit();
+    let of_lease = |event: &str| {
+        audit
+            .iter()
+            .filter(|r| r["event"] == event && r["lease_id"] == lease.id.as_str())
+            .count()
+    };
+    assert_eq!(of_lease("lease_revoked"), 0, "recorded as revoked");
+    assert!(of_lease("lease_revocation_failed") >= 1);
+
+    // The statement is fixed: the retry revokes it for real.
+    let (status, body) = bao.api(Method::POST, &role, Some(current["data"].clone())).await;
+    assert!(status < 300, "{body}");
+    eventually(Duration::from_secs(20), "the retry revokes the lease", || async {
+        get_task(&d, &task.id).await.state == "ended"
+    })
+    .await;
+    assert!(pg.dynamic_roles().is_empty(), "{:?}", pg.dynamic_roles());
+    assert!(pg.query_as(&user, &password, COUNT).is_err());
+}

@@ -101,6 +101,11 @@ impl Failure {
         }
     }
 
+    /// Vault's `errors`, one by one.
+    pub(crate) fn errors(&self) -> Vec<&str> {
+        self.message().split("; ").collect()
+    }
+
     pub(crate) fn message(&self) -> &str {
         match self {
             Self::NotSent(m) | Self::NoAnswer(m) | Self::Status(_, m) => m,
@@ -164,6 +169,16 @@ impl Client {
         token: Option<&SecretValue>,
         body: Option<&Value>,
     ) -> Result<Option<Envelope>, Failure> {
+        // `Url::join` resolves `.` and `..`: `kv/users/./creds` would read `kv/users/creds`.
+        // The broker refuses such values in templates; this is the last line, for any path.
+        if path.split('/').any(|seg| {
+            let s = seg.to_ascii_lowercase().replace("%2e", ".");
+            s == "." || s == ".." || s.contains("%2f") || s.contains('\\')
+        }) {
+            return Err(Failure::NotSent(format!(
+                "refusing to call a Vault path with a dot segment: {path:?}"
+            )));
+        }
         let url = self
             .base
             .join(&format!("v1/{}", path.trim_start_matches('/')))

@@ -41,15 +41,18 @@ fn invalid_config(message: impl Into<String>) -> ProviderError {
     ProviderError::new(ErrorKind::Config, message)
 }
 
-/// Vault answers 400 for a lease or accessor that no longer exists.
+/// Whether a failed revocation means the lease or token is already gone. Almost never: OpenBao
+/// answers 204 to revoking an unknown lease and 200 with a warning for an unknown accessor
+/// (both handled as successes by the callers). A 400 is what a *backend* failure looks like
+/// (a revocation statement that fails, `failed to revoke entry: …`), whatever words the
+/// backend's own message happens to contain, so only Vault's own phrases for an id that does
+/// not exist count, matched whole, never as words inside another message.
 fn gone(f: &Failure) -> bool {
-    let m = f.message().to_ascii_lowercase();
-    f.status()
-        .is_some_and(|s| s.as_u16() == 400 || s.as_u16() == 404)
-        && (m.contains("invalid")
-            || m.contains("not found")
-            || m.contains("no lease")
-            || m.contains("lease not"))
+    const GONE: [&str; 4] = ["lease not found", "invalid lease", "invalid lease id", "token not found"];
+    f.status().is_some_and(|s| s.as_u16() == 400 || s.as_u16() == 404)
+        && f.errors()
+            .iter()
+            .any(|e| GONE.contains(&e.trim().trim_end_matches('.').to_ascii_lowercase().as_str()))
 }
 
 impl Inner {
