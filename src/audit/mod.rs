@@ -43,6 +43,8 @@ pub mod event {
     /// Retention deleted the records before `detail.first_kept_seq`; `detail.prev_hash` is the
     /// hash that record chains from.
     pub const AUDIT_PRUNED: &str = "audit_pruned";
+    /// Refusals beyond a peer's audit budget, counted in one record per window.
+    pub const REFUSALS_SUPPRESSED: &str = "refusals_suppressed";
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]

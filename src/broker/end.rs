@@ -191,10 +191,15 @@ impl Broker {
     /// Ends every task whose expiry has passed, until the process ends.
     pub(super) async fn reaper_loop(self: Arc<Self>) {
         let mut purged = std::time::Instant::now();
+        let mut flushed = std::time::Instant::now();
         loop {
             if purged.elapsed() > Duration::from_secs(60) {
                 self.intern.purge();
                 purged = std::time::Instant::now();
+            }
+            if flushed.elapsed() > Duration::from_secs(1) {
+                self.flush_refusals().await;
+                flushed = std::time::Instant::now();
             }
             let now_ms = to_ms(self.clock.now());
             // Take the due entries out, so a slow revocation is not started twice; end_task

@@ -17,6 +17,7 @@ mod intern;
 mod issue;
 mod live;
 mod recover;
+mod refusals;
 mod renew;
 mod replay;
 mod retention;
@@ -129,6 +130,7 @@ pub struct Broker {
     wake_reaper: Notify,
     started_at: SystemTime,
     intern: Arc<intern::Interner>,
+    refusals: refusals::RefusalLimiter,
 }
 
 impl Broker {
@@ -144,6 +146,7 @@ impl Broker {
             wake_reaper: Notify::new(),
             started_at,
             intern: Arc::default(),
+            refusals: refusals::RefusalLimiter::default(),
         }
     }
 
@@ -223,6 +226,12 @@ impl Broker {
     /// own (they acknowledge no transition): the next fsync'd commit carries them, and a flood
     /// of bad tokens cannot make the daemon fsync per request.
     async fn audit_only(&self, records: Vec<AuditRecord>) {
+        let records = self
+            .refusals
+            .admit(records, self.refusal_budget(), self.clock.now());
+        if records.is_empty() {
+            return;
+        }
         let ops = records
             .into_iter()
             .map(|r| Op::Audit(Box::new(r)))
@@ -233,6 +242,29 @@ impl Broker {
             .await
         {
             tracing::error!(error = %e, "could not append an audit record");
+        }
+    }
+
+    fn refusal_budget(&self) -> refusals::Budget {
+        let b = &self.runtime().config.broker;
+        refusals::Budget {
+            limit: b.refusal_audit_limit,
+            window: b.refusal_audit_window,
+        }
+    }
+
+    /// Writes the summaries of refusal windows that have closed (from the reaper's loop).
+    pub(super) async fn flush_refusals(&self) {
+        let records = self.refusals.flush(self.refusal_budget(), self.clock.now());
+        if !records.is_empty() {
+            let ops = records.into_iter().map(|r| Op::Audit(Box::new(r))).collect();
+            if let Err(e) = self
+                .journal
+                .commit_with(ops, crate::journal::Durability::Process)
+                .await
+            {
+                tracing::error!(error = %e, "could not append a refusal summary");
+            }
         }
     }
 

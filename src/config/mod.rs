@@ -123,6 +123,10 @@ pub struct BrokerSettings {
     pub end_task_wait: Duration,
     pub revoke_backoff_initial: Duration,
     pub revoke_backoff_max: Duration,
+    /// Refusal records written per peer uid per `refusal_audit_window`; the rest are counted
+    /// in one `refusals_suppressed` record.
+    pub refusal_audit_limit: u32,
+    pub refusal_audit_window: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -135,6 +139,8 @@ impl Default for BrokerSettings {
             end_task_wait: Duration::from_secs(5),
             revoke_backoff_initial: Duration::from_secs(1),
             revoke_backoff_max: Duration::from_secs(300),
+            refusal_audit_limit: 100,
+            refusal_audit_window: Duration::from_secs(60),
         }
     }
 }

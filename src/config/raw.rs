@@ -71,6 +71,8 @@ pub(super) struct RawBroker {
     pub(super) end_task_wait: Option<String>,
     pub(super) revoke_backoff_initial: Option<String>,
     pub(super) revoke_backoff_max: Option<String>,
+    pub(super) refusal_audit_limit: Option<u32>,
+    pub(super) refusal_audit_window: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

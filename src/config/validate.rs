@@ -468,7 +468,21 @@ fn broker(p: &mut Problems<'_>, raw: RawBroker) -> BrokerSettings {
             raw.revoke_backoff_max.as_ref(),
             d.revoke_backoff_max,
         ),
+        refusal_audit_limit: raw.refusal_audit_limit.unwrap_or(d.refusal_audit_limit),
+        refusal_audit_window: p.duration(
+            None,
+            "broker.refusal_audit_window",
+            raw.refusal_audit_window.as_ref(),
+            d.refusal_audit_window,
+        ),
     };
+    if s.refusal_audit_limit == 0 {
+        p.at(
+            None,
+            "broker.refusal_audit_limit",
+            "must be at least 1: every kind of refusal must leave a trace",
+        );
+    }
     if s.max_grants_per_task == 0 || s.max_grants_per_task > 64 {
         p.at(
             None,

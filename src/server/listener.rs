@@ -18,30 +18,75 @@ use super::h2fix::AuthorityFix;
 use super::h2watch::FrameWatch;
 use crate::workload::PeerInfo;
 
-/// Binds `path` with `mode` (and group `gid`): bound under a temporary name, its mode and group
-/// set, then renamed into place, so the socket is never reachable with looser permissions.
+/// Binds `path` with `mode` (and group `gid`), so the socket is never reachable with looser
+/// permissions and nobody can redirect what is done to it:
+///
+/// * the directory must not be writable by other users unless it is sticky: otherwise anyone
+///   could replace the socket with their own and collect the tokens MCP servers send;
+/// * the socket is bound inside a fresh private directory (0700) beside its final place, its
+///   mode and group set there, and only then renamed into place. Setting them on a predictable
+///   name in the shared directory would follow a symlink planted there (chmod and chown follow
+///   symlinks), and the rename would move the attacker's entry into place.
+///
 /// An existing socket is replaced only if nothing is listening on it; an existing file that is
 /// not a socket is never removed.
 pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    check_dir(dir)?;
     remove_stale(path)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    remove_stale(&tmp)?;
-    let listener = UnixListener::bind(&tmp)?;
+    let private = private_dir(dir)?;
+    let tmp = private.join("socket");
     let result = (|| {
+        let listener = UnixListener::bind(&tmp)?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
         if let Some(gid) = gid {
             std::os::unix::fs::chown(&tmp, None, Some(gid))?;
         }
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        Ok(listener)
     })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_dir(&private);
+    result
+}
+
+/// Refuses a directory other users may write to, unless it is sticky (as `/tmp` is), where
+/// they cannot remove or rename what is not theirs.
+fn check_dir(dir: &Path) -> io::Result<()> {
+    let m = std::fs::metadata(dir)?.permissions().mode();
+    if m & 0o022 != 0 && m & 0o1000 == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is writable by other users (mode {:o}) and not sticky: anyone could replace \
+                 the socket; use a directory only credbroker can write (/run/credbroker)",
+                dir.display(),
+                m & 0o7777
+            ),
+        ));
     }
-    Ok(listener)
+    Ok(())
+}
+
+/// A new directory only this process can enter, on the same file system as `dir`.
+fn private_dir(dir: &Path) -> io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    for _ in 0..16 {
+        let p = dir.join(format!(".credbroker-bind-{}-{:016x}", std::process::id(), fastrand::u64(..)));
+        match std::fs::DirBuilder::new().mode(0o700).create(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        "could not create a private directory to bind in",
+    ))
 }
 
 /// A listener passed by systemd, made non-blocking for tokio.
@@ -278,5 +323,43 @@ mod tests {
             Some(io::ErrorKind::AlreadyExists)
         );
         assert_eq!(std::fs::read(&file).ok(), Some(b"keep".to_vec()));
+        // Nothing is left beside the socket.
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        assert!(left.iter().all(|n| !n.starts_with(".credbroker-bind")), "{left:?}");
+    }
+
+    /// Suspected: socket creation chmod'ed and renamed a predictable `*.tmpPID` path, which a
+    /// symlink planted in a directory writable by others would redirect (chmod follows it).
+    #[tokio::test]
+    async fn a_shared_directory_is_refused_and_a_planted_symlink_changes_nothing() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = bind(&shared.join("b.sock"), 0o660, None).err();
+        assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::PermissionDenied));
+
+        // Sticky, like /tmp: allowed, and the old predictable names are irrelevant now.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"secret").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let planted = shared.join(format!("b.tmp{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap_or_else(|e| panic!("{e}"));
+        let l = bind(&shared.join("b.sock"), 0o666, None);
+        assert!(l.is_ok(), "{:?}", l.err());
+        assert_eq!(mode_of(&victim), 0o600, "the symlink's target was chmod'ed");
+        assert_eq!(mode_of(&shared.join("b.sock")), 0o666);
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(p).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0)
     }
 }

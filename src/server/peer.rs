@@ -37,15 +37,7 @@ pub fn attest(stream: &UnixStream, read_exe: bool) -> Result<PeerInfo, String> {
 
     let before = match &pidfd {
         Some(fd) => Identity::Pidfd(pidfd_pid(fd.as_raw_fd())?),
-        None => {
-            let start = start_ticks(pid)?;
-            if accepted_ticks.is_some_and(|acc| start > acc) {
-                return Err(format!(
-                    "pid {pid} belongs to a process started after the connection"
-                ));
-            }
-            Identity::Start(start)
-        }
+        None => Identity::Start(started_before(pid, start_ticks(pid)?, accepted_ticks)?),
     };
     if before == Identity::Pidfd(-1) || before == Identity::Pidfd(0) {
         return Err("the peer process has exited".into());
@@ -119,15 +111,35 @@ fn start_ticks(pid: i32) -> Result<u64, String> {
         .ok_or_else(|| format!("/proc/{pid}/stat has no start time"))
 }
 
+/// Without a pidfd, the only defence against a reused pid: the process must have started no
+/// later than the connection was accepted. If the accept time is unknown the check cannot be
+/// made, and the peer is refused rather than waved through.
+fn started_before(pid: i32, start: u64, accepted: Option<u64>) -> Result<u64, String> {
+    match accepted {
+        Some(acc) if start > acc => Err(format!(
+            "pid {pid} belongs to a process started after the connection"
+        )),
+        Some(_) => Ok(start),
+        None => Err(format!(
+            "cannot tell whether pid {pid} is the process that connected (no pidfd, no clock)"
+        )),
+    }
+}
+
+/// Now, in the clock ticks `/proc/PID/stat` counts process start times in (since boot). From
+/// `CLOCK_BOOTTIME`, not `/proc/uptime`: the shipped unit's `ProcSubset=pid` hides the latter,
+/// and on kernels without `SO_PEERPIDFD` (before 6.5: Debian 12, RHEL 9) the pid-reuse check
+/// was then silently skipped.
 fn uptime_ticks() -> Option<u64> {
-    let up = fs::read_to_string("/proc/uptime").ok()?;
-    let secs: f64 = up.split_whitespace().next()?.parse().ok()?;
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
-        .unwrap_or(100) as f64;
-    // Rounded up: uptime is printed to 1/100 s, and a start tick equal to it is still earlier.
-    Some((secs * hz).ceil() as u64 + 1)
+        .unwrap_or(100) as u64;
+    let secs = u64::try_from(now.tv_sec()).ok()?;
+    let nanos = u64::try_from(now.tv_nsec()).ok()?;
+    // Rounded up: a start tick equal to now is still not later than now.
+    Some(secs * hz + (nanos * hz).div_ceil(1_000_000_000) + 1)
 }
 
 /// Effective uid and gid from `/proc/PID/status` (`Uid:` real effective saved fs).
@@ -255,6 +267,19 @@ mod tests {
             units("0::/user.slice/user-1000.slice/user@1000.service/app.slice/a.service/b.service"),
             pair(Some("user@1000.service"), Some("a.service"))
         );
+    }
+
+    /// Suspected: with `/proc/uptime` hidden (`ProcSubset=pid`) and no pidfd, the pid-reuse check
+    /// was skipped. The clock now comes from `CLOCK_BOOTTIME`, and an unknown accept time
+    /// refuses the peer.
+    #[test]
+    fn the_pid_reuse_check_fails_closed() {
+        let now = uptime_ticks().unwrap_or_else(|| panic!("CLOCK_BOOTTIME unreadable"));
+        let mine = start_ticks(std::process::id() as i32).unwrap_or_else(|e| panic!("{e}"));
+        assert!(mine <= now, "this process started at {mine}, now is {now}");
+        assert_eq!(started_before(1, mine, Some(now)), Ok(mine));
+        assert!(started_before(1, now + 10, Some(now)).is_err(), "started after the accept");
+        assert!(started_before(1, mine, None).is_err(), "no clock: refused");
     }
 
     #[tokio::test]

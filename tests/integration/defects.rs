@@ -587,3 +587,37 @@ async fn an_idle_connection_is_closed() {
     // A connection in use is not: the CLI's own request is served.
     assert!(d.admin().await.status(v1::StatusRequest {}).await.is_ok());
 }
+
+/// Suspected: every refused request wrote an audit record, without bound: a cheap way to fill
+/// the disk. A peer's refusals beyond its budget are counted in one record per window instead,
+/// and none goes unaccounted.
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_beyond_a_peers_audit_budget_are_counted_not_written() {
+    let auth = AuthServer::start();
+    let d = Daemon::start(|dir| {
+        base_config(dir, &auth.issuer, "").replace(
+            "[broker]\n",
+            "[broker]\nrefusal_audit_limit = 5\nrefusal_audit_window = \"1s\"\n",
+        )
+    })
+    .await;
+    let mut c = d.broker().await;
+    let sent = 300;
+    for _ in 0..sent {
+        let err = c.begin_task(begin_request("not.a.token", &["orders-db-read"])).await.err();
+        assert_eq!(err.as_ref().map(reason).as_deref(), Some("malformed"));
+    }
+    // The last window closes and its summary is written.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let audit = d.audit();
+    let written = audit.iter().filter(|r| r["event"] == "token_rejected").count();
+    let summaries: Vec<&serde_json::Value> = audit
+        .iter()
+        .filter(|r| r["event"] == "refusals_suppressed")
+        .collect();
+    let suppressed: u64 = summaries.iter().filter_map(|r| r["detail"]["count"].as_u64()).sum();
+    assert!(written < 60, "{written} refusal records for {sent} refusals");
+    assert_eq!(written as u64 + suppressed, sent, "every refusal accounted for");
+    assert!(summaries.iter().all(|r| r["detail"]["reasons"]["malformed"].as_u64() == r["detail"]["count"].as_u64()));
+    assert!(summaries.iter().all(|r| r["peer"]["uid"].is_number()));
+}
