@@ -65,6 +65,11 @@ impl BrokerError {
         let kind = match e.kind {
             ProviderKind::Denied => ErrorKind::PermissionDenied,
             ProviderKind::Invalid => ErrorKind::InvalidArgument,
+            // credbroker's own configuration or credentials: retrying will not help until an
+            // operator fixes it, so no RetryInfo, and never the caller's fault.
+            ProviderKind::Config | ProviderKind::Unauthorized | ProviderKind::Unsupported => {
+                ErrorKind::FailedPrecondition
+            }
             _ => ErrorKind::Unavailable,
         };
         let message = match e.kind {

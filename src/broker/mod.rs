@@ -257,7 +257,10 @@ impl Broker {
     pub(super) async fn flush_refusals(&self) {
         let records = self.refusals.flush(self.refusal_budget(), self.clock.now());
         if !records.is_empty() {
-            let ops = records.into_iter().map(|r| Op::Audit(Box::new(r))).collect();
+            let ops = records
+                .into_iter()
+                .map(|r| Op::Audit(Box::new(r)))
+                .collect();
             if let Err(e) = self
                 .journal
                 .commit_with(ops, crate::journal::Durability::Process)

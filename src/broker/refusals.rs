@@ -109,7 +109,10 @@ fn summary(uid: u32, w: &Window, now: SystemTime) -> Option<AuditRecord> {
         .detail("count", w.suppressed)
         .detail("since", rfc3339(w.start))
         .detail("until", rfc3339(now))
-        .detail("reasons", serde_json::to_value(&w.reasons).unwrap_or_default());
+        .detail(
+            "reasons",
+            serde_json::to_value(&w.reasons).unwrap_or_default(),
+        );
     rec.peer = w.peer.clone().or(Some(PeerRecord {
         uid,
         ..PeerRecord::default()
@@ -122,8 +125,12 @@ mod tests {
     use super::*;
 
     fn refusal(uid: u32, reason: &str) -> AuditRecord {
-        let mut r = AuditRecord::new(event::TOKEN_REJECTED, Outcome::Denied, SystemTime::UNIX_EPOCH)
-            .reason(reason);
+        let mut r = AuditRecord::new(
+            event::TOKEN_REJECTED,
+            Outcome::Denied,
+            SystemTime::UNIX_EPOCH,
+        )
+        .reason(reason);
         r.peer = Some(PeerRecord {
             uid,
             ..PeerRecord::default()

@@ -76,7 +76,11 @@ fn check_dir(dir: &Path) -> io::Result<()> {
 fn private_dir(dir: &Path) -> io::Result<std::path::PathBuf> {
     use std::os::unix::fs::DirBuilderExt as _;
     for _ in 0..16 {
-        let p = dir.join(format!(".credbroker-bind-{}-{:016x}", std::process::id(), fastrand::u64(..)));
+        let p = dir.join(format!(
+            ".credbroker-bind-{}-{:016x}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         match std::fs::DirBuilder::new().mode(0o700).create(&p) {
             Ok(()) => return Ok(p),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
@@ -325,9 +329,16 @@ mod tests {
         assert_eq!(std::fs::read(&file).ok(), Some(b"keep".to_vec()));
         // Nothing is left beside the socket.
         let left: Vec<String> = std::fs::read_dir(dir.path())
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
-        assert!(left.iter().all(|n| !n.starts_with(".credbroker-bind")), "{left:?}");
+        assert!(
+            left.iter().all(|n| !n.starts_with(".credbroker-bind")),
+            "{left:?}"
+        );
     }
 
     /// Suspected: socket creation chmod'ed and renamed a predictable `*.tmpPID` path, which a
@@ -360,6 +371,8 @@ mod tests {
 
     fn mode_of(p: &Path) -> u32 {
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::metadata(p).map(|m| m.permissions().mode() & 0o7777).unwrap_or(0)
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0)
     }
 }

@@ -278,7 +278,10 @@ mod tests {
         let mine = start_ticks(std::process::id() as i32).unwrap_or_else(|e| panic!("{e}"));
         assert!(mine <= now, "this process started at {mine}, now is {now}");
         assert_eq!(started_before(1, mine, Some(now)), Ok(mine));
-        assert!(started_before(1, now + 10, Some(now)).is_err(), "started after the accept");
+        assert!(
+            started_before(1, now + 10, Some(now)).is_err(),
+            "started after the accept"
+        );
         assert!(started_before(1, mine, None).is_err(), "no clock: refused");
     }
 

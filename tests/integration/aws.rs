@@ -845,3 +845,57 @@ async fn the_expiry_a_workload_is_told_is_the_tasks() {
         "{lease:?}"
     );
 }
+
+/// Suspected, minor: missing credentials for credbroker itself were reported as
+/// `provider_unavailable`, an outage, so callers retried a configuration problem.
+#[tokio::test(flavor = "multi_thread")]
+async fn credbrokers_missing_aws_credentials_are_a_configuration_problem() {
+    let auth = AuthServer::start();
+    let moto = Moto::start().await;
+    moto.create_role(ROLE, 43200).await;
+    let creds = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(creds.path().join("aws-credentials"), "[default]\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let env = vec![(
+        "CREDENTIALS_DIRECTORY".to_string(),
+        creds.path().display().to_string(),
+    )];
+    let d = Daemon::start_opts(|dir| aws_config(dir, &auth.issuer, &moto, ""), "info", env).await;
+    let token = auth.token("agent-1", S3, "mcp.tool:s3.read").await;
+    let refused = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["s3-reports"]))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("issued without credentials"));
+    assert_eq!(reason(&refused), "provider_unauthorized", "{refused:?}");
+    assert_ne!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        moto.recorder.calls("AssumeRole").is_empty(),
+        "nothing was sent"
+    );
+}
+
+/// Suspected, minor: IAM's NoSuchEntity for the role itself was taken as "already gone", so a
+/// session of a deleted role was audited as revoked without anything being denied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_role_is_not_taken_for_a_revoked_session() {
+    let (auth, moto, d, _creds) = setup("revocation = \"deny-session\"").await;
+    let token = auth.token("agent-1", S3, "mcp.tool:s3.read").await;
+    let t = begin(&d, &token).await.task.unwrap_or_default();
+    let (status, body) = moto
+        .iam(&[("Action", "DeleteRole"), ("RoleName", ROLE)])
+        .await;
+    assert_eq!(status, 200, "DeleteRole: {body}");
+    assert_eq!(end(&d, &t.id).await, "ending");
+    let lease = get_task(&d, &t.id).await.leases[0].clone();
+    assert_eq!(lease.state, "revoking", "{lease:?}");
+    assert!(lease.last_error.contains("does not exist"), "{lease:?}");
+    let audit = d.audit();
+    assert!(
+        !audit
+            .iter()
+            .any(|r| r["event"] == "lease_revoked" && r["lease_id"] == lease.id.as_str())
+    );
+}

@@ -604,20 +604,83 @@ async fn refusals_beyond_a_peers_audit_budget_are_counted_not_written() {
     let mut c = d.broker().await;
     let sent = 300;
     for _ in 0..sent {
-        let err = c.begin_task(begin_request("not.a.token", &["orders-db-read"])).await.err();
+        let err = c
+            .begin_task(begin_request("not.a.token", &["orders-db-read"]))
+            .await
+            .err();
         assert_eq!(err.as_ref().map(reason).as_deref(), Some("malformed"));
     }
     // The last window closes and its summary is written.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let audit = d.audit();
-    let written = audit.iter().filter(|r| r["event"] == "token_rejected").count();
+    let written = audit
+        .iter()
+        .filter(|r| r["event"] == "token_rejected")
+        .count();
     let summaries: Vec<&serde_json::Value> = audit
         .iter()
         .filter(|r| r["event"] == "refusals_suppressed")
         .collect();
-    let suppressed: u64 = summaries.iter().filter_map(|r| r["detail"]["count"].as_u64()).sum();
-    assert!(written < 60, "{written} refusal records for {sent} refusals");
-    assert_eq!(written as u64 + suppressed, sent, "every refusal accounted for");
-    assert!(summaries.iter().all(|r| r["detail"]["reasons"]["malformed"].as_u64() == r["detail"]["count"].as_u64()));
+    let suppressed: u64 = summaries
+        .iter()
+        .filter_map(|r| r["detail"]["count"].as_u64())
+        .sum();
+    assert!(
+        written < 60,
+        "{written} refusal records for {sent} refusals"
+    );
+    assert_eq!(
+        written as u64 + suppressed,
+        sent,
+        "every refusal accounted for"
+    );
+    assert!(
+        summaries
+            .iter()
+            .all(|r| r["detail"]["reasons"]["malformed"].as_u64() == r["detail"]["count"].as_u64())
+    );
     assert!(summaries.iter().all(|r| r["peer"]["uid"].is_number()));
+}
+
+/// Suspected: EndTask carries no proof, so any connection could end another caller's task.
+/// Settled: a task can only be ended by the workload that began it (`task_not_owned`, nothing
+/// changes). Within one workload there is nothing to prove: processes that match the same
+/// selectors run as the same uid (and unit or executable), so each can read the other's memory
+/// (ptrace, /proc/PID/mem), including any proof a task could carry.
+#[tokio::test(flavor = "multi_thread")]
+async fn another_workload_cannot_end_a_task() {
+    let auth = AuthServer::start();
+    let other = "\n[[workload]]\nname = \"other-mcp\"\nuid = 65534\naudience = \"https://mcp.example.test/s3\"\ngrants = [\"s3-read\"]\n";
+    let d = Daemon::start(|dir| {
+        base_config(dir, &auth.issuer, other)
+            .replace("[server]\n", "[server]\nbroker_socket_group = \"65534\"\n")
+    })
+    .await;
+    std::fs::set_permissions(
+        d.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let t = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["orders-db-read"]))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner()
+        .task
+        .unwrap_or_default();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(testd())
+        .args(["task", "end", "--task", &t.id])
+        .env("CREDBROKER_SOCKET", &d.broker_socket)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("task_not_owned"), "{stderr}");
+    assert_eq!(get_task(&d, &t.id).await.state, "active");
+    assert_eq!(d.outstanding().len(), 1);
 }

@@ -233,6 +233,45 @@ fn every_example_configuration_is_valid() {
     assert!(n > 0, "no example configuration found");
 }
 
+/// Suspected: the example's `s3:ListBucket` on the reports bucket had no `s3:prefix` condition,
+/// so each owner could list every other owner's keys. Every example session policy that lets a
+/// session list a bucket must confine the listing to a prefix.
+#[test]
+fn example_session_policies_confine_bucket_listings_to_a_prefix() {
+    let config =
+        Config::load(&repo().join("config/credbroker.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let mut checked = 0;
+    for grant in config.grants.values() {
+        let statements = grant
+            .params
+            .get("session_policy")
+            .and_then(|p| p.get("Statement"));
+        for s in statements.and_then(Value::as_array).into_iter().flatten() {
+            let actions: Vec<&str> = match &s["Action"] {
+                Value::String(a) => vec![a.as_str()],
+                Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            if s["Effect"] == "Allow"
+                && actions
+                    .iter()
+                    .any(|a| *a == "s3:ListBucket" || *a == "s3:*")
+            {
+                let prefixes = s["Condition"]["StringLike"]["s3:prefix"].as_array();
+                assert!(
+                    prefixes.is_some_and(|p| !p.is_empty()
+                        && p.iter()
+                            .all(|v| v.as_str().is_some_and(|v| v.starts_with("{owner}/")))),
+                    "grant {}: {s} lists a bucket without confining it to the owner's prefix",
+                    grant.name
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "the example has a listing statement to check");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn both_sockets_serve_health_and_reflection_for_grpcurl() {
     use tonic_reflection::pb::v1::ServerReflectionRequest;

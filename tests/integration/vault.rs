@@ -1121,7 +1121,11 @@ async fn a_failing_revocation_statement_is_retried_not_recorded_as_revoked() {
         .cloned()
         .unwrap_or_default();
     assert_eq!(lease.state, "revoking", "{lease:?}");
-    assert_eq!(pg.query_as(&user, &password, COUNT).as_deref(), Ok("3"), "still usable");
+    assert_eq!(
+        pg.query_as(&user, &password, COUNT).as_deref(),
+        Ok("3"),
+        "still usable"
+    );
     let audit = d.audit();
     let of_lease = |event: &str| {
         audit
@@ -1133,11 +1137,15 @@ async fn a_failing_revocation_statement_is_retried_not_recorded_as_revoked() {
     assert!(of_lease("lease_revocation_failed") >= 1);
 
     // The statement is fixed: the retry revokes it for real.
-    let (status, body) = bao.api(Method::POST, &role, Some(current["data"].clone())).await;
+    let (status, body) = bao
+        .api(Method::POST, &role, Some(current["data"].clone()))
+        .await;
     assert!(status < 300, "{body}");
-    eventually(Duration::from_secs(20), "the retry revokes the lease", || async {
-        get_task(&d, &task.id).await.state == "ended"
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the retry revokes the lease",
+        || async { get_task(&d, &task.id).await.state == "ended" },
+    )
     .await;
     assert!(pg.dynamic_roles().is_empty(), "{:?}", pg.dynamic_roles());
     assert!(pg.query_as(&user, &password, COUNT).is_err());

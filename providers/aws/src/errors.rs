@@ -38,6 +38,15 @@ where
             ambiguous(effect),
             format!("{what}: timed out waiting for AWS"),
         ),
+        SdkError::DispatchFailure(_) if no_credentials(err) => ProviderError::new(
+            // Nothing was sent: credbroker has no AWS credentials of its own to sign with.
+            ErrorKind::Unauthorized,
+            format!(
+                "{what}: credbroker has no AWS credentials to sign with (the chain or \
+                 credentials_credential): {}",
+                DisplayErrorContext(err)
+            ),
+        ),
         SdkError::DispatchFailure(d) => {
             let detail = DisplayErrorContext(err).to_string();
             let kind = if never_sent(err) || d.is_user() {
@@ -74,6 +83,20 @@ fn ambiguous(effect: Effect) -> ErrorKind {
         Effect::Creates => ErrorKind::OutcomeUnknown,
         Effect::ReadsOrIdempotent => ErrorKind::Unavailable,
     }
+}
+
+/// The credential chain could not produce credentials for credbroker itself.
+fn no_credentials(err: &(dyn StdError + 'static)) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+            .is_some()
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// The connection was refused or never made: nothing reached AWS.

@@ -40,6 +40,7 @@
 pub mod deny;
 mod errors;
 pub mod grant;
+mod identity;
 mod provider;
 
 use std::path::PathBuf;

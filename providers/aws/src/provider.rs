@@ -214,11 +214,23 @@ impl AwsProvider {
                     return Ok(merged.outcome);
                 }
                 Err(e) => {
-                    let e = classify(
+                    let mut e = classify(
                         &format!("PutRolePolicy of {what}"),
                         &e,
                         Effect::ReadsOrIdempotent,
                     );
+                    // NoSuchEntity here is the role itself. Its sessions cannot be denied by
+                    // us, and whether they still work is not ours to assume: never "already
+                    // gone". The revocation is retried until the session has expired.
+                    if e.kind == ErrorKind::NotFound {
+                        e = ProviderError::new(
+                            ErrorKind::Config,
+                            format!(
+                                "{}: the role does not exist, so its sessions cannot be denied",
+                                e.message
+                            ),
+                        );
+                    }
                     // IAM counts all the role's inline policies together; when they are over
                     // its limit, cut off instead (once).
                     if e.message.contains("LimitExceeded") && !force_cutoff {
@@ -282,19 +294,21 @@ async fn build_clients(s: &Settings) -> Clients {
 /// has no owner. Once set, SourceIdentity cannot be changed by chained sessions.
 fn source_identity(task: &TaskContext) -> Option<String> {
     let who = task.owner.as_deref().unwrap_or(&task.subject);
-    let s = grant::sanitise(who, 64);
-    (s.len() >= 2).then_some(s)
+    Some(crate::identity::source_identity(who))
 }
 
 /// The session tags: who and what the session is for, for CloudTrail and for ABAC conditions.
 fn session_tags<'a>(task: &'a TaskContext, grant: &'a str) -> Vec<(&'static str, String)> {
     let mut tags = Vec::with_capacity(4);
     if let Some(owner) = &task.owner {
-        tags.push(("credbroker:owner", grant::tag_value(owner)));
+        tags.push(("credbroker:owner", crate::identity::tag_value(owner)));
     }
-    tags.push(("credbroker:task", grant::tag_value(&task.task_id)));
-    tags.push(("credbroker:client", grant::tag_value(&task.client_id)));
-    tags.push(("credbroker:grant", grant::tag_value(grant)));
+    tags.push(("credbroker:task", crate::identity::tag_value(&task.task_id)));
+    tags.push((
+        "credbroker:client",
+        crate::identity::tag_value(&task.client_id),
+    ));
+    tags.push(("credbroker:grant", crate::identity::tag_value(grant)));
     tags
 }
 
@@ -674,7 +688,7 @@ mod tests {
         };
         assert_eq!(
             source_identity(&task).as_deref(),
-            Some("alice_smith@example.com")
+            Some("alice=20smith@example.com")
         );
         let tags = session_tags(&task, "s3-read");
         assert_eq!(
@@ -690,7 +704,7 @@ mod tests {
             owner: None,
             ..task
         };
-        assert_eq!(source_identity(&anonymous).as_deref(), Some("sub_123"));
+        assert_eq!(source_identity(&anonymous).as_deref(), Some("sub=7C123"));
         assert_eq!(session_tags(&anonymous, "g").len(), 3);
     }
 }

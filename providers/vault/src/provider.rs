@@ -48,8 +48,14 @@ fn invalid_config(message: impl Into<String>) -> ProviderError {
 /// backend's own message happens to contain, so only Vault's own phrases for an id that does
 /// not exist count, matched whole, never as words inside another message.
 fn gone(f: &Failure) -> bool {
-    const GONE: [&str; 4] = ["lease not found", "invalid lease", "invalid lease id", "token not found"];
-    f.status().is_some_and(|s| s.as_u16() == 400 || s.as_u16() == 404)
+    const GONE: [&str; 4] = [
+        "lease not found",
+        "invalid lease",
+        "invalid lease id",
+        "token not found",
+    ];
+    f.status()
+        .is_some_and(|s| s.as_u16() == 400 || s.as_u16() == 404)
         && f.errors()
             .iter()
             .any(|e| GONE.contains(&e.trim().trim_end_matches('.').to_ascii_lowercase().as_str()))
