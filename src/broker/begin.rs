@@ -181,9 +181,7 @@ impl Broker {
             .await;
         match (begun, &key) {
             (Err(e), Some(key)) if e.code == super::issue::KEY_SEEN => {
-                match self.replay(&workload.name, key).await {
-                    Err(e) => Err(e),
-                }
+                Err(self.replay(&workload.name, key).await)
             }
             (begun, _) => begun,
         }

@@ -55,12 +55,19 @@ pub(crate) fn request_digest(
 }
 
 impl Broker {
-    /// The key was used before by this workload: end what the first attempt began.
-    pub(super) async fn replay(
+    /// The key was used before by this workload: end what the first attempt began. Always an
+    /// error for the caller: `begin_replayed` (ended), or why the replay cannot be honoured.
+    pub(super) async fn replay(&self, workload: &str, key: &BeginKey) -> BrokerError {
+        match self.replay_inner(workload, key).await {
+            Ok(e) | Err(e) => e,
+        }
+    }
+
+    async fn replay_inner(
         &self,
         workload: &str,
         key: &BeginKey,
-    ) -> Result<std::convert::Infallible, BrokerError> {
+    ) -> Result<BrokerError, BrokerError> {
         let (w, k) = (workload.to_string(), key.key.clone());
         let found = self
             .journal
@@ -100,7 +107,7 @@ impl Broker {
             ),
         );
         e.task_id = Some(task_id);
-        Err(e)
+        Ok(e)
     }
 }
 

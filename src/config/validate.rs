@@ -285,7 +285,7 @@ fn server(p: &mut Problems<'_>, raw: RawServer) -> ServerConfig {
         None,
         "server.connection_idle_timeout",
         raw.connection_idle_timeout.as_ref(),
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     );
     if connection_idle_timeout > Duration::from_secs(300) {
         p.at(

@@ -53,7 +53,7 @@ struct Block {
 }
 
 /// The client→server half of one connection.
-pub(crate) struct AuthorityFix {
+pub struct AuthorityFix {
     mode: Mode,
     preface_seen: bool,
     input: Vec<u8>,
@@ -82,22 +82,22 @@ impl Default for AuthorityFix {
 
 impl AuthorityFix {
     /// A whole header block (a request) has arrived on this connection.
-    pub(crate) fn saw_request(&self) -> bool {
+    pub fn saw_request(&self) -> bool {
         self.mode != Mode::Undecided
     }
 
     /// Nothing more to do on this connection: reads can bypass the adapter.
-    pub(crate) fn done(&self) -> bool {
+    pub fn done(&self) -> bool {
         self.mode == Mode::PassThrough && self.input.is_empty()
     }
 
     /// Whether this connection's authority was replaced (for the log, once).
-    pub(crate) fn take_rewritten(&mut self) -> bool {
+    pub fn take_rewritten(&mut self) -> bool {
         std::mem::take(&mut self.rewritten)
     }
 
     /// Feeds bytes read from the client; appends what h2 should read to `out`.
-    pub(crate) fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         if self.mode == Mode::PassThrough && self.input.is_empty() {
             out.extend_from_slice(bytes);
             return;

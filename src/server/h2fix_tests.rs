@@ -12,7 +12,9 @@ fn frame_bytes(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-fn request(authority: &[u8], path: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn request(authority: &[u8], path: &[u8]) -> Fields {
     vec![
         (b":scheme".to_vec(), b"http".to_vec()),
         (b":method".to_vec(), b"POST".to_vec()),
@@ -25,7 +27,7 @@ fn request(authority: &[u8], path: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// A client connection: preface, SETTINGS, then one request per `(stream, fields)` with a DATA
 /// frame after each, encoded by a real HPACK encoder (which uses its dynamic table).
-fn client(requests: &[(u32, Vec<(Vec<u8>, Vec<u8>)>)]) -> Vec<u8> {
+fn client(requests: &[(u32, Fields)]) -> Vec<u8> {
     let mut enc = Encoder::new();
     let mut out = PREFACE.to_vec();
     out.extend(frame_bytes(0x4, 0, 0, &[]));
@@ -38,7 +40,7 @@ fn client(requests: &[(u32, Vec<(Vec<u8>, Vec<u8>)>)]) -> Vec<u8> {
 }
 
 /// What h2 would decode from the adapter's output: each header block's fields.
-fn server_view(bytes: &[u8]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+fn server_view(bytes: &[u8]) -> Vec<Fields> {
     assert!(bytes.starts_with(PREFACE));
     let mut dec = Decoder::new();
     let mut at = PREFACE.len();

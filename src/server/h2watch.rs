@@ -11,15 +11,15 @@ const MAX_LOGGED: u32 = 5;
 
 /// A refusal the daemon sent: which frame, which stream, which HTTP/2 error code.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Refusal {
-    pub(crate) frame: &'static str,
-    pub(crate) stream: u32,
-    pub(crate) code: u32,
+pub struct Refusal {
+    pub frame: &'static str,
+    pub stream: u32,
+    pub code: u32,
 }
 
 impl Refusal {
     /// RFC 9113 §7 names.
-    pub(crate) fn code_name(&self) -> &'static str {
+    pub fn code_name(&self) -> &'static str {
         match self.code {
             0x1 => "PROTOCOL_ERROR",
             0x2 => "INTERNAL_ERROR",
@@ -40,7 +40,7 @@ impl Refusal {
 
 /// The server→client half of one connection.
 #[derive(Default)]
-pub(crate) struct FrameWatch {
+pub struct FrameWatch {
     header: Vec<u8>,
     /// Payload bytes of the current frame still to skip or collect.
     remaining: usize,
@@ -53,7 +53,7 @@ pub(crate) struct FrameWatch {
 
 impl FrameWatch {
     /// Scans bytes the daemon wrote; returns the refusals completed in them.
-    pub(crate) fn scan(&mut self, mut bytes: &[u8]) -> Vec<Refusal> {
+    pub fn scan(&mut self, mut bytes: &[u8]) -> Vec<Refusal> {
         let mut found = Vec::new();
         while !bytes.is_empty() {
             if self.remaining == 0 && self.header.len() < FRAME_HEADER {

@@ -7,8 +7,9 @@
 mod accept;
 mod admin_svc;
 mod broker_svc;
-mod h2fix;
-mod h2watch;
+/// Public for the fuzz targets (fuzz/): the daemon's own HTTP/2 byte-level parsers.
+pub mod h2fix;
+pub mod h2watch;
 pub mod listener;
 mod lock;
 mod metrics;
