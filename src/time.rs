@@ -16,12 +16,28 @@ pub fn from_ms(ms: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
 }
 
+/// Never panics: a time past year 9999 (a damaged journal, a backend's answer) is written as
+/// the latest RFC 3339 can express (found by the `journal` fuzz target).
 pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    humantime::format_rfc3339_millis(credbroker_provider_api::clamp_rfc3339(t)).to_string()
 }
 
 pub fn rfc3339_ms(ms: i64) -> String {
     rfc3339(from_ms(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fuzzing regression (fuzz/regressions/journal/audit-time-past-year-9999): an audit row's
+    /// time past year 9999 panicked while it was formatted.
+    #[test]
+    fn times_past_year_9999_are_written_not_a_panic() {
+        assert_eq!(rfc3339_ms(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(253_402_300_800_000), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+    }
 }
 
 /// Parses `2026-11-22T10:00:00Z`, `2026-11-22 10:00:00`, or a relative `24h` (meaning ago).

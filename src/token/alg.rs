@@ -65,7 +65,13 @@ impl Alg {
         if name.eq_ignore_ascii_case("none") {
             return Err(Rejection::AlgNone);
         }
-        if name.len() >= 2 && name[..2].eq_ignore_ascii_case("HS") {
+        // Bytes, not a `str` slice: the header is the caller's, and `"H\u{e9}…"[..2]` would
+        // split a character and panic (found by the `token` fuzz target).
+        if name
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"HS"))
+        {
             return Err(Rejection::AlgSymmetric);
         }
         Self::exact(name).ok_or_else(|| Rejection::AlgNotAllowed(truncate(name)))
@@ -123,6 +129,18 @@ fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fuzzing regression (fuzz/regressions/token/alg-split-inside-a-char): an `alg` whose
+    /// second byte is inside a multi-byte character panicked instead of being refused.
+    #[test]
+    fn a_multibyte_alg_is_refused_not_a_panic() {
+        for alg in ["H\u{e9}256", "\u{e9}", "H\u{10348}", "h\u{df}"] {
+            assert!(
+                matches!(Alg::from_header(alg), Err(Rejection::AlgNotAllowed(_))),
+                "{alg:?}"
+            );
+        }
+    }
 
     #[test]
     fn header_alg_is_exact_and_special_cases_attacks() {

@@ -176,6 +176,14 @@ pub fn rejection_cases(
                 b64(&with(h.clone(), "alg", json!("PS384")).to_string())
             )
         }),
+        // Found by fuzzing: the second byte inside a character made the HMAC check panic.
+        ("alg_not_allowed", "a multi-byte alg", {
+            let sig = valid.rsplit('.').next().unwrap_or_default().to_string();
+            format!(
+                "{}.{p64}.{sig}",
+                b64(&with(h.clone(), "alg", json!("H\u{e9}256")).to_string())
+            )
+        }),
         (
             "crit_not_supported",
             "crit header",

@@ -41,6 +41,13 @@ use std::sync::Arc;
 pub const MAX_TEMPLATE_VALUE_LEN: usize = 128;
 use std::time::SystemTime;
 
+/// The latest instant RFC 3339 can write (9999-12-31T23:59:59.999Z). Times from backends or a
+/// damaged journal can lie beyond it, and `humantime` panics formatting those: clamp first.
+pub fn clamp_rfc3339(t: SystemTime) -> SystemTime {
+    let latest = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(253_402_300_799_999);
+    t.min(latest)
+}
+
 /// One configured provider instance (for example the Vault cluster named `vault-main`).
 ///
 /// Implementations must be cheap to call concurrently: the broker calls them from many tasks at

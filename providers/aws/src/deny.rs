@@ -230,7 +230,7 @@ fn parse_stamp(s: &str) -> Option<SystemTime> {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    humantime::format_rfc3339_seconds(credbroker_provider_api::clamp_rfc3339(t)).to_string()
 }
 
 /// The policy document IAM returns is URL-encoded (RFC 3986); some IAM-compatible servers

@@ -384,7 +384,8 @@ impl Provider for AwsProvider {
             .insert("AWS_ACCESS_KEY_ID".into(), creds.access_key_id().into());
         credential.public.insert(
             "AWS_CREDENTIAL_EXPIRATION".into(),
-            humantime::format_rfc3339_seconds(usable_until).to_string(),
+            humantime::format_rfc3339_seconds(credbroker_provider_api::clamp_rfc3339(usable_until))
+                .to_string(),
         );
         credential
             .public

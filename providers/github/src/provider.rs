@@ -289,7 +289,8 @@ impl Provider for GithubProvider {
         let mut credential = Credential::default();
         credential.public.insert(
             "GITHUB_TOKEN_EXPIRES_AT".into(),
-            humantime::format_rfc3339_seconds(expires_at).to_string(),
+            humantime::format_rfc3339_seconds(credbroker_provider_api::clamp_rfc3339(expires_at))
+                .to_string(),
         );
         credential
             .public
@@ -479,7 +480,9 @@ impl Provider for GithubProvider {
                     "rate limit {}/{} remaining, resets at {}",
                     q.remaining,
                     q.limit,
-                    humantime::format_rfc3339_seconds(q.reset)
+                    humantime::format_rfc3339_seconds(credbroker_provider_api::clamp_rfc3339(
+                        q.reset
+                    ))
                 ),
             },
             None => ProviderHealth {
