@@ -26,20 +26,6 @@ pub fn rfc3339_ms(ms: i64) -> String {
     rfc3339(from_ms(ms))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Fuzzing regression (fuzz/regressions/journal/audit-time-past-year-9999): an audit row's
-    /// time past year 9999 panicked while it was formatted.
-    #[test]
-    fn times_past_year_9999_are_written_not_a_panic() {
-        assert_eq!(rfc3339_ms(i64::MAX), "9999-12-31T23:59:59.999Z");
-        assert_eq!(rfc3339_ms(253_402_300_800_000), "9999-12-31T23:59:59.999Z");
-        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
-    }
-}
-
 /// Parses `2026-11-22T10:00:00Z`, `2026-11-22 10:00:00`, or a relative `24h` (meaning ago).
 pub fn parse_when(text: &str, now: SystemTime) -> Result<SystemTime, String> {
     if let Ok(t) = humantime::parse_rfc3339_weak(text) {
@@ -60,5 +46,19 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fuzzing regression (fuzz/regressions/journal/audit-time-past-year-9999): an audit row's
+    /// time past year 9999 panicked while it was formatted.
+    #[test]
+    fn times_past_year_9999_are_written_not_a_panic() {
+        assert_eq!(rfc3339_ms(i64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(253_402_300_800_000), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
     }
 }
