@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use credbroker::audit::key::AuditKey;
 use credbroker::audit::{AuditRecord, Outcome, event};
 use credbroker::journal::{Journal, Op};
+use credbroker::keys::AuditKey;
 
 pub(crate) const GRANT: &str = "orders-db-read";
 

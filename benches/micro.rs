@@ -251,7 +251,7 @@ fn journal(c: &mut Criterion) {
     let sealed = Arc::new(
         Journal::open_with(
             &dir.path().join("sealed.db"),
-            Some(credbroker::audit::key::AuditKey::from_key(&[5; 32])),
+            Some(credbroker::keys::AuditKey::from_key(&[5; 32])),
         )
         .unwrap_or_else(|e| panic!("{e}")),
     );

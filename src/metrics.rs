@@ -17,7 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::audit::{AuditRecord, event};
+use crate::record::{AuditRecord, event};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Provider {
@@ -122,6 +122,12 @@ impl Default for Metrics {
     }
 }
 
+impl crate::journal::Observer for Metrics {
+    fn committed(&self, record: &AuditRecord) {
+        self.record(record);
+    }
+}
+
 impl Metrics {
     /// Counts a committed audit record.
     pub fn record(&self, r: &AuditRecord) {
@@ -191,7 +197,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::Outcome;
+    use crate::record::Outcome;
 
     #[test]
     fn records_become_counters_and_the_snapshot_gauges() {

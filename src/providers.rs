@@ -3,8 +3,11 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use credbroker_provider_api::{Env, ParamRule, Provider, ProviderFactory};
+use credbroker_provider_api::{
+    Env, ErrorKind as PKind, ParamRule, Provider, ProviderError, ProviderFactory,
+};
 use tokio::sync::Semaphore;
 
 use crate::config::{Config, ConfigError, ProviderConfig};
@@ -36,13 +39,56 @@ impl Registry {
     }
 }
 
-/// One instance and the limit on concurrent calls to it.
-pub struct Slot {
+/// One configured provider instance (`[[provider]]`), the limit on concurrent calls to it, and
+/// how its backend has been answering.
+pub struct Instance {
     pub provider: Arc<dyn Provider>,
     pub config: ProviderConfig,
     pub limit: Arc<Semaphore>,
     /// What the broker's own calls to this instance found (see [`Observed`]).
     pub observed: Observed,
+}
+
+impl Instance {
+    /// Calls the provider within its concurrency limit and `timeout`, and notes how the backend
+    /// answered. A timeout after the call started means the outcome is unknown.
+    pub async fn call<T>(
+        &self,
+        timeout: Duration,
+        call: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        let _permit = tokio::time::timeout(timeout, self.limit.acquire())
+            .await
+            .map_err(|_| {
+                ProviderError::new(
+                    PKind::Unavailable,
+                    "too many calls in flight to this provider",
+                )
+            })?
+            .map_err(|_| ProviderError::new(PKind::Unavailable, "provider is shutting down"))?;
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(ProviderError::new(
+                PKind::OutcomeUnknown,
+                format!("no answer within {}s", timeout.as_secs_f64()),
+            )),
+        };
+        match &result {
+            Err(e)
+                if matches!(
+                    e.kind,
+                    PKind::Unavailable
+                        | PKind::OutcomeUnknown
+                        | PKind::RateLimited
+                        | PKind::Unauthorized
+                ) =>
+            {
+                self.observed.failed(SystemTime::now(), &e.message);
+            }
+            _ => self.observed.answered(),
+        }
+        result
+    }
 }
 
 /// How the backend answered the broker's most recent calls. A provider's own `health()` knows
@@ -58,16 +104,16 @@ struct ObservedInner {
     /// Consecutive failures of the backend's making since the last answer.
     failures: u32,
     last_error: Option<String>,
-    since: Option<std::time::SystemTime>,
-    last_at: Option<std::time::SystemTime>,
+    since: Option<SystemTime>,
+    last_at: Option<SystemTime>,
 }
 
 /// The backend is failing: how many calls in a row, since when, the last error.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failing {
     pub failures: u32,
-    pub since: std::time::SystemTime,
-    pub last_at: std::time::SystemTime,
+    pub since: SystemTime,
+    pub last_at: SystemTime,
     pub last_error: String,
 }
 
@@ -81,7 +127,7 @@ impl Observed {
 
     /// The backend did not answer, or failed (unavailable, timeout, rate limit, credbroker's
     /// own credentials refused).
-    pub fn failed(&self, now: std::time::SystemTime, error: &str) {
+    pub fn failed(&self, now: SystemTime, error: &str) {
         if let Ok(mut o) = self.inner.lock() {
             o.failures = o.failures.saturating_add(1);
             o.since.get_or_insert(now);
@@ -105,7 +151,7 @@ impl Observed {
 /// The instances of one configuration.
 #[derive(Default)]
 pub struct ProviderSet {
-    slots: HashMap<String, Arc<Slot>>,
+    instances: HashMap<String, Arc<Instance>>,
 }
 
 impl ProviderSet {
@@ -119,13 +165,13 @@ impl ProviderSet {
         previous: Option<&ProviderSet>,
     ) -> Result<Self, Vec<ConfigError>> {
         let mut errors = Vec::new();
-        let mut slots = HashMap::new();
+        let mut instances = HashMap::new();
         for pc in &config.providers {
             if let Some(old) = previous
-                .and_then(|p| p.slots.get(&pc.name))
+                .and_then(|p| p.instances.get(&pc.name))
                 .filter(|s| s.config == *pc)
             {
-                slots.insert(pc.name.clone(), Arc::clone(old));
+                instances.insert(pc.name.clone(), Arc::clone(old));
                 continue;
             }
             let Some(factory) = registry.factories.get(pc.kind.as_str()) else {
@@ -143,9 +189,9 @@ impl ProviderSet {
             match factory.build(&pc.name, &pc.settings, env) {
                 Ok(provider) => {
                     let limit = Arc::new(Semaphore::new(config.broker.provider_concurrency));
-                    slots.insert(
+                    instances.insert(
                         pc.name.clone(),
-                        Arc::new(Slot {
+                        Arc::new(Instance {
                             provider,
                             config: pc.clone(),
                             limit,
@@ -161,8 +207,8 @@ impl ProviderSet {
             }
         }
         for (name, grant) in &config.grants {
-            if let Some(slot) = slots.get(&grant.provider)
-                && let Err(errs) = slot.provider.check_grant(&grant.params)
+            if let Some(instance) = instances.get(&grant.provider)
+                && let Err(errs) = instance.provider.check_grant(&grant.params)
             {
                 errors.extend(errs.into_iter().map(|e| ConfigError {
                     path: format!("grant.{name}.params.{}", e.path),
@@ -174,33 +220,33 @@ impl ProviderSet {
         // Instances dropped from the configuration may still hold leases: keep them, for
         // revocation only (grants can no longer name them).
         if let Some(prev) = previous {
-            for (name, slot) in &prev.slots {
-                slots
+            for (name, instance) in &prev.instances {
+                instances
                     .entry(name.clone())
-                    .or_insert_with(|| Arc::clone(slot));
+                    .or_insert_with(|| Arc::clone(instance));
             }
         }
         if errors.is_empty() {
-            Ok(Self { slots })
+            Ok(Self { instances })
         } else {
             Err(errors)
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Slot>> {
-        self.slots.get(name)
+    pub fn get(&self, name: &str) -> Option<&Arc<Instance>> {
+        self.instances.get(name)
     }
 
     /// The instances, by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<Slot>)> {
-        let mut slots: Vec<_> = self.slots.iter().collect();
-        slots.sort_unstable_by_key(|(name, _)| *name);
-        slots.into_iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Arc<Instance>)> {
+        let mut instances: Vec<_> = self.instances.iter().collect();
+        instances.sort_unstable_by_key(|(name, _)| *name);
+        instances.into_iter()
     }
 
     /// Each instance's grant parameter rules (narrowing, case).
     pub fn param_rules(&self) -> HashMap<String, &'static [ParamRule]> {
-        self.slots
+        self.instances
             .iter()
             .map(|(k, s)| (k.clone(), s.provider.param_rules()))
             .collect()

@@ -1,7 +1,8 @@
 //! Time as the journal stores it (Unix milliseconds) and as people read it (RFC 3339).
 //!
 //! Code that decides expiry takes `now` as an argument; only the edges (request handlers, the
-//! reaper's loop) read the clock, through [`Clock`], so tests can move time.
+//! reaper's loop) read the clock, through [`Clock`]. The daemon uses [`SystemClock`]; no test
+//! substitutes another clock yet (the integration tests move time with short TTLs instead).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -36,7 +36,7 @@ pub struct PeerInfo {
     pub user_unit: Option<String>,
     /// The same, as recorded in tasks and audit records: built once per connection and shared
     /// by every task begun on it.
-    record: Arc<crate::audit::PeerRecord>,
+    record: Arc<crate::record::PeerRecord>,
 }
 
 impl PeerInfo {
@@ -47,7 +47,7 @@ impl PeerInfo {
             (Some(s), Some(u)) => Some(format!("{s}/{u}")),
             (s, _) => s.clone(),
         };
-        let record = Arc::new(crate::audit::PeerRecord {
+        let record = Arc::new(crate::record::PeerRecord {
             uid,
             gid,
             pid,
@@ -65,11 +65,11 @@ impl PeerInfo {
         }
     }
 
-    pub fn record(&self) -> crate::audit::PeerRecord {
+    pub fn record(&self) -> crate::record::PeerRecord {
         (*self.record).clone()
     }
 
-    pub fn shared_record(&self) -> Arc<crate::audit::PeerRecord> {
+    pub fn shared_record(&self) -> Arc<crate::record::PeerRecord> {
         Arc::clone(&self.record)
     }
 }

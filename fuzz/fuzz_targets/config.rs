@@ -16,7 +16,6 @@
 use std::path::{Component, Path, PathBuf};
 use std::sync::LazyLock;
 
-use credbroker::audit::key::AuditKey;
 use credbroker::broker::Runtime;
 use credbroker::config::{Config, KeySource, parse_duration};
 use credbroker::journal::seal::Sealer;
@@ -164,7 +163,7 @@ fuzz_target!(|data: &[u8]| {
             confine_config(&w.dir, &mut config);
             let _ = Sealer::load(&config.journal.key, &w.env);
             if let Some(k) = &config.audit.head_key {
-                let _ = AuditKey::load(k, &w.env);
+                let _ = k.audit_key(&w.env);
             }
             // As at start, then as on a reload of the same file (instances and verifier kept).
             if let Ok(runtime) = Runtime::build(config.clone(), &w.registry, &w.env, None) {

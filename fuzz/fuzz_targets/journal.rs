@@ -21,7 +21,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime};
 
 use arbitrary::{Arbitrary, Unstructured};
-use credbroker::audit::key::AuditKey;
+use credbroker::keys::AuditKey;
 use credbroker::audit::{AuditRecord, Outcome, PeerRecord, event};
 use credbroker::journal::read::{self, TaskFilter};
 use credbroker::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState, Text};

@@ -8,9 +8,9 @@ use std::io::Write;
 use rusqlite::Connection;
 
 use super::AuditRecord;
-use super::key::AuditKey;
 use super::query::{AuditFilter, for_each_record};
 use crate::journal::JournalError;
+use crate::keys::AuditKey;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {

@@ -2,13 +2,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use credbroker_provider_api::{Credential, ErrorKind as PKind, ProviderError, SecretValue};
+use credbroker_provider_api::{Credential, SecretValue};
 
 use super::live::TaskSummary;
 use super::{Broker, BrokerError, ErrorKind, new_id};
-use crate::audit::{Outcome, event};
 use crate::policy::{Ask, GrantAsk};
-use crate::providers::Slot;
+use crate::record::{Outcome, event};
 use crate::workload::PeerInfo;
 
 const MAX_TOOL_LEN: usize = 128;
@@ -141,7 +140,7 @@ impl Broker {
             Ok(d) => d,
             Err(denial) => {
                 let mut rec =
-                    crate::audit::AuditRecord::new(event::REQUEST_DENIED, Outcome::Denied, now)
+                    crate::record::AuditRecord::new(event::REQUEST_DENIED, Outcome::Denied, now)
                         .reason(denial.code)
                         .detail("message", denial.message.clone());
                 rec.peer = Some(peer.record());
@@ -166,19 +165,20 @@ impl Broker {
             ),
             key,
         });
-        let begun = self
-            .open_and_issue(
-                &rt,
+        let plan = self.plan(
+            &rt,
+            super::plan::Ask {
                 peer,
                 workload,
-                &verified,
-                &req.tool,
+                verified: &verified,
+                tool: &req.tool,
                 task_id,
                 decision,
-                key.as_ref(),
+                key: key.as_ref(),
                 now,
-            )
-            .await;
+            },
+        )?;
+        let begun = self.open_and_issue(&rt, plan, now).await;
         match (begun, &key) {
             (Err(e), Some(key)) if e.code == super::issue::KEY_SEEN => {
                 Err(self.replay(&workload.name, key).await)
@@ -186,44 +186,4 @@ impl Broker {
             (begun, _) => begun,
         }
     }
-}
-
-/// Calls a provider within its concurrency limit and the configured timeout. A timeout after
-/// the call started means the outcome is unknown.
-pub(super) async fn call_provider<T>(
-    slot: &Slot,
-    timeout: Duration,
-    call: impl Future<Output = Result<T, ProviderError>>,
-) -> Result<T, ProviderError> {
-    let _permit = tokio::time::timeout(timeout, slot.limit.acquire())
-        .await
-        .map_err(|_| {
-            ProviderError::new(
-                PKind::Unavailable,
-                "too many calls in flight to this provider",
-            )
-        })?
-        .map_err(|_| ProviderError::new(PKind::Unavailable, "provider is shutting down"))?;
-    let result = match tokio::time::timeout(timeout, call).await {
-        Ok(r) => r,
-        Err(_) => Err(ProviderError::new(
-            PKind::OutcomeUnknown,
-            format!("no answer within {}s", timeout.as_secs_f64()),
-        )),
-    };
-    match &result {
-        Err(e)
-            if matches!(
-                e.kind,
-                PKind::Unavailable
-                    | PKind::OutcomeUnknown
-                    | PKind::RateLimited
-                    | PKind::Unauthorized
-            ) =>
-        {
-            slot.observed.failed(SystemTime::now(), &e.message);
-        }
-        _ => slot.observed.answered(),
-    }
-    result
 }

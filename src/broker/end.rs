@@ -6,11 +6,12 @@ use std::time::Duration;
 use futures_util::future::join_all;
 
 use super::live::{TaskSummary, task_audit};
-use super::revoke::{Attempt, Target, scope_handle};
+use super::revoke::{Attempt, Target};
+use super::settle::scope_handle;
 use super::{Broker, BrokerError, ErrorKind};
-use crate::audit::{Outcome, PeerRecord, event};
 use crate::journal::read;
 use crate::journal::rows::{LeaseState, TaskRow, TaskState, Text, end_reason};
+use crate::record::{Outcome, PeerRecord, event};
 use crate::time::to_ms;
 use credbroker_provider_api::Role;
 

@@ -4,8 +4,8 @@
 use std::time::SystemTime;
 
 use super::{Broker, BrokerError, ErrorKind, Runtime};
-use crate::audit::{AuditRecord, Outcome, event};
 use crate::config::WorkloadConfig;
+use crate::record::{AuditRecord, Outcome, event};
 use crate::token::{Rejection, Verified};
 use crate::workload::{self, MatchError, PeerInfo};
 

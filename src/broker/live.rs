@@ -70,10 +70,10 @@ pub(crate) struct State {
 pub(crate) fn task_audit(
     t: &TaskRow,
     event: &str,
-    outcome: crate::audit::Outcome,
+    outcome: crate::record::Outcome,
     now: std::time::SystemTime,
-) -> crate::audit::AuditRecord {
-    let mut r = crate::audit::AuditRecord::new(event, outcome, now);
+) -> crate::record::AuditRecord {
+    let mut r = crate::record::AuditRecord::new(event, outcome, now);
     r.task_id = Some(t.id.to_string());
     r.workload = Some(t.workload.to_string());
     r.peer = Some((*t.peer).clone());
@@ -88,9 +88,9 @@ pub(crate) fn task_audit(
 pub(crate) fn task_audit_full(
     t: &TaskRow,
     event: &str,
-    outcome: crate::audit::Outcome,
+    outcome: crate::record::Outcome,
     now: std::time::SystemTime,
-) -> crate::audit::AuditRecord {
+) -> crate::record::AuditRecord {
     let mut r = task_audit(t, event, outcome, now);
     r.tool = Some(t.tool.to_string());
     r.issuer = Some(t.issuer.to_string());

@@ -12,16 +12,20 @@
 mod begin;
 mod end;
 mod error;
+mod failed;
 mod gate;
 mod intern;
 mod issue;
 mod live;
+mod plan;
 mod recover;
 mod refusals;
 mod renew;
 mod replay;
 mod retention;
 mod revoke;
+mod revoker;
+mod settle;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -30,13 +34,13 @@ use arc_swap::ArcSwap;
 use credbroker_provider_api::Env;
 use tokio::sync::Notify;
 
-use crate::audit::AuditRecord;
 use crate::config::Config;
 use crate::journal::rows::{LeaseState, TaskState};
 use crate::journal::seal::Sealer;
 use crate::journal::{Journal, Op};
 use crate::policy::Policy;
 use crate::providers::{ProviderSet, Registry};
+use crate::record::AuditRecord;
 use crate::time::Clock;
 use crate::token::{IssuerStatus, Verifier};
 
@@ -131,10 +135,20 @@ pub struct Broker {
     started_at: SystemTime,
     intern: Arc<intern::Interner>,
     refusals: refusals::RefusalLimiter,
+    /// Fed by the journal (an observer of committed records) and by issue latencies.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Broker {
-    pub fn new(journal: Journal, sealer: Sealer, runtime: Runtime, clock: Arc<dyn Clock>) -> Self {
+    /// `metrics` should be an observer of `journal` (`Journal::open_observed`), so its
+    /// counters follow the committed audit records.
+    pub fn new(
+        journal: Journal,
+        sealer: Sealer,
+        runtime: Runtime,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         let started_at = clock.now();
         Self {
             journal,
@@ -147,6 +161,7 @@ impl Broker {
             started_at,
             intern: Arc::default(),
             refusals: refusals::RefusalLimiter::default(),
+            metrics,
         }
     }
 
@@ -218,7 +233,7 @@ impl Broker {
             active_tasks: c.active_tasks,
             by_provider,
         };
-        self.journal.metrics().render(&snapshot)
+        self.metrics.render(&snapshot)
     }
 
     /// Appends audit records that go with no state change (rejections). A journal failure is

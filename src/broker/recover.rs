@@ -16,11 +16,11 @@ use credbroker_provider_api::RevocationHandle;
 
 use super::Broker;
 use super::live::{LiveLease, LiveTask, task_audit};
-use crate::audit::{AuditRecord, Outcome, event};
 use crate::journal::read::{self, TaskView};
 use crate::journal::rows::{LeaseState, TaskState, Text, end_reason};
 use crate::journal::seal::Sealer;
 use crate::journal::{JournalError, Op};
+use crate::record::{AuditRecord, Outcome, event};
 use crate::time::to_ms;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use crate::audit::{AuditRecord, Outcome, PeerRecord, event};
+use crate::record::{AuditRecord, Outcome, PeerRecord, event};
 use crate::time::rfc3339;
 
 struct Window {

@@ -13,14 +13,14 @@ use credbroker_provider_api::{
 };
 use futures_util::future::join_all;
 
-use super::begin::call_provider;
 use super::live::{TaskSummary, task_audit, task_audit_full};
-use super::revoke::{Target, scope_handle};
+use super::revoke::Target;
+use super::settle::scope_handle;
 use super::{Broker, BrokerError, ErrorKind, Runtime};
-use crate::audit::{AuditRecord, Outcome, event};
 use crate::journal::Op;
 use crate::journal::rows::{LeaseRow, LeaseState, TaskState};
 use crate::policy::{Ask, GrantAsk};
+use crate::record::{AuditRecord, Outcome, event};
 use crate::time::{from_ms, rfc3339, to_ms};
 use crate::workload::PeerInfo;
 
@@ -250,7 +250,7 @@ impl Broker {
         let timeout = rt.config.broker.provider_timeout;
         join_all(targets.map(|t| async move {
             let result = match (rt.providers.get(&t.lease.provider), t.handle.as_deref()) {
-                (Some(slot), Some(handle)) => {
+                (Some(instance), Some(handle)) => {
                     let lease_ref = LeaseRef {
                         lease_id: &t.lease.id,
                         role: t.lease.role,
@@ -260,7 +260,9 @@ impl Broker {
                         handle,
                         expires_at: from_ms(t.lease.expires_ms.unwrap_or(t.lease.wanted_exp_ms)),
                     };
-                    call_provider(slot, timeout, slot.provider.renew(&lease_ref, until, now)).await
+                    instance
+                        .call(timeout, instance.provider.renew(&lease_ref, until, now))
+                        .await
                 }
                 _ => Err(ProviderError::new(
                     PKind::Unsupported,

@@ -10,10 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Broker;
-use crate::audit::export::{Format, export};
-use crate::audit::query::AuditFilter;
-use crate::audit::{AuditRecord, Outcome, event};
 use crate::journal::{JournalError, Op};
+use crate::record::{AuditRecord, Outcome, event};
 use crate::time::to_ms;
 
 const EVERY: Duration = Duration::from_secs(3600);
@@ -103,12 +101,14 @@ fn archive(
         .open(&tmp)
         .map_err(io)?;
     let mut out = std::io::BufWriter::new(file);
-    let filter = AuditFilter {
-        seq_from: Some(from),
-        seq_until: Some(until),
-        ..Default::default()
-    };
-    let n = export(conn, &filter, Format::Jsonl, None, &mut out)?;
+    // Each line is exactly the body the chain hashed (the canonical JSON of the record), as
+    // `audit export --format jsonl` writes it, so `audit verify --archive` can recompute it.
+    let n = crate::journal::read::for_each_audit_between(conn, from, until, &mut |r| {
+        let line = serde_json::to_string(r).map_err(|e| JournalError::Encode(e.to_string()))?;
+        out.write_all(line.as_bytes())
+            .and_then(|()| out.write_all(b"\n"))
+            .map_err(io)
+    })?;
     out.flush().map_err(io)?;
     let file = out.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;

@@ -10,15 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use credbroker_provider_api::{
-    ErrorKind as PKind, IssueRequest, LeaseRef, Reconciled, RevocationHandle, Revoked, Role,
+    ErrorKind as PKind, IssueRequest, LeaseRef, Reconciled, RevocationHandle, Revoked,
 };
 
-use super::begin::call_provider;
-use super::live::{LiveTask, TaskSummary, context, task_audit};
+use super::live::{context, task_audit};
 use super::{Broker, Runtime};
-use crate::audit::{AuditRecord, Outcome, event};
-use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState, Text, role_str};
-use crate::journal::{JournalError, Op};
+use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, Text, role_str};
+use crate::record::{AuditRecord, Outcome, event};
 use crate::time::{from_ms, rfc3339, to_ms};
 
 /// How long after its wanted expiry a lease of unknown outcome is still chased. Covers provider
@@ -105,7 +103,7 @@ impl Broker {
             }
             return a;
         }
-        let Some(slot) = rt.providers.get(&lease.provider) else {
+        let Some(instance) = rt.providers.get(&lease.provider) else {
             return self.failed(
                 base,
                 lease,
@@ -128,7 +126,10 @@ impl Broker {
                 expires_at: from_ms(lease.wanted_exp_ms),
                 now,
             };
-            return match call_provider(slot, rt_timeout, slot.provider.reconcile(&req, now)).await {
+            return match instance
+                .call(rt_timeout, instance.provider.reconcile(&req, now))
+                .await
+            {
                 Ok(Reconciled::NothingIssued) => {
                     let a = base(
                         LeaseState::Failed,
@@ -183,7 +184,10 @@ impl Broker {
             handle,
             expires_at: from_ms(lease.expires_ms.unwrap_or(lease.wanted_exp_ms)),
         };
-        match call_provider(slot, rt_timeout, slot.provider.revoke(&lease_ref, now)).await {
+        match instance
+            .call(rt_timeout, instance.provider.revoke(&lease_ref, now))
+            .await
+        {
             Ok(Revoked::Revoked) => {
                 let a = base(LeaseState::Revoked, event::LEASE_REVOKED, Outcome::Success);
                 Attempt {
@@ -288,292 +292,12 @@ impl Broker {
             audit: None,
         }
     }
-
-    /// Records attempts on one task's leases (plus `ops` before them), ends the task if every
-    /// lease is now terminal, and updates memory. One commit.
-    ///
-    /// A scope that reached a terminal state takes the credentials still unsettled under it
-    /// along: revoking a Vault child token revokes every lease created with it, including any
-    /// whose id never reached the journal.
-    pub(super) async fn settle(
-        &self,
-        task_id: &str,
-        mut attempts: Vec<Attempt>,
-        ending: Option<AuditRecord>,
-        end_reason: Option<&str>,
-        now: SystemTime,
-    ) -> Result<Option<TaskSummary>, JournalError> {
-        let (task_row, all_terminal, ending_journaled) = {
-            let Ok(state) = self.state.lock() else {
-                return Err(JournalError::Closed);
-            };
-            let Some(live) = state.tasks.get(task_id) else {
-                return Ok(None);
-            };
-            let mut covered = Vec::new();
-            for a in attempts.iter().filter(|a| a.state.is_terminal()) {
-                let is_scope = live
-                    .leases
-                    .iter()
-                    .any(|l| l.row.id == a.lease_id && l.row.role == Role::Scope);
-                if !is_scope {
-                    continue;
-                }
-                for child in live.leases.iter().filter(|l| {
-                    l.row.parent.as_deref() == Some(&a.lease_id)
-                        && !l.row.state.is_terminal()
-                        && !attempts.iter().any(|x| x.lease_id == l.row.id)
-                }) {
-                    covered.push(with_scope(&live.row, &child.row, a, now));
-                }
-            }
-            attempts.extend(covered);
-            let all = live.leases.iter().all(|l| {
-                attempts
-                    .iter()
-                    .find(|a| a.lease_id == l.row.id)
-                    .map_or(l.row.state.is_terminal(), |a| a.state.is_terminal())
-            });
-            (Arc::clone(&live.row), all, live.ending_journaled)
-        };
-        let mut ops = Vec::with_capacity(attempts.len() * 2 + 3);
-        // A task that ends in this very commit gets one `task_ended` record (carrying the
-        // reason and any operator detail); `task_ending` is written only when it stays ending.
-        let mut ending = ending;
-        if !all_terminal && let Some(rec) = ending.take() {
-            ops.push(Op::Audit(Box::new(rec)));
-        }
-        for a in &mut attempts {
-            ops.push(Op::LeaseState {
-                id: a.lease_id.clone(),
-                state: a.state,
-                revoked_ms: a.revoked_ms,
-                attempts: a.attempts,
-                next_attempt_ms: a.next_attempt_ms,
-                last_error: a.last_error.clone(),
-            });
-            if let Some(exp) = a.expires_ms {
-                ops.push(Op::LeaseExpiry {
-                    id: a.lease_id.clone(),
-                    expires_ms: exp,
-                });
-            }
-            if let Some(rec) = a.audit.take() {
-                ops.push(Op::Audit(Box::new(rec)));
-            }
-        }
-        let reason: Option<Text> = end_reason
-            .map(Text::from)
-            .or_else(|| task_row.end_reason.clone());
-        if all_terminal {
-            ops.push(Op::TaskState {
-                id: task_id.into(),
-                state: TaskState::Ended,
-                ended_ms: Some(to_ms(now)),
-                end_reason: reason.clone(),
-            });
-            let mut rec = match ending {
-                Some(mut e) => {
-                    e.event = event::TASK_ENDED.into();
-                    e
-                }
-                None => task_audit(&task_row, event::TASK_ENDED, Outcome::Success, now),
-            };
-            rec.reason = reason.as_deref().map(str::to_owned);
-            ops.push(Op::Audit(Box::new(rec)));
-        } else if !ending_journaled {
-            // Memory already says `ending` (EndTask marked it before revoking); the journal
-            // must say so too, or a GetTask reads `active` and a restart re-arms the task.
-            ops.push(Op::TaskState {
-                id: task_id.into(),
-                state: TaskState::Ending,
-                ended_ms: None,
-                end_reason: reason.clone(),
-            });
-        }
-        self.journal.commit(ops).await?;
-
-        let Ok(mut state) = self.state.lock() else {
-            return Err(JournalError::Closed);
-        };
-        let Some(live) = state.tasks.get_mut(task_id) else {
-            return Ok(None);
-        };
-        let mut row = (*live.row).clone();
-        row.state = if all_terminal {
-            TaskState::Ended
-        } else {
-            TaskState::Ending
-        };
-        row.end_reason = reason;
-        if all_terminal {
-            row.ended_ms = Some(to_ms(now));
-        }
-        live.row = Arc::new(row);
-        live.ending_journaled = true;
-        let mut retries = Vec::new();
-        for a in attempts {
-            if let Some(l) = live.lease_mut(&a.lease_id) {
-                l.row.state = a.state;
-                l.row.attempts = a.attempts;
-                l.row.next_attempt_ms = a.next_attempt_ms;
-                l.row.last_error = a.last_error;
-                l.row.revoked_ms = a.revoked_ms.or(l.row.revoked_ms);
-                l.row.expires_ms = a.expires_ms.or(l.row.expires_ms);
-                if a.state.is_terminal() {
-                    l.handle = None;
-                } else if let Some(next) = a.next_attempt_ms {
-                    retries.push((next, Arc::clone(&live.row.id), a.lease_id));
-                }
-            }
-        }
-        let summary = live.summary();
-        if all_terminal {
-            state.tasks.remove(task_id);
-        }
-        state.retries.extend(retries);
-        drop(state);
-        self.wake_revoker.notify_one();
-        Ok(Some(summary))
-    }
-
-    /// Works the retry queue until the process ends.
-    pub(super) async fn revoker_loop(self: Arc<Self>) {
-        loop {
-            let now_ms = to_ms(self.clock.now());
-            let (due, next) = {
-                let Ok(mut state) = self.state.lock() else {
-                    return;
-                };
-                let later = state
-                    .retries
-                    .split_off(&(now_ms + 1, Text::from(""), Text::from("")));
-                let due = std::mem::replace(&mut state.retries, later);
-                (due, state.retries.first().map(|(t, _, _)| *t))
-            };
-            for (_, task_id, lease_id) in due {
-                let me = Arc::clone(&self);
-                tokio::spawn(async move { me.retry_lease(&task_id, &lease_id).await });
-            }
-            let wait = next.map_or(Duration::from_secs(5), |t| {
-                Duration::from_millis((t - now_ms).clamp(1, 5000) as u64)
-            });
-            tokio::select! {
-                () = self.wake_revoker.notified() => {}
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
-    }
-
-    async fn retry_lease(&self, task_id: &str, lease_id: &str) {
-        let Some(op) = self
-            .state
-            .lock()
-            .ok()
-            .and_then(|s| s.tasks.get(task_id).map(|t| Arc::clone(&t.op)))
-        else {
-            return;
-        };
-        let _guard = op.lock_owned().await;
-        let now = self.clock.now();
-        let picked = {
-            let Ok(state) = self.state.lock() else { return };
-            state.tasks.get(task_id).and_then(|t| {
-                let l = t.leases.iter().find(|l| *l.row.id == *lease_id)?;
-                if !matches!(l.row.state, LeaseState::Revoking | LeaseState::Reconciling) {
-                    return None;
-                }
-                if covered_by_scope(t, &l.row) {
-                    // Its scope takes it back (see `settle`); nothing to ask the provider.
-                    return None;
-                }
-                let target = Target {
-                    lease: l.row.clone(),
-                    handle: l.handle.clone(),
-                    scope: scope_handle(t, &l.row),
-                };
-                Some((Arc::clone(&t.row), target, scope_ready(t, &l.row)))
-            })
-        };
-        let Some((task, target, ready)) = picked else {
-            return;
-        };
-        let rt = self.runtime();
-        let a = if ready {
-            self.attempt(&rt, &task, &target, rt.config.broker.provider_timeout, now)
-                .await
-        } else {
-            self.scope_waits(&target.lease, now)
-        };
-        if let Err(e) = self.settle(task_id, vec![a], None, None, now).await {
-            tracing::error!(error = %e, lease = lease_id, "could not record a revocation attempt; retrying");
-            if let Ok(mut state) = self.state.lock() {
-                let next = to_ms(now + rt.config.broker.revoke_backoff_initial);
-                state
-                    .retries
-                    .insert((next, Text::from(task_id), Text::from(lease_id)));
-            }
-        }
-    }
 }
 
 impl Attempt {
     fn note(mut self, f: impl FnOnce(AuditRecord) -> AuditRecord) -> Self {
         self.audit = self.audit.map(f);
         self
-    }
-}
-
-/// A credential whose outcome is unknown, under a scope that will be revoked: the scope settles it.
-pub(super) fn covered_by_scope(task: &LiveTask, lease: &LeaseRow) -> bool {
-    lease.role == Role::Credential
-        && lease.parent.is_some()
-        && (lease.state == LeaseState::Reconciling
-            || !task
-                .leases
-                .iter()
-                .any(|l| l.row.id == lease.id && l.handle.is_some()))
-}
-
-/// A scope may be revoked once nothing under it still needs its own revocation.
-pub(super) fn scope_ready(task: &LiveTask, lease: &LeaseRow) -> bool {
-    lease.role != Role::Scope
-        || task
-            .leases
-            .iter()
-            .filter(|l| l.row.parent.as_deref() == Some(&lease.id))
-            .all(|l| l.row.state.is_terminal() || covered_by_scope(task, &l.row))
-}
-
-pub(super) fn scope_handle(task: &LiveTask, lease: &LeaseRow) -> Option<Arc<RevocationHandle>> {
-    let parent = lease.parent.as_deref()?;
-    task.leases
-        .iter()
-        .find(|l| *l.row.id == *parent)
-        .and_then(|l| l.handle.clone())
-}
-
-/// The attempt recording that a credential went with its scope.
-fn with_scope(task: &TaskRow, child: &LeaseRow, scope: &Attempt, now: SystemTime) -> Attempt {
-    let (ev, reason) = match scope.state {
-        LeaseState::Revoked => (event::LEASE_REVOKED, "revoked_with_scope"),
-        LeaseState::Expiring => (event::LEASE_EXPIRED_UNREVOKED, "expires_with_scope"),
-        _ => (event::LEASE_EXPIRED_UNREVOKED, "scope_abandoned"),
-    };
-    Attempt {
-        lease_id: child.id.clone(),
-        state: scope.state,
-        revoked_ms: scope.revoked_ms,
-        expires_ms: scope.expires_ms,
-        attempts: child.attempts,
-        next_attempt_ms: None,
-        last_error: None,
-        audit: Some(
-            task_audit(task, ev, Outcome::Success, now)
-                .lease(&child.id, &child.grant, &child.provider)
-                .reason(reason)
-                .detail("scope", scope.lease_id.to_string()),
-        ),
     }
 }
 

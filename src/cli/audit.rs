@@ -10,12 +10,12 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
 use crate::audit::export::{self, Pseudonymise};
-use crate::audit::key::AuditKey;
 use crate::audit::query::{self, AuditFilter};
 use crate::audit::{lineage, verify};
 use crate::config::{Config, KeySource};
 use crate::journal::Journal;
 use crate::journal::read::TaskFilter;
+use crate::keys::AuditKey;
 use crate::time::{parse_when, to_ms};
 
 /// Where the journal is.
@@ -237,7 +237,8 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     if let Err(e) = check {
                         return usage(e);
                     }
-                    let key = AuditKey::load(&KeySource::File(path.clone()), &crate::ProcessEnv)
+                    let key = KeySource::File(path.clone())
+                        .audit_key(&crate::ProcessEnv)
                         .map_err(|e| anyhow::anyhow!("export HMAC key {}: {e}", path.display()))?;
                     Pseudonymise::new(key, hmac_fields).ok()
                 }
@@ -273,7 +274,7 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 _ => "",
             };
             let key = source
-                .map(|s| AuditKey::load(&s, &crate::ProcessEnv))
+                .map(|s| s.audit_key(&crate::ProcessEnv))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("audit head key: {e}{hint}"))?;
             let report = verify::verify_with_archive(&conn, key.as_ref(), &archives)?;

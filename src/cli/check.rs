@@ -30,13 +30,14 @@ pub(super) async fn run(
         .map_err(|errors| config_errors(path, errors))?;
     Sealer::load(&runtime.config.journal.key, env)?;
     if let Some(source) = &runtime.config.audit.head_key {
-        crate::audit::key::AuditKey::load(source, env)
+        source
+            .audit_key(env)
             .map_err(|e| anyhow::anyhow!("audit head key: {e}"))?;
     }
     outln!("{}: ok: {summary}", path.display())?;
-    for (name, slot) in runtime.providers.iter() {
+    for (name, instance) in runtime.providers.iter() {
         let grants = grants_of(&runtime, name);
-        for paragraph in slot.provider.explain(&grants) {
+        for paragraph in instance.provider.explain(&grants) {
             outln!("\nprovider {name} needs:\n{paragraph}")?;
         }
     }
@@ -51,17 +52,17 @@ pub(super) async fn run(
         }
     }
     let mut bad = !failed.is_empty();
-    for (name, slot) in runtime.providers.iter() {
+    for (name, instance) in runtime.providers.iter() {
         let grants = grants_of(&runtime, name);
-        let problems = slot.provider.check_online(&grants).await;
+        let problems = instance.provider.check_online(&grants).await;
         for p in &problems {
             outln!("provider {name}: FAILED: {p}")?;
         }
         bad |= !problems.is_empty();
-        let h = slot.provider.health().await;
+        let h = instance.provider.health().await;
         outln!(
             "provider {name} ({}): {}{}",
-            slot.config.kind,
+            instance.config.kind,
             if h.healthy { "ok" } else { "FAILED" },
             if h.detail.is_empty() {
                 String::new()

@@ -140,11 +140,11 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
         Command::Status(args) => admin::status(args).await,
         Command::Audit { command } => audit::run(command),
         Command::Lineage(args) => audit::lineage(args),
-        Command::Keygen => match crate::journal::seal::generate_hex() {
+        Command::Keygen => match crate::keys::generate_hex() {
             Ok(k) => outln!("{}", k.as_str())
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(anyhow::anyhow!(e)),
         },
     };
     match result {

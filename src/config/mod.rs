@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use credbroker_provider_api::Params;
 
-use crate::token::Alg;
+use crate::jose::Alg;
 
 pub use validate::{check_issuer_url, parse_duration};
 
@@ -56,17 +56,6 @@ pub struct JournalConfig {
     pub fsync_intents: bool,
 }
 
-impl JournalConfig {
-    /// How intents (commits made before a provider is called) are committed.
-    pub fn intent_durability(&self) -> crate::journal::Durability {
-        if self.fsync_intents {
-            crate::journal::Durability::Fsync
-        } else {
-            crate::journal::Durability::Process
-        }
-    }
-}
-
 #[derive(Clone, Debug, Default)]
 pub struct AuditConfig {
     /// Seals the audit chain's head (HMAC-SHA256) in every commit; see `audit::verify`.
@@ -90,6 +79,34 @@ pub enum KeySource {
     File(PathBuf),
     /// A systemd credential name, read from `$CREDENTIALS_DIRECTORY`.
     Credential(String),
+}
+
+impl KeySource {
+    /// The 256-bit key (32 raw bytes, or 64 hex digits) from the file or the credential. The
+    /// same shape for every key credbroker reads: journal, audit head, export.
+    pub fn read(
+        &self,
+        env: &dyn credbroker_provider_api::Env,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+        let bytes = match self {
+            Self::File(path) => zeroize::Zeroizing::new(
+                std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+            ),
+            Self::Credential(name) => {
+                let secret = env.credential(name)?;
+                zeroize::Zeroizing::new(secret.expose().as_bytes().to_vec())
+            }
+        };
+        crate::keys::key_bytes(&bytes).ok_or_else(|| crate::keys::KEY_SHAPE.to_string())
+    }
+
+    /// An HMAC key of the audit trail (head seal, export pseudonyms) from this source.
+    pub fn audit_key(
+        &self,
+        env: &dyn credbroker_provider_api::Env,
+    ) -> Result<crate::keys::AuditKey, String> {
+        Ok(crate::keys::AuditKey::from_key(&self.read(env)?))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

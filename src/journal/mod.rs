@@ -1,10 +1,17 @@
-//! The journal: SQLite (WAL, `synchronous=FULL`), the daemon's durable memory.
+//! The journal: SQLite in WAL mode, the daemon's durable memory.
 //!
 //! One writer thread owns the write connection and commits in groups: it takes every submission
-//! waiting in its queue, applies each inside its own savepoint (so one failing submission does
-//! not take the others down), commits once — one fsync for the whole group — and only then
-//! answers each submitter. Nothing is acknowledged before the fsync that makes it durable; under
-//! load many transitions share one fsync, which is where the throughput comes from.
+//! waiting in its queue, applies them all straight into one transaction and commits once. If a
+//! submission fails, the transaction is rolled back and the group replayed with a savepoint
+//! around each submission, so the failing one fails alone (a savepoint per submission on the
+//! fast path would make SQLite copy every page it first touches). Commits that must survive
+//! power loss (`Durability::Fsync`: everything acknowledged to a caller, and intents when
+//! `journal.fsync_intents` is on) are made with `synchronous=FULL`; the others with `NORMAL`,
+//! which survives a process crash. Nobody is answered before their commit is as durable as they
+//! asked. After a commit, observers (metrics, the journald mirror) are told what committed, so
+//! nothing that rolled back is ever reported.
+//!
+//! State updates are guarded by the task and lease state machines (`transitions`).
 //!
 //! Reads (admin queries, recovery, export) use a separate connection; WAL lets them run beside
 //! the writer.
@@ -15,6 +22,7 @@ pub mod read;
 pub mod rows;
 mod schema;
 pub mod seal;
+pub mod transitions;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +31,8 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::key::AuditKey;
-use crate::metrics::Metrics;
+use crate::keys::AuditKey;
+use crate::record::AuditRecord;
 pub use keycheck::KeyCheckError;
 use ops::Chain;
 pub use ops::{Op, chain_hash};
@@ -40,6 +48,14 @@ pub enum JournalError {
     Sqlite(#[from] rusqlite::Error),
     #[error("journal conflict: {0}")]
     Conflict(String),
+    /// A state update the state machine does not allow (see `transitions`).
+    #[error("journal refuses {what} {id}: {from} → {to} is not a transition")]
+    Transition {
+        what: &'static str,
+        id: String,
+        from: String,
+        to: &'static str,
+    },
     #[error("journal encoding: {0}")]
     Encode(String),
     #[error("journal is closed")]
@@ -48,6 +64,18 @@ pub enum JournalError {
     Io { path: String, error: std::io::Error },
     #[error("journal schema version {found} is newer than this build understands ({known})")]
     TooNew { found: usize, known: usize },
+}
+
+impl Durability {
+    /// How intents (commits made before a provider is called) are committed: see
+    /// `journal.fsync_intents`.
+    pub fn for_intents(fsync_intents: bool) -> Self {
+        if fsync_intents {
+            Self::Fsync
+        } else {
+            Self::Process
+        }
+    }
 }
 
 impl JournalError {
@@ -75,7 +103,26 @@ pub enum Durability {
 struct Submission {
     ops: Vec<Op>,
     durability: Durability,
-    reply: oneshot::Sender<Result<(), JournalError>>,
+    /// The ops come back with a successful answer, so the submitter (not the writer thread,
+    /// which every request waits on) tells the observers about them.
+    reply: oneshot::Sender<Result<Vec<Op>, JournalError>>,
+}
+
+/// Told about every audit record that committed, once it has: metrics, the journald mirror.
+/// Never about a record whose transaction rolled back. Called on the submitter's task, after
+/// its answer arrived, so observers cost the writer nothing.
+pub trait Observer: Send + Sync + 'static {
+    fn committed(&self, record: &AuditRecord);
+}
+
+/// Mirrors every committed audit record to the log (`record::log`: under systemd, journald
+/// records with TASK_ID, GRANT, OWNER… as fields).
+pub struct LogMirror;
+
+impl Observer for LogMirror {
+    fn committed(&self, record: &AuditRecord) {
+        crate::record::log(record);
+    }
 }
 
 /// Counters for benchmarks and `Status`.
@@ -87,7 +134,7 @@ pub struct JournalStats {
 
 pub struct Journal {
     queue: mpsc::Sender<Submission>,
-    metrics: Arc<Metrics>,
+    observers: Arc<[Arc<dyn Observer>]>,
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
     pub stats: Arc<JournalStats>,
@@ -103,6 +150,15 @@ impl Journal {
     /// appends records: then rewriting the whole chain, or deleting its newest records, is
     /// detectable by whoever holds the key (`credbroker audit verify --head-key-file`).
     pub fn open_with(path: &Path, head_key: Option<AuditKey>) -> Result<Self, JournalError> {
+        Self::open_observed(path, head_key, Vec::new())
+    }
+
+    /// [`Journal::open_with`], telling `observers` about every committed audit record.
+    pub fn open_observed(
+        path: &Path,
+        head_key: Option<AuditKey>,
+        observers: Vec<Arc<dyn Observer>>,
+    ) -> Result<Self, JournalError> {
         create_private(path)?;
         let mut writer = Connection::open(path)?;
         configure(&writer)?;
@@ -129,18 +185,16 @@ impl Journal {
         let (queue, rx) = mpsc::channel(8192);
         let stats = Arc::new(JournalStats::default());
         let thread_stats = Arc::clone(&stats);
-        let metrics = Arc::new(Metrics::default());
-        let thread_metrics = Arc::clone(&metrics);
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || write_loop(writer, rx, chain, head_key, &thread_stats, &thread_metrics))
+            .spawn(move || write_loop(writer, rx, chain, head_key, &thread_stats))
             .map_err(|error| JournalError::Io {
                 path: path.display().to_string(),
                 error,
             })?;
         Ok(Self {
             queue,
-            metrics,
+            observers: observers.into(),
             reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
             stats,
@@ -149,11 +203,6 @@ impl Journal {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Counters fed by every committed audit record (see `metrics`).
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 
     /// Applies `ops` atomically and durably. Returns only after the fsync.
@@ -168,11 +217,6 @@ impl Journal {
         ops: Vec<Op>,
         durability: Durability,
     ) -> Result<(), JournalError> {
-        for op in &ops {
-            if let Op::Audit(r) = op {
-                crate::audit::log(r);
-            }
-        }
         let (reply, rx) = oneshot::channel();
         self.queue
             .send(Submission {
@@ -182,7 +226,17 @@ impl Journal {
             })
             .await
             .map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)?
+        let ops = rx.await.map_err(|_| JournalError::Closed)??;
+        if !self.observers.is_empty() {
+            for op in &ops {
+                if let Op::Audit(r) | Op::PruneAudit { anchor: r, .. } = op {
+                    for o in self.observers.iter() {
+                        o.committed(r);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Runs a read on the reader connection, off the async threads.
@@ -250,7 +304,6 @@ fn write_loop(
     mut chain: Chain,
     head_key: Option<AuditKey>,
     stats: &JournalStats,
-    metrics: &Metrics,
 ) {
     let mut group: Vec<Submission> = Vec::with_capacity(MAX_GROUP);
     let mut fsyncing = true;
@@ -290,14 +343,7 @@ fn write_loop(
         match results {
             Ok(results) => {
                 for (sub, result) in group.drain(..).zip(results) {
-                    if result.is_ok() {
-                        for op in &sub.ops {
-                            if let Op::Audit(r) | Op::PruneAudit { anchor: r, .. } = op {
-                                metrics.record(r);
-                            }
-                        }
-                    }
-                    let _ = sub.reply.send(result);
+                    let _ = sub.reply.send(result.map(|()| sub.ops));
                 }
             }
             Err(e) => {

@@ -1,12 +1,13 @@
 //! The writes the journal knows, and how each is applied. Every update must touch exactly one
 //! row: touching none means the broker's picture and the journal disagree, which is a bug worth
-//! failing loudly on rather than papering over.
+//! failing loudly on rather than papering over. State updates are also guarded by the state
+//! machines (`transitions`).
 
 use rusqlite::{Connection, params};
 
-use super::JournalError;
 use super::rows::{LeaseRow, LeaseState, TaskRow, TaskState, Text};
-use crate::audit::AuditRecord;
+use super::{JournalError, transitions};
+use crate::record::AuditRecord;
 
 #[derive(Clone, Debug)]
 pub enum Op {
@@ -152,34 +153,48 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
                 l.last_error,
             ],
         )?,
-        Op::TaskState { id, state, ended_ms, end_reason } => exec(
-            conn,
-            "UPDATE tasks SET state = ?2, ended_ms = COALESCE(?3, ended_ms),
-                end_reason = COALESCE(?4, end_reason) WHERE id = ?1",
-            params![id, state.as_str(), ended_ms, end_reason],
-        )?,
+        Op::TaskState { id, state, ended_ms, end_reason } => {
+            let sql = format!(
+                "UPDATE tasks SET state = ?2, ended_ms = COALESCE(?3, ended_ms),
+                    end_reason = COALESCE(?4, end_reason) WHERE id = ?1 AND {}",
+                transitions::task_guard(*state)
+            );
+            match exec(conn, &sql, params![id, state.as_str(), ended_ms, end_reason])? {
+                0 => return Err(transitions::refused(conn, "tasks", id, state.as_str())),
+                n => n,
+            }
+        }
         Op::TaskExpiry { id, expires_ms, token_exp_ms } => exec(
             conn,
             "UPDATE tasks SET expires_ms = ?2, token_exp_ms = ?3 WHERE id = ?1",
             params![id, expires_ms, token_exp_ms],
         )?,
-        Op::LeaseIssued { id, issued_ms, expires_ms, reference, sealed_handle, renewable } => exec(
-            conn,
-            "UPDATE leases SET state = 'active', issued_ms = ?2, expires_ms = ?3, reference = ?4,
-                sealed_handle = ?5, renewable = ?6 WHERE id = ?1",
-            params![id, issued_ms, expires_ms, reference, sealed_handle, renewable],
-        )?,
+        Op::LeaseIssued { id, issued_ms, expires_ms, reference, sealed_handle, renewable } => {
+            match exec(
+                conn,
+                "UPDATE leases SET state = 'active', issued_ms = ?2, expires_ms = ?3, reference = ?4,
+                    sealed_handle = ?5, renewable = ?6 WHERE id = ?1 AND state = 'pending'",
+                params![id, issued_ms, expires_ms, reference, sealed_handle, renewable],
+            )? {
+                0 => return Err(transitions::refused(conn, "leases", id, "active")),
+                n => n,
+            }
+        }
         Op::LeaseState { id, state, revoked_ms, attempts, next_attempt_ms, last_error } => {
             // A terminal lease no longer needs what revoked it: drop the sealed handle.
             let clear = state.is_terminal();
-            exec(
-            conn,
+            let sql = format!(
                 "UPDATE leases SET state = ?2, revoked_ms = COALESCE(?3, revoked_ms), attempts = ?4,
                     next_attempt_ms = ?5, last_error = ?6,
                     sealed_handle = CASE WHEN ?7 THEN NULL ELSE sealed_handle END
-                 WHERE id = ?1",
-                params![id, state.as_str(), revoked_ms, attempts, next_attempt_ms, last_error, clear],
-            )?
+                 WHERE id = ?1 AND {}",
+                transitions::lease_guard(*state)
+            );
+            let p = params![id, state.as_str(), revoked_ms, attempts, next_attempt_ms, last_error, clear];
+            match exec(conn, &sql, p)? {
+                0 => return Err(transitions::refused(conn, "leases", id, state.as_str())),
+                n => n,
+            }
         }
         Op::LeaseExpiry { id, expires_ms } => {
             exec(conn, "UPDATE leases SET expires_ms = ?2 WHERE id = ?1", params![id, expires_ms])?
@@ -300,7 +315,7 @@ fn prune_audit(
         .insert("first_kept_seq".into(), keep_from.into());
     anchor
         .detail
-        .insert("prev_hash".into(), crate::audit::key::hex(&prev).into());
+        .insert("prev_hash".into(), crate::keys::hex(&prev).into());
     anchor.detail.insert("pruned_records".into(), pruned.into());
     append_audit(conn, anchor, chain)
 }

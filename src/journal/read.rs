@@ -6,7 +6,7 @@ use rusqlite::{Connection, Row, params_from_iter};
 use super::JournalError;
 use super::ops::Chain;
 use super::rows::{LeaseRow, LeaseState, TaskRow, TaskState, Text};
-use crate::audit::{AuditRecord, PeerRecord};
+use crate::record::{AuditRecord, PeerRecord};
 
 /// A task with its leases.
 #[derive(Clone, Debug, PartialEq)]
@@ -383,6 +383,25 @@ pub fn audit_record(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
         jti: r.get(19)?,
         detail: json_col(r, 20)?,
     })
+}
+
+/// Records `[from, until)` in order, streamed: each is handed to `each` as it is read.
+pub fn for_each_audit_between(
+    conn: &Connection,
+    from: u64,
+    until: u64,
+    each: &mut dyn FnMut(&AuditRecord) -> Result<(), JournalError>,
+) -> Result<u64, JournalError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit WHERE seq >= ?1 AND seq < ?2 ORDER BY seq"
+    ))?;
+    let mut rows = stmt.query_map([from, until], audit_record)?;
+    let mut n = 0;
+    for r in rows.by_ref() {
+        each(&r?)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Every audit record of a task, in order.

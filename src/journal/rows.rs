@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use credbroker_provider_api::{Params, Role};
 
-use crate::audit::PeerRecord;
+use crate::record::PeerRecord;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TaskState {

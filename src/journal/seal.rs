@@ -36,14 +36,15 @@ pub enum SealError {
 impl Sealer {
     /// Reads the key: 32 raw bytes, or 64 hex digits (a trailing newline is fine).
     pub fn load(source: &KeySource, env: &dyn Env) -> Result<Self, SealError> {
-        let key = read_key(source, env).map_err(SealError::Key)?;
+        let key = source.read(env).map_err(SealError::Key)?;
         Self::from_bytes(&key)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SealError> {
-        let key = key_bytes(bytes).ok_or_else(|| SealError::Key(shape()))?;
-        let key =
-            RandomizedNonceKey::new(&AES_256_GCM, &key).map_err(|_| SealError::Key(shape()))?;
+        let key = crate::keys::key_bytes(bytes)
+            .ok_or_else(|| SealError::Key(crate::keys::KEY_SHAPE.into()))?;
+        let key = RandomizedNonceKey::new(&AES_256_GCM, &key)
+            .map_err(|_| SealError::Key(crate::keys::KEY_SHAPE.into()))?;
         Ok(Self { key })
     }
 
@@ -74,51 +75,6 @@ impl Sealer {
         let text = std::str::from_utf8(plain).map_err(|_| SealError::Open)?;
         Ok(SecretValue::new(text))
     }
-}
-
-/// A 256-bit key from its file or credential: 32 raw bytes, or 64 hex digits (a trailing
-/// newline is fine). The same shape for every key credbroker reads (journal, audit head, export).
-pub(crate) fn read_key(source: &KeySource, env: &dyn Env) -> Result<Zeroizing<Vec<u8>>, String> {
-    let bytes = match source {
-        KeySource::File(path) => {
-            Zeroizing::new(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?)
-        }
-        KeySource::Credential(name) => {
-            let secret = env.credential(name)?;
-            Zeroizing::new(secret.expose().as_bytes().to_vec())
-        }
-    };
-    key_bytes(&bytes).ok_or_else(shape)
-}
-
-fn key_bytes(bytes: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    if bytes.len() == 32 {
-        return Some(Zeroizing::new(bytes.to_vec()));
-    }
-    let text = std::str::from_utf8(bytes).ok()?.trim();
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = Zeroizing::new(vec![0u8; 32]);
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-fn shape() -> String {
-    "must be 32 raw bytes or 64 hex digits (create one with `credbroker keygen`)".into()
-}
-
-/// A fresh key as 64 hex digits.
-pub fn generate_hex() -> Result<Zeroizing<String>, SealError> {
-    let mut key = Zeroizing::new([0u8; 32]);
-    aws_lc_rs::rand::fill(&mut *key).map_err(|_| SealError::Seal)?;
-    let mut out = Zeroizing::new(String::with_capacity(64));
-    for b in key.iter() {
-        out.push_str(&format!("{b:02x}"));
-    }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -161,7 +117,7 @@ mod tests {
     #[test]
     fn key_formats() {
         assert!(Sealer::from_bytes(&[1u8; 31]).is_err());
-        let hex = generate_hex().unwrap_or_else(|e| panic!("{e}"));
+        let hex = crate::keys::generate_hex().unwrap_or_else(|e| panic!("{e}"));
         assert!(Sealer::from_bytes(format!("{}\n", hex.as_str()).as_bytes()).is_ok());
         assert!(Sealer::from_bytes(b"zz").is_err());
     }

@@ -3,7 +3,7 @@ use std::time::SystemTime;
 
 use super::rows::{LeaseRow, LeaseState, TaskRow, TaskState};
 use super::*;
-use crate::audit::{AuditRecord, Outcome, PeerRecord};
+use crate::record::{AuditRecord, Outcome, PeerRecord};
 
 fn task(id: &str) -> TaskRow {
     TaskRow {
@@ -238,4 +238,111 @@ async fn migrates_an_older_journal_keeping_its_rows() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(kept.is_some(), "rows written before the migration are kept");
+}
+
+fn lease_state(id: &str, state: LeaseState) -> Op {
+    Op::LeaseState {
+        id: id.into(),
+        state,
+        revoked_ms: None,
+        attempts: 0,
+        next_attempt_ms: None,
+        last_error: None,
+    }
+}
+
+fn issued(id: &str) -> Op {
+    Op::LeaseIssued {
+        id: id.into(),
+        issued_ms: 1,
+        expires_ms: 2,
+        reference: "ref".into(),
+        sealed_handle: None,
+        renewable: false,
+    }
+}
+
+fn task_state(id: &str, state: TaskState) -> Op {
+    Op::TaskState {
+        id: id.into(),
+        state,
+        ended_ms: None,
+        end_reason: None,
+    }
+}
+
+/// The state machine is the journal's: a forbidden transition is a typed error, and its whole
+/// submission (audit record included) rolls back.
+#[tokio::test]
+async fn forbidden_transitions_are_journal_errors_that_change_nothing() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let j = Journal::open(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}"));
+    let ok = |r: Result<(), JournalError>| r.unwrap_or_else(|e| panic!("{e}"));
+    ok(j.commit(vec![
+        Op::InsertTask(Box::new(task("t"))),
+        Op::InsertLease(Box::new(lease("l", "t"))),
+    ])
+    .await);
+    ok(
+        j.commit(vec![issued("l"), task_state("t", TaskState::Active)])
+            .await,
+    );
+    // Issued twice: refused.
+    let twice = j.commit(vec![audit("second-issue"), issued("l")]).await;
+    assert!(
+        matches!(&twice, Err(JournalError::Transition { what: "lease", from, to: "active", .. }) if from == "active"),
+        "{twice:?}"
+    );
+    ok(j.commit(vec![lease_state("l", LeaseState::Revoking)]).await);
+    ok(j.commit(vec![
+        lease_state("l", LeaseState::Revoked),
+        task_state("t", TaskState::Ended),
+    ])
+    .await);
+
+    // revoked → active, → revoking, → pending; ended → active, → ending.
+    for (op, what, from) in [
+        (issued("l"), "lease", "revoked"),
+        (lease_state("l", LeaseState::Revoking), "lease", "revoked"),
+        (lease_state("l", LeaseState::Pending), "lease", "revoked"),
+        (lease_state("l", LeaseState::Failed), "lease", "revoked"),
+        (task_state("t", TaskState::Active), "task", "ended"),
+        (task_state("t", TaskState::Ending), "task", "ended"),
+        (task_state("t", TaskState::Ended), "task", "ended"),
+    ] {
+        let r = j.commit(vec![audit("doomed"), op]).await;
+        match &r {
+            Err(
+                e @ JournalError::Transition {
+                    what: w, from: f, ..
+                },
+            ) => {
+                assert_eq!((*w, f.as_str()), (what, from));
+                assert!(e.to_string().contains("is not a transition"), "{e}");
+            }
+            other => panic!("expected a refused transition, got {other:?}"),
+        }
+    }
+    // A missing row is a conflict, not a transition.
+    let missing = j
+        .commit(vec![lease_state("nope", LeaseState::Revoked)])
+        .await;
+    assert!(
+        matches!(missing, Err(JournalError::Conflict(_))),
+        "{missing:?}"
+    );
+
+    let (states, audits) = j
+        .read(|c| {
+            let t: String =
+                c.query_row("SELECT state FROM tasks WHERE id = 't'", [], |r| r.get(0))?;
+            let l: String =
+                c.query_row("SELECT state FROM leases WHERE id = 'l'", [], |r| r.get(0))?;
+            let n: i64 = c.query_row("SELECT COUNT(*) FROM audit", [], |r| r.get(0))?;
+            Ok(((t, l), n))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(states, ("ended".to_string(), "revoked".to_string()));
+    assert_eq!(audits, 0, "no refused submission left an audit record");
 }

@@ -206,14 +206,14 @@ impl v1::admin_server::Admin for AdminService {
             })
             .collect();
         let mut providers = Vec::new();
-        for (name, slot) in rt.providers.iter() {
-            let h = slot.provider.health().await;
+        for (name, instance) in rt.providers.iter() {
+            let h = instance.provider.health().await;
             let backlog = counts.by_provider.get(name).map_or(0, |c| c.1);
             let (healthy, detail) =
-                super::status::provider_health(h, slot.observed.failing(), backlog);
+                super::status::provider_health(h, instance.observed.failing(), backlog);
             providers.push(v1::ProviderStatus {
                 name: name.clone(),
-                kind: slot.config.kind.clone(),
+                kind: instance.config.kind.clone(),
                 healthy,
                 detail,
             });

@@ -28,7 +28,6 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tonic::transport::Server;
 
-use crate::audit::key::AuditKey;
 use crate::broker::{Broker, Runtime};
 use crate::config::Config;
 use crate::journal::Journal;
@@ -62,13 +61,19 @@ impl Daemon {
         let sealer = Sealer::load(&runtime.config.journal.key, self.env.as_ref())?;
         let head_key = match &runtime.config.audit.head_key {
             Some(source) => Some(
-                AuditKey::load(source, self.env.as_ref())
+                source
+                    .audit_key(self.env.as_ref())
                     .map_err(|e| anyhow::anyhow!("audit head key: {e}"))?,
             ),
             None => None,
         };
-        let journal =
-            Journal::open_with(&runtime.config.journal.path, head_key).with_context(|| {
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let observers: Vec<Arc<dyn crate::journal::Observer>> = vec![
+            Arc::clone(&metrics) as Arc<dyn crate::journal::Observer>,
+            Arc::new(crate::journal::LogMirror),
+        ];
+        let journal = Journal::open_observed(&runtime.config.journal.path, head_key, observers)
+            .with_context(|| {
                 format!(
                     "opening the journal {}",
                     runtime.config.journal.path.display()
@@ -83,7 +88,13 @@ impl Daemon {
         let verifier = Arc::clone(&runtime.verifier);
         runtime.start_refresh(None);
         let cfg = Arc::clone(&runtime.config);
-        let broker = Arc::new(Broker::new(journal, sealer, runtime, Arc::new(SystemClock)));
+        let broker = Arc::new(Broker::new(
+            journal,
+            sealer,
+            runtime,
+            Arc::new(SystemClock),
+            metrics,
+        ));
         // Issuer keys load (network) while the journal is recovered (disk).
         let started = std::time::Instant::now();
         let (recovery, ()) = tokio::join!(broker.recover(), load_keys(&verifier));

@@ -76,7 +76,7 @@ fn check_header(header: &Map<String, Value>) -> Result<Alg, Rejection> {
         return Err(Rejection::JweNotSupported);
     }
     let alg = match header.get("alg") {
-        Some(Value::String(a)) => Alg::from_header(a)?,
+        Some(Value::String(a)) => super::alg::from_header(a)?,
         Some(_) => return Err(Rejection::Malformed("alg must be a string".into())),
         None => return Err(Rejection::Malformed("the header has no alg".into())),
     };

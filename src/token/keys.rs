@@ -12,7 +12,7 @@ use jsonwebtoken::DecodingKey;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::alg::KeyFamily;
+use super::alg::{AlgExt as _, KeyFamily};
 use super::{Alg, Rejection};
 
 /// Keys smaller than this are refused (NIST SP 800-131A; aws-lc refuses them too).

@@ -314,12 +314,18 @@ grants = ["orders-db-read", "customers-db-read"]
     )
     .await;
     assert_eq!(d.revoked().len(), 1);
-    let audit = d.audit();
-    assert!(
-        audit
-            .iter()
-            .any(|r| r["event"] == "task_ended" && r["reason"] == "issue_failed")
-    );
+    // The provider's revocation happens before its commit: wait for the record, not just the
+    // provider's side (reading the audit log at once raced that commit under load).
+    eventually(
+        Duration::from_secs(10),
+        "task_ended issue_failed is recorded",
+        || async {
+            d.audit()
+                .iter()
+                .any(|r| r["event"] == "task_ended" && r["reason"] == "issue_failed")
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

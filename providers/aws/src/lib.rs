@@ -37,11 +37,14 @@
 //! deny_policy_max_chars = 10240         # IAM's limit for a role's inline policies together
 //! ```
 
+mod clients;
 pub mod deny;
+mod denylist;
 mod errors;
 pub mod grant;
 mod identity;
 mod provider;
+mod session;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,24 +1,24 @@
-//! The provider: AssumeRole per credential, the deny list per role, the online checks.
+//! The provider: AssumeRole per credential, revocation through the role's deny list
+//! (`denylist`), the online checks.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use aws_config::BehaviorVersion;
-use aws_config::retry::RetryConfig;
-use aws_config::timeout::TimeoutConfig;
-use aws_runtime::env_config::file::{EnvConfigFileKind, EnvConfigFiles};
 use aws_sdk_sts::types::{PolicyDescriptorType, Tag};
 use credbroker_provider_api::Credential;
 use credbroker_provider_api::{
     ErrorKind, IssueRequest, Issued, LeaseRef, ParamError, Params, Provider, ProviderError,
     ProviderHealth, Reconciled, RevocationHandle, Revoked, Role, SecretValue, TaskContext,
 };
-use tokio::sync::{OnceCell, oneshot};
+use tokio::sync::OnceCell;
 
-use crate::deny::{self, Entry, MergeError, Outcome};
+use crate::clients::{Clients, build_clients};
+use crate::deny::{Entry, Outcome};
+use crate::denylist::DenyList;
 use crate::errors::{Effect, classify};
 use crate::grant::{self, Grant, MAX_DURATION, MIN_DURATION};
+use crate::session::{duration_for, duration_refused, session_tags, source_identity};
 use crate::{Revocation, Settings};
 
 /// A session policy that allows nothing: the dry AssumeRole of `check-config --online`.
@@ -28,20 +28,14 @@ const DENY_ALL: &str =
 const DEFAULT_ROLE_MAX: Duration = Duration::from_secs(3600);
 
 pub(crate) struct AwsProvider {
-    name: String,
-    settings: Settings,
+    pub(crate) name: String,
+    pub(crate) settings: Settings,
     /// Built on first use: loading the SDK configuration is async and may read files.
     clients: OnceCell<Clients>,
     /// One deny-list writer per role.
-    deny_lists: Mutex<HashMap<String, Arc<DenyList>>>,
+    pub(crate) deny_lists: Mutex<HashMap<String, Arc<DenyList>>>,
     /// Roles' MaxSessionDuration, learnt when STS refused a longer session.
     role_max: Mutex<HashMap<String, Duration>>,
-}
-
-struct Clients {
-    sts: aws_sdk_sts::Client,
-    iam: aws_sdk_iam::Client,
-    region: Option<String>,
 }
 
 impl AwsProvider {
@@ -55,7 +49,7 @@ impl AwsProvider {
         }
     }
 
-    async fn clients(&self) -> &Clients {
+    pub(crate) async fn clients(&self) -> &Clients {
         self.clients
             .get_or_init(|| build_clients(&self.settings))
             .await
@@ -136,198 +130,6 @@ impl AwsProvider {
             )
         })
     }
-
-    /// Writes `entry` into the role's deny list, batched with whatever else is waiting.
-    async fn deny(
-        &self,
-        g: &Grant,
-        entry: Entry,
-        now: SystemTime,
-    ) -> Result<Outcome, ProviderError> {
-        let list = {
-            let Ok(mut lists) = self.deny_lists.lock() else {
-                return Err(ProviderError::new(
-                    ErrorKind::Unavailable,
-                    "deny list poisoned",
-                ));
-            };
-            Arc::clone(lists.entry(g.role_name().to_string()).or_default())
-        };
-        list.deny(self, g.role_name(), entry, now).await
-    }
-
-    /// One read-merge-write of a role's deny list: GetRolePolicy, merge, PutRolePolicy.
-    async fn write_deny_list(
-        &self,
-        role: &str,
-        entries: &[Entry],
-        now: SystemTime,
-    ) -> Result<Outcome, ProviderError> {
-        let iam = &self.clients().await.iam;
-        let policy_name = &self.settings.deny_policy_name;
-        let what = format!("deny list {policy_name} on role {role}");
-        let existing = match iam
-            .get_role_policy()
-            .role_name(role)
-            .policy_name(policy_name)
-            .send()
-            .await
-        {
-            Ok(out) => Some(deny::decode_document(out.policy_document())),
-            Err(e) => {
-                let e = classify(
-                    &format!("GetRolePolicy of {what}"),
-                    &e,
-                    Effect::ReadsOrIdempotent,
-                );
-                if e.kind != ErrorKind::NotFound {
-                    return Err(e);
-                }
-                None
-            }
-        };
-        let max = self.settings.deny_policy_max_chars;
-        let mut force_cutoff = false;
-        loop {
-            let merged = deny::merge(existing.as_deref(), entries, now, max, force_cutoff)
-                .map_err(|e| match e {
-                    MergeError::Unreadable(why) => ProviderError::new(
-                        ErrorKind::Config,
-                        format!("{what}: the existing document is not a policy credbroker can read ({why}); fix or delete it"),
-                    ),
-                    MergeError::Full { chars, max } => ProviderError::new(
-                        ErrorKind::Config,
-                        format!("{what}: {chars} characters even with a single cut-off statement (limit {max}); remove the statements that are not credbroker's"),
-                    ),
-                })?;
-            let put = iam
-                .put_role_policy()
-                .role_name(role)
-                .policy_name(policy_name)
-                .policy_document(&merged.document)
-                .send()
-                .await;
-            match put {
-                Ok(_) => {
-                    tracing::info!(provider = %self.name, role, entries = entries.len(),
-                        pruned = merged.pruned, outcome = ?merged.outcome, "deny list written");
-                    return Ok(merged.outcome);
-                }
-                Err(e) => {
-                    let mut e = classify(
-                        &format!("PutRolePolicy of {what}"),
-                        &e,
-                        Effect::ReadsOrIdempotent,
-                    );
-                    // NoSuchEntity here is the role itself. Its sessions cannot be denied by
-                    // us, and whether they still work is not ours to assume: never "already
-                    // gone". The revocation is retried until the session has expired.
-                    if e.kind == ErrorKind::NotFound {
-                        e = ProviderError::new(
-                            ErrorKind::Config,
-                            format!(
-                                "{}: the role does not exist, so its sessions cannot be denied",
-                                e.message
-                            ),
-                        );
-                    }
-                    // IAM counts all the role's inline policies together; when they are over
-                    // its limit, cut off instead (once).
-                    if e.message.contains("LimitExceeded") && !force_cutoff {
-                        force_cutoff = true;
-                        continue;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-    }
-}
-
-async fn build_clients(s: &Settings) -> Clients {
-    let mut loader = aws_config::defaults(BehaviorVersion::latest())
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(s.max_attempts)
-                .with_initial_backoff(Duration::from_millis(200)),
-        )
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(s.timeout)
-                .operation_attempt_timeout(s.timeout)
-                .build(),
-        )
-        .use_fips(s.use_fips);
-    if let Some(region) = &s.region {
-        loader = loader.region(aws_config::Region::new(region.clone()));
-    }
-    if let Some(profile) = &s.profile {
-        loader = loader.profile_name(profile);
-    }
-    if let Some(path) = &s.credentials_file {
-        let files = EnvConfigFiles::builder()
-            .with_file(EnvConfigFileKind::Credentials, path)
-            .build();
-        let provider = aws_config::profile::ProfileFileCredentialsProvider::builder()
-            .profile_files(files)
-            .profile_name(s.profile.as_deref().unwrap_or("default"))
-            .build();
-        loader = loader.credentials_provider(provider);
-    }
-    let sdk = loader.load().await;
-    let mut sts = aws_sdk_sts::config::Builder::from(&sdk);
-    if let Some(url) = &s.sts_endpoint {
-        sts = sts.endpoint_url(url);
-    }
-    let mut iam = aws_sdk_iam::config::Builder::from(&sdk);
-    if let Some(url) = &s.iam_endpoint {
-        iam = iam.endpoint_url(url);
-    }
-    Clients {
-        sts: aws_sdk_sts::Client::from_conf(sts.build()),
-        iam: aws_sdk_iam::Client::from_conf(iam.build()),
-        region: sdk.region().map(ToString::to_string),
-    }
-}
-
-/// The owner, as STS accepts a SourceIdentity (2–64 of `[\w+=,.@-]`); the subject when the task
-/// has no owner. Once set, SourceIdentity cannot be changed by chained sessions.
-fn source_identity(task: &TaskContext) -> Option<String> {
-    let who = task.owner.as_deref().unwrap_or(&task.subject);
-    Some(crate::identity::source_identity(who))
-}
-
-/// The session tags: who and what the session is for, for CloudTrail and for ABAC conditions.
-fn session_tags<'a>(task: &'a TaskContext, grant: &'a str) -> Vec<(&'static str, String)> {
-    let mut tags = Vec::with_capacity(4);
-    if let Some(owner) = &task.owner {
-        tags.push(("credbroker:owner", crate::identity::tag_value(owner)));
-    }
-    tags.push(("credbroker:task", crate::identity::tag_value(&task.task_id)));
-    tags.push((
-        "credbroker:client",
-        crate::identity::tag_value(&task.client_id),
-    ));
-    tags.push(("credbroker:grant", crate::identity::tag_value(grant)));
-    tags
-}
-
-/// STS's DurationSeconds for a credential wanted until `wanted`: the time left, rounded up to
-/// STS's 15-minute floor, no longer than the grant's duration or the role's maximum.
-fn duration_for(
-    wanted: SystemTime,
-    now: SystemTime,
-    grant: Duration,
-    role_max: Duration,
-) -> Duration {
-    let left = wanted.duration_since(now).unwrap_or_default();
-    let left = Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0));
-    left.min(grant).min(role_max).max(MIN_DURATION)
-}
-
-fn duration_refused(e: &ProviderError) -> bool {
-    e.kind == ErrorKind::Config
-        && (e.message.contains("DurationSeconds") || e.message.contains("MaxSessionDuration"))
 }
 
 #[async_trait::async_trait]
@@ -591,121 +393,5 @@ impl Provider for AwsProvider {
                 detail: classify("GetCallerIdentity", &e, Effect::ReadsOrIdempotent).to_string(),
             },
         }
-    }
-}
-
-/// A role's deny-list writer. Revocations that arrive while a write is in flight wait and go
-/// out together in the next one: one GetRolePolicy + PutRolePolicy per batch, not per session,
-/// and never two writers racing on the same document.
-#[derive(Default)]
-struct DenyList {
-    pending: Mutex<Vec<(Entry, Answer)>>,
-    writer: tokio::sync::Mutex<()>,
-}
-
-/// Where a queued revocation learns how the write carrying it went.
-type Answer = oneshot::Sender<Result<Outcome, ProviderError>>;
-
-impl DenyList {
-    async fn deny(
-        &self,
-        provider: &AwsProvider,
-        role: &str,
-        entry: Entry,
-        now: SystemTime,
-    ) -> Result<Outcome, ProviderError> {
-        let (tx, mut rx) = oneshot::channel();
-        if let Ok(mut p) = self.pending.lock() {
-            p.push((entry, tx));
-        }
-        let _writing = self.writer.lock().await;
-        // A writer drains the queue and answers everyone in it before letting go of the
-        // lock, so ours is either answered or still queued.
-        match rx.try_recv() {
-            Ok(result) => return result,
-            Err(oneshot::error::TryRecvError::Closed) => {
-                return Err(ProviderError::new(
-                    ErrorKind::Unavailable,
-                    "the deny-list write carrying this session was interrupted",
-                ));
-            }
-            Err(oneshot::error::TryRecvError::Empty) => {}
-        }
-        let batch = self
-            .pending
-            .lock()
-            .map(|mut p| std::mem::take(&mut *p))
-            .unwrap_or_default();
-        let entries: Vec<Entry> = batch.iter().map(|(e, _)| e.clone()).collect();
-        let result = provider.write_deny_list(role, &entries, now).await;
-        for (_, tx) in batch {
-            let _ = tx.send(result.clone());
-        }
-        rx.await.unwrap_or_else(|_| {
-            Err(ProviderError::new(
-                ErrorKind::Unavailable,
-                "deny-list write lost",
-            ))
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_follow_the_task_within_sts_and_role_limits() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let hour = Duration::from_secs(3600);
-        let d = |left: u64, grant: u64, max: u64| {
-            duration_for(
-                now + Duration::from_millis(left),
-                now,
-                Duration::from_secs(grant),
-                Duration::from_secs(max),
-            )
-            .as_secs()
-        };
-        assert_eq!(d(120_000, 3600, 43200), 900, "raised to STS's floor");
-        assert_eq!(
-            d(1_800_500, 3600, 43200),
-            1801,
-            "the task's time, rounded up"
-        );
-        assert_eq!(d(7_200_000, 3600, 43200), 3600, "the grant's duration");
-        assert_eq!(d(7_200_000, 7200, 3600), 3600, "the role's maximum");
-        assert_eq!(duration_for(now, now + hour, hour, hour).as_secs(), 900);
-    }
-
-    #[test]
-    fn tags_and_source_identity_name_the_human() {
-        let task = TaskContext {
-            task_id: "t-1".into(),
-            subject: "sub|123".into(),
-            client_id: "agent/1".into(),
-            owner: Some("alice smith@example.com".into()),
-            ..TaskContext::default()
-        };
-        assert_eq!(
-            source_identity(&task).as_deref(),
-            Some("alice=20smith@example.com")
-        );
-        let tags = session_tags(&task, "s3-read");
-        assert_eq!(
-            tags,
-            [
-                ("credbroker:owner", "alice smith@example.com".to_string()),
-                ("credbroker:task", "t-1".into()),
-                ("credbroker:client", "agent/1".into()),
-                ("credbroker:grant", "s3-read".into()),
-            ]
-        );
-        let anonymous = TaskContext {
-            owner: None,
-            ..task
-        };
-        assert_eq!(source_identity(&anonymous).as_deref(), Some("sub=7C123"));
-        assert_eq!(session_tags(&anonymous, "g").len(), 3);
     }
 }

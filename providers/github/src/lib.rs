@@ -23,6 +23,7 @@
 //! max_retry_wait = "10s"                      # …when GitHub asks to wait no longer than this
 //! ```
 
+mod answer;
 mod app;
 mod client;
 mod grant;

@@ -30,7 +30,9 @@
 mod auth;
 mod client;
 mod grants;
+mod issue;
 mod provider;
+mod revoke;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,12 +1,12 @@
-//! HMAC-SHA256 keys of the audit trail: one seals the chain head (so rewriting the whole chain,
-//! or cutting its end off, needs the key), another pseudonymises identifiers in exports (as
-//! Vault's audit devices do). Each is its own key: an export key handed to a SIEM team must not
-//! be able to forge the head.
+//! Keys and their encodings, a leaf every layer may use: the 256-bit key shape credbroker reads
+//! everywhere (journal, audit head, export), hex, and the HMAC-SHA256 keys of the audit trail:
+//! one seals the chain head (so rewriting the whole chain, or cutting its end off, needs the key),
+//! another pseudonymises identifiers in exports (as Vault's audit devices do). Each is its own
+//! key: an export key handed to a SIEM team must not be able to forge the head. Reading a key
+//! from its file or credential is `config::KeySource::read`.
 
 use aws_lc_rs::hmac;
-use credbroker_provider_api::Env;
-
-use crate::config::KeySource;
+use zeroize::Zeroizing;
 
 /// Distinct contexts, so a MAC made for one purpose never verifies for another.
 const HEAD_CONTEXT: &[u8] = b"credbroker audit head v1\0";
@@ -23,12 +23,6 @@ impl std::fmt::Debug for AuditKey {
 }
 
 impl AuditKey {
-    /// 32 raw bytes or 64 hex digits, from a file or a systemd credential.
-    pub fn load(source: &KeySource, env: &dyn Env) -> Result<Self, String> {
-        let bytes = crate::journal::seal::read_key(source, env)?;
-        Ok(Self::from_key(&bytes))
-    }
-
     pub fn from_key(bytes: &[u8]) -> Self {
         Self {
             key: hmac::Key::new(hmac::HMAC_SHA256, bytes),
@@ -63,6 +57,33 @@ impl AuditKey {
         ctx.update(value.as_bytes());
         format!("hmac-sha256:{}", hex(ctx.sign().as_ref()))
     }
+}
+
+/// What a key file or credential must hold.
+pub const KEY_SHAPE: &str =
+    "must be 32 raw bytes or 64 hex digits (create one with `credbroker keygen`)";
+
+/// A 256-bit key: 32 raw bytes, or 64 hex digits (a trailing newline is fine).
+pub fn key_bytes(bytes: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    if bytes.len() == 32 {
+        return Some(Zeroizing::new(bytes.to_vec()));
+    }
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = Zeroizing::new(vec![0u8; 32]);
+    for (i, slot) in out.iter_mut().enumerate() {
+        *slot = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A fresh key as 64 hex digits.
+pub fn generate_hex() -> Result<Zeroizing<String>, String> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    aws_lc_rs::rand::fill(&mut *key).map_err(|_| "no randomness".to_string())?;
+    Ok(Zeroizing::new(hex(&*key)))
 }
 
 pub fn hex(bytes: &[u8]) -> String {

@@ -1,0 +1,174 @@
+//! [[issuer]] entries, and binding grants, workloads and client owners to issuers.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Issuer URLs must be https, except on loopback (local test servers). Anything that can
+/// change what the URL names (query, fragment, credentials) is refused.
+pub fn check_issuer_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL ({e})"))?;
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("must not have a query or fragment (RFC 8414)".into());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("must not contain credentials".into());
+    }
+    match parsed.scheme() {
+        "https" => Ok(()),
+        "http" if is_loopback(&parsed) => Ok(()),
+        _ => Err("must be https (http is allowed only for loopback hosts)".into()),
+    }
+}
+
+pub(super) fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => false,
+    }
+}
+
+pub(super) fn issuer(
+    p: &mut Problems<'_>,
+    span: &Range<usize>,
+    raw: RawIssuer,
+) -> Option<IssuerConfig> {
+    let path = format!("issuer.{}", raw.url);
+    if let Err(e) = check_issuer_url(&raw.url) {
+        p.at(Some(span), format!("{path}.url"), e);
+    }
+    let algorithms = match raw.algorithms {
+        None => vec![Alg::RS256, Alg::ES256, Alg::EdDSA],
+        Some(names) => {
+            let mut algs = Vec::new();
+            for name in names {
+                match Alg::from_config(&name) {
+                    Ok(a) => algs.push(a),
+                    Err(e) => p.at(Some(span), format!("{path}.algorithms"), e),
+                }
+            }
+            if algs.is_empty() {
+                p.at(
+                    Some(span),
+                    format!("{path}.algorithms"),
+                    "must name at least one algorithm",
+                );
+            }
+            algs
+        }
+    };
+    let metadata = match raw.metadata.as_deref() {
+        None | Some("auto") => MetadataMode::Auto,
+        Some("oauth") => MetadataMode::OAuth,
+        Some("oidc") => MetadataMode::Oidc,
+        Some(other) => {
+            p.at(
+                Some(span),
+                format!("{path}.metadata"),
+                format!("{other:?}: expected auto, oauth or oidc"),
+            );
+            MetadataMode::Auto
+        }
+    };
+    let refresh = p.duration(
+        Some(span),
+        &format!("{path}.refresh"),
+        raw.refresh.as_ref(),
+        Duration::from_secs(900),
+    );
+    let min_refresh_interval = p.duration(
+        Some(span),
+        &format!("{path}.min_refresh_interval"),
+        raw.min_refresh_interval.as_ref(),
+        Duration::from_secs(30),
+    );
+    let http_timeout = p.duration(
+        Some(span),
+        &format!("{path}.http_timeout"),
+        raw.http_timeout.as_ref(),
+        Duration::from_secs(5),
+    );
+    Some(IssuerConfig {
+        url: raw.url,
+        algorithms,
+        metadata,
+        jwks_file: raw.jwks_file,
+        refresh,
+        min_refresh_interval,
+        http_timeout,
+        ca_file: raw.ca_file,
+    })
+}
+
+/// Binds grants and workloads to the issuer whose tokens they accept. With one issuer that is
+/// the default; with several each must say, because the same `sub` or `client_id` at two
+/// issuers names two different principals.
+pub(super) struct Binding<'a> {
+    urls: Vec<&'a str>,
+}
+
+impl<'a> Binding<'a> {
+    pub(super) fn new(issuers: &'a [IssuerConfig]) -> Self {
+        Self {
+            urls: issuers.iter().map(|i| i.url.as_str()).collect(),
+        }
+    }
+
+    pub(super) fn only(&self) -> Option<&'a str> {
+        match self.urls.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    pub(super) fn resolve(
+        &self,
+        p: &mut Problems<'_>,
+        span: &Range<usize>,
+        path: &str,
+        named: Option<String>,
+    ) -> String {
+        match named {
+            Some(url) if self.urls.contains(&url.as_str()) => url,
+            Some(url) => {
+                p.at(
+                    Some(span),
+                    format!("{path}.issuer"),
+                    format!("no [[issuer]] with url {url:?}"),
+                );
+                String::new()
+            }
+            None => match self.only() {
+                Some(only) => only.to_owned(),
+                None if self.urls.is_empty() => String::new(),
+                None => {
+                    p.at(
+                        Some(span),
+                        format!("{path}.issuer"),
+                        "is required when more than one [[issuer]] is configured: the same \
+                         subject or client id at two issuers is two different principals",
+                    );
+                    String::new()
+                }
+            },
+        }
+    }
+}
+
+pub(super) fn check_clients(
+    p: &mut Problems<'_>,
+    span: Option<&Range<usize>>,
+    path: &str,
+    clients: &BTreeMap<String, String>,
+) {
+    for (client, owner) in clients {
+        if client.is_empty() || owner.is_empty() {
+            p.at(
+                span,
+                format!("{path}.{client}"),
+                "client and owner must not be empty",
+            );
+        }
+    }
+}

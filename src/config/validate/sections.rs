@@ -1,0 +1,278 @@
+//! The sections that are one table each: [server], [journal], [audit], [metrics], [tokens],
+//! [broker].
+
+#[allow(unused_imports)]
+use super::*;
+
+pub(super) fn server(p: &mut Problems<'_>, raw: RawServer) -> ServerConfig {
+    let broker_socket_gid =
+        raw.broker_socket_group
+            .as_deref()
+            .and_then(|name| match name.parse::<u32>() {
+                Ok(gid) => Some(gid),
+                Err(_) => match nix::unistd::Group::from_name(name) {
+                    Ok(Some(g)) => Some(g.gid.as_raw()),
+                    Ok(None) => {
+                        p.at(
+                            None,
+                            "server.broker_socket_group",
+                            format!("no group named {name:?}"),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        p.at(
+                            None,
+                            "server.broker_socket_group",
+                            format!("cannot look up {name:?}: {e}"),
+                        );
+                        None
+                    }
+                },
+            });
+    for (key, path) in [
+        ("broker_socket", &raw.broker_socket),
+        ("admin_socket", &raw.admin_socket),
+    ] {
+        if !path.is_absolute() {
+            p.at(None, format!("server.{key}"), "must be an absolute path");
+        }
+    }
+    if raw.broker_socket == raw.admin_socket {
+        p.at(
+            None,
+            "server.admin_socket",
+            "must differ from server.broker_socket",
+        );
+    }
+    let mut admin_uids: BTreeSet<u32> = raw.admin_uids.unwrap_or_default().into_iter().collect();
+    admin_uids.insert(nix::unistd::geteuid().as_raw());
+    let max_connections_per_uid = raw.max_connections_per_uid.unwrap_or(256);
+    if !(1..=4096).contains(&max_connections_per_uid) {
+        p.at(
+            None,
+            "server.max_connections_per_uid",
+            "must be between 1 and 4096",
+        );
+    }
+    let connection_idle_timeout = p.duration(
+        None,
+        "server.connection_idle_timeout",
+        raw.connection_idle_timeout.as_ref(),
+        Duration::from_secs(30),
+    );
+    if connection_idle_timeout > Duration::from_secs(300) {
+        p.at(
+            None,
+            "server.connection_idle_timeout",
+            "must be at most 5m: an idle connection holds a file descriptor",
+        );
+    }
+    ServerConfig {
+        broker_socket: raw.broker_socket,
+        broker_socket_gid,
+        admin_socket: raw.admin_socket,
+        admin_uids,
+        max_connections_per_uid,
+        connection_idle_timeout,
+    }
+}
+
+pub(super) fn journal(p: &mut Problems<'_>, raw: RawJournal) -> JournalConfig {
+    let key = match (raw.key_file, raw.key_credential) {
+        (Some(f), None) => KeySource::File(f),
+        (None, Some(c)) => KeySource::Credential(c),
+        (None, None) => {
+            p.at(
+                None,
+                "journal",
+                "one of key_file or key_credential is required",
+            );
+            KeySource::Credential(String::new())
+        }
+        (Some(_), Some(_)) => {
+            p.at(
+                None,
+                "journal",
+                "key_file and key_credential are mutually exclusive",
+            );
+            KeySource::Credential(String::new())
+        }
+    };
+    JournalConfig {
+        path: raw.path,
+        key,
+        fsync_intents: raw.fsync_intents,
+    }
+}
+
+pub(super) fn audit(p: &mut Problems<'_>, raw: RawAudit) -> AuditConfig {
+    let head_key = match (raw.head_key_file, raw.head_key_credential) {
+        (Some(f), None) => Some(KeySource::File(f)),
+        (None, Some(c)) => Some(KeySource::Credential(c)),
+        (None, None) => None,
+        (Some(_), Some(_)) => {
+            p.at(
+                None,
+                "audit",
+                "head_key_file and head_key_credential are mutually exclusive",
+            );
+            None
+        }
+    };
+    let retention = raw
+        .retention
+        .as_ref()
+        .and_then(|r| match parse_duration(r) {
+            // Shorter than a day is almost certainly a unit mistake, and would prune records that
+            // `audit export` has not had a chance to ship.
+            Ok(d) if d < Duration::from_secs(86_400) => {
+                p.at(None, "audit.retention", "must be at least 1 day");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                p.at(None, "audit.retention", e);
+                None
+            }
+        });
+    if let Some(dir) = raw.archive_dir.as_ref().filter(|d| !d.is_absolute()) {
+        p.at(
+            None,
+            "audit.archive_dir",
+            format!("{} must be absolute", dir.display()),
+        );
+    }
+    if raw.archive_dir.is_some() && retention.is_none() {
+        p.at(
+            None,
+            "audit.archive_dir",
+            "only makes sense with audit.retention",
+        );
+    }
+    AuditConfig {
+        head_key,
+        retention,
+        archive_dir: raw.archive_dir,
+    }
+}
+
+/// `127.0.0.1:9464`, `[::1]:9464` or `unix:/run/credbroker/metrics.sock`.
+pub(super) fn metrics_listen(text: &str) -> Result<MetricsListen, String> {
+    if let Some(path) = text.strip_prefix("unix:") {
+        let path = PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(format!("{text:?}: the socket path must be absolute"));
+        }
+        return Ok(MetricsListen::Unix(path));
+    }
+    let addr: std::net::SocketAddr = text.parse().map_err(|_| {
+        format!("{text:?} is neither host:port nor unix:/path (e.g. \"127.0.0.1:9464\")")
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{text:?}: metrics are served on loopback or a unix socket only (put a proxy in \
+             front to expose them further)"
+        ));
+    }
+    Ok(MetricsListen::Tcp(addr))
+}
+
+pub(super) fn tokens(p: &mut Problems<'_>, raw: RawTokens) -> TokenSettings {
+    let d = TokenSettings::default();
+    let leeway = match raw.leeway.as_deref().map(parse_duration) {
+        None => d.leeway,
+        Some(Ok(l)) if l <= MAX_LEEWAY => l,
+        Some(Ok(_)) => {
+            p.at(None, "tokens.leeway", "must be at most 5m");
+            d.leeway
+        }
+        Some(Err(e)) => {
+            p.at(None, "tokens.leeway", e);
+            d.leeway
+        }
+    };
+    let max_token_bytes = raw.max_token_bytes.unwrap_or(d.max_token_bytes);
+    if !(512..=65_536).contains(&max_token_bytes) {
+        p.at(
+            None,
+            "tokens.max_token_bytes",
+            "must be between 512 and 65536",
+        );
+    }
+    TokenSettings {
+        max_token_bytes,
+        leeway,
+        cache_entries: raw.cache_entries.unwrap_or(d.cache_entries),
+    }
+}
+
+pub(super) fn broker(p: &mut Problems<'_>, raw: RawBroker) -> BrokerSettings {
+    let d = BrokerSettings::default();
+    let s = BrokerSettings {
+        max_grants_per_task: raw.max_grants_per_task.unwrap_or(d.max_grants_per_task),
+        default_ttl: p.duration(
+            None,
+            "broker.default_ttl",
+            raw.default_ttl.as_ref(),
+            d.default_ttl,
+        ),
+        provider_concurrency: raw.provider_concurrency.unwrap_or(d.provider_concurrency),
+        provider_timeout: p.duration(
+            None,
+            "broker.provider_timeout",
+            raw.provider_timeout.as_ref(),
+            d.provider_timeout,
+        ),
+        end_task_wait: p.duration(
+            None,
+            "broker.end_task_wait",
+            raw.end_task_wait.as_ref(),
+            d.end_task_wait,
+        ),
+        revoke_backoff_initial: p.duration(
+            None,
+            "broker.revoke_backoff_initial",
+            raw.revoke_backoff_initial.as_ref(),
+            d.revoke_backoff_initial,
+        ),
+        revoke_backoff_max: p.duration(
+            None,
+            "broker.revoke_backoff_max",
+            raw.revoke_backoff_max.as_ref(),
+            d.revoke_backoff_max,
+        ),
+        refusal_audit_limit: raw.refusal_audit_limit.unwrap_or(d.refusal_audit_limit),
+        refusal_audit_window: p.duration(
+            None,
+            "broker.refusal_audit_window",
+            raw.refusal_audit_window.as_ref(),
+            d.refusal_audit_window,
+        ),
+    };
+    if s.refusal_audit_limit == 0 {
+        p.at(
+            None,
+            "broker.refusal_audit_limit",
+            "must be at least 1: every kind of refusal must leave a trace",
+        );
+    }
+    if s.max_grants_per_task == 0 || s.max_grants_per_task > 64 {
+        p.at(
+            None,
+            "broker.max_grants_per_task",
+            "must be between 1 and 64",
+        );
+    }
+    if s.provider_concurrency == 0 {
+        p.at(None, "broker.provider_concurrency", "must be at least 1");
+    }
+    if s.revoke_backoff_initial > s.revoke_backoff_max {
+        p.at(
+            None,
+            "broker.revoke_backoff_initial",
+            "must not exceed broker.revoke_backoff_max",
+        );
+    }
+    s
+}

@@ -1,0 +1,168 @@
+//! Audit records: one per decision, appended by the journal in the same transaction as the state
+//! change it describes, chained by SHA-256 so an edit, deletion or reordering is detectable.
+//!
+//! A record carries identifiers and fingerprints only (peer, client, subject, owner, token
+//! fingerprint, grant, task, lease); there is no field a secret could go into, and `detail`
+//! is filled only from non-secret values by the broker. The type is a leaf: the journal writes
+//! it, the broker fills it, the audit tools (`audit/`) read it back.
+
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::time::rfc3339;
+
+/// Stable event names.
+pub mod event {
+    pub const DAEMON_STARTED: &str = "daemon_started";
+    pub const TOKEN_ACCEPTED: &str = "token_accepted";
+    pub const TOKEN_REJECTED: &str = "token_rejected";
+    pub const TOKEN_WRONG_WORKLOAD: &str = "token_presented_by_wrong_workload";
+    pub const PEER_REJECTED: &str = "peer_rejected";
+    pub const REQUEST_DENIED: &str = "request_denied";
+    pub const TASK_OPENED: &str = "task_opened";
+    pub const LEASE_ISSUED: &str = "lease_issued";
+    pub const LEASE_ISSUE_FAILED: &str = "lease_issue_failed";
+    pub const TASK_BEGUN: &str = "task_begun";
+    pub const TASK_RENEWED: &str = "task_renewed";
+    pub const LEASE_RENEWED: &str = "lease_renewed";
+    pub const TASK_ENDING: &str = "task_ending";
+    pub const LEASE_REVOKED: &str = "lease_revoked";
+    pub const LEASE_REVOCATION_FAILED: &str = "lease_revocation_failed";
+    pub const LEASE_EXPIRED_UNREVOKED: &str = "lease_expired_unrevoked";
+    pub const LEASE_RECONCILED: &str = "lease_reconciled";
+    pub const TASK_ENDED: &str = "task_ended";
+    pub const OPERATOR_REVOKE: &str = "operator_revoke";
+    /// Retention deleted the records before `detail.first_kept_seq`; `detail.prev_hash` is the
+    /// hash that record chains from.
+    pub const AUDIT_PRUNED: &str = "audit_pruned";
+    /// Refusals beyond a peer's audit budget, counted in one record per window.
+    pub const REFUSALS_SUPPRESSED: &str = "refusals_suppressed";
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerRecord {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
+/// One audit record. Field order is the canonical order the hash chain covers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct AuditRecord {
+    /// Assigned by the journal when the record is appended.
+    pub seq: u64,
+    pub time: String,
+    /// `time` as Unix milliseconds, for the index; not part of the record's body.
+    #[serde(skip)]
+    pub at_ms: i64,
+    pub event: String,
+    /// success | denied | failure
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actors: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub detail: Map<String, Value>,
+}
+
+/// Mirrors an audit record to the log, target `credbroker::audit`, one field per identifier.
+/// Under journald these are journal fields: `journalctl -u credbroker TASK_ID=…` lists a task's
+/// whole story. Records hold identifiers and fingerprints only, never a secret.
+pub fn log(r: &AuditRecord) {
+    tracing::info!(
+        target: "credbroker::audit",
+        event = %r.event,
+        outcome = %r.outcome,
+        reason = r.reason.as_deref(),
+        task_id = r.task_id.as_deref(),
+        lease_id = r.lease_id.as_deref(),
+        grant = r.grant.as_deref(),
+        provider = r.provider.as_deref(),
+        workload = r.workload.as_deref(),
+        client_id = r.client_id.as_deref(),
+        owner = r.owner.as_deref(),
+        "{}",
+        r.event
+    );
+}
+
+impl AuditRecord {
+    pub fn new(event: &str, outcome: Outcome, at: SystemTime) -> Self {
+        Self {
+            time: rfc3339(at),
+            at_ms: crate::time::to_ms(at),
+            event: event.into(),
+            outcome: outcome.as_str().into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn reason(mut self, code: &str) -> Self {
+        self.reason = Some(code.into());
+        self
+    }
+
+    pub fn detail(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.detail.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn lease(mut self, lease_id: &str, grant: &str, provider: &str) -> Self {
+        self.lease_id = Some(lease_id.into());
+        self.grant = Some(grant.into());
+        self.provider = Some(provider.into());
+        self
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Denied,
+    Failure,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Denied => "denied",
+            Self::Failure => "failure",
+        }
+    }
+}
