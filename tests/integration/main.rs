@@ -6,6 +6,7 @@
 
 mod audit;
 mod aws;
+mod conformance;
 mod defects;
 mod github;
 mod keys;

@@ -240,6 +240,14 @@ impl Provider for TestProvider {
         if self.scoped && req.scope.and_then(|s| s.secret.as_ref()).is_none() {
             return Err(ProviderError::new(ErrorKind::Config, "no scope"));
         }
+        // The contract: what `check_grant` refuses, `issue` refuses too.
+        if let Err(errors) = self.check_grant(req.params) {
+            let names: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+            return Err(ProviderError::new(
+                ErrorKind::Config,
+                format!("grant parameters refused: {names:?}"),
+            ));
+        }
         self.delay("slow-issue-ms").await;
         if self.flag("fail-issue") {
             return Err(unavailable("simulated outage"));

@@ -19,10 +19,42 @@
 //! * **`now` is passed in.** Providers do not read the clock for anything that decides expiry.
 //! * **No secret value ever leaves a provider except inside [`SecretValue`]**, which zeroizes on
 //!   drop and prints as `[redacted]`.
+//!
+//! ## Each method
+//!
+//! | method | must | answers |
+//! |---|---|---|
+//! | `check_grant` | refuse, at load, every parameter the provider would refuse at issue | every problem at once, each naming its parameter |
+//! | `issue` | create one credential marked with the lease id, living no longer than `expires_at` unless the backend has a floor (then say so in [`Issued::expires_at`]); refuse what `check_grant` refuses | [`Issued`], or an error by [`ErrorKind`] |
+//! | `revoke` | ask the backend, **even when `now` is past the credential's expiry**: the backend's clock decides when a credential stops working, not credbroker's | `Revoked`; `AlreadyGone` when the backend says it no longer exists; `WillExpire`/`CutOff` when it cannot take back this one alone |
+//! | `reconcile` | find what a request whose answer was lost created under `lease_id` and take it back | `Revoked`/`CutOff`; `NothingIssued` only when the backend proves nothing was; `WillExpire { at }`, no earlier than anything issued could live, when it cannot look |
+//! | `renew` | extend to `expires_at` or as close as the backend allows | [`Renewed`], or `Unsupported` |
+//! | `health` | report the provider's own credentials | healthy, with a detail naming them |
+//!
+//! ## What errors mean to the broker
+//!
+//! * **Retry later** ([`ErrorKind::retryable`]): `Unavailable`, `RateLimited` (after
+//!   `retry_after`), `OutcomeUnknown`. Revocations are retried until confirmed or expired.
+//! * **Outcome unknown**: `OutcomeUnknown` means the request was sent and may have taken
+//!   effect. After an issue the broker reconciles, never forgets.
+//! * **Gone**: `NotFound` on a revoke is success. Return `Ok(Revoked::AlreadyGone)` instead where
+//!   the backend's answer is unambiguous.
+//! * **An operator must act**: `Unauthorized` (credbroker's own credentials), `Config`, `Denied`
+//!   (a grant the backend's policy does not allow), `Unsupported`.
+//! * **The caller's fault**: `Invalid` only.
+//! * Messages never contain a secret: they are built from status codes and the backend's error
+//!   strings, never from request or response bodies that carry credentials.
+//!
+//! ## Proving it
+//!
+//! `testkit` (feature `testkit`) is the conformance suite: every provider mounts it against its
+//! real backend (credbroker's `tests/integration/conformance.rs`).
 
 mod error;
 mod params;
 mod secret;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 mod types;
 
 pub use error::{ErrorKind, ProviderError};

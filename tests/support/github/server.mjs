@@ -244,6 +244,18 @@ const server = http.createServer(async (req, res) => {
     return send(res, 204);
   }
 
+  // GET /installation/repositories: what an installation token can reach (the token's own
+  // check of whether GitHub still honours it).
+  if (req.method === 'GET' && path === '/installation/repositories') {
+    const m = /^(?:token|Bearer) (.+)$/.exec(req.headers.authorization || '');
+    const t = m && tokens.get(m[1]);
+    if (!t || t.revoked || t.expires <= now()) return error(res, 401, 'Bad credentials');
+    const inst = cfg.installations.find((i) => i.id === t.installation);
+    const repositories = t.repositories.map((name) =>
+      repositoryObject(inst.account, name, 1000 + inst.repositories.indexOf(name)));
+    return send(res, 200, { total_count: repositories.length, repositories });
+  }
+
   const jwtError = checkJwt(req);
   entry.jwt = jwtError ?? 'ok';
   if (jwtError) return error(res, 401, jwtError);
