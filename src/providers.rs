@@ -177,7 +177,7 @@ impl ProviderSet {
             let Some(factory) = registry.factories.get(pc.kind.as_str()) else {
                 errors.push(ConfigError {
                     path: format!("provider.{}.type", pc.name),
-                    line: None,
+                    line: config.key_lines.of(&format!("provider.{}.type", pc.name)),
                     message: format!(
                         "unknown provider type {:?}; this build knows {:?}",
                         pc.kind,
@@ -199,10 +199,13 @@ impl ProviderSet {
                         }),
                     );
                 }
-                Err(errs) => errors.extend(errs.into_iter().map(|e| ConfigError {
-                    path: format!("provider.{}.{}", pc.name, e.path),
-                    line: None,
-                    message: e.message,
+                Err(errs) => errors.extend(errs.into_iter().map(|e| {
+                    let path = format!("provider.{}.{}", pc.name, e.path);
+                    ConfigError {
+                        line: config.key_lines.of(&path),
+                        path,
+                        message: e.message,
+                    }
                 })),
             }
         }
@@ -210,10 +213,13 @@ impl ProviderSet {
             if let Some(instance) = instances.get(&grant.provider)
                 && let Err(errs) = instance.provider.check_grant(&grant.params)
             {
-                errors.extend(errs.into_iter().map(|e| ConfigError {
-                    path: format!("grant.{name}.params.{}", e.path),
-                    line: None,
-                    message: e.message,
+                errors.extend(errs.into_iter().map(|e| {
+                    let path = format!("grant.{name}.params.{}", e.path);
+                    ConfigError {
+                        line: config.key_lines.of(&path),
+                        path,
+                        message: e.message,
+                    }
                 }));
             }
         }
@@ -250,5 +256,90 @@ impl ProviderSet {
             .iter()
             .map(|(k, s)| (k.clone(), s.provider.param_rules()))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoEnv;
+    impl Env for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    /// Providers see only values; their problems still come back with the file's line, every
+    /// one of them at once.
+    #[test]
+    fn provider_problems_are_reported_all_at_once_with_their_lines() {
+        let text = r#"[server]
+broker_socket = "/run/b.sock"
+admin_socket = "/run/a.sock"
+[journal]
+path = "/tmp/j.db"
+key_file = "/tmp/k"
+[[issuer]]
+url = "https://as.example"
+[[provider]]
+name = "aws"
+type = "aws"
+regoin = "eu-west-1"
+timeout = 5
+max_attempts = 99
+endpoint_url = "http://example.com"
+
+[[provider]]
+name = "gh"
+type = "github"
+app_id = "not a number"
+[[provider]]
+name = "aws-ok"
+type = "aws"
+
+[[grant]]
+name = "s3"
+provider = "aws-ok"
+scopes = ["mcp.tool:s3.read"]
+max_ttl = "10m"
+[grant.params]
+role_arn = "arn:aws:iam::123456789012:role/r"
+duration = 20
+
+[[workload]]
+name = "w"
+uid = 1000
+audience = "https://mcp.example/s3"
+grants = ["s3"]
+"#;
+        let config = Config::parse(text, "test").unwrap_or_else(|e| panic!("{e}"));
+        let errors = match ProviderSet::build(&config, &Registry::builtin(), &NoEnv, None) {
+            Ok(_) => panic!("a configuration with provider problems was accepted"),
+            Err(e) => e,
+        };
+        let found: Vec<(String, Option<usize>)> =
+            errors.iter().map(|e| (e.path.clone(), e.line)).collect();
+        for (path, line) in [
+            ("provider.aws.regoin", 12),
+            ("provider.aws.timeout", 13),
+            ("provider.aws.max_attempts", 14),
+            ("provider.aws.endpoint_url", 15),
+            ("provider.gh.app_id", 20),
+            ("grant.s3.params.duration", 32),
+            ("provider.gh.private_key_credential", 17),
+        ] {
+            assert!(
+                found.contains(&(path.to_string(), Some(line))),
+                "{path} at line {line} missing from {found:?}"
+            );
+        }
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            shown
+                .iter()
+                .any(|e| e.starts_with("line 12: provider.aws.regoin:")),
+            "{shown:?}"
+        );
     }
 }

@@ -3,6 +3,7 @@
 //! Raw serde structs (`raw`) reject unknown keys; `validate` turns them into the types below and
 //! names each problem by its path (`grant.orders-db-read.max_ttl`) and, where it can, its line.
 
+mod lines;
 mod raw;
 mod validate;
 
@@ -15,6 +16,7 @@ use credbroker_provider_api::Params;
 
 use crate::jose::Alg;
 
+pub use lines::KeyLines;
 pub use validate::{check_issuer_url, parse_duration};
 
 /// The whole validated configuration.
@@ -31,6 +33,8 @@ pub struct Config {
     pub workloads: Vec<WorkloadConfig>,
     pub grants: BTreeMap<String, GrantConfig>,
     pub providers: Vec<ProviderConfig>,
+    /// Where provider settings and grant parameters are written, for providers' problems.
+    pub key_lines: KeyLines,
 }
 
 #[derive(Clone, Debug)]

@@ -233,6 +233,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             workloads,
             grants,
             providers,
+            key_lines: KeyLines::index(text),
         })
     } else {
         Err(p.errors)
