@@ -73,9 +73,7 @@ pub fn key_bytes(bytes: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         return None;
     }
     let mut out = Zeroizing::new(vec![0u8; 32]);
-    for (i, slot) in out.iter_mut().enumerate() {
-        *slot = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 
@@ -86,24 +84,14 @@ pub fn generate_hex() -> Result<Zeroizing<String>, String> {
     Ok(Zeroizing::new(hex(&*key)))
 }
 
+/// Lower-case hex (the `hex` crate).
 pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    hex::encode(bytes)
 }
 
+/// Hex digits to bytes; `None` for anything else (odd length, a sign, a space).
 pub fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
+    hex::decode(text).ok()
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use crate::journal::read;
 use crate::journal::rows::{LeaseState, TaskRow, TaskState, Text, end_reason};
 use crate::record::{Outcome, PeerRecord, event};
 use crate::time::to_ms;
+use crate::workload::PeerInfo;
 use credbroker_provider_api::Role;
 
 enum Marked {
@@ -35,6 +36,22 @@ pub enum Ender {
 }
 
 impl Broker {
+    /// EndTask from a workload: the peer is identified exactly as for BeginTask (an unknown
+    /// peer is audited, an ambiguous one is reported as ambiguous), then only the task's own
+    /// workload may end it.
+    pub async fn end_by_workload(
+        &self,
+        peer: &PeerInfo,
+        task_id: &str,
+    ) -> Result<TaskSummary, BrokerError> {
+        let rt = self.runtime();
+        let workload = self.identify(&rt, peer, self.clock.now()).await?;
+        let ender = Ender::Workload {
+            workload: workload.name.clone(),
+        };
+        self.end_task(task_id, ender).await
+    }
+
     pub async fn end_task(&self, task_id: &str, ender: Ender) -> Result<TaskSummary, BrokerError> {
         let op = self
             .state

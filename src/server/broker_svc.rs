@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::listener::PeerAttestation;
 use super::status::to_status;
-use crate::broker::{BeginRequest, Broker, BrokerError, Ender, ErrorKind, RenewRequest};
+use crate::broker::{BeginRequest, Broker, BrokerError, ErrorKind, RenewRequest};
 use crate::policy::GrantAsk;
 use crate::proto::{self, v1};
 use crate::workload::PeerInfo;
@@ -135,22 +135,9 @@ impl v1::broker_server::Broker for BrokerService {
         let peer = peer_of(&request)?;
         let req = request.into_inner();
         crate::broker::check_task_id(&req.task_id).map_err(|e| to_status(&e))?;
-        let rt = self.broker.runtime();
-        let workload = crate::workload::find(&rt.config.workloads, &peer).map_err(|_| {
-            to_status(&BrokerError::new(
-                ErrorKind::PermissionDenied,
-                "unknown_peer",
-                "this process is not a registered workload",
-            ))
-        })?;
         let task = self
             .broker
-            .end_task(
-                &req.task_id,
-                Ender::Workload {
-                    workload: workload.name.clone(),
-                },
-            )
+            .end_by_workload(&peer, &req.task_id)
             .await
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(v1::EndTaskResponse {

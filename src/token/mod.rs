@@ -45,7 +45,7 @@ impl Fingerprint {
     }
 
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        crate::keys::hex(&self.0)
     }
 }
 

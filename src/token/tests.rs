@@ -170,9 +170,7 @@ fn fingerprints_are_sha256_hex() {
 // === Wycheproof ===
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len() / 2)
-        .filter_map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok())
-        .collect()
+    hex::decode(s).unwrap_or_else(|e| panic!("Wycheproof hex {s:?}: {e}"))
 }
 
 /// Some ECDSA groups give the key only as hex coordinates: build the JWK (RFC 7518 §6.2.1:

@@ -194,37 +194,57 @@ async fn the_cli_prints_credentials_as_json_and_shell_exports_and_lists_tasks() 
     );
 }
 
-/// The environment of a host where systemd passes credentials.
-struct ExampleEnv;
+/// The environment of a host where systemd passes credentials: a credentials directory with
+/// every credential the examples name (the GitHub App's key is a throwaway test key, the others
+/// placeholders; only their presence is checked at load).
+struct ExampleEnv(tempfile::TempDir);
+
+impl ExampleEnv {
+    fn new(configs: &[String]) -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let key = repo().join("providers/github/testdata/app-key.pem");
+        for text in configs {
+            for line in text.lines() {
+                let Some((k, v)) = line.split_once('=') else {
+                    continue;
+                };
+                if k.trim().ends_with("_credential") {
+                    let name = v.trim().trim_matches('"');
+                    std::fs::copy(&key, dir.path().join(name)).unwrap_or_else(|e| panic!("{e}"));
+                }
+            }
+        }
+        Self(dir)
+    }
+}
 
 impl credbroker_provider_api::Env for ExampleEnv {
     fn var(&self, key: &str) -> Option<String> {
-        (key == "CREDENTIALS_DIRECTORY").then(|| "/run/credentials/credbroker.service".into())
-    }
-
-    /// Credentials read at load (the GitHub App's key) are a throwaway test key.
-    fn credential(&self, _name: &str) -> Result<credbroker_provider_api::SecretValue, String> {
-        std::fs::read_to_string(repo().join("providers/github/testdata/app-key.pem"))
-            .map(credbroker_provider_api::SecretValue::new)
-            .map_err(|e| e.to_string())
+        (key == "CREDENTIALS_DIRECTORY").then(|| self.0.path().display().to_string())
     }
 }
 
 #[test]
 fn every_example_configuration_is_valid() {
     let mut n = 0;
-    for entry in std::fs::read_dir(repo().join("config"))
+    let paths: Vec<_> = std::fs::read_dir(repo().join("config"))
         .into_iter()
         .flatten()
         .flatten()
-    {
-        let path = entry.path();
-        if path.extension().is_some_and(|e| e == "toml") {
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    let texts: Vec<String> = paths
+        .iter()
+        .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+        .collect();
+    let env = ExampleEnv::new(&texts);
+    for path in paths {
+        {
             let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
             // Providers and their grants too, as `serve` builds them.
             let registry = credbroker::providers::Registry::builtin();
-            if let Err(e) = credbroker::broker::Runtime::build(config, &registry, &ExampleEnv, None)
-            {
+            if let Err(e) = credbroker::broker::Runtime::build(config, &registry, &env, None) {
                 panic!("{}: {e:?}", path.display());
             }
             n += 1;

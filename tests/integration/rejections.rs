@@ -309,6 +309,20 @@ async fn unknown_peers_and_non_admins_are_refused() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("unknown_peer"), "{stderr}");
     assert!(!stderr.contains(&token));
+    // EndTask identifies the peer the same way: refused, and audited, and the task lives on.
+    let begun = d
+        .broker()
+        .await
+        .begin_task(begin_request(&token, &["orders-db-read"]))
+        .await
+        .unwrap_or_else(|e| panic!("begin: {e:?}"))
+        .into_inner();
+    let id = begun.task.map(|t| t.id).unwrap_or_default();
+    let out = as_nobody(&["task", "end", "--task", &id]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("unknown_peer"), "{stderr}");
+    assert_eq!(live_tasks(&d).await.len(), 1, "the task was not ended");
     let out = as_nobody(&["tasks", "list"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -317,10 +331,18 @@ async fn unknown_peers_and_non_admins_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
     let audit = d.audit();
-    assert!(audit.iter().any(|r| r["event"] == "peer_rejected"
-        && r["peer"]["uid"] == 65534
-        && r["reason"] == "unknown_peer"));
-    assert!(live_tasks(&d).await.is_empty());
+    let rejected = audit
+        .iter()
+        .filter(|r| {
+            r["event"] == "peer_rejected"
+                && r["peer"]["uid"] == 65534
+                && r["reason"] == "unknown_peer"
+        })
+        .count();
+    assert_eq!(
+        rejected, 2,
+        "BeginTask and EndTask refusals are both audited"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

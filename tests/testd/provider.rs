@@ -22,10 +22,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use credbroker_provider_api::settings::Fields;
 use credbroker_provider_api::{
     Credential, Env, ErrorKind, IssueRequest, Issued, LeaseRef, ParamError, ParamRule, Params,
     Provider, ProviderError, ProviderFactory, ProviderHealth, Reconciled, Renewed,
-    RevocationHandle, Revoked, Role, SecretValue, param_str,
+    RevocationHandle, Revoked, Role, SecretValue,
 };
 use serde_json::{Value, json};
 
@@ -42,23 +43,13 @@ impl ProviderFactory for TestFactory {
         config: &Params,
         _env: &dyn Env,
     ) -> Result<Arc<dyn Provider>, Vec<ParamError>> {
-        let mut errors = Vec::new();
-        for key in config.keys() {
-            if key != "state_dir" && key != "scoped" {
-                errors.push(ParamError::new(key, "unknown setting"));
-            }
-        }
-        let scoped = config
-            .get("scoped")
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        let dir = match param_str(config, "state_dir") {
-            Ok(d) => PathBuf::from(d),
-            Err(e) => {
-                errors.push(e);
-                PathBuf::new()
-            }
-        };
+        let mut f = Fields::new(config);
+        let scoped = f.get("scoped", "true or false").unwrap_or(false);
+        let dir = f
+            .required::<String>("state_dir", "a directory")
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let errors = f.finish();
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -83,7 +74,7 @@ fn unix(t: SystemTime) -> u64 {
 
 fn sha256_hex(s: &str) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, s.as_bytes());
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(d.as_ref())
 }
 
 fn unavailable(msg: &str) -> ProviderError {
@@ -266,10 +257,7 @@ impl Provider for TestProvider {
         let expires_at = req.expires_at.max(req.now + Duration::from_secs(floor));
         let mut raw = [0u8; 24];
         aws_lc_rs::rand::fill(&mut raw).map_err(|_| unavailable("no randomness"))?;
-        let secret = SecretValue::new(format!(
-            "tp_{}",
-            raw.iter().map(|b| format!("{b:02x}")).collect::<String>()
-        ));
+        let secret = SecretValue::new(format!("tp_{}", hex::encode(raw)));
         let record = json!({
             "lease_id": req.lease_id,
             "task_id": req.task.task_id,

@@ -53,6 +53,7 @@
 mod error;
 mod params;
 mod secret;
+pub mod settings;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 mod types;

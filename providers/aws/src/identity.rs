@@ -39,10 +39,7 @@ fn encode(value: &str, min: usize, max: usize, keep: fn(char) -> bool) -> String
     }
     if out.chars().count() > max {
         let hash = digest(&SHA256, value.as_bytes());
-        let hex: String = hash.as_ref()[..9]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hex = hex::encode(&hash.as_ref()[..9]);
         let room = max - 2 - hex.len();
         let mut cut: String = out.chars().take(room).collect();
         // Never end inside an escape: drop a partial `=X`.

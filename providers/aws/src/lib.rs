@@ -27,6 +27,7 @@
 //! # container and instance metadata), or a credentials file from systemd's credential store:
 //! profile = "credbroker"                # optional profile name
 //! credentials_credential = "aws-credentials"   # $CREDENTIALS_DIRECTORY/aws-credentials (INI)
+//! # credentials_file = "/etc/credbroker/aws-credentials"   # or a file (not both)
 //! timeout = "5s"                        # per attempt
 //! max_attempts = 4                      # the SDK's standard retry, with backoff, on throttling
 //! revocation = "deny-session"           # or "expire"
@@ -50,28 +51,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use credbroker_provider_api::settings::Fields;
 use credbroker_provider_api::{Env, ParamError, Params, Provider, ProviderFactory};
-use serde_json::Value;
 
 use provider::AwsProvider;
 
 pub struct AwsFactory;
-
-const KEYS: [&str; 13] = [
-    "region",
-    "use_fips",
-    "endpoint_url",
-    "sts_endpoint_url",
-    "iam_endpoint_url",
-    "profile",
-    "credentials_credential",
-    "timeout",
-    "max_attempts",
-    "revocation",
-    "deny_policy_name",
-    "deny_policy_max_chars",
-    "deny_writer",
-];
 
 /// What ending a task does to its sessions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,140 +95,73 @@ impl ProviderFactory for AwsFactory {
         config: &Params,
         env: &dyn Env,
     ) -> Result<Arc<dyn Provider>, Vec<ParamError>> {
-        let mut settings = settings(config, env)?;
-        let writer = match config.get("deny_writer").and_then(Value::as_str) {
-            Some(w) => w.to_string(),
-            None => default_writer(name),
-        };
-        settings.deny_policy_name = format!("{}.{writer}", settings.deny_policy_name);
-        Ok(Arc::new(AwsProvider::new(name, settings)))
+        Ok(Arc::new(AwsProvider::new(
+            name,
+            settings(name, config, env)?,
+        )))
     }
 }
 
-fn settings(config: &Params, env: &dyn Env) -> Result<Settings, Vec<ParamError>> {
-    let mut errors: Vec<ParamError> = config
-        .keys()
-        .filter(|k| !KEYS.contains(&k.as_str()))
-        .map(|k| ParamError::new(k.as_str(), "unknown setting"))
-        .collect();
-    let string = |key: &str, errors: &mut Vec<ParamError>| match config.get(key) {
-        None => None,
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(_) => {
-            errors.push(ParamError::new(key, "must be a non-empty string"));
-            None
-        }
-    };
-    let region = string("region", &mut errors);
+fn settings(instance: &str, config: &Params, env: &dyn Env) -> Result<Settings, Vec<ParamError>> {
+    let mut f = Fields::new(config);
+    let region = f.string("region");
     if region.as_deref().is_some_and(|r| {
         !r.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
     }) {
-        errors.push(ParamError::new(
-            "region",
-            "must be a region code such as eu-west-1",
-        ));
+        f.problem("region", "must be a region code such as eu-west-1");
     }
-    let endpoint = |key: &str, errors: &mut Vec<ParamError>, v: Option<String>| {
-        if let Some(url) = &v
-            && !(url.starts_with("https://") || is_loopback_http(url))
-        {
-            errors.push(ParamError::new(
-                key,
-                "must be https (http only on loopback)",
-            ));
-        }
-        v
-    };
-    let shared = string("endpoint_url", &mut errors);
-    let shared = endpoint("endpoint_url", &mut errors, shared);
-    let sts = string("sts_endpoint_url", &mut errors);
-    let sts_endpoint = endpoint("sts_endpoint_url", &mut errors, sts).or_else(|| shared.clone());
-    let iam = string("iam_endpoint_url", &mut errors);
-    let iam_endpoint = endpoint("iam_endpoint_url", &mut errors, iam).or(shared);
-    let use_fips = match config.get("use_fips") {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            errors.push(ParamError::new("use_fips", "must be true or false"));
-            false
-        }
-    };
-    let profile = string("profile", &mut errors);
-    let credentials_file = string("credentials_credential", &mut errors).and_then(|c| {
-        credential_path(env, &c)
-            .map_err(|e| errors.push(ParamError::new("credentials_credential", e)))
-            .ok()
-    });
-    let timeout = match string("timeout", &mut errors) {
-        None => Duration::from_secs(5),
-        Some(t) => humantime::parse_duration(&t)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .unwrap_or_else(|| {
-                errors.push(ParamError::new(
-                    "timeout",
-                    format!("{t:?} is not a duration"),
-                ));
-                Duration::from_secs(5)
-            }),
-    };
-    let max_attempts = match config.get("max_attempts") {
-        None => 4,
-        Some(v) => match v.as_u64() {
-            Some(n @ 1..=10) => n as u32,
-            _ => {
-                errors.push(ParamError::new("max_attempts", "must be 1 to 10"));
-                4
-            }
-        },
-    };
-    let revocation = match string("revocation", &mut errors).as_deref() {
+    let shared = f.endpoint("endpoint_url");
+    let sts_endpoint = f.endpoint("sts_endpoint_url").or_else(|| shared.clone());
+    let iam_endpoint = f.endpoint("iam_endpoint_url").or(shared);
+    let use_fips = f.get("use_fips", "true or false").unwrap_or(false);
+    let profile = f.string("profile");
+    let credentials_file = f
+        .secret("credentials_file", "credentials_credential", env)
+        .map(|s| s.path().to_path_buf());
+    let timeout = f.duration("timeout").unwrap_or(Duration::from_secs(5));
+    let max_attempts = f.int("max_attempts", 1..=10).unwrap_or(4) as u32;
+    let revocation = match f.string("revocation").as_deref() {
         None | Some("expire") => Revocation::Expire,
         Some("deny-session") => Revocation::DenySession,
         Some(other) => {
-            errors.push(ParamError::new(
+            f.problem(
                 "revocation",
                 format!("{other:?}: expected \"expire\" or \"deny-session\""),
-            ));
+            );
             Revocation::Expire
         }
     };
-    let deny_policy_name = string("deny_policy_name", &mut errors)
+    let prefix = f
+        .string("deny_policy_name")
         .unwrap_or_else(|| "credbroker-revoked-sessions".into());
-    if deny_policy_name.is_empty() || !deny_policy_name.chars().all(grant::session_char) {
-        errors.push(ParamError::new(
+    if !prefix.chars().all(grant::session_char) {
+        f.problem(
             "deny_policy_name",
             "must be 1–128 characters of letters, digits and _+=,.@-",
-        ));
+        );
     }
-    if let Some(w) = string("deny_writer", &mut errors)
-        && (w.is_empty() || w.len() > 32 || !w.chars().all(grant::session_char))
-    {
-        errors.push(ParamError::new(
-            "deny_writer",
-            "must be 1–32 characters of letters, digits and _+=,.@-",
-        ));
-    }
-    if deny_policy_name.len() > 128 - 33 {
-        errors.push(ParamError::new(
+    if prefix.len() > 128 - 33 {
+        f.problem(
             "deny_policy_name",
             "must leave room for '.' and the writer (at most 95 characters)",
-        ));
+        );
     }
-    let deny_policy_max_chars = match config.get("deny_policy_max_chars") {
-        None => 10_240,
-        Some(v) => match v.as_u64() {
-            Some(n @ 500..=10_240) => n as usize,
-            _ => {
-                errors.push(ParamError::new(
-                    "deny_policy_max_chars",
-                    "must be 500 to 10240 (IAM's limit for a role's inline policies)",
-                ));
-                10_240
-            }
-        },
+    let writer = match f.string("deny_writer") {
+        Some(w) if w.len() > 32 || !w.chars().all(grant::session_char) => {
+            f.problem(
+                "deny_writer",
+                "must be 1–32 characters of letters, digits and _+=,.@-",
+            );
+            w
+        }
+        Some(w) => w,
+        None => default_writer(instance),
     };
+    let deny_policy_max_chars = f
+        .int("deny_policy_max_chars", 500..=10_240)
+        .unwrap_or(10_240) as usize;
+    let errors = f.finish();
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -257,7 +175,7 @@ fn settings(config: &Params, env: &dyn Env) -> Result<Settings, Vec<ParamError>>
         timeout,
         max_attempts,
         revocation,
-        deny_policy_name,
+        deny_policy_name: format!("{prefix}.{writer}"),
         deny_policy_max_chars,
     })
 }
@@ -286,38 +204,10 @@ fn default_writer(instance: &str) -> String {
     format!("{h:016x}")
 }
 
-fn is_loopback_http(address: &str) -> bool {
-    address.strip_prefix("http://").is_some_and(|rest| {
-        let host = rest.split(['/', '?']).next().unwrap_or_default();
-        let host = match host.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => host,
-        };
-        host == "localhost"
-            || host
-                .trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    })
-}
-
-fn credential_path(env: &dyn Env, name: &str) -> Result<PathBuf, String> {
-    if name.contains('/') || name == "." || name == ".." {
-        return Err(format!("invalid credential name {name:?}"));
-    }
-    let dir = env
-        .var("CREDENTIALS_DIRECTORY")
-        .ok_or("$CREDENTIALS_DIRECTORY is not set")?;
-    let path = PathBuf::from(dir).join(name);
-    if !path.is_file() {
-        return Err(format!("{} does not exist", path.display()));
-    }
-    Ok(path)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     struct NoEnv;
     impl Env for NoEnv {
@@ -330,7 +220,7 @@ mod tests {
         let Value::Object(p) = v else {
             return Err(vec![]);
         };
-        settings(&p, &NoEnv).map_err(|e| e.iter().map(ToString::to_string).collect())
+        settings("aws", &p, &NoEnv).map_err(|e| e.iter().map(ToString::to_string).collect())
     }
 
     /// End-to-end finding 15: two writers on one role, each doing GetRolePolicy, merge,
@@ -342,13 +232,9 @@ mod tests {
             let Value::Object(p) = cfg else {
                 return String::new();
             };
-            let mut s = settings(&p, &NoEnv).unwrap_or_else(|e| panic!("{e:?}"));
-            let writer = p
-                .get("deny_writer")
-                .and_then(Value::as_str)
-                .map_or_else(|| default_writer(instance), str::to_owned);
-            s.deny_policy_name = format!("{}.{writer}", s.deny_policy_name);
-            s.deny_policy_name
+            settings(instance, &p, &NoEnv)
+                .unwrap_or_else(|e| panic!("{e:?}"))
+                .deny_policy_name
         };
         let a = name("aws-a", serde_json::json!({"region": "eu-west-1"}));
         let b = name("aws-b", serde_json::json!({"region": "eu-west-1"}));
@@ -393,9 +279,9 @@ mod tests {
             "endpoint_url: must be https",
             "revocation: \"delete\": expected",
             "timeout: \"soon\" is not a duration",
-            "max_attempts: must be 1 to 10",
-            "credentials_credential: $CREDENTIALS_DIRECTORY is not set",
-            "deny_policy_max_chars: must be 500 to 10240",
+            "max_attempts: must be an integer from 1 to 10",
+            "credentials_credential: credential \"aws\": $CREDENTIALS_DIRECTORY is not set",
+            "deny_policy_max_chars: must be an integer from 500 to 10240",
             "deny_policy_name: must be",
         ] {
             assert!(
@@ -415,6 +301,5 @@ mod tests {
             Some("https://iam.amazonaws.com")
         );
         assert_eq!(ok.revocation, Revocation::DenySession);
-        assert!(is_loopback_http("http://[::1]:80/x") && !is_loopback_http("http://10.0.0.1"));
     }
 }

@@ -55,7 +55,7 @@ pub(crate) fn excess(
 
 pub(crate) fn fingerprint(token: &str) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&d.as_ref()[..6])
 }
 
 #[cfg(test)]

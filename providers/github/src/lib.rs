@@ -33,24 +33,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use credbroker_provider_api::{
-    Env, ParamError, Params, Provider, ProviderFactory, SecretValue, param_str,
-};
-use serde_json::Value;
+use credbroker_provider_api::settings::Fields;
+use credbroker_provider_api::{Env, ParamError, Params, Provider, ProviderFactory};
 
 use provider::GithubProvider;
 
 pub struct GithubFactory;
-
-const KEYS: [&str; 7] = [
-    "app_id",
-    "private_key_file",
-    "private_key_credential",
-    "api_url",
-    "timeout",
-    "max_retries",
-    "max_retry_wait",
-];
 
 impl ProviderFactory for GithubFactory {
     fn kind(&self) -> &'static str {
@@ -63,63 +51,41 @@ impl ProviderFactory for GithubFactory {
         config: &Params,
         env: &dyn Env,
     ) -> Result<Arc<dyn Provider>, Vec<ParamError>> {
-        let mut errors: Vec<ParamError> = config
-            .keys()
-            .filter(|k| !KEYS.contains(&k.as_str()))
-            .map(|k| ParamError::new(k.as_str(), "unknown setting"))
-            .collect();
-        let app_id = match config.get("app_id").map(Value::as_u64) {
-            Some(Some(id)) if id > 0 => id,
-            Some(_) => {
-                errors.push(ParamError::new("app_id", "must be a positive integer"));
-                0
-            }
-            None => {
-                errors.push(ParamError::new("app_id", "is required"));
-                0
-            }
-        };
-        let api_url = match config.get("api_url") {
-            None => "https://api.github.com".to_string(),
-            Some(_) => param_str(config, "api_url")
-                .map_err(|e| errors.push(e))
-                .unwrap_or_default()
-                .trim_end_matches('/')
-                .to_string(),
-        };
-        if !api_url.starts_with("https://") && !is_loopback_http(&api_url) {
-            errors.push(ParamError::new(
-                "api_url",
-                "must be https (http only on loopback)",
-            ));
+        let mut f = Fields::new(config);
+        let app_id = f.required::<u64>("app_id", "a positive integer");
+        if app_id == Some(0) {
+            f.problem("app_id", "must be a positive integer");
         }
-        let duration = |key: &str, default: u64, errors: &mut Vec<ParamError>| match config.get(key)
-        {
-            None => Duration::from_secs(default),
-            Some(v) => v
-                .as_str()
-                .and_then(|s| humantime::parse_duration(s).ok())
-                .unwrap_or_else(|| {
-                    errors.push(ParamError::new(key, "must be a duration such as \"10s\""));
-                    Duration::from_secs(default)
-                }),
-        };
-        let timeout = duration("timeout", 10, &mut errors);
-        let max_wait = duration("max_retry_wait", 10, &mut errors);
-        let max_retries = match config.get("max_retries").map(Value::as_u64) {
-            None => 3,
-            Some(Some(n @ 0..=10)) => n as u32,
-            Some(_) => {
-                errors.push(ParamError::new("max_retries", "must be 0 to 10"));
-                3
-            }
-        };
-        let key = private_key(config, env, &mut errors);
-        let app = key.and_then(|k| {
-            app::AppJwt::new(app_id, k)
+        let api_url = f
+            .endpoint("api_url")
+            .unwrap_or_else(|| "https://api.github.com".into())
+            .trim_end_matches('/')
+            .to_string();
+        let timeout = f.duration("timeout").unwrap_or(Duration::from_secs(10));
+        let max_wait = f
+            .duration("max_retry_wait")
+            .unwrap_or(Duration::from_secs(10));
+        let max_retries = f.int("max_retries", 0..=10).unwrap_or(3) as u32;
+        let key = f.secret("private_key_file", "private_key_credential", env);
+        let given = ["private_key_file", "private_key_credential"]
+            .iter()
+            .any(|k| config.contains_key(*k));
+        if !given {
+            f.problem(
+                "private_key_credential",
+                "the App's private key is required (private_key_credential or private_key_file)",
+            );
+        }
+        let mut errors = f.finish();
+        // The key is read once, as a secret from the start; errors name the file, never the key.
+        let app = match (app_id, key) {
+            (Some(id), Some(k)) if id > 0 => k
+                .read()
+                .and_then(|pem| app::AppJwt::new(id, pem))
                 .map_err(|e| errors.push(ParamError::new("private_key", e)))
-                .ok()
-        });
+                .ok(),
+            _ => None,
+        };
         let client = client::Client::new(&api_url, timeout, max_retries, max_wait)
             .map_err(|e| errors.push(ParamError::new("api_url", e)))
             .ok();
@@ -136,59 +102,10 @@ impl ProviderFactory for GithubFactory {
     }
 }
 
-/// The App's private key, from a file or a systemd credential, as a secret from the start.
-fn private_key(
-    config: &Params,
-    env: &dyn Env,
-    errors: &mut Vec<ParamError>,
-) -> Option<SecretValue> {
-    match (
-        config.get("private_key_file").and_then(Value::as_str),
-        config.get("private_key_credential").and_then(Value::as_str),
-    ) {
-        (Some(path), None) => match std::fs::read_to_string(path) {
-            Ok(pem) => Some(SecretValue::new(pem)),
-            Err(e) => {
-                errors.push(ParamError::new("private_key_file", format!("{path}: {e}")));
-                None
-            }
-        },
-        (None, Some(name)) => env
-            .credential(name)
-            .map_err(|e| errors.push(ParamError::new("private_key_credential", e)))
-            .ok(),
-        (Some(_), Some(_)) => {
-            errors.push(ParamError::new(
-                "private_key_file",
-                "give private_key_file or private_key_credential, not both",
-            ));
-            None
-        }
-        (None, None) => {
-            errors.push(ParamError::new(
-                "private_key_credential",
-                "the App's private key is required (private_key_credential or private_key_file)",
-            ));
-            None
-        }
-    }
-}
-
-fn is_loopback_http(address: &str) -> bool {
-    reqwest::Url::parse(address).is_ok_and(|u| {
-        u.scheme() == "http"
-            && u.host_str().is_some_and(|h| {
-                h == "localhost"
-                    || h.trim_matches(['[', ']'])
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            })
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     struct Creds(String);
     impl Env for Creds {
@@ -224,8 +141,8 @@ mod tests {
             "app_id: must be a positive integer",
             "api_url: must be https",
             "timeout: must be a duration",
-            "max_retries: must be 0 to 10",
-            "private_key_file: /nonexistent/key.pem",
+            "max_retries: must be an integer from 0 to 10",
+            "private_key_file: /nonexistent/key.pem is not a readable file",
         ] {
             assert!(
                 e.iter().any(|x| x.contains(needle)),

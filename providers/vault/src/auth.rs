@@ -5,41 +5,17 @@
 //! rotate the token. With AppRole, a token that can no longer be renewed is replaced by a fresh
 //! login. `lookup-self` results are kept for `Status`.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use credbroker_provider_api::{ErrorKind, ProviderError, SecretValue};
 use reqwest::Method;
 use serde_json::{Value, json};
-use zeroize::Zeroizing;
 
 use crate::client::Client;
 
 /// Where a secret (the token, or an AppRole secret_id) is read from. Read again on every login.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Source {
-    File(PathBuf),
-    /// `$CREDENTIALS_DIRECTORY/NAME`, the directory resolved when the instance was built.
-    Credential(PathBuf),
-}
-
-impl Source {
-    pub(crate) fn read(&self) -> Result<SecretValue, String> {
-        let path = match self {
-            Self::File(p) | Self::Credential(p) => p,
-        };
-        let bytes =
-            Zeroizing::new(std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?);
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| format!("{}: not UTF-8", path.display()))?
-            .trim();
-        if text.is_empty() {
-            return Err(format!("{} is empty", path.display()));
-        }
-        Ok(SecretValue::new(text))
-    }
-}
+pub(crate) type Source = credbroker_provider_api::settings::SecretFile;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Login {

@@ -34,32 +34,18 @@ mod issue;
 mod provider;
 mod revoke;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use credbroker_provider_api::{
-    Env, ParamError, Params, Provider, ProviderFactory, param_str, param_str_list,
-};
+use credbroker_provider_api::settings::{Fields, check_endpoint};
+use credbroker_provider_api::{Env, ParamError, Params, Provider, ProviderFactory};
 use serde_json::Value;
 
-use auth::{Login, SelfToken, Source};
+use auth::{Login, SelfToken};
 use client::Client;
 use provider::{Inner, VaultProvider};
 
 pub struct VaultFactory;
-
-const KEYS: [&str; 9] = [
-    "address",
-    "namespace",
-    "ca_file",
-    "timeout",
-    "token_file",
-    "token_credential",
-    "approle",
-    "scope_policies",
-    "scope_role",
-];
 
 impl ProviderFactory for VaultFactory {
     fn kind(&self) -> &'static str {
@@ -72,54 +58,32 @@ impl ProviderFactory for VaultFactory {
         config: &Params,
         env: &dyn Env,
     ) -> Result<Arc<dyn Provider>, Vec<ParamError>> {
-        let mut errors: Vec<ParamError> = config
-            .keys()
-            .filter(|k| !KEYS.contains(&k.as_str()))
-            .map(|k| ParamError::new(k.as_str(), "unknown setting"))
-            .collect();
-        let address = param_str(config, "address")
-            .map_err(|e| errors.push(e))
-            .unwrap_or_default()
-            .to_string();
-        if !(address.is_empty() || address.starts_with("https://") || is_loopback_http(&address)) {
-            errors.push(ParamError::new(
-                "address",
-                "must be https (http only on loopback)",
-            ));
+        let mut f = Fields::new(config);
+        let address = f
+            .required::<String>("address", "the Vault URL")
+            .unwrap_or_default();
+        if !address.is_empty() && check_endpoint(&address).is_err() {
+            f.problem("address", "must be https (http only on loopback)");
         }
-        let namespace = config
-            .get("namespace")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let timeout = match config.get("timeout").and_then(Value::as_str) {
-            None => Duration::from_secs(5),
-            Some(t) => humantime::parse_duration(t).unwrap_or_else(|_| {
-                errors.push(ParamError::new(
-                    "timeout",
-                    format!("{t:?} is not a duration"),
-                ));
-                Duration::from_secs(5)
-            }),
-        };
-        let ca = config.get("ca_file").and_then(Value::as_str).and_then(|p| {
-            std::fs::read(p)
-                .map_err(|e| errors.push(ParamError::new("ca_file", format!("{p}: {e}"))))
+        let namespace = f.string("namespace");
+        let timeout = f.duration("timeout").unwrap_or(Duration::from_secs(5));
+        let ca = f.string("ca_file").and_then(|p| {
+            std::fs::read(&p)
+                .map_err(|e| f.problem("ca_file", format!("{p}: {e}")))
                 .ok()
         });
-        let scope_role = config
-            .get("scope_role")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
+        let scope_role = f.get::<String>("scope_role", "a token role name");
         if scope_role
             .as_deref()
             .is_some_and(|r| r.is_empty() || r.contains('/'))
         {
-            errors.push(ParamError::new("scope_role", "must be a token role name"));
+            f.problem("scope_role", "must be a token role name");
         }
-        let scope_policies = param_str_list(config, "scope_policies")
-            .map_err(|e| errors.push(e))
+        let scope_policies: Vec<String> = f
+            .get("scope_policies", "a list of policy names")
             .unwrap_or_default();
-        let login = login(config, env, &mut errors);
+        let login = login(&mut f, env);
+        let errors = f.finish();
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -154,95 +118,37 @@ impl ProviderFactory for VaultFactory {
     }
 }
 
-fn is_loopback_http(address: &str) -> bool {
-    reqwest::Url::parse(address).is_ok_and(|u| {
-        u.scheme() == "http"
-            && u.host_str().is_some_and(|h| {
-                h == "localhost"
-                    || h.trim_matches(['[', ']'])
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            })
-    })
-}
-
-fn credential_path(env: &dyn Env, name: &str) -> Result<PathBuf, String> {
-    if name.is_empty() || name.contains('/') {
-        return Err(format!("invalid credential name {name:?}"));
-    }
-    let dir = env
-        .var("CREDENTIALS_DIRECTORY")
-        .ok_or("$CREDENTIALS_DIRECTORY is not set")?;
-    Ok(PathBuf::from(dir).join(name))
-}
-
-fn source(
-    config: &Params,
-    file_key: &str,
-    cred_key: &str,
-    env: &dyn Env,
-    errors: &mut Vec<ParamError>,
-) -> Option<Source> {
-    match (
-        config.get(file_key).and_then(Value::as_str),
-        config.get(cred_key).and_then(Value::as_str),
-    ) {
-        (Some(f), None) => Some(Source::File(PathBuf::from(f))),
-        (None, Some(c)) => match credential_path(env, c) {
-            Ok(p) => Some(Source::Credential(p)),
-            Err(e) => {
-                errors.push(ParamError::new(cred_key, e));
-                None
-            }
-        },
-        (Some(_), Some(_)) => {
-            errors.push(ParamError::new(
-                file_key,
-                format!("{file_key} and {cred_key} are mutually exclusive"),
-            ));
-            None
-        }
-        (None, None) => None,
-    }
-}
-
-fn login(config: &Params, env: &dyn Env, errors: &mut Vec<ParamError>) -> Option<Login> {
-    let token = source(config, "token_file", "token_credential", env, errors);
-    let approle = match config.get("approle") {
+/// credbroker's own Vault identity: a token (file or credential) or AppRole, exactly one.
+fn login(f: &mut Fields<'_>, env: &dyn Env) -> Option<Login> {
+    let given_token = f.raw("token_file").is_some() || f.raw("token_credential").is_some();
+    let token = f.secret("token_file", "token_credential", env);
+    let approle = match f.raw("approle") {
         None => None,
         Some(Value::Object(a)) => {
-            for k in a.keys().filter(|k| {
-                !["role_id", "secret_id_file", "secret_id_credential", "mount"]
-                    .contains(&k.as_str())
-            }) {
-                errors.push(ParamError::new(format!("approle.{k}"), "unknown setting"));
-            }
-            let role_id = param_str(a, "role_id")
-                .map_err(|e| errors.push(ParamError::new(format!("approle.{}", e.path), e.message)))
-                .ok();
-            let mount = a
-                .get("mount")
-                .and_then(Value::as_str)
-                .unwrap_or("approle")
-                .to_string();
-            let secret_id = source(a, "secret_id_file", "secret_id_credential", env, errors);
+            let mut af = Fields::nested(a, "approle");
+            let role_id = af.required::<String>("role_id", "the AppRole role id");
+            let mount = af.string("mount").unwrap_or_else(|| "approle".into());
+            let secret_id = af.secret("secret_id_file", "secret_id_credential", env);
             if secret_id.is_none() {
-                errors.push(ParamError::new(
-                    "approle",
+                af.problem(
+                    "secret_id_credential",
                     "needs secret_id_file or secret_id_credential",
-                ));
+                );
+            }
+            for e in af.finish() {
+                f.problem(&e.path, e.message);
             }
             match (role_id, secret_id) {
-                (Some(r), Some(s)) => Some(Login::AppRole {
+                (Some(role_id), Some(secret_id)) => Some(Login::AppRole {
                     mount,
-                    role_id: r.to_string(),
-                    secret_id: s,
+                    role_id,
+                    secret_id,
                 }),
                 _ => None,
             }
         }
         Some(_) => {
-            errors.push(ParamError::new("approle", "must be a table"));
+            f.problem("approle", "must be a table");
             None
         }
     };
@@ -250,17 +156,16 @@ fn login(config: &Params, env: &dyn Env, errors: &mut Vec<ParamError>) -> Option
         (Some(t), None) => Some(Login::Token(t)),
         (None, Some(a)) => Some(a),
         (Some(_), Some(_)) => {
-            errors.push(ParamError::new(
-                "approle",
-                "give a token or AppRole, not both",
-            ));
+            f.problem("approle", "give a token or AppRole, not both");
             None
         }
         (None, None) => {
-            errors.push(ParamError::new(
-                "token_credential",
-                "give token_credential, token_file or approle",
-            ));
+            if !given_token {
+                f.problem(
+                    "token_credential",
+                    "give token_credential, token_file or approle",
+                );
+            }
             None
         }
     }
