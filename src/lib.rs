@@ -29,3 +29,8 @@ impl credbroker_provider_api::Env for ProcessEnv {
         std::env::var(key).ok()
     }
 }
+
+/// Test tokens signed with the fixture keys, shared by the unit tests (token, broker).
+#[cfg(test)]
+#[path = "../tests/support/forge.rs"]
+pub(crate) mod forge;

@@ -1,8 +1,8 @@
 //! Time as the journal stores it (Unix milliseconds) and as people read it (RFC 3339).
 //!
 //! Code that decides expiry takes `now` as an argument; only the edges (request handlers, the
-//! reaper's loop) read the clock, through [`Clock`]. The daemon uses [`SystemClock`]; no test
-//! substitutes another clock yet (the integration tests move time with short TTLs instead).
+//! reaper's loop) read the clock, through [`Clock`]. The daemon uses [`SystemClock`]; the
+//! broker's unit tests use [`ManualClock`] and move time by hand.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +47,37 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> SystemTime {
         SystemTime::now()
+    }
+}
+
+/// A clock that moves only when told: the broker's unit tests expire tasks, age revocations
+/// and cross retention windows in microseconds (`broker::harness`).
+pub struct ManualClock {
+    now: std::sync::Mutex<SystemTime>,
+}
+
+impl ManualClock {
+    pub fn at(t: SystemTime) -> Self {
+        Self {
+            now: std::sync::Mutex::new(t),
+        }
+    }
+
+    pub fn advance(&self, by: Duration) {
+        let mut now = self
+            .now
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *now += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> SystemTime {
+        *self
+            .now
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

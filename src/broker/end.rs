@@ -207,6 +207,29 @@ impl Broker {
     }
 
     /// Ends every task whose expiry has passed, until the process ends.
+    /// Takes the tasks due by `now_ms` out of the expiry queue (so a slow revocation is not
+    /// started twice: `end_task` moves a task to `ending`, and from then on the revoker owns
+    /// what is left), and says when the next one is due. `None`: the state lock is poisoned.
+    fn take_due(&self, now_ms: i64) -> Option<(Vec<Text>, Option<i64>)> {
+        let mut state = self.state.lock().ok()?;
+        let later = state.expiries.split_off(&(now_ms + 1, Text::from("")));
+        let due = std::mem::replace(&mut state.expiries, later);
+        let next = state.expiries.first().map(|(t, _)| *t);
+        Some((due.into_iter().map(|(_, id)| id).collect(), next))
+    }
+
+    /// Ends every task due now, one after the other: the reaper's work, awaited, for tests that
+    /// move a [`ManualClock`](crate::time::ManualClock).
+    #[cfg(test)]
+    pub(super) async fn reap_due(&self) -> Vec<Result<TaskSummary, BrokerError>> {
+        let (due, _) = self.take_due(to_ms(self.clock.now())).unwrap_or_default();
+        let mut out = Vec::new();
+        for id in due {
+            out.push(self.end_task(&id, Ender::Reaper).await);
+        }
+        out
+    }
+
     pub(super) async fn reaper_loop(self: Arc<Self>) {
         let mut purged = std::time::Instant::now();
         let mut flushed = std::time::Instant::now();
@@ -220,17 +243,10 @@ impl Broker {
                 flushed = std::time::Instant::now();
             }
             let now_ms = to_ms(self.clock.now());
-            // Take the due entries out, so a slow revocation is not started twice; end_task
-            // moves the task to `ending` and from then on the revoker owns what is left.
-            let (due, next) = {
-                let Ok(mut state) = self.state.lock() else {
-                    return;
-                };
-                let later = state.expiries.split_off(&(now_ms + 1, Text::from("")));
-                let due = std::mem::replace(&mut state.expiries, later);
-                (due, state.expiries.first().map(|(t, _)| *t))
+            let Some((due, next)) = self.take_due(now_ms) else {
+                return;
             };
-            for (_, id) in due {
+            for id in due {
                 let me = Arc::clone(&self);
                 tokio::spawn(async move {
                     if let Err(e) = me.end_task(&id, Ender::Reaper).await {

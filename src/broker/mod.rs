@@ -14,6 +14,8 @@ mod end;
 mod error;
 mod failed;
 mod gate;
+#[cfg(test)]
+mod harness;
 mod intern;
 mod issue;
 mod live;
@@ -26,6 +28,8 @@ mod retention;
 mod revoke;
 mod revoker;
 mod settle;
+#[cfg(test)]
+mod tests;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};

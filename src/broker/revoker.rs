@@ -39,7 +39,7 @@ impl Broker {
         }
     }
 
-    async fn retry_lease(&self, task_id: &str, lease_id: &str) {
+    pub(super) async fn retry_lease(&self, task_id: &str, lease_id: &str) {
         let Some(op) = self
             .state
             .lock()

@@ -9,10 +9,7 @@ use serde_json::{Value, json};
 use super::*;
 use crate::config::{IssuerConfig, MetadataMode, TokenSettings};
 
-#[path = "../../tests/support/forge.rs"]
-mod forge;
-
-use forge::Signer;
+use crate::forge::{self, Signer};
 
 const ISS: &str = "https://as.example.test";
 const AUD: &str = "https://mcp.example.test/postgres";

@@ -1,0 +1,131 @@
+//! The broker in process (`harness`): begin, the gate, issue, end, expiry and revocation
+//! retries, with time moved by hand. Each test runs in milliseconds.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::harness::Harness;
+use crate::journal::rows::{LeaseState, TaskState};
+
+const MIN: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_task_begins_issues_ends_and_is_journaled_in_order() {
+    let h = Harness::new().await;
+    let begun = h.begin(10 * MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    let task = &begun.task.task;
+    assert_eq!(task.state, TaskState::Active);
+    assert_eq!(task.owner.as_deref(), Some("alice@example.com"));
+    assert_eq!(begun.credentials.len(), 1);
+    let lease = begun.task.leases[0].id.to_string();
+    assert_eq!(h.mem.live(), std::slice::from_ref(&lease));
+
+    let ended = h
+        .broker
+        .end_by_workload(&h.peer(), &task.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ended.task.state, TaskState::Ended);
+    assert_eq!(ended.leases[0].state, LeaseState::Revoked);
+    assert!(h.mem.live().is_empty());
+    assert_eq!(h.mem.revoked(), [lease]);
+    let events: Vec<String> = h.events().await.into_iter().map(|(e, _)| e).collect();
+    assert_eq!(
+        events,
+        [
+            "token_accepted",
+            "task_opened",
+            "lease_issued",
+            "task_begun",
+            "lease_revoked",
+            "task_ended"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_peer_is_refused_at_begin_and_at_end_and_both_are_audited() {
+    let h = Harness::new().await;
+    let begun = h.begin(10 * MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    let refused = h.begin_as(&h.stranger(), h.token(), MIN).await.err();
+    assert_eq!(refused.map(|e| e.code).as_deref(), Some("unknown_peer"));
+    let refused = h
+        .broker
+        .end_by_workload(&h.stranger(), &begun.task.task.id)
+        .await
+        .err();
+    assert_eq!(refused.map(|e| e.code).as_deref(), Some("unknown_peer"));
+    assert_eq!(h.mem.live().len(), 1, "the stranger ended nothing");
+    let rejected = h
+        .events()
+        .await
+        .into_iter()
+        .filter(|(e, r)| e == "peer_rejected" && r.as_deref() == Some("unknown_peer"))
+        .count();
+    assert_eq!(rejected, 2);
+}
+
+#[tokio::test]
+async fn a_task_ends_when_the_clock_passes_its_expiry_and_not_before() {
+    let h = Harness::new().await;
+    let begun = h.begin(MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    h.clock.advance(Duration::from_secs(59));
+    assert!(h.broker.reap_due().await.is_empty(), "not yet due");
+    assert_eq!(h.mem.live().len(), 1);
+    h.clock.advance(Duration::from_secs(2));
+    let reaped = h.broker.reap_due().await;
+    assert_eq!(reaped.len(), 1);
+    let task = reaped[0].as_ref().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(task.task.id, begun.task.task.id);
+    assert_eq!(task.task.state, TaskState::Ended);
+    assert_eq!(task.task.end_reason.as_deref(), Some("expired"));
+    assert!(h.mem.live().is_empty());
+}
+
+#[tokio::test]
+async fn a_token_past_its_expiry_by_the_brokers_clock_is_refused() {
+    let h = Harness::new().await;
+    let token = h.token();
+    // The fixture tokens live five minutes.
+    h.clock.advance(Duration::from_secs(301));
+    let refused = h.begin_as(&h.peer(), token, MIN).await.err();
+    assert_eq!(refused.map(|e| e.code).as_deref(), Some("expired"));
+    assert!(h.mem.live().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_revocation_stays_revoking_until_a_retry_succeeds() {
+    let h = Harness::new().await;
+    let begun = h.begin(10 * MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    let (task_id, lease_id) = (
+        begun.task.task.id.to_string(),
+        begun.task.leases[0].id.to_string(),
+    );
+    h.mem.fail_revoke.store(true, Ordering::SeqCst);
+    let ending = h
+        .broker
+        .end_by_workload(&h.peer(), &task_id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ending.task.state, TaskState::Ending);
+    assert_eq!(ending.leases[0].state, LeaseState::Revoking);
+    assert_eq!(ending.leases[0].attempts, 1);
+    assert_eq!(h.mem.live().len(), 1, "still live at the backend");
+
+    // The backend is back; the retry queue's next attempt settles it.
+    h.mem.fail_revoke.store(false, Ordering::SeqCst);
+    h.clock.advance(MIN);
+    h.broker.retry_lease(&task_id, &lease_id).await;
+    assert!(h.mem.live().is_empty());
+    let events = h.events().await;
+    let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
+    assert!(
+        names.ends_with(&[
+            "task_ending",
+            "lease_revocation_failed",
+            "lease_revoked",
+            "task_ended"
+        ]),
+        "{names:?}"
+    );
+}
