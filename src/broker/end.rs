@@ -54,10 +54,10 @@ impl Broker {
 
     pub async fn end_task(&self, task_id: &str, ender: Ender) -> Result<TaskSummary, BrokerError> {
         let op = self
-            .state
-            .lock()
-            .ok()
-            .and_then(|s| s.tasks.get(task_id).map(|t| Arc::clone(&t.op)));
+            .live_state()?
+            .tasks
+            .get(task_id)
+            .map(|t| Arc::clone(&t.op));
         let Some(op) = op else {
             return self.ended_view(task_id, &ender).await;
         };
@@ -115,7 +115,7 @@ impl Broker {
             Err(e) => {
                 // Nothing was recorded: the leases stay `revoking` in memory and the revoker
                 // tries again (revocation is idempotent), committing when the journal is back.
-                if let Ok(mut state) = self.state.lock() {
+                if let Ok(mut state) = self.live_state() {
                     let next = to_ms(now + Duration::from_secs(1));
                     for t in &targets {
                         state
@@ -130,13 +130,7 @@ impl Broker {
 
     /// Moves a live, active task to `ending` in memory and picks the leases to revoke.
     fn mark_ending(&self, task_id: &str, ender: &Ender) -> Result<Marked, BrokerError> {
-        let Ok(mut state) = self.state.lock() else {
-            return Err(BrokerError::new(
-                ErrorKind::Internal,
-                "state_poisoned",
-                "internal state is unusable",
-            ));
-        };
+        let mut state = self.live_state()?;
         let Some(live) = state.tasks.get_mut(task_id) else {
             return Ok(Marked::Gone);
         };
@@ -211,7 +205,7 @@ impl Broker {
     /// started twice: `end_task` moves a task to `ending`, and from then on the revoker owns
     /// what is left), and says when the next one is due. `None`: the state lock is poisoned.
     fn take_due(&self, now_ms: i64) -> Option<(Vec<Text>, Option<i64>)> {
-        let mut state = self.state.lock().ok()?;
+        let mut state = self.live_state().ok()?;
         let later = state.expiries.split_off(&(now_ms + 1, Text::from("")));
         let due = std::mem::replace(&mut state.expiries, later);
         let next = state.expiries.first().map(|(t, _)| *t);

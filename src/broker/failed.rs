@@ -166,7 +166,7 @@ impl Broker {
         reason: &str,
         now: SystemTime,
     ) {
-        let Ok(mut state) = self.state.lock() else {
+        let Ok(mut state) = self.live_state() else {
             return;
         };
         if rows.iter().all(|l| l.state.is_terminal()) {

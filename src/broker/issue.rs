@@ -73,7 +73,7 @@ impl Broker {
                 .collect(),
             op,
             ending_journaled: false,
-        });
+        })?;
 
         let mut handles: HashMap<Text, RevocationHandle> = HashMap::new();
 
@@ -133,10 +133,11 @@ impl Broker {
         self.finish_begin(task, rows, outcomes, handles, done).await
     }
 
-    pub(super) fn insert_live(&self, live: LiveTask) {
-        if let Ok(mut state) = self.state.lock() {
-            state.tasks.insert(live.row.id.clone(), live);
-        }
+    /// Makes a task live in memory. Its intent is already durable: if memory is unusable the
+    /// caller is refused, and recovery after the restart settles the intent.
+    pub(super) fn insert_live(&self, live: LiveTask) -> Result<(), BrokerError> {
+        self.live_state()?.tasks.insert(live.row.id.clone(), live);
+        Ok(())
     }
 
     /// Issues `rows` concurrently, each within its provider's limit and timeout.
@@ -223,7 +224,7 @@ impl Broker {
 
     /// Copies rows and handles into the live task.
     fn mirror(&self, task_id: &str, rows: &[LeaseRow], handles: &HashMap<Text, RevocationHandle>) {
-        let Ok(mut state) = self.state.lock() else {
+        let Ok(mut state) = self.live_state() else {
             return;
         };
         let Some(live) = state.tasks.get_mut(task_id) else {
@@ -301,7 +302,7 @@ impl Broker {
         active.state = TaskState::Active;
         let active = Arc::new(active);
         self.mirror(&task.id, &rows, &handles);
-        if let Ok(mut state) = self.state.lock() {
+        if let Ok(mut state) = self.live_state() {
             if let Some(live) = state.tasks.get_mut(&task.id) {
                 live.row = Arc::clone(&active);
             }

@@ -169,6 +169,23 @@ impl Broker {
         }
     }
 
+    /// The live state, or `state_poisoned`: a panic while it was held may have left it half
+    /// updated, and nothing proceeds on half-updated memory. Logged every time it is refused;
+    /// restarting the daemon rebuilds memory from the journal, which stays the truth.
+    pub(crate) fn live_state(&self) -> Result<std::sync::MutexGuard<'_, State>, BrokerError> {
+        self.state.lock().map_err(|_| {
+            tracing::error!(
+                "the broker's in-memory state was poisoned by a panic; refusing to use it. \
+                 Restart the daemon: recovery rebuilds it from the journal"
+            );
+            BrokerError::new(
+                ErrorKind::Internal,
+                "state_poisoned",
+                "the broker's state is unusable after an internal error; restart the daemon",
+            )
+        })
+    }
+
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
     }
@@ -198,7 +215,7 @@ impl Broker {
     }
 
     pub fn counts(&self) -> Counts {
-        let Ok(state) = self.state.lock() else {
+        let Ok(state) = self.live_state() else {
             return Counts::default();
         };
         let mut c = Counts::default();

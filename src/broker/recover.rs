@@ -76,7 +76,9 @@ impl Broker {
                 .await?;
         }
 
-        if let Ok(mut state) = self.state.lock() {
+        if let Ok(mut state) = self.live_state() {
+            // (Refused only if poisoned, which `live_state` logs; the daemon then refuses
+            // every request.)
             state.tasks.reserve(rebuild.tasks.len());
             for t in rebuild.tasks {
                 state.tasks.insert(Arc::clone(&t.row.id), t);

@@ -62,15 +62,16 @@ impl Broker {
         drop(req.token);
 
         let op = self
-            .state
-            .lock()
-            .ok()
-            .and_then(|s| s.tasks.get(req.task_id.as_str()).map(|t| Arc::clone(&t.op)));
+            .live_state()?
+            .tasks
+            .get(req.task_id.as_str())
+            .map(|t| Arc::clone(&t.op));
         let Some(op) = op else {
             return Err(self.not_renewable(&req.task_id, &workload.name).await);
         };
         let _guard = op.lock_owned().await;
-        let picked = self.state.lock().ok().and_then(|s| {
+        let picked = {
+            let s = self.live_state()?;
             s.tasks.get(req.task_id.as_str()).map(|t| {
                 let leases: Vec<Target> = t
                     .leases
@@ -83,7 +84,7 @@ impl Broker {
                     .collect();
                 (Arc::clone(&t.row), leases)
             })
-        });
+        };
         let Some((task, leases)) = picked else {
             return Err(self.not_renewable(&req.task_id, &workload.name).await);
         };
@@ -281,7 +282,7 @@ impl Broker {
         token_exp_ms: i64,
         leases: &[(crate::journal::rows::Text, i64)],
     ) -> Option<TaskSummary> {
-        let Ok(mut state) = self.state.lock() else {
+        let Ok(mut state) = self.live_state() else {
             return None;
         };
         let mut expiry_change = None;

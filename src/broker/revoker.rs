@@ -16,7 +16,7 @@ impl Broker {
         loop {
             let now_ms = to_ms(self.clock.now());
             let (due, next) = {
-                let Ok(mut state) = self.state.lock() else {
+                let Ok(mut state) = self.live_state() else {
                     return;
                 };
                 let later = state
@@ -41,8 +41,7 @@ impl Broker {
 
     pub(super) async fn retry_lease(&self, task_id: &str, lease_id: &str) {
         let Some(op) = self
-            .state
-            .lock()
+            .live_state()
             .ok()
             .and_then(|s| s.tasks.get(task_id).map(|t| Arc::clone(&t.op)))
         else {
@@ -51,7 +50,7 @@ impl Broker {
         let _guard = op.lock_owned().await;
         let now = self.clock.now();
         let picked = {
-            let Ok(state) = self.state.lock() else { return };
+            let Ok(state) = self.live_state() else { return };
             state.tasks.get(task_id).and_then(|t| {
                 let l = t.leases.iter().find(|l| *l.row.id == *lease_id)?;
                 if !matches!(l.row.state, LeaseState::Revoking | LeaseState::Reconciling) {
@@ -81,7 +80,7 @@ impl Broker {
         };
         if let Err(e) = self.settle(task_id, vec![a], None, None, now).await {
             tracing::error!(error = %e, lease = lease_id, "could not record a revocation attempt; retrying");
-            if let Ok(mut state) = self.state.lock() {
+            if let Ok(mut state) = self.live_state() {
                 let next = to_ms(now + rt.config.broker.revoke_backoff_initial);
                 state
                     .retries

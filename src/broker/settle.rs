@@ -30,7 +30,7 @@ impl Broker {
         now: SystemTime,
     ) -> Result<Option<TaskSummary>, JournalError> {
         let (task_row, all_terminal, ending_journaled) = {
-            let Ok(state) = self.state.lock() else {
+            let Ok(state) = self.live_state() else {
                 return Err(JournalError::Closed);
             };
             let Some(live) = state.tasks.get(task_id) else {
@@ -119,7 +119,7 @@ impl Broker {
         }
         self.journal.commit(ops).await?;
 
-        let Ok(mut state) = self.state.lock() else {
+        let Ok(mut state) = self.live_state() else {
             return Err(JournalError::Closed);
         };
         let Some(live) = state.tasks.get_mut(task_id) else {

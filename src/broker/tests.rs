@@ -129,3 +129,33 @@ async fn a_failed_revocation_stays_revoking_until_a_retry_succeeds() {
         "{names:?}"
     );
 }
+
+/// A panic while the state lock was held leaves memory possibly half updated: every request is
+/// refused with `state_poisoned` (never treated as "no such task"), and nothing is issued.
+#[tokio::test]
+async fn a_poisoned_state_refuses_requests_instead_of_skipping_them() {
+    let h = Harness::new().await;
+    let begun = h.begin(10 * MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    let broker = std::sync::Arc::clone(&h.broker);
+    let poisoned = std::thread::spawn(move || {
+        let _held = broker.state.lock();
+        panic!("a bug while the state lock is held");
+    })
+    .join();
+    assert!(poisoned.is_err());
+    let end = h
+        .broker
+        .end_by_workload(&h.peer(), &begun.task.task.id)
+        .await;
+    assert_eq!(end.err().map(|e| e.code).as_deref(), Some("state_poisoned"));
+    let begin = h.begin(MIN).await;
+    assert_eq!(
+        begin.err().map(|e| e.code).as_deref(),
+        Some("state_poisoned")
+    );
+    assert_eq!(
+        h.mem.live().len(),
+        1,
+        "only the first task's credential was issued"
+    );
+}
