@@ -1,5 +1,5 @@
 //! Audit records as OCSF 1.5.0 events (the Open Cybersecurity Schema Framework), for SIEMs that
-//! ingest OCSF (Security Lake, Splunk, Sentinel…). The mapping is documented in README.md
+//! ingest OCSF (Security Lake, Splunk, Sentinel…). The mapping is documented in docs/operations.md
 //! ("Audit trail"); in short:
 //!
 //! | credbroker event                              | OCSF class (uid)          | activity        |

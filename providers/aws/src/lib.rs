@@ -1,22 +1,71 @@
 //! The AWS STS provider: one role session per task credential, narrowed by a session policy
 //! rendered from the caller's token, named after the lease, attributed to the human owner.
 //!
-//! Each credential is an `sts:AssumeRole` session whose permissions are the intersection of the
-//! role's policies and the grant's session policy (rendered per task from claim templates),
-//! whose `SourceIdentity` is the task's owner (CloudTrail records it on every call the session
-//! makes, and it survives role chaining), whose session tags name the owner, task, client and
-//! grant, and whose session name is `PREFIX.LEASE_ID`, so a CloudTrail record leads to the lease.
+//! Each credential is an `sts:AssumeRole` session, never shared between tasks, whose permissions
+//! are the intersection of the role's policies and the grant's session policy (rendered per task
+//! from claim templates). The request carries:
+//! - the session policy, written in TOML as a table and sent as compact JSON. Its size is checked
+//!   at load with every placeholder at its longest rendering (128 characters), against STS's
+//!   2,048 characters. `PackedPolicyTooLarge` (which also counts tags and managed policies, and
+//!   only STS can compute) is still a `Config` error if it happens.
+//! - `DurationSeconds` = the time left in the task, raised to STS's 900-second floor, capped by
+//!   the grant's `duration` and the role's MaxSessionDuration. The maximum is learnt from
+//!   `iam:GetRole` the first time STS refuses a longer session, then cached.
+//! - `SourceIdentity` = the owner (the subject when there is none), encoded injectively into
+//!   STS's character set (`identity.rs`: `=XX` escapes, so `a"b` and `a b` stay two owners).
+//!   CloudTrail records it on every call the session makes, and chained sessions cannot change
+//!   it.
+//! - session tags `credbroker:owner|task|client|grant`, transitive when the grant says so.
+//! - `RoleSessionName` = `PREFIX.LEASE_ID`: unique, so a CloudTrail record leads to the lease,
+//!   and computable again without STS's answer (see reconcile below).
+//!
+//! The revocation handle is the session's `aws:userid` (`ROLE_ID:SESSION_NAME`), not a secret.
+//! The workload is told the *task's* end as the credential's expiry (`expires_at`,
+//! `AWS_CREDENTIAL_EXPIRATION`, credential-process `Expiration`), so SDKs stop using cached
+//! credentials when the task ends; the lease keeps STS's expiry, which the deny must cover.
 //!
 //! **Revocation.** STS sessions cannot be deleted. Per instance, `revocation` says what ending a
 //! task does:
-//! * `"expire"` (default): nothing is called. The session works until it expires (at least
-//!   15 minutes after issue, STS's floor); the broker records the residual lifetime in the audit
-//!   log and `tasks show` displays it.
+//! * `"expire"` (default): nothing is called (`Revoked::WillExpire`). The session works until it
+//!   expires (at least 15 minutes after issue, STS's floor); the broker moves the lease to
+//!   `expiring`, audits `lease_expired_unrevoked` with `residual_until`, and `tasks show`
+//!   displays it.
 //! * `"deny-session"`: the session is denied at once by an inline policy on the role (see
 //!   [`deny`]), written with IAM `PutRolePolicy`. Needs `iam:GetRolePolicy` and
-//!   `iam:PutRolePolicy` on the roles.
+//!   `iam:PutRolePolicy` on the roles. The policy is `PREFIX.WRITER`, one document per writer
+//!   (writer = a hash of the machine id and the instance name, or `deny_writer`): IAM has no
+//!   conditional write, so two writers sharing one document lost entries. One `Deny *`
+//!   statement per five-minute expiry bucket, with `StringLike aws:userid` listing the
+//!   sessions; every write prunes whole statements whose sessions have expired. Writes to one
+//!   role are batched (`denylist.rs`): revocations that arrive during a write join the next
+//!   one, so there is one GetRolePolicy + PutRolePolicy per batch and no lost update between
+//!   them. When the document would exceed `deny_policy_max_chars`, or IAM answers
+//!   `LimitExceeded` (IAM counts all of a role's inline policies together), every credbroker
+//!   statement is replaced by one `DateLessThan aws:TokenIssueTime` cut-off. That cuts off other
+//!   tasks' sessions of the role too, so the provider returns `Revoked::CutOff` and the broker
+//!   audits `fallback = "issued_before_cutoff"` with a plain note. Statements that are not
+//!   credbroker's (no `Credbroker` Sid prefix) are never touched.
 //!
-//! Configuration (`[[provider]] type = "aws"`):
+//! **Reconcile** (an AssumeRole whose answer never arrived): STS cannot list sessions. `expire`
+//! answers `WillExpire` at now + the grant's duration; `deny-session` denies
+//! `*:SESSION_NAME`: the role id is not known, but the name is unique.
+//!
+//! **Errors** are mapped by AWS error code, not message text (`errors.rs`): `AccessDenied` →
+//! `Denied`, which reaches the caller as PERMISSION_DENIED naming the grant and the role;
+//! `Throttling` is retried first by the SDK's standard strategy (exponential backoff with
+//! jitter, `max_attempts`), then → `RateLimited`; a refused connection → `Unavailable`; no
+//! credentials of credbroker's own → `Unauthorized`; any other transport failure of AssumeRole
+//! → `OutcomeUnknown`, so the broker reconciles.
+//!
+//! The SDK clients are built on first use (`clients.rs`), because loading aws-config is async
+//! and a factory's `build` is not. credbroker's own identity comes from the standard chain, or
+//! from a shared-credentials file in `$CREDENTIALS_DIRECTORY` (`credentials_credential`), which
+//! then replaces the chain entirely. `check-config` prints the trust policy each role needs
+//! (`Provider::explain`); `--online` runs GetCallerIdentity, a dry AssumeRole per grant (a
+//! deny-all session policy, 900 s, with tags and SourceIdentity, which proves `sts:TagSession`
+//! and `sts:SetSourceIdentity`), and for deny-session a GetRolePolicy.
+//!
+//! Configuration (`[[provider]] type = "aws"`; grant parameters are in [`grant`]):
 //! ```toml
 //! region = "eu-west-1"                  # else AWS_REGION / the profile's region
 //! use_fips = false                      # FIPS endpoints

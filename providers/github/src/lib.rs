@@ -1,18 +1,58 @@
 //! The GitHub App provider: one installation token per task credential, limited to the grant's
 //! repositories and permissions, revoked when the task ends.
 //!
-//! Issue: `POST /app/installations/{id}/access_tokens` with the repositories and permissions,
-//! authenticated with the App's JWT ([`app`]). GitHub's answer is checked: a token with more
-//! repositories or permissions than asked is revoked at once and refused. Revoke:
-//! `DELETE /installation/token`, authenticated with the token itself; 204 is confirmed, and a
-//! 401 (the token no longer authenticates: expired or already revoked) counts as gone.
+//! **The App JWT** (`app.rs`): RS256 with the App's private key, which is held as a `SecretValue`,
+//! checked when the instance is built and parsed again only to sign. `iss` = the App id, `iat`
+//! backdated 60 s against clock skew, `exp` 9 minutes from now (10 after `iat`, GitHub's limit).
+//! It is reused until a minute before it expires.
 //!
-//! GitHub is moving installation tokens to a stateless format that may not be revocable one by
-//! one. Revocation therefore stays behind [`Provider::revoke`](credbroker_provider_api::Provider),
-//! and the audit log records whether GitHub confirmed it (`confirmed`) or the token was already
-//! gone (`already_gone`). Tokens expire within an hour either way.
+//! **Issue**: `POST /app/installations/{id}/access_tokens` with the grant's `repositories` and
+//! `permissions`, both required at load (without them GitHub gives the token every repository
+//! or every permission of the installation). The installation is an id or is found from
+//! `owner`/`repository`; the lookup is made once and cached. GitHub's answer is checked: a token
+//! whose `repository_selection`, repositories or permission levels exceed the request is revoked
+//! at once and refused as `Denied`. The one tolerated extra is `metadata: read`, which GitHub
+//! adds to every token. The token is the revocation handle's secret (sealed in the journal); the
+//! public reference is `installation ID token sha256:<12 hex> granted PERMISSIONS on REPOS`.
 //!
-//! Configuration (`[[provider]] type = "github"`):
+//! **Revoke**: `DELETE /installation/token`, authenticated with the token itself, even past its
+//! expiry by credbroker's clock. 204 → `Revoked` (audited `confirmed`); 401 → `AlreadyGone`
+//! (audited `already_gone`): the token no longer authenticates, whether it expired or was
+//! revoked. GitHub is moving installation tokens to a stateless format that may not be revocable
+//! one by one. Revocation therefore stays behind
+//! [`Provider::revoke`](credbroker_provider_api::Provider), and the audit log keeps saying which
+//! of the two happened. Tokens expire within an hour either way.
+//!
+//! **Reconcile**: GitHub cannot list installation tokens, so the answer is `WillExpire` an hour
+//! from now (GitHub's cap).
+//!
+//! **Rate limits** (`client.rs`): a 429, or a 403 with `x-ratelimit-remaining: 0` or a
+//! secondary-limit message. The wait is `retry-after`, else the primary limit's
+//! `x-ratelimit-reset`, else a minute. A wait within `max_retry_wait` is slept in the call and
+//! the call retried (at most `max_retries` times); a longer one becomes `RateLimited` with
+//! `retry_after`, so the caller is told when to return and GitHub is not hammered. The last
+//! `x-ratelimit-*` headers are kept for `Status`.
+//!
+//! The HTTP client never follows redirects, so the Authorization header cannot be carried to
+//! another host. That header is marked sensitive, and the API version is pinned
+//! (`X-GitHub-Api-Version: 2022-11-28`). **Errors**: 401 to the App JWT → `Unauthorized`;
+//! 403/404/422 → `Denied` (the App lacks a permission, cannot see a repository, or is not
+//! installed), which reaches the caller as PERMISSION_DENIED naming the grant.
+//!
+//! **Not octocrab**: we call a handful of endpoints (create and revoke a token, find the
+//! installation, and `GET /app`, `GET /app/installations/{id}` for health and checks) and need
+//! full control of four things: Retry-After and the secondary limits; redirects off; the token
+//! never in a plain `String` field of a `Debug` type; the raw `permissions`/`repositories` of
+//! the answer, to compare with the request. reqwest and jsonwebtoken are already in the tree;
+//! octocrab would bring its own hyper/tower stack and a typed model of the whole API, to build
+//! and audit for these few calls.
+//!
+//! **Tests**: `tests/support/github/server.mjs`, a stand-in that verifies App JWTs as GitHub
+//! does. It validates request bodies against `@octokit/openapi`'s description of the endpoint
+//! (ajv), builds and validates its answers from that description's examples and schemas, and
+//! answers 401/403/404/422/429 with GitHub's messages and rate-limit headers.
+//!
+//! Configuration (`[[provider]] type = "github"`; grant parameters are in `grant.rs`):
 //! ```toml
 //! app_id = 123456
 //! private_key_credential = "github-app-key"   # $CREDENTIALS_DIRECTORY/github-app-key (PEM)

@@ -2,14 +2,59 @@
 //!
 //! **No orphans, by construction.** Every task gets a *scope*: a child token of credbroker's own
 //! token, created (and journaled by the broker) before anything else, with a TTL equal to the
-//! task's. The task's dynamic secrets are read *with that child token*, and the task's workload
-//! tokens are its children. Vault revokes every lease created under a token, and every child
-//! token, when the token is revoked or expires. So ending the task, or finding an unfinished
-//! task after a crash, revokes the scope and with it everything issued for the task, including
-//! a lease whose id never reached the journal; and if credbroker never comes back, the scope's
-//! TTL ends it all on schedule.
+//! task's and metadata naming the owner, client and task. The task's dynamic secrets are read
+//! *with that child token*, and the task's workload tokens are its children. Vault revokes every
+//! lease created under a token, and every child token, when the token is revoked or expires. So
+//! ending the task, or finding an unfinished task after a crash, revokes the scope and with it
+//! everything issued for the task, including a lease whose id never reached the journal; and if
+//! credbroker never comes back, the scope's TTL ends it all on schedule.
 //!
-//! Configuration (`[[provider]] type = "vault"`):
+//! - **Ending** revokes the credentials first, each confirmed on its own (`sys/leases/revoke` is
+//!   synchronous; revoking a token only queues the revocation of its leases), and the scope once
+//!   nothing under it still needs its own revocation.
+//! - A credential of **unknown outcome** (a crash or timeout between Vault's action and the
+//!   journal) is not reconciled on its own: the scope takes it back (`revoked_with_scope`).
+//! - Each dynamic lease is also **shortened to the task** (`sys/leases/renew` with the time
+//!   left), which moves the backend's own expiry too: PostgreSQL's `VALID UNTIL` is updated
+//!   through the role's renew statements, so the credential dies on time even if Vault is down.
+//!   A read that returns no lease is refused: nothing could revoke it.
+//! - By default a scope is a child of credbroker's own token, so it ends when that token does.
+//!   This fails closed: the task loses its credentials early. With `scope_role`, scopes are
+//!   created through a token role that may make them orphans, so they live exactly as long as
+//!   their task.
+//!
+//! **The one gap, on OpenBao's side.** If credbroker is SIGKILLed while OpenBao is creating a
+//! credential, OpenBao sees the connection close and abandons the request half-way (its log says
+//! `failed to register lease`). What is left is a PostgreSQL role, or a lease not indexed under
+//! the scope token, or both: revoking the scope cannot find them, and credbroker never saw them.
+//! They were never delivered (OpenBao's audit log has no response carrying them) and end with
+//! their own TTL: the role's `VALID UNTIL` and the lease's expiry. Keep the database roles'
+//! `default_ttl` short to bound that. The crash test
+//! (`vault::sigkill_at_random_moments_leaves_no_lease_and_every_task_accounted_for`) tolerates
+//! such leftovers only when OpenBao's audit log shows they were never handed out and
+//! credbroker's audit log never mentions them; it first proves that the same audit logs do name
+//! the credentials that were delivered, and every credential that was delivered must be gone.
+//!
+//! **The client** (`client.rs`) is a small one on reqwest rather than vaultrs: vaultrs 0.8 has no
+//! `sys/leases/*` endpoints and no lease-bearing generic read, keeps the token as a plain
+//! `String` in a `Debug` struct, and needs `&mut` to switch tokens. Here every token stays in a
+//! `SecretValue`, and `X-Vault-Token` is a sensitive header value.
+//!
+//! **credbroker's own token** (`auth.rs`) comes from a file, a systemd credential, or AppRole. A
+//! background loop keeps it alive: `lookup-self`, then `renew-self` once less than half its life
+//! (or two minutes) is left, and a fresh login (or a re-read of the rotated file) when it cannot
+//! be renewed. A 403 whose cause is the token itself (confirmed with `lookup-self`) triggers one
+//! re-login and a retry.
+//!
+//! **Errors** map to what the broker must do: unreachable, 5xx or sealed (503) → `Unavailable`;
+//! 429 → `RateLimited`; 403 on a grant's path → `Denied`, which reaches the caller as
+//! PERMISSION_DENIED naming the grant and saying it is a configuration problem; no answer to a
+//! create or read → `OutcomeUnknown`. A grant's `policies` are never narrowed by a request
+//! (an explicit deny wins in Vault, so dropping a policy can *add* access), and Vault compares
+//! them without case. `check-config --online` asks `sys/capabilities-self` for every path the
+//! instance and its grants need.
+//!
+//! Configuration (`[[provider]] type = "vault"`; grant parameters are in `grants.rs`):
 //! ```toml
 //! address = "https://vault.example.com:8200"
 //! namespace = "team-a"                 # optional (Vault Enterprise / OpenBao namespaces)
