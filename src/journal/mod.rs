@@ -103,14 +103,12 @@ pub enum Durability {
 struct Submission {
     ops: Vec<Op>,
     durability: Durability,
-    /// The ops come back with a successful answer, so the submitter (not the writer thread,
-    /// which every request waits on) tells the observers about them.
-    reply: oneshot::Sender<Result<Vec<Op>, JournalError>>,
+    reply: oneshot::Sender<Result<(), JournalError>>,
 }
 
 /// Told about every audit record that committed, once it has: metrics, the journald mirror.
-/// Never about a record whose transaction rolled back. Called on the submitter's task, after
-/// its answer arrived, so observers cost the writer nothing.
+/// Never about a record whose transaction rolled back. Called on the writer thread after every
+/// submitter of the group has been answered, so observers add nothing to a request's latency.
 pub trait Observer: Send + Sync + 'static {
     fn committed(&self, record: &AuditRecord);
 }
@@ -134,7 +132,6 @@ pub struct JournalStats {
 
 pub struct Journal {
     queue: mpsc::Sender<Submission>,
-    observers: Arc<[Arc<dyn Observer>]>,
     reader: Arc<Mutex<Connection>>,
     path: PathBuf,
     pub stats: Arc<JournalStats>,
@@ -187,14 +184,13 @@ impl Journal {
         let thread_stats = Arc::clone(&stats);
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || write_loop(writer, rx, chain, head_key, &thread_stats))
+            .spawn(move || write_loop(writer, rx, chain, head_key, &thread_stats, &observers))
             .map_err(|error| JournalError::Io {
                 path: path.display().to_string(),
                 error,
             })?;
         Ok(Self {
             queue,
-            observers: observers.into(),
             reader: Arc::new(Mutex::new(reader)),
             path: path.to_path_buf(),
             stats,
@@ -226,17 +222,7 @@ impl Journal {
             })
             .await
             .map_err(|_| JournalError::Closed)?;
-        let ops = rx.await.map_err(|_| JournalError::Closed)??;
-        if !self.observers.is_empty() {
-            for op in &ops {
-                if let Op::Audit(r) | Op::PruneAudit { anchor: r, .. } = op {
-                    for o in self.observers.iter() {
-                        o.committed(r);
-                    }
-                }
-            }
-        }
-        Ok(())
+        rx.await.map_err(|_| JournalError::Closed)?
     }
 
     /// Runs a read on the reader connection, off the async threads.
@@ -304,8 +290,10 @@ fn write_loop(
     mut chain: Chain,
     head_key: Option<AuditKey>,
     stats: &JournalStats,
+    observers: &[Arc<dyn Observer>],
 ) {
     let mut group: Vec<Submission> = Vec::with_capacity(MAX_GROUP);
+    let mut committed: Vec<Vec<Op>> = Vec::with_capacity(MAX_GROUP);
     let mut fsyncing = true;
     let mut checkpointed = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
@@ -343,7 +331,21 @@ fn write_loop(
         match results {
             Ok(results) => {
                 for (sub, result) in group.drain(..).zip(results) {
-                    let _ = sub.reply.send(result.map(|()| sub.ops));
+                    let ok = result.is_ok();
+                    let _ = sub.reply.send(result);
+                    if ok {
+                        committed.push(sub.ops);
+                    }
+                }
+                // Everyone is answered; now the observers, while the submitters carry on.
+                for ops in committed.drain(..) {
+                    for op in &ops {
+                        if let Op::Audit(r) | Op::PruneAudit { anchor: r, .. } = op {
+                            for o in observers {
+                                o.committed(r);
+                            }
+                        }
+                    }
                 }
             }
             Err(e) => {

@@ -154,12 +154,8 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
             ],
         )?,
         Op::TaskState { id, state, ended_ms, end_reason } => {
-            let sql = format!(
-                "UPDATE tasks SET state = ?2, ended_ms = COALESCE(?3, ended_ms),
-                    end_reason = COALESCE(?4, end_reason) WHERE id = ?1 AND {}",
-                transitions::task_guard(*state)
-            );
-            match exec(conn, &sql, params![id, state.as_str(), ended_ms, end_reason])? {
+            let sql = transitions::task_update(*state);
+            match exec(conn, sql, params![id, state.as_str(), ended_ms, end_reason])? {
                 0 => return Err(transitions::refused(conn, "tasks", id, state.as_str())),
                 n => n,
             }
@@ -183,15 +179,9 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
         Op::LeaseState { id, state, revoked_ms, attempts, next_attempt_ms, last_error } => {
             // A terminal lease no longer needs what revoked it: drop the sealed handle.
             let clear = state.is_terminal();
-            let sql = format!(
-                "UPDATE leases SET state = ?2, revoked_ms = COALESCE(?3, revoked_ms), attempts = ?4,
-                    next_attempt_ms = ?5, last_error = ?6,
-                    sealed_handle = CASE WHEN ?7 THEN NULL ELSE sealed_handle END
-                 WHERE id = ?1 AND {}",
-                transitions::lease_guard(*state)
-            );
+            let sql = transitions::lease_update(*state);
             let p = params![id, state.as_str(), revoked_ms, attempts, next_attempt_ms, last_error, clear];
-            match exec(conn, &sql, p)? {
+            match exec(conn, sql, p)? {
                 0 => return Err(transitions::refused(conn, "leases", id, state.as_str())),
                 n => n,
             }

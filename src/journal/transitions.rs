@@ -10,6 +10,8 @@
 //!         (pending may go straight to reconciling or a terminal state; terminal is final)
 //! ```
 
+use std::sync::LazyLock;
+
 use rusqlite::{Connection, OptionalExtension};
 
 use super::JournalError;
@@ -59,6 +61,70 @@ pub(super) fn lease_guard(to: LeaseState) -> String {
     state_in(lease_predecessors(to).iter().map(|s| s.as_str()))
 }
 
+const TASKS: [TaskState; 4] = [
+    TaskState::Issuing,
+    TaskState::Active,
+    TaskState::Ending,
+    TaskState::Ended,
+];
+const LEASES: [LeaseState; 8] = [
+    LeaseState::Pending,
+    LeaseState::Active,
+    LeaseState::Revoking,
+    LeaseState::Reconciling,
+    LeaseState::Revoked,
+    LeaseState::Expired,
+    LeaseState::Expiring,
+    LeaseState::Failed,
+];
+
+/// The guarded `UPDATE tasks` for each target state, built once (the hot path only looks up).
+static TASK_UPDATES: LazyLock<Vec<(TaskState, String)>> = LazyLock::new(|| {
+    TASKS
+        .iter()
+        .map(|&to| {
+            let sql = format!(
+                "UPDATE tasks SET state = ?2, ended_ms = COALESCE(?3, ended_ms),
+                    end_reason = COALESCE(?4, end_reason) WHERE id = ?1 AND {}",
+                task_guard(to)
+            );
+            (to, sql)
+        })
+        .collect()
+});
+
+static LEASE_UPDATES: LazyLock<Vec<(LeaseState, String)>> = LazyLock::new(|| {
+    LEASES
+        .iter()
+        .map(|&to| {
+            let sql = format!(
+                "UPDATE leases SET state = ?2, revoked_ms = COALESCE(?3, revoked_ms), attempts = ?4,
+                    next_attempt_ms = ?5, last_error = ?6,
+                    sealed_handle = CASE WHEN ?7 THEN NULL ELSE sealed_handle END
+                 WHERE id = ?1 AND {}",
+                lease_guard(to)
+            );
+            (to, sql)
+        })
+        .collect()
+});
+
+/// `UPDATE tasks` to `to`, guarded by its predecessors.
+pub(super) fn task_update(to: TaskState) -> &'static str {
+    TASK_UPDATES
+        .iter()
+        .find(|(s, _)| *s == to)
+        .map_or("SELECT 0", |(_, sql)| sql.as_str())
+}
+
+/// `UPDATE leases` (state, attempts, errors) to `to`, guarded by its predecessors.
+pub(super) fn lease_update(to: LeaseState) -> &'static str {
+    LEASE_UPDATES
+        .iter()
+        .find(|(s, _)| *s == to)
+        .map_or("SELECT 0", |(_, sql)| sql.as_str())
+}
+
 /// Why a guarded update touched no row: the row is missing (a conflict), or its state does not
 /// allow the transition.
 pub(super) fn refused(
@@ -92,23 +158,6 @@ pub(super) fn refused(
 mod tests {
     use super::*;
 
-    const TASKS: [TaskState; 4] = [
-        TaskState::Issuing,
-        TaskState::Active,
-        TaskState::Ending,
-        TaskState::Ended,
-    ];
-    const LEASES: [LeaseState; 8] = [
-        LeaseState::Pending,
-        LeaseState::Active,
-        LeaseState::Revoking,
-        LeaseState::Reconciling,
-        LeaseState::Revoked,
-        LeaseState::Expired,
-        LeaseState::Expiring,
-        LeaseState::Failed,
-    ];
-
     #[test]
     fn terminal_states_are_final_and_nothing_returns_to_its_start() {
         for to in LEASES {
@@ -129,5 +178,11 @@ mod tests {
         assert!(lease_predecessors(LeaseState::Pending).is_empty());
         assert_eq!(lease_guard(LeaseState::Pending), "0");
         assert_eq!(task_guard(TaskState::Active), "state IN ('issuing')");
+        for to in TASKS {
+            assert!(task_update(to).ends_with(&task_guard(to)), "{to:?}");
+        }
+        for to in LEASES {
+            assert!(lease_update(to).ends_with(&lease_guard(to)), "{to:?}");
+        }
     }
 }

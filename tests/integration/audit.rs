@@ -683,19 +683,28 @@ async fn prometheus_metrics_count_what_the_audit_log_records() {
         assert!(refused.is_err());
     }
     let http = reqwest::Client::new();
-    let resp = http
-        .get(format!("http://127.0.0.1:{port}/metrics"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(resp.status(), 200);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
-            .unwrap_or_default()
-            .starts_with("text/plain; version=0.0.4")
-    );
-    let text = resp.text().await.unwrap_or_default();
+    // Counters are fed by the journal's observers just after each commit, once its submitters
+    // have their answer: a scrape may run microseconds ahead of the last refusal's count.
+    let mut text = String::new();
+    for _ in 0..50 {
+        let resp = http
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(resp.status(), 200);
+        assert!(
+            resp.headers()["content-type"]
+                .to_str()
+                .unwrap_or_default()
+                .starts_with("text/plain; version=0.0.4")
+        );
+        text = resp.text().await.unwrap_or_default();
+        if text.contains("credbroker_token_rejections_total{reason=\"malformed\"} 2") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let value = |series: &str| -> f64 {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
