@@ -703,7 +703,7 @@ async fn prometheus_metrics_count_what_the_audit_log_records() {
         if text.contains("credbroker_token_rejections_total{reason=\"malformed\"} 2") {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let value = |series: &str| -> f64 {
         text.lines()
