@@ -143,7 +143,7 @@ def config_seeds():
     with open(os.path.join(ROOT, "config/credbroker.toml")) as f:
         write("config", "credbroker-toml", strip_toml_comments(f.read()))
     variants = {
-        # As tests/integration/support/daemon.rs base_config (its test provider is not built in).
+        # As tests/support/daemon.rs base_config (its test provider is not built in).
         "base-test-provider": ('[[provider]]\nname = "pg"\ntype = "test"\nstate_dir = "/tmp/provider"',
                                '{ label = "orders-{{owner}}", items = ["orders", "customers"] }'),
         "base-vault": ('[[provider]]\nname = "pg"\ntype = "vault"\naddress = "http://127.0.0.1:8200"\n'

@@ -16,6 +16,7 @@ mod rejections;
 mod scopes;
 mod secrets;
 mod stock_clients;
+#[path = "../support/mod.rs"]
 mod support;
 mod systemd;
 mod vault;

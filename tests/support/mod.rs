@@ -1,10 +1,11 @@
 //! What the integration tests run against: the real authorization server, the daemon as a
-//! separate process, and helpers to talk to both.
+//! separate process, and helpers to talk to both. Everything the tests use lives here, in
+//! `tests/support/`: these Rust helpers, the servers they start (`oidc/`, `github/`, …) and the
+//! token forge the unit tests share (`forge.rs`).
 
 #![allow(dead_code)]
 
 pub mod daemon;
-#[path = "../../support/forge.rs"]
 pub mod forge;
 pub mod github;
 pub mod moto;
