@@ -19,7 +19,7 @@ if ! cargo-deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
 fi
 
 echo "==> cargo deny check bans licenses sources"
-cargo-deny check bans licenses sources
+cargo-deny check --hide-inclusion-graph bans licenses sources
 
 echo "==> cargo deny check advisories"
 DBS="$ROOT/.deps/advisory-dbs"

@@ -172,6 +172,11 @@ pub(super) struct Harness {
 
 impl Harness {
     pub(super) async fn new() -> Self {
+        Self::with("").await
+    }
+
+    /// With `extra` appended to the configuration (an `[audit]` section, say).
+    pub(super) async fn with(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let d = dir.path().display();
         let jwks = forge::fixtures().join("keys/keys.json");
@@ -213,6 +218,7 @@ name = "db-mcp"
 uid = {UID}
 audience = "{AUD}"
 grants = ["db"]
+{extra}
 "#
         );
         let config = Config::parse(&config, "harness").unwrap_or_else(|e| panic!("{e}"));

@@ -159,3 +159,69 @@ async fn a_poisoned_state_refuses_requests_instead_of_skipping_them() {
         "only the first task's credential was issued"
     );
 }
+
+#[tokio::test]
+async fn renewal_extends_a_task_within_the_token_and_the_counts_follow() {
+    let h = Harness::new().await;
+    let begun = h.begin(2 * MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    let first = begun.task.task.expires_ms;
+    assert_eq!(h.broker.counts().active_tasks, 1);
+    assert_eq!(h.broker.counts().active_leases, 1);
+    h.clock.advance(MIN);
+    let renewed = h
+        .broker
+        .renew(
+            &h.peer(),
+            super::RenewRequest {
+                task_id: begun.task.task.id.to_string(),
+                token: h.token(),
+                ttl: Some(4 * MIN),
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Four minutes from now: longer than before, and inside the new token's five minutes.
+    let now_ms = crate::time::to_ms(crate::time::Clock::now(&*h.clock));
+    assert_eq!(renewed.task.expires_ms, now_ms + 4 * 60_000);
+    assert!(renewed.task.expires_ms > first);
+    // The old deadline passes; the task lives on until the new one.
+    h.clock.advance(2 * MIN);
+    assert!(h.broker.reap_due().await.is_empty());
+    h.clock.advance(2 * MIN + Duration::from_secs(1));
+    assert_eq!(h.broker.reap_due().await.len(), 1);
+    assert_eq!(h.broker.counts().active_tasks, 0);
+    assert_eq!(h.broker.counts().active_leases, 0);
+}
+
+#[tokio::test]
+async fn retention_prunes_what_is_older_and_anchors_the_chain() {
+    let h = Harness::with("[audit]\nretention = \"1day\"\n").await;
+    let old = h.begin(MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    h.broker
+        .end_by_workload(&h.peer(), &old.task.task.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        h.broker.prune_audit().await.ok(),
+        Some(0),
+        "nothing is old yet"
+    );
+    h.clock.advance(Duration::from_secs(2 * 24 * 3600));
+    h.begin(MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        h.broker.prune_audit().await.ok(),
+        Some(6),
+        "the first task's six records"
+    );
+    let events: Vec<String> = h.events().await.into_iter().map(|(e, _)| e).collect();
+    assert_eq!(
+        events,
+        [
+            "token_accepted",
+            "task_opened",
+            "lease_issued",
+            "task_begun",
+            "audit_pruned"
+        ]
+    );
+}

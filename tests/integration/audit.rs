@@ -32,22 +32,14 @@ fn with_head_key(dir: &Path, issuer: &str) -> String {
 /// Begins a task with `token` and, if `end`, ends it. Returns the task id and lease id.
 async fn task(d: &Daemon, token: &str, end: bool) -> (String, String) {
     let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(token, &["orders-db-read"]))
+        .begin(token, &["orders-db-read"])
         .await
         .unwrap_or_else(|e| panic!("begin: {e:?}"))
         .into_inner();
     let id = begun.task.unwrap_or_default().id;
     let lease = begun.credentials[0].lease_id.clone();
     if end {
-        d.broker()
-            .await
-            .end_task(v1::EndTaskRequest {
-                task_id: id.clone(),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("end: {e:?}"));
+        d.end(&id).await.unwrap_or_else(|e| panic!("end: {e:?}"));
     }
     (id, lease)
 }
@@ -675,11 +667,7 @@ async fn prometheus_metrics_count_what_the_audit_log_records() {
     task(&d, &token, false).await;
     // Two refusals before any task: a token that does not parse, and an expired-looking one.
     for bad in ["not-a-jwt", "a.b.c"] {
-        let refused = d
-            .broker()
-            .await
-            .begin_task(begin_request(bad, &["orders-db-read"]))
-            .await;
+        let refused = d.begin(bad, &["orders-db-read"]).await;
         assert!(refused.is_err());
     }
     let http = reqwest::Client::new();

@@ -98,9 +98,7 @@ async fn setup(provider_extra: &str) -> (AuthServer, Moto, Daemon, tempfile::Tem
 }
 
 async fn begin(d: &Daemon, token: &str) -> v1::BeginTaskResponse {
-    d.broker()
-        .await
-        .begin_task(begin_request(token, &["s3-reports"]))
+    d.begin(token, &["s3-reports"])
         .await
         .unwrap_or_else(|e| panic!("begin: {e:?}\n{}", d.log_text()))
         .into_inner()
@@ -108,11 +106,7 @@ async fn begin(d: &Daemon, token: &str) -> v1::BeginTaskResponse {
 
 /// Ends the task; its state afterwards.
 async fn end(d: &Daemon, task_id: &str) -> String {
-    d.broker()
-        .await
-        .end_task(v1::EndTaskRequest {
-            task_id: task_id.into(),
-        })
+    d.end(task_id)
         .await
         .unwrap_or_else(|e| panic!("end: {e:?}\n{}", d.log_text()))
         .into_inner()
@@ -529,9 +523,7 @@ async fn refusals_throttling_and_oversized_policies_are_reported_as_such() {
         1,
     );
     let refused = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["s3-reports"]))
+        .begin(&token, &["s3-reports"])
         .await
         .err()
         .unwrap_or_else(|| panic!("AccessDenied was not refused"));
@@ -556,9 +548,7 @@ async fn refusals_throttling_and_oversized_policies_are_reported_as_such() {
         1,
     );
     let long = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["s3-long"]))
+        .begin(&token, &["s3-long"])
         .await
         .unwrap_or_else(|e| panic!("{e:?}"))
         .into_inner();
@@ -654,9 +644,7 @@ async fn a_session_whose_answer_never_arrived_is_denied_by_its_name() {
     moto.recorder
         .delay("AssumeRole", std::time::Duration::from_secs(8), 1);
     let refused = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["s3-reports"]))
+        .begin(&token, &["s3-reports"])
         .await
         .err()
         .unwrap_or_else(|| panic!("an unanswered AssumeRole must fail the task"));
@@ -863,9 +851,7 @@ async fn credbrokers_missing_aws_credentials_are_a_configuration_problem() {
     let d = Daemon::start_opts(|dir| aws_config(dir, &auth.issuer, &moto, ""), "info", env).await;
     let token = auth.token("agent-1", S3, "mcp.tool:s3.read").await;
     let refused = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["s3-reports"]))
+        .begin(&token, &["s3-reports"])
         .await
         .err()
         .unwrap_or_else(|| panic!("issued without credentials"));

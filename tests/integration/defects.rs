@@ -176,19 +176,12 @@ async fn a_second_daemon_on_one_config_refuses_before_touching_the_journal() {
 
     // The first daemon keeps serving and writing.
     let t = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
+        .begin(&token, &["orders-db-read"])
         .await
         .unwrap_or_else(|e| panic!("the first daemon stopped serving: {e:?}"))
         .into_inner();
     let id = t.task.unwrap_or_default().id;
-    let ended = d
-        .broker()
-        .await
-        .end_task(v1::EndTaskRequest { task_id: id })
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    let ended = d.end(&id).await.unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(ended.into_inner().task.unwrap_or_default().state, "ended");
     let verify = d
         .cli()
@@ -473,9 +466,7 @@ async fn a_connection_flood_leaves_end_task_and_status_answering() {
     );
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
+        .begin(&token, &["orders-db-read"])
         .await
         .unwrap_or_else(|e| panic!("{e:?}"))
         .into_inner();
@@ -664,9 +655,7 @@ async fn another_workload_cannot_end_a_task() {
     .unwrap_or_else(|e| panic!("{e}"));
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let t = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
+        .begin(&token, &["orders-db-read"])
         .await
         .unwrap_or_else(|e| panic!("{e:?}"))
         .into_inner()

@@ -80,11 +80,7 @@ fn audit_of(d: &Daemon, event: &str, lease: &str) -> serde_json::Value {
 }
 
 async fn end(d: &Daemon, task_id: &str) {
-    d.broker()
-        .await
-        .end_task(v1::EndTaskRequest {
-            task_id: task_id.into(),
-        })
+    d.end(task_id)
         .await
         .unwrap_or_else(|e| panic!("end: {e:?}"));
 }
@@ -94,9 +90,7 @@ async fn an_installation_token_names_exactly_the_grant_and_is_revoked_when_the_t
     let (auth, gh, d, creds) = setup().await;
     let token = auth.token("agent-1", GITHUB, SCOPE).await;
     let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["github-issues"]))
+        .begin(&token, &["github-issues"])
         .await
         .unwrap_or_else(|e| panic!("begin: {e:?}\n{}", d.log_text()))
         .into_inner();
@@ -235,9 +229,7 @@ async fn refusals_rate_limits_and_expired_tokens() {
     )
     .await;
     let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["github-issues"]))
+        .begin(&token, &["github-issues"])
         .await
         .unwrap_or_else(|e| panic!("{e:?}"))
         .into_inner();
@@ -256,9 +248,7 @@ async fn refusals_rate_limits_and_expired_tokens() {
     )
     .await;
     let limited = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["github-issues"]))
+        .begin(&token, &["github-issues"])
         .await
         .err()
         .unwrap_or_else(|| panic!("a secondary rate limit was not reported"));
@@ -295,9 +285,7 @@ async fn refusals_rate_limits_and_expired_tokens() {
 
     // A server that grants more than asked: refused, and the token taken back at once.
     let greedy = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["github-greedy"]))
+        .begin(&token, &["github-greedy"])
         .await
         .err()
         .unwrap_or_else(|| panic!("an over-broad token was handed out"));

@@ -9,15 +9,10 @@ use serde_json::Value;
 use crate::support::daemon::{Daemon, base_config};
 use crate::support::forge::{self, Signer};
 use crate::support::oidc::{AuthServer, Options, PG_READ, POSTGRES};
-use crate::support::{begin_request, eventually, now, reason};
+use crate::support::{eventually, now, reason};
 
 async fn begin(d: &Daemon, token: &str) -> Result<String, String> {
-    match d
-        .broker()
-        .await
-        .begin_task(begin_request(token, &["orders-db-read"]))
-        .await
-    {
+    match d.begin(token, &["orders-db-read"]).await {
         Ok(r) => Ok(r.into_inner().task.unwrap_or_default().id),
         Err(e) => Err(reason(&e)),
     }
@@ -56,12 +51,7 @@ async fn metadata_naming_another_issuer_is_refused() {
     let d = Daemon::start(|dir| base_config(dir, &configured, "")).await;
     let signer = Signer::fixture("keys", "es256-1");
     let token = signer.token(&forge::claims(&configured, POSTGRES, PG_READ, now()));
-    let err = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
-        .await
-        .err();
+    let err = d.begin(&token, &["orders-db-read"]).await.err();
     let err = err.unwrap_or_else(|| panic!("must be refused"));
     assert_eq!(
         (err.code(), reason(&err).as_str()),

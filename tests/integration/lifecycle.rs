@@ -21,11 +21,7 @@ async fn a_real_token_becomes_a_task_whose_leases_end_revoked_with_the_whole_cha
     let d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
 
-    let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
-        .await;
+    let begun = d.begin(&token, &["orders-db-read"]).await;
     let begun = begun
         .unwrap_or_else(|e| panic!("begin: {e:?}"))
         .into_inner();
@@ -61,13 +57,7 @@ async fn a_real_token_becomes_a_task_whose_leases_end_revoked_with_the_whole_cha
     .unwrap_or_default();
     assert_eq!(issued["params"]["label"], "orders-alice@example.com");
 
-    let ended = d
-        .broker()
-        .await
-        .end_task(v1::EndTaskRequest {
-            task_id: task.id.clone(),
-        })
-        .await;
+    let ended = d.end(&task.id).await;
     let ended = ended
         .unwrap_or_else(|e| panic!("end: {e:?}"))
         .into_inner()
@@ -81,13 +71,7 @@ async fn a_real_token_becomes_a_task_whose_leases_end_revoked_with_the_whole_cha
     assert!(d.outstanding().is_empty());
     assert_eq!(d.revoked(), vec![cred.lease_id.clone()]);
     // Ending again is idempotent.
-    let again = d
-        .broker()
-        .await
-        .end_task(v1::EndTaskRequest {
-            task_id: task.id.clone(),
-        })
-        .await;
+    let again = d.end(&task.id).await;
     assert_eq!(
         again
             .map(|r| r.into_inner().task.unwrap_or_default().state)
@@ -233,12 +217,7 @@ async fn an_issue_whose_outcome_is_unknown_is_reconciled() {
     let d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     d.provider_flag("hang-issue", true);
-    let err = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
-        .await
-        .err();
+    let err = d.begin(&token, &["orders-db-read"]).await.err();
     let err = err.unwrap_or_else(|| panic!("a hung provider must fail the task"));
     assert_eq!(err.code(), tonic::Code::Unavailable);
     assert_eq!(reason(&err), "provider_outcome_unknown");
@@ -291,12 +270,7 @@ grants = ["orders-db-read", "customers-db-read"]
     std::fs::write(d.dir.path().join("provider2/deny-issue"), "1").unwrap_or_default();
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let err = d
-        .broker()
-        .await
-        .begin_task(begin_request(
-            &token,
-            &["orders-db-read", "customers-db-read"],
-        ))
+        .begin(&token, &["orders-db-read", "customers-db-read"])
         .await
         .err();
     let err = err.unwrap_or_else(|| panic!("must fail"));
@@ -335,11 +309,7 @@ async fn failed_revocations_are_retried_until_they_succeed() {
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let mut ids = Vec::new();
     for _ in 0..5 {
-        let t = d
-            .broker()
-            .await
-            .begin_task(begin_request(&token, &["orders-db-read"]))
-            .await;
+        let t = d.begin(&token, &["orders-db-read"]).await;
         ids.push(
             t.unwrap_or_else(|e| panic!("{e:?}"))
                 .into_inner()
@@ -350,13 +320,7 @@ async fn failed_revocations_are_retried_until_they_succeed() {
     }
     d.provider_flag("fail-revoke", true);
     for id in &ids {
-        let t = d
-            .broker()
-            .await
-            .end_task(v1::EndTaskRequest {
-                task_id: id.clone(),
-            })
-            .await;
+        let t = d.end(id).await;
         let t = t
             .unwrap_or_else(|e| panic!("{e:?}"))
             .into_inner()
@@ -459,11 +423,7 @@ async fn operators_revoke_by_id_and_by_selector() {
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let t = d
-            .broker()
-            .await
-            .begin_task(begin_request(&token, &["orders-db-read"]))
-            .await;
+        let t = d.begin(&token, &["orders-db-read"]).await;
         ids.push(
             t.unwrap_or_else(|e| panic!("{e:?}"))
                 .into_inner()

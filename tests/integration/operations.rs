@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::support::daemon::{Daemon, base_config};
 use crate::support::oidc::{AuthServer, PG_READ, POSTGRES};
-use crate::support::{begin_request, eventually, reason, repo};
+use crate::support::{eventually, reason, repo};
 
 fn mode(p: &std::path::Path) -> u32 {
     std::fs::metadata(p)
@@ -55,12 +55,7 @@ async fn sighup_reloads_a_good_configuration_and_keeps_the_old_one_on_a_bad_one(
             "mcp.tool:postgres.read mcp.tool:s3.read",
         )
         .await;
-    let denied = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["s3-read"]))
-        .await
-        .err();
+    let denied = d.begin(&token, &["s3-read"]).await.err();
     assert_eq!(
         denied.map(|e| reason(&e)).as_deref(),
         Some("grant_not_allowed")
@@ -76,13 +71,7 @@ async fn sighup_reloads_a_good_configuration_and_keeps_the_old_one_on_a_bad_one(
     eventually(
         Duration::from_secs(10),
         "the new grant is allowed",
-        || async {
-            d.broker()
-                .await
-                .begin_task(begin_request(&token, &["s3-read"]))
-                .await
-                .is_ok()
-        },
+        || async { d.begin(&token, &["s3-read"]).await.is_ok() },
     )
     .await;
 
@@ -96,13 +85,7 @@ async fn sighup_reloads_a_good_configuration_and_keeps_the_old_one_on_a_bad_one(
     )
     .await;
     assert!(d.log_text().contains("grant.orders-db-read.max_ttl"));
-    assert!(
-        d.broker()
-            .await
-            .begin_task(begin_request(&token, &["s3-read"]))
-            .await
-            .is_ok()
-    );
+    assert!(d.begin(&token, &["s3-read"]).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -53,31 +53,18 @@ async fn every_token_rejection_has_its_code_over_the_socket_and_in_token_check()
     let good = forge::claims(&auth.issuer, POSTGRES, PG_READ, now);
 
     // A token forged with the issuer's own key passes, through the real JWKS.
-    let ok = d
-        .broker()
-        .await
-        .begin_task(begin_request(&signer.token(&good), &["orders-db-read"]))
-        .await;
+    let ok = d.begin(&signer.token(&good), &["orders-db-read"]).await;
     let ok = ok
         .unwrap_or_else(|e| panic!("the control token must pass: {e:?}"))
         .into_inner();
     let ok_id = ok.task.unwrap_or_default().id;
     assert_eq!(token_check(&d, &signer.token(&good)).0, 0);
-    d.broker()
-        .await
-        .end_task(v1::EndTaskRequest { task_id: ok_id })
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    d.end(&ok_id).await.unwrap_or_else(|e| panic!("{e:?}"));
 
     let mut failures = Vec::new();
     let mut fingerprints = Vec::new();
     for (want, what, token) in forge::rejection_cases(&signer, &rotated, &good, now) {
-        let err = d
-            .broker()
-            .await
-            .begin_task(begin_request(&token, &["orders-db-read"]))
-            .await
-            .err();
+        let err = d.begin(&token, &["orders-db-read"]).await.err();
         let got = err
             .as_ref()
             .map(reason)
@@ -214,24 +201,12 @@ async fn policy_and_request_refusals_have_their_codes_and_change_nothing() {
     let mut zero = begin_request(&token, &["orders-db-read"]);
     zero.ttl_seconds = Some(0);
     assert_eq!(begin(zero).await, (InvalidArgument, "invalid_ttl".into()));
-    let bad_id = d
-        .broker()
-        .await
-        .end_task(v1::EndTaskRequest {
-            task_id: "../../etc".into(),
-        })
-        .await;
+    let bad_id = d.end("../../etc").await;
     assert_eq!(
         bad_id.err().map(|e| reason(&e)).as_deref(),
         Some("invalid_task_id")
     );
-    let unknown = d
-        .broker()
-        .await
-        .end_task(v1::EndTaskRequest {
-            task_id: "01a20123-0000-7000-8000-000000000000".into(),
-        })
-        .await;
+    let unknown = d.end("01a20123-0000-7000-8000-000000000000").await;
     assert_eq!(
         unknown.err().map(|e| (e.code(), reason(&e))),
         Some((NotFound, "task_not_found".into()))
@@ -311,9 +286,7 @@ async fn unknown_peers_and_non_admins_are_refused() {
     assert!(!stderr.contains(&token));
     // EndTask identifies the peer the same way: refused, and audited, and the task lives on.
     let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
+        .begin(&token, &["orders-db-read"])
         .await
         .unwrap_or_else(|e| panic!("begin: {e:?}"))
         .into_inner();
@@ -359,12 +332,7 @@ async fn a_workload_pinned_to_an_executable_admits_only_that_executable() {
     .await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     // This test binary is not that executable.
-    let err = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
-        .await
-        .err();
+    let err = d.begin(&token, &["orders-db-read"]).await.err();
     assert_eq!(err.map(|e| reason(&e)).as_deref(), Some("unknown_peer"));
     // The CLI is.
     let out = d

@@ -4,7 +4,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-use credbroker::proto::v1;
 use serde_json::Value;
 
 use crate::support::daemon::{Daemon, base_config};
@@ -26,11 +25,7 @@ async fn a_scoped_task_revokes_its_credentials_then_its_scope() {
     let auth = AuthServer::start();
     let d = Daemon::start(|dir| scoped(dir, &auth.issuer)).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
-    let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
-        .await;
+    let begun = d.begin(&token, &["orders-db-read"]).await;
     let task = begun
         .unwrap_or_else(|e| panic!("{e:?}"))
         .into_inner()
@@ -44,13 +39,7 @@ async fn a_scoped_task_revokes_its_credentials_then_its_scope() {
     );
     assert_eq!((count(&d, "scopes"), d.outstanding().len()), (1, 1));
 
-    let ended = d
-        .broker()
-        .await
-        .end_task(v1::EndTaskRequest {
-            task_id: task.id.clone(),
-        })
-        .await;
+    let ended = d.end(&task.id).await;
     let ended = ended
         .unwrap_or_else(|e| panic!("{e:?}"))
         .into_inner()
@@ -84,12 +73,7 @@ async fn a_credential_of_unknown_outcome_is_taken_back_with_its_scope() {
     let d = Daemon::start(|dir| scoped(dir, &auth.issuer)).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     d.provider_flag("hang-issue", true);
-    let err = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
-        .await
-        .err();
+    let err = d.begin(&token, &["orders-db-read"]).await.err();
     assert_eq!(
         err.map(|e| reason(&e)).as_deref(),
         Some("provider_outcome_unknown")
@@ -154,12 +138,7 @@ async fn a_scope_that_cannot_open_fails_the_task_and_issues_nothing() {
     let d = Daemon::start(|dir| scoped(dir, &auth.issuer)).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     d.provider_flag("fail-scope", true);
-    let err = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
-        .await
-        .err();
+    let err = d.begin(&token, &["orders-db-read"]).await.err();
     let err = err.unwrap_or_else(|| panic!("must fail"));
     assert_eq!(
         (err.code(), reason(&err).as_str()),

@@ -4,7 +4,7 @@ use credbroker::proto::v1;
 
 use crate::support::daemon::{Daemon, base_config};
 use crate::support::oidc::{AuthServer, PG_READ, POSTGRES};
-use crate::support::{begin_request, reason};
+use crate::support::reason;
 
 fn find_all(haystack: &[u8], needle: &str) -> bool {
     haystack
@@ -19,11 +19,7 @@ async fn a_whole_task_at_trace_level_logs_no_token_and_no_credential() {
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let signature = token.rsplit('.').next().unwrap_or_default().to_string();
 
-    let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
-        .await;
+    let begun = d.begin(&token, &["orders-db-read"]).await;
     let begun = begun.unwrap_or_else(|e| panic!("{e:?}")).into_inner();
     let task = begun.task.unwrap_or_default().id;
     let password = begun.credentials[0]
@@ -46,22 +42,13 @@ async fn a_whole_task_at_trace_level_logs_no_token_and_no_credential() {
     let at = token.len() - 10;
     let swapped = if &token[at..=at] == "A" { "B" } else { "A" };
     let tampered = format!("{}{swapped}{}", &token[..at], &token[at + 1..]);
-    let err = d
-        .broker()
-        .await
-        .begin_task(begin_request(&tampered, &["orders-db-read"]))
-        .await
-        .err();
+    let err = d.begin(&tampered, &["orders-db-read"]).await.err();
     assert!(
         err.as_ref()
             .is_some_and(|e| !e.message().contains(&tampered))
     );
     assert_eq!(err.map(|e| reason(&e)).as_deref(), Some("bad_signature"));
-    d.broker()
-        .await
-        .end_task(v1::EndTaskRequest { task_id: task })
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    d.end(&task).await.unwrap_or_else(|e| panic!("{e:?}"));
 
     let log = d.log_text();
     // The daemon really logged at trace level (h2 frames, tonic, our own spans).
@@ -99,11 +86,7 @@ async fn sealed_handles_are_ciphertext_bound_to_their_lease() {
     let auth = AuthServer::start();
     let d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
-    let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
-        .await;
+    let begun = d.begin(&token, &["orders-db-read"]).await;
     let begun = begun.unwrap_or_else(|e| panic!("{e:?}")).into_inner();
     let lease = begun.credentials[0].lease_id.clone();
     let conn = rusqlite::Connection::open(&d.journal).unwrap_or_else(|e| panic!("{e}"));
@@ -123,11 +106,7 @@ async fn sealed_handles_are_ciphertext_bound_to_their_lease() {
     assert!(!find_all(&sealed, &password));
     // Once revoked, the handle is dropped from the journal altogether.
     let task = begun.task.unwrap_or_default().id;
-    d.broker()
-        .await
-        .end_task(v1::EndTaskRequest { task_id: task })
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    d.end(&task).await.unwrap_or_else(|e| panic!("{e:?}"));
     let after: Option<Vec<u8>> = conn
         .query_row(
             "SELECT sealed_handle FROM leases WHERE id = ?1",

@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 
 use crate::support::daemon::{Daemon, base_config, testd};
 use crate::support::oidc::{AuthServer, PG_READ, POSTGRES};
-use crate::support::{begin_request, eventually, repo};
+use crate::support::{eventually, repo};
 
 /// The units, with the binary path pointed at one that exists here.
 fn units(dir: &Path) {
@@ -124,9 +124,7 @@ async fn socket_activation_passes_named_sockets_and_a_task_begins_through_them()
     .await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
+        .begin(&token, &["orders-db-read"])
         .await
         .unwrap_or_else(|e| panic!("begin through the activated socket: {e:?}"));
     assert_eq!(begun.into_inner().credentials.len(), 1);
@@ -248,9 +246,7 @@ async fn sd_notify_says_ready_reloading_stopping_and_pings_the_watchdog_at_half_
         pings.len()
     );
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
-    d.broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
+    d.begin(&token, &["orders-db-read"])
         .await
         .unwrap_or_else(|e| panic!("{e:?}"));
     eventually(
@@ -366,9 +362,7 @@ async fn under_journald_each_audit_event_is_a_record_with_task_grant_owner_and_r
     .await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
+        .begin(&token, &["orders-db-read"])
         .await
         .unwrap_or_else(|e| panic!("{e:?}"))
         .into_inner();
@@ -379,11 +373,7 @@ async fn under_journald_each_audit_event_is_a_record_with_task_grant_owner_and_r
         .next()
         .cloned()
         .unwrap_or_default();
-    let bad = d
-        .broker()
-        .await
-        .begin_task(begin_request("not-a-token", &["orders-db-read"]))
-        .await;
+    let bad = d.begin("not-a-token", &["orders-db-read"]).await;
     assert!(bad.is_err());
     let find = |event: &'static str| {
         let received = Arc::clone(&received);
@@ -656,9 +646,7 @@ async fn the_daemon_serves_under_the_units_sandbox() {
     }
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db-read"]))
+        .begin(&token, &["orders-db-read"])
         .await
         .unwrap_or_else(|e| panic!("begin under the sandbox: {e:?}\n{}", d.log_text()))
         .into_inner();

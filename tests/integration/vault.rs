@@ -89,11 +89,7 @@ async fn a_database_credential_works_until_the_task_ends_then_is_gone_for_real()
     let d = Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &token_file(&secrets))).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
 
-    let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db", "orders-token"]))
-        .await;
+    let begun = d.begin(&token, &["orders-db", "orders-token"]).await;
     let begun = begun
         .unwrap_or_else(|e| panic!("begin: {e:?}\n{}", d.log_text()))
         .into_inner();
@@ -130,13 +126,7 @@ async fn a_database_credential_works_until_the_task_ends_then_is_gone_for_real()
     );
 
     // A session open at the time the task ends is cut off too.
-    let ended = d
-        .broker()
-        .await
-        .end_task(v1::EndTaskRequest {
-            task_id: task.id.clone(),
-        })
-        .await;
+    let ended = d.end(&task.id).await;
     let ended = ended
         .unwrap_or_else(|e| panic!("end: {e:?}"))
         .into_inner()
@@ -188,12 +178,7 @@ async fn vault_down_sealed_or_forbidden_is_refused_cleanly() {
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
 
     // A path credbroker's token may not read: the grant is named, and it is not the caller's fault.
-    let err = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["forbidden-db"]))
-        .await
-        .err();
+    let err = d.begin(&token, &["forbidden-db"]).await.err();
     let err = err.unwrap_or_else(|| panic!("must be refused"));
     assert_eq!(
         (err.code(), reason(&err).as_str()),
@@ -225,12 +210,7 @@ async fn vault_down_sealed_or_forbidden_is_refused_cleanly() {
 
     // Sealed: UNAVAILABLE, saying so.
     bao.seal().await;
-    let err = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db"]))
-        .await
-        .err();
+    let err = d.begin(&token, &["orders-db"]).await.err();
     let err = err.unwrap_or_else(|| panic!("must be refused"));
     assert_eq!(
         (err.code(), reason(&err).as_str()),
@@ -240,12 +220,7 @@ async fn vault_down_sealed_or_forbidden_is_refused_cleanly() {
 
     // Down: UNAVAILABLE too.
     bao.stop();
-    let err = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db"]))
-        .await
-        .err();
+    let err = d.begin(&token, &["orders-db"]).await.err();
     assert_eq!(
         err.map(|e| (e.code(), reason(&e))),
         Some((tonic::Code::Unavailable, "provider_unavailable".to_string()))
@@ -310,11 +285,7 @@ async fn approle_login_from_systemd_credentials() {
     )
     .await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
-    let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db"]))
-        .await;
+    let begun = d.begin(&token, &["orders-db"]).await;
     let begun = begun
         .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log_text()))
         .into_inner();
@@ -610,11 +581,7 @@ async fn an_openbao_outage_while_100_tasks_end_loses_no_lease() {
 
     let mut ids = Vec::new();
     for _ in 0..100 {
-        let t = d
-            .broker()
-            .await
-            .begin_task(begin_request(&token, &["orders-db"]))
-            .await;
+        let t = d.begin(&token, &["orders-db"]).await;
         ids.push(
             t.unwrap_or_else(|e| panic!("{e:?}"))
                 .into_inner()
@@ -775,11 +742,7 @@ async fn leases_end_with_a_token_that_expires_in_two_minutes_even_without_credbr
     let mut d =
         Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &token_file(&secrets))).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
-    let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db"]))
-        .await;
+    let begun = d.begin(&token, &["orders-db"]).await;
     let begun = begun.unwrap_or_else(|e| panic!("{e:?}")).into_inner();
     let task = begun.task.unwrap_or_default();
     let token_exp = task
@@ -857,11 +820,7 @@ async fn no_vault_secret_reaches_the_log_at_trace_level() {
     )
     .await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
-    let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db", "orders-token"]))
-        .await;
+    let begun = d.begin(&token, &["orders-db", "orders-token"]).await;
     let begun = begun.unwrap_or_else(|e| panic!("{e:?}")).into_inner();
     let task = begun.task.unwrap_or_default().id;
     let db = cred(&begun.credentials, "orders-db");
@@ -870,11 +829,7 @@ async fn no_vault_secret_reaches_the_log_at_trace_level() {
             .as_deref(),
         Ok("3")
     );
-    d.broker()
-        .await
-        .end_task(v1::EndTaskRequest { task_id: task })
-        .await
-        .unwrap_or_else(|e| panic!("{e:?}"));
+    d.end(&task).await.unwrap_or_else(|e| panic!("{e:?}"));
 
     let log = d.log_text();
     assert!(
@@ -971,11 +926,7 @@ async fn credbrokers_own_token_is_kept_alive_and_replaced_when_it_cannot_be_rene
     let first = accessor().await;
     // Well past the first token's 12 s maximum.
     tokio::time::sleep(Duration::from_secs(20)).await;
-    let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db"]))
-        .await;
+    let begun = d.begin(&token, &["orders-db"]).await;
     let begun = begun
         .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log_text()))
         .into_inner();
@@ -1030,11 +981,7 @@ async fn scope_tokens_can_be_orphans_through_a_token_role() {
     );
     let d = Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &settings)).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
-    let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db"]))
-        .await;
+    let begun = d.begin(&token, &["orders-db"]).await;
     let begun = begun
         .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log_text()))
         .into_inner();
@@ -1082,9 +1029,7 @@ async fn a_failing_revocation_statement_is_retried_not_recorded_as_revoked() {
     let d = Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &token_file(&secrets))).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let begun = d
-        .broker()
-        .await
-        .begin_task(begin_request(&token, &["orders-db"]))
+        .begin(&token, &["orders-db"])
         .await
         .unwrap_or_else(|e| panic!("{e:?}"))
         .into_inner();
@@ -1103,11 +1048,7 @@ async fn a_failing_revocation_statement_is_retried_not_recorded_as_revoked() {
     assert!(status < 300, "{body}");
 
     let ended = d
-        .broker()
-        .await
-        .end_task(v1::EndTaskRequest {
-            task_id: task.id.clone(),
-        })
+        .end(&task.id)
         .await
         .unwrap_or_else(|e| panic!("{e:?}"))
         .into_inner()

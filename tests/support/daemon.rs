@@ -241,6 +241,31 @@ impl Daemon {
         )
     }
 
+    /// BeginTask for `grants` with `token`, on a fresh connection.
+    pub async fn begin(
+        &self,
+        token: &str,
+        grants: &[&str],
+    ) -> Result<tonic::Response<v1::BeginTaskResponse>, tonic::Status> {
+        self.broker()
+            .await
+            .begin_task(super::begin_request(token, grants))
+            .await
+    }
+
+    /// EndTask for `task_id`, on a fresh connection.
+    pub async fn end(
+        &self,
+        task_id: &str,
+    ) -> Result<tonic::Response<v1::EndTaskResponse>, tonic::Status> {
+        self.broker()
+            .await
+            .end_task(v1::EndTaskRequest {
+                task_id: task_id.to_string(),
+            })
+            .await
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

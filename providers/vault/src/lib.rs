@@ -215,3 +215,77 @@ fn login(f: &mut Fields<'_>, env: &dyn Env) -> Option<Login> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Creds(std::path::PathBuf);
+    impl Env for Creds {
+        fn var(&self, key: &str) -> Option<String> {
+            (key == "CREDENTIALS_DIRECTORY").then(|| self.0.display().to_string())
+        }
+    }
+
+    fn problems(v: Value, env: &dyn Env) -> Vec<String> {
+        let Value::Object(p) = v else { return vec![] };
+        match VaultFactory.build("vault", &p, env) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn settings_report_every_problem_with_its_key_nested_ones_included() {
+        let dir = std::env::temp_dir().join(format!("cb-vault-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_default();
+        std::fs::write(dir.join("vault-token"), "s.test\n").unwrap_or_default();
+        let env = Creds(dir.clone());
+        let e = problems(
+            serde_json::json!({
+                "address": "http://vault.example.com:8200", "timeout": "soon", "colour": 1,
+                "approle": { "mount": "approle", "flavour": "x" },
+            }),
+            &env,
+        );
+        for needle in [
+            "address: must be https (http only on loopback)",
+            "timeout: \"soon\" is not a duration",
+            "colour: unknown setting",
+            "approle.role_id: is required",
+            "approle.secret_id_credential: needs secret_id_file or secret_id_credential",
+            "approle.flavour: unknown setting",
+        ] {
+            assert!(
+                e.iter().any(|x| x.contains(needle)),
+                "{needle} not in {e:#?}"
+            );
+        }
+        let both = problems(
+            serde_json::json!({
+                "address": "http://127.0.0.1:8200", "token_credential": "vault-token",
+                "approle": { "role_id": "r", "secret_id_credential": "vault-token" },
+            }),
+            &env,
+        );
+        assert_eq!(both, ["approle: give a token or AppRole, not both"]);
+        let none = problems(
+            serde_json::json!({ "address": "http://127.0.0.1:8200" }),
+            &env,
+        );
+        assert_eq!(
+            none,
+            ["token_credential: give token_credential, token_file or approle"]
+        );
+        let missing = problems(
+            serde_json::json!({ "address": "http://127.0.0.1:8200", "token_credential": "nope" }),
+            &env,
+        );
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(
+            missing[0].contains("nope is not a readable file"),
+            "{missing:?}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
