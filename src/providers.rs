@@ -262,13 +262,7 @@ impl ProviderSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    struct NoEnv;
-    impl Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
+    use credbroker_provider_api::EmptyEnv;
 
     /// Providers see only values; their problems still come back with the file's line, every
     /// one of them at once.
@@ -314,7 +308,7 @@ audience = "https://mcp.example/s3"
 grants = ["s3"]
 "#;
         let config = Config::parse(text, "test").unwrap_or_else(|e| panic!("{e}"));
-        let errors = match ProviderSet::build(&config, &Registry::builtin(), &NoEnv, None) {
+        let errors = match ProviderSet::build(&config, &Registry::builtin(), &EmptyEnv, None) {
             Ok(_) => panic!("a configuration with provider problems was accepted"),
             Err(e) => e,
         };

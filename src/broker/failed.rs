@@ -68,14 +68,7 @@ impl Broker {
                             None
                         }
                     };
-                    ops.push(Op::LeaseIssued {
-                        id: row.id.clone(),
-                        issued_ms: to_ms(now),
-                        expires_ms: to_ms(i.expires_at),
-                        reference: Text::from(i.handle.reference.as_str()),
-                        sealed_handle: sealed,
-                        renewable: i.renewable,
-                    });
+                    ops.push(super::issue::issued_op(&row.id, &i, now, sealed));
                     row.issued_ms = Some(to_ms(now));
                     row.expires_ms = Some(to_ms(i.expires_at));
                     row.reference = Some(Text::from(i.handle.reference.as_str()));

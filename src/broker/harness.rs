@@ -20,6 +20,7 @@ use crate::policy::GrantAsk;
 use crate::providers::Registry;
 use crate::time::ManualClock;
 use crate::workload::{PeerInfo, Units};
+use credbroker_provider_api::EmptyEnv;
 
 use crate::forge;
 
@@ -154,14 +155,6 @@ impl Provider for MemProvider {
     }
 }
 
-struct NoEnv;
-
-impl Env for NoEnv {
-    fn var(&self, _: &str) -> Option<String> {
-        None
-    }
-}
-
 pub(super) struct Harness {
     pub(super) broker: Arc<Broker>,
     pub(super) clock: Arc<ManualClock>,
@@ -225,7 +218,7 @@ grants = ["db"]
         let mem = Arc::new(Mem::default());
         let registry = Registry::default().with(Arc::new(MemFactory(Arc::clone(&mem))));
         let runtime =
-            Runtime::build(config, &registry, &NoEnv, None).unwrap_or_else(|e| panic!("{e:?}"));
+            Runtime::build(config, &registry, &EmptyEnv, None).unwrap_or_else(|e| panic!("{e:?}"));
         assert!(runtime.verifier.load_keys().await.is_empty());
         let journal = Journal::open(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}"));
         let sealer = Sealer::from_bytes(&[7u8; 32]).unwrap_or_else(|e| panic!("{e}"));

@@ -36,6 +36,18 @@ pub(super) type Outcomes = HashMap<Text, Result<Issued, ProviderError>>;
 /// Internal: the intent's idempotency key was used before (see `broker::replay`).
 pub(super) const KEY_SEEN: &str = "idempotency_key_seen";
 
+/// The journal op recording that lease `id` was issued (`pending → active`).
+pub(super) fn issued_op(id: &Text, i: &Issued, now: SystemTime, sealed: Option<Vec<u8>>) -> Op {
+    Op::LeaseIssued {
+        id: id.clone(),
+        issued_ms: to_ms(now),
+        expires_ms: to_ms(i.expires_at),
+        reference: Text::from(i.handle.reference.as_str()),
+        sealed_handle: sealed,
+        renewable: i.renewable,
+    }
+}
+
 impl Broker {
     pub(super) async fn open_and_issue(
         &self,
@@ -210,14 +222,7 @@ impl Broker {
             rec = rec.detail("residual_until", rfc3339(i.expires_at));
         }
         Ok(vec![
-            Op::LeaseIssued {
-                id: row.id.clone(),
-                issued_ms: to_ms(now),
-                expires_ms: to_ms(i.expires_at),
-                reference: Text::from(i.handle.reference.as_str()),
-                sealed_handle: sealed,
-                renewable: i.renewable,
-            },
+            issued_op(&row.id, i, now, sealed),
             Op::Audit(Box::new(rec)),
         ])
     }

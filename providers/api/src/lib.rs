@@ -62,7 +62,7 @@ pub use error::{ErrorKind, ProviderError};
 pub use params::{Narrowing, ParamError, ParamRule, Params, param_str, param_str_list};
 pub use secret::SecretValue;
 pub use types::{
-    Credential, Env, IssueRequest, Issued, LeaseRef, ProviderHealth, Reconciled, Renewed,
+    Credential, EmptyEnv, Env, IssueRequest, Issued, LeaseRef, ProviderHealth, Reconciled, Renewed,
     RevocationHandle, Revoked, Role, TaskContext,
 };
 

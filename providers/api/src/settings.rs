@@ -272,14 +272,8 @@ fn port(p: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::EmptyEnv;
     use serde_json::json;
-
-    struct NoEnv;
-    impl Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
 
     #[test]
     fn every_problem_is_collected_and_unknown_keys_are_named() {
@@ -293,7 +287,7 @@ mod tests {
         assert_eq!(f.string("region"), None);
         assert_eq!(f.int("max_attempts", 1..=10), None);
         assert_eq!(f.endpoint("api_url"), None);
-        assert_eq!(f.secret("token_file", "token_credential", &NoEnv), None);
+        assert_eq!(f.secret("token_file", "token_credential", &EmptyEnv), None);
         assert_eq!(f.required::<u64>("app_id", "a positive integer"), None);
         let errors: Vec<(String, String)> = f
             .finish()

@@ -131,6 +131,16 @@ pub struct ProviderHealth {
     pub detail: String,
 }
 
+/// An environment with no variables (so no `$CREDENTIALS_DIRECTORY`): for tests, and for
+/// building providers whose settings name no credential.
+pub struct EmptyEnv;
+
+impl Env for EmptyEnv {
+    fn var(&self, _key: &str) -> Option<String> {
+        None
+    }
+}
+
 /// The process environment, behind a trait so tests never call `set_var`.
 pub trait Env: Send + Sync {
     fn var(&self, key: &str) -> Option<String>;

@@ -256,20 +256,14 @@ fn default_writer(instance: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use credbroker_provider_api::EmptyEnv;
     use serde_json::Value;
-
-    struct NoEnv;
-    impl Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
 
     fn build(v: Value) -> Result<Settings, Vec<String>> {
         let Value::Object(p) = v else {
             return Err(vec![]);
         };
-        settings("aws", &p, &NoEnv).map_err(|e| e.iter().map(ToString::to_string).collect())
+        settings("aws", &p, &EmptyEnv).map_err(|e| e.iter().map(ToString::to_string).collect())
     }
 
     /// End-to-end finding 15: two writers on one role, each doing GetRolePolicy, merge,
@@ -281,7 +275,7 @@ mod tests {
             let Value::Object(p) = cfg else {
                 return String::new();
             };
-            settings(instance, &p, &NoEnv)
+            settings(instance, &p, &EmptyEnv)
                 .unwrap_or_else(|e| panic!("{e:?}"))
                 .deny_policy_name
         };
