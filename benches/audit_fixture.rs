@@ -43,7 +43,7 @@ pub(crate) fn ensure(path: &Path, records: u64) -> (i64, Expected) {
         &sidecar,
         serde_json::to_string(&(since, list)).unwrap_or_default(),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("the expected-answer sidecar should be written");
     (since, expected)
 }
 
@@ -51,9 +51,9 @@ fn generate(path: &Path, records: u64) -> (i64, Expected) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("a current-thread runtime for generation should build");
     let journal = Journal::open_with(path, Some(AuditKey::from_key(&[1; 32])))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the fixture journal should open with its audit key");
     let now = SystemTime::now();
     let span = Duration::from_secs(30 * 86_400);
     let day_ago = now - Duration::from_secs(86_400);
@@ -105,30 +105,31 @@ fn generate(path: &Path, records: u64) -> (i64, Expected) {
         }
         if batch.len() >= 10_000 {
             rt.block_on(journal.commit(std::mem::take(&mut batch)))
-                .unwrap_or_else(|e| panic!("{e}"));
+                .expect("a full batch of audit records should commit");
         }
     }
     if !batch.is_empty() {
         rt.block_on(journal.commit(batch))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the last partial batch should commit");
     }
     // Recount through another index than the benchmark's query uses.
-    let conn = Journal::open_read_only(path).unwrap_or_else(|e| panic!("{e}"));
+    let conn =
+        Journal::open_read_only(path).expect("the generated journal should reopen read-only");
     let mut stmt = conn
         .prepare(
             "SELECT client_id, owner, COUNT(*) FROM audit INDEXED BY audit_event
              WHERE event = 'lease_issued' AND at_ms >= ?1 AND grant_name = ?2
              GROUP BY client_id, owner",
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the recount query should prepare against audit_event");
     let check: Expected = stmt
         .query_map(
             rusqlite::params![credbroker::time::to_ms(day_ago), GRANT],
             |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)),
         )
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("the recount query should bind and run")
         .collect::<Result<_, _>>()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("every recount row should read as client, owner, count");
     assert_eq!(check, expected, "generator and journal disagree");
     (credbroker::time::to_ms(day_ago), expected)
 }

@@ -7,6 +7,8 @@
 //! an acknowledged transition (synchronous=FULL), `intent` one written without fsync. Ids are
 //! time-ordered, as the broker's are, so inserts land where they do in production.
 
+#![allow(clippy::expect_used)] // a benchmark's setup that fails should stop the run at that line
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -28,7 +30,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .worker_threads(1)
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("a one-worker bench runtime should build")
 }
 
 fn public_jwks(dir: &Path) -> std::path::PathBuf {
@@ -43,7 +45,8 @@ fn public_jwks(dir: &Path) -> std::path::PathBuf {
         }
     }
     let path = dir.join("jwks.json");
-    std::fs::write(&path, v.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&path, v.to_string())
+        .expect("the public JWKS should be written to the temp dir");
     path
 }
 
@@ -62,12 +65,12 @@ fn verifier(jwks: &Path, cache_entries: usize) -> Verifier {
         cache_entries,
         ..TokenSettings::default()
     };
-    Verifier::new(&[issuer], &settings).unwrap_or_else(|e| panic!("{e}"))
+    Verifier::new(&[issuer], &settings).expect("a verifier over the bench JWKS should build")
 }
 
 fn token_validation(c: &mut Criterion) {
     let rt = runtime();
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("a temp dir for the bench JWKS should be created");
     let jwks = public_jwks(dir.path());
     let cold = verifier(&jwks, 0);
     let cached = verifier(&jwks, 1024);
@@ -138,7 +141,7 @@ grants = ["read"]
 "#;
 
 fn policy(c: &mut Criterion) {
-    let config = Config::parse(CONFIG, "bench").unwrap_or_else(|e| panic!("{e}"));
+    let config = Config::parse(CONFIG, "bench").expect("the bench policy config should parse");
     let policy = Policy::new(&config, Default::default());
     let unix = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -245,15 +248,17 @@ fn journal(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::Builder::new()
         .tempdir_in("/var/tmp")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let plain = Arc::new(Journal::open(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}")));
+        .expect("a temp dir under /var/tmp should be created");
+    let plain = Arc::new(
+        Journal::open(&dir.path().join("j.db")).expect("the plain bench journal should open"),
+    );
     // With an audit head key: one HMAC and one upsert of the sealed head per commit.
     let sealed = Arc::new(
         Journal::open_with(
             &dir.path().join("sealed.db"),
             Some(credbroker::keys::AuditKey::from_key(&[5; 32])),
         )
-        .unwrap_or_else(|e| panic!("{e}")),
+        .expect("the sealed-head bench journal should open"),
     );
     let mut g = c.benchmark_group("journal");
     for (name, durability, journal) in [
@@ -304,9 +309,10 @@ fn audit(c: &mut Criterion) {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/bench-data/audit-{records}.db"));
     std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("target/bench-data should be created");
     let (since, expected) = audit_fixture::ensure(&path, records);
-    let conn = Journal::open_read_only(&path).unwrap_or_else(|e| panic!("{e}"));
+    let conn =
+        Journal::open_read_only(&path).expect("the audit fixture journal should open read-only");
     let filter = AuditFilter {
         events: vec!["lease_issued".into()],
         grant: Some(audit_fixture::GRANT.into()),
@@ -314,7 +320,7 @@ fn audit(c: &mut Criterion) {
         ..Default::default()
     };
     let by = ["client".to_string(), "owner".to_string()];
-    let groups = count(&conn, &filter, &by).unwrap_or_else(|e| panic!("{e}"));
+    let groups = count(&conn, &filter, &by).expect("the audit count query should run");
     let got: audit_fixture::Expected = groups
         .iter()
         .map(|g| {

@@ -307,7 +307,8 @@ uid = 1000
 audience = "https://mcp.example/s3"
 grants = ["s3"]
 "#;
-        let config = Config::parse(text, "test").unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::parse(text, "test")
+            .expect("the config should parse; provider checks come later");
         let errors = match ProviderSet::build(&config, &Registry::builtin(), &EmptyEnv, None) {
             Ok(_) => panic!("a configuration with provider problems was accepted"),
             Err(e) => e,

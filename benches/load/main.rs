@@ -2,6 +2,8 @@
 //! real access token, and OpenBao with its own API for comparison. Built with `--features testd`
 //! (never shipped). See BENCHMARKS.md and scripts/bench.sh.
 
+#![allow(clippy::expect_used)] // a benchmark's setup that fails should stop the run at that line
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -128,7 +130,7 @@ fn main() {
         .worker_threads(cli.threads.max(1))
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the load generator's runtime should build");
     let summary = rt.block_on(run(cli.cmd));
     if cli.json {
         println!("{summary}");
@@ -172,9 +174,9 @@ async fn run(cmd: Cmd) -> serde_json::Value {
 /// Runs `credbroker-testd audit export` on each journal and format, output to /dev/null,
 /// sampling the child's VmHWM (peak resident set) until it exits.
 fn audit_export(records: u64, dir: &std::path::Path) -> serde_json::Value {
-    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(dir).expect("the audit journal directory should be created");
     let exe = std::env::current_exe()
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("the bench's own path should be known")
         .with_file_name("credbroker-testd");
     let mut out = serde_json::Map::new();
     for n in [10_000, records] {
@@ -244,7 +246,7 @@ impl Session {
         for _ in 0..t.connections.max(1) {
             let ch = credbroker::client::channel(&t.socket)
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .expect("the broker socket should accept a connection");
             clients.push(BrokerClient::new(ch).max_decoding_message_size(1 << 20));
         }
         Arc::new(Self {
@@ -540,13 +542,13 @@ async fn openbao(
     warmup: Duration,
 ) -> serde_json::Value {
     let token = std::fs::read_to_string(&token_file)
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("the OpenBao token file should be readable")
         .trim()
         .to_string();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(concurrency)
         .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the OpenBao HTTP client should build");
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));

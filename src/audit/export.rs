@@ -199,7 +199,7 @@ mod tests {
             AuditKey::from_key(&[3u8; 32]),
             vec!["owner".into(), "actors".into()],
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("owner and actors should be accepted hmac fields");
         let mut r = AuditRecord {
             owner: Some("alice@example.com".into()),
             actors: vec!["agent".into()],

@@ -341,26 +341,28 @@ mod tests {
 
     async fn journal(dir: &std::path::Path) -> Journal {
         let j = Journal::open_with(&dir.join("j.db"), Some(AuditKey::from_key(&[9; 32])))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("a fresh journal with a head key should open");
         let old = SystemTime::now() - Duration::from_secs(10 * 86_400);
         // 6 old records, then 4 recent ones.
         for i in 0..10 {
             let at = if i < 6 { old } else { SystemTime::now() };
             j.commit(vec![record(at)])
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .expect("each seeded audit record should commit");
         }
         j
     }
 
     fn check(path: &std::path::Path) -> Report {
-        let conn = Journal::open_read_only(path).unwrap_or_else(|e| panic!("{e}"));
-        verify(&conn, Some(&AuditKey::from_key(&[9; 32]))).unwrap_or_else(|e| panic!("{e}"))
+        let conn = Journal::open_read_only(path)
+            .expect("the journal should reopen read-only for verifying");
+        verify(&conn, Some(&AuditKey::from_key(&[9; 32])))
+            .expect("the verifier should walk the whole chain")
     }
 
     #[tokio::test]
     async fn retention_prunes_behind_an_anchor_and_the_rest_still_verifies() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("a temp dir for the journal should be created");
         let j = journal(dir.path()).await;
         let path = dir.path().join("j.db");
         let prune = |keep_from: u64| Op::PruneAudit {
@@ -374,7 +376,7 @@ mod tests {
         // Records 1..6 are the old ones.
         j.commit(vec![prune(7)])
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("pruning the six old records should commit");
         let r = check(&path);
         assert!(r.ok(), "{r:?}");
         assert_eq!(
@@ -384,18 +386,18 @@ mod tests {
         // Nothing more to prune: no second anchor. Past the end of the log: refused.
         j.commit(vec![prune(7)])
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("a prune with nothing left should still commit");
         assert!(j.commit(vec![prune(99)]).await.is_err());
         assert_eq!(check(&path).records, 5);
         drop(j);
 
         // The anchor is chained too: editing what it vouches for is caught.
-        let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let conn = Connection::open(&path).expect("sqlite should open the journal file read-write");
         conn.execute(
             "UPDATE audit SET detail = replace(detail, '\"first_kept_seq\":7', '\"first_kept_seq\":8') WHERE seq = 11",
             [],
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("forging the anchor's first kept seq should apply");
         let r = check(&path);
         // The forged anchor no longer vouches for the pruned beginning either.
         assert_eq!(
@@ -407,30 +409,30 @@ mod tests {
 
     #[tokio::test]
     async fn a_deleted_beginning_without_an_anchor_is_reported() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("a temp dir for the journal should be created");
         drop(journal(dir.path()).await);
         let path = dir.path().join("j.db");
-        let conn = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let conn = Connection::open(&path).expect("sqlite should open the journal file read-write");
         conn.execute("DELETE FROM audit WHERE seq < 4", [])
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("deleting the first three records should apply");
         let r = check(&path);
         assert_eq!(r.problems, 1, "{r:?}");
         assert_eq!((r.listed[0].seq, r.listed[0].kind), (1, Kind::Deleted));
         assert!(r.listed[0].message.contains("records 1..3 are missing"));
         // Deleting the sealed head row itself is reported, not silently skipped.
         conn.execute("DELETE FROM audit_head", [])
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("deleting the sealed head row should apply");
         let r = check(&path);
         assert!(r.listed.iter().any(|p| p.kind == Kind::Unsealed), "{r:?}");
     }
 
     #[tokio::test]
     async fn an_empty_journal_verifies() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        drop(Journal::open(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}")));
-        let conn =
-            Journal::open_read_only(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}"));
-        let r = verify(&conn, None).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("a temp dir for the journal should be created");
+        drop(Journal::open(&dir.path().join("j.db")).expect("an empty journal should be created"));
+        let conn = Journal::open_read_only(&dir.path().join("j.db"))
+            .expect("the empty journal should reopen read-only");
+        let r = verify(&conn, None).expect("an empty chain should verify without a head key");
         assert!(r.ok() && r.records == 0);
     }
 }

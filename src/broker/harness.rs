@@ -170,10 +170,10 @@ impl Harness {
 
     /// With `extra` appended to the configuration (an `[audit]` section, say).
     pub(super) async fn with(extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("the harness should get a temp dir");
         let d = dir.path().display();
         let jwks = forge::fixtures().join("keys/keys.json");
-        let text = std::fs::read_to_string(&jwks).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(&jwks).expect("the fixture JWKS should be readable");
         let mut set: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         for k in set["keys"].as_array_mut().into_iter().flatten() {
             if let Some(m) = k.as_object_mut() {
@@ -183,7 +183,7 @@ impl Harness {
             }
         }
         std::fs::write(dir.path().join("jwks.json"), set.to_string())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the public JWKS should be written for the verifier");
         let config = format!(
             r#"
 [server]
@@ -214,14 +214,16 @@ grants = ["db"]
 {extra}
 "#
         );
-        let config = Config::parse(&config, "harness").unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::parse(&config, "harness").expect("the harness config should parse");
         let mem = Arc::new(Mem::default());
         let registry = Registry::default().with(Arc::new(MemFactory(Arc::clone(&mem))));
         let runtime =
             Runtime::build(config, &registry, &EmptyEnv, None).unwrap_or_else(|e| panic!("{e:?}"));
         assert!(runtime.verifier.load_keys().await.is_empty());
-        let journal = Journal::open(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}"));
-        let sealer = Sealer::from_bytes(&[7u8; 32]).unwrap_or_else(|e| panic!("{e}"));
+        let journal =
+            Journal::open(&dir.path().join("j.db")).expect("the harness journal should open");
+        let sealer =
+            Sealer::from_bytes(&[7u8; 32]).expect("a 32-byte sealer key should be accepted");
         // A whole second, so token times (whole seconds) and the clock agree.
         let start = UNIX_EPOCH
             + Duration::from_secs(
@@ -297,7 +299,7 @@ grants = ["db"]
                 Ok(rows)
             })
             .await
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("the audit events should read back from the journal")
     }
 }
 

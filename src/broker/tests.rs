@@ -12,7 +12,10 @@ const MIN: Duration = Duration::from_secs(60);
 #[tokio::test]
 async fn a_task_begins_issues_ends_and_is_journaled_in_order() {
     let h = Harness::new().await;
-    let begun = h.begin(10 * MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    let begun = h
+        .begin(10 * MIN)
+        .await
+        .expect("a registered workload should begin a 10-minute task");
     let task = &begun.task.task;
     assert_eq!(task.state, TaskState::Active);
     assert_eq!(task.owner.as_deref(), Some("alice@example.com"));
@@ -24,7 +27,7 @@ async fn a_task_begins_issues_ends_and_is_journaled_in_order() {
         .broker
         .end_by_workload(&h.peer(), &task.id)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the workload should end its own task");
     assert_eq!(ended.task.state, TaskState::Ended);
     assert_eq!(ended.leases[0].state, LeaseState::Revoked);
     assert!(h.mem.live().is_empty());
@@ -46,7 +49,10 @@ async fn a_task_begins_issues_ends_and_is_journaled_in_order() {
 #[tokio::test]
 async fn an_unknown_peer_is_refused_at_begin_and_at_end_and_both_are_audited() {
     let h = Harness::new().await;
-    let begun = h.begin(10 * MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    let begun = h
+        .begin(10 * MIN)
+        .await
+        .expect("the registered peer should begin before the stranger");
     let refused = h.begin_as(&h.stranger(), h.token(), MIN).await.err();
     assert_eq!(refused.map(|e| e.code).as_deref(), Some("unknown_peer"));
     let refused = h
@@ -68,14 +74,16 @@ async fn an_unknown_peer_is_refused_at_begin_and_at_end_and_both_are_audited() {
 #[tokio::test]
 async fn a_task_ends_when_the_clock_passes_its_expiry_and_not_before() {
     let h = Harness::new().await;
-    let begun = h.begin(MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    let begun = h.begin(MIN).await.expect("a one-minute task should begin");
     h.clock.advance(Duration::from_secs(59));
     assert!(h.broker.reap_due().await.is_empty(), "not yet due");
     assert_eq!(h.mem.live().len(), 1);
     h.clock.advance(Duration::from_secs(2));
     let reaped = h.broker.reap_due().await;
     assert_eq!(reaped.len(), 1);
-    let task = reaped[0].as_ref().unwrap_or_else(|e| panic!("{e}"));
+    let task = reaped[0]
+        .as_ref()
+        .expect("the expired task should be reaped cleanly");
     assert_eq!(task.task.id, begun.task.task.id);
     assert_eq!(task.task.state, TaskState::Ended);
     assert_eq!(task.task.end_reason.as_deref(), Some("expired"));
@@ -96,7 +104,10 @@ async fn a_token_past_its_expiry_by_the_brokers_clock_is_refused() {
 #[tokio::test]
 async fn a_failed_revocation_stays_revoking_until_a_retry_succeeds() {
     let h = Harness::new().await;
-    let begun = h.begin(10 * MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    let begun = h
+        .begin(10 * MIN)
+        .await
+        .expect("a task should begin before revocation fails");
     let (task_id, lease_id) = (
         begun.task.task.id.to_string(),
         begun.task.leases[0].id.to_string(),
@@ -106,7 +117,7 @@ async fn a_failed_revocation_stays_revoking_until_a_retry_succeeds() {
         .broker
         .end_by_workload(&h.peer(), &task_id)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("ending should succeed and leave the lease revoking");
     assert_eq!(ending.task.state, TaskState::Ending);
     assert_eq!(ending.leases[0].state, LeaseState::Revoking);
     assert_eq!(ending.leases[0].attempts, 1);
@@ -135,7 +146,10 @@ async fn a_failed_revocation_stays_revoking_until_a_retry_succeeds() {
 #[tokio::test]
 async fn a_poisoned_state_refuses_requests_instead_of_skipping_them() {
     let h = Harness::new().await;
-    let begun = h.begin(10 * MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    let begun = h
+        .begin(10 * MIN)
+        .await
+        .expect("a task should begin before the lock is poisoned");
     let broker = std::sync::Arc::clone(&h.broker);
     let poisoned = std::thread::spawn(move || {
         let _held = broker.state.lock();
@@ -163,7 +177,10 @@ async fn a_poisoned_state_refuses_requests_instead_of_skipping_them() {
 #[tokio::test]
 async fn renewal_extends_a_task_within_the_token_and_the_counts_follow() {
     let h = Harness::new().await;
-    let begun = h.begin(2 * MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    let begun = h
+        .begin(2 * MIN)
+        .await
+        .expect("a two-minute task should begin");
     let first = begun.task.task.expires_ms;
     assert_eq!(h.broker.counts().active_tasks, 1);
     assert_eq!(h.broker.counts().active_leases, 1);
@@ -179,7 +196,7 @@ async fn renewal_extends_a_task_within_the_token_and_the_counts_follow() {
             },
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("renewal with a fresh token should extend the task");
     // Four minutes from now: longer than before, and inside the new token's five minutes.
     let now_ms = crate::time::to_ms(crate::time::Clock::now(&*h.clock));
     assert_eq!(renewed.task.expires_ms, now_ms + 4 * 60_000);
@@ -196,18 +213,23 @@ async fn renewal_extends_a_task_within_the_token_and_the_counts_follow() {
 #[tokio::test]
 async fn retention_prunes_what_is_older_and_anchors_the_chain() {
     let h = Harness::with("[audit]\nretention = \"1day\"\n").await;
-    let old = h.begin(MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    let old = h
+        .begin(MIN)
+        .await
+        .expect("the task to be pruned later should begin");
     h.broker
         .end_by_workload(&h.peer(), &old.task.task.id)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the old task should end before it ages");
     assert_eq!(
         h.broker.prune_audit().await.ok(),
         Some(0),
         "nothing is old yet"
     );
     h.clock.advance(Duration::from_secs(2 * 24 * 3600));
-    h.begin(MIN).await.unwrap_or_else(|e| panic!("{e}"));
+    h.begin(MIN)
+        .await
+        .expect("a new task should begin two days later");
     assert_eq!(
         h.broker.prune_audit().await.ok(),
         Some(6),

@@ -66,11 +66,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_new_key_is_refused_and_the_right_one_accepted() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("a temp dir for the journal should be created");
         let path = dir.path().join("j.db");
-        let right = Sealer::from_bytes(&[7u8; 32]).unwrap_or_else(|e| panic!("{e}"));
-        let wrong = Sealer::from_bytes(&[8u8; 32]).unwrap_or_else(|e| panic!("{e}"));
-        let j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+        let right =
+            Sealer::from_bytes(&[7u8; 32]).expect("the right 32-byte key should build a sealer");
+        let wrong = Sealer::from_bytes(&[8u8; 32])
+            .expect("the wrong 32-byte key should build a sealer too");
+        let j = Journal::open(&path).expect("a fresh journal should open");
         assert!(
             j.check_key(&right).await.is_ok(),
             "first use records the check"

@@ -82,7 +82,7 @@ mod tests {
     use super::*;
 
     fn sealer() -> Sealer {
-        Sealer::from_bytes(&[7u8; 32]).unwrap_or_else(|e| panic!("{e}"))
+        Sealer::from_bytes(&[7u8; 32]).expect("a 32-byte key should build a sealer")
     }
 
     #[test]
@@ -107,7 +107,8 @@ mod tests {
             *b ^= 1;
         }
         assert!(matches!(s.open("lease-1", &tampered), Err(SealError::Open)));
-        let other = Sealer::from_bytes(&[8u8; 32]).unwrap_or_else(|e| panic!("{e}"));
+        let other =
+            Sealer::from_bytes(&[8u8; 32]).expect("a second 32-byte key should build a sealer");
         assert!(matches!(
             other.open("lease-1", &sealed),
             Err(SealError::Open)
@@ -117,7 +118,8 @@ mod tests {
     #[test]
     fn key_formats() {
         assert!(Sealer::from_bytes(&[1u8; 31]).is_err());
-        let hex = crate::keys::generate_hex().unwrap_or_else(|e| panic!("{e}"));
+        let hex =
+            crate::keys::generate_hex().expect("a random hex journal key should be generated");
         assert!(Sealer::from_bytes(format!("{}\n", hex.as_str()).as_bytes()).is_ok());
         assert!(Sealer::from_bytes(b"zz").is_err());
     }

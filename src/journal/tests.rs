@@ -69,9 +69,9 @@ fn audit(event: &str) -> Op {
 
 #[tokio::test]
 async fn commits_are_durable_private_and_chained() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("a temp dir for the journal should be created");
     let path = dir.path().join("j.db");
-    let j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let j = Journal::open(&path).expect("a fresh journal should open");
     let mode = std::fs::metadata(&path)
         .map(|m| m.permissions().mode() & 0o777)
         .unwrap_or(0);
@@ -82,17 +82,17 @@ async fn commits_are_durable_private_and_chained() {
         audit("a"),
     ])
     .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("the first task, lease and record should commit");
     j.commit(vec![audit("b")])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the second audit record should commit");
     drop(j);
 
     // Reopened: the data and the chain continue.
-    let j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let j = Journal::open(&path).expect("the journal should reopen with its data");
     j.commit(vec![audit("c")])
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("a record after reopening should commit");
     let (live, chain) = j
         .read(|c| {
             let live = read::live_tasks(c, &|s| s.into())?;
@@ -113,7 +113,7 @@ async fn commits_are_durable_private_and_chained() {
             Ok((live, rows))
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("live tasks and the audit chain should read back");
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].leases.len(), 1);
     assert_eq!(chain.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3]);
@@ -127,8 +127,8 @@ async fn commits_are_durable_private_and_chained() {
 
 #[tokio::test]
 async fn a_failing_submission_changes_nothing_and_spares_its_group() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let j = Arc::new(Journal::open(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}")));
+    let dir = tempfile::tempdir().expect("a temp dir for the journal should be created");
+    let j = Arc::new(Journal::open(&dir.path().join("j.db")).expect("a fresh journal should open"));
     // Submitted together so they share a group commit; the middle one updates a missing row.
     let a = j.commit(vec![Op::InsertTask(Box::new(task("t1"))), audit("ok-1")]);
     let b = j.commit(vec![
@@ -163,8 +163,8 @@ async fn a_failing_submission_changes_nothing_and_spares_its_group() {
 
 #[tokio::test]
 async fn concurrent_commits_share_fsyncs() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let j = Arc::new(Journal::open(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}")));
+    let dir = tempfile::tempdir().expect("a temp dir for the journal should be created");
+    let j = Arc::new(Journal::open(&dir.path().join("j.db")).expect("a fresh journal should open"));
     let mut handles = Vec::new();
     for i in 0..200 {
         let j = Arc::clone(&j);
@@ -185,11 +185,11 @@ async fn concurrent_commits_share_fsyncs() {
 
 #[test]
 fn refuses_a_newer_schema() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("a temp dir for the journal should be created");
     let path = dir.path().join("j.db");
-    let c = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let c = Connection::open(&path).expect("sqlite should create a bare database file");
     c.pragma_update(None, "user_version", 99)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("setting a future schema version should apply");
     drop(c);
     assert!(matches!(
         Journal::open(&path),
@@ -199,14 +199,14 @@ fn refuses_a_newer_schema() {
 
 #[tokio::test]
 async fn migrates_an_older_journal_keeping_its_rows() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("a temp dir for the journal should be created");
     let path = dir.path().join("j.db");
     // A journal written by a build that knew only the first schema.
-    let c = Connection::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let c = Connection::open(&path).expect("sqlite should create a bare database file");
     c.execute_batch(schema::MIGRATIONS[0])
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the first schema migration should apply");
     c.pragma_update(None, "user_version", 1)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("marking the database as schema 1 should apply");
     c.execute(
         "INSERT INTO tasks (id, state, workload, tool, issuer, subject, client_id, owner_source,
             actors, token_fp, jti, scopes, token_exp_ms, peer_uid, peer_gid, peer_pid,
@@ -214,21 +214,24 @@ async fn migrates_an_older_journal_keeping_its_rows() {
          VALUES ('t1','active','w','t','i','s','c','none','[]','ff','j','[]',2,1,2,3,1,2)",
         [],
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("a v1 task row should insert");
     drop(c);
 
-    let j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+    let j = Journal::open(&path).expect("the old journal should open and migrate");
     let (version, index): (usize, i64) = {
-        let r = j.reader.lock().unwrap_or_else(|e| panic!("{e}"));
+        let r = j
+            .reader
+            .lock()
+            .expect("the reader lock should not be poisoned");
         (
             r.query_row("PRAGMA user_version", [], |r| r.get(0))
-                .unwrap_or_else(|e| panic!("{e}")),
+                .expect("the migrated schema version should be readable"),
             r.query_row(
                 "SELECT count(*) FROM sqlite_master WHERE name = 'tasks_created'",
                 [],
                 |r| r.get(0),
             )
-            .unwrap_or_else(|e| panic!("{e}")),
+            .expect("sqlite_master should be queryable for the old index"),
         )
     };
     assert_eq!(version, schema::VERSION);
@@ -236,7 +239,7 @@ async fn migrates_an_older_journal_keeping_its_rows() {
     let kept = j
         .read(|c| read::task(c, "t1"))
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the pre-migration task should be readable");
     assert!(kept.is_some(), "rows written before the migration are kept");
 }
 
@@ -275,9 +278,9 @@ fn task_state(id: &str, state: TaskState) -> Op {
 /// submission (audit record included) rolls back.
 #[tokio::test]
 async fn forbidden_transitions_are_journal_errors_that_change_nothing() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let j = Journal::open(&dir.path().join("j.db")).unwrap_or_else(|e| panic!("{e}"));
-    let ok = |r: Result<(), JournalError>| r.unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("a temp dir for the journal should be created");
+    let j = Journal::open(&dir.path().join("j.db")).expect("a fresh journal should open");
+    let ok = |r: Result<(), JournalError>| r.expect("each allowed lifecycle step should commit");
     ok(j.commit(vec![
         Op::InsertTask(Box::new(task("t"))),
         Op::InsertLease(Box::new(lease("l", "t"))),
@@ -342,7 +345,7 @@ async fn forbidden_transitions_are_journal_errors_that_change_nothing() {
             Ok(((t, l), n))
         })
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("final task and lease states should read back");
     assert_eq!(states, ("ended".to_string(), "revoked".to_string()));
     assert_eq!(audits, 0, "no refused submission left an audit record");
 }

@@ -46,7 +46,7 @@ fn policy(require_owner: bool) -> (Config, Policy) {
         "[attribution]",
         &format!("[attribution]\nrequire_owner = {require_owner}"),
     );
-    let config = Config::parse(&text, "test").unwrap_or_else(|e| panic!("{e}"));
+    let config = Config::parse(&text, "test").expect("the policy test config should parse");
     const RULES: [ParamRule; 2] = [ParamRule::subset("items"), ParamRule::fixed("label")];
     let p = Policy::new(
         &config,
@@ -316,7 +316,7 @@ grants = ["read"]
 /// team's owner.
 #[test]
 fn issuers_are_kept_apart() {
-    let config = Config::parse(TWO_ISSUERS, "test").unwrap_or_else(|e| panic!("{e}"));
+    let config = Config::parse(TWO_ISSUERS, "test").expect("the two-issuer config should parse");
     let p = Policy::new(&config, HashMap::new());
     let w = &config.workloads[0];
     let ours = claims("alice", "agent", "mcp.tool:db.read", json!({}));

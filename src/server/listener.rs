@@ -306,9 +306,9 @@ mod tests {
 
     #[tokio::test]
     async fn binds_with_mode_and_refuses_to_clobber() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("a temp dir for the sockets should be created");
         let path = dir.path().join("b.sock");
-        let l = bind(&path, 0o660, None).unwrap_or_else(|e| panic!("{e}"));
+        let l = bind(&path, 0o660, None).expect("a fresh socket should bind with mode 0660");
         let mode = std::fs::metadata(&path)
             .map(|m| m.permissions().mode() & 0o777)
             .unwrap_or(0);
@@ -321,7 +321,8 @@ mod tests {
         assert!(bind(&path, 0o600, None).is_ok());
         // A regular file is never removed.
         let file = dir.path().join("f.sock");
-        std::fs::write(&file, b"keep").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&file, b"keep")
+            .expect("the regular file beside the socket should be written");
         assert_eq!(
             bind(&file, 0o600, None).err().map(|e| e.kind()),
             Some(io::ErrorKind::AlreadyExists)
@@ -346,23 +347,25 @@ mod tests {
     #[tokio::test]
     async fn a_shared_directory_is_refused_and_a_planted_symlink_changes_nothing() {
         use std::os::unix::fs::PermissionsExt as _;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir =
+            tempfile::tempdir().expect("a temp dir for the shared directory should be created");
         let shared = dir.path().join("shared");
-        std::fs::create_dir(&shared).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(&shared).expect("the shared directory should be created");
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the shared directory should be made world-writable");
         let err = bind(&shared.join("b.sock"), 0o660, None).err();
         assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::PermissionDenied));
 
         // Sticky, like /tmp: allowed, and the old predictable names are irrelevant now.
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the shared directory should be made sticky");
         let victim = dir.path().join("victim");
-        std::fs::write(&victim, b"secret").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&victim, b"secret").expect("the symlink's victim file should be written");
         std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the victim file should be set to mode 0600");
         let planted = shared.join(format!("b.tmp{}", std::process::id()));
-        std::os::unix::fs::symlink(&victim, &planted).unwrap_or_else(|e| panic!("{e}"));
+        std::os::unix::fs::symlink(&victim, &planted)
+            .expect("the symlink should be planted at the old temp name");
         let l = bind(&shared.join("b.sock"), 0o666, None);
         assert!(l.is_ok(), "{:?}", l.err());
         assert_eq!(mode_of(&victim), 0o600, "the symlink's target was chmod'ed");

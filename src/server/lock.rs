@@ -67,9 +67,9 @@ mod tests {
 
     #[test]
     fn a_second_holder_is_refused_with_the_first_ones_pid() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("a temp dir for the journal lock should be created");
         let journal = dir.path().join("journal.db");
-        let first = acquire(&journal).unwrap_or_else(|e| panic!("{e}"));
+        let first = acquire(&journal).expect("the first holder should take the free lock");
         let err = acquire(&journal).err().unwrap_or_default();
         assert!(
             err.contains(&format!("pid {}", std::process::id())) && err.contains("refusing"),

@@ -275,7 +275,8 @@ mod tests {
     #[test]
     fn the_pid_reuse_check_fails_closed() {
         let now = uptime_ticks().unwrap_or_else(|| panic!("CLOCK_BOOTTIME unreadable"));
-        let mine = start_ticks(std::process::id() as i32).unwrap_or_else(|e| panic!("{e}"));
+        let mine = start_ticks(std::process::id() as i32)
+            .expect("this process's start time should be readable");
         assert!(mine <= now, "this process started at {mine}, now is {now}");
         assert_eq!(started_before(1, mine, Some(now)), Ok(mine));
         assert!(
@@ -287,8 +288,8 @@ mod tests {
 
     #[tokio::test]
     async fn attests_a_live_peer_as_this_process() {
-        let (a, _b) = UnixStream::pair().unwrap_or_else(|e| panic!("{e}"));
-        let peer = attest(&a, true).unwrap_or_else(|e| panic!("{e}"));
+        let (a, _b) = UnixStream::pair().expect("a connected unix socket pair should be created");
+        let peer = attest(&a, true).expect("attesting our own end of the pair should work");
         assert_eq!(peer.pid as u32, std::process::id());
         assert_eq!(peer.uid, nix::unistd::geteuid().as_raw());
         assert_eq!(peer.exe, std::env::current_exe().ok());

@@ -170,9 +170,10 @@ mod tests {
 
     #[test]
     fn notify_reaches_a_path_socket() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("a temp dir for the notify socket should be created");
         let path = dir.path().join("notify");
-        let server = UnixDatagram::bind(&path).unwrap_or_else(|e| panic!("{e}"));
+        let server =
+            UnixDatagram::bind(&path).expect("the fake notify socket should bind in the temp dir");
         let env = Vars(HashMap::from([(
             "NOTIFY_SOCKET",
             path.display().to_string(),

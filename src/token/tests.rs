@@ -51,7 +51,7 @@ async fn verifier(dir: &Path) -> Verifier {
     let path = dir.join("jwks.json");
     std::fs::write(&path, public_jwks("keys").to_string()).unwrap_or_default();
     let v = Verifier::new(&[issuer(&path)], &TokenSettings::default())
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("a verifier over the fixture JWKS file should build");
     assert!(v.load_keys().await.is_empty());
     v
 }
@@ -68,7 +68,7 @@ async fn code(v: &Verifier, token: &str, at: SystemTime) -> &'static str {
 
 #[tokio::test]
 async fn accepts_each_algorithm_and_reads_the_claims() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("a temp dir for the JWKS file should be created");
     let v = verifier(dir.path()).await;
     let (at, now) = now();
     for kid in ["rs256-1", "es256-1", "eddsa-1"] {
@@ -92,7 +92,7 @@ async fn accepts_each_algorithm_and_reads_the_claims() {
 
 #[tokio::test]
 async fn every_rejection_has_its_reason_code() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("a temp dir for the JWKS file should be created");
     let v = verifier(dir.path()).await;
     let (at, now) = now();
     let signer = Signer::fixture("keys", "es256-1");
@@ -114,7 +114,7 @@ async fn every_rejection_has_its_reason_code() {
 
 #[tokio::test]
 async fn cached_validations_still_expire_and_follow_key_removal() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("a temp dir for the JWKS file should be created");
     let v = verifier(dir.path()).await;
     let (at, now) = now();
     let s = Signer::fixture("keys", "es256-1");
@@ -142,12 +142,12 @@ async fn cached_validations_still_expire_and_follow_key_removal() {
 
 #[tokio::test]
 async fn a_missing_key_set_is_a_backend_condition() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("a temp dir without a key set should be created");
     let v = Verifier::new(
         &[issuer(&dir.path().join("absent.json"))],
         &TokenSettings::default(),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("a verifier should build even with its key file missing");
     assert_eq!(v.load_keys().await.len(), 1);
     let (at, now) = now();
     let token = Signer::fixture("keys", "es256-1").token(&forge::claims(ISS, AUD, "a", now));

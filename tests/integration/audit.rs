@@ -18,7 +18,8 @@ use crate::support::{begin_request, npm, repo, venv};
 const HEAD_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 fn with_head_key(dir: &Path, issuer: &str) -> String {
-    std::fs::write(dir.join("audit-head.key"), HEAD_KEY).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.join("audit-head.key"), HEAD_KEY)
+        .expect("the audit head key file should be written");
     base_config(
         dir,
         issuer,
@@ -60,13 +61,15 @@ fn run(args: &[&str], journal: &Path, stdin: Option<&str>) -> Out {
     })
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap_or_else(|e| panic!("{e}"));
+    let mut child = c.spawn().expect("testd should spawn for the audit command");
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
         use std::io::Write as _;
         pipe.write_all(text.as_bytes())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the audit command should accept its stdin");
     }
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let out = child
+        .wait_with_output()
+        .expect("the audit command's output should be collected");
     Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -81,14 +84,14 @@ fn copy_journal(src: &Path, dir: &Path, name: &str) -> PathBuf {
         let from = PathBuf::from(format!("{}{suffix}", src.display()));
         if from.exists() {
             std::fs::copy(&from, format!("{}{suffix}", dst.display()))
-                .unwrap_or_else(|e| panic!("{e}"));
+                .expect("the journal files should copy for tampering");
         }
     }
     dst
 }
 
 fn sql(journal: &Path, statements: &str) {
-    let conn = rusqlite::Connection::open(journal).unwrap_or_else(|e| panic!("{e}"));
+    let conn = rusqlite::Connection::open(journal).expect("the journal copy should open in sqlite");
     conn.execute_batch(statements)
         .unwrap_or_else(|e| panic!("{statements}: {e}"));
 }
@@ -134,7 +137,7 @@ async fn audit_verify_names_every_edited_deleted_and_moved_record_and_the_head_s
         .args(["audit", "verify", "--config"])
         .arg(&d.config)
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("audit verify --config should run");
     assert!(cfg.status.success(), "{cfg:?}");
     assert!(String::from_utf8_lossy(&cfg.stdout).contains("sealed head checked"));
 
@@ -238,7 +241,8 @@ async fn audit_verify_names_every_edited_deleted_and_moved_record_and_the_head_s
     );
     let bodies = run(&["audit", "export"], &j, None).stdout;
     {
-        let conn = rusqlite::Connection::open(&j).unwrap_or_else(|e| panic!("{e}"));
+        let conn =
+            rusqlite::Connection::open(&j).expect("the edited journal should open for rehashing");
         let mut prev = [0u8; 32];
         for (i, body) in bodies.lines().enumerate() {
             let h = credbroker::journal::chain_hash(&prev, body.as_bytes());
@@ -246,7 +250,7 @@ async fn audit_verify_names_every_edited_deleted_and_moved_record_and_the_head_s
                 "UPDATE audit SET hash = ?1 WHERE seq = ?2",
                 rusqlite::params![h.as_slice(), i as i64 + 1],
             )
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("each record's recomputed hash should be written");
             prev = h;
         }
     }
@@ -266,7 +270,8 @@ async fn audit_verify_names_every_edited_deleted_and_moved_record_and_the_head_s
     );
     // A wrong key says so, rather than blaming the chain.
     let wrong = dir.join("wrong.key");
-    std::fs::write(&wrong, HEAD_KEY.replace('0', "1")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&wrong, HEAD_KEY.replace('0', "1"))
+        .expect("the wrong head key file should be written");
     let out = verify(&d.journal, Some(&wrong));
     assert_eq!(out.code, 1);
     assert!(
@@ -274,7 +279,7 @@ async fn audit_verify_names_every_edited_deleted_and_moved_record_and_the_head_s
             .contains("Unsealed: the sealed head does not verify with this key")
     );
     // And a key of the wrong shape is a clear error, not a verdict.
-    std::fs::write(&wrong, "short").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&wrong, "short").expect("the malformed head key file should be written");
     let out = verify(&d.journal, Some(&wrong));
     assert_eq!(out.code, 1);
     assert!(
@@ -298,14 +303,16 @@ fn graphviz(dot: &str) -> Out {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("node should start the graphviz renderer");
     {
         use std::io::Write as _;
         let mut pipe = child.stdin.take().unwrap_or_else(|| panic!("stdin"));
         pipe.write_all(dot.as_bytes())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the renderer should accept the dot on stdin");
     }
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let out = child
+        .wait_with_output()
+        .expect("the renderer's svg output should be collected");
     Out {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -332,14 +339,16 @@ fn ocsf_validate(events: &str) -> (i32, Value) {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the ocsf validator should start in the venv");
     {
         use std::io::Write as _;
         let mut pipe = child.stdin.take().unwrap_or_else(|| panic!("stdin"));
         pipe.write_all(events.as_bytes())
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the validator should accept the events on stdin");
     }
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let out = child
+        .wait_with_output()
+        .expect("the validator's report should be collected");
     (
         out.status.code().unwrap_or(-1),
         serde_json::from_slice(&out.stdout).unwrap_or_default(),
@@ -595,7 +604,8 @@ async fn lineage_queries_and_exports_of_a_delegated_token() {
 
     // HMACed identifiers: filters still select by the real value, the output never shows it.
     let key = d.dir.path().join("export.key");
-    std::fs::write(&key, HEAD_KEY.replace('1', "2")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&key, HEAD_KEY.replace('1', "2"))
+        .expect("the export hmac key file should be written");
     let hidden = run(
         &[
             "audit",
@@ -647,7 +657,8 @@ async fn lineage_queries_and_exports_of_a_delegated_token() {
         let out = verify(&j, Some(&key));
         assert_eq!(out.code, 0, "{}", out.stdout);
     }
-    busy.await.unwrap_or_else(|e| panic!("{e}"));
+    busy.await
+        .expect("the concurrent begin/end loop should not panic");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -679,7 +690,7 @@ async fn prometheus_metrics_count_what_the_audit_log_records() {
             .get(format!("http://127.0.0.1:{port}/metrics"))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the metrics endpoint should answer over tcp");
         assert_eq!(resp.status(), 200);
         assert!(
             resp.headers()["content-type"]
@@ -723,7 +734,7 @@ async fn prometheus_metrics_count_what_the_audit_log_records() {
         .get(format!("http://127.0.0.1:{port}/secrets"))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the metrics server should answer an unknown path");
     assert_eq!(missing.status(), 404);
 }
 
@@ -739,13 +750,13 @@ async fn retention_archives_then_prunes_behind_an_anchor_and_the_chain_still_ver
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .unwrap_or_else(|e| panic!("{e}"));
-            let j = Journal::open(&path).unwrap_or_else(|e| panic!("{e}"));
+                .expect("a current-thread runtime should build for seeding");
+            let j = Journal::open(&path).expect("a fresh journal should open for seeding");
             let old = std::time::SystemTime::now() - Duration::from_secs(3 * 86_400);
             for _ in 0..5 {
                 let r = AuditRecord::new("old_event", Outcome::Success, old);
                 rt.block_on(j.commit(vec![Op::Audit(Box::new(r))]))
-                    .unwrap_or_else(|e| panic!("{e}"));
+                    .expect("an old audit record should commit to the journal");
             }
         })
         .join()
@@ -826,7 +837,7 @@ async fn retention_archives_then_prunes_behind_an_anchor_and_the_chain_still_ver
     );
     // An archived record altered, or one removed: the archive no longer joins the live log.
     std::fs::write(&archive, lines.replacen("old_event", "new_event", 1))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the altered archive should be written");
     let out = run(&["audit", "verify", "--archive", &dir], &d.journal, None);
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(
@@ -842,7 +853,8 @@ async fn retention_archives_then_prunes_behind_an_anchor_and_the_chain_still_ver
         .filter(|(i, _)| *i != 2)
         .map(|(_, l)| l)
         .collect();
-    std::fs::write(&archive, without_third.join("\n") + "\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&archive, without_third.join("\n") + "\n")
+        .expect("the archive missing a record should be written");
     let out = run(&["audit", "verify", "--archive", &dir], &d.journal, None);
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(
@@ -875,14 +887,14 @@ async fn metrics_over_a_unix_socket() {
     assert_eq!(mode, 0o660);
     let mut s = tokio::net::UnixStream::connect(&path)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the metrics unix socket should accept a connection");
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: credbroker\r\nConnection: close\r\n\r\n")
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the metrics request should be sent over the socket");
     let mut text = String::new();
     s.read_to_string(&mut text)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the metrics response should be read until close");
     assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
     assert!(text.contains("\ncredbroker_tasks_active 0\n"), "{text}");
     assert!(

@@ -81,7 +81,7 @@ async fn setup(provider_extra: &str) -> (AuthServer, Moto, Daemon, tempfile::Tem
     let moto = Moto::start().await;
     moto.create_role(ROLE, 43200).await;
     moto.create_role(SHORT_ROLE, 3600).await;
-    let creds = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let creds = tempfile::tempdir().expect("a temp dir for aws credentials should be created");
     Moto::write_credentials(creds.path());
     let env = vec![(
         "CREDENTIALS_DIRECTORY".to_string(),
@@ -242,7 +242,7 @@ async fn a_session_per_task_carries_the_rendered_policy_the_owner_and_the_tags()
         .cli()
         .args(["tasks", "show", &task.id])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("tasks show should run");
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(
         shown.contains("cannot be revoked; works until"),
@@ -422,9 +422,9 @@ async fn deny_session_denies_ended_sessions_prunes_expired_entries_and_cuts_off_
 async fn credential_process_output_is_what_a_real_sdk_reads_from_a_profile() {
     let (auth, moto, d, _creds) = setup("").await;
     let token = auth.token("agent-1", S3, "mcp.tool:s3.read").await;
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("a temp dir for the aws profile should be created");
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, &token).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&token_file, &token).expect("the agent token file should be written");
     let config = dir.path().join("aws-config");
     std::fs::write(
         &config,
@@ -436,7 +436,7 @@ async fn credential_process_output_is_what_a_real_sdk_reads_from_a_profile() {
             token_file.display()
         ),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("the aws profile config should be written");
     let out = moto.python(
         "import boto3, json, os\n\
          s = boto3.Session(profile_name='mcp')\n\
@@ -484,7 +484,7 @@ async fn credential_process_output_is_what_a_real_sdk_reads_from_a_profile() {
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
         .env_remove("AWS_PROFILE")
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the env-format boto3 script should run");
     assert!(
         out.status.success(),
         "{}",
@@ -573,14 +573,14 @@ async fn refusals_throttling_and_oversized_policies_are_reported_as_such() {
             &format!("Resource = [{}]", big.join(", ")),
         );
     let bad = d.dir.path().join("bad.toml");
-    std::fs::write(&bad, text).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&bad, text).expect("the oversized-policy config should be written");
     let out = d
         .cli()
         .args(["check-config", "--config"])
         .arg(&bad)
         .env("CREDENTIALS_DIRECTORY", _creds.path())
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("check-config on the oversized policy should run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -597,7 +597,7 @@ async fn refusals_throttling_and_oversized_policies_are_reported_as_such() {
         .arg(&d.config)
         .env("CREDENTIALS_DIRECTORY", _creds.path())
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("check-config --online should run against moto");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -626,7 +626,7 @@ async fn refusals_throttling_and_oversized_policies_are_reported_as_such() {
         .arg(&d.config)
         .env("CREDENTIALS_DIRECTORY", _creds.path())
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("check-config --online against a failing sts should run");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(
@@ -690,7 +690,8 @@ async fn two_writers_on_one_role_lose_no_deny_entry() {
     let moto = Moto::start().await;
     moto.create_role(ROLE, 43200).await;
     moto.create_role(SHORT_ROLE, 3600).await;
-    let creds = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let creds =
+        tempfile::tempdir().expect("a temp dir for the shared-role credentials should be created");
     Moto::write_credentials(creds.path());
     let env = vec![(
         "CREDENTIALS_DIRECTORY".to_string(),
@@ -787,7 +788,7 @@ async fn the_expiry_a_workload_is_told_is_the_tasks() {
         .args(["--format", "credential-process"])
         .env("CREDBROKER_TOKEN", &token)
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("task begin --format credential-process should run");
     assert!(
         out.status.success(),
         "{}",
@@ -821,7 +822,7 @@ async fn the_expiry_a_workload_is_told_is_the_tasks() {
         "{cred:?} {task:?}"
     );
     let env_exp = humantime::parse_rfc3339(&cred.public["AWS_CREDENTIAL_EXPIRATION"])
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the AWS_CREDENTIAL_EXPIRATION value should be rfc 3339");
     let env_secs = env_exp
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
@@ -841,9 +842,10 @@ async fn credbrokers_missing_aws_credentials_are_a_configuration_problem() {
     let auth = AuthServer::start();
     let moto = Moto::start().await;
     moto.create_role(ROLE, 43200).await;
-    let creds = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let creds =
+        tempfile::tempdir().expect("a temp dir for empty aws credentials should be created");
     std::fs::write(creds.path().join("aws-credentials"), "[default]\n")
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the empty aws-credentials file should be written");
     let env = vec![(
         "CREDENTIALS_DIRECTORY".to_string(),
         creds.path().display().to_string(),

@@ -88,7 +88,8 @@ impl Backend for TestBackend {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_test_provider_conforms_unscoped_and_scoped() {
     for scoped in [false, true] {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir()
+            .expect("a temp dir for the test provider's state should be created");
         let settings = json!({ "state_dir": dir.path(), "scoped": scoped });
         let backend = TestBackend {
             provider: build(&testd_provider::TestFactory, settings, &vars(&[])),
@@ -142,9 +143,11 @@ async fn the_vault_provider_conforms_against_openbao_and_postgresql() {
     let pg = Postgres::start();
     let bao = OpenBao::dev().await;
     bao.setup_database(&pg).await;
-    let secrets = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let secrets =
+        tempfile::tempdir().expect("a temp dir for the conformance vault token should be created");
     let token = secrets.path().join("vault-token");
-    std::fs::write(&token, bao.broker_token().await).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&token, bao.broker_token().await)
+        .expect("the conformance vault token should be written");
     let settings = json!({ "address": bao.addr, "timeout": "5s", "token_file": token });
     let backend = VaultBackend {
         provider: build(
@@ -274,7 +277,8 @@ impl Backend for AwsBackend {
 async fn the_aws_provider_conforms_against_moto() {
     let moto = Moto::start().await;
     moto.create_role(ROLE, 43200).await;
-    let creds = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let creds =
+        tempfile::tempdir().expect("a temp dir for conformance aws credentials should be created");
     Moto::write_credentials(creds.path());
     let env = vars(&[("CREDENTIALS_DIRECTORY", creds.path().display().to_string())]);
     let settings = json!({
@@ -339,8 +343,10 @@ impl Backend for GithubBackend {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_github_provider_conforms_against_the_stand_in() {
     let gh = FakeGithub::start();
-    let creds = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    std::fs::copy(&gh.key, creds.path().join("github-app-key")).unwrap_or_else(|e| panic!("{e}"));
+    let creds = tempfile::tempdir()
+        .expect("a temp dir for conformance github credentials should be created");
+    std::fs::copy(&gh.key, creds.path().join("github-app-key"))
+        .expect("the github app key should be copied for conformance");
     let env = vars(&[("CREDENTIALS_DIRECTORY", creds.path().display().to_string())]);
     let settings = json!({
         "app_id": APP_ID,

@@ -42,7 +42,7 @@ fn begin_from_cgroup(d: &Daemon, root: &Path, rel: &str, token: &str) -> (bool, 
         .env("CREDBROKER_SOCKET", &d.broker_socket)
         .env("CREDBROKER_TOKEN", token)
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the cli should run from inside the test cgroup");
     (
         out.status.success(),
         format!(
@@ -153,7 +153,7 @@ async fn a_second_daemon_on_one_config_refuses_before_touching_the_journal() {
         .arg(&d.config)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the second serve on one config should exit");
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(
         !second.status.success(),
@@ -188,7 +188,7 @@ async fn a_second_daemon_on_one_config_refuses_before_touching_the_journal() {
         .args(["audit", "verify", "--journal"])
         .arg(&d.journal)
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the cli audit verify should run");
     assert!(
         verify.status.success(),
         "{}",
@@ -208,13 +208,13 @@ async fn a_journal_key_that_is_not_the_journals_is_refused_at_start_and_on_reloa
     let new_key = Command::new(testd())
         .arg("keygen")
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("keygen should print a new journal key");
 
     // Reload with a lost key file, then with another key: both refused, the daemon serves on.
-    std::fs::remove_file(&key_path).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(&key_path).expect("the journal key file should be removed");
     d.signal(nix::sys::signal::Signal::SIGHUP);
     std::fs::write(d.dir.path().join("other.key"), &new_key.stdout)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the other journal key should be written");
     eventually(Duration::from_secs(5), "the lost key refused", || async {
         d.log_text().contains("reload failed") && d.log_text().contains("journal key")
     })
@@ -237,7 +237,7 @@ async fn a_journal_key_that_is_not_the_journals_is_refused_at_start_and_on_reloa
         .arg(&d.config)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the restart with the other key should run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -251,14 +251,14 @@ async fn a_journal_key_that_is_not_the_journals_is_refused_at_start_and_on_reloa
     );
 
     // The right key again: it starts.
-    std::fs::write(&key_path, right_key).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&key_path, right_key).expect("the right journal key should be restored");
     d.rewrite_config(&cfg);
     d.spawn().await;
 }
 
 /// A pipe whose reading end is already closed: a write to it fails with EPIPE.
 fn closed_pipe() -> OwnedFd {
-    let (read, write) = nix::unistd::pipe().unwrap_or_else(|e| panic!("{e}"));
+    let (read, write) = nix::unistd::pipe().expect("a pipe should be created to close");
     drop(read);
     write
 }
@@ -298,7 +298,7 @@ async fn a_closed_stdout_ends_commands_quietly() {
                 }
                 c.wait_with_output()
             })
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the cli should run with a closed stdout");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
         assert!(
@@ -329,7 +329,7 @@ async fn credentials_that_cannot_be_delivered_are_ended_at_once() {
         .args(["--format", "credential-process"])
         .env("CREDBROKER_TOKEN", &token)
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("task begin with credential-process should run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -349,7 +349,7 @@ async fn credentials_that_cannot_be_delivered_are_ended_at_once() {
         .env("CREDBROKER_TOKEN", &token)
         .stdout(Stdio::from(closed_pipe()))
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("task begin into a closed stdout should run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("was ended"), "{stderr}");
@@ -455,7 +455,7 @@ async fn a_connection_flood_leaves_end_task_and_status_answering() {
         d.dir.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("the daemon dir should be opened to the flooding uid");
     let pid = d.pid().unwrap_or_default();
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
     assert!(
@@ -485,14 +485,14 @@ async fn a_connection_flood_leaves_end_task_and_status_answering() {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the flood helper should start as nobody");
     let mut line = String::new();
     {
         use std::io::BufRead as _;
         let stdout = flood.stdout.take().unwrap_or_else(|| panic!("no stdout"));
         std::io::BufReader::new(stdout)
             .read_line(&mut line)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the flood helper should report its connections");
     }
     assert!(line.starts_with("connected "), "{line}");
     // The daemon holds one uid's share, not the flood, and stays under its limit.
@@ -508,7 +508,7 @@ async fn a_connection_flood_leaves_end_task_and_status_answering() {
             .cli()
             .args(args)
             .output()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the cli should run during the flood");
         (started.elapsed(), out)
     };
     let (took, out) = timed(&["task", "end", "--task", &id]);
@@ -557,7 +557,7 @@ async fn an_idle_connection_is_closed() {
     .await;
     let mut s = tokio::net::UnixStream::connect(&d.broker_socket)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the broker socket should accept an idle connection");
     let started = std::time::Instant::now();
     // The daemon's own SETTINGS arrive first; then, with no request from us, the end.
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
@@ -652,7 +652,7 @@ async fn another_workload_cannot_end_a_task() {
         d.dir.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("the daemon dir should be opened to the other workload");
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let t = d
         .begin(&token, &["orders-db-read"])
@@ -667,7 +667,7 @@ async fn another_workload_cannot_end_a_task() {
         .args(["task", "end", "--task", &t.id])
         .env("CREDBROKER_SOCKET", &d.broker_socket)
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("task end as the other workload should run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("task_not_owned"), "{stderr}");

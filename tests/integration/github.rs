@@ -51,8 +51,9 @@ params = {{ installation_id = 78, repositories = ["notes"], permissions = {{ iss
 async fn setup() -> (AuthServer, FakeGithub, Daemon, tempfile::TempDir) {
     let auth = AuthServer::start();
     let gh = FakeGithub::start();
-    let creds = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    std::fs::copy(&gh.key, creds.path().join("github-app-key")).unwrap_or_else(|e| panic!("{e}"));
+    let creds = tempfile::tempdir().expect("a temp dir for github credentials should be created");
+    std::fs::copy(&gh.key, creds.path().join("github-app-key"))
+        .expect("the github app key should be copied into credentials");
     let env = vec![(
         "CREDENTIALS_DIRECTORY".to_string(),
         creds.path().display().to_string(),
@@ -261,7 +262,7 @@ async fn refusals_rate_limits_and_expired_tokens() {
         .cli()
         .args(["status"])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("credbroker status should run");
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(
         status.contains("rate limit") && status.contains("/5000 remaining"),
@@ -314,7 +315,7 @@ async fn refusals_rate_limits_and_expired_tokens() {
         .arg(&d.config)
         .env("CREDENTIALS_DIRECTORY", creds.path())
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("check-config --online against the stand-in should run");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

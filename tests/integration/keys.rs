@@ -127,7 +127,7 @@ async fn a_rotated_key_is_fetched_on_first_sight_and_old_keys_survive_an_outage(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_static_jwks_file_needs_no_network() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("a temp dir for the static jwks should be created");
     let mut jwks: Value = serde_json::from_str(
         &std::fs::read_to_string(forge::fixtures().join("keys/keys.json")).unwrap_or_default(),
     )
@@ -172,12 +172,14 @@ async fn a_static_jwks_file_needs_no_network() {
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("token check with --jwks should spawn");
     if let Some(mut stdin) = child.stdin.take() {
         use std::io::Write;
         let _ = stdin.write_all(token.as_bytes());
     }
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let out = child
+        .wait_with_output()
+        .expect("token check with --jwks output should be collected");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert_eq!(out.status.code(), Some(0), "{v}");
     assert_eq!(v["verdict"], "accepted");

@@ -436,7 +436,7 @@ async fn operators_revoke_by_id_and_by_selector() {
         .cli()
         .args(["tasks", "revoke", &ids[0], "--reason", "suspicious"])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("tasks revoke by id should run");
     assert!(
         out.status.success(),
         "{}",
@@ -469,7 +469,7 @@ async fn operators_revoke_by_id_and_by_selector() {
             "json",
         ])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("tasks revoke by owner should run");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let mut revoked: Vec<String> = v["revoked"]
         .as_array()
@@ -512,7 +512,7 @@ async fn selector_revocation_ends_tasks_concurrently() {
             .unwrap_or_else(|e| panic!("{e:?}"));
     }
     std::fs::write(d.state.join("slow-revoke-ms"), REVOKE_MS.to_string())
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the slow-revoke-ms flag should be written");
     let started = std::time::Instant::now();
     let out = d
         .admin()

@@ -2,7 +2,11 @@
 //! the tests themselves (the npm `oidc-provider` authorization server; later OpenBao,
 //! PostgreSQL and moto). One test binary; `support/` starts the components.
 
-#![allow(unreachable_pub)] // A test binary: `pub` in its modules is for its own modules.
+#![allow(unreachable_pub)]
+// A test binary: `pub` in its modules is for its own modules.
+// A test binary: its helpers (support/, setup functions) stop the test at the line that failed,
+// which clippy's allow-expect-in-tests covers only inside `#[test]` functions.
+#![allow(clippy::expect_used)]
 
 mod audit;
 mod aws;

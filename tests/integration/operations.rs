@@ -30,7 +30,7 @@ async fn sockets_and_journal_have_tight_permissions_and_a_second_daemon_refuses_
         .args(["serve", "--config"])
         .arg(&d.config)
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the second daemon should run and exit");
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("already runs on the journal"), "{stderr}");
@@ -109,7 +109,7 @@ async fn the_cli_prints_credentials_as_json_and_shell_exports_and_lists_tasks() 
         ])
         .env("CREDBROKER_TOKEN", &token)
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the cli task begin should run");
     assert!(
         out.status.success(),
         "{}",
@@ -128,7 +128,7 @@ async fn the_cli_prints_credentials_as_json_and_shell_exports_and_lists_tasks() 
         .cli()
         .args(["tasks", "list", "--output", "json"])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the cli tasks list should run");
     let v: Value = serde_json::from_slice(&list.stdout).unwrap_or_default();
     assert_eq!(v[0]["id"], task.as_str());
     assert_eq!(v[0]["principal"]["owner"], "alice@example.com");
@@ -136,7 +136,7 @@ async fn the_cli_prints_credentials_as_json_and_shell_exports_and_lists_tasks() 
         .cli()
         .args(["tasks", "show", &task])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the cli tasks show should run");
     let table = String::from_utf8_lossy(&table.stdout).to_string();
     assert!(
         table.contains("alice@example.com (from client_registry)"),
@@ -148,14 +148,14 @@ async fn the_cli_prints_credentials_as_json_and_shell_exports_and_lists_tasks() 
         .cli()
         .args(["task", "end", "--task", &task])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the cli task end should run");
     let v: Value = serde_json::from_slice(&end.stdout).unwrap_or_default();
     assert_eq!(v["state"], "ended");
     let status = d
         .cli()
         .args(["status", "--output", "json"])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the cli status should run");
     let s: Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
     assert_eq!(
         (s["active_tasks"].as_u64(), s["issuers"][0]["keys"].as_u64()),
@@ -168,7 +168,7 @@ async fn the_cli_prints_credentials_as_json_and_shell_exports_and_lists_tasks() 
         .args(["task", "begin", "--tool", "query", "--grant", "s3-read"])
         .env("CREDBROKER_TOKEN", &token)
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the refused cli task begin should run");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -184,7 +184,7 @@ struct ExampleEnv(tempfile::TempDir);
 
 impl ExampleEnv {
     fn new(configs: &[String]) -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("a temp credentials directory should be created");
         let key = repo().join("providers/github/testdata/app-key.pem");
         for text in configs {
             for line in text.lines() {
@@ -193,7 +193,8 @@ impl ExampleEnv {
                 };
                 if k.trim().ends_with("_credential") {
                     let name = v.trim().trim_matches('"');
-                    std::fs::copy(&key, dir.path().join(name)).unwrap_or_else(|e| panic!("{e}"));
+                    std::fs::copy(&key, dir.path().join(name))
+                        .expect("the test key should copy in as an example credential");
                 }
             }
         }
@@ -224,7 +225,7 @@ fn every_example_configuration_is_valid() {
     let env = ExampleEnv::new(&texts);
     for path in paths {
         {
-            let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            let config = Config::load(&path).expect("each example configuration should load");
             // Providers and their grants too, as `serve` builds them.
             let registry = credbroker::providers::Registry::builtin();
             if let Err(e) = credbroker::broker::Runtime::build(config, &registry, &env, None) {
@@ -241,8 +242,8 @@ fn every_example_configuration_is_valid() {
 /// session list a bucket must confine the listing to a prefix.
 #[test]
 fn example_session_policies_confine_bucket_listings_to_a_prefix() {
-    let config =
-        Config::load(&repo().join("config/credbroker.toml")).unwrap_or_else(|e| panic!("{e}"));
+    let config = Config::load(&repo().join("config/credbroker.toml"))
+        .expect("the annotated example configuration should load");
     let mut checked = 0;
     for grant in config.grants.values() {
         let statements = grant
@@ -290,7 +291,7 @@ async fn both_sockets_serve_health_and_reflection_for_grpcurl() {
     ] {
         let channel = credbroker::client::channel(socket)
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("a channel to each daemon socket should connect");
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
         let h = health
             .check(tonic_health::pb::HealthCheckRequest {
@@ -335,26 +336,29 @@ async fn both_sockets_serve_health_and_reflection_for_grpcurl() {
 /// policy must allow and what deny-session needs.
 #[test]
 fn check_config_explains_what_the_example_roles_need() {
-    let creds = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let creds = tempfile::tempdir()
+        .expect("a temp credentials directory for check-config should be created");
     let key = std::process::Command::new(crate::support::daemon::testd())
         .arg("keygen")
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(creds.path().join("journal-key"), &key.stdout).unwrap_or_else(|e| panic!("{e}"));
+        .expect("testd keygen should run");
+    std::fs::write(creds.path().join("journal-key"), &key.stdout)
+        .expect("the journal key credential should be written");
     std::fs::write(creds.path().join("audit-head-key"), &key.stdout)
-        .unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(creds.path().join("vault-token"), "s.example").unwrap_or_else(|e| panic!("{e}"));
+        .expect("the audit head key credential should be written");
+    std::fs::write(creds.path().join("vault-token"), "s.example")
+        .expect("the vault token credential should be written");
     std::fs::copy(
         repo().join("providers/github/testdata/app-key.pem"),
         creds.path().join("github-app-key"),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("the github app key credential should be copied");
     let out = std::process::Command::new(crate::support::daemon::testd())
         .args(["check-config", "--config"])
         .arg(repo().join("config/credbroker.toml"))
         .env("CREDENTIALS_DIRECTORY", creds.path())
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("check-config should run on the example");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

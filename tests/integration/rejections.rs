@@ -32,11 +32,13 @@ fn token_check(d: &Daemon, token: &str) -> (i32, Value) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("token check should spawn");
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(token.as_bytes());
     }
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let out = child
+        .wait_with_output()
+        .expect("token check output should be collected");
     (
         out.status.code().unwrap_or(-1),
         serde_json::from_slice(&out.stdout).unwrap_or_default(),
@@ -321,8 +323,8 @@ async fn unknown_peers_and_non_admins_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_workload_pinned_to_an_executable_admits_only_that_executable() {
     let auth = AuthServer::start();
-    let exe =
-        std::fs::canonicalize(crate::support::daemon::testd()).unwrap_or_else(|e| panic!("{e}"));
+    let exe = std::fs::canonicalize(crate::support::daemon::testd())
+        .expect("the testd binary path should canonicalize");
     let d = Daemon::start(|dir| {
         base_config(dir, &auth.issuer, "").replace(
             "grants = [\"orders-db-read\"]",
@@ -347,7 +349,7 @@ async fn a_workload_pinned_to_an_executable_admits_only_that_executable() {
         ])
         .env("CREDBROKER_TOKEN", &token)
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("task begin from the pinned executable should run");
     assert!(
         out.status.success(),
         "{}",

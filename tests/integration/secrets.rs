@@ -89,14 +89,14 @@ async fn sealed_handles_are_ciphertext_bound_to_their_lease() {
     let begun = d.begin(&token, &["orders-db-read"]).await;
     let begun = begun.unwrap_or_else(|e| panic!("{e:?}")).into_inner();
     let lease = begun.credentials[0].lease_id.clone();
-    let conn = rusqlite::Connection::open(&d.journal).unwrap_or_else(|e| panic!("{e}"));
+    let conn = rusqlite::Connection::open(&d.journal).expect("the journal should open with sqlite");
     let sealed: Vec<u8> = conn
         .query_row(
             "SELECT sealed_handle FROM leases WHERE id = ?1",
             [&lease],
             |r| r.get(0),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the lease's sealed handle should be in the journal");
     assert_eq!(sealed[0], 1, "format version");
     let password = begun.credentials[0]
         .secret
@@ -113,6 +113,6 @@ async fn sealed_handles_are_ciphertext_bound_to_their_lease() {
             [&lease],
             |r| r.get(0),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the sealed handle query should run after revocation");
     assert_eq!(after, None);
 }

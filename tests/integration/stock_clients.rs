@@ -31,10 +31,10 @@ fn python_stubs(out: &Path) -> PathBuf {
             "import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), '_proto'))",
         ])
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("python should print the grpc_tools proto include dir");
     let includes = String::from_utf8_lossy(&includes.stdout).trim().to_string();
     let protos: Vec<PathBuf> = std::fs::read_dir(repo().join("proto/credbroker/v1"))
-        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("the project's proto dir should be listed")
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     let status = Command::new(&python)
@@ -45,7 +45,7 @@ fn python_stubs(out: &Path) -> PathBuf {
         .arg(format!("--grpc_python_out={}", out.display()))
         .args(&protos)
         .status()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("grpc_tools.protoc should run");
     assert!(status.success(), "grpc_tools.protoc failed");
     python
 }
@@ -56,11 +56,13 @@ fn run(mut cmd: Command, token: &str) -> (bool, Value, String) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the stock client should spawn");
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(token.as_bytes());
     }
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let out = child
+        .wait_with_output()
+        .expect("the stock client's output should be collected");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
     (
@@ -84,7 +86,7 @@ async fn stock_python_and_node_grpc_clients_begin_and_end_a_task() {
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let sock = d.broker_socket.display().to_string();
 
-    let stubs = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let stubs = tempfile::tempdir().expect("a temp dir for python stubs should be created");
     let python = python_stubs(stubs.path());
     let mut py = Command::new(python);
     py.arg(repo().join("tests/support/grpc-python/client.py"))
@@ -118,7 +120,7 @@ async fn a_request_refused_by_the_http2_layer_is_logged() {
     let d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
     let mut s = tokio::net::UnixStream::connect(&d.broker_socket)
         .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the broker socket should accept a raw connection");
     let mut block = Vec::new();
     for (n, v) in [
         (":method", "POST"),
@@ -135,7 +137,9 @@ async fn a_request_refused_by_the_http2_layer_is_logged() {
     bytes.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
     bytes.extend_from_slice(&[0, 0, block.len() as u8, 0x1, 0x5, 0, 0, 0, 1]);
     bytes.extend_from_slice(&block);
-    s.write_all(&bytes).await.unwrap_or_else(|e| panic!("{e}"));
+    s.write_all(&bytes)
+        .await
+        .expect("the raw http/2 bytes should be written");
     let mut buf = vec![0u8; 4096];
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s.read(&mut buf)).await;
     crate::support::eventually(

@@ -24,13 +24,13 @@ fn units(dir: &Path) {
         let text = std::fs::read_to_string(repo().join("systemd").join(unit))
             .unwrap_or_else(|e| panic!("{unit}: {e}"))
             .replace("/usr/bin/credbroker", &testd().display().to_string());
-        std::fs::write(dir.join(unit), text).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(dir.join(unit), text).expect("the patched unit file should be written");
     }
 }
 
 #[test]
 fn the_units_verify_and_the_service_scores_1_5_or_lower() {
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().expect("a temp dir for the units should be created");
     units(dir.path());
     let verify = Command::new("systemd-analyze")
         .args([
@@ -51,7 +51,7 @@ fn the_units_verify_and_the_service_scores_1_5_or_lower() {
         .args(["security", "--offline=true", "./credbroker.service"])
         .current_dir(dir.path())
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("systemd-analyze security should run");
     let report = String::from_utf8_lossy(&security.stdout);
     let score: f64 = report
         .lines()
@@ -62,10 +62,13 @@ fn the_units_verify_and_the_service_scores_1_5_or_lower() {
     assert!(score <= 1.5, "exposure {score} > 1.5:\n{report}");
 
     // sysusers.d and tmpfiles.d snippets apply to an empty root.
-    let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    std::fs::create_dir_all(root.path().join("etc")).unwrap_or_else(|e| panic!("{e}"));
+    let root =
+        tempfile::tempdir().expect("a temp root for sysusers and tmpfiles should be created");
+    std::fs::create_dir_all(root.path().join("etc"))
+        .expect("the temp root's etc should be created");
     for f in ["passwd", "group", "shadow", "gshadow"] {
-        std::fs::write(root.path().join("etc").join(f), "").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(root.path().join("etc").join(f), "")
+            .expect("the empty account databases should be written");
     }
     let run = |tool: &str, args: &[&str], file: &str| {
         let out = Command::new(tool)
@@ -91,7 +94,7 @@ fn the_units_verify_and_the_service_scores_1_5_or_lower() {
     let creds = root.path().join("etc/credbroker/credentials");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&creds)
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("tmpfiles should have created the credentials directory")
             .permissions(),
     );
     assert_eq!(mode & 0o777, 0o700);
@@ -136,7 +139,8 @@ async fn socket_activation_passes_named_sockets_and_a_task_begins_through_them()
     );
 
     // Sockets that cannot be told apart are refused, not guessed at.
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let dir =
+        tempfile::tempdir().expect("a temp dir for the unnamed-sockets daemon should be created");
     let config = dir.path().join("credbroker.toml");
     // Its own journal: the running daemon holds the first one's lock.
     std::fs::write(
@@ -148,7 +152,7 @@ async fn socket_activation_passes_named_sockets_and_a_task_begins_through_them()
                 &dir.path().join("journal.db").display().to_string(),
             ),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("the second daemon's config should be written");
     let child = Command::new("systemd-socket-activate")
         .arg("-l")
         .arg(dir.path().join("a.sock"))
@@ -160,7 +164,7 @@ async fn socket_activation_passes_named_sockets_and_a_task_begins_through_them()
         .arg(&config)
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("systemd-socket-activate should spawn the daemon");
     // systemd-socket-activate starts the service on the first connection, as systemd does.
     let a = dir.path().join("a.sock");
     let started = Instant::now();
@@ -168,7 +172,9 @@ async fn socket_activation_passes_named_sockets_and_a_task_begins_through_them()
         assert!(started.elapsed() < Duration::from_secs(10), "no socket");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let out = child
+        .wait_with_output()
+        .expect("the refusing daemon's stderr should be collected");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
     assert!(
@@ -181,7 +187,7 @@ async fn socket_activation_passes_named_sockets_and_a_task_begins_through_them()
 type Received = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
 
 fn receive_on(path: &Path) -> Received {
-    let socket = UnixDatagram::bind(path).unwrap_or_else(|e| panic!("{e}"));
+    let socket = UnixDatagram::bind(path).expect("the stand-in datagram socket should bind");
     let received: Received = Arc::default();
     let sink = Arc::clone(&received);
     std::thread::spawn(move || {
@@ -208,7 +214,7 @@ fn texts(r: &Received) -> Vec<(Instant, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn sd_notify_says_ready_reloading_stopping_and_pings_the_watchdog_at_half_its_interval() {
     let auth = AuthServer::start();
-    let sock_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sock_dir = tempfile::tempdir().expect("a temp dir for the notify socket should be created");
     let notify = sock_dir.path().join("notify");
     let received = receive_on(&notify);
     let env = vec![
@@ -328,7 +334,8 @@ fn journal_fields(datagram: &[u8]) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn under_journald_each_audit_event_is_a_record_with_task_grant_owner_and_reason_fields() {
     let auth = AuthServer::start();
-    let sock_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sock_dir =
+        tempfile::tempdir().expect("a temp dir for the journal socket should be created");
     let journal = sock_dir.path().join("journal.sock");
     let received = receive_on(&journal);
     // journald's socket path is fixed (/run/systemd/journal/socket): give the daemon a private
@@ -466,7 +473,7 @@ fn syscall_groups() -> std::collections::HashMap<String, Vec<String>> {
     let out = Command::new("systemd-analyze")
         .arg("syscall-filter")
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("systemd-analyze syscall-filter should list the groups");
     let mut raw: std::collections::HashMap<String, Vec<String>> = Default::default();
     let mut current = String::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -573,9 +580,11 @@ fn unit_seccomp_filter() -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_daemon_serves_under_the_units_sandbox() {
     let auth = AuthServer::start();
-    let filter_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let filter_dir =
+        tempfile::tempdir().expect("a temp dir for the seccomp filter should be created");
     let filter = filter_dir.path().join("seccomp.json");
-    std::fs::write(&filter, unit_seccomp_filter().to_string()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&filter, unit_seccomp_filter().to_string())
+        .expect("the unit's seccomp filter should be written");
     // The filter is really applied: keygen prints a key under it, and nothing once `write` is
     // taken out of it.
     let keygen = |filter: &Path| {
@@ -583,10 +592,10 @@ async fn the_daemon_serves_under_the_units_sandbox() {
         let mut child = Command::new(testd())
             .arg("keygen")
             .env("CREDBROKER_TEST_SECCOMP", filter)
-            .stdout(std::fs::File::create(&out).unwrap_or_else(|e| panic!("{e}")))
+            .stdout(std::fs::File::create(&out).expect("the keygen output file should be created"))
             .stderr(std::process::Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("keygen should spawn under the seccomp filter");
         // Without `write` the process cannot even report its failure: give it 5 s.
         let started = Instant::now();
         while child.try_wait().ok().flatten().is_none()
@@ -604,13 +613,14 @@ async fn the_daemon_serves_under_the_units_sandbox() {
         rules.retain(|r| r["syscall"] != "write");
     }
     let crippled = filter_dir.path().join("no-write.json");
-    std::fs::write(&crippled, no_write.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&crippled, no_write.to_string())
+        .expect("the filter without write should be written");
     assert_eq!(keygen(&crippled), 0);
     std::fs::set_permissions(
         filter_dir.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .expect("the filter dir should be opened to the sandboxed uid");
     // DynamicUser= (not root), NoNewPrivileges=, CapabilityBoundingSet= (none), PrivateIPC=,
     // ProtectHostname= (own IPC and UTS namespaces), a private mount namespace, and the
     // seccomp filter above.

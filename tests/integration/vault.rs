@@ -62,9 +62,9 @@ async fn backends() -> (Postgres, OpenBao, tempfile::TempDir) {
     let pg = Postgres::start();
     let bao = OpenBao::dev().await;
     bao.setup_database(&pg).await;
-    let secrets = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let secrets = tempfile::tempdir().expect("a temp dir for the vault token should be created");
     std::fs::write(secrets.path().join("vault-token"), bao.broker_token().await)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the vault broker token file should be written");
     (pg, bao, secrets)
 }
 
@@ -196,7 +196,7 @@ async fn vault_down_sealed_or_forbidden_is_refused_cleanly() {
         .args(["check-config", "--online", "--config"])
         .arg(&d.config)
         .output()
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("check-config --online should run against openbao");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
@@ -264,7 +264,7 @@ async fn approle_login_from_systemd_credentials() {
             Some(serde_json::json!({})),
         )
         .await;
-    let creds = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let creds = tempfile::tempdir().expect("a temp dir for systemd credentials should be created");
     std::fs::write(
         creds.path().join("vault-secret-id"),
         sid["data"]["secret_id"].as_str().unwrap_or_default(),
@@ -573,9 +573,10 @@ async fn an_openbao_outage_while_100_tasks_end_loses_no_lease() {
     let pg = Postgres::start();
     let mut bao = OpenBao::durable().await;
     bao.setup_database(&pg).await;
-    let secrets = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let secrets =
+        tempfile::tempdir().expect("a temp dir for the durable server's token should be created");
     std::fs::write(secrets.path().join("vault-token"), bao.broker_token().await)
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the durable server's broker token should be written");
     let d = Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &token_file(&secrets))).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
 
@@ -599,7 +600,7 @@ async fn an_openbao_outage_while_100_tasks_end_loses_no_lease() {
         tokio::spawn(async move {
             let ch = credbroker::client::channel(&socket)
                 .await
-                .unwrap_or_else(|e| panic!("{e}"));
+                .expect("each end_task should connect to the broker socket");
             let mut c = v1::broker_client::BrokerClient::new(ch);
             c.end_task(v1::EndTaskRequest { task_id: id })
                 .await
@@ -608,7 +609,7 @@ async fn an_openbao_outage_while_100_tasks_end_loses_no_lease() {
     });
     for e in futures_util::future::join_all(ends).await {
         let t = e
-            .unwrap_or_else(|e| panic!("{e}"))
+            .expect("the end_task tokio task should not panic")
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(
             t.state, "ending",
@@ -889,7 +890,7 @@ async fn credbrokers_own_token_is_kept_alive_and_replaced_when_it_cannot_be_rene
             Some(serde_json::json!({})),
         )
         .await;
-    let files = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let files = tempfile::tempdir().expect("a temp dir for the secret-id file should be created");
     let sid_file = files.path().join("secret-id");
     std::fs::write(
         &sid_file,

@@ -117,15 +117,16 @@ impl Daemon {
         env: Vec<(String, String)>,
         wrapper: Vec<String>,
     ) -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("a temp dir for the daemon should be created");
         let d = dir.path().to_path_buf();
         let key = Command::new(testd())
             .arg("keygen")
             .output()
-            .unwrap_or_else(|e| panic!("{e}"));
-        std::fs::write(d.join("journal.key"), &key.stdout).unwrap_or_else(|e| panic!("{e}"));
+            .expect("credbroker keygen should run");
+        std::fs::write(d.join("journal.key"), &key.stdout)
+            .expect("the journal key should be written");
         let cfg = d.join("credbroker.toml");
-        std::fs::write(&cfg, config(&d)).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&cfg, config(&d)).expect("the daemon config should be written");
         let mut daemon = Self {
             config: cfg,
             broker_socket: d.join("broker.sock"),
@@ -152,7 +153,7 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(&self.log)
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the daemon log should open for appending");
         let mut command = match self.wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -164,7 +165,10 @@ impl Daemon {
         let child = command
             .args(["--log-level", &self.log_level, "serve", "--config"])
             .arg(&self.config)
-            .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
+            .stdout(
+                log.try_clone()
+                    .expect("the daemon log handle should be cloned for stdout"),
+            )
             .stderr(log)
             .stdin(Stdio::null())
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -300,7 +304,7 @@ impl Daemon {
     pub fn provider_flag(&self, name: &str, on: bool) {
         let p = self.state.join(name);
         if on {
-            std::fs::write(p, b"1").unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(p, b"1").expect("the provider flag file should be written");
         } else {
             let _ = std::fs::remove_file(p);
         }
@@ -313,7 +317,7 @@ impl Daemon {
             .args(["audit", "export", "--journal"])
             .arg(&self.journal)
             .output()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("audit export should run");
         assert!(
             out.status.success(),
             "audit export failed: {}",
@@ -336,7 +340,7 @@ impl Daemon {
 
     /// Rewrites the configuration file (for reload tests).
     pub fn rewrite_config(&self, text: &str) {
-        std::fs::write(&self.config, text).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&self.config, text).expect("the rewritten config should be written");
     }
 }
 

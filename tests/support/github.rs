@@ -30,7 +30,8 @@ impl FakeGithub {
     pub fn start() -> Self {
         let dir = repo().join("tests/support/github");
         super::npm::ensure(&dir, "@octokit/openapi");
-        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let tmp =
+            tempfile::tempdir().expect("a temp dir for the github stand-in should be created");
         let key = tmp.path().join("app.pem");
         let config = json!({
             "app_id": APP_ID,
@@ -44,7 +45,8 @@ impl FakeGithub {
             ],
         });
         let path = tmp.path().join("github.json");
-        std::fs::write(&path, config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, config.to_string())
+            .expect("the github stand-in config should be written");
         let mut child = Command::new("node")
             .arg(dir.join("server.mjs"))
             .arg(&path)
@@ -69,7 +71,7 @@ impl FakeGithub {
             http: reqwest::Client::builder()
                 .no_proxy()
                 .build()
-                .unwrap_or_else(|e| panic!("{e}")),
+                .expect("the http client for the github stand-in should build"),
         }
     }
 
@@ -136,7 +138,7 @@ impl FakeGithub {
             .body("{}")
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("a raw request to the github stand-in should get a response");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }

@@ -43,7 +43,7 @@ impl Moto {
         let http = reqwest::Client::builder()
             .no_proxy()
             .build()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the http client for moto should build");
         let started = Instant::now();
         while http.get(format!("{direct}/")).send().await.is_err() {
             assert!(
@@ -168,7 +168,7 @@ impl Moto {
             "[default]\naws_access_key_id = AKIDCREDBROKERTEST\n\
              aws_secret_access_key = credbroker-own-secret-key-for-moto\n",
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the moto aws-credentials file should be written");
     }
 }
 

@@ -121,7 +121,7 @@ impl AuthServer {
         let clients = opts.clients;
         let ttl = opts.ttl;
         let metadata = opts.metadata;
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("a temp dir for the auth server should be created");
         let all = "mcp.tool:postgres.read mcp.tool:s3.read mcp.tool:github.create_issue";
         let config = json!({
             "issuer": issuer,
@@ -138,7 +138,8 @@ impl AuthServer {
             },
         });
         let path = dir.path().join("as.json");
-        std::fs::write(&path, config.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&path, config.to_string())
+            .expect("the auth server config should be written");
         let mut child = Command::new("node")
             .arg(oidc_dir().join("server.mjs"))
             .arg(&path)
@@ -234,7 +235,7 @@ impl AuthServer {
             .body(if ok { "ok" } else { "fail" })
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the jwks-mode switch should reach the auth server");
         assert!(resp.status().is_success());
     }
 }

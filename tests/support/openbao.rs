@@ -40,7 +40,7 @@ pub struct OpenBao {
 impl OpenBao {
     /// An in-memory dev server with a file audit device.
     pub async fn dev() -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("a temp dir for the dev openbao should be created");
         let port = free_port();
         let root = format!("root-{}", fastrand::u64(..));
         let audit = dir.path().join("audit.hcl");
@@ -51,7 +51,7 @@ impl OpenBao {
                 dir.path().join("audit.log").display()
             ),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the openbao audit device config should be written");
         let mut bao = Self {
             addr: format!("http://127.0.0.1:{port}"),
             root: root.clone(),
@@ -75,9 +75,10 @@ impl OpenBao {
 
     /// Raft storage: initialised and unsealed; survives `stop` and `start`.
     pub async fn durable() -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir =
+            tempfile::tempdir().expect("a temp dir for the durable openbao should be created");
         let (port, cluster) = (free_port(), free_port());
-        std::fs::create_dir(dir.path().join("data")).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(dir.path().join("data")).expect("the raft data dir should be created");
         let config = dir.path().join("bao.hcl");
         std::fs::write(
             &config,
@@ -98,7 +99,7 @@ cluster_addr = "http://127.0.0.1:{cluster}"
                 data = dir.path().join("data").display()
             ),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .expect("the raft server config should be written");
         let mut bao = Self {
             addr: format!("http://127.0.0.1:{port}"),
             root: String::new(),
@@ -132,14 +133,17 @@ cluster_addr = "http://127.0.0.1:{cluster}"
             .create(true)
             .append(true)
             .open(self.dir.path().join("bao.log"))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the openbao log should open for appending");
         let child = Command::new(bao())
             .args(args)
             .env("HOME", self.dir.path())
             .env_remove("VAULT_ADDR")
             .env_remove("BAO_ADDR")
             .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
+            .stdout(
+                log.try_clone()
+                    .expect("the openbao log handle should be cloned for stdout"),
+            )
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("starting bao: {e}"));

@@ -58,13 +58,13 @@ impl Postgres {
             std::process::id(),
             fastrand::u64(..)
         ));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir_all(&dir).expect("the postgres base dir should be created");
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the postgres base dir should be made traversable");
         let data = dir.join("data");
-        std::fs::create_dir(&data).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::create_dir(&data).expect("the postgres data dir should be created");
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the postgres data dir should be made private");
         if nix::unistd::geteuid().is_root() {
             check(
                 "chown",

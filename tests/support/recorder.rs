@@ -82,13 +82,15 @@ impl Recorder {
             .unwrap_or_else(|e| panic!("recorder bind: {e}"));
         let url = format!(
             "http://{}",
-            listener.local_addr().unwrap_or_else(|e| panic!("{e}"))
+            listener
+                .local_addr()
+                .expect("the recorder listener should have a local address")
         );
         let state = Arc::new(Mutex::new(State::default()));
         let http = reqwest::Client::builder()
             .no_proxy()
             .build()
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the recorder's http client should build");
         let upstream = upstream.trim_end_matches('/').to_string();
         let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {

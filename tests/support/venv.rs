@@ -17,10 +17,11 @@ pub fn ensure(requirement: &str, find: impl Fn(&Path) -> Option<PathBuf>) -> Pat
     if let Some(p) = find(&venv) {
         return p;
     }
-    std::fs::create_dir_all(repo().join(".deps")).unwrap_or_else(|e| panic!("{e}"));
-    let lock =
-        std::fs::File::create(repo().join(".deps/.install.lock")).unwrap_or_else(|e| panic!("{e}"));
-    lock.lock().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::create_dir_all(repo().join(".deps")).expect("the .deps dir should be created");
+    let lock = std::fs::File::create(repo().join(".deps/.install.lock"))
+        .expect("the venv install lock file should be created");
+    lock.lock()
+        .expect("the venv install lock should be acquired");
     if let Some(p) = find(&venv) {
         return p;
     }

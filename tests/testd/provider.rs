@@ -168,21 +168,11 @@ impl Provider for TestProvider {
     }
 
     fn check_grant(&self, params: &Params) -> Result<(), Vec<ParamError>> {
-        let mut errors = Vec::new();
-        for (k, v) in params {
-            let ok = match k.as_str() {
-                "label" => v.is_string(),
-                "items" => v.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
-                "floor_s" => v.is_u64(),
-                _ => {
-                    errors.push(ParamError::new(k, "unknown parameter"));
-                    continue;
-                }
-            };
-            if !ok {
-                errors.push(ParamError::new(k, "has the wrong type"));
-            }
-        }
+        let mut f = Fields::params(params);
+        f.get::<String>("label", "a string");
+        f.strings("items");
+        f.get::<u64>("floor_s", "a whole number of seconds");
+        let errors = f.finish();
         if errors.is_empty() {
             Ok(())
         } else {

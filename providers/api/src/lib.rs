@@ -59,7 +59,7 @@ pub mod testkit;
 mod types;
 
 pub use error::{ErrorKind, ProviderError};
-pub use params::{Narrowing, ParamError, ParamRule, Params, param_str, param_str_list};
+pub use params::{Narrowing, ParamError, ParamRule, Params};
 pub use secret::SecretValue;
 pub use types::{
     Credential, EmptyEnv, Env, IssueRequest, Issued, LeaseRef, ProviderHealth, Reconciled, Renewed,

@@ -81,28 +81,3 @@ impl fmt::Display for ParamError {
         write!(f, "{}: {}", self.path, self.message)
     }
 }
-
-/// A required string parameter.
-pub fn param_str<'a>(params: &'a Params, key: &str) -> Result<&'a str, ParamError> {
-    match params.get(key) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s),
-        Some(Value::String(_)) => Err(ParamError::new(key, "must not be empty")),
-        Some(_) => Err(ParamError::new(key, "must be a string")),
-        None => Err(ParamError::new(key, "is required")),
-    }
-}
-
-/// An optional list of strings; absent means empty.
-pub fn param_str_list(params: &Params, key: &str) -> Result<Vec<String>, ParamError> {
-    match params.get(key) {
-        None => Ok(Vec::new()),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| match v {
-                Value::String(s) => Ok(s.clone()),
-                _ => Err(ParamError::new(key, "must be a list of strings")),
-            })
-            .collect(),
-        Some(_) => Err(ParamError::new(key, "must be a list of strings")),
-    }
-}

@@ -24,6 +24,8 @@ pub struct Fields<'a> {
     prefix: String,
     seen: BTreeSet<String>,
     errors: Vec<ParamError>,
+    /// What a key nobody read is called: "unknown setting" or "unknown parameter".
+    unknown: &'static str,
 }
 
 impl<'a> Fields<'a> {
@@ -42,6 +44,15 @@ impl<'a> Fields<'a> {
             },
             seen: BTreeSet::new(),
             errors: Vec::new(),
+            unknown: "unknown setting",
+        }
+    }
+
+    /// A grant's `params` table: the same rules, its stray keys called parameters.
+    pub fn params(map: &'a Params) -> Self {
+        Self {
+            unknown: "unknown parameter",
+            ..Self::new(map)
         }
     }
 
@@ -58,6 +69,13 @@ impl<'a> Fields<'a> {
     /// Whether any problem has been recorded so far.
     pub fn has_problem(&self) -> bool {
         !self.errors.is_empty()
+    }
+
+    /// Whether a problem has been recorded for `key` (so a follow-up check need not add a
+    /// second, vaguer one).
+    pub fn has_problem_with(&self, key: &str) -> bool {
+        let path = self.path(key);
+        self.errors.iter().any(|e| e.path == path)
     }
 
     /// The raw value of `key`, if present (marks it known).
@@ -96,6 +114,48 @@ impl<'a> Fields<'a> {
             return None;
         }
         Some(s)
+    }
+
+    /// `true` or `false`.
+    pub fn boolean(&mut self, key: &str) -> Option<bool> {
+        self.get(key, "true or false")
+    }
+
+    /// A list of strings (each may be empty; the caller checks what an entry must be).
+    pub fn strings(&mut self, key: &str) -> Option<Vec<String>> {
+        self.get(key, "a list of strings")
+    }
+
+    /// A table, for the caller to read with [`Fields::nested`] or by hand.
+    pub fn table(&mut self, key: &str) -> Option<&'a Params> {
+        match self.raw(key)? {
+            Value::Object(map) => Some(map),
+            _ => {
+                self.problem(key, "must be a table");
+                None
+            }
+        }
+    }
+
+    /// A table whose every value is a string (labels, metadata); each bad entry is a problem
+    /// named `KEY.ENTRY`.
+    pub fn string_map(&mut self, key: &str) -> Option<std::collections::BTreeMap<String, String>> {
+        let map = self.table(key)?;
+        let mut out = std::collections::BTreeMap::new();
+        for (k, v) in map {
+            match v.as_str() {
+                Some(s) => {
+                    out.insert(k.clone(), s.to_string());
+                }
+                None => self.problem(&format!("{key}.{k}"), "must be a string"),
+            }
+        }
+        Some(out)
+    }
+
+    /// Takes the problems of a nested [`Fields`] (already named from the root).
+    pub fn absorb(&mut self, problems: Vec<ParamError>) {
+        self.errors.extend(problems);
     }
 
     /// An integer within `range`.
@@ -177,7 +237,7 @@ impl<'a> Fields<'a> {
             .cloned()
             .collect();
         for k in unknown {
-            self.problem(&k, "unknown setting");
+            self.problem(&k, self.unknown);
         }
         self.errors
     }

@@ -17,7 +17,8 @@
 
 use std::time::Duration;
 
-use credbroker_provider_api::{MAX_TEMPLATE_VALUE_LEN, ParamError, Params, param_str};
+use credbroker_provider_api::settings::Fields;
+use credbroker_provider_api::{MAX_TEMPLATE_VALUE_LEN, ParamError, Params};
 use serde_json::Value;
 
 /// STS's limit on the plaintext of a session policy (inline and managed together count against
@@ -30,16 +31,6 @@ const DEFAULT_DURATION: Duration = Duration::from_secs(3600);
 const MAX_POLICY_ARNS: usize = 10;
 /// A session name is 2–64 characters of `[\w+=,.@-]`; credbroker appends `.` and the lease id.
 const SESSION_NAME_MAX: usize = 64;
-
-const KEYS: [&str; 7] = [
-    "role_arn",
-    "external_id",
-    "session_policy",
-    "policy_arns",
-    "duration",
-    "role_session_name",
-    "transitive_tags",
-];
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Grant {
@@ -60,78 +51,38 @@ impl Grant {
     }
 }
 
-/// Parses (and at load time checks) a grant's parameters. At load the strings still hold
-/// placeholders: sizes are checked with every placeholder at its longest rendering.
+/// Parses (and at load time checks) a grant's parameters, every problem at once. At load the
+/// strings still hold placeholders: sizes are checked with every placeholder at its longest
+/// rendering.
 pub(crate) fn parse(params: &Params) -> Result<Grant, Vec<ParamError>> {
-    let mut errors: Vec<ParamError> = params
-        .keys()
-        .filter(|k| !KEYS.contains(&k.as_str()))
-        .map(|k| ParamError::new(k.as_str(), "unknown parameter"))
-        .collect();
-    let role_arn = param_str(params, "role_arn")
-        .map_err(|e| errors.push(e))
-        .unwrap_or_default()
-        .to_string();
+    let mut f = Fields::params(params);
+    let role_arn = f
+        .required::<String>("role_arn", "a role ARN")
+        .unwrap_or_default();
     if !role_arn.is_empty() {
         if role_arn.contains('{') {
             // A claim must never choose the role: the role is the grant's whole authority.
-            errors.push(ParamError::new("role_arn", "must not hold placeholders"));
+            f.problem("role_arn", "must not hold placeholders");
         } else if let Err(e) = check_arn(&role_arn, "role", false) {
-            errors.push(ParamError::new("role_arn", e));
+            f.problem("role_arn", e);
         }
     }
-    let external_id = match params.get("external_id") {
-        None => None,
-        Some(Value::String(s)) if (2..=1224).contains(&s.len()) && s.chars().all(external_char) => {
-            Some(s.clone())
-        }
-        Some(_) => {
-            errors.push(ParamError::new(
-                "external_id",
-                "must be 2–1224 characters of letters, digits and +=,.@:/-",
-            ));
-            None
-        }
-    };
-    let session_policy = match params.get("session_policy") {
-        None => None,
-        Some(Value::Object(policy)) => {
-            check_policy(policy, &mut errors);
-            serde_json::to_string(policy).ok()
-        }
-        Some(Value::String(_)) => {
-            errors.push(ParamError::new(
-                "session_policy",
-                "write the policy as a TOML table (it is sent as JSON), not as a JSON string",
-            ));
-            None
-        }
-        Some(_) => {
-            errors.push(ParamError::new("session_policy", "must be a table"));
-            None
-        }
-    };
-    let policy_arns = policy_arns(params, &mut errors);
-    let duration = duration(params, &mut errors);
-    let session_name_prefix = match params.get("role_session_name") {
+    const EXTERNAL_ID: &str = "2–1224 characters of letters, digits and +=,.@:/-";
+    let external_id = f.get::<String>("external_id", EXTERNAL_ID);
+    if let Some(id) = &external_id
+        && !((2..=1224).contains(&id.len()) && id.chars().all(external_char))
+    {
+        f.problem("external_id", format!("must be {EXTERNAL_ID}"));
+    }
+    let session_policy = session_policy(&mut f);
+    let policy_arns = policy_arns(&mut f);
+    let duration = duration(&mut f);
+    let session_name_prefix = match f.raw("role_session_name") {
         None => "credbroker".to_string(),
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(_) => {
-            errors.push(ParamError::new(
-                "role_session_name",
-                "must be a non-empty string",
-            ));
-            String::new()
-        }
+        Some(_) => f.string("role_session_name").unwrap_or_default(),
     };
-    let transitive_tags = match params.get("transitive_tags") {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            errors.push(ParamError::new("transitive_tags", "must be true or false"));
-            false
-        }
-    };
+    let transitive_tags = f.boolean("transitive_tags").unwrap_or(false);
+    let errors = f.finish();
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -144,6 +95,19 @@ pub(crate) fn parse(params: &Params) -> Result<Grant, Vec<ParamError>> {
         session_name_prefix,
         transitive_tags,
     })
+}
+
+fn session_policy(f: &mut Fields<'_>) -> Option<String> {
+    if let Some(Value::String(_)) = f.raw("session_policy") {
+        f.problem(
+            "session_policy",
+            "write the policy as a TOML table (it is sent as JSON), not as a JSON string",
+        );
+        return None;
+    }
+    let policy = f.table("session_policy")?;
+    check_policy(policy, f);
+    serde_json::to_string(policy).ok()
 }
 
 fn external_char(c: char) -> bool {
@@ -183,46 +147,30 @@ fn check_arn(arn: &str, kind: &str, aws_account_ok: bool) -> Result<(), String> 
     }
 }
 
-fn policy_arns(params: &Params, errors: &mut Vec<ParamError>) -> Vec<String> {
-    let arns: Vec<String> = match params.get("policy_arns") {
-        None => return Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        Some(_) => {
-            errors.push(ParamError::new("policy_arns", "must be a list of ARNs"));
-            return Vec::new();
-        }
+fn policy_arns(f: &mut Fields<'_>) -> Vec<String> {
+    let Some(arns) = f.get::<Vec<String>>("policy_arns", "a list of ARNs") else {
+        return Vec::new();
     };
-    if params
-        .get("policy_arns")
-        .and_then(Value::as_array)
-        .is_some_and(|a| a.len() != arns.len())
-    {
-        errors.push(ParamError::new("policy_arns", "must be a list of ARNs"));
-    }
     if arns.len() > MAX_POLICY_ARNS {
-        errors.push(ParamError::new(
+        f.problem(
             "policy_arns",
             format!("STS accepts at most {MAX_POLICY_ARNS} managed session policies"),
-        ));
+        );
     }
     for (i, arn) in arns.iter().enumerate() {
+        let key = format!("policy_arns[{i}]");
         if arn.contains('{') {
-            errors.push(ParamError::new(
-                format!("policy_arns[{i}]"),
-                "must not hold placeholders",
-            ));
+            f.problem(&key, "must not hold placeholders");
         } else if let Err(e) = check_arn(arn, "policy", true) {
-            errors.push(ParamError::new(format!("policy_arns[{i}]"), e));
+            f.problem(&key, e);
         }
     }
     arns
 }
 
-fn duration(params: &Params, errors: &mut Vec<ParamError>) -> Duration {
-    let d = match params.get("duration") {
+/// `"1h"`, `"30m"` or a number of seconds, within STS's range.
+fn duration(f: &mut Fields<'_>) -> Duration {
+    let d = match f.raw("duration") {
         None => return DEFAULT_DURATION,
         Some(Value::String(s)) => humantime::parse_duration(s).map_err(|_| format!("{s:?}")),
         Some(Value::Number(n)) => n
@@ -234,46 +182,46 @@ fn duration(params: &Params, errors: &mut Vec<ParamError>) -> Duration {
     match d {
         Ok(d) if (MIN_DURATION..=MAX_DURATION).contains(&d) => d,
         Ok(d) => {
-            errors.push(ParamError::new(
+            f.problem(
                 "duration",
                 format!(
                     "{}s is outside STS's range of 900s (15 minutes) to 43200s (12 hours)",
                     d.as_secs()
                 ),
-            ));
+            );
             DEFAULT_DURATION
         }
         Err(v) => {
-            errors.push(ParamError::new(
+            f.problem(
                 "duration",
                 format!("{v} is not a duration (\"1h\", \"30m\" or seconds)"),
-            ));
+            );
             DEFAULT_DURATION
         }
     }
 }
 
 /// A session policy's shape, and its size with every placeholder at its longest rendering.
-fn check_policy(policy: &Params, errors: &mut Vec<ParamError>) {
+fn check_policy(policy: &Params, f: &mut Fields<'_>) {
     match policy.get("Statement") {
         Some(Value::Array(s)) if !s.is_empty() => {}
         Some(Value::Object(_)) => {}
-        _ => errors.push(ParamError::new(
+        _ => f.problem(
             "session_policy.Statement",
             "is required (a policy without statements allows nothing)",
-        )),
+        ),
     }
     if let Some(v) = policy.get("Version")
         && v != "2012-10-17"
     {
-        errors.push(ParamError::new(
+        f.problem(
             "session_policy.Version",
             "must be \"2012-10-17\" (the older version has no policy variables)",
-        ));
+        );
     }
     let worst = worst_case_len(&Value::Object(policy.clone()));
     if worst > SESSION_POLICY_MAX_CHARS {
-        errors.push(ParamError::new(
+        f.problem(
             "session_policy",
             format!(
                 "is {worst} characters as JSON with every placeholder at its longest \
@@ -281,7 +229,7 @@ fn check_policy(policy: &Params, errors: &mut Vec<ParamError>) {
                  {SESSION_POLICY_MAX_CHARS}: shorten it, or move statements into a managed \
                  policy listed in policy_arns"
             ),
-        ));
+        );
     }
 }
 
@@ -433,7 +381,7 @@ mod tests {
         assert!(
             errors(json!({}))
                 .iter()
-                .any(|x| x == "role_arn: is required")
+                .any(|x| x.starts_with("role_arn: is required"))
         );
         assert!(
             errors(json!({"role_arn": "arn:aws:iam::123456789012:role/{sub}"}))

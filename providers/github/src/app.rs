@@ -92,18 +92,20 @@ mod tests {
 
     #[test]
     fn jwts_follow_githubs_rules_and_are_reused_until_nearly_expired() {
-        let app = AppJwt::new(4242, SecretValue::new(PEM)).unwrap_or_else(|e| panic!("{e}"));
+        let app = AppJwt::new(4242, SecretValue::new(PEM))
+            .expect("the test PEM should be accepted as an app key");
         let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
-        let first = app.current(t0).unwrap_or_else(|e| panic!("{e}"));
+        let first = app.current(t0).expect("the first app JWT should be minted");
         let c = claims(&first);
         assert_eq!(c["iss"], "4242");
         assert_eq!(c["iat"], 1_800_000_000 - 60);
         assert_eq!(c["exp"], 1_800_000_000 + 540);
-        let header = jsonwebtoken::decode_header(first.expose()).unwrap_or_else(|e| panic!("{e}"));
+        let header = jsonwebtoken::decode_header(first.expose())
+            .expect("the app JWT should have a readable header");
         assert_eq!(header.alg, Algorithm::RS256);
         let later = app
             .current(t0 + Duration::from_secs(400))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("the app JWT should still be served at 400s");
         assert_eq!(
             later.expose(),
             first.expose(),
@@ -111,7 +113,7 @@ mod tests {
         );
         let fresh = app
             .current(t0 + Duration::from_secs(490))
-            .unwrap_or_else(|e| panic!("{e}"));
+            .expect("a fresh app JWT should be minted at 490s");
         assert_ne!(
             fresh.expose(),
             first.expose(),

@@ -12,18 +12,13 @@
 
 use std::collections::BTreeMap;
 
-use credbroker_provider_api::{ParamError, Params, param_str_list};
-use serde_json::Value;
+use credbroker_provider_api::settings::Fields;
+use credbroker_provider_api::{ParamError, Params};
 
-const KEYS: [&str; 5] = [
-    "installation_id",
-    "owner",
-    "repository",
-    "repositories",
-    "permissions",
-];
 /// GitHub accepts at most 500 repositories per installation token.
 const MAX_REPOSITORIES: usize = 500;
+const NAME_RULE: &str =
+    "must be a GitHub account or repository name (letters, digits, '.', '_', '-')";
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Installation {
@@ -43,113 +38,111 @@ pub(crate) struct Grant {
     pub(crate) permissions: BTreeMap<String, String>,
 }
 
+/// Parses a grant's parameters, every problem at once.
 pub(crate) fn parse(params: &Params) -> Result<Grant, Vec<ParamError>> {
-    let mut errors: Vec<ParamError> = params
-        .keys()
-        .filter(|k| !KEYS.contains(&k.as_str()))
-        .map(|k| ParamError::new(k.as_str(), "unknown parameter"))
-        .collect();
-    let name = |key: &str, v: Option<&Value>, errors: &mut Vec<ParamError>| match v {
-        None => None,
-        Some(Value::String(s)) if valid_name(s) => Some(s.clone()),
-        Some(_) => {
-            errors.push(ParamError::new(
-                key,
-                "must be a GitHub account or repository name (letters, digits, '.', '_', '-')",
-            ));
-            None
-        }
-    };
-    let owner = name("owner", params.get("owner"), &mut errors);
-    let repository = name("repository", params.get("repository"), &mut errors);
-    let installation = match (params.get("installation_id"), owner) {
-        (Some(v), None) if params.get("owner").is_none() => match v.as_u64() {
-            Some(id) if id > 0 => Some(Installation::Id(id)),
-            _ => {
-                errors.push(ParamError::new(
-                    "installation_id",
-                    "must be a positive integer",
-                ));
-                None
-            }
-        },
-        (None, Some(owner)) => Some(Installation::Owner { owner, repository }),
-        (Some(_), _) => {
-            errors.push(ParamError::new(
-                "installation_id",
-                "give installation_id or owner, not both",
-            ));
-            None
-        }
-        (None, None) => {
-            if params.get("owner").is_none() {
-                errors.push(ParamError::new(
-                    "installation_id",
-                    "is required (or owner, to find the installation)",
-                ));
-            }
-            None
-        }
-    };
-    if params.get("repository").is_some() && params.get("owner").is_none() {
-        errors.push(ParamError::new("repository", "needs owner"));
-    }
-    let repositories = match param_str_list(params, "repositories") {
-        Ok(list) if list.is_empty() => {
-            errors.push(ParamError::new(
-                "repositories",
-                "must list the repositories (without it GitHub gives the token every repository \
-                 of the installation)",
-            ));
-            list
-        }
-        Ok(list) => {
-            for (i, r) in list.iter().enumerate() {
-                if !valid_template_name(r) {
-                    errors.push(ParamError::new(
-                        format!("repositories[{i}]"),
-                        format!("{r:?} is not a repository name"),
-                    ));
-                }
-            }
-            if list.len() > MAX_REPOSITORIES {
-                errors.push(ParamError::new(
-                    "repositories",
-                    format!("GitHub accepts at most {MAX_REPOSITORIES}"),
-                ));
-            }
-            list
-        }
-        Err(e) => {
-            errors.push(e);
-            Vec::new()
-        }
-    };
-    let permissions = permissions(params.get("permissions"), &mut errors);
-    if !errors.is_empty() {
-        return Err(errors);
-    }
+    let mut f = Fields::params(params);
+    let installation = installation(&mut f);
+    let repositories = repositories(&mut f);
+    let permissions = permissions(&mut f);
+    let errors = f.finish();
     match installation {
-        Some(installation) => Ok(Grant {
+        Some(installation) if errors.is_empty() => Ok(Grant {
             installation,
             repositories,
             permissions,
         }),
-        None => Err(vec![ParamError::new("installation_id", "is required")]),
+        _ => Err(errors),
     }
 }
 
-fn permissions(v: Option<&Value>, errors: &mut Vec<ParamError>) -> BTreeMap<String, String> {
-    let Some(Value::Object(map)) = v else {
-        errors.push(ParamError::new(
-            "permissions",
-            "must be a table such as { issues = \"write\" } (without it GitHub gives the token \
-             every permission of the App)",
-        ));
+fn installation(f: &mut Fields<'_>) -> Option<Installation> {
+    let name = |f: &mut Fields<'_>, key: &str| {
+        let given = f.raw(key).is_some();
+        let value = f.get::<String>(key, "a string").filter(|s| valid_name(s));
+        if given && value.is_none() && !f.has_problem_with(key) {
+            f.problem(key, NAME_RULE);
+        }
+        (given, value)
+    };
+    let (owner_given, owner) = name(f, "owner");
+    let (repository_given, repository) = name(f, "repository");
+    let id_given = f.raw("installation_id").is_some();
+    if repository_given && !owner_given {
+        f.problem("repository", "needs owner");
+    }
+    match (id_given, owner_given) {
+        (true, true) => {
+            f.problem("installation_id", "give installation_id or owner, not both");
+            None
+        }
+        (true, false) => {
+            let id = f.get::<u64>("installation_id", "a positive integer")?;
+            if id == 0 {
+                f.problem("installation_id", "must be a positive integer");
+                return None;
+            }
+            Some(Installation::Id(id))
+        }
+        (false, true) => Some(Installation::Owner {
+            owner: owner?,
+            repository,
+        }),
+        (false, false) => {
+            f.problem(
+                "installation_id",
+                "is required (or owner, to find the installation)",
+            );
+            None
+        }
+    }
+}
+
+fn repositories(f: &mut Fields<'_>) -> Vec<String> {
+    let given = f.raw("repositories").is_some();
+    let list = f.strings("repositories").unwrap_or_default();
+    if list.is_empty() && !f.has_problem_with("repositories") {
+        f.problem(
+            "repositories",
+            if given {
+                "must list the repositories (without it GitHub gives the token every repository \
+                 of the installation)"
+            } else {
+                "is required: list the repositories (without it GitHub gives the token every \
+                 repository of the installation)"
+            },
+        );
+    }
+    for (i, r) in list.iter().enumerate() {
+        if !valid_template_name(r) {
+            f.problem(
+                &format!("repositories[{i}]"),
+                format!("{r:?} is not a repository name"),
+            );
+        }
+    }
+    if list.len() > MAX_REPOSITORIES {
+        f.problem(
+            "repositories",
+            format!("GitHub accepts at most {MAX_REPOSITORIES}"),
+        );
+    }
+    list
+}
+
+fn permissions(f: &mut Fields<'_>) -> BTreeMap<String, String> {
+    let given = f.raw("permissions").is_some();
+    let Some(map) = f.table("permissions").filter(|_| given) else {
+        if !f.has_problem_with("permissions") {
+            f.problem(
+                "permissions",
+                "must be a table such as { issues = \"write\" } (without it GitHub gives the token \
+                 every permission of the App)",
+            );
+        }
         return BTreeMap::new();
     };
     if map.is_empty() {
-        errors.push(ParamError::new("permissions", "must name at least one"));
+        f.problem("permissions", "must name at least one");
     }
     let mut out = BTreeMap::new();
     for (name, level) in map {
@@ -161,10 +154,10 @@ fn permissions(v: Option<&Value>, errors: &mut Vec<ParamError>) -> BTreeMap<Stri
             Some(l @ ("read" | "write" | "admin")) if name_ok => {
                 out.insert(name.clone(), l.to_string());
             }
-            _ => errors.push(ParamError::new(
-                format!("permissions.{name}"),
+            _ => f.problem(
+                &format!("permissions.{name}"),
                 "must be a GitHub App permission set to \"read\", \"write\" or \"admin\"",
-            )),
+            ),
         }
     }
     out
@@ -203,7 +196,7 @@ pub(crate) fn level(l: &str) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
 

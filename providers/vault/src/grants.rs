@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use credbroker_provider_api::{ParamError, Params, param_str, param_str_list};
+use credbroker_provider_api::settings::Fields;
+use credbroker_provider_api::{ParamError, Params};
 use serde_json::Value;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -31,33 +32,30 @@ pub(crate) enum Grant {
     },
 }
 
-const DYNAMIC_KEYS: [&str; 5] = ["kind", "path", "method", "body", "public"];
-const TOKEN_KEYS: [&str; 6] = ["kind", "policies", "ttl", "num_uses", "renewable", "meta"];
-
+/// Parses a grant's parameters, every problem at once. Only the keys of the grant's `kind` are
+/// read, so a key of the other kind is reported as unknown.
 pub(crate) fn parse(params: &Params) -> Result<Grant, Vec<ParamError>> {
-    let mut errors = Vec::new();
-    let kind = param_str(params, "kind").map_err(|e| vec![e])?;
-    let allowed: &[&str] = match kind {
-        "dynamic" => &DYNAMIC_KEYS,
-        "token" => &TOKEN_KEYS,
-        other => {
+    let mut f = Fields::params(params);
+    let grant = match f.required::<String>("kind", "\"dynamic\" or \"token\"") {
+        Some(kind) if kind == "dynamic" => dynamic(&mut f),
+        Some(kind) if kind == "token" => token(&mut f),
+        Some(other) => {
+            // The other keys mean nothing without a kind: report only this.
             return Err(vec![ParamError::new(
                 "kind",
                 format!("{other:?}: expected \"dynamic\" or \"token\""),
             )]);
         }
+        // Without a kind no other key can be judged: report only the kind.
+        None => {
+            return Err(f
+                .finish()
+                .into_iter()
+                .filter(|e| e.path == "kind")
+                .collect());
+        }
     };
-    for k in params.keys().filter(|k| !allowed.contains(&k.as_str())) {
-        errors.push(ParamError::new(
-            k.as_str(),
-            format!("unknown parameter for kind {kind:?}"),
-        ));
-    }
-    let grant = if kind == "dynamic" {
-        dynamic(params, &mut errors)
-    } else {
-        token(params, &mut errors)
-    };
+    let errors = f.finish();
     if errors.is_empty() {
         Ok(grant)
     } else {
@@ -65,111 +63,58 @@ pub(crate) fn parse(params: &Params) -> Result<Grant, Vec<ParamError>> {
     }
 }
 
-fn dynamic(params: &Params, errors: &mut Vec<ParamError>) -> Grant {
-    let path = match param_str(params, "path") {
-        Ok(p) => p.trim_matches('/').to_string(),
-        Err(e) => {
-            errors.push(e);
-            String::new()
-        }
-    };
+fn dynamic(f: &mut Fields<'_>) -> Grant {
+    let path = f
+        .required::<String>("path", "a secrets engine path")
+        .map(|p| p.trim_matches('/').to_string())
+        .unwrap_or_default();
+    if path.is_empty() && !f.has_problem_with("path") {
+        f.problem("path", "must name a secrets engine path");
+    }
     if path.contains("..") || path.contains("//") {
-        errors.push(ParamError::new("path", "must be a plain path without '..'"));
+        f.problem("path", "must be a plain path without '..'");
     }
     // sys/ and auth/ are Vault's own machinery, not secrets engines: reading them through a
     // grant would hand a workload control over Vault. Tokens have their own kind.
     if path.starts_with("sys/") || path.starts_with("auth/") || path.starts_with("identity/") {
-        errors.push(ParamError::new(
+        f.problem(
             "path",
             "must name a secrets engine path, not sys/, auth/ or identity/",
-        ));
+        );
     }
-    let post = match params.get("method").and_then(Value::as_str) {
-        None | Some("GET") => None,
-        Some("POST") => Some(
-            params
-                .get("body")
-                .cloned()
-                .unwrap_or(Value::Object(Default::default())),
-        ),
+    let body = f.table("body").cloned();
+    let post = match f.get::<String>("method", "\"GET\" or \"POST\"").as_deref() {
+        None | Some("GET") => {
+            if body.is_some() {
+                f.problem("body", "is sent only with method = \"POST\"");
+            }
+            None
+        }
+        Some("POST") => Some(Value::Object(body.unwrap_or_default())),
         Some(other) => {
-            errors.push(ParamError::new(
-                "method",
-                format!("{other:?}: expected GET or POST"),
-            ));
+            f.problem("method", format!("{other:?}: expected GET or POST"));
             None
         }
     };
-    if params.get("body").is_some_and(|b| !b.is_object()) {
-        errors.push(ParamError::new("body", "must be a table"));
-    }
-    let public = param_str_list(params, "public").unwrap_or_else(|e| {
-        errors.push(e);
-        Vec::new()
-    });
+    let public = f.strings("public").unwrap_or_default();
     Grant::Dynamic { path, post, public }
 }
 
-fn token(params: &Params, errors: &mut Vec<ParamError>) -> Grant {
-    let policies = param_str_list(params, "policies").unwrap_or_else(|e| {
-        errors.push(e);
-        Vec::new()
-    });
+fn token(f: &mut Fields<'_>) -> Grant {
+    let policies = f
+        .required::<Vec<String>>("policies", "a list of policy names")
+        .unwrap_or_default();
     if policies.is_empty() {
         // An empty list would give the workload every policy of its parent.
-        errors.push(ParamError::new("policies", "must name at least one policy"));
+        f.problem("policies", "must name at least one policy");
     }
     if policies.iter().any(|p| p == "root") {
-        errors.push(ParamError::new("policies", "\"root\" is never granted"));
+        f.problem("policies", "\"root\" is never granted");
     }
-    let ttl = match params.get("ttl") {
-        None => None,
-        Some(Value::String(s)) => match humantime::parse_duration(s) {
-            Ok(d) if !d.is_zero() => Some(d),
-            _ => {
-                errors.push(ParamError::new(
-                    "ttl",
-                    format!("{s:?} is not a duration like \"10m\""),
-                ));
-                None
-            }
-        },
-        Some(_) => {
-            errors.push(ParamError::new("ttl", "must be a duration string"));
-            None
-        }
-    };
-    let num_uses = match params.get("num_uses") {
-        None => 0,
-        Some(v) => v.as_u64().unwrap_or_else(|| {
-            errors.push(ParamError::new(
-                "num_uses",
-                "must be a non-negative integer",
-            ));
-            0
-        }),
-    };
-    let renewable = params
-        .get("renewable")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let meta = match params.get("meta") {
-        None => BTreeMap::new(),
-        Some(Value::Object(m)) => m
-            .iter()
-            .filter_map(|(k, v)| match v.as_str() {
-                Some(s) => Some((k.clone(), s.to_string())),
-                None => {
-                    errors.push(ParamError::new(format!("meta.{k}"), "must be a string"));
-                    None
-                }
-            })
-            .collect(),
-        Some(_) => {
-            errors.push(ParamError::new("meta", "must be a table of strings"));
-            BTreeMap::new()
-        }
-    };
+    let ttl = f.duration("ttl");
+    let num_uses = f.int("num_uses", 0..=u64::from(u32::MAX)).unwrap_or(0);
+    let renewable = f.boolean("renewable").unwrap_or(false);
+    let meta = f.string_map("meta").unwrap_or_default();
     Grant::Token {
         policies,
         ttl,
@@ -235,5 +180,34 @@ mod tests {
             Some(vec!["ttl".into()])
         );
         assert_eq!(bad(json!({"kind": "kv"})), Some(vec!["kind".into()]));
+        assert_eq!(bad(json!({"path": "x"})), Some(vec!["kind".into()]));
+    }
+
+    #[test]
+    fn wrong_types_are_refused_all_at_once_not_read_as_defaults() {
+        let e = parse(&p(json!({
+            "kind": "token", "policies": ["a"], "renewable": "yes", "num_uses": -1,
+            "ttl": 600, "meta": {"team": 7}, "colour": "blue"
+        })))
+        .err()
+        .unwrap_or_default();
+        let got: Vec<String> = e.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            got,
+            [
+                "ttl: must be a duration such as \"10s\"",
+                "num_uses: must be an integer from 0 to 4294967295",
+                "renewable: must be true or false",
+                "meta.team: must be a string",
+                "colour: unknown parameter",
+            ],
+        );
+        let e = parse(&p(json!({
+            "kind": "dynamic", "path": 3, "method": "PUT", "body": "x", "public": "username"
+        })))
+        .err()
+        .unwrap_or_default();
+        let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["path", "body", "method", "public"], "{e:?}");
     }
 }

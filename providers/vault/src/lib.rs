@@ -180,9 +180,7 @@ fn login(f: &mut Fields<'_>, env: &dyn Env) -> Option<Login> {
                     "needs secret_id_file or secret_id_credential",
                 );
             }
-            for e in af.finish() {
-                f.problem(&e.path, e.message);
-            }
+            f.absorb(af.finish());
             match (role_id, secret_id) {
                 (Some(role_id), Some(secret_id)) => Some(Login::AppRole {
                     mount,
