@@ -32,7 +32,7 @@ pub fn parse_when(text: &str, now: SystemTime) -> Result<SystemTime, String> {
     if let Ok(t) = humantime::parse_rfc3339_weak(text) {
         return Ok(t);
     }
-    humantime::parse_duration(text)
+    credbroker_provider_api::parse_duration(text)
         .map(|d| now.checked_sub(d).unwrap_or(UNIX_EPOCH))
         .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor a duration like 24h"))
 }

@@ -1,15 +1,16 @@
-//! Where each provider setting and grant parameter is written in the file, so problems that
-//! providers find (they see only the values) are reported with a line like the core's own.
+//! Where each key is written in the file, so every problem — the core's, and those providers
+//! find (they see only the values) — is reported with its line.
 //!
-//! Keys are paths as providers name them: `provider.NAME.KEY[.SUB…]` and
-//! `grant.NAME.params.KEY[.SUB…]`, with `[i]` for array elements.
+//! Keys are paths: `server.broker_socket`, and for the arrays of tables the entry's name
+//! (`url` for issuers): `provider.NAME.KEY[.SUB…]`, `grant.NAME.params.KEY`,
+//! `issuer.URL.refresh`; `[i]` for array elements and for entries without a name.
 
 use std::collections::BTreeMap;
 
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-/// Line (1-based) of every key under `[[provider]]` settings and `[[grant]]` params.
+/// Line (1-based) of every key in a configuration file.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyLines {
     lines: BTreeMap<String, usize>,
@@ -24,34 +25,26 @@ impl KeyLines {
             return Self { lines };
         };
         let line = |at: usize| text[..at.min(text.len())].matches('\n').count() + 1;
-        for (section, inner) in [("provider", None), ("grant", Some("params"))] {
-            let Some(entries) = root.get_ref().get(section).map(Spanned::get_ref) else {
-                continue;
-            };
-            let DeValue::Array(entries) = entries else {
-                continue;
-            };
-            for entry in entries {
-                let DeValue::Table(table) = entry.get_ref() else {
-                    continue;
-                };
-                let Some(DeValue::String(name)) = table.get("name").map(Spanned::get_ref) else {
-                    continue;
-                };
-                let prefix = format!("{section}.{name}");
-                lines.insert(prefix.clone(), line(entry.span().start));
-                match inner {
-                    None => walk(table, &prefix, &line, &mut lines),
-                    Some(key) => {
-                        if let Some((k, v)) = table.get_key_value(key) {
-                            let path = format!("{prefix}.{key}");
-                            lines.insert(path.clone(), line(k.span().start));
-                            if let DeValue::Table(t) = v.get_ref() {
-                                walk(t, &path, &line, &mut lines);
-                            }
-                        }
+        for (k, v) in root.get_ref() {
+            let key = k.get_ref().to_string();
+            lines.insert(key.clone(), line(k.span().start));
+            match v.get_ref() {
+                DeValue::Array(entries) if entries.iter().all(|e| e.get_ref().is_table()) => {
+                    for (i, entry) in entries.iter().enumerate() {
+                        let DeValue::Table(table) = entry.get_ref() else {
+                            continue;
+                        };
+                        let name = entry_name(table, i);
+                        let path = if name.starts_with('[') {
+                            format!("{key}{name}")
+                        } else {
+                            format!("{key}.{name}")
+                        };
+                        lines.insert(path.clone(), line(entry.span().start));
+                        walk(table, &path, &line, &mut lines);
                     }
                 }
+                _ => value(v, &key, &line, &mut lines),
             }
         }
         Self { lines }
@@ -68,6 +61,17 @@ impl KeyLines {
             p = &p[..cut];
         }
     }
+}
+
+/// How an array-of-tables entry is named in paths: `name`, or an issuer's `url`, or `[i]`.
+pub(super) fn entry_name(table: &DeTable<'_>, i: usize) -> String {
+    ["name", "url"]
+        .iter()
+        .find_map(|k| match table.get(*k).map(Spanned::get_ref) {
+            Some(DeValue::String(s)) => Some(s.to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| format!("[{i}]"))
 }
 
 fn walk(
@@ -109,6 +113,10 @@ mod tests {
     #[test]
     fn settings_and_params_have_their_lines() {
         let text = r#"
+[server]
+broker_socket = "/run/b.sock"
+admin_uids = [0,
+  7]
 [[provider]]
 name = "aws"
 type = "aws"
@@ -132,22 +140,29 @@ Statement = [
 ]
 "#;
         let l = KeyLines::index(text);
-        assert_eq!(l.of("provider.aws"), Some(2));
-        assert_eq!(l.of("provider.aws.region"), Some(5));
-        assert_eq!(l.of("provider.aws.timeout"), Some(6));
-        assert_eq!(
-            l.of("provider.aws.nonesuch"),
-            Some(2),
-            "the table's own line"
-        );
-        assert_eq!(l.of("grant.g.params.duration"), Some(11));
-        assert_eq!(l.of("grant.h.params.role_arn"), Some(17));
-        assert_eq!(l.of("grant.h.params.session_policy.Statement[1]"), Some(21));
+        assert_eq!(l.of("server.broker_socket"), Some(3));
+        assert_eq!(l.of("server.admin_uids[1]"), Some(5));
+        assert_eq!(l.of("server.nonesuch"), Some(2), "the table's own line");
+        assert_eq!(l.of("provider.aws"), Some(6));
+        assert_eq!(l.of("provider.aws.region"), Some(9));
+        assert_eq!(l.of("provider.aws.timeout"), Some(10));
+        assert_eq!(l.of("provider.aws.nonesuch"), Some(6));
+        assert_eq!(l.of("grant.g.params.duration"), Some(15));
+        assert_eq!(l.of("grant.h.params.role_arn"), Some(21));
+        assert_eq!(l.of("grant.h.params.session_policy.Statement[1]"), Some(25));
         assert_eq!(
             l.of("grant.h.params.session_policy.Statement[1].Effect"),
-            Some(21)
+            Some(25)
         );
-        assert_eq!(l.of("grant.nonesuch.params.x"), None);
+        assert_eq!(
+            l.of("grant.nonesuch.params.x"),
+            Some(12),
+            "the section's line"
+        );
+        assert_eq!(
+            KeyLines::index("[[grant]]\nprovider = 1\n").of("grant[0].provider"),
+            Some(2)
+        );
         assert_eq!(KeyLines::index("not [ toml").of("provider.aws"), None);
     }
 }

@@ -5,6 +5,7 @@
 
 mod lines;
 mod raw;
+mod schema;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
-use toml::Spanned;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,13 +22,13 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) metrics: RawMetrics,
     #[serde(default, rename = "issuer")]
-    pub(super) issuers: Vec<Spanned<RawIssuer>>,
+    pub(super) issuers: Vec<RawIssuer>,
     #[serde(default, rename = "workload")]
-    pub(super) workloads: Vec<Spanned<RawWorkload>>,
+    pub(super) workloads: Vec<RawWorkload>,
     #[serde(default, rename = "grant")]
-    pub(super) grants: Vec<Spanned<RawGrant>>,
+    pub(super) grants: Vec<RawGrant>,
     #[serde(default, rename = "provider")]
-    pub(super) providers: Vec<Spanned<RawProvider>>,
+    pub(super) providers: Vec<RawProvider>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,11 +2,9 @@
 //! the first one (as SPIRE's `pluginconf.Build` does).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ops::Range;
 use std::time::Duration;
 
 use credbroker_provider_api::Params;
-use toml::Spanned;
 
 use super::raw::{
     RawAudit, RawBroker, RawConfig, RawGrant, RawIssuer, RawJournal, RawProvider, RawServer,
@@ -28,61 +26,72 @@ use sections::{audit, broker, journal, metrics_listen, server, tokens};
 /// The longest clock-skew allowance accepted: more would let stale tokens through.
 pub(super) const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
-/// Parses a human duration such as `90s`, `15m`, `1h 30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("{text:?} is not a duration like \"90s\" or \"15m\" ({e})"))
+pub use credbroker_provider_api::parse_duration;
+
+const fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+const fn millis(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// The range each duration setting must be in. Short-lived credentials are the point: no
+/// lifetime beyond a day; below these floors a value is a unit mistake (`500ms` for `5m`).
+pub(super) mod bounds {
+    use super::{Duration, millis, secs};
+    pub(in crate::config) const TTL: (Duration, Duration) = (secs(10), secs(86_400));
+    pub(in crate::config) const TIMEOUT: (Duration, Duration) = (millis(100), secs(300));
+    pub(in crate::config) const END_WAIT: (Duration, Duration) = (millis(100), secs(300));
+    pub(in crate::config) const BACKOFF: (Duration, Duration) = (millis(100), secs(86_400));
+    pub(in crate::config) const WINDOW: (Duration, Duration) = (secs(1), secs(86_400));
+    pub(in crate::config) const REFRESH: (Duration, Duration) = (secs(60), secs(86_400));
+    pub(in crate::config) const REFRESH_FLOOR: (Duration, Duration) = (secs(1), secs(3_600));
+    pub(in crate::config) const IDLE: (Duration, Duration) = (secs(1), secs(300));
 }
 
 /// Collects problems with their location.
-pub(super) struct Problems<'a> {
-    text: &'a str,
+pub(super) struct Problems {
+    lines: KeyLines,
+    /// Keys the schema stood in for: it has reported them already.
+    stand_ins: BTreeSet<String>,
     errors: Vec<ConfigError>,
 }
 
-impl Problems<'_> {
-    fn line_of(&self, span: &Range<usize>) -> usize {
-        self.text[..span.start.min(self.text.len())]
-            .matches('\n')
-            .count()
-            + 1
-    }
-
-    fn at(&mut self, span: Option<&Range<usize>>, path: impl Into<String>, msg: impl Into<String>) {
-        let line = span.map(|s| self.line_of(s));
+impl Problems {
+    fn at(&mut self, path: impl Into<String>, msg: impl Into<String>) {
+        let path = path.into();
+        if self.stand_ins.contains(&path) {
+            return;
+        }
         self.errors.push(ConfigError {
-            path: path.into(),
-            line,
+            line: self.lines.of(&path),
+            path,
             message: msg.into(),
         });
     }
 
+    /// The duration at `path` (`default` when absent or wrong), within `(min, max)`.
     fn duration(
         &mut self,
-        span: Option<&Range<usize>>,
         path: &str,
         value: Option<&String>,
         default: Duration,
+        (min, max): (Duration, Duration),
     ) -> Duration {
-        match value {
+        match value.map(|v| credbroker_provider_api::parse_duration_within(v, min, max)) {
             None => default,
-            Some(v) => match parse_duration(v) {
-                Ok(d) if d.is_zero() => {
-                    self.at(span, path, "must be longer than zero");
-                    default
-                }
-                Ok(d) => d,
-                Err(e) => {
-                    self.at(span, path, e);
-                    default
-                }
-            },
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
+                self.at(path, e);
+                default
+            }
         }
     }
 }
 
 pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
-    let raw: RawConfig = toml::from_str(text).map_err(|e| {
+    // Syntax errors stop here, one at a time: past one, the parser cannot tell what is meant.
+    let doc: toml::Table = toml::from_str(text).map_err(|e| {
         let line = e
             .span()
             .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
@@ -92,9 +101,23 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             message: e.message().to_string(),
         }]
     })?;
+    let checked = schema::check(doc);
     let mut p = Problems {
-        text,
+        lines: KeyLines::index(text),
+        stand_ins: BTreeSet::new(),
         errors: Vec::new(),
+    };
+    for (path, message) in checked.problems {
+        p.at(path, message);
+    }
+    p.stand_ins = checked.stand_ins;
+    // The schema has made the document serde's shape; a failure here is a schema gap.
+    let raw: RawConfig = match toml::Value::Table(checked.doc).try_into() {
+        Ok(raw) => raw,
+        Err(e) => {
+            p.at("", e.message().to_string());
+            return Err(p.errors);
+        }
     };
 
     let server = server(&mut p, raw.server);
@@ -105,52 +128,35 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let metrics = raw.metrics.listen.and_then(|l| match metrics_listen(&l) {
         Ok(m) => Some(m),
         Err(e) => {
-            p.at(None, "metrics.listen", e);
+            p.at("metrics.listen", e);
             None
         }
     });
     let mut issuers = Vec::new();
     let mut registry: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for raw in raw.issuers {
-        let span = raw.span();
-        let mut raw = raw.into_inner();
+    for mut raw in raw.issuers {
         let clients = std::mem::take(&mut raw.clients);
-        if let Some(i) = issuer(&mut p, &span, raw) {
+        if let Some(i) = issuer(&mut p, raw) {
             if issuers.iter().any(|o: &IssuerConfig| o.url == i.url) {
-                p.at(
-                    Some(&span),
-                    format!("issuer.{}", i.url),
-                    "is configured twice",
-                );
+                p.at(format!("issuer.{}", i.url), "is configured twice");
             }
-            check_clients(
-                &mut p,
-                Some(&span),
-                &format!("issuer.{}.clients", i.url),
-                &clients,
-            );
+            check_clients(&mut p, &format!("issuer.{}.clients", i.url), &clients);
             registry.entry(i.url.clone()).or_default().extend(clients);
             issuers.push(i);
         }
     }
     if issuers.is_empty() {
-        p.at(None, "issuer", "at least one [[issuer]] is required");
+        p.at("issuer", "at least one [[issuer]] is required");
     }
     let bind = Binding::new(&issuers);
     if !raw.attribution.clients.is_empty() {
-        check_clients(
-            &mut p,
-            None,
-            "attribution.clients",
-            &raw.attribution.clients,
-        );
+        check_clients(&mut p, "attribution.clients", &raw.attribution.clients);
         match bind.only() {
             Some(only) => registry
                 .entry(only.to_owned())
                 .or_default()
                 .extend(raw.attribution.clients),
             None => p.at(
-                None,
                 "attribution.clients",
                 "a client id means something only at its issuer: with more than one [[issuer]], \
                  list client owners under each [[issuer]] as `clients = { … }`",
@@ -166,29 +172,24 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
     let provider_names: BTreeSet<&str> = providers.iter().map(|p| p.name.as_str()).collect();
 
     let mut grants = BTreeMap::new();
-    for raw in raw.grants {
-        let span = raw.span();
-        let mut raw = raw.into_inner();
+    for mut raw in raw.grants {
         let issuer = raw.issuer.take();
-        let mut g = grant(&mut p, &span, raw, &provider_names, &broker);
-        g.issuer = bind.resolve(&mut p, &span, &format!("grant.{}", g.name), issuer);
+        let mut g = grant(&mut p, raw, &provider_names, &broker);
+        g.issuer = bind.resolve(&mut p, &format!("grant.{}", g.name), issuer);
         if grants.contains_key(&g.name) {
-            p.at(Some(&span), format!("grant.{}", g.name), "is defined twice");
+            p.at(format!("grant.{}", g.name), "is defined twice");
         }
         grants.insert(g.name.clone(), g);
     }
 
     let mut workloads: Vec<WorkloadConfig> = Vec::new();
-    for raw in raw.workloads {
-        let span = raw.span();
-        let mut raw = raw.into_inner();
+    for mut raw in raw.workloads {
         let issuer = raw.issuer.take();
-        let mut w = workload(&mut p, &span, raw, &grants);
-        w.issuer = bind.resolve(&mut p, &span, &format!("workload.{}", w.name), issuer);
+        let mut w = workload(&mut p, raw, &grants);
+        w.issuer = bind.resolve(&mut p, &format!("workload.{}", w.name), issuer);
         for g in w.grants.iter().filter_map(|g| grants.get(g)) {
             if !w.issuer.is_empty() && !g.issuer.is_empty() && g.issuer != w.issuer {
                 p.at(
-                    Some(&span),
                     format!("workload.{}.grants", w.name),
                     format!(
                         "grant {:?} is for tokens of {:?}, but this workload accepts tokens of {:?} only",
@@ -198,11 +199,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             }
         }
         if workloads.iter().any(|o| o.name == w.name) {
-            p.at(
-                Some(&span),
-                format!("workload.{}", w.name),
-                "is defined twice",
-            );
+            p.at(format!("workload.{}", w.name), "is defined twice");
         }
         if let Some(o) = workloads.iter().find(|o| {
             o.uid == w.uid
@@ -212,7 +209,6 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
                 && o.systemd_user_unit == w.systemd_user_unit
         }) {
             p.at(
-                Some(&span),
                 format!("workload.{}", w.name),
                 format!("matches exactly the same peers as workload {:?}", o.name),
             );
@@ -233,15 +229,17 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             workloads,
             grants,
             providers,
-            key_lines: KeyLines::index(text),
+            key_lines: p.lines,
         })
     } else {
+        // In file order: the order an operator fixes them in.
+        p.errors.sort_by_key(|e| e.line.unwrap_or(0));
         Err(p.errors)
     }
 }
 
 /// Names appear in audit records, metrics and CLI arguments: keep them plain.
-pub(super) fn check_name(p: &mut Problems<'_>, span: &Range<usize>, what: &str, name: &str) {
+pub(super) fn check_name(p: &mut Problems, what: &str, name: &str) {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -249,7 +247,6 @@ pub(super) fn check_name(p: &mut Problems<'_>, span: &Range<usize>, what: &str, 
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
         p.at(
-            Some(span),
             format!("{what}.{name}"),
             "names must be 1-64 characters of [A-Za-z0-9._-]",
         );

@@ -63,7 +63,8 @@ fn unknown_keys_are_refused_with_their_line() {
     let text = BASE.replace("max_ttl = \"15m\"", "max_ttl = \"15m\"\nmax_tll = \"1h\"");
     let e = errors(&text);
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(e[0].message.contains("max_tll"), "{e:?}");
+    assert!(e[0].path.ends_with(".max_tll"), "{e:?}");
+    assert!(e[0].message.contains("did you mean \"max_ttl\""), "{e:?}");
     let line = text
         .lines()
         .position(|l| l.starts_with("max_tll"))
@@ -193,7 +194,11 @@ fn audit_and_metrics_settings() {
             "audit",
             "mutually exclusive",
         ),
-        ("[audit]\nhead_key = \"/k\"", "", "unknown field"),
+        (
+            "[audit]\nhead_key = \"/k\"",
+            "audit.head_key",
+            "unknown key",
+        ),
     ] {
         let e = errors(&format!("{BASE}\n{extra}\n"));
         assert!(

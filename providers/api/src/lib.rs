@@ -50,6 +50,7 @@
 //! `testkit` (feature `testkit`) is the conformance suite: every provider mounts it against its
 //! real backend (credbroker's `tests/integration/conformance.rs`).
 
+mod duration;
 mod error;
 mod params;
 mod secret;
@@ -58,6 +59,7 @@ pub mod settings;
 pub mod testkit;
 mod types;
 
+pub use duration::{format_duration, parse_duration, parse_duration_within};
 pub use error::{ErrorKind, ProviderError};
 pub use params::{Narrowing, ParamError, ParamRule, Params};
 pub use secret::SecretValue;

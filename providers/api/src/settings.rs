@@ -170,13 +170,14 @@ impl<'a> Fields<'a> {
         }
     }
 
-    /// A duration written as humantime text (`"5s"`, `"20m"`), more than zero.
-    pub fn duration(&mut self, key: &str) -> Option<Duration> {
+    /// A duration (`"5s"`, `"20m"`, the grammar of [`crate::parse_duration`]) within
+    /// `min..=max`.
+    pub fn duration(&mut self, key: &str, min: Duration, max: Duration) -> Option<Duration> {
         let text: String = self.get(key, "a duration such as \"10s\"")?;
-        match parse_duration(&text) {
-            Some(d) => Some(d),
-            None => {
-                self.problem(key, format!("{text:?} is not a duration such as \"10s\""));
+        match crate::parse_duration_within(&text, min, max) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(key, e);
                 None
             }
         }
@@ -243,6 +244,11 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// The bounds of a provider's HTTP timeout: below 100ms nothing answers, above a minute the
+/// broker's own provider timeout has long fired.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(100);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A file holding a secret (a token, a key, a credentials file). Read when needed, so a file
 /// rotated on disk is picked up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -281,13 +287,6 @@ pub fn credential_path(env: &dyn Env, name: &str) -> Result<PathBuf, String> {
         .var("CREDENTIALS_DIRECTORY")
         .ok_or_else(|| format!("credential {name:?}: $CREDENTIALS_DIRECTORY is not set"))?;
     Ok(PathBuf::from(dir).join(name))
-}
-
-/// A duration in humantime text, more than zero.
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    humantime::parse_duration(text)
-        .ok()
-        .filter(|d| !d.is_zero())
 }
 
 /// Whether credbroker may send credentials to `url`: https anywhere, http only to a loopback
@@ -343,7 +342,7 @@ mod tests {
         }))
         .unwrap_or_default();
         let mut f = Fields::new(&map);
-        assert_eq!(f.duration("timeout"), None);
+        assert_eq!(f.duration("timeout", Duration::ZERO, Duration::MAX), None);
         assert_eq!(f.string("region"), None);
         assert_eq!(f.int("max_attempts", 1..=10), None);
         assert_eq!(f.endpoint("api_url"), None);

@@ -172,12 +172,12 @@ fn policy_arns(f: &mut Fields<'_>) -> Vec<String> {
 fn duration(f: &mut Fields<'_>) -> Duration {
     let d = match f.raw("duration") {
         None => return DEFAULT_DURATION,
-        Some(Value::String(s)) => humantime::parse_duration(s).map_err(|_| format!("{s:?}")),
+        Some(Value::String(s)) => credbroker_provider_api::parse_duration(s),
         Some(Value::Number(n)) => n
             .as_u64()
             .map(Duration::from_secs)
-            .ok_or_else(|| n.to_string()),
-        Some(other) => Err(other.to_string()),
+            .ok_or_else(|| format!("{n} is not a duration")),
+        Some(other) => Err(format!("{other} is not a duration")),
     };
     match d {
         Ok(d) if (MIN_DURATION..=MAX_DURATION).contains(&d) => d,
@@ -192,10 +192,7 @@ fn duration(f: &mut Fields<'_>) -> Duration {
             DEFAULT_DURATION
         }
         Err(v) => {
-            f.problem(
-                "duration",
-                format!("{v} is not a duration (\"1h\", \"30m\" or seconds)"),
-            );
+            f.problem("duration", format!("{v} (or a whole number of seconds)"));
             DEFAULT_DURATION
         }
     }

@@ -100,7 +100,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use credbroker_provider_api::settings::Fields;
+use credbroker_provider_api::settings::{Fields, MAX_TIMEOUT, MIN_TIMEOUT};
 use credbroker_provider_api::{Env, ParamError, Params, Provider, ProviderFactory};
 
 use provider::AwsProvider;
@@ -168,7 +168,9 @@ fn settings(instance: &str, config: &Params, env: &dyn Env) -> Result<Settings, 
     let credentials_file = f
         .secret("credentials_file", "credentials_credential", env)
         .map(|s| s.path().to_path_buf());
-    let timeout = f.duration("timeout").unwrap_or(Duration::from_secs(5));
+    let timeout = f
+        .duration("timeout", MIN_TIMEOUT, MAX_TIMEOUT)
+        .unwrap_or(Duration::from_secs(5));
     let max_attempts = f.int("max_attempts", 1..=10).unwrap_or(4) as u32;
     let revocation = match f.string("revocation").as_deref() {
         None | Some("expire") => Revocation::Expire,

@@ -73,7 +73,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use credbroker_provider_api::settings::Fields;
+use credbroker_provider_api::settings::{Fields, MAX_TIMEOUT, MIN_TIMEOUT};
 use credbroker_provider_api::{Env, ParamError, Params, Provider, ProviderFactory};
 
 use provider::GithubProvider;
@@ -101,9 +101,11 @@ impl ProviderFactory for GithubFactory {
             .unwrap_or_else(|| "https://api.github.com".into())
             .trim_end_matches('/')
             .to_string();
-        let timeout = f.duration("timeout").unwrap_or(Duration::from_secs(10));
+        let timeout = f
+            .duration("timeout", MIN_TIMEOUT, MAX_TIMEOUT)
+            .unwrap_or(Duration::from_secs(10));
         let max_wait = f
-            .duration("max_retry_wait")
+            .duration("max_retry_wait", Duration::ZERO, Duration::from_secs(60))
             .unwrap_or(Duration::from_secs(10));
         let max_retries = f.int("max_retries", 0..=10).unwrap_or(3) as u32;
         let key = f.secret("private_key_file", "private_key_credential", env);

@@ -111,7 +111,8 @@ fn token(f: &mut Fields<'_>) -> Grant {
     if policies.iter().any(|p| p == "root") {
         f.problem("policies", "\"root\" is never granted");
     }
-    let ttl = f.duration("ttl");
+    // Vault clamps to the role's max TTL anyway; a day is beyond any task.
+    let ttl = f.duration("ttl", Duration::from_secs(1), Duration::from_secs(86_400));
     let num_uses = f.int("num_uses", 0..=u64::from(u32::MAX)).unwrap_or(0);
     let renewable = f.boolean("renewable").unwrap_or(false);
     let meta = f.string_map("meta").unwrap_or_default();

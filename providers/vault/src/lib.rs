@@ -82,7 +82,7 @@ mod revoke;
 use std::sync::Arc;
 use std::time::Duration;
 
-use credbroker_provider_api::settings::{Fields, check_endpoint};
+use credbroker_provider_api::settings::{Fields, MAX_TIMEOUT, MIN_TIMEOUT, check_endpoint};
 use credbroker_provider_api::{Env, ParamError, Params, Provider, ProviderFactory};
 use serde_json::Value;
 
@@ -111,7 +111,9 @@ impl ProviderFactory for VaultFactory {
             f.problem("address", "must be https (http only on loopback)");
         }
         let namespace = f.string("namespace");
-        let timeout = f.duration("timeout").unwrap_or(Duration::from_secs(5));
+        let timeout = f
+            .duration("timeout", MIN_TIMEOUT, MAX_TIMEOUT)
+            .unwrap_or(Duration::from_secs(5));
         let ca = f.string("ca_file").and_then(|p| {
             std::fs::read(&p)
                 .map_err(|e| f.problem("ca_file", format!("{p}: {e}")))

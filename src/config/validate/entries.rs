@@ -3,21 +3,12 @@
 #[allow(unused_imports)]
 use super::*;
 
-pub(super) fn providers(
-    p: &mut Problems<'_>,
-    raws: Vec<Spanned<RawProvider>>,
-) -> Vec<ProviderConfig> {
+pub(super) fn providers(p: &mut Problems, raws: Vec<RawProvider>) -> Vec<ProviderConfig> {
     let mut out: Vec<ProviderConfig> = Vec::new();
     for raw in raws {
-        let span = raw.span();
-        let raw = raw.into_inner();
-        check_name(p, &span, "provider", &raw.name);
+        check_name(p, "provider", &raw.name);
         if out.iter().any(|o| o.name == raw.name) {
-            p.at(
-                Some(&span),
-                format!("provider.{}", raw.name),
-                "is defined twice",
-            );
+            p.at(format!("provider.{}", raw.name), "is defined twice");
         }
         out.push(ProviderConfig {
             name: raw.name,
@@ -29,33 +20,26 @@ pub(super) fn providers(
 }
 
 pub(super) fn grant(
-    p: &mut Problems<'_>,
-    span: &Range<usize>,
+    p: &mut Problems,
     raw: RawGrant,
     providers: &BTreeSet<&str>,
     broker: &BrokerSettings,
 ) -> GrantConfig {
     let path = format!("grant.{}", raw.name);
-    check_name(p, span, "grant", &raw.name);
+    check_name(p, "grant", &raw.name);
     if !providers.contains(raw.provider.as_str()) {
         p.at(
-            Some(span),
             format!("{path}.provider"),
             format!("no [[provider]] named {:?}", raw.provider),
         );
     }
     if raw.scopes.is_empty() {
         // Deny by default: a grant must be tied to something the authorization server decided.
-        p.at(
-            Some(span),
-            format!("{path}.scopes"),
-            "must name at least one scope",
-        );
+        p.at(format!("{path}.scopes"), "must name at least one scope");
     }
     for s in &raw.scopes {
         if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
             p.at(
-                Some(span),
                 format!("{path}.scopes"),
                 format!("{s:?} is not a valid scope token"),
             );
@@ -64,32 +48,31 @@ pub(super) fn grant(
     for (claim, values) in &raw.conditions {
         if values.is_empty() {
             p.at(
-                Some(span),
                 format!("{path}.conditions.{claim}"),
                 "must list at least one value",
             );
         }
     }
     let max_ttl = p.duration(
-        Some(span),
         &format!("{path}.max_ttl"),
         Some(&raw.max_ttl),
         broker.default_ttl,
+        bounds::TTL,
     );
-    let default_ttl = raw
-        .default_ttl
-        .as_ref()
-        .map(|d| p.duration(Some(span), &format!("{path}.default_ttl"), Some(d), max_ttl));
+    let default_ttl = raw.default_ttl.as_ref().map(|d| {
+        p.duration(
+            &format!("{path}.default_ttl"),
+            Some(d),
+            max_ttl,
+            bounds::TTL,
+        )
+    });
     if default_ttl.is_some_and(|d| d > max_ttl) {
-        p.at(
-            Some(span),
-            format!("{path}.default_ttl"),
-            "must not exceed max_ttl",
-        );
+        p.at(format!("{path}.default_ttl"), "must not exceed max_ttl");
     }
     let params = to_params(raw.params);
     template::check_params(&params, &mut |key, e| {
-        p.at(Some(span), format!("{path}.params.{key}"), e);
+        p.at(format!("{path}.params.{key}"), e);
     });
     GrantConfig {
         name: raw.name,
@@ -105,28 +88,22 @@ pub(super) fn grant(
 }
 
 pub(super) fn workload(
-    p: &mut Problems<'_>,
-    span: &Range<usize>,
+    p: &mut Problems,
     raw: RawWorkload,
     grants: &BTreeMap<String, GrantConfig>,
 ) -> WorkloadConfig {
     let path = format!("workload.{}", raw.name);
-    check_name(p, span, "workload", &raw.name);
+    check_name(p, "workload", &raw.name);
     let uid = match (raw.uid, raw.user.as_deref()) {
         (Some(uid), None) => Some(uid),
         (None, Some(user)) => match nix::unistd::User::from_name(user) {
             Ok(Some(u)) => Some(u.uid.as_raw()),
             Ok(None) => {
-                p.at(
-                    Some(span),
-                    format!("{path}.user"),
-                    format!("no user named {user:?}"),
-                );
+                p.at(format!("{path}.user"), format!("no user named {user:?}"));
                 None
             }
             Err(e) => {
                 p.at(
-                    Some(span),
                     format!("{path}.user"),
                     format!("cannot look up {user:?}: {e}"),
                 );
@@ -135,7 +112,6 @@ pub(super) fn workload(
         },
         (Some(_), Some(_)) => {
             p.at(
-                Some(span),
                 format!("{path}.user"),
                 "uid and user are mutually exclusive",
             );
@@ -145,14 +121,10 @@ pub(super) fn workload(
     };
     if raw.uid.is_none() && raw.user.is_none() && raw.gid.is_none() {
         // A workload that any local process could claim would defeat peer identification.
-        p.at(Some(span), &path, "must match on uid, user or gid");
+        p.at(&path, "must match on uid, user or gid");
     }
     if raw.exe.as_ref().is_some_and(|e| !e.is_absolute()) {
-        p.at(
-            Some(span),
-            format!("{path}.exe"),
-            "must be an absolute path",
-        );
+        p.at(format!("{path}.exe"), "must be an absolute path");
     }
     for (key, unit) in [
         ("systemd_unit", &raw.systemd_unit),
@@ -164,7 +136,6 @@ pub(super) fn workload(
                 || unit.len() <= ".scope".len())
         {
             p.at(
-                Some(span),
                 format!("{path}.{key}"),
                 "must be a unit name like foo.service",
             );
@@ -172,29 +143,22 @@ pub(super) fn workload(
     }
     if raw.systemd_user_unit.is_some() && raw.uid.is_none() && raw.user.is_none() {
         p.at(
-            Some(span),
             format!("{path}.systemd_user_unit"),
             "a user unit belongs to one user's manager: name that user with uid or user",
         );
     }
     if reqwest::Url::parse(&raw.audience).is_err() {
         p.at(
-            Some(span),
             format!("{path}.audience"),
             "must be an absolute URI (the MCP server's resource)",
         );
     }
     if raw.grants.is_empty() {
-        p.at(
-            Some(span),
-            format!("{path}.grants"),
-            "must name at least one grant",
-        );
+        p.at(format!("{path}.grants"), "must name at least one grant");
     }
     for g in &raw.grants {
         if !grants.contains_key(g) {
             p.at(
-                Some(span),
                 format!("{path}.grants"),
                 format!("no [[grant]] named {g:?}"),
             );

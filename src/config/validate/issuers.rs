@@ -29,14 +29,10 @@ pub(super) fn is_loopback(url: &reqwest::Url) -> bool {
     }
 }
 
-pub(super) fn issuer(
-    p: &mut Problems<'_>,
-    span: &Range<usize>,
-    raw: RawIssuer,
-) -> Option<IssuerConfig> {
+pub(super) fn issuer(p: &mut Problems, raw: RawIssuer) -> Option<IssuerConfig> {
     let path = format!("issuer.{}", raw.url);
     if let Err(e) = check_issuer_url(&raw.url) {
-        p.at(Some(span), format!("{path}.url"), e);
+        p.at(format!("{path}.url"), e);
     }
     let algorithms = match raw.algorithms {
         None => vec![Alg::RS256, Alg::ES256, Alg::EdDSA],
@@ -45,12 +41,11 @@ pub(super) fn issuer(
             for name in names {
                 match Alg::from_config(&name) {
                     Ok(a) => algs.push(a),
-                    Err(e) => p.at(Some(span), format!("{path}.algorithms"), e),
+                    Err(e) => p.at(format!("{path}.algorithms"), e),
                 }
             }
             if algs.is_empty() {
                 p.at(
-                    Some(span),
                     format!("{path}.algorithms"),
                     "must name at least one algorithm",
                 );
@@ -64,7 +59,6 @@ pub(super) fn issuer(
         Some("oidc") => MetadataMode::Oidc,
         Some(other) => {
             p.at(
-                Some(span),
                 format!("{path}.metadata"),
                 format!("{other:?}: expected auto, oauth or oidc"),
             );
@@ -72,22 +66,22 @@ pub(super) fn issuer(
         }
     };
     let refresh = p.duration(
-        Some(span),
         &format!("{path}.refresh"),
         raw.refresh.as_ref(),
         Duration::from_secs(900),
+        bounds::REFRESH,
     );
     let min_refresh_interval = p.duration(
-        Some(span),
         &format!("{path}.min_refresh_interval"),
         raw.min_refresh_interval.as_ref(),
         Duration::from_secs(30),
+        bounds::REFRESH_FLOOR,
     );
     let http_timeout = p.duration(
-        Some(span),
         &format!("{path}.http_timeout"),
         raw.http_timeout.as_ref(),
         Duration::from_secs(5),
+        bounds::TIMEOUT,
     );
     Some(IssuerConfig {
         url: raw.url,
@@ -122,18 +116,11 @@ impl<'a> Binding<'a> {
         }
     }
 
-    pub(super) fn resolve(
-        &self,
-        p: &mut Problems<'_>,
-        span: &Range<usize>,
-        path: &str,
-        named: Option<String>,
-    ) -> String {
+    pub(super) fn resolve(&self, p: &mut Problems, path: &str, named: Option<String>) -> String {
         match named {
             Some(url) if self.urls.contains(&url.as_str()) => url,
             Some(url) => {
                 p.at(
-                    Some(span),
                     format!("{path}.issuer"),
                     format!("no [[issuer]] with url {url:?}"),
                 );
@@ -144,7 +131,6 @@ impl<'a> Binding<'a> {
                 None if self.urls.is_empty() => String::new(),
                 None => {
                     p.at(
-                        Some(span),
                         format!("{path}.issuer"),
                         "is required when more than one [[issuer]] is configured: the same \
                          subject or client id at two issuers is two different principals",
@@ -156,16 +142,10 @@ impl<'a> Binding<'a> {
     }
 }
 
-pub(super) fn check_clients(
-    p: &mut Problems<'_>,
-    span: Option<&Range<usize>>,
-    path: &str,
-    clients: &BTreeMap<String, String>,
-) {
+pub(super) fn check_clients(p: &mut Problems, path: &str, clients: &BTreeMap<String, String>) {
     for (client, owner) in clients {
         if client.is_empty() || owner.is_empty() {
             p.at(
-                span,
                 format!("{path}.{client}"),
                 "client and owner must not be empty",
             );

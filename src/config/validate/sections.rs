@@ -4,7 +4,7 @@
 #[allow(unused_imports)]
 use super::*;
 
-pub(super) fn server(p: &mut Problems<'_>, raw: RawServer) -> ServerConfig {
+pub(super) fn server(p: &mut Problems, raw: RawServer) -> ServerConfig {
     let broker_socket_gid =
         raw.broker_socket_group
             .as_deref()
@@ -14,7 +14,6 @@ pub(super) fn server(p: &mut Problems<'_>, raw: RawServer) -> ServerConfig {
                     Ok(Some(g)) => Some(g.gid.as_raw()),
                     Ok(None) => {
                         p.at(
-                            None,
                             "server.broker_socket_group",
                             format!("no group named {name:?}"),
                         );
@@ -22,7 +21,6 @@ pub(super) fn server(p: &mut Problems<'_>, raw: RawServer) -> ServerConfig {
                     }
                     Err(e) => {
                         p.at(
-                            None,
                             "server.broker_socket_group",
                             format!("cannot look up {name:?}: {e}"),
                         );
@@ -35,12 +33,11 @@ pub(super) fn server(p: &mut Problems<'_>, raw: RawServer) -> ServerConfig {
         ("admin_socket", &raw.admin_socket),
     ] {
         if !path.is_absolute() {
-            p.at(None, format!("server.{key}"), "must be an absolute path");
+            p.at(format!("server.{key}"), "must be an absolute path");
         }
     }
     if raw.broker_socket == raw.admin_socket {
         p.at(
-            None,
             "server.admin_socket",
             "must differ from server.broker_socket",
         );
@@ -50,24 +47,16 @@ pub(super) fn server(p: &mut Problems<'_>, raw: RawServer) -> ServerConfig {
     let max_connections_per_uid = raw.max_connections_per_uid.unwrap_or(256);
     if !(1..=4096).contains(&max_connections_per_uid) {
         p.at(
-            None,
             "server.max_connections_per_uid",
             "must be between 1 and 4096",
         );
     }
     let connection_idle_timeout = p.duration(
-        None,
         "server.connection_idle_timeout",
         raw.connection_idle_timeout.as_ref(),
         Duration::from_secs(30),
+        bounds::IDLE,
     );
-    if connection_idle_timeout > Duration::from_secs(300) {
-        p.at(
-            None,
-            "server.connection_idle_timeout",
-            "must be at most 5m: an idle connection holds a file descriptor",
-        );
-    }
     ServerConfig {
         broker_socket: raw.broker_socket,
         broker_socket_gid,
@@ -78,21 +67,16 @@ pub(super) fn server(p: &mut Problems<'_>, raw: RawServer) -> ServerConfig {
     }
 }
 
-pub(super) fn journal(p: &mut Problems<'_>, raw: RawJournal) -> JournalConfig {
+pub(super) fn journal(p: &mut Problems, raw: RawJournal) -> JournalConfig {
     let key = match (raw.key_file, raw.key_credential) {
         (Some(f), None) => KeySource::File(f),
         (None, Some(c)) => KeySource::Credential(c),
         (None, None) => {
-            p.at(
-                None,
-                "journal",
-                "one of key_file or key_credential is required",
-            );
+            p.at("journal", "one of key_file or key_credential is required");
             KeySource::Credential(String::new())
         }
         (Some(_), Some(_)) => {
             p.at(
-                None,
                 "journal",
                 "key_file and key_credential are mutually exclusive",
             );
@@ -106,14 +90,13 @@ pub(super) fn journal(p: &mut Problems<'_>, raw: RawJournal) -> JournalConfig {
     }
 }
 
-pub(super) fn audit(p: &mut Problems<'_>, raw: RawAudit) -> AuditConfig {
+pub(super) fn audit(p: &mut Problems, raw: RawAudit) -> AuditConfig {
     let head_key = match (raw.head_key_file, raw.head_key_credential) {
         (Some(f), None) => Some(KeySource::File(f)),
         (None, Some(c)) => Some(KeySource::Credential(c)),
         (None, None) => None,
         (Some(_), Some(_)) => {
             p.at(
-                None,
                 "audit",
                 "head_key_file and head_key_credential are mutually exclusive",
             );
@@ -127,28 +110,23 @@ pub(super) fn audit(p: &mut Problems<'_>, raw: RawAudit) -> AuditConfig {
             // Shorter than a day is almost certainly a unit mistake, and would prune records that
             // `audit export` has not had a chance to ship.
             Ok(d) if d < Duration::from_secs(86_400) => {
-                p.at(None, "audit.retention", "must be at least 1 day");
+                p.at("audit.retention", "must be at least 1 day");
                 None
             }
             Ok(d) => Some(d),
             Err(e) => {
-                p.at(None, "audit.retention", e);
+                p.at("audit.retention", e);
                 None
             }
         });
     if let Some(dir) = raw.archive_dir.as_ref().filter(|d| !d.is_absolute()) {
         p.at(
-            None,
             "audit.archive_dir",
             format!("{} must be absolute", dir.display()),
         );
     }
     if raw.archive_dir.is_some() && retention.is_none() {
-        p.at(
-            None,
-            "audit.archive_dir",
-            "only makes sense with audit.retention",
-        );
+        p.at("audit.archive_dir", "only makes sense with audit.retention");
     }
     AuditConfig {
         head_key,
@@ -178,27 +156,23 @@ pub(super) fn metrics_listen(text: &str) -> Result<MetricsListen, String> {
     Ok(MetricsListen::Tcp(addr))
 }
 
-pub(super) fn tokens(p: &mut Problems<'_>, raw: RawTokens) -> TokenSettings {
+pub(super) fn tokens(p: &mut Problems, raw: RawTokens) -> TokenSettings {
     let d = TokenSettings::default();
     let leeway = match raw.leeway.as_deref().map(parse_duration) {
         None => d.leeway,
         Some(Ok(l)) if l <= MAX_LEEWAY => l,
         Some(Ok(_)) => {
-            p.at(None, "tokens.leeway", "must be at most 5m");
+            p.at("tokens.leeway", "must be at most 5m");
             d.leeway
         }
         Some(Err(e)) => {
-            p.at(None, "tokens.leeway", e);
+            p.at("tokens.leeway", e);
             d.leeway
         }
     };
     let max_token_bytes = raw.max_token_bytes.unwrap_or(d.max_token_bytes);
     if !(512..=65_536).contains(&max_token_bytes) {
-        p.at(
-            None,
-            "tokens.max_token_bytes",
-            "must be between 512 and 65536",
-        );
+        p.at("tokens.max_token_bytes", "must be between 512 and 65536");
     }
     TokenSettings {
         max_token_bytes,
@@ -207,69 +181,63 @@ pub(super) fn tokens(p: &mut Problems<'_>, raw: RawTokens) -> TokenSettings {
     }
 }
 
-pub(super) fn broker(p: &mut Problems<'_>, raw: RawBroker) -> BrokerSettings {
+pub(super) fn broker(p: &mut Problems, raw: RawBroker) -> BrokerSettings {
     let d = BrokerSettings::default();
     let s = BrokerSettings {
         max_grants_per_task: raw.max_grants_per_task.unwrap_or(d.max_grants_per_task),
         default_ttl: p.duration(
-            None,
             "broker.default_ttl",
             raw.default_ttl.as_ref(),
             d.default_ttl,
+            bounds::TTL,
         ),
         provider_concurrency: raw.provider_concurrency.unwrap_or(d.provider_concurrency),
         provider_timeout: p.duration(
-            None,
             "broker.provider_timeout",
             raw.provider_timeout.as_ref(),
             d.provider_timeout,
+            bounds::TIMEOUT,
         ),
         end_task_wait: p.duration(
-            None,
             "broker.end_task_wait",
             raw.end_task_wait.as_ref(),
             d.end_task_wait,
+            bounds::END_WAIT,
         ),
         revoke_backoff_initial: p.duration(
-            None,
             "broker.revoke_backoff_initial",
             raw.revoke_backoff_initial.as_ref(),
             d.revoke_backoff_initial,
+            bounds::BACKOFF,
         ),
         revoke_backoff_max: p.duration(
-            None,
             "broker.revoke_backoff_max",
             raw.revoke_backoff_max.as_ref(),
             d.revoke_backoff_max,
+            bounds::BACKOFF,
         ),
         refusal_audit_limit: raw.refusal_audit_limit.unwrap_or(d.refusal_audit_limit),
         refusal_audit_window: p.duration(
-            None,
             "broker.refusal_audit_window",
             raw.refusal_audit_window.as_ref(),
             d.refusal_audit_window,
+            bounds::WINDOW,
         ),
     };
     if s.refusal_audit_limit == 0 {
         p.at(
-            None,
             "broker.refusal_audit_limit",
             "must be at least 1: every kind of refusal must leave a trace",
         );
     }
     if s.max_grants_per_task == 0 || s.max_grants_per_task > 64 {
-        p.at(
-            None,
-            "broker.max_grants_per_task",
-            "must be between 1 and 64",
-        );
+        p.at("broker.max_grants_per_task", "must be between 1 and 64");
     }
     if s.provider_concurrency == 0 {
-        p.at(None, "broker.provider_concurrency", "must be at least 1");
+        p.at("broker.provider_concurrency", "must be at least 1");
     }
     if s.revoke_backoff_initial > s.revoke_backoff_max {
         p.at(
-            None,
             "broker.revoke_backoff_initial",
             "must not exceed broker.revoke_backoff_max",
         );
