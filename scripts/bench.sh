@@ -57,7 +57,7 @@ curl -sf -u bench-agent:bench "$ISSUER/token" -d grant_type=client_credentials \
   python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' > "$W/token"
 
 # --- credbroker ------------------------------------------------------------------------------
-"$CB" keygen > "$W/journal.key"
+(umask 077 && "$CB" keygen > "$W/journal.key")
 cat > "$W/cb.toml" <<TOML
 [server]
 broker_socket = "$W/broker.sock"

@@ -42,7 +42,7 @@ PIDS+=($!)
 for _ in $(seq 100); do grep -q READY "$DEMO/as.log" && break; sleep 0.1; done
 
 step "starting credbroker"
-"$CB" keygen > "$DEMO/journal.key"
+(umask 077 && "$CB" keygen > "$DEMO/journal.key")
 cat > "$DEMO/credbroker.toml" <<TOML
 [server]
 broker_socket = "$DEMO/broker.sock"

@@ -20,6 +20,7 @@ mod intern;
 mod issue;
 mod live;
 mod plan;
+pub mod preflight;
 mod recover;
 mod refusals;
 mod renew;

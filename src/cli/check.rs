@@ -6,11 +6,8 @@ use std::process::ExitCode;
 
 use credbroker_provider_api::{Env, Params};
 
-use crate::broker::Runtime;
-use crate::config::Config;
-use crate::journal::seal::Sealer;
+use crate::broker::{Runtime, preflight};
 use crate::providers::Registry;
-use crate::server::config_errors;
 
 pub(super) async fn run(
     path: &Path,
@@ -18,7 +15,8 @@ pub(super) async fn run(
     registry: &Registry,
     env: &dyn Env,
 ) -> anyhow::Result<ExitCode> {
-    let config = Config::load(path)?;
+    let runtime = preflight::load(path, registry, env, None)?;
+    let config = &runtime.config;
     let summary = format!(
         "{} issuer(s), {} workload(s), {} grant(s), {} provider(s)",
         config.issuers.len(),
@@ -26,57 +24,68 @@ pub(super) async fn run(
         config.grants.len(),
         config.providers.len()
     );
-    let runtime = Runtime::build(config, registry, env, None)
-        .map_err(|errors| config_errors(path, errors))?;
-    Sealer::load(&runtime.config.journal.key, env)?;
-    if let Some(source) = &runtime.config.audit.head_key {
-        source
-            .audit_key(env)
-            .map_err(|e| anyhow::anyhow!("audit head key: {e}"))?;
-    }
-    outln!("{}: ok: {summary}", path.display())?;
     for (name, instance) in runtime.providers.iter() {
         let grants = grants_of(&runtime, name);
         for paragraph in instance.provider.explain(&grants) {
-            outln!("\nprovider {name} needs:\n{paragraph}")?;
+            outln!("provider {name} needs:\n{paragraph}\n")?;
         }
     }
     if !online {
+        outln!(
+            "ok: {}: {summary} (offline checks; --online also asks the issuers and providers)",
+            path.display()
+        )?;
         return Ok(ExitCode::SUCCESS);
     }
+    let mut failures = 0usize;
     let failed = runtime.verifier.load_keys().await;
     for s in runtime.verifier.statuses() {
         match failed.iter().find(|(u, _)| *u == s.url) {
-            Some((_, e)) => outln!("issuer {}: FAILED: {e}", s.url)?,
+            Some((_, e)) => {
+                failures += 1;
+                outln!("issuer {}: FAILED: {e}", s.url)?;
+            }
             None => outln!("issuer {}: ok, {} key(s)", s.url, s.keys)?,
         }
     }
-    let mut bad = !failed.is_empty();
     for (name, instance) in runtime.providers.iter() {
         let grants = grants_of(&runtime, name);
-        let problems = instance.provider.check_online(&grants).await;
-        for p in &problems {
-            outln!("provider {name}: FAILED: {p}")?;
-        }
-        bad |= !problems.is_empty();
+        // One verdict per provider: its health and what its grants need, together.
+        let mut problems = instance.provider.check_online(&grants).await;
         let h = instance.provider.health().await;
-        outln!(
-            "provider {name} ({}): {}{}",
-            instance.config.kind,
-            if h.healthy { "ok" } else { "FAILED" },
-            if h.detail.is_empty() {
+        if !h.healthy {
+            problems.insert(0, format!("unhealthy: {}", h.detail));
+        }
+        let kind = &instance.config.kind;
+        if problems.is_empty() {
+            let detail = if h.detail.is_empty() {
                 String::new()
             } else {
                 format!(": {}", h.detail)
+            };
+            outln!("provider {name} ({kind}): ok{detail}")?;
+        } else {
+            failures += problems.len();
+            outln!("provider {name} ({kind}): FAILED")?;
+            for p in &problems {
+                outln!("  {p}")?;
             }
-        )?;
-        bad |= !h.healthy;
+        }
     }
-    Ok(if bad {
-        ExitCode::FAILURE
+    // The last line is the verdict, and it says what the exit code says.
+    if failures == 0 {
+        outln!(
+            "ok: {}: {summary}, issuers and providers reachable",
+            path.display()
+        )?;
+        Ok(ExitCode::SUCCESS)
     } else {
-        ExitCode::SUCCESS
-    })
+        outln!(
+            "FAILED: {}: {failures} problem(s) found online",
+            path.display()
+        )?;
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 /// The grants `(name, params)` that issue from the provider instance `provider`.

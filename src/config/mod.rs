@@ -285,26 +285,77 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// A configuration read as far as it could be, and every problem found so far. Later checks
+/// (providers, files) add theirs, so one run reports everything.
+#[derive(Debug)]
+pub struct Checked {
+    /// `None` only when the file could not be read as TOML at all. With problems, values that
+    /// were missing or wrong hold stand-ins.
+    pub config: Option<Config>,
+    errors: Vec<ConfigError>,
+    /// Keys that were missing (and are stood in for): their problem is already reported.
+    stand_ins: BTreeSet<String>,
+}
+
+impl Checked {
+    fn failed(error: ConfigError) -> Self {
+        Self {
+            config: None,
+            errors: vec![error],
+            stand_ins: BTreeSet::new(),
+        }
+    }
+
+    /// Adds problems found by a later check, except those about stood-in values.
+    pub fn add(&mut self, errors: impl IntoIterator<Item = ConfigError>) {
+        let stand_ins = &self.stand_ins;
+        self.errors.extend(
+            errors
+                .into_iter()
+                .filter(|e| !stand_ins.iter().any(|s| e.path.starts_with(s.as_str()))),
+        );
+    }
+
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty() && self.config.is_some()
+    }
+
+    /// The configuration, or every problem in file order (the order an operator fixes them).
+    pub fn finish(mut self, source: &str) -> Result<Config, ConfigErrors> {
+        match self.config {
+            Some(config) if self.errors.is_empty() => Ok(config),
+            _ => {
+                self.errors.sort_by_key(|e| e.line.unwrap_or(0));
+                Err(ConfigErrors {
+                    source: source.to_string(),
+                    errors: self.errors,
+                })
+            }
+        }
+    }
+}
+
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
-            source: path.display().to_string(),
-            errors: vec![ConfigError {
+        Self::check_file(path).finish(&path.display().to_string())
+    }
+
+    /// Reads a configuration file as far as it can, collecting every problem.
+    pub fn check_file(path: &Path) -> Checked {
+        match std::fs::read_to_string(path) {
+            Ok(text) => validate::parse(&text),
+            Err(e) => Checked::failed(ConfigError {
                 path: String::new(),
                 line: None,
                 message: format!("cannot read: {e}"),
-            }],
-        })?;
-        Self::parse(&text, &path.display().to_string())
+            }),
+        }
     }
 
     /// Validates configuration text. `source` names it in errors.
     pub fn parse(text: &str, source: &str) -> Result<Self, ConfigErrors> {
-        validate::parse(text).map_err(|errors| ConfigErrors {
-            source: source.to_string(),
-            errors,
-        })
+        validate::parse(text).finish(source)
     }
 
     pub fn workload(&self, name: &str) -> Option<&WorkloadConfig> {

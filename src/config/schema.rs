@@ -216,20 +216,21 @@ impl Walk {
             match table.get_mut(field.key) {
                 None if field.required => {
                     self.problem(&path, format!("is required ({})", describe(field.kind)));
-                    if let Some(v) = self.stand_in(field.kind, &path) {
-                        table.insert(field.key.to_string(), v);
-                    }
+                    let v = self.stand_in(field.kind, &path);
+                    table.insert(field.key.to_string(), v);
                 }
                 None => {}
                 Some(value) => {
-                    if !self.value(value, &path, field.kind) {
+                    let fits = self.value(value, &path, field.kind);
+                    if !fits {
                         self.problem(&path, format!("must be {}", describe(field.kind)));
                         table.remove(field.key);
-                        if field.required
-                            && let Some(v) = self.stand_in(field.kind, &path)
-                        {
-                            table.insert(field.key.to_string(), v);
-                        }
+                    }
+                    // Stood in even when optional: as if absent, later checks would report
+                    // what its absence means ("must match on uid") on top of our problem.
+                    if !fits {
+                        let v = self.stand_in(field.kind, &path);
+                        table.insert(field.key.to_string(), v);
                     }
                 }
             }
@@ -293,23 +294,27 @@ impl Walk {
     /// A value of the right type for a missing required key, so serde can read the rest.
     /// Strings name the path, so two stand-ins never look equal to each other. Later problems
     /// about a stand-in would only repeat the one already reported.
-    fn stand_in(&mut self, kind: Kind, path: &str) -> Option<Value> {
+    fn stand_in(&mut self, kind: Kind, path: &str) -> Value {
         let value = match kind {
             Kind::Str => Value::String(format!("/missing/{path}")),
+            Kind::Bool => Value::Boolean(false),
+            Kind::Int(lo, _) => Value::Integer(lo),
+            Kind::StrList => Value::Array(vec![Value::String(format!("/missing/{path}"))]),
+            Kind::IntList(..) => Value::Array(Vec::new()),
+            Kind::StrMap | Kind::StrListMap | Kind::AnyTable => Value::Table(Table::new()),
             Kind::Table(fields) => {
                 let mut t = Table::new();
                 for f in fields.iter().filter(|f| f.required) {
                     let p = format!("{path}.{}", f.key);
-                    if let Some(v) = self.stand_in(f.kind, &p) {
-                        t.insert(f.key.to_string(), v);
-                    }
+                    let v = self.stand_in(f.kind, &p);
+                    t.insert(f.key.to_string(), v);
                 }
                 Value::Table(t)
             }
-            _ => return None,
+            Kind::Entries(_) | Kind::OpenEntries(_) => Value::Array(Vec::new()),
         };
         self.stand_ins.insert(path.to_string());
-        Some(value)
+        value
     }
 
     /// Every value of a table has a shape; each bad one is its own problem and is removed.

@@ -89,18 +89,21 @@ impl Problems {
     }
 }
 
-pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+pub(super) fn parse(text: &str) -> Checked {
     // Syntax errors stop here, one at a time: past one, the parser cannot tell what is meant.
-    let doc: toml::Table = toml::from_str(text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-        vec![ConfigError {
-            path: String::new(),
-            line,
-            message: e.message().to_string(),
-        }]
-    })?;
+    let doc: toml::Table = match toml::from_str(text) {
+        Ok(doc) => doc,
+        Err(e) => {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            return Checked::failed(ConfigError {
+                path: String::new(),
+                line,
+                message: e.message().to_string(),
+            });
+        }
+    };
     let checked = schema::check(doc);
     let mut p = Problems {
         lines: KeyLines::index(text),
@@ -116,7 +119,11 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         Ok(raw) => raw,
         Err(e) => {
             p.at("", e.message().to_string());
-            return Err(p.errors);
+            return Checked {
+                config: None,
+                errors: p.errors,
+                stand_ins: p.stand_ins,
+            };
         }
     };
 
@@ -216,8 +223,8 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
         workloads.push(w);
     }
 
-    if p.errors.is_empty() {
-        Ok(Config {
+    Checked {
+        config: Some(Config {
             server,
             journal,
             tokens,
@@ -230,11 +237,9 @@ pub(super) fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
             grants,
             providers,
             key_lines: p.lines,
-        })
-    } else {
-        // In file order: the order an operator fixes them in.
-        p.errors.sort_by_key(|e| e.line.unwrap_or(0));
-        Err(p.errors)
+        }),
+        errors: p.errors,
+        stand_ins: p.stand_ins,
     }
 }
 

@@ -1,5 +1,10 @@
 use super::*;
 
+/// The whole check, as `Config::parse` runs it.
+fn parse(text: &str) -> Result<Config, Vec<ConfigError>> {
+    super::parse(text).finish("test").map_err(|e| e.errors)
+}
+
 const BASE: &str = r#"
 [server]
 broker_socket = "/run/credbroker/broker.sock"

@@ -17,7 +17,7 @@ pub mod peer;
 pub mod status;
 pub mod systemd;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -28,8 +28,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tonic::transport::Server;
 
-use crate::broker::{Broker, Runtime};
-use crate::config::Config;
+use crate::broker::{Broker, preflight};
 use crate::journal::Journal;
 use crate::journal::seal::Sealer;
 use crate::proto::v1::admin_server::AdminServer;
@@ -53,9 +52,8 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn run(self) -> anyhow::Result<()> {
-        let config = Config::load(&self.config_path)?;
-        let mut runtime = Runtime::build(config, &self.registry, self.env.as_ref(), None)
-            .map_err(|errors| config_errors(&self.config_path, errors))?;
+        let mut runtime =
+            preflight::load(&self.config_path, &self.registry, self.env.as_ref(), None)?;
         // Before anything touches the journal: one daemon per journal.
         let _lock = lock::acquire(&runtime.config.journal.path).map_err(anyhow::Error::msg)?;
         let sealer = Sealer::load(&runtime.config.journal.key, self.env.as_ref())?;
@@ -240,8 +238,14 @@ impl Daemon {
 
     /// Re-reads the configuration; installs it only if every part of it is valid.
     async fn reload(&self, broker: &Broker, read_exe: &AtomicBool) -> anyhow::Result<()> {
-        let config = Config::load(&self.config_path)?;
         let old = broker.runtime();
+        let mut runtime = preflight::load(
+            &self.config_path,
+            &self.registry,
+            self.env.as_ref(),
+            Some(&old),
+        )?;
+        let config = &runtime.config;
         if config.server.broker_socket != old.config.server.broker_socket
             || config.server.admin_socket != old.config.server.admin_socket
             || config.journal.path != old.config.journal.path
@@ -259,8 +263,6 @@ impl Daemon {
                 config.journal.key
             );
         }
-        let mut runtime = Runtime::build(config, &self.registry, self.env.as_ref(), Some(&old))
-            .map_err(|errors| config_errors(&self.config_path, errors))?;
         if !Arc::ptr_eq(&runtime.verifier, &old.verifier) {
             load_keys(&runtime.verifier).await;
         }
@@ -300,13 +302,6 @@ async fn load_keys(verifier: &crate::token::Verifier) {
         }
         Err(_) => tracing::warn!("issuer keys still loading; continuing in the background"),
     }
-}
-
-pub(crate) fn config_errors(path: &Path, errors: Vec<crate::config::ConfigError>) -> anyhow::Error {
-    anyhow::Error::new(crate::config::ConfigErrors {
-        source: path.display().to_string(),
-        errors,
-    })
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

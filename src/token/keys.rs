@@ -63,9 +63,21 @@ struct Jwk {
     e: Option<String>,
 }
 
+/// JWK members that only private asymmetric keys have (RFC 7518 §6.2.2, §6.3.2; RFC 8037 §2).
+/// A symmetric key's `k` is not here: `oct` keys are skipped as unusable (HMAC is refused).
+const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "oth"];
+
 impl KeySet {
     /// Parses a JWKS document. Returns the usable keys and a note for each key skipped.
     /// Fails only when the document itself is unusable or holds no usable key.
+    /// Checks a static `jwks_file` as start-up would: readable, a key set, public keys only,
+    /// at least one usable for `allowed`. The number of usable keys.
+    pub fn check_file(path: &std::path::Path, allowed: &[Alg]) -> Result<usize, String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Self::parse(&bytes, allowed).map(|(set, _)| set.len())
+    }
+
     pub(crate) fn parse(bytes: &[u8], allowed: &[Alg]) -> Result<(Self, Vec<String>), String> {
         if bytes.len() > MAX_JWKS_BYTES {
             return Err(format!("JWKS is larger than {MAX_JWKS_BYTES} bytes"));
@@ -83,6 +95,16 @@ impl KeySet {
                 .get("kid")
                 .and_then(Value::as_str)
                 .map_or_else(|| format!("key #{i}"), |k| format!("key {k:?}"));
+            // A verification key set holding a private key means the signing key has been
+            // handed around: refuse the set outright rather than skip the entry, so nobody
+            // runs on a key that anyone who read the file can sign with.
+            if let Some(m) = PRIVATE_MEMBERS.iter().find(|m| entry.get(**m).is_some()) {
+                return Err(format!(
+                    "JWKS {label} holds private key material (member {m:?}): a key set for \
+                     verifying tokens must hold public keys only, and whoever read this one can \
+                     sign tokens"
+                ));
+            }
             match serde_json::from_value::<Jwk>(entry.clone())
                 .map_err(|e| e.to_string())
                 .and_then(|jwk| load_key(&jwk, allowed))

@@ -12,7 +12,9 @@ fn fixture_jwk(kid: &str) -> Value {
         .and_then(|a| a.iter().find(|k| k["kid"] == kid).cloned())
         .unwrap_or_default();
     if let Some(m) = k.as_object_mut() {
-        m.remove("d");
+        for private in ["d", "p", "q", "dp", "dq", "qi"] {
+            m.remove(private);
+        }
     }
     k
 }
@@ -46,6 +48,23 @@ fn skips_unusable_keys_and_says_why() {
         skipped
             .iter()
             .any(|s| s.contains("\"hmac\"") && s.contains("oct"))
+    );
+}
+
+#[test]
+fn a_key_set_with_a_private_key_is_refused_whole() {
+    let mut leaked = fixture_jwk("eddsa-1");
+    leaked["d"] = json!("c2VjcmV0");
+    let e = parse(json!([fixture_jwk("rs256-1"), leaked]), &ALL)
+        .err()
+        .unwrap_or_default();
+    assert!(
+        e.contains("private key material") && e.contains("\"d\""),
+        "{e}"
+    );
+    assert!(
+        !e.contains("c2VjcmV0"),
+        "the private value itself is never repeated: {e}"
     );
 }
 

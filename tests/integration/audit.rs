@@ -18,7 +18,7 @@ use crate::support::{begin_request, npm, repo, venv};
 const HEAD_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 fn with_head_key(dir: &Path, issuer: &str) -> String {
-    std::fs::write(dir.join("audit-head.key"), HEAD_KEY)
+    crate::support::write_secret(dir.join("audit-head.key"), HEAD_KEY)
         .expect("the audit head key file should be written");
     base_config(
         dir,
@@ -270,7 +270,7 @@ async fn audit_verify_names_every_edited_deleted_and_moved_record_and_the_head_s
     );
     // A wrong key says so, rather than blaming the chain.
     let wrong = dir.join("wrong.key");
-    std::fs::write(&wrong, HEAD_KEY.replace('0', "1"))
+    crate::support::write_secret(&wrong, HEAD_KEY.replace('0', "1"))
         .expect("the wrong head key file should be written");
     let out = verify(&d.journal, Some(&wrong));
     assert_eq!(out.code, 1);
@@ -279,7 +279,8 @@ async fn audit_verify_names_every_edited_deleted_and_moved_record_and_the_head_s
             .contains("Unsealed: the sealed head does not verify with this key")
     );
     // And a key of the wrong shape is a clear error, not a verdict.
-    std::fs::write(&wrong, "short").expect("the malformed head key file should be written");
+    crate::support::write_secret(&wrong, "short")
+        .expect("the malformed head key file should be written");
     let out = verify(&d.journal, Some(&wrong));
     assert_eq!(out.code, 1);
     assert!(
@@ -604,7 +605,7 @@ async fn lineage_queries_and_exports_of_a_delegated_token() {
 
     // HMACed identifiers: filters still select by the real value, the output never shows it.
     let key = d.dir.path().join("export.key");
-    std::fs::write(&key, HEAD_KEY.replace('1', "2"))
+    crate::support::write_secret(&key, HEAD_KEY.replace('1', "2"))
         .expect("the export hmac key file should be written");
     let hidden = run(
         &[

@@ -146,7 +146,7 @@ async fn the_vault_provider_conforms_against_openbao_and_postgresql() {
     let secrets =
         tempfile::tempdir().expect("a temp dir for the conformance vault token should be created");
     let token = secrets.path().join("vault-token");
-    std::fs::write(&token, bao.broker_token().await)
+    crate::support::write_secret(&token, bao.broker_token().await)
         .expect("the conformance vault token should be written");
     let settings = json!({ "address": bao.addr, "timeout": "5s", "token_file": token });
     let backend = VaultBackend {

@@ -213,7 +213,7 @@ async fn a_journal_key_that_is_not_the_journals_is_refused_at_start_and_on_reloa
     // Reload with a lost key file, then with another key: both refused, the daemon serves on.
     std::fs::remove_file(&key_path).expect("the journal key file should be removed");
     d.signal(nix::sys::signal::Signal::SIGHUP);
-    std::fs::write(d.dir.path().join("other.key"), &new_key.stdout)
+    crate::support::write_secret(d.dir.path().join("other.key"), &new_key.stdout)
         .expect("the other journal key should be written");
     eventually(Duration::from_secs(5), "the lost key refused", || async {
         d.log_text().contains("reload failed") && d.log_text().contains("journal key")
@@ -251,7 +251,8 @@ async fn a_journal_key_that_is_not_the_journals_is_refused_at_start_and_on_reloa
     );
 
     // The right key again: it starts.
-    std::fs::write(&key_path, right_key).expect("the right journal key should be restored");
+    crate::support::write_secret(&key_path, right_key)
+        .expect("the right journal key should be restored");
     d.rewrite_config(&cfg);
     d.spawn().await;
 }

@@ -10,6 +10,7 @@
 
 mod audit;
 mod aws;
+mod check_config;
 mod conformance;
 mod defects;
 mod github;

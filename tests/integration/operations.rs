@@ -342,17 +342,22 @@ fn check_config_explains_what_the_example_roles_need() {
         .arg("keygen")
         .output()
         .expect("testd keygen should run");
-    std::fs::write(creds.path().join("journal-key"), &key.stdout)
+    crate::support::write_secret(creds.path().join("journal-key"), &key.stdout)
         .expect("the journal key credential should be written");
-    std::fs::write(creds.path().join("audit-head-key"), &key.stdout)
+    crate::support::write_secret(creds.path().join("audit-head-key"), &key.stdout)
         .expect("the audit head key credential should be written");
-    std::fs::write(creds.path().join("vault-token"), "s.example")
+    crate::support::write_secret(creds.path().join("vault-token"), "s.example")
         .expect("the vault token credential should be written");
     std::fs::copy(
         repo().join("providers/github/testdata/app-key.pem"),
         creds.path().join("github-app-key"),
     )
     .expect("the github app key credential should be copied");
+    std::fs::set_permissions(
+        creds.path().join("github-app-key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("the copied app key should be made private");
     let out = std::process::Command::new(crate::support::daemon::testd())
         .args(["check-config", "--config"])
         .arg(repo().join("config/credbroker.toml"))
@@ -365,7 +370,10 @@ fn check_config_explains_what_the_example_roles_need() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains(": ok:"), "{stdout}");
+    assert!(
+        stdout.lines().last().is_some_and(|l| l.starts_with("ok: ")),
+        "the verdict is the last line: {stdout}"
+    );
     assert!(
         stdout.contains("sts:SetSourceIdentity")
             && stdout.contains("iam:PutRolePolicy")

@@ -63,7 +63,7 @@ async fn backends() -> (Postgres, OpenBao, tempfile::TempDir) {
     let bao = OpenBao::dev().await;
     bao.setup_database(&pg).await;
     let secrets = tempfile::tempdir().expect("a temp dir for the vault token should be created");
-    std::fs::write(secrets.path().join("vault-token"), bao.broker_token().await)
+    crate::support::write_secret(secrets.path().join("vault-token"), bao.broker_token().await)
         .expect("the vault broker token file should be written");
     (pg, bao, secrets)
 }
@@ -265,7 +265,7 @@ async fn approle_login_from_systemd_credentials() {
         )
         .await;
     let creds = tempfile::tempdir().expect("a temp dir for systemd credentials should be created");
-    std::fs::write(
+    crate::support::write_secret(
         creds.path().join("vault-secret-id"),
         sid["data"]["secret_id"].as_str().unwrap_or_default(),
     )
@@ -575,7 +575,7 @@ async fn an_openbao_outage_while_100_tasks_end_loses_no_lease() {
     bao.setup_database(&pg).await;
     let secrets =
         tempfile::tempdir().expect("a temp dir for the durable server's token should be created");
-    std::fs::write(secrets.path().join("vault-token"), bao.broker_token().await)
+    crate::support::write_secret(secrets.path().join("vault-token"), bao.broker_token().await)
         .expect("the durable server's broker token should be written");
     let d = Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &token_file(&secrets))).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
@@ -892,7 +892,7 @@ async fn credbrokers_own_token_is_kept_alive_and_replaced_when_it_cannot_be_rene
         .await;
     let files = tempfile::tempdir().expect("a temp dir for the secret-id file should be created");
     let sid_file = files.path().join("secret-id");
-    std::fs::write(
+    crate::support::write_secret(
         &sid_file,
         sid["data"]["secret_id"].as_str().unwrap_or_default(),
     )
@@ -971,7 +971,7 @@ async fn scope_tokens_can_be_orphans_through_a_token_role() {
             Some(serde_json::json!({"policies": ["credbroker", "orders-read", "scope-role"], "ttl": "1h"})),
         )
         .await;
-    std::fs::write(
+    crate::support::write_secret(
         secrets.path().join("vault-token"),
         t["auth"]["client_token"].as_str().unwrap_or_default(),
     )

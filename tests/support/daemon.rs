@@ -123,7 +123,7 @@ impl Daemon {
             .arg("keygen")
             .output()
             .expect("credbroker keygen should run");
-        std::fs::write(d.join("journal.key"), &key.stdout)
+        super::write_secret(d.join("journal.key"), &key.stdout)
             .expect("the journal key should be written");
         let cfg = d.join("credbroker.toml");
         std::fs::write(&cfg, config(&d)).expect("the daemon config should be written");

@@ -21,6 +21,26 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use credbroker::proto::v1;
 
+/// Writes a secret (a key, a token) the way an operator must: readable by its owner only.
+/// credbroker refuses secret files that other users can read.
+pub fn write_secret(
+    path: impl AsRef<std::path::Path>,
+    contents: impl AsRef<[u8]>,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let path = path.as_ref();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    // An existing file keeps its mode through open(): set it.
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(contents.as_ref())
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

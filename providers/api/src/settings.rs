@@ -222,8 +222,15 @@ impl<'a> Fields<'a> {
                 }
             },
         };
-        if !path.is_file() {
-            self.problem(key, format!("{} is not a readable file", path.display()));
+        if !path.is_absolute() {
+            self.problem(
+                key,
+                format!("{} is relative; write an absolute path", path.display()),
+            );
+            return None;
+        }
+        if let Err(e) = check_secret_file(&path) {
+            self.problem(key, e);
             return None;
         }
         Some(SecretFile { path })
@@ -276,6 +283,26 @@ impl SecretFile {
         }
         Ok(SecretValue::new(text))
     }
+}
+
+/// The one rule for a file holding a secret: a regular file that other users can neither read
+/// nor write. (Group access is allowed: `root:credbroker 0640` is a common layout.)
+pub fn check_secret_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("{} is not a readable file ({e})", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "{} is open to every user on the host (mode {mode:04o}); chmod o-rwx it (0600 or \
+             0640)",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// The path of systemd credential `name`: one path component inside `$CREDENTIALS_DIRECTORY`.
@@ -411,6 +438,12 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cb-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_default();
         std::fs::write(dir.join("tok"), "s3cret\n").unwrap_or_default();
+        std::fs::write(dir.join("open"), "s3cret\n").unwrap_or_default();
+        use std::os::unix::fs::PermissionsExt as _;
+        for (file, mode) in [("tok", 0o640), ("open", 0o604)] {
+            std::fs::set_permissions(dir.join(file), std::fs::Permissions::from_mode(mode))
+                .expect("the test secret's mode should be set");
+        }
         struct Creds(PathBuf);
         impl Env for Creds {
             fn var(&self, k: &str) -> Option<String> {
@@ -425,7 +458,11 @@ mod tests {
         assert!(f.finish().is_empty());
         let read = s.map(|s| s.read().map(|v| v.expose().to_string()));
         assert_eq!(read, Some(Ok("s3cret".to_string())));
-        for (name, want) in [("..", "invalid"), ("missing", "not a readable file")] {
+        for (name, want) in [
+            ("..", "invalid"),
+            ("missing", "not a readable file"),
+            ("open", "open to every user on the host (mode 0604)"),
+        ] {
             let map: Params =
                 serde_json::from_value(json!({ "token_credential": name })).unwrap_or_default();
             let mut f = Fields::new(&map);

@@ -158,9 +158,20 @@ mod tests {
 
     fn build(v: Value) -> Vec<String> {
         let Value::Object(p) = v else { return vec![] };
-        let dir = env!("CARGO_MANIFEST_DIR");
+        // A checked-out file is 0644; credentials are refused unless only their owner (and
+        // group) may read them, so the test key is copied to a private file first.
+        let dir = std::env::temp_dir().join(format!("cb-github-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temp dir for the app key should be created");
+        let key = dir.join("app-key.pem");
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/app-key.pem"),
+            &key,
+        )
+        .expect("the test app key should be copied");
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("the copied app key should be made private");
         GithubFactory
-            .build("gh", &p, &Creds(format!("{dir}/testdata")))
+            .build("gh", &p, &Creds(dir.display().to_string()))
             .err()
             .unwrap_or_default()
             .iter()
@@ -191,10 +202,15 @@ mod tests {
                 "{needle} not in {e:#?}"
             );
         }
-        let dir = env!("CARGO_MANIFEST_DIR");
-        let e = build(
-            serde_json::json!({"app_id": 1, "private_key_file": format!("{dir}/Cargo.toml")}),
-        );
+        let not_a_key =
+            std::env::temp_dir().join(format!("cb-github-notkey-{}", std::process::id()));
+        std::fs::write(&not_a_key, "[package]\n").expect("a non-key file should be written");
+        std::fs::set_permissions(
+            &not_a_key,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("the non-key file should be made private");
+        let e = build(serde_json::json!({"app_id": 1, "private_key_file": not_a_key}));
         assert_eq!(e, ["private_key: is not an RSA private key in PEM form"]);
     }
 }

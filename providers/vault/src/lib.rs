@@ -240,6 +240,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cb-vault-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_default();
         std::fs::write(dir.join("vault-token"), "s.test\n").unwrap_or_default();
+        std::fs::set_permissions(
+            dir.join("vault-token"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .expect("the test token should be made private");
         let env = Creds(dir.clone());
         let e = problems(
             serde_json::json!({

@@ -123,8 +123,8 @@ pub(super) fn workload(
         // A workload that any local process could claim would defeat peer identification.
         p.at(&path, "must match on uid, user or gid");
     }
-    if raw.exe.as_ref().is_some_and(|e| !e.is_absolute()) {
-        p.at(format!("{path}.exe"), "must be an absolute path");
+    if let Some(exe) = &raw.exe {
+        sections::check_path(p, &format!("{path}.exe"), exe);
     }
     for (key, unit) in [
         ("systemd_unit", &raw.systemd_unit),

@@ -83,6 +83,11 @@ pub(super) fn issuer(p: &mut Problems, raw: RawIssuer) -> Option<IssuerConfig> {
         Duration::from_secs(5),
         bounds::TIMEOUT,
     );
+    for (key, file) in [("jwks_file", &raw.jwks_file), ("ca_file", &raw.ca_file)] {
+        if let Some(f) = file {
+            sections::check_path(p, &format!("{path}.{key}"), f);
+        }
+    }
     Some(IssuerConfig {
         url: raw.url,
         algorithms,

@@ -32,8 +32,14 @@ pub(super) fn server(p: &mut Problems, raw: RawServer) -> ServerConfig {
         ("broker_socket", &raw.broker_socket),
         ("admin_socket", &raw.admin_socket),
     ] {
-        if !path.is_absolute() {
-            p.at(format!("server.{key}"), "must be an absolute path");
+        check_path(p, &format!("server.{key}"), path);
+        // sun_path holds 108 bytes with its terminating NUL; a longer path fails only at bind.
+        let len = path.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            p.at(
+                format!("server.{key}"),
+                format!("is {len} bytes; a unix socket path is at most {MAX_SOCKET_PATH}"),
+            );
         }
     }
     if raw.broker_socket == raw.admin_socket {
@@ -83,6 +89,10 @@ pub(super) fn journal(p: &mut Problems, raw: RawJournal) -> JournalConfig {
             KeySource::Credential(String::new())
         }
     };
+    check_path(p, "journal.path", &raw.path);
+    if let KeySource::File(f) = &key {
+        check_path(p, "journal.key_file", f);
+    }
     JournalConfig {
         path: raw.path,
         key,
@@ -91,6 +101,9 @@ pub(super) fn journal(p: &mut Problems, raw: RawJournal) -> JournalConfig {
 }
 
 pub(super) fn audit(p: &mut Problems, raw: RawAudit) -> AuditConfig {
+    if let Some(f) = &raw.head_key_file {
+        check_path(p, "audit.head_key_file", f);
+    }
     let head_key = match (raw.head_key_file, raw.head_key_credential) {
         (Some(f), None) => Some(KeySource::File(f)),
         (None, Some(c)) => Some(KeySource::Credential(c)),
@@ -119,11 +132,8 @@ pub(super) fn audit(p: &mut Problems, raw: RawAudit) -> AuditConfig {
                 None
             }
         });
-    if let Some(dir) = raw.archive_dir.as_ref().filter(|d| !d.is_absolute()) {
-        p.at(
-            "audit.archive_dir",
-            format!("{} must be absolute", dir.display()),
-        );
+    if let Some(dir) = &raw.archive_dir {
+        check_path(p, "audit.archive_dir", dir);
     }
     if raw.archive_dir.is_some() && retention.is_none() {
         p.at("audit.archive_dir", "only makes sense with audit.retention");
@@ -243,4 +253,22 @@ pub(super) fn broker(p: &mut Problems, raw: RawBroker) -> BrokerSettings {
         );
     }
     s
+}
+
+/// The longest unix socket path: `sun_path` is 108 bytes, one of them the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Every path in the file is absolute. Relative paths are refused, not resolved: against the
+/// daemon's working directory they would change meaning between `check-config` in a shell and
+/// `serve` under systemd (whose working directory is `/`).
+pub(super) fn check_path(p: &mut Problems, key: &str, path: &Path) {
+    if !path.is_absolute() {
+        p.at(
+            key,
+            format!(
+                "{:?} is relative; write an absolute path (relative paths are not resolved)",
+                path.display().to_string()
+            ),
+        );
+    }
 }
