@@ -355,7 +355,7 @@ fn check_config_explains_what_the_example_roles_need() {
     .expect("the github app key credential should be copied");
     std::fs::set_permissions(
         creds.path().join("github-app-key"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        std::fs::Permissions::from_mode(0o600),
     )
     .expect("the copied app key should be made private");
     let out = std::process::Command::new(crate::support::daemon::testd())
