@@ -1092,3 +1092,89 @@ async fn a_failing_revocation_statement_is_retried_not_recorded_as_revoked() {
     assert!(pg.dynamic_roles().is_empty(), "{:?}", pg.dynamic_roles());
     assert!(pg.query_as(&user, &password, COUNT).is_err());
 }
+
+/// A rotated `token_file` (Vault Agent's sink, or an operator's new token) is used from the next
+/// call on, without a restart and without waiting for the old token to be refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_token_file_is_used_without_a_restart() {
+    let auth = AuthServer::start();
+    let (pg, bao, secrets) = backends().await;
+    let d = Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &token_file(&secrets))).await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let accessor = || async {
+        let s = d
+            .admin()
+            .await
+            .status(v1::StatusRequest {})
+            .await
+            .expect("status should answer on the admin socket")
+            .into_inner();
+        let detail = s
+            .providers
+            .iter()
+            .find(|p| p.name == "vault")
+            .map(|p| p.detail.clone())
+            .unwrap_or_default();
+        detail
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let first = d.begin(&token, &["orders-db"]).await;
+    assert!(first.is_ok(), "{first:?}\n{}", d.log_text());
+    let old = accessor().await;
+    assert!(!old.is_empty(), "the instance has a token");
+
+    // A new token, written over the file the way an operator rotates it (a new file renamed
+    // into place). The old one stays valid, so nothing forces a re-read but the rotation.
+    let (_, t) = bao
+        .api(
+            Method::POST,
+            "auth/token/create",
+            Some(serde_json::json!({"policies": ["credbroker", "orders-read"], "ttl": "1h"})),
+        )
+        .await;
+    let new_accessor = t["auth"]["accessor"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let staged = secrets.path().join("vault-token.new");
+    crate::support::write_secret(
+        &staged,
+        t["auth"]["client_token"].as_str().unwrap_or_default(),
+    )
+    .expect("the rotated token should be staged");
+    std::fs::rename(&staged, secrets.path().join("vault-token"))
+        .expect("the rotated token should be renamed into place");
+
+    let second = d.begin(&token, &["orders-db"]).await;
+    let second = second
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log_text()))
+        .into_inner();
+    assert_eq!(
+        accessor().await,
+        new_accessor,
+        "the rotated token is in use (old: {old})"
+    );
+    let db = cred(&second.credentials, "orders-db");
+    assert_eq!(
+        pg.query_as(&db.public["username"], &db.secret["password"], COUNT)
+            .as_deref(),
+        Ok("3")
+    );
+    // The old token can now be revoked without new tasks noticing.
+    bao.api(
+        Method::POST,
+        "auth/token/revoke-accessor",
+        Some(serde_json::json!({"accessor": old})),
+    )
+    .await;
+    let third = d.begin(&token, &["orders-db"]).await;
+    assert!(third.is_ok(), "{third:?}\n{}", d.log_text());
+    assert!(
+        !d.log_text().contains("refuses credbroker's token"),
+        "{}",
+        d.log_text()
+    );
+}

@@ -268,6 +268,21 @@ impl SecretFile {
         &self.path
     }
 
+    /// What identifies the file's current content without reading it: device, inode, size and
+    /// modification time. A rotation (a rename over it, or a rewrite) changes it. `None` when
+    /// the file cannot be looked at.
+    pub fn stamp(&self) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = std::fs::metadata(&self.path).ok()?;
+        Some(FileStamp(
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+        ))
+    }
+
     /// The file's content, trailing whitespace removed; an empty file is an error. The read
     /// buffer is zeroized. Errors name the file, never its content.
     pub fn read(&self) -> Result<SecretValue, String> {
@@ -284,6 +299,10 @@ impl SecretFile {
         Ok(SecretValue::new(text))
     }
 }
+
+/// See [`SecretFile::stamp`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp(u64, u64, u64, i64, i64);
 
 /// The one rule for a file holding a secret: a regular file that other users can neither read
 /// nor write. (Group access is allowed: `root:credbroker 0640` is a common layout.)

@@ -8,6 +8,7 @@
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use credbroker_provider_api::settings::FileStamp;
 use credbroker_provider_api::{ErrorKind, ProviderError, SecretValue};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -42,6 +43,10 @@ pub(crate) struct TokenInfo {
 pub(crate) struct SelfToken {
     login: Login,
     current: RwLock<Option<Arc<SecretValue>>>,
+    /// For a token read from a file: the file as it was when the current token was read. A
+    /// rotated file (Vault Agent's sink, an operator's new token) is read again at the next
+    /// call, not at the next restart or refusal.
+    read_from: Mutex<Option<FileStamp>>,
     info: Mutex<TokenInfo>,
     /// One login at a time.
     gate: tokio::sync::Mutex<()>,
@@ -52,6 +57,7 @@ impl SelfToken {
         Self {
             login,
             current: RwLock::new(None),
+            read_from: Mutex::new(None),
             info: Mutex::new(TokenInfo::default()),
             gate: tokio::sync::Mutex::new(()),
         }
@@ -67,16 +73,39 @@ impl SelfToken {
         }
     }
 
-    /// The current token, logging in first if there is none.
+    /// The current token, logging in first if there is none, or reading the token file again
+    /// if it has been rotated since.
     pub(crate) async fn get(&self, client: &Client) -> Result<Arc<SecretValue>, ProviderError> {
-        if let Some(t) = self.current.read().ok().and_then(|c| c.clone()) {
+        if let Some(t) = self.current_unless_rotated() {
             return Ok(t);
         }
         let _gate = self.gate.lock().await;
-        if let Some(t) = self.current.read().ok().and_then(|c| c.clone()) {
+        if let Some(t) = self.current_unless_rotated() {
             return Ok(t);
         }
-        self.login(client).await
+        let old = self.current.read().ok().and_then(|c| c.clone());
+        match (self.login(client).await, old) {
+            (Ok(t), _) => Ok(t),
+            // A rotated file whose token does not work (half written, or not yet valid): keep
+            // the token that worked, say so, and try the file again when it changes next.
+            (Err(e), Some(old)) => {
+                tracing::warn!(error = %e, "the rotated Vault token file did not give a working token; keeping the current token");
+                self.set_error(&e.to_string());
+                Ok(old)
+            }
+            (Err(e), None) => Err(e),
+        }
+    }
+
+    fn current_unless_rotated(&self) -> Option<Arc<SecretValue>> {
+        let current = self.current.read().ok().and_then(|c| c.clone())?;
+        match &self.login {
+            Login::Token(src) => {
+                let read_from = self.read_from.lock().ok().and_then(|s| *s);
+                (src.stamp() == read_from).then_some(current)
+            }
+            Login::AppRole { .. } => Some(current),
+        }
     }
 
     /// Replaces the token from its source (a new login for AppRole).
@@ -88,9 +117,14 @@ impl SelfToken {
     async fn login(&self, client: &Client) -> Result<Arc<SecretValue>, ProviderError> {
         let unauthorized = |m: String| ProviderError::new(ErrorKind::Unauthorized, m);
         let token = match &self.login {
-            Login::Token(src) => src
-                .read()
-                .map_err(|e| unauthorized(format!("Vault token: {e}")))?,
+            Login::Token(src) => {
+                // Stamped before reading: a rotation racing this read is seen next time.
+                if let Ok(mut s) = self.read_from.lock() {
+                    *s = src.stamp();
+                }
+                src.read()
+                    .map_err(|e| unauthorized(format!("Vault token: {e}")))?
+            }
             Login::AppRole {
                 mount,
                 role_id,
