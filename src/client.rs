@@ -12,18 +12,49 @@ use crate::server::status::reason_of;
 pub const DEFAULT_BROKER_SOCKET: &str = "/run/credbroker/broker.sock";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/credbroker/admin.sock";
 
-/// A gRPC channel to a unix socket.
+/// A gRPC channel to a unix socket. The first connection is made here, so a missing or
+/// refusing daemon is reported with what to do about it, not as a transport error.
 pub async fn channel(path: &Path) -> anyhow::Result<Channel> {
+    let first = UnixStream::connect(path)
+        .await
+        .map_err(|e| anyhow::anyhow!(not_connected(path, &e)))?;
+    let first = std::sync::Mutex::new(Some(first));
     let path: PathBuf = path.to_path_buf();
     let shown = path.display().to_string();
     // The URI is required by the API but unused: the connector always dials the socket.
     Endpoint::try_from("http://credbroker.invalid")?
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            let ready = first.lock().ok().and_then(|mut f| f.take());
+            async move {
+                let stream = match ready {
+                    Some(s) => s,
+                    None => UnixStream::connect(path).await?,
+                };
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
         }))
         .await
         .with_context(|| format!("cannot connect to {shown}"))
+}
+
+/// Why a socket could not be reached, and the likely fix.
+fn not_connected(path: &Path, e: &std::io::Error) -> String {
+    let at = path.display();
+    match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "no credbroker socket at {at}: is the daemon running? (`systemctl status credbroker`; \
+             or give the socket's path with --socket / --admin-socket)"
+        ),
+        std::io::ErrorKind::ConnectionRefused => format!(
+            "nothing is listening on {at}: the daemon is not running (a stale socket file is left)"
+        ),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "permission denied on {at}: the broker socket is for members of \
+             server.broker_socket_group, the admin socket for server.admin_uids"
+        ),
+        _ => format!("cannot connect to {at}: {e}"),
+    }
 }
 
 /// A refusal from the daemon, shown with its reason code.
@@ -83,6 +114,7 @@ pub async fn begin_task(
         request.idempotency_key = Some(uuid::Uuid::now_v7().to_string());
         let deadline = std::time::Instant::now() + RETRY_FOR;
         let mut delay = std::time::Duration::from_millis(50);
+        let mut told = false;
         let replayed = loop {
             let outcome = match channel(socket).await {
                 Ok(ch) => BrokerClient::new(ch)
@@ -92,7 +124,10 @@ pub async fn begin_task(
                     .map_err(Some),
                 // No connection: nothing was sent, a retry is safe whatever the key.
                 Err(e) if std::time::Instant::now() + delay >= deadline => return Err(e),
-                Err(_) => Err(None),
+                Err(e) => {
+                    waiting(&mut told, &e);
+                    Err(None)
+                }
             };
             match outcome {
                 Ok(resp) => return Ok(resp),
@@ -113,11 +148,22 @@ pub async fn begin_task(
     anyhow::bail!("BeginTask was replayed twice; giving up")
 }
 
+/// Tells a person at a terminal, once, why the command is waiting (a daemon restarting is
+/// waited for; a script sees only the outcome).
+fn waiting(told: &mut bool, e: &anyhow::Error) {
+    use std::io::IsTerminal as _;
+    if !*told && std::io::stderr().is_terminal() {
+        eprintln!("{e:#}; retrying for up to {}s…", RETRY_FOR.as_secs());
+    }
+    *told = true;
+}
+
 /// EndTask, retried on transport errors for up to ten seconds (ending is idempotent).
 pub async fn end_task(socket: &Path, task_id: &str) -> anyhow::Result<crate::proto::v1::Task> {
     use crate::proto::v1::broker_client::BrokerClient;
     let deadline = std::time::Instant::now() + RETRY_FOR;
     let mut delay = std::time::Duration::from_millis(50);
+    let mut told = false;
     loop {
         let outcome = match channel(socket).await {
             Ok(ch) => BrokerClient::new(ch)
@@ -128,7 +174,10 @@ pub async fn end_task(socket: &Path, task_id: &str) -> anyhow::Result<crate::pro
                 .map(|r| r.into_inner().task.unwrap_or_default())
                 .map_err(Some),
             Err(e) if std::time::Instant::now() + delay >= deadline => return Err(e),
-            Err(_) => Err(None),
+            Err(e) => {
+                waiting(&mut told, &e);
+                Err(None)
+            }
         };
         match outcome {
             Ok(task) => return Ok(task),

@@ -39,6 +39,31 @@ pub mod event {
     pub const AUDIT_PRUNED: &str = "audit_pruned";
     /// Refusals beyond a peer's audit budget, counted in one record per window.
     pub const REFUSALS_SUPPRESSED: &str = "refusals_suppressed";
+
+    /// Every event name, for validating what a user asks to filter on.
+    pub const ALL: [&str; 21] = [
+        DAEMON_STARTED,
+        TOKEN_ACCEPTED,
+        TOKEN_REJECTED,
+        TOKEN_WRONG_WORKLOAD,
+        PEER_REJECTED,
+        REQUEST_DENIED,
+        TASK_OPENED,
+        LEASE_ISSUED,
+        LEASE_ISSUE_FAILED,
+        TASK_BEGUN,
+        TASK_RENEWED,
+        LEASE_RENEWED,
+        TASK_ENDING,
+        LEASE_REVOKED,
+        LEASE_REVOCATION_FAILED,
+        LEASE_EXPIRED_UNREVOKED,
+        LEASE_RECONCILED,
+        TASK_ENDED,
+        OPERATOR_REVOKE,
+        AUDIT_PRUNED,
+        REFUSALS_SUPPRESSED,
+    ];
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -163,6 +188,34 @@ impl Outcome {
             Self::Success => "success",
             Self::Denied => "denied",
             Self::Failure => "failure",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event;
+
+    #[test]
+    fn every_event_name_is_in_the_list_users_filter_with() {
+        let source = include_str!("record.rs");
+        let module = source
+            .split("pub mod event {")
+            .nth(1)
+            .and_then(|m| m.split("\n}\n").next())
+            .unwrap_or_default();
+        let declared: Vec<&str> = module
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("pub const "))
+            .filter(|l| !l.starts_with("ALL"))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert_eq!(declared.len(), event::ALL.len(), "{declared:?}");
+        for name in declared {
+            assert!(
+                event::ALL.contains(&name),
+                "{name} is missing from event::ALL"
+            );
         }
     }
 }

@@ -9,6 +9,8 @@ use std::time::SystemTime;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 
+use super::output::Output;
+
 use crate::audit::export::{self, Pseudonymise};
 use crate::audit::query::{self, AuditFilter};
 use crate::audit::{lineage, verify};
@@ -16,6 +18,7 @@ use crate::config::{Config, KeySource};
 use crate::journal::Journal;
 use crate::journal::read::TaskFilter;
 use crate::keys::AuditKey;
+use crate::record::event;
 use crate::time::{parse_when, to_ms};
 
 /// Where the journal is.
@@ -57,8 +60,9 @@ pub(super) struct FilterArgs {
     /// The token's subject.
     #[arg(long)]
     sub: Option<String>,
-    /// The token's SHA-256 fingerprint (as `token check` and the audit log print it).
-    #[arg(long)]
+    /// The token's SHA-256 fingerprint (as `token check` and the audit log print it), with or
+    /// without its `sha256:` prefix.
+    #[arg(long, value_parser = fingerprint)]
     token: Option<String>,
     #[arg(long)]
     grant: Option<String>,
@@ -77,10 +81,9 @@ pub(super) struct RecordArgs {
     #[command(flatten)]
     filter: FilterArgs,
     /// Only these events (repeat, or separate with commas), e.g. lease_issued.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(event::ALL))]
     event: Vec<String>,
-    /// success | denied | failure
-    #[arg(long)]
+    #[arg(long, value_parser = ["success", "denied", "failure"])]
     outcome: Option<String>,
     /// A reason code, e.g. token_expired.
     #[arg(long)]
@@ -103,13 +106,6 @@ impl RecordArgs {
     fn filter(&self) -> anyhow::Result<AuditFilter> {
         let now = SystemTime::now();
         let f = &self.filter;
-        if let Some(o) = self
-            .outcome
-            .as_deref()
-            .filter(|o| !["success", "denied", "failure"].contains(o))
-        {
-            bail!("--outcome {o:?}: use success, denied or failure");
-        }
         Ok(AuditFilter {
             owner: f.owner.clone(),
             client: f.client.clone(),
@@ -158,7 +154,8 @@ pub(super) enum AuditCommand {
         journal: JournalArgs,
         #[command(flatten)]
         records: RecordArgs,
-        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        /// jsonl | csv | ocsf (`--format` is accepted too).
+        #[arg(long = "output", alias = "format", value_enum, default_value_t = ExportFormat::Jsonl)]
         format: ExportFormat,
         /// Replace identifiers with their HMAC-SHA256 under this key (32 bytes or 64 hex).
         #[arg(long)]
@@ -178,8 +175,8 @@ pub(super) enum AuditCommand {
         /// (taken in name order) or files, repeatable.
         #[arg(long)]
         archive: Vec<PathBuf>,
-        #[arg(long, value_enum, default_value_t = Shape::Table)]
-        output: Shape,
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Count audit records matching the filters, grouped.
     Query {
@@ -207,6 +204,21 @@ pub(super) struct LineageArgs {
     limit: usize,
     #[arg(long, value_enum, default_value_t = TreeShape::Table)]
     output: TreeShape,
+}
+
+/// A token fingerprint as every output prints it (`sha256:<64 hex>`), or its bare hex: the
+/// bare hex, lower case, as the journal stores it.
+fn fingerprint(text: &str) -> Result<String, String> {
+    let hex = text.strip_prefix("sha256:").unwrap_or(text);
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex.to_ascii_lowercase())
+    } else {
+        Err(
+            "expected a token fingerprint: sha256: and 64 hex digits, as `token check` and \
+             `audit export` print it"
+                .into(),
+        )
+    }
 }
 
 /// A usage error: exit 2, like clap's own.
@@ -331,9 +343,9 @@ fn archive_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn print_report(r: &verify::Report, output: Shape) -> anyhow::Result<()> {
+fn print_report(r: &verify::Report, output: Output) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    if let Shape::Json = output {
+    if let Output::Json = output {
         writeln!(out, "{}", serde_json::to_string_pretty(r)?)?;
         return Ok(());
     }

@@ -152,7 +152,7 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
         // The reader went away (`| head`): what it wanted, it got.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            report_error(&e);
             if e.downcast_ref::<crate::config::ConfigErrors>().is_some() {
                 ExitCode::from(2)
             } else {
@@ -208,13 +208,36 @@ fn init_logging(level: Option<&str>, format: LogFormat) {
     use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        // Colour codes only for a person at a terminal, never into files or the journal.
-        .with_ansi(std::io::stderr().is_terminal())
+        // Colour codes only for a person at a terminal who has not asked for none
+        // (https://no-color.org), never into files or the journal.
+        .with_ansi(colour_wanted(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => {
+            JSON_ERRORS.store(true, std::sync::atomic::Ordering::Relaxed);
+            builder.json().try_init()
+        }
         _ => builder.try_init(),
     };
+}
+
+/// With `--log-format json`, the error a command ends with is a JSON log line like the rest.
+static JSON_ERRORS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `NO_COLOR` set to anything but the empty string turns colour off.
+fn colour_wanted(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
+fn report_error(e: &anyhow::Error) {
+    if JSON_ERRORS.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::error!(error = %format!("{e:#}"), "command failed");
+    } else {
+        eprintln!("error: {e:#}");
+    }
 }
 
 /// systemd sets `JOURNAL_STREAM=DEV:INODE` for a service whose stderr is the journal; it is
@@ -228,4 +251,17 @@ fn stderr_is_journal() -> bool {
         return false;
     };
     stream == format!("{}:{}", st.st_dev, st.st_ino)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    #[test]
+    fn no_color_turns_colour_off_unless_empty() {
+        assert!(super::colour_wanted(true, None));
+        assert!(super::colour_wanted(true, Some(OsStr::new(""))));
+        assert!(!super::colour_wanted(true, Some(OsStr::new("1"))));
+        assert!(!super::colour_wanted(false, None));
+    }
 }

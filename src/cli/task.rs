@@ -9,7 +9,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
-use super::output;
+use super::output::{self, Output};
 use crate::client::{self, DEFAULT_BROKER_SOCKET, Refused};
 use crate::proto::v1;
 use crate::proto::v1::broker_client::BrokerClient;
@@ -55,7 +55,8 @@ pub(super) enum TaskCommand {
         /// Wanted lifetime, e.g. 10m (capped by policy and the token's expiry).
         #[arg(long)]
         ttl: Option<String>,
-        #[arg(long, value_enum, default_value_t = Format::Json)]
+        /// json | env | credential-process (`--format` is accepted too).
+        #[arg(long = "output", alias = "format", value_enum, default_value_t = Format::Json)]
         format: Format,
     },
     /// Extend a task (needs a valid token for the same client and subject).
@@ -68,6 +69,8 @@ pub(super) enum TaskCommand {
         task: String,
         #[arg(long)]
         ttl: Option<String>,
+        #[arg(long, value_enum, default_value_t = Output::Json)]
+        output: Output,
     },
     /// End a task and revoke its credentials.
     End {
@@ -75,6 +78,8 @@ pub(super) enum TaskCommand {
         conn: Conn,
         #[arg(long)]
         task: String,
+        #[arg(long, value_enum, default_value_t = Output::Json)]
+        output: Output,
     },
 }
 
@@ -198,6 +203,7 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             token,
             task,
             ttl,
+            output,
         } => {
             let token = read_token(&token)?;
             let mut client = BrokerClient::new(client::channel(&conn.socket).await?);
@@ -210,24 +216,29 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(Refused::from)?
                 .into_inner();
-            outln!(
-                "{}",
-                serde_json::to_string_pretty(&output::task_json(&resp.task.unwrap_or_default()))?
-            )?;
+            print_task(&resp.task.unwrap_or_default(), output)?;
             Ok(ExitCode::SUCCESS)
         }
-        TaskCommand::End { conn, task } => {
+        TaskCommand::End { conn, task, output } => {
             let mut client = BrokerClient::new(client::channel(&conn.socket).await?);
             let resp = client
                 .end_task(v1::EndTaskRequest { task_id: task })
                 .await
                 .map_err(Refused::from)?
                 .into_inner();
-            outln!(
-                "{}",
-                serde_json::to_string_pretty(&output::task_json(&resp.task.unwrap_or_default()))?
-            )?;
+            print_task(&resp.task.unwrap_or_default(), output)?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn print_task(task: &v1::Task, shape: Output) -> anyhow::Result<()> {
+    match shape {
+        Output::Json => outln!(
+            "{}",
+            serde_json::to_string_pretty(&output::task_json(task))?
+        )?,
+        Output::Table => out!("{}", output::task_detail(task))?,
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ use clap::Subcommand;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
+use super::output::Output;
 use crate::config::{Config, IssuerConfig, MetadataMode, TokenSettings, check_issuer_url};
 use crate::time::rfc3339;
 use crate::token::{Alg, Rejection, Verified, Verifier};
@@ -37,6 +38,8 @@ pub(super) enum TokenCommand {
         /// Scopes the token must hold (repeatable).
         #[arg(long = "require-scope")]
         require_scope: Vec<String>,
+        #[arg(long, value_enum, default_value_t = Output::Json)]
+        output: Output,
     },
 }
 
@@ -48,6 +51,7 @@ pub(super) async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         audience,
         jwks,
         require_scope,
+        output,
     } = cmd;
     let (issuers, settings, audiences) = match (config, issuer) {
         (Some(path), None) => {
@@ -95,6 +99,11 @@ pub(super) async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         .read_to_string(&mut token)
         .context("reading the token from stdin")?;
     let token = Zeroizing::new(token.trim().to_string());
+    if token.is_empty() {
+        bail!(
+            "no token on stdin: pipe the access token in (`credbroker token check … < token.jwt`)"
+        );
+    }
 
     let verifier = Verifier::new(&issuers, &settings).map_err(anyhow::Error::msg)?;
     let load_errors = verifier.load_keys().await;
@@ -105,7 +114,25 @@ pub(super) async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
             Err(r) => (rejected(&r, Some(v.fingerprint.hex()), &load_errors), 1),
         },
     };
-    outln!("{}", serde_json::to_string_pretty(&verdict)?)?;
+    match output {
+        Output::Json => outln!("{}", serde_json::to_string_pretty(&verdict)?)?,
+        Output::Table => {
+            let rows: Vec<Vec<String>> = verdict
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    vec![k.clone(), v]
+                })
+                .collect();
+            out!("{}", super::output::table(&rows))?;
+        }
+    }
     Ok(ExitCode::from(code))
 }
 

@@ -333,6 +333,9 @@ async fn serve_broker(
     let svc = BrokerServer::new(broker_svc::BrokerService { broker })
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     Server::builder()
+        .layer(tower::util::MapResponseLayer::new(|r| {
+            status::with_size_reason(r, MAX_REQUEST_BYTES)
+        }))
         .add_service(health_svc)
         .add_service(reflection()?)
         .add_service(svc)
@@ -353,6 +356,9 @@ async fn serve_admin(
     let svc = AdminServer::new(admin_svc::AdminService { broker })
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     Server::builder()
+        .layer(tower::util::MapResponseLayer::new(|r| {
+            status::with_size_reason(r, MAX_REQUEST_BYTES)
+        }))
         .add_service(health_svc)
         .add_service(reflection()?)
         .add_service(svc)

@@ -71,6 +71,34 @@ pub fn provider_health(
     }
 }
 
+/// The reason code of a request larger than the daemon reads.
+pub const REQUEST_TOO_LARGE: &str = "request_too_large";
+
+/// Gives tonic's own "message too large" refusal (OUT_OF_RANGE, raised while decoding, before
+/// any handler runs) a reason code like every other refusal. Only that refusal is OUT_OF_RANGE:
+/// the broker's own errors never map to it.
+pub fn with_size_reason(
+    response: http::Response<tonic::body::Body>,
+    limit: usize,
+) -> http::Response<tonic::body::Body> {
+    let out_of_range = response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    if !out_of_range || response.headers().contains_key("grpc-status-details-bin") {
+        return response;
+    }
+    Status::with_error_details(
+        Code::OutOfRange,
+        format!(
+            "{REQUEST_TOO_LARGE}: the request is larger than the {limit} bytes the daemon reads \
+             (a token is at most tokens.max_token_bytes)"
+        ),
+        ErrorDetails::with_error_info(REQUEST_TOO_LARGE, DOMAIN, HashMap::new()),
+    )
+    .into_http()
+}
+
 /// The reason code in a status from credbroker, for clients (the CLI, tests).
 pub fn reason_of(status: &Status) -> Option<String> {
     status

@@ -11,6 +11,7 @@
 mod audit;
 mod aws;
 mod check_config;
+mod cli;
 mod conformance;
 mod defects;
 mod github;

@@ -54,6 +54,7 @@ mod duration;
 mod error;
 mod params;
 mod secret;
+mod secret_file;
 pub mod settings;
 #[cfg(feature = "testkit")]
 pub mod testkit;
