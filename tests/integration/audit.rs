@@ -540,7 +540,7 @@ async fn lineage_queries_and_exports_of_a_delegated_token() {
         ),
         (
             vec!["audit", "query", "--outcome", "maybe"],
-            "--outcome \"maybe\"",
+            "possible values: success, denied, failure",
         ),
         (
             vec!["audit", "query", "--since", "yesterday-ish"],

@@ -630,8 +630,18 @@ async fn refusals_throttling_and_oversized_policies_are_reported_as_such() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(
-        stdout.contains("FAILED: grant s3-long") && stdout.contains("AccessDenied"),
+        stdout.contains("provider aws (aws): FAILED\n  grant s3-long")
+            && stdout.contains("AccessDenied"),
         "{stdout}"
+    );
+    assert!(
+        stdout.lines().last().is_some_and(|l| l.starts_with("FAILED: ")),
+        "the verdict is the last line and matches the exit code: {stdout}"
+    );
+    assert_eq!(
+        stdout.matches("provider aws ").count() - stdout.matches("provider aws needs").count(),
+        1,
+        "one verdict per provider: {stdout}"
     );
 }
 
@@ -844,7 +854,7 @@ async fn credbrokers_missing_aws_credentials_are_a_configuration_problem() {
     moto.create_role(ROLE, 43200).await;
     let creds =
         tempfile::tempdir().expect("a temp dir for empty aws credentials should be created");
-    std::fs::write(creds.path().join("aws-credentials"), "[default]\n")
+    crate::support::write_secret(creds.path().join("aws-credentials"), "[default]\n")
         .expect("the empty aws-credentials file should be written");
     let env = vec![(
         "CREDENTIALS_DIRECTORY".to_string(),

@@ -216,7 +216,7 @@ async fn a_journal_key_that_is_not_the_journals_is_refused_at_start_and_on_reloa
     crate::support::write_secret(d.dir.path().join("other.key"), &new_key.stdout)
         .expect("the other journal key should be written");
     eventually(Duration::from_secs(5), "the lost key refused", || async {
-        d.log_text().contains("reload failed") && d.log_text().contains("journal key")
+        d.log_text().contains("reload failed") && d.log_text().contains("journal.key_file")
     })
     .await;
     let cfg = std::fs::read_to_string(&d.config).unwrap_or_default();

@@ -193,7 +193,8 @@ impl ExampleEnv {
                 };
                 if k.trim().ends_with("_credential") {
                     let name = v.trim().trim_matches('"');
-                    std::fs::copy(&key, dir.path().join(name))
+                    let bytes = std::fs::read(&key).expect("the test key should be readable");
+                    crate::support::write_secret(dir.path().join(name), bytes)
                         .expect("the test key should copy in as an example credential");
                 }
             }

@@ -301,7 +301,7 @@ async fn unknown_peers_and_non_admins_are_refused() {
     let out = as_nobody(&["tasks", "list"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cannot connect"),
+        String::from_utf8_lossy(&out.stderr).contains("permission denied on"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -163,7 +163,7 @@ impl Moto {
 
     /// The daemon's own AWS identity, as a shared-credentials file for `$CREDENTIALS_DIRECTORY`.
     pub fn write_credentials(dir: &Path) {
-        std::fs::write(
+        super::write_secret(
             dir.join("aws-credentials"),
             "[default]\naws_access_key_id = AKIDCREDBROKERTEST\n\
              aws_secret_access_key = credbroker-own-secret-key-for-moto\n",
