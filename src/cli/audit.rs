@@ -281,7 +281,7 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             let hint = match &source {
                 Some(KeySource::Credential(_)) => {
                     " (a systemd credential is readable only inside the service: give \
-                     --head-key-file, e.g. /etc/credbroker/credentials/audit-head.key)"
+                     --head-key-file, e.g. /etc/credbroker/credentials/audit-head-key)"
                 }
                 _ => "",
             };
