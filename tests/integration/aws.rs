@@ -635,7 +635,10 @@ async fn refusals_throttling_and_oversized_policies_are_reported_as_such() {
         "{stdout}"
     );
     assert!(
-        stdout.lines().last().is_some_and(|l| l.starts_with("FAILED: ")),
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("FAILED: ")),
         "the verdict is the last line and matches the exit code: {stdout}"
     );
     assert_eq!(
