@@ -24,6 +24,9 @@ pub(super) async fn run(
         config.grants.len(),
         config.providers.len()
     );
+    if config.audit.head_key.is_none() {
+        outln!("warning: {UNSEALED}\n")?;
+    }
     for (name, instance) in runtime.providers.iter() {
         let grants = grants_of(&runtime, name);
         for paragraph in instance.provider.explain(&grants) {
@@ -87,6 +90,11 @@ pub(super) async fn run(
         Ok(ExitCode::FAILURE)
     }
 }
+
+/// Why a configuration without an audit head key is worth a warning.
+pub(crate) const UNSEALED: &str = "[audit] has no head key: `audit verify` finds an edited or \
+     deleted record, but not a cut-off or rebuilt tail. Create one (`credbroker keygen`) and set \
+     head_key_credential or head_key_file";
 
 /// The grants `(name, params)` that issue from the provider instance `provider`.
 fn grants_of<'a>(runtime: &'a Runtime, provider: &str) -> Vec<(&'a str, &'a Params)> {

@@ -99,8 +99,13 @@ enum Command {
     },
     /// Who got which credential: owner → agent → token → task → leases (table, JSON or DOT).
     Lineage(audit::LineageArgs),
-    /// Print a fresh journal encryption key (64 hex digits) for `journal.key_file`.
-    Keygen,
+    /// Print a fresh key (64 hex digits): a journal, audit head or export key. With `--dir`,
+    /// write what a fresh install needs instead: DIR/journal-key and DIR/audit-head-key, mode
+    /// 0600, never over an existing file.
+    Keygen {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Runs the command line with the providers in `registry`.
@@ -140,12 +145,13 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
         Command::Status(args) => admin::status(args).await,
         Command::Audit { command } => audit::run(command),
         Command::Lineage(args) => audit::lineage(args),
-        Command::Keygen => match crate::keys::generate_hex() {
+        Command::Keygen { dir: None } => match crate::keys::generate_hex() {
             Ok(k) => outln!("{}", k.as_str())
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from),
             Err(e) => Err(anyhow::anyhow!(e)),
         },
+        Command::Keygen { dir: Some(dir) } => install_keys(&dir),
     };
     match result {
         Ok(code) => code,
@@ -160,6 +166,31 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
             }
         }
     }
+}
+
+/// The keys a fresh install needs, each named as the systemd credential it becomes.
+fn install_keys(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    for name in ["journal-key", "audit-head-key"] {
+        let path = dir.join(name);
+        let key = crate::keys::generate_hex().map_err(anyhow::Error::msg)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: {e} (an existing key is never replaced)",
+                    path.display()
+                )
+            })?;
+        f.write_all(key.as_bytes())?;
+        f.write_all(b"\n")?;
+        outln!("wrote {} (0600)", path.display())?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

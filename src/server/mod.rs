@@ -63,7 +63,13 @@ impl Daemon {
                     .audit_key(self.env.as_ref())
                     .map_err(|e| anyhow::anyhow!("audit head key: {e}"))?,
             ),
-            None => None,
+            None => {
+                tracing::warn!(
+                    "[audit] has no head key: the audit chain's head is not sealed, so a cut-off \
+                     or rebuilt tail would go unnoticed by `audit verify`"
+                );
+                None
+            }
         };
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let observers: Vec<Arc<dyn crate::journal::Observer>> = vec![

@@ -360,3 +360,38 @@ async fn filters_fingerprints_missing_daemons_and_oversized_tokens_get_clear_ans
     );
     assert!(text(&empty).contains("no token"), "{}", text(&empty));
 }
+
+/// `keygen --dir` makes what a fresh install needs, private, and never replaces a key: a
+/// replaced journal key would orphan every revocation handle sealed under the old one.
+#[test]
+fn keygen_writes_the_install_keys_once_and_privately() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("a temp dir for the keys should be created");
+    let keygen = || {
+        std::process::Command::new(crate::support::daemon::testd())
+            .args(["keygen", "--dir"])
+            .arg(dir.path())
+            .output()
+            .expect("keygen --dir should run")
+    };
+    let first = keygen();
+    assert!(first.status.success(), "{}", text(&first));
+    let mut keys = Vec::new();
+    for name in ["journal-key", "audit-head-key"] {
+        let path = dir.path().join(name);
+        let meta = std::fs::metadata(&path).expect("keygen should have written the key");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+        let key = std::fs::read_to_string(&path).expect("the key should be readable");
+        assert!(
+            credbroker::keys::key_bytes(key.as_bytes()).is_some(),
+            "{name}: {key:?}"
+        );
+        keys.push(key);
+    }
+    assert_ne!(keys[0], keys[1], "two keys, not one written twice");
+    let again = keygen();
+    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
+    assert!(text(&again).contains("never replaced"), "{}", text(&again));
+    let still = std::fs::read_to_string(dir.path().join("journal-key")).unwrap_or_default();
+    assert_eq!(still, keys[0], "the existing key is untouched");
+}

@@ -18,6 +18,7 @@ mod github;
 mod keys;
 mod lifecycle;
 mod operations;
+mod quickstart;
 mod rejections;
 mod scopes;
 mod secrets;

@@ -75,6 +75,22 @@ fn token_file(secrets: &tempfile::TempDir) -> String {
     )
 }
 
+/// What `status` says of the Vault instance (its token's accessor, policies and expiry).
+async fn vault_detail(d: &Daemon) -> String {
+    let s = d
+        .admin()
+        .await
+        .status(v1::StatusRequest {})
+        .await
+        .expect("status should answer on the admin socket")
+        .into_inner();
+    s.providers
+        .iter()
+        .find(|p| p.name == "vault")
+        .map(|p| p.detail.clone())
+        .unwrap_or_default()
+}
+
 fn cred<'a>(creds: &'a [v1::Credential], grant: &str) -> &'a v1::Credential {
     creds
         .iter()
@@ -904,20 +920,7 @@ async fn credbrokers_own_token_is_kept_alive_and_replaced_when_it_cannot_be_rene
     );
     let d = Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &approle)).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
-    let accessor = || async {
-        let s = d
-            .admin()
-            .await
-            .status(v1::StatusRequest {})
-            .await
-            .unwrap_or_else(|e| panic!("{e:?}"))
-            .into_inner();
-        s.providers
-            .iter()
-            .find(|p| p.name == "vault")
-            .map(|p| p.detail.clone())
-            .unwrap_or_default()
-    };
+    let accessor = || vault_detail(&d);
     eventually(
         Duration::from_secs(10),
         "the instance has logged in",
@@ -1101,20 +1104,9 @@ async fn a_rotated_token_file_is_used_without_a_restart() {
     let (pg, bao, secrets) = backends().await;
     let d = Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &token_file(&secrets))).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    // `token ACCESSOR policies …`: the accessor of the token the instance uses.
     let accessor = || async {
-        let s = d
-            .admin()
-            .await
-            .status(v1::StatusRequest {})
-            .await
-            .expect("status should answer on the admin socket")
-            .into_inner();
-        let detail = s
-            .providers
-            .iter()
-            .find(|p| p.name == "vault")
-            .map(|p| p.detail.clone())
-            .unwrap_or_default();
+        let detail = vault_detail(&d).await;
         detail
             .split_whitespace()
             .nth(1)
@@ -1176,5 +1168,60 @@ async fn a_rotated_token_file_is_used_without_a_restart() {
         !d.log_text().contains("refuses credbroker's token"),
         "{}",
         d.log_text()
+    );
+}
+
+/// A `kind = "token"` grant whose policies credbroker's own token does not hold fails every
+/// BeginTask ("child policies must be subset of parent"); `check-config --online` used to pass
+/// it. Now it names the grant and the policy, and the daemon's refusal confirms it.
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_online_finds_token_grants_vault_would_refuse() {
+    let auth = AuthServer::start();
+    let (_pg, bao, secrets) = backends().await;
+    bao.api(
+        Method::PUT,
+        "sys/policies/acl/orders-admin",
+        Some(serde_json::json!({"policy": "path \"database/creds/*\" { capabilities = [\"read\"] }"})),
+    )
+    .await;
+    let config = |dir: &Path| {
+        vault_config(dir, &auth.issuer, &bao, &token_file(&secrets)).replace(
+            "policies = [\"orders-read\"]",
+            "policies = [\"orders-read\", \"orders-admin\"]",
+        )
+    };
+    let d = Daemon::start(config).await;
+    let out = d
+        .cli()
+        .args(["check-config", "--online", "--config"])
+        .arg(&d.config)
+        .output()
+        .expect("check-config --online should run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("grant orders-token: policies [\"orders-admin\"] are not held"),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("FAILED: ")),
+        "{stdout}"
+    );
+    // What the check predicted is what Vault does.
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let refused = d
+        .begin(&token, &["orders-token"])
+        .await
+        .expect_err("Vault should refuse a child token with policies its parent lacks");
+    assert!(
+        refused
+            .message()
+            .contains("child policies must be subset of parent")
+            || d.log_text()
+                .contains("child policies must be subset of parent"),
+        "{refused:?}"
     );
 }

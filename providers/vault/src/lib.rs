@@ -76,6 +76,7 @@ mod auth;
 mod client;
 mod grants;
 mod issue;
+mod policies;
 mod provider;
 mod revoke;
 

@@ -277,19 +277,23 @@ impl Provider for VaultProvider {
             Err(f) => return vec![f.retryable("capabilities-self").to_string()],
         };
         let caps = env.data.unwrap_or(Value::Null);
-        paths
-            .iter()
-            .filter_map(|(path, need, why)| {
-                let have: Vec<&str> = caps
-                    .get(path)
-                    .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
-                let ok = have.contains(need) || have.contains(&"root");
-                (!ok).then(|| {
-                    format!("{why}: credbroker's token lacks {need:?} on {path} (has {have:?})")
-                })
+        let mut problems = crate::policies::problems(
+            &inner.token.info().policies,
+            &inner.scope_policies,
+            inner.scope_role.as_deref(),
+            grants,
+        );
+        problems.extend(paths.iter().filter_map(|(path, need, why)| {
+            let have: Vec<&str> = caps
+                .get(path)
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let ok = have.contains(need) || have.contains(&"root");
+            (!ok).then(|| {
+                format!("{why}: credbroker's token lacks {need:?} on {path} (has {have:?})")
             })
-            .collect()
+        }));
+        problems
     }
 }
