@@ -147,6 +147,7 @@ pub(super) async fn run(cmd: TasksCommand) -> anyhow::Result<ExitCode> {
         } => {
             let mut c = connect(&conn).await?;
             let sel = selector.selector();
+            let ticker = super::progress::Ticker::start("revoking");
             let ids = match task {
                 Some(id) => {
                     if sel != v1::Selector::default() {
@@ -172,6 +173,7 @@ pub(super) async fn run(cmd: TasksCommand) -> anyhow::Result<ExitCode> {
                     .task_ids
                 }
             };
+            drop(ticker);
             match conn.output {
                 Output::Json => outln!("{}", serde_json::json!({ "revoked": ids }))?,
                 Output::Table => {

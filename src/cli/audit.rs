@@ -289,7 +289,10 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 .map(|s| s.audit_key(&crate::ProcessEnv))
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("audit head key: {e}{hint}"))?;
-            let report = verify::verify_with_archive(&conn, key.as_ref(), &archives)?;
+            let report = {
+                let _ticker = super::progress::Ticker::start("verifying the audit chain");
+                verify::verify_with_archive(&conn, key.as_ref(), &archives)?
+            };
             print_report(&report, output)?;
             Ok(if report.ok() {
                 ExitCode::SUCCESS

@@ -24,6 +24,7 @@ mod admin;
 mod audit;
 mod check;
 mod output;
+mod progress;
 mod task;
 mod token;
 

@@ -221,6 +221,8 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
         }
         TaskCommand::End { conn, task, output } => {
             let mut client = BrokerClient::new(client::channel(&conn.socket).await?);
+            let _ticker =
+                super::progress::Ticker::start("ending the task: revoking its credentials");
             let resp = client
                 .end_task(v1::EndTaskRequest { task_id: task })
                 .await
