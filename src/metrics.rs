@@ -204,10 +204,12 @@ mod tests {
         let m = Metrics::default();
         let at = std::time::UNIX_EPOCH;
         m.record(
-            &AuditRecord::new(event::TOKEN_REJECTED, Outcome::Denied, at).reason("token_expired"),
+            &AuditRecord::new(event::TOKEN_REJECTED, Outcome::Denied, at)
+                .reason(crate::record::reason::EXPIRED),
         );
         m.record(
-            &AuditRecord::new(event::TOKEN_REJECTED, Outcome::Denied, at).reason("token_expired"),
+            &AuditRecord::new(event::TOKEN_REJECTED, Outcome::Denied, at)
+                .reason(crate::record::reason::EXPIRED),
         );
         m.record(
             &AuditRecord::new(event::LEASE_ISSUED, Outcome::Success, at).lease("l", "g", "vault"),
@@ -223,7 +225,7 @@ mod tests {
         };
         let text = m.render(&snap);
         for line in [
-            "credbroker_token_rejections_total{reason=\"token_expired\"} 2",
+            "credbroker_token_rejections_total{reason=\"expired\"} 2",
             "credbroker_issues_total{provider=\"vault\",result=\"issued\"} 1",
             "credbroker_revocations_total{provider=\"vault\",result=\"failed\"} 1",
             "credbroker_tasks_active 3",

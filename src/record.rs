@@ -13,6 +13,9 @@ use serde_json::{Map, Value};
 
 use crate::time::rfc3339;
 
+pub mod reason;
+pub use reason::Reason;
+
 /// Stable event names.
 pub mod event {
     pub const DAEMON_STARTED: &str = "daemon_started";
@@ -157,8 +160,8 @@ impl AuditRecord {
         }
     }
 
-    pub fn reason(mut self, code: &str) -> Self {
-        self.reason = Some(code.into());
+    pub fn reason(mut self, code: Reason) -> Self {
+        self.reason = Some(code.as_str().into());
         self
     }
 

@@ -241,13 +241,13 @@ mod tests {
             Outcome::Denied,
             std::time::UNIX_EPOCH,
         )
-        .reason("token_expired");
+        .reason(crate::record::reason::EXPIRED);
         let e = event(&denied);
         assert_eq!(
             (e["class_uid"].clone(), e["status_id"].clone()),
             (json!(3002), json!(2))
         );
-        assert_eq!(e["status_detail"], "token_expired");
+        assert_eq!(e["status_detail"], "expired");
         assert_eq!(e["severity_id"], 3);
 
         let e = event(&AuditRecord::new(

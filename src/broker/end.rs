@@ -11,7 +11,7 @@ use super::settle::scope_handle;
 use super::{Broker, BrokerError, ErrorKind};
 use crate::journal::read;
 use crate::journal::rows::{LeaseState, TaskRow, TaskState, Text, end_reason};
-use crate::record::{Outcome, PeerRecord, event};
+use crate::record::{Outcome, PeerRecord, Reason, event};
 use crate::time::to_ms;
 use crate::workload::PeerInfo;
 use credbroker_provider_api::Role;
@@ -19,7 +19,7 @@ use credbroker_provider_api::Role;
 enum Marked {
     Gone,
     AlreadyEnding(Box<TaskSummary>),
-    Ending(Arc<TaskRow>, Vec<Target>, &'static str),
+    Ending(Arc<TaskRow>, Vec<Target>, Reason),
 }
 
 /// Who is ending a task.

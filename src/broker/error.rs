@@ -111,7 +111,7 @@ impl From<Denial> for BrokerError {
         };
         Self {
             kind,
-            code: d.code.into(),
+            code: d.code.as_str().into(),
             message: d.message,
             grant: d.grant,
             retry_after: None,

@@ -12,7 +12,7 @@ use super::live::task_audit;
 use super::{Broker, BrokerError, ErrorKind};
 use crate::journal::Op;
 use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState, Text, end_reason, role_str};
-use crate::record::{Outcome, event};
+use crate::record::{Outcome, Reason, event, reason};
 use crate::time::to_ms;
 
 impl Broker {
@@ -62,7 +62,7 @@ impl Broker {
                                 task_audit(task, event::LEASE_ISSUED, Outcome::Failure, now)
                                     .lease(&row.id, &row.grant, &row.provider)
                                     .detail("role", role_str(row.role))
-                                    .reason("seal_failed")
+                                    .reason(reason::SEAL_FAILED)
                                     .detail("error", e.to_string()),
                             )));
                             None
@@ -86,7 +86,7 @@ impl Broker {
                         task_audit(task, event::LEASE_ISSUE_FAILED, Outcome::Failure, now)
                             .lease(&row.id, &row.grant, &row.provider)
                             .detail("role", role_str(row.role))
-                            .reason(e.kind.code())
+                            .reason(reason::provider(e.kind))
                             .detail("error", e.message.clone()),
                     )));
                     if first.is_none() {
@@ -156,7 +156,7 @@ impl Broker {
         task: &TaskRow,
         rows: Vec<LeaseRow>,
         handles: HashMap<Text, RevocationHandle>,
-        reason: &str,
+        reason: Reason,
         now: SystemTime,
     ) {
         let Ok(mut state) = self.live_state() else {

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use super::{Broker, BrokerError, ErrorKind, Runtime};
 use crate::config::WorkloadConfig;
-use crate::record::{AuditRecord, Outcome, event};
+use crate::record::{AuditRecord, Outcome, event, reason};
 use crate::token::{Rejection, Verified};
 use crate::workload::{self, MatchError, PeerInfo};
 
@@ -22,11 +22,11 @@ impl Broker {
             Err(e) => {
                 let (code, msg) = match e {
                     MatchError::Unknown => (
-                        "unknown_peer",
+                        reason::UNKNOWN_PEER,
                         "this process is not a registered workload".to_string(),
                     ),
                     MatchError::Ambiguous(names) => (
-                        "ambiguous_peer",
+                        reason::AMBIGUOUS_PEER,
                         format!("this process matches several workloads equally: {names:?}"),
                     ),
                 };
@@ -34,7 +34,11 @@ impl Broker {
                     AuditRecord::new(event::PEER_REJECTED, Outcome::Denied, now).reason(code);
                 rec.peer = Some(peer.record());
                 self.audit_only(vec![rec]).await;
-                Err(BrokerError::new(ErrorKind::PermissionDenied, code, msg))
+                Err(BrokerError::new(
+                    ErrorKind::PermissionDenied,
+                    code.as_str(),
+                    msg,
+                ))
             }
         }
     }
@@ -49,8 +53,8 @@ impl Broker {
         now: SystemTime,
     ) -> Result<Verified, BrokerError> {
         let rejected = |reason: &Rejection, fp: Option<String>| {
-            let mut rec =
-                AuditRecord::new(event::TOKEN_REJECTED, Outcome::Denied, now).reason(reason.code());
+            let mut rec = AuditRecord::new(event::TOKEN_REJECTED, Outcome::Denied, now)
+                .reason(reason.reason());
             rec.peer = Some(peer.record());
             rec.workload = Some(workload.name.clone());
             rec.token_fingerprint = fp;

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use crate::record::{AuditRecord, Outcome, PeerRecord, event};
+use crate::record::{AuditRecord, Outcome, PeerRecord, event, reason};
 use crate::time::rfc3339;
 
 struct Window {
@@ -105,7 +105,7 @@ fn summary(uid: u32, w: &Window, now: SystemTime) -> Option<AuditRecord> {
         return None;
     }
     let mut rec = AuditRecord::new(event::REFUSALS_SUPPRESSED, Outcome::Denied, now)
-        .reason("refusal_audit_limit")
+        .reason(reason::REFUSAL_AUDIT_LIMIT)
         .detail("count", w.suppressed)
         .detail("since", rfc3339(w.start))
         .detail("until", rfc3339(now))
@@ -124,7 +124,7 @@ fn summary(uid: u32, w: &Window, now: SystemTime) -> Option<AuditRecord> {
 mod tests {
     use super::*;
 
-    fn refusal(uid: u32, reason: &str) -> AuditRecord {
+    fn refusal(uid: u32, reason: crate::record::Reason) -> AuditRecord {
         let mut r = AuditRecord::new(
             event::TOKEN_REJECTED,
             Outcome::Denied,
@@ -148,11 +148,15 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
         let mut written = Vec::new();
         for i in 0..100 {
-            let reason = if i % 2 == 0 { "malformed" } else { "expired" };
+            let reason = if i % 2 == 0 {
+                reason::MALFORMED
+            } else {
+                reason::EXPIRED
+            };
             written.extend(l.admit(vec![refusal(7, reason)], b, t0));
         }
         // Another peer has its own budget.
-        written.extend(l.admit(vec![refusal(8, "malformed")], b, t0));
+        written.extend(l.admit(vec![refusal(8, reason::MALFORMED)], b, t0));
         assert_eq!(written.len(), 4);
         // The window closes: one summary for the 97 suppressed.
         let later = t0 + Duration::from_secs(11);
@@ -165,6 +169,9 @@ mod tests {
         assert_eq!(s.detail["reasons"]["expired"], 49);
         assert_eq!(s.peer.as_ref().map(|p| p.uid), Some(7));
         // A fresh window writes again.
-        assert_eq!(l.admit(vec![refusal(7, "malformed")], b, later).len(), 1);
+        assert_eq!(
+            l.admit(vec![refusal(7, reason::MALFORMED)], b, later).len(),
+            1
+        );
     }
 }

@@ -20,7 +20,7 @@ use super::{Broker, BrokerError, ErrorKind, Runtime};
 use crate::journal::Op;
 use crate::journal::rows::{LeaseRow, LeaseState, TaskState};
 use crate::policy::{Ask, GrantAsk};
-use crate::record::{AuditRecord, Outcome, event};
+use crate::record::{AuditRecord, Outcome, event, reason};
 use crate::time::{from_ms, rfc3339, to_ms};
 use crate::workload::PeerInfo;
 
@@ -108,7 +108,7 @@ impl Broker {
             || *c.client_id != *task.client_id
         {
             let mut rec = task_audit(&task, event::REQUEST_DENIED, Outcome::Denied, now)
-                .reason("principal_mismatch");
+                .reason(reason::PRINCIPAL_MISMATCH);
             rec.token_fingerprint = Some(verified.fingerprint.hex());
             self.audit_only(vec![rec]).await;
             return Err(BrokerError::new(
@@ -204,7 +204,7 @@ impl Broker {
                     let rec: AuditRecord =
                         task_audit(&task, event::LEASE_RENEWED, Outcome::Failure, now)
                             .lease(&lease.id, &lease.grant, &lease.provider)
-                            .reason(e.kind.code())
+                            .reason(reason::provider(e.kind))
                             .detail("error", e.message.clone());
                     self.audit_only(vec![rec]).await;
                     return Err(BrokerError::provider(&e, &lease.grant, &lease.provider));

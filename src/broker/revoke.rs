@@ -16,7 +16,7 @@ use credbroker_provider_api::{
 use super::live::{context, task_audit};
 use super::{Broker, Runtime};
 use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, Text, role_str};
-use crate::record::{AuditRecord, Outcome, event};
+use crate::record::{AuditRecord, Outcome, Reason, event, reason};
 use crate::time::{from_ms, rfc3339, to_ms};
 
 /// How long after its wanted expiry a lease of unknown outcome is still chased. Covers provider
@@ -95,7 +95,7 @@ impl Broker {
                 Outcome::Failure,
             );
             a = a.note(|r| {
-                r.reason("revocation_abandoned")
+                r.reason(reason::REVOCATION_ABANDONED)
                     .detail("attempts", lease.attempts)
             });
             if reconciling {
@@ -107,7 +107,7 @@ impl Broker {
             return self.failed(
                 base,
                 lease,
-                "provider_missing",
+                reason::PROVIDER_MISSING,
                 "the provider instance is not loaded",
                 None,
                 now,
@@ -136,7 +136,7 @@ impl Broker {
                         event::LEASE_RECONCILED,
                         Outcome::Success,
                     );
-                    a.note(|r| r.reason("nothing_issued"))
+                    a.note(|r| r.reason(reason::NOTHING_ISSUED))
                 }
                 Ok(Reconciled::Revoked) => {
                     let a = base(
@@ -146,7 +146,7 @@ impl Broker {
                     );
                     Attempt {
                         revoked_ms: Some(now_ms),
-                        ..a.note(|r| r.reason("revoked"))
+                        ..a.note(|r| r.reason(reason::REVOKED))
                     }
                 }
                 Ok(Reconciled::WillExpire { at }) => self.lapsing(base, at),
@@ -158,10 +158,17 @@ impl Broker {
                     );
                     Attempt {
                         revoked_ms: Some(now_ms),
-                        ..a.note(|r| cut_off(r.reason("revoked"), issued_before))
+                        ..a.note(|r| cut_off(r.reason(reason::REVOKED), issued_before))
                     }
                 }
-                Err(e) => self.failed(base, lease, e.kind.code(), &e.message, e.retry_after, now),
+                Err(e) => self.failed(
+                    base,
+                    lease,
+                    reason::provider(e.kind),
+                    &e.message,
+                    e.retry_after,
+                    now,
+                ),
             };
         }
         let params = &lease.params;
@@ -169,7 +176,7 @@ impl Broker {
             return self.failed(
                 base,
                 lease,
-                "handle_missing",
+                reason::HANDLE_MISSING,
                 "no revocation handle",
                 None,
                 now,
@@ -217,7 +224,14 @@ impl Broker {
                     ..a.note(|r| cut_off(r.detail("confirmed", true), issued_before))
                 }
             }
-            Err(e) => self.failed(base, lease, e.kind.code(), &e.message, e.retry_after, now),
+            Err(e) => self.failed(
+                base,
+                lease,
+                reason::provider(e.kind),
+                &e.message,
+                e.retry_after,
+                now,
+            ),
         }
     }
 
@@ -234,7 +248,7 @@ impl Broker {
         Attempt {
             expires_ms: Some(to_ms(at)),
             ..a.note(|r| {
-                r.reason("provider_cannot_revoke")
+                r.reason(reason::PROVIDER_CANNOT_REVOKE)
                     .detail("residual_until", rfc3339(at))
             })
         }
@@ -244,7 +258,7 @@ impl Broker {
         &self,
         base: impl Fn(LeaseState, &str, Outcome) -> Attempt,
         lease: &LeaseRow,
-        code: &str,
+        code: Reason,
         message: &str,
         retry_after: Option<Duration>,
         now: SystemTime,

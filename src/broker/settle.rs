@@ -11,7 +11,7 @@ use super::live::{LiveTask, TaskSummary, task_audit};
 use super::revoke::Attempt;
 use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState, Text};
 use crate::journal::{JournalError, Op};
-use crate::record::{AuditRecord, Outcome, event};
+use crate::record::{AuditRecord, Outcome, Reason, event, reason};
 use crate::time::to_ms;
 
 impl Broker {
@@ -26,7 +26,7 @@ impl Broker {
         task_id: &str,
         mut attempts: Vec<Attempt>,
         ending: Option<AuditRecord>,
-        end_reason: Option<&str>,
+        end_reason: Option<Reason>,
         now: SystemTime,
     ) -> Result<Option<TaskSummary>, JournalError> {
         let (task_row, all_terminal, ending_journaled) = {
@@ -196,9 +196,9 @@ pub(super) fn scope_handle(task: &LiveTask, lease: &LeaseRow) -> Option<Arc<Revo
 /// The attempt recording that a credential went with its scope.
 fn with_scope(task: &TaskRow, child: &LeaseRow, scope: &Attempt, now: SystemTime) -> Attempt {
     let (ev, reason) = match scope.state {
-        LeaseState::Revoked => (event::LEASE_REVOKED, "revoked_with_scope"),
-        LeaseState::Expiring => (event::LEASE_EXPIRED_UNREVOKED, "expires_with_scope"),
-        _ => (event::LEASE_EXPIRED_UNREVOKED, "scope_abandoned"),
+        LeaseState::Revoked => (event::LEASE_REVOKED, reason::REVOKED_WITH_SCOPE),
+        LeaseState::Expiring => (event::LEASE_EXPIRED_UNREVOKED, reason::EXPIRES_WITH_SCOPE),
+        _ => (event::LEASE_EXPIRED_UNREVOKED, reason::SCOPE_ABANDONED),
     };
     Attempt {
         lease_id: child.id.clone(),

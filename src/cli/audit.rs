@@ -11,6 +11,7 @@ use clap::{Args, Subcommand};
 
 use super::output::Output;
 
+use super::progress::{LineCounter, Ticker};
 use crate::audit::export::{self, Pseudonymise};
 use crate::audit::query::{self, AuditFilter};
 use crate::audit::{lineage, verify};
@@ -18,7 +19,7 @@ use crate::config::{Config, KeySource};
 use crate::journal::Journal;
 use crate::journal::read::TaskFilter;
 use crate::keys::AuditKey;
-use crate::record::event;
+use crate::record::{Reason, event, reason};
 use crate::time::{parse_when, to_ms};
 
 /// Where the journal is.
@@ -85,8 +86,9 @@ pub(super) struct RecordArgs {
     event: Vec<String>,
     #[arg(long, value_parser = ["success", "denied", "failure"])]
     outcome: Option<String>,
-    /// A reason code, e.g. token_expired.
-    #[arg(long)]
+    /// A reason code, e.g. token_expired (the operations manual lists them all).
+    #[arg(long, hide_possible_values = true,
+          value_parser = clap::builder::PossibleValuesParser::new(reason::ALL.map(Reason::as_str)))]
     reason: Option<String>,
     #[arg(long)]
     task: Option<String>,
@@ -261,9 +263,11 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 ExportFormat::Csv => export::Format::Csv,
                 ExportFormat::Ocsf => export::Format::Ocsf,
             };
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
+            // Counted after the buffer: what the ticker shows has reached stdout.
+            let mut out = std::io::BufWriter::new(LineCounter::new(std::io::stdout().lock()));
+            let _ticker = Ticker::counting("exporting", "lines", out.get_ref().lines());
             export::export(&conn, &filter, format, pseudo.as_ref(), &mut out)?;
+            out.flush()?;
             Ok(ExitCode::SUCCESS)
         }
         AuditCommand::Verify {
@@ -290,7 +294,7 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("audit head key: {e}{hint}"))?;
             let report = {
-                let _ticker = super::progress::Ticker::start("verifying the audit chain");
+                let _ticker = Ticker::start("verifying the audit chain");
                 verify::verify_with_archive(&conn, key.as_ref(), &archives)?
             };
             print_report(&report, output)?;
@@ -311,7 +315,11 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 Err(e) => return usage(e),
             };
             let (conn, _) = journal.open()?;
-            let groups = match query::count(&conn, &filter, &group_by) {
+            let counted = {
+                let _ticker = Ticker::start("counting audit records");
+                query::count(&conn, &filter, &group_by)
+            };
+            let groups = match counted {
                 Ok(g) => g,
                 Err(e @ query::QueryError::UnknownGroup(..)) => return usage(e),
                 Err(query::QueryError::Journal(e)) => return Err(e.into()),
@@ -446,7 +454,10 @@ pub(super) fn lineage(args: LineageArgs) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     let (conn, _) = args.journal.open()?;
-    let tree = lineage::build(&conn, &filter, args.limit)?;
+    let tree = {
+        let _ticker = Ticker::start("tracing lineage");
+        lineage::build(&conn, &filter, args.limit)?
+    };
     let mut out = std::io::stdout().lock();
     match args.output {
         TreeShape::Table => write!(out, "{}", lineage::text(&tree))?,

@@ -112,16 +112,17 @@ pub fn parse_role(s: &str) -> Option<Role> {
     }
 }
 
-/// Why a task ended. Stable codes.
+/// How a task ended: the registered reason codes a task row's `end_reason` holds.
 pub mod end_reason {
-    pub const BY_WORKLOAD: &str = "ended_by_workload";
-    pub const EXPIRED: &str = "expired";
-    pub const TOKEN_EXPIRED: &str = "token_expired";
-    pub const BY_OPERATOR: &str = "revoked_by_operator";
-    pub const ISSUE_FAILED: &str = "issue_failed";
-    pub const INTERRUPTED: &str = "interrupted";
-    /// A BeginTask retried with the same idempotency key after its answer was lost.
-    pub const BEGIN_REPLAYED: &str = "begin_replayed";
+    use crate::record::reason::{self, Reason};
+
+    pub const BY_WORKLOAD: Reason = reason::ENDED_BY_WORKLOAD;
+    pub const EXPIRED: Reason = reason::EXPIRED;
+    pub const TOKEN_EXPIRED: Reason = reason::TOKEN_EXPIRED;
+    pub const BY_OPERATOR: Reason = reason::REVOKED_BY_OPERATOR;
+    pub const ISSUE_FAILED: Reason = reason::ISSUE_FAILED;
+    pub const INTERRUPTED: Reason = reason::INTERRUPTED;
+    pub const BEGIN_REPLAYED: Reason = reason::BEGIN_REPLAYED;
 }
 
 /// Text shared between rows: interned (see `broker::intern`), so 100,000 tasks of one workload

@@ -16,6 +16,7 @@ use credbroker_provider_api::{Narrowing, ParamRule, Params};
 use serde_json::Value;
 
 use crate::config::{Attribution, BrokerSettings, Config, GrantConfig, WorkloadConfig};
+use crate::record::reason::{self, Reason};
 use crate::token::Claims;
 pub use owner::{Owner, OwnerSource, attribute};
 use template::{RenderError, Vars};
@@ -65,13 +66,13 @@ pub enum DenialKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denial {
     pub kind: DenialKind,
-    pub code: &'static str,
+    pub code: Reason,
     pub message: String,
     pub grant: Option<String>,
 }
 
 impl Denial {
-    fn new(kind: DenialKind, code: &'static str, grant: Option<&str>, message: String) -> Self {
+    fn new(kind: DenialKind, code: Reason, grant: Option<&str>, message: String) -> Self {
         Self {
             kind,
             code,
@@ -122,7 +123,7 @@ impl Policy {
         if self.attribution.require_owner && owner.id.is_none() {
             return Err(Denial::new(
                 PermissionDenied,
-                "owner_required",
+                reason::OWNER_REQUIRED,
                 None,
                 format!(
                     "no owner can be attributed to client {:?}; require_owner is set",
@@ -138,7 +139,7 @@ impl Policy {
             let grant = self.grants.get(&g.name).ok_or_else(|| {
                 Denial::new(
                     InvalidArgument,
-                    "unknown_grant",
+                    reason::UNKNOWN_GRANT,
                     Some(&g.name),
                     format!("no grant named {:?}", g.name),
                 )
@@ -147,7 +148,7 @@ impl Policy {
             if !ask.workload.grants.contains(&g.name) {
                 return Err(Denial::new(
                     PermissionDenied,
-                    "grant_not_allowed",
+                    reason::GRANT_NOT_ALLOWED,
                     name,
                     format!(
                         "workload {:?} may not request grant {:?}",
@@ -158,7 +159,7 @@ impl Policy {
             if grant.issuer != ask.claims.issuer {
                 return Err(Denial::new(
                     PermissionDenied,
-                    "issuer_not_allowed",
+                    reason::ISSUER_NOT_ALLOWED,
                     name,
                     format!(
                         "grant {:?} is for tokens of another issuer than {:?}",
@@ -169,7 +170,7 @@ impl Policy {
             if let Some(missing) = grant.scopes.iter().find(|s| !ask.claims.has_scope(s)) {
                 return Err(Denial::new(
                     PermissionDenied,
-                    "insufficient_scope",
+                    reason::INSUFFICIENT_SCOPE,
                     name,
                     format!(
                         "grant {:?} needs scope {missing:?}, which the token does not hold",
@@ -181,7 +182,7 @@ impl Policy {
                 if !condition_holds(ask.claims.lookup(path), allowed) {
                     return Err(Denial::new(
                         PermissionDenied,
-                        "condition_not_met",
+                        reason::CONDITION_NOT_MET,
                         name,
                         format!(
                             "grant {:?}: claim {path:?} does not hold an allowed value",
@@ -193,7 +194,7 @@ impl Policy {
             if grant.tools.as_ref().is_some_and(|t| !t.contains(ask.tool)) {
                 return Err(Denial::new(
                     PermissionDenied,
-                    "tool_not_allowed",
+                    reason::TOOL_NOT_ALLOWED,
                     name,
                     format!("grant {:?} is not for tool {:?}", g.name, ask.tool),
                 ));
@@ -233,7 +234,7 @@ impl Policy {
         if expires_at <= ask.now {
             return Err(Denial::new(
                 Unauthenticated,
-                "expired",
+                reason::EXPIRED,
                 None,
                 "the token expires now".into(),
             ));
@@ -259,7 +260,7 @@ impl Policy {
             if rule.is_none_or(|r| r.narrowing != Narrowing::Subset) {
                 return Err(Denial::new(
                     InvalidArgument,
-                    "narrowing_not_allowed",
+                    reason::NARROWING_NOT_ALLOWED,
                     name,
                     format!(
                         "grant {:?}: parameter {key:?} cannot be narrowed",
@@ -274,7 +275,7 @@ impl Policy {
             if wanted.is_empty() || wanted.iter().any(|w| !have.contains(&w.as_str())) {
                 return Err(Denial::new(
                     PermissionDenied,
-                    "narrowing_exceeds_grant",
+                    reason::NARROWING_EXCEEDS_GRANT,
                     name,
                     format!(
                         "grant {:?}: {key:?} may only be narrowed to a non-empty subset of what it allows",
@@ -297,13 +298,13 @@ fn render_denial(grant: &str, e: RenderError) -> Denial {
     match e {
         RenderError::Missing(p) => Denial::new(
             PermissionDenied,
-            "owner_required",
+            reason::OWNER_REQUIRED,
             name,
             format!("grant {grant:?} uses {{{p}}} but the task has none"),
         ),
         RenderError::Unsafe(p) => Denial::new(
             PermissionDenied,
-            "template_value_rejected",
+            reason::TEMPLATE_VALUE_REJECTED,
             name,
             format!(
                 "grant {grant:?}: the value for {{{p}}} is not one plain path segment \
@@ -312,7 +313,7 @@ fn render_denial(grant: &str, e: RenderError) -> Denial {
         ),
         RenderError::CaseFolded { placeholder, param } => Denial::new(
             PermissionDenied,
-            "template_value_rejected",
+            reason::TEMPLATE_VALUE_REJECTED,
             name,
             format!(
                 "grant {grant:?}: the value for {{{placeholder}}} has upper-case letters, and \
@@ -322,7 +323,7 @@ fn render_denial(grant: &str, e: RenderError) -> Denial {
         ),
         RenderError::DotSegment { param } => Denial::new(
             PermissionDenied,
-            "template_value_rejected",
+            reason::TEMPLATE_VALUE_REJECTED,
             name,
             format!("grant {grant:?}: {param:?} would render a '.' or '..' path segment"),
         ),

@@ -110,7 +110,7 @@ fn grant(name: &str) -> GrantAsk {
 fn code(r: Result<Decision, Denial>) -> &'static str {
     match r {
         Ok(_) => "ok",
-        Err(d) => d.code,
+        Err(d) => d.code.as_str(),
     }
 }
 

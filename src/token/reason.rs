@@ -1,5 +1,7 @@
 use std::fmt;
 
+use crate::record::reason::{self, Reason};
+
 /// Why a token was refused. Each variant has a stable reason code ([`Rejection::code`]) that
 /// appears in gRPC error details, audit records and `credbroker token check` output; codes are
 /// part of the API and never change meaning.
@@ -40,31 +42,35 @@ pub enum Rejection {
 
 impl Rejection {
     pub fn code(&self) -> &'static str {
+        self.reason().as_str()
+    }
+
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::TooLarge { .. } => "token_too_large",
-            Self::Malformed(_) => "malformed",
-            Self::DuplicateKey => "duplicate_key",
-            Self::JweNotSupported => "jwe_not_supported",
-            Self::NestedJwt => "nested_jwt",
-            Self::AlgNone => "alg_none",
-            Self::AlgSymmetric => "alg_symmetric",
-            Self::AlgNotAllowed(_) => "alg_not_allowed",
-            Self::CritNotSupported => "crit_not_supported",
-            Self::KeyHeaderNotAllowed(_) => "key_header_not_allowed",
-            Self::TypInvalid => "typ_invalid",
-            Self::UnknownIssuer => "unknown_issuer",
-            Self::UnknownKid => "unknown_kid",
-            Self::KeyAlgMismatch => "key_alg_mismatch",
-            Self::BadSignature => "bad_signature",
-            Self::MissingClaim(_) => "missing_claim",
-            Self::InvalidClaim(_) => "invalid_claim",
-            Self::AudienceMismatch => "audience_mismatch",
-            Self::IssuerNotAccepted => "issuer_not_accepted",
-            Self::InsufficientScope(_) => "insufficient_scope",
-            Self::Expired => "expired",
-            Self::NotYetValid => "not_yet_valid",
-            Self::IssuedInFuture => "issued_in_future",
-            Self::KeysUnavailable => "issuer_keys_unavailable",
+            Self::TooLarge { .. } => reason::TOKEN_TOO_LARGE,
+            Self::Malformed(_) => reason::MALFORMED,
+            Self::DuplicateKey => reason::DUPLICATE_KEY,
+            Self::JweNotSupported => reason::JWE_NOT_SUPPORTED,
+            Self::NestedJwt => reason::NESTED_JWT,
+            Self::AlgNone => reason::ALG_NONE,
+            Self::AlgSymmetric => reason::ALG_SYMMETRIC,
+            Self::AlgNotAllowed(_) => reason::ALG_NOT_ALLOWED,
+            Self::CritNotSupported => reason::CRIT_NOT_SUPPORTED,
+            Self::KeyHeaderNotAllowed(_) => reason::KEY_HEADER_NOT_ALLOWED,
+            Self::TypInvalid => reason::TYP_INVALID,
+            Self::UnknownIssuer => reason::UNKNOWN_ISSUER,
+            Self::UnknownKid => reason::UNKNOWN_KID,
+            Self::KeyAlgMismatch => reason::KEY_ALG_MISMATCH,
+            Self::BadSignature => reason::BAD_SIGNATURE,
+            Self::MissingClaim(_) => reason::MISSING_CLAIM,
+            Self::InvalidClaim(_) => reason::INVALID_CLAIM,
+            Self::AudienceMismatch => reason::AUDIENCE_MISMATCH,
+            Self::IssuerNotAccepted => reason::ISSUER_NOT_ACCEPTED,
+            Self::InsufficientScope(_) => reason::INSUFFICIENT_SCOPE,
+            Self::Expired => reason::EXPIRED,
+            Self::NotYetValid => reason::NOT_YET_VALID,
+            Self::IssuedInFuture => reason::ISSUED_IN_FUTURE,
+            Self::KeysUnavailable => reason::ISSUER_KEYS_UNAVAILABLE,
         }
     }
 

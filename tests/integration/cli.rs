@@ -229,6 +229,7 @@ async fn filters_fingerprints_missing_daemons_and_oversized_tokens_get_clear_ans
     for (flag, value, names) in [
         ("--event", "lease_isued", "lease_issued"),
         ("--outcome", "ok", "success"),
+        ("--reason", "token_expird", "token_expired"),
     ] {
         let o = run(
             &d,

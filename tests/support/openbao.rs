@@ -282,15 +282,10 @@ cluster_addr = "http://127.0.0.1:{cluster}"
             &format!("database/roles/{ROLE}"),
             json!({
                 "db_name": "orders-pg",
-                "creation_statements": [
-                    "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';",
-                    "GRANT SELECT ON orders TO \"{{name}}\";"
-                ],
+                // The statements the README's quick start installs.
+                "creation_statements": include_str!("../../config/openbao/create-role.sql"),
                 "renew_statements": ["ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}';"],
-                "revocation_statements": [
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}';",
-                    "DO $$ BEGIN IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = '{{name}}') THEN REVOKE ALL ON orders FROM \"{{name}}\"; DROP ROLE \"{{name}}\"; END IF; END $$;"
-                ],
+                "revocation_statements": include_str!("../../config/openbao/revoke-role.sql"),
                 "default_ttl": "1h",
                 "max_ttl": "24h",
             }),
@@ -301,16 +296,9 @@ cluster_addr = "http://127.0.0.1:{cluster}"
     /// A token for credbroker: the minimal broker policy plus reading the role's credentials.
     /// Not root, so the tests see the permissions a real deployment needs.
     pub async fn broker_token(&self) -> String {
-        let broker = r#"
-path "auth/token/create"          { capabilities = ["update"] }
-path "auth/token/revoke-accessor" { capabilities = ["update"] }
-path "auth/token/renew-accessor"  { capabilities = ["update"] }
-path "auth/token/lookup-accessor" { capabilities = ["update"] }
-path "sys/leases/renew"           { capabilities = ["update"] }
-path "sys/leases/revoke"          { capabilities = ["update"] }
-path "sys/leases/lookup"          { capabilities = ["update"] }
-path "sys/capabilities-self"      { capabilities = ["update"] }
-"#;
+        // The policies the README's quick start installs, so the tests hold what operators get.
+        let broker = include_str!("../../config/openbao/credbroker.hcl");
+        let orders_read = include_str!("../../config/openbao/orders-read.hcl");
         self.ok(
             Method::PUT,
             "sys/policies/acl/credbroker",
@@ -320,7 +308,7 @@ path "sys/capabilities-self"      { capabilities = ["update"] }
         self.ok(
             Method::PUT,
             "sys/policies/acl/orders-read",
-            json!({ "policy": "path \"database/creds/orders-read\" { capabilities = [\"read\"] }" }),
+            json!({ "policy": orders_read }),
         )
         .await;
         let v = self

@@ -30,6 +30,19 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind, for registries that must know each code (credbroker's `record::reason`).
+    pub const ALL: [ErrorKind; 9] = [
+        Self::Unavailable,
+        Self::RateLimited,
+        Self::Unauthorized,
+        Self::Denied,
+        Self::Invalid,
+        Self::NotFound,
+        Self::OutcomeUnknown,
+        Self::Unsupported,
+        Self::Config,
+    ];
+
     /// A stable, lower-case code for audit records and error details.
     pub fn code(self) -> &'static str {
         match self {
