@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use credbroker_provider_api::{
-    ErrorKind as PKind, IssueRequest, LeaseRef, Reconciled, RevocationHandle, Revoked,
+    ErrorKind as PKind, IssueRequest, LeaseRef, ProviderError, Reconciled, RevocationHandle,
+    Revoked,
 };
 
 use super::live::{context, task_audit};
@@ -161,14 +162,7 @@ impl Broker {
                         ..a.note(|r| cut_off(r.reason(reason::REVOKED), issued_before))
                     }
                 }
-                Err(e) => self.failed(
-                    base,
-                    lease,
-                    reason::provider(e.kind),
-                    &e.message,
-                    e.retry_after,
-                    now,
-                ),
+                Err(e) => self.provider_failed(base, lease, &e, now),
             };
         }
         let params = &lease.params;
@@ -224,14 +218,7 @@ impl Broker {
                     ..a.note(|r| cut_off(r.detail("confirmed", true), issued_before))
                 }
             }
-            Err(e) => self.failed(
-                base,
-                lease,
-                reason::provider(e.kind),
-                &e.message,
-                e.retry_after,
-                now,
-            ),
+            Err(e) => self.provider_failed(base, lease, &e, now),
         }
     }
 
@@ -252,6 +239,17 @@ impl Broker {
                     .detail("residual_until", rfc3339(at))
             })
         }
+    }
+
+    fn provider_failed(
+        &self,
+        base: impl Fn(LeaseState, &str, Outcome) -> Attempt,
+        lease: &LeaseRow,
+        e: &ProviderError,
+        now: SystemTime,
+    ) -> Attempt {
+        let code = reason::provider(e.kind);
+        self.failed(base, lease, code, &e.message, e.retry_after, now)
     }
 
     fn failed(

@@ -54,22 +54,18 @@ async fn every_data_command_takes_one_output_flag() {
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let journal = d.dir.path().join("journal.db");
     let journal = journal.to_str().unwrap_or_default();
-    let begin = |output: &str| {
-        run(
-            &d,
-            &[
-                "task",
-                "begin",
-                "--tool",
-                "query",
-                "--grant",
-                "orders-db-read",
-                "--output",
-                output,
-            ],
-            Some(&token),
-        )
+    let begin_with = |flag: &str, output: &str| {
+        let args = [
+            "task",
+            "begin",
+            "--tool",
+            "query",
+            "--grant",
+            "orders-db-read",
+        ];
+        run(&d, &[&args[..], &[flag, output]].concat(), Some(&token))
     };
+    let begin = |output: &str| begin_with("--output", output);
 
     let begun = begin("json");
     assert_shape("task begin --output json", &begun, true);
@@ -83,20 +79,7 @@ async fn every_data_command_takes_one_output_flag() {
         text(&env)
     );
     // The old spelling still works, for scripts written before.
-    let old = run(
-        &d,
-        &[
-            "task",
-            "begin",
-            "--tool",
-            "query",
-            "--grant",
-            "orders-db-read",
-            "--format",
-            "json",
-        ],
-        Some(&token),
-    );
+    let old = begin_with("--format", "json");
     assert_shape("task begin --format json", &old, true);
 
     for (args, json) in [
