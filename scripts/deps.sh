@@ -67,3 +67,11 @@ if ! .deps/venv/bin/python -c "import grpc, grpc_tools" >/dev/null 2>&1; then
   [ -x .deps/venv/bin/pip ] || python3 -m venv .deps/venv
   .deps/venv/bin/pip install --quiet --disable-pip-version-check "grpcio==1.85.0" "grpcio-tools==1.85.0"
 fi
+
+#   - pip: mcp (the official MCP Python SDK: the naked upstream MCP server behind the gateway in
+#     the tests, and the client) into .deps/venv
+if ! .deps/venv/bin/python -c "import mcp.server" >/dev/null 2>&1; then
+  echo "==> pip install mcp (.deps/venv)"
+  [ -x .deps/venv/bin/pip ] || python3 -m venv .deps/venv
+  .deps/venv/bin/pip install --quiet --disable-pip-version-check "mcp==2.3.0"
+fi

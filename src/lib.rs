@@ -7,6 +7,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod gateway;
 pub mod jose;
 pub mod journal;
 pub mod keys;

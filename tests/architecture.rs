@@ -13,7 +13,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("identity and policy", &["token", "policy", "workload"]),
     ("providers", &["providers"]),
     ("broker", &["broker", "metrics"]),
-    ("faces", &["server", "cli", "client", "audit", "proto"]),
+    (
+        "faces",
+        &["server", "cli", "client", "audit", "proto", "gateway"],
+    ),
 ];
 
 fn layer_of(module: &str) -> Option<usize> {

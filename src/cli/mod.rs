@@ -100,6 +100,12 @@ enum Command {
     },
     /// Who got which credential: owner → agent → token → task → leases (table, JSON or DOT).
     Lineage(audit::LineageArgs),
+    /// The MCP gateway: an OAuth 2.1 resource server in front of each `[[gateway]]`'s MCP
+    /// server (its own file; it holds no provider credential or key).
+    Gateway {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Print a fresh key (64 hex digits): a journal, audit head or export key. With `--dir`,
     /// write what a fresh install needs instead: DIR/journal-key and DIR/audit-head-key, mode
     /// 0600, never over an existing file.
@@ -140,6 +146,10 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
         Command::CheckConfig { config, online } => {
             check::run(&config, online, &registry, env.as_ref()).await
         }
+        Command::Gateway { config } => match crate::config::gateway::GatewayFile::load(&config) {
+            Ok(file) => crate::gateway::run(file).await.map(|()| ExitCode::SUCCESS),
+            Err(e) => Err(e.into()),
+        },
         Command::Token { command } => token::run(command).await,
         Command::Task { command } => task::run(command).await,
         Command::Tasks { command } => admin::run(command).await,

@@ -3,6 +3,7 @@
 //! Raw serde structs (`raw`) reject unknown keys; `validate` turns them into the types below and
 //! names each problem by its path (`grant.orders-db-read.max_ttl`) and, where it can, its line.
 
+pub mod gateway;
 mod lines;
 mod raw;
 mod schema;

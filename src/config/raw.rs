@@ -160,3 +160,38 @@ pub(super) struct RawProvider {
     #[serde(flatten)]
     pub(super) settings: toml::Table,
 }
+
+/// The gateway's file (`credbroker gateway --config`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGatewayFile {
+    #[serde(default)]
+    pub(super) tokens: RawTokens,
+    #[serde(default, rename = "issuer")]
+    pub(super) issuers: Vec<RawIssuer>,
+    #[serde(default, rename = "gateway")]
+    pub(super) gateways: Vec<RawGateway>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGateway {
+    pub(super) name: String,
+    pub(super) listen: String,
+    pub(super) resource: String,
+    pub(super) upstream: String,
+    pub(super) resource_name: Option<String>,
+    pub(super) authorization_servers: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) scopes_supported: Vec<String>,
+    #[serde(default)]
+    pub(super) tools: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub(super) methods: BTreeMap<String, Vec<String>>,
+    pub(super) default: Option<String>,
+    pub(super) forward_token: Option<bool>,
+    #[serde(default)]
+    pub(super) allow_plain_http: bool,
+    pub(super) max_body_bytes: Option<usize>,
+    pub(super) upstream_timeout: Option<String>,
+}

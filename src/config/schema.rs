@@ -133,10 +133,33 @@ const GRANT: &[Field] = &[
     opt("tools", Kind::StrList),
     opt("params", Kind::AnyTable),
 ];
+const GATEWAY: &[Field] = &[
+    req("name", Kind::Str),
+    req("listen", Kind::Str),
+    req("resource", Kind::Str),
+    req("upstream", Kind::Str),
+    opt("resource_name", Kind::Str),
+    opt("authorization_servers", Kind::StrList),
+    opt("scopes_supported", Kind::StrList),
+    opt("tools", Kind::StrListMap),
+    opt("methods", Kind::StrListMap),
+    opt("default", Kind::Str),
+    opt("forward_token", Kind::Bool),
+    opt("allow_plain_http", Kind::Bool),
+    opt("max_body_bytes", COUNT),
+    opt("upstream_timeout", Kind::Str),
+];
+/// The gateway's own file: it faces the network, so it holds tokens' issuers and its routes,
+/// never a provider, journal or key.
+pub(super) const GATEWAY_ROOT: &[Field] = &[
+    opt("tokens", Kind::Table(TOKENS)),
+    opt("issuer", Kind::Entries(ISSUER)),
+    req("gateway", Kind::Entries(GATEWAY)),
+];
 /// A provider's own keys are its settings, checked by the provider.
 const PROVIDER: &[Field] = &[req("name", Kind::Str), req("type", Kind::Str)];
 
-const ROOT: &[Field] = &[
+pub(super) const ROOT: &[Field] = &[
     req("server", Kind::Table(SERVER)),
     req("journal", Kind::Table(JOURNAL)),
     opt("tokens", Kind::Table(TOKENS)),
@@ -162,13 +185,13 @@ pub(super) struct Checked {
     pub(super) stand_ins: BTreeSet<String>,
 }
 
-/// Walks `doc` against the schema.
-pub(super) fn check(mut doc: Table) -> Checked {
+/// Walks `doc` against the schema whose top level is `root`.
+pub(super) fn check(mut doc: Table, root: &[Field]) -> Checked {
     let mut walk = Walk {
         problems: Vec::new(),
         stand_ins: BTreeSet::new(),
     };
-    walk.table(&mut doc, "", ROOT, true);
+    walk.table(&mut doc, "", root, true);
     Checked {
         doc,
         problems: walk.problems,

@@ -15,12 +15,14 @@ use crate::jose::Alg;
 use crate::template;
 
 mod entries;
+mod gateway;
 mod issuers;
 mod sections;
 
 use entries::{grant, providers, workload};
+pub(super) use gateway::parse_gateway;
 pub use issuers::check_issuer_url;
-use issuers::{Binding, check_clients, issuer};
+use issuers::{Binding, check_clients, issuers};
 use sections::{audit, broker, journal, metrics_listen, server, tokens};
 
 /// The longest clock-skew allowance accepted: more would let stale tokens through.
@@ -89,22 +91,23 @@ impl Problems {
     }
 }
 
-pub(super) fn parse(text: &str) -> Checked {
+/// TOML text walked against a schema: the document in serde's shape and its problems so far.
+pub(super) fn walk(
+    text: &str,
+    root: &[schema::Field],
+) -> Result<(toml::Table, Problems), ConfigError> {
     // Syntax errors stop here, one at a time: past one, the parser cannot tell what is meant.
-    let doc: toml::Table = match toml::from_str(text) {
-        Ok(doc) => doc,
-        Err(e) => {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            return Checked::failed(ConfigError {
-                path: String::new(),
-                line,
-                message: e.message().to_string(),
-            });
+    let doc: toml::Table = toml::from_str(text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        ConfigError {
+            path: String::new(),
+            line,
+            message: e.message().to_string(),
         }
-    };
-    let checked = schema::check(doc);
+    })?;
+    let checked = schema::check(doc, root);
     let mut p = Problems {
         lines: KeyLines::index(text),
         stand_ins: BTreeSet::new(),
@@ -114,8 +117,16 @@ pub(super) fn parse(text: &str) -> Checked {
         p.at(path, message);
     }
     p.stand_ins = checked.stand_ins;
+    Ok((checked.doc, p))
+}
+
+pub(super) fn parse(text: &str) -> Checked {
+    let (doc, mut p) = match walk(text, schema::ROOT) {
+        Ok(walked) => walked,
+        Err(e) => return Checked::failed(e),
+    };
     // The schema has made the document serde's shape; a failure here is a schema gap.
-    let raw: RawConfig = match toml::Value::Table(checked.doc).try_into() {
+    let raw: RawConfig = match toml::Value::Table(doc).try_into() {
         Ok(raw) => raw,
         Err(e) => {
             p.at("", e.message().to_string());
@@ -139,22 +150,7 @@ pub(super) fn parse(text: &str) -> Checked {
             None
         }
     });
-    let mut issuers = Vec::new();
-    let mut registry: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-    for mut raw in raw.issuers {
-        let clients = std::mem::take(&mut raw.clients);
-        if let Some(i) = issuer(&mut p, raw) {
-            if issuers.iter().any(|o: &IssuerConfig| o.url == i.url) {
-                p.at(format!("issuer.{}", i.url), "is configured twice");
-            }
-            check_clients(&mut p, &format!("issuer.{}.clients", i.url), &clients);
-            registry.entry(i.url.clone()).or_default().extend(clients);
-            issuers.push(i);
-        }
-    }
-    if issuers.is_empty() {
-        p.at("issuer", "at least one [[issuer]] is required");
-    }
+    let (issuers, mut registry) = issuers(&mut p, raw.issuers);
     let bind = Binding::new(&issuers);
     if !raw.attribution.clients.is_empty() {
         check_clients(&mut p, "attribution.clients", &raw.attribution.clients);

@@ -14,6 +14,7 @@ mod check_config;
 mod cli;
 mod conformance;
 mod defects;
+mod gateway;
 mod github;
 mod keys;
 mod lifecycle;

@@ -8,6 +8,7 @@
 pub mod daemon;
 pub mod forge;
 pub mod github;
+pub mod mcp;
 pub mod moto;
 pub mod npm;
 pub mod oidc;

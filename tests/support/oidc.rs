@@ -14,6 +14,7 @@ pub const POSTGRES: &str = "https://mcp.example.test/postgres";
 pub const S3: &str = "https://mcp.example.test/s3";
 pub const GITHUB: &str = "https://mcp.example.test/github";
 pub const PG_READ: &str = "mcp.tool:postgres.read";
+pub const PG_WRITE: &str = "mcp.tool:postgres.write";
 
 /// One registered client: (id, secret, allowed scopes, extra claims).
 pub struct ClientSpec {
@@ -28,7 +29,7 @@ pub fn default_clients() -> Vec<ClientSpec> {
     vec![
         ClientSpec {
             id: "agent-1",
-            scope: "mcp.tool:postgres.read mcp.tool:s3.read mcp.tool:github.create_issue",
+            scope: "mcp.tool:postgres.read mcp.tool:postgres.write mcp.tool:s3.read mcp.tool:github.create_issue",
             extra: json!({}),
             may_act_for: vec![],
         },
@@ -122,7 +123,7 @@ impl AuthServer {
         let ttl = opts.ttl;
         let metadata = opts.metadata;
         let dir = tempfile::tempdir().expect("a temp dir for the auth server should be created");
-        let all = "mcp.tool:postgres.read mcp.tool:s3.read mcp.tool:github.create_issue";
+        let all = "mcp.tool:postgres.read mcp.tool:postgres.write mcp.tool:s3.read mcp.tool:github.create_issue";
         let config = json!({
             "issuer": issuer,
             "keys": keys,

@@ -29,7 +29,34 @@ pub(super) fn is_loopback(url: &reqwest::Url) -> bool {
     }
 }
 
-pub(super) fn issuer(p: &mut Problems, raw: RawIssuer) -> Option<IssuerConfig> {
+/// Every `[[issuer]]`, and each one's client owners (client id → owner).
+pub(super) fn issuers(
+    p: &mut Problems,
+    raws: Vec<RawIssuer>,
+) -> (
+    Vec<IssuerConfig>,
+    BTreeMap<String, BTreeMap<String, String>>,
+) {
+    let mut issuers: Vec<IssuerConfig> = Vec::new();
+    let mut registry: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for mut raw in raws {
+        let clients = std::mem::take(&mut raw.clients);
+        if let Some(i) = issuer(p, raw) {
+            if issuers.iter().any(|o| o.url == i.url) {
+                p.at(format!("issuer.{}", i.url), "is configured twice");
+            }
+            check_clients(p, &format!("issuer.{}.clients", i.url), &clients);
+            registry.entry(i.url.clone()).or_default().extend(clients);
+            issuers.push(i);
+        }
+    }
+    if issuers.is_empty() {
+        p.at("issuer", "at least one [[issuer]] is required");
+    }
+    (issuers, registry)
+}
+
+fn issuer(p: &mut Problems, raw: RawIssuer) -> Option<IssuerConfig> {
     let path = format!("issuer.{}", raw.url);
     if let Err(e) = check_issuer_url(&raw.url) {
         p.at(format!("{path}.url"), e);

@@ -1,0 +1,80 @@
+//! The gateway's configuration: an OAuth 2.1 resource server in front of an MCP server.
+//!
+//! A file of its own, because the gateway faces the network: it holds the issuers it verifies
+//! tokens with and its routes, never a provider credential, a journal or a key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Attribution, ConfigError, ConfigErrors, IssuerConfig, TokenSettings, validate};
+
+#[derive(Clone, Debug)]
+pub struct GatewayFile {
+    pub tokens: TokenSettings,
+    pub issuers: Vec<IssuerConfig>,
+    /// Client owners, from each `[[issuer]]`'s `clients`.
+    pub attribution: Attribution,
+    pub gateways: Vec<GatewayConfig>,
+}
+
+/// What a tool (or method) that the policy does not name gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unnamed {
+    /// Refused: a new tool on the upstream is not callable until someone says who may.
+    Deny,
+    /// Any token for this resource may call it.
+    Allow,
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    /// The MCP server's canonical URI (RFC 8707): tokens must carry it in `aud`, and it is the
+    /// `resource` of the protected-resource metadata.
+    pub resource: url::Url,
+    pub resource_name: Option<String>,
+    /// The MCP endpoint of the server behind the gateway.
+    pub upstream: url::Url,
+    /// Issuer URLs, each a configured `[[issuer]]`.
+    pub authorization_servers: Vec<String>,
+    pub scopes_supported: Vec<String>,
+    /// Tool name → every scope its `tools/call` needs.
+    pub tools: BTreeMap<String, Vec<String>>,
+    /// `resources/read`, `prompts/get` → every scope they need.
+    pub methods: BTreeMap<String, Vec<String>>,
+    pub default: Unnamed,
+    /// Whether the upstream gets the caller's token (its audience is the upstream, so the
+    /// upstream can exchange it at the broker). `false` strips it.
+    pub forward_token: bool,
+    pub max_body_bytes: usize,
+    pub upstream_timeout: Duration,
+}
+
+/// Methods whose decision is the `methods` table's; every other method needs only a valid
+/// token for this resource (listing, `initialize`, `ping`, notifications).
+pub const GUARDED_METHODS: [&str; 2] = ["resources/read", "prompts/get"];
+
+impl GatewayFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            source: source.clone(),
+            errors: vec![ConfigError {
+                path: String::new(),
+                line: None,
+                message: format!("cannot read: {e}"),
+            }],
+        })?;
+        Self::parse(&text, &source)
+    }
+
+    pub fn parse(text: &str, source: &str) -> Result<Self, ConfigErrors> {
+        validate::parse_gateway(text).map_err(|errors| ConfigErrors {
+            source: source.to_string(),
+            errors,
+        })
+    }
+}

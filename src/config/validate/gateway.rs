@@ -1,0 +1,280 @@
+//! `credbroker gateway`'s file: `[tokens]`, `[[issuer]]` as the daemon's, and `[[gateway]]`.
+
+use std::net::SocketAddr;
+
+use super::super::gateway::{GUARDED_METHODS, GatewayConfig, GatewayFile, Unnamed};
+use super::super::raw::{RawGateway, RawGatewayFile};
+use super::*;
+
+const DEFAULT_MAX_BODY: usize = 4 << 20;
+
+pub(in crate::config) fn parse_gateway(text: &str) -> Result<GatewayFile, Vec<ConfigError>> {
+    let (doc, mut p) = walk(text, schema::GATEWAY_ROOT).map_err(|e| vec![e])?;
+    let raw: RawGatewayFile = match toml::Value::Table(doc).try_into() {
+        Ok(raw) => raw,
+        Err(e) => {
+            p.at("", e.message().to_string());
+            return Err(p.errors);
+        }
+    };
+    let tokens = tokens(&mut p, raw.tokens);
+    let (issuers, clients) = issuers(&mut p, raw.issuers);
+    let urls: Vec<&str> = issuers.iter().map(|i| i.url.as_str()).collect();
+    let mut gateways: Vec<GatewayConfig> = Vec::new();
+    for raw in raw.gateways {
+        let Some(g) = gateway(&mut p, raw, &urls) else {
+            continue;
+        };
+        let path = format!("gateway.{}", g.name);
+        if gateways.iter().any(|o| o.name == g.name) {
+            p.at(&path, "is defined twice");
+        }
+        if gateways.iter().any(|o| o.listen == g.listen) {
+            p.at(
+                format!("{path}.listen"),
+                "another [[gateway]] listens there",
+            );
+        }
+        gateways.push(g);
+    }
+    if !p.errors.is_empty() {
+        p.errors.sort_by_key(|e| e.line.unwrap_or(0));
+        return Err(p.errors);
+    }
+    Ok(GatewayFile {
+        tokens,
+        issuers,
+        attribution: Attribution {
+            require_owner: false,
+            clients,
+        },
+        gateways,
+    })
+}
+
+fn gateway(p: &mut Problems, raw: RawGateway, issuers: &[&str]) -> Option<GatewayConfig> {
+    let path = format!("gateway.{}", raw.name);
+    let at = |key: &str| format!("{path}.{key}");
+    if raw.name.is_empty()
+        || !raw
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        p.at(at("name"), "must be letters, digits, - and _");
+    }
+    let listen = match raw.listen.parse::<SocketAddr>() {
+        Ok(a) if !a.ip().is_loopback() && !raw.allow_plain_http => {
+            p.at(
+                at("listen"),
+                "plain HTTP off loopback sends tokens in clear: listen on loopback behind a \
+                 TLS-terminating proxy, or set allow_plain_http = true if that proxy is on \
+                 another address",
+            );
+            Some(a)
+        }
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.at(
+                at("listen"),
+                "must be an IP address and port, e.g. 127.0.0.1:8080",
+            );
+            None
+        }
+    };
+    let resource = url_at(p, &at("resource"), &raw.resource, true);
+    let upstream = url_at(p, &at("upstream"), &raw.upstream, false);
+    let authorization_servers = match raw.authorization_servers {
+        None => issuers.iter().map(|s| s.to_string()).collect(),
+        Some(list) => {
+            for a in list.iter().filter(|a| !issuers.contains(&a.as_str())) {
+                p.at(
+                    at("authorization_servers"),
+                    format!("{a:?} is not a configured [[issuer]]"),
+                );
+            }
+            list
+        }
+    };
+    let named = raw.tools.iter().map(|t| ("tools", t));
+    let named = named.chain(raw.methods.iter().map(|m| ("methods", m)));
+    for (table, (key, scopes)) in named {
+        for s in scopes {
+            if s.is_empty() || s.contains(char::is_whitespace) || s.contains('"') {
+                p.at(
+                    format!("{path}.{table}.{key}"),
+                    format!("{s:?} is not a scope token (RFC 6749 §3.3)"),
+                );
+            }
+        }
+    }
+    for m in raw.methods.keys() {
+        if !GUARDED_METHODS.contains(&m.as_str()) {
+            p.at(
+                format!("{path}.methods.{m}"),
+                format!(
+                    "unknown method; the methods table takes {}; tools go in `tools`",
+                    GUARDED_METHODS.join(", ")
+                ),
+            );
+        }
+    }
+    let default = match raw.default.as_deref() {
+        None | Some("deny") => Unnamed::Deny,
+        Some("allow") => Unnamed::Allow,
+        Some(other) => {
+            p.at(
+                at("default"),
+                format!("{other:?}: expected \"deny\" or \"allow\""),
+            );
+            Unnamed::Deny
+        }
+    };
+    let scopes_supported = if raw.scopes_supported.is_empty() {
+        let mut all: Vec<String> = raw
+            .tools
+            .values()
+            .chain(raw.methods.values())
+            .flatten()
+            .cloned()
+            .collect();
+        all.sort();
+        all.dedup();
+        all
+    } else {
+        raw.scopes_supported
+    };
+    let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
+    if !(1024..=64 << 20).contains(&max_body_bytes) {
+        p.at(at("max_body_bytes"), "must be between 1024 and 67108864");
+    }
+    let upstream_timeout = p.duration(
+        &at("upstream_timeout"),
+        raw.upstream_timeout.as_ref(),
+        Duration::from_secs(30),
+        bounds::TIMEOUT,
+    );
+    Some(GatewayConfig {
+        name: raw.name,
+        listen: listen?,
+        resource: resource?,
+        resource_name: raw.resource_name,
+        upstream: upstream?,
+        authorization_servers,
+        scopes_supported,
+        tools: raw.tools,
+        methods: raw.methods,
+        default,
+        forward_token: raw.forward_token.unwrap_or(true),
+        max_body_bytes,
+        upstream_timeout,
+    })
+}
+
+/// An absolute http(s) URL without credentials, query or fragment; `https` required for a
+/// resource off loopback (its URI is what clients and the authorization server see).
+fn url_at(p: &mut Problems, path: &str, text: &str, resource: bool) -> Option<url::Url> {
+    let u = match url::Url::parse(text) {
+        Ok(u) => u,
+        Err(e) => {
+            p.at(path, format!("not a URL: {e}"));
+            return None;
+        }
+    };
+    let loopback = match u.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        None => false,
+    };
+    let problem = if !matches!(u.scheme(), "http" | "https") {
+        Some("must be http or https")
+    } else if resource && u.scheme() == "http" && !loopback {
+        Some("must be https off loopback")
+    } else if !u.username().is_empty() || u.password().is_some() {
+        Some("must not carry credentials")
+    } else if u.fragment().is_some() {
+        Some("must not have a fragment (RFC 8707)")
+    } else if resource && u.query().is_some() {
+        Some("must not have a query")
+    } else {
+        None
+    };
+    match problem {
+        Some(why) => {
+            p.at(path, why);
+            None
+        }
+        None => Some(u),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUER: &str = "[[issuer]]\nurl = \"https://auth.example.com\"\n";
+
+    fn problems(gateway: &str) -> Vec<String> {
+        match parse_gateway(&format!("{ISSUER}\n[[gateway]]\n{gateway}")) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors
+                .iter()
+                .map(|e| format!("line {}: {}: {}", e.line.unwrap_or(0), e.path, e.message))
+                .collect(),
+        }
+    }
+
+    const GOOD: &str = "name = \"orders\"\nlisten = \"127.0.0.1:8080\"\n\
+        resource = \"https://mcp.example.com/orders\"\nupstream = \"http://127.0.0.1:9000/mcp\"\n";
+
+    #[test]
+    fn a_good_gateway_gets_safe_defaults() {
+        let file = parse_gateway(&format!(
+            "{ISSUER}\n[[gateway]]\n{GOOD}[gateway.tools]\nquery = [\"mcp.tool:orders.read\"]\n"
+        ))
+        .expect("a good gateway file");
+        let g = &file.gateways[0];
+        assert_eq!(g.default, Unnamed::Deny);
+        assert!(g.forward_token);
+        assert_eq!(g.authorization_servers, vec!["https://auth.example.com"]);
+        assert_eq!(g.scopes_supported, vec!["mcp.tool:orders.read"]);
+        assert_eq!(g.max_body_bytes, 4 << 20);
+    }
+
+    #[test]
+    fn every_gateway_problem_is_reported_with_its_key_and_line() {
+        let p = problems(
+            "name = \"orders\"\nlisten = \"0.0.0.0:8080\"\nresource = \"http://mcp.example.com/x#f\"\n\
+             upstream = \"ftp://x\"\nauthorization_servers = [\"https://evil.example\"]\n\
+             default = \"maybe\"\nmax_body_bytes = 10\nupstream_timeout = \"10M\"\nlisten_tls = 1\n\
+             [gateway.methods]\n\"tools/call\" = [\"a\"]\n[gateway.tools]\nq = [\"two words\"]\n",
+        );
+        let expect = [
+            "line 6: gateway.orders.listen: plain HTTP off loopback",
+            "line 7: gateway.orders.resource: must be https off loopback",
+            "line 8: gateway.orders.upstream: must be http or https",
+            "line 9: gateway.orders.authorization_servers: \"https://evil.example\" is not a configured",
+            "line 10: gateway.orders.default:",
+            "line 11: gateway.orders.max_body_bytes:",
+            "line 12: gateway.orders.upstream_timeout:",
+            "line 13: gateway.orders.listen_tls: unknown key",
+            "line 15: gateway.orders.methods.tools/call: unknown method",
+            "line 17: gateway.orders.tools.q: \"two words\" is not a scope token",
+        ];
+        for e in expect {
+            assert!(
+                p.iter().any(|l| l.starts_with(e)),
+                "missing {e:?} in {p:#?}"
+            );
+        }
+        assert_eq!(p.len(), expect.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn plain_http_off_loopback_needs_saying_so() {
+        let open = GOOD.replace("127.0.0.1:8080", "10.0.0.5:8080");
+        assert_eq!(problems(&open).len(), 1, "{:?}", problems(&open));
+        assert!(problems(&format!("{open}allow_plain_http = true\n")).is_empty());
+    }
+}

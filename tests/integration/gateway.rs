@@ -1,0 +1,390 @@
+//! `credbroker gateway` in front of a naked MCP server (official Python SDK): the MCP
+//! authorization spec's resource-server behaviour, per-tool scopes, filtered tool lists,
+//! streaming, and bad input, with the upstream's own request log showing what reached it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::forge::{Signer, claims};
+use crate::support::mcp::{GatewayProc, NakedMcp};
+use crate::support::now;
+use crate::support::oidc::{AuthServer, PG_READ, PG_WRITE, POSTGRES, S3};
+
+struct Setup {
+    auth: AuthServer,
+    upstream: NakedMcp,
+    gateway: GatewayProc,
+    http: reqwest::Client,
+}
+
+async fn setup() -> Setup {
+    let auth = AuthServer::start();
+    let upstream = NakedMcp::start().await;
+    let gateway = GatewayProc::start(
+        &auth.issuer,
+        &format!(
+            r#"name = "orders"
+resource = "{POSTGRES}"
+resource_name = "Orders database"
+upstream = "{}"
+[gateway.tools]
+query = ["{PG_READ}"]
+stream = ["{PG_READ}"]
+write = ["{PG_READ}", "{PG_WRITE}"]
+"#,
+            upstream.url
+        ),
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("the http client should build");
+    Setup {
+        auth,
+        upstream,
+        gateway,
+        http,
+    }
+}
+
+impl Setup {
+    fn mcp(&self) -> String {
+        format!("{}/postgres", self.gateway.base)
+    }
+
+    fn post(&self, token: Option<&str>, body: &Value) -> reqwest::RequestBuilder {
+        let mut r = self
+            .http
+            .post(self.mcp())
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-11-25")
+            .body(body.to_string());
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r
+    }
+}
+
+fn call(id: u64, tool: &str, arguments: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}})
+}
+
+/// (status, WWW-Authenticate, data.reason, body text) of a refusal.
+async fn refusal(r: reqwest::RequestBuilder) -> (u16, String, String, String) {
+    let resp = r.send().await.expect("the gateway should answer");
+    let status = resp.status().as_u16();
+    let www = resp
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let text = resp.text().await.unwrap_or_default();
+    let v: Value = serde_json::from_str(&text).unwrap_or_default();
+    let reason = v["error"]["data"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (status, www, reason, text)
+}
+
+/// The JSON-RPC messages of an answer, whether JSON or an event stream.
+fn messages(content_type: &str, text: &str) -> Vec<Value> {
+    if content_type.starts_with("text/event-stream") {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data:"))
+            .filter_map(|d| serde_json::from_str(d.trim()).ok())
+            .collect()
+    } else {
+        serde_json::from_str(text).into_iter().collect()
+    }
+}
+
+async fn answer(r: reqwest::RequestBuilder) -> (u16, Vec<Value>) {
+    let resp = r.send().await.expect("the gateway should answer");
+    let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let text = resp.text().await.unwrap_or_default();
+    (status, messages(&ctype, &text))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_refuses_bad_tokens_with_their_challenges_and_forwards_nothing() {
+    let s = setup().await;
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let wrong_audience = s.auth.token("agent-1", S3, PG_READ).await;
+    let expired = {
+        let mut c = claims(&s.auth.issuer, POSTGRES, PG_READ, now() - 3600);
+        c["exp"] = json!(now() - 600);
+        Signer::fixture("keys", "es256-1").token(&c)
+    };
+    let metadata = "resource_metadata=\"https://mcp.example.test/.well-known/oauth-protected-resource/postgres\"";
+
+    // No token: 401, a challenge naming the metadata and no error (RFC 6750 §3.1).
+    let (status, www, reason, _) = refusal(s.post(None, &list)).await;
+    assert_eq!((status, reason.as_str()), (401, "no_token"), "{www}");
+    assert!(
+        www.starts_with("Bearer ") && www.contains(metadata),
+        "{www}"
+    );
+    assert!(!www.contains("error="), "{www}");
+    // No token for a tool: the challenge names the scopes it needs.
+    let (_, www, _, _) = refusal(s.post(None, &call(2, "query", json!({"sql": "x"})))).await;
+    assert!(www.contains(&format!("scope=\"{PG_READ}\"")), "{www}");
+
+    for (what, token, code) in [
+        ("garbage", "not-a-token".to_string(), "malformed"),
+        ("wrong audience", wrong_audience, "audience_mismatch"),
+        ("expired", expired, "expired"),
+    ] {
+        let (status, www, reason, body) = refusal(s.post(Some(&token), &list)).await;
+        assert_eq!((status, reason.as_str()), (401, code), "{what}: {body}");
+        assert!(
+            www.contains("error=\"invalid_token\"") && www.contains(metadata),
+            "{what}: {www}"
+        );
+        assert!(
+            !body.contains(&token),
+            "{what}: the answer echoes the token"
+        );
+    }
+
+    // A token in the query string is refused even when it is good.
+    let good = s.auth.token("agent-1", POSTGRES, PG_READ).await;
+    let (status, _, reason, _) = refusal(
+        s.http
+            .post(format!("{}?access_token={good}", s.mcp()))
+            .header("content-type", "application/json")
+            .body(list.to_string()),
+    )
+    .await;
+    assert_eq!((status, reason.as_str()), (400, "token_in_query"));
+
+    assert!(
+        s.upstream.requests().is_empty(),
+        "refused requests reached the upstream: {:?}",
+        s.upstream.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tools_are_listed_and_called_by_scope_and_a_missing_scope_is_a_step_up_challenge() {
+    let s = setup().await;
+    let read = s.auth.token("agent-1", POSTGRES, PG_READ).await;
+
+    // The metadata document, at the RFC 9728 path and the bare one.
+    for path in [
+        "/.well-known/oauth-protected-resource/postgres",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let doc: Value = s
+            .http
+            .get(format!("{}{path}", s.gateway.base))
+            .send()
+            .await
+            .expect("metadata should answer")
+            .json()
+            .await
+            .unwrap_or_default();
+        assert_eq!(doc["resource"], POSTGRES, "{path}: {doc}");
+        assert_eq!(
+            doc["authorization_servers"],
+            json!([s.auth.issuer]),
+            "{doc}"
+        );
+        assert_eq!(doc["bearer_methods_supported"], json!(["header"]), "{doc}");
+        assert_eq!(doc["resource_name"], "Orders database", "{doc}");
+    }
+
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+    let (status, msgs) = answer(s.post(Some(&read), &list)).await;
+    let names: Vec<&str> = msgs
+        .iter()
+        .flat_map(|m| m["result"]["tools"].as_array().into_iter().flatten())
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!((status, names), (200, vec!["query", "stream"]), "{msgs:?}");
+
+    let (status, msgs) = answer(
+        s.post(Some(&read), &call(2, "query", json!({"sql": "select 1"})))
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "query"),
+    )
+    .await;
+    assert_eq!(status, 200, "{msgs:?}");
+    assert_eq!(
+        msgs.last()
+            .map(|m| m["result"]["content"][0]["text"].clone()),
+        Some(json!("3 rows for select 1"))
+    );
+
+    // The write tool needs the write scope: 403 and a challenge with what the token holds plus
+    // what it lacks, so either SDK's step-up asks for the whole set.
+    let before = s.upstream.requests().len();
+    let (status, www, reason, _) =
+        refusal(s.post(Some(&read), &call(3, "write", json!({"row": "r"})))).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (403, "insufficient_scope"),
+        "{www}"
+    );
+    assert!(www.contains("error=\"insufficient_scope\""), "{www}");
+    assert!(
+        www.contains(&format!("scope=\"{PG_READ} {PG_WRITE}\"")),
+        "{www}"
+    );
+    // A tool nobody named is denied.
+    let (status, _, reason, _) =
+        refusal(s.post(Some(&read), &call(4, "drop_table", json!({})))).await;
+    assert_eq!((status, reason.as_str()), (403, "tool_not_allowed"));
+    assert_eq!(
+        s.upstream.requests().len(),
+        before,
+        "a refused call reached the upstream"
+    );
+
+    // Stepped up, the same call goes through.
+    let both = s
+        .auth
+        .token("agent-1", POSTGRES, &format!("{PG_READ} {PG_WRITE}"))
+        .await;
+    let (status, msgs) = answer(s.post(Some(&both), &call(5, "write", json!({"row": "r"})))).await;
+    assert_eq!(status, 200, "{msgs:?}");
+    assert_eq!(
+        msgs.last()
+            .map(|m| m["result"]["content"][0]["text"].clone()),
+        Some(json!("wrote r"))
+    );
+
+    // What the upstream got: the token (its audience is the upstream), a call id, a trace.
+    let last = s.upstream.requests().pop().unwrap_or_default();
+    let h = &last["headers"];
+    assert_eq!(h["authorization"], format!("Bearer {both}"));
+    assert_eq!(h["credbroker-call"].as_str().map(str::len), Some(36), "{h}");
+    assert_eq!(h["traceparent"].as_str().map(str::len), Some(55), "{h}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streaming_tool_s_events_arrive_as_they_are_produced() {
+    let s = setup().await;
+    let read = s.auth.token("agent-1", POSTGRES, PG_READ).await;
+    let resp = s
+        .post(Some(&read), &call(1, "stream", json!({"ticks": 4})))
+        .send()
+        .await
+        .expect("the stream should start");
+    assert_eq!(resp.status(), 200);
+    let started = Instant::now();
+    let mut resp = resp;
+    let mut buf = String::new();
+    let mut arrivals = Vec::new();
+    while let Some(chunk) = resp.chunk().await.expect("the stream should not break") {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n").or_else(|| buf.find("\r\n\r\n")) {
+            let event: String = buf.drain(..end + 2).collect();
+            if event.contains("notifications/message") {
+                arrivals.push(started.elapsed());
+            }
+        }
+    }
+    let total = started.elapsed();
+    assert_eq!(arrivals.len(), 4, "{buf}");
+    // The server sleeps 300 ms between ticks: buffered, they would all arrive at the end.
+    let spread = arrivals[3].saturating_sub(arrivals[0]);
+    assert!(
+        spread >= Duration::from_millis(700),
+        "ticks arrived together: {arrivals:?}"
+    );
+    assert!(
+        total.saturating_sub(arrivals[0]) >= Duration::from_millis(900),
+        "{arrivals:?} of {total:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_is_refused_with_a_clear_error_and_nothing_is_forwarded() {
+    let s = setup().await;
+    let read = s.auth.token("agent-1", POSTGRES, PG_READ).await;
+    let raw = |body: String, ctype: &str| {
+        s.http
+            .post(s.mcp())
+            .bearer_auth(&read)
+            .header("content-type", ctype)
+            .body(body)
+    };
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            "malformed JSON",
+            raw("{\"jsonrpc\":".into(), "application/json"),
+            400,
+            "malformed_json",
+        ),
+        (
+            "wrong content type",
+            raw(call(1, "query", json!({})).to_string(), "text/plain"),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "oversized body",
+            raw(format!("\"{}\"", "x".repeat(5 << 20)), "application/json"),
+            413,
+            "request_too_large",
+        ),
+        (
+            "no method",
+            raw(
+                json!({"jsonrpc": "2.0", "id": 1}).to_string(),
+                "application/json",
+            ),
+            400,
+            "invalid_jsonrpc",
+        ),
+        (
+            "a batch",
+            raw(
+                json!([call(1, "query", json!({}))]).to_string(),
+                "application/json",
+            ),
+            400,
+            "invalid_jsonrpc",
+        ),
+        (
+            "Mcp-Name contradicting the body",
+            s.post(Some(&read), &call(1, "query", json!({"sql": "x"})))
+                .header("mcp-name", "write"),
+            400,
+            "header_mismatch",
+        ),
+    ];
+    for (what, request, status, reason) in cases {
+        let (got, _, got_reason, body) = refusal(request).await;
+        assert_eq!(
+            (got, got_reason.as_str()),
+            (status, reason),
+            "{what}: {body}"
+        );
+    }
+    // A header over the limit is refused by the HTTP layer itself.
+    let huge = s
+        .post(Some(&read), &call(1, "query", json!({})))
+        .header("x-padding", "y".repeat(32 * 1024))
+        .send()
+        .await
+        .map(|r| r.status().as_u16());
+    assert!(matches!(huge, Ok(431) | Err(_)), "{huge:?}");
+    assert!(
+        s.upstream.requests().is_empty(),
+        "bad input reached the upstream: {:?}",
+        s.upstream.requests()
+    );
+}

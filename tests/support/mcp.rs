@@ -1,0 +1,128 @@
+//! A naked MCP server (official Python SDK, `tests/support/mcp/naked_server.py`) that logs
+//! every request it gets, and `credbroker gateway` in front of it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::daemon::testd;
+use super::{free_port, repo, venv};
+
+const REQUIREMENT: &str = "mcp==2.3.0";
+
+fn python() -> PathBuf {
+    venv::ensure(REQUIREMENT, |venv| {
+        let ok = Command::new(venv.join("bin/python"))
+            .args(["-c", "import mcp.server"])
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| venv.join("bin/python"))
+    })
+}
+
+async fn wait_for_port(port: u16, what: &str) {
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{what} did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub struct NakedMcp {
+    /// Its MCP endpoint.
+    pub url: String,
+    log: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl NakedMcp {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir for the MCP server should be created");
+        let log = dir.path().join("requests.jsonl");
+        let port = free_port();
+        let child = Command::new(python())
+            .arg(repo().join("tests/support/mcp/naked_server.py"))
+            .arg(port.to_string())
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the naked MCP server should start");
+        wait_for_port(port, "the naked MCP server").await;
+        Self {
+            url: format!("http://127.0.0.1:{port}/mcp"),
+            log,
+            child,
+            _dir: dir,
+        }
+    }
+
+    /// Every request it has received, oldest first.
+    pub fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for NakedMcp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct GatewayProc {
+    /// Where clients send MCP requests: the gateway's address and the resource's path.
+    pub base: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProc {
+    /// `credbroker gateway` with this `[[gateway]]` body (listen is added).
+    pub async fn start(issuer: &str, gateway: &str) -> Self {
+        let dir = tempfile::tempdir().expect("a temp dir for the gateway should be created");
+        let port = free_port();
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[[issuer]]\nurl = \"{issuer}\"\n\n[[gateway]]\nlisten = \"127.0.0.1:{port}\"\n{gateway}\n"
+            ),
+        )
+        .expect("the gateway config should be written");
+        let child = Command::new(testd())
+            .arg("gateway")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the gateway should start");
+        wait_for_port(port, "the gateway").await;
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

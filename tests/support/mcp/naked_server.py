@@ -1,0 +1,81 @@
+"""A naked MCP server (official Python SDK, Streamable HTTP, no authentication at all), as
+too many are deployed: the upstream the tests put credbroker's gateway in front of.
+
+Every request it receives is appended to the log file (argv[2]) as one JSON line, so a test can
+prove what reached it and what did not.
+
+    naked_server.py PORT LOG
+"""
+
+import asyncio
+import json
+import sys
+import time
+
+import uvicorn
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+
+PORT = int(sys.argv[1])
+LOG = sys.argv[2]
+
+mcp = MCPServer("orders")
+
+
+@mcp.tool()
+def query(sql: str) -> str:
+    """Read from the orders database."""
+    return f"3 rows for {sql}"
+
+
+@mcp.tool()
+def write(row: str) -> str:
+    """Write to the orders database."""
+    return f"wrote {row}"
+
+
+@mcp.tool()
+async def stream(ticks: int, ctx: Context) -> str:
+    """Reports each tick as it happens, 300 ms apart."""
+    for i in range(ticks):
+        await ctx.info(json.dumps({"tick": i, "at": time.time()}))
+        await asyncio.sleep(0.3)
+    return "done"
+
+
+inner = mcp.streamable_http_app(stateless_http=True)
+
+
+async def app(scope, receive, send):
+    """Logs each HTTP request (method, path, headers, body) before the SDK sees it."""
+    if scope["type"] != "http":
+        return await inner(scope, receive, send)
+    chunks = []
+    more = True
+    while more:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        more = message.get("more_body", False)
+    body = b"".join(chunks)
+    headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+    with open(LOG, "a") as f:
+        f.write(json.dumps({
+            "method": scope["method"],
+            "path": scope["path"],
+            "query": scope["query_string"].decode(),
+            "headers": headers,
+            "body": body.decode(errors="replace"),
+        }) + "\n")
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return await inner(scope, replay, send)
+
+
+uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning")
