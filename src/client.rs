@@ -50,8 +50,10 @@ fn not_connected(path: &Path, e: &std::io::Error) -> String {
             "nothing is listening on {at}: the daemon is not running (a stale socket file is left)"
         ),
         std::io::ErrorKind::PermissionDenied => format!(
-            "permission denied on {at}: the broker socket is for members of \
-             server.broker_socket_group, the admin socket for server.admin_uids"
+            "permission denied on {at}: the broker socket (mode 0660) is for members of \
+             server.broker_socket_group; the admin socket (mode 0600) for the daemon's own \
+             user, e.g. `sudo -u credbroker credbroker tasks list` (the daemon then also checks \
+             server.admin_uids)"
         ),
         _ => format!("cannot connect to {at}: {e}"),
     }

@@ -79,6 +79,15 @@ impl Runtime {
     ) -> Result<Self, Vec<crate::config::ConfigError>> {
         let providers =
             ProviderSet::build(&config, registry, env, previous.map(|p| &*p.providers))?;
+        Self::assemble(config, providers, previous)
+    }
+
+    /// A runtime around providers already built for `config`.
+    pub fn assemble(
+        config: Config,
+        providers: ProviderSet,
+        previous: Option<&Runtime>,
+    ) -> Result<Self, Vec<crate::config::ConfigError>> {
         let reuse = previous
             .filter(|p| p.config.issuers == config.issuers && p.config.tokens == config.tokens);
         let verifier = match reuse {

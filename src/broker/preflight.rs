@@ -21,17 +21,28 @@ pub fn load(
 ) -> Result<Runtime, ConfigErrors> {
     let source = path.display().to_string();
     let mut checked = Config::check_file(path);
+    // Built once and kept: building a provider can start its background work (Vault keeps
+    // its token alive), and a second, discarded set would do that work twice.
+    let mut providers = None;
+    let mut problems = Vec::new();
     if let Some(config) = &checked.config {
-        let files = files(config, env);
-        let providers = ProviderSet::build(config, registry, env, previous.map(|p| &*p.providers))
-            .err()
-            .unwrap_or_default();
-        checked.add(files);
-        checked.add(providers);
+        problems = files(config, env);
+        match ProviderSet::build(config, registry, env, previous.map(|p| &*p.providers)) {
+            Ok(set) => providers = Some(set),
+            Err(errors) => problems.extend(errors),
+        }
     }
+    checked.add(problems);
     let config = checked.finish(&source)?;
-    Runtime::build(config, registry, env, previous)
-        .map_err(|errors| ConfigErrors { source, errors })
+    let providers = match providers {
+        Some(set) => set,
+        None => ProviderSet::build(&config, registry, env, previous.map(|p| &*p.providers))
+            .map_err(|errors| ConfigErrors {
+                source: source.clone(),
+                errors,
+            })?,
+    };
+    Runtime::assemble(config, providers, previous).map_err(|errors| ConfigErrors { source, errors })
 }
 
 /// Problems with the files the configuration names, found without the network.
@@ -50,19 +61,21 @@ fn files(config: &Config, env: &dyn Env) -> Vec<ConfigError> {
     ];
     for (section, key, source) in keys {
         let Some(source) = source else { continue };
-        let path = match source {
+        let (path, file) = match source {
             // A relative path is reported by the configuration check already.
             KeySource::File(f) if !f.is_absolute() => continue,
-            KeySource::File(f) => {
-                if let Err(e) = credbroker_provider_api::settings::check_secret_file(f) {
-                    problem(format!("{section}.{key}_file"), e);
-                    continue;
-                }
-                format!("{section}.{key}_file")
-            }
-            KeySource::Credential(_) => format!("{section}.{key}_credential"),
+            KeySource::File(f) => (format!("{section}.{key}_file"), Ok(f.clone())),
+            // No name: the configuration check has said that neither or both were given.
+            KeySource::Credential(name) if name.is_empty() => continue,
+            KeySource::Credential(name) => (
+                format!("{section}.{key}_credential"),
+                credbroker_provider_api::settings::credential_path(env, name),
+            ),
         };
-        if let Err(e) = source.read(env) {
+        // The same rule for a credential as for a file: under systemd it is the service's
+        // own, but `CREDENTIALS_DIRECTORY=… check-config` in a shell reads a directory on disk.
+        let checked = file.and_then(|f| credbroker_provider_api::settings::check_secret_file(&f));
+        if let Err(e) = checked.and_then(|()| source.read(env).map(drop)) {
             problem(path, e);
         }
     }

@@ -265,7 +265,10 @@ pub(super) fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             };
             // Counted after the buffer: what the ticker shows has reached stdout.
             let mut out = std::io::BufWriter::new(LineCounter::new(std::io::stdout().lock()));
-            let _ticker = Ticker::counting("exporting", "lines", out.get_ref().lines());
+            // Only when the records go elsewhere: on the terminal they show progress themselves,
+            // and a progress line between them would corrupt them.
+            let _ticker = (!std::io::IsTerminal::is_terminal(&std::io::stdout()))
+                .then(|| Ticker::counting("exporting", "lines", out.get_ref().lines()));
             export::export(&conn, &filter, format, pseudo.as_ref(), &mut out)?;
             out.flush()?;
             Ok(ExitCode::SUCCESS)

@@ -180,28 +180,94 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
 }
 
 /// The keys a fresh install needs, each named as the systemd credential it becomes.
+///
+/// A key that already exists is kept (a replaced journal key would orphan every revocation
+/// handle sealed under the old one); only the missing ones are written, so a host with a
+/// journal key but no audit head key can run this to add the one it lacks.
 fn install_keys(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut wrote_any = false;
     for name in ["journal-key", "audit-head-key"] {
         let path = dir.join(name);
-        let key = crate::keys::generate_hex().map_err(anyhow::Error::msg)?;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
+        let written = match std::fs::symlink_metadata(&path) {
+            Ok(_) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_key_once(dir, name)?,
+            Err(e) => return Err(anyhow::anyhow!("{}: {e}", path.display())),
+        };
+        if written {
+            wrote_any = true;
+            outln!("wrote {} (0600)", path.display())?;
+        } else {
+            // Never the key itself: only that it is there.
+            let _ = writeln!(std::io::stderr(), "{} exists: kept", path.display());
+        }
+    }
+    if wrote_any {
+        // The new names are durable only once the directory is.
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
             .map_err(|e| {
                 anyhow::anyhow!(
-                    "{}: {e} (an existing key is never replaced)",
-                    path.display()
+                    "{}: {e} (syncing the directory after writing the keys)",
+                    dir.display()
                 )
             })?;
-        f.write_all(key.as_bytes())?;
-        f.write_all(b"\n")?;
-        outln!("wrote {} (0600)", path.display())?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a fresh key to `dir/name` unless that file exists: `Ok(false)` if it does (it is
+/// left untouched). The key goes to a private temporary file first, synced, then hard-linked
+/// into place — the link fails if the name exists, so nothing is ever overwritten, and a failed
+/// write never leaves an empty or partial key under the final name.
+fn write_key_once(dir: &std::path::Path, name: &str) -> anyhow::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let key = crate::keys::generate_hex().map_err(anyhow::Error::msg)?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot create the temporary file {}: {e}",
+                path.display(),
+                tmp.display()
+            )
+        })?;
+    // From here the temporary file is ours, and it is removed whatever happens.
+    let linked = sync_and_link(f, key.as_bytes(), &tmp, &path);
+    let removed = std::fs::remove_file(&tmp);
+    let linked = linked.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    removed.map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (a leftover temporary copy of a key; delete it)",
+            tmp.display()
+        )
+    })?;
+    Ok(linked)
+}
+
+/// Writes `key` and a newline to `f` (the temporary file `tmp`), syncs it, and hard-links it
+/// as `path`: `Ok(false)` if `path` exists by then (created since we looked), untouched.
+fn sync_and_link(
+    mut f: std::fs::File,
+    key: &[u8],
+    tmp: &std::path::Path,
+    path: &std::path::Path,
+) -> std::io::Result<bool> {
+    use std::io::Write as _;
+    f.write_all(key)?;
+    f.write_all(b"\n")?;
+    f.sync_all()?;
+    drop(f);
+    match std::fs::hard_link(tmp, path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {

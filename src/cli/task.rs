@@ -115,6 +115,10 @@ fn ttl_seconds(ttl: &Option<String>) -> anyhow::Result<Option<u32>> {
     ttl.as_deref()
         .map(|t| {
             let d = crate::config::parse_duration(t).map_err(anyhow::Error::msg)?;
+            // Whole seconds on the wire: below one second would round to none at all.
+            if d < std::time::Duration::from_secs(1) {
+                bail!("--ttl {t}: a task lives at least 1s");
+            }
             u32::try_from(d.as_secs()).context("ttl too long")
         })
         .transpose()
@@ -221,13 +225,15 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
         }
         TaskCommand::End { conn, task, output } => {
             let mut client = BrokerClient::new(client::channel(&conn.socket).await?);
-            let _ticker =
+            let ticker =
                 super::progress::Ticker::start("ending the task: revoking its credentials");
             let resp = client
                 .end_task(v1::EndTaskRequest { task_id: task })
                 .await
                 .map_err(Refused::from)?
                 .into_inner();
+            // The progress line is cleared before the answer is printed on the same terminal.
+            drop(ticker);
             print_task(&resp.task.unwrap_or_default(), output)?;
             Ok(ExitCode::SUCCESS)
         }

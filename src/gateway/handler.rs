@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::Value;
@@ -75,9 +75,9 @@ impl Gateway {
             );
         }
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, self.cfg.max_body_bytes).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
+        let body = match read_body(body, self.cfg.max_body_bytes).await {
+            Some(b) => b,
+            None => {
                 return reply::error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     Value::Null,
@@ -315,6 +315,26 @@ impl Gateway {
             ),
         }
     }
+}
+
+/// The body, or `None` when it is over `max` (or broken). An oversized body is read on, and
+/// dropped, up to four times the limit before the refusal: a client still sending when the
+/// answer comes would see a reset connection instead of the 413.
+async fn read_body(mut body: Incoming, max: usize) -> Option<Bytes> {
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.ok()?.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= max {
+            kept.extend_from_slice(&data);
+        } else if seen > max.saturating_mul(4) {
+            return None;
+        }
+    }
+    (seen <= max).then(|| Bytes::from(kept))
 }
 
 fn status(code: StatusCode, message: &str) -> Response<Body> {

@@ -346,7 +346,8 @@ async fn filters_fingerprints_missing_daemons_and_oversized_tokens_get_clear_ans
 }
 
 /// `keygen --dir` makes what a fresh install needs, private, and never replaces a key: a
-/// replaced journal key would orphan every revocation handle sealed under the old one.
+/// replaced journal key would orphan every revocation handle sealed under the old one. A host
+/// missing only one key (a journal key but no audit head key) gets that one, the other kept.
 #[test]
 fn keygen_writes_the_install_keys_once_and_privately() {
     use std::os::unix::fs::PermissionsExt as _;
@@ -358,10 +359,7 @@ fn keygen_writes_the_install_keys_once_and_privately() {
             .output()
             .expect("keygen --dir should run")
     };
-    let first = keygen();
-    assert!(first.status.success(), "{}", text(&first));
-    let mut keys = Vec::new();
-    for name in ["journal-key", "audit-head-key"] {
+    let read_key = |name: &str| {
         let path = dir.path().join(name);
         let meta = std::fs::metadata(&path).expect("keygen should have written the key");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
@@ -370,12 +368,84 @@ fn keygen_writes_the_install_keys_once_and_privately() {
             credbroker::keys::key_bytes(key.as_bytes()).is_some(),
             "{name}: {key:?}"
         );
-        keys.push(key);
-    }
+        key
+    };
+    let only_the_keys = || {
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("the key dir should be listable")
+            .map(|e| {
+                e.expect("a key dir entry should be readable")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["audit-head-key", "journal-key"],
+            "no temporary file left"
+        );
+    };
+    let first = keygen();
+    assert!(first.status.success(), "{}", text(&first));
+    let keys = [read_key("journal-key"), read_key("audit-head-key")];
     assert_ne!(keys[0], keys[1], "two keys, not one written twice");
+    only_the_keys();
+
+    // Both there: both kept, nothing written, not an error.
     let again = keygen();
-    assert_eq!(again.status.code(), Some(1), "{}", text(&again));
-    assert!(text(&again).contains("never replaced"), "{}", text(&again));
-    let still = std::fs::read_to_string(dir.path().join("journal-key")).unwrap_or_default();
-    assert_eq!(still, keys[0], "the existing key is untouched");
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again));
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(said.matches("exists: kept").count(), 2, "{said}");
+    assert!(again.stdout.is_empty(), "{}", text(&again));
+    assert_eq!(
+        read_key("journal-key"),
+        keys[0],
+        "the existing key is untouched"
+    );
+    assert_eq!(
+        read_key("audit-head-key"),
+        keys[1],
+        "the existing key is untouched"
+    );
+
+    // Only the audit head key missing: it is written, the journal key kept.
+    std::fs::remove_file(dir.path().join("audit-head-key"))
+        .expect("the audit head key should be removable");
+    let third = keygen();
+    assert_eq!(third.status.code(), Some(0), "{}", text(&third));
+    let said = String::from_utf8_lossy(&third.stderr);
+    assert!(
+        said.contains(&format!(
+            "{} exists: kept",
+            dir.path().join("journal-key").display()
+        )),
+        "{said}"
+    );
+    let out = String::from_utf8_lossy(&third.stdout);
+    assert!(
+        out.contains(&format!(
+            "wrote {} (0600)",
+            dir.path().join("audit-head-key").display()
+        )),
+        "{out}"
+    );
+    assert!(!out.contains("journal-key"), "{out}");
+    assert_eq!(
+        read_key("journal-key"),
+        keys[0],
+        "the existing key is untouched"
+    );
+    let audit = read_key("audit-head-key");
+    assert_ne!(audit, keys[1], "a fresh audit head key");
+    assert_ne!(audit, keys[0], "not the journal key again");
+    for key in keys.iter().chain([&audit]) {
+        assert!(
+            !text(&third).contains(key.trim()),
+            "no key material printed: {}",
+            text(&third)
+        );
+    }
+    only_the_keys();
 }

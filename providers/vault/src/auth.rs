@@ -43,9 +43,10 @@ pub(crate) struct TokenInfo {
 pub(crate) struct SelfToken {
     login: Login,
     current: RwLock<Option<Arc<SecretValue>>>,
-    /// For a token read from a file: the file as it was when the current token was read. A
-    /// rotated file (Vault Agent's sink, an operator's new token) is read again at the next
-    /// call, not at the next restart or refusal.
+    /// For a token read from a file: the file as it was when it was last read to a verdict (its
+    /// token accepted, or the file or its token refused). A rotated file (Vault Agent's sink, an
+    /// operator's new token) is read again at the next call, not at the next restart or
+    /// refusal; so is one whose token could not be checked (Vault unreachable, rate limited).
     read_from: Mutex<Option<FileStamp>>,
     info: Mutex<TokenInfo>,
     /// One login at a time.
@@ -86,8 +87,11 @@ impl SelfToken {
         let old = self.current.read().ok().and_then(|c| c.clone());
         match (self.login(client).await, old) {
             (Ok(t), _) => Ok(t),
-            // A rotated file whose token does not work (half written, or not yet valid): keep
-            // the token that worked, say so, and try the file again when it changes next.
+            // A rotated file that is refused (its mode or owner), or whose token does not work
+            // (half written, or not yet valid): keep the token that worked, say so, and try the
+            // file again when it changes next. One whose token could not be checked (Vault
+            // unreachable) is tried again at the next call. The error names the file, never
+            // the token.
             (Err(e), Some(old)) => {
                 tracing::warn!(error = %e, "the rotated Vault token file did not give a working token; keeping the current token");
                 self.set_error(&e.to_string());
@@ -119,11 +123,22 @@ impl SelfToken {
         let token = match &self.login {
             Login::Token(src) => {
                 // Stamped before reading: a rotation racing this read is seen next time.
-                if let Ok(mut s) = self.read_from.lock() {
-                    *s = src.stamp();
+                let stamp = src.stamp();
+                // The same check as at startup: the file may have been replaced by one with
+                // another mode or owner since. Refused like an unreadable file.
+                let result = match src.read_checked() {
+                    Ok(token) => self.accept(client, token).await,
+                    Err(e) => Err(unauthorized(format!("Vault token: {e}"))),
+                };
+                // Recorded only on a verdict on this file: a token that could not be checked
+                // (Vault unreachable, rate limited) is tried again at the next call rather than
+                // left unused until Vault refuses the old one.
+                if consumes_stamp(&result)
+                    && let Ok(mut s) = self.read_from.lock()
+                {
+                    *s = stamp;
                 }
-                src.read()
-                    .map_err(|e| unauthorized(format!("Vault token: {e}")))?
+                return result;
             }
             Login::AppRole {
                 mount,
@@ -131,7 +146,7 @@ impl SelfToken {
                 secret_id,
             } => {
                 let sid = secret_id
-                    .read()
+                    .read_checked()
                     .map_err(|e| unauthorized(format!("AppRole secret_id: {e}")))?;
                 let body = json!({ "role_id": role_id, "secret_id": sid.expose() });
                 let env = client
@@ -154,6 +169,15 @@ impl SelfToken {
                 SecretValue::new(auth.client_token)
             }
         };
+        self.accept(client, token).await
+    }
+
+    /// Makes `token` the current one once `lookup-self` accepts it.
+    async fn accept(
+        &self,
+        client: &Client,
+        token: SecretValue,
+    ) -> Result<Arc<SecretValue>, ProviderError> {
         let token = Arc::new(token);
         self.lookup(client, &token)
             .await
@@ -272,5 +296,36 @@ impl SelfToken {
             .and_then(|e| e.duration_since(SystemTime::now()).ok())
             .unwrap_or_default();
         (left / 3).clamp(Duration::from_secs(5), Duration::from_secs(300))
+    }
+}
+
+/// Whether reading the token file to `result` settles it, so it is not read again until it
+/// changes: its token was accepted, or Vault refused it (or the file itself was refused).
+/// Anything else (Vault unreachable, overloaded or rate limiting, or an answer that says
+/// nothing about the token) leaves the file to be tried again at the next call.
+fn consumes_stamp(result: &Result<Arc<SecretValue>, ProviderError>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(e) => matches!(e.kind, ErrorKind::Unauthorized | ErrorKind::Denied),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_verdict_on_the_token_file_consumes_its_stamp() {
+        let accepted = Ok(Arc::new(SecretValue::new("s.test")));
+        assert!(consumes_stamp(&accepted));
+        for kind in ErrorKind::ALL {
+            let settled = matches!(kind, ErrorKind::Unauthorized | ErrorKind::Denied);
+            let result = Err(ProviderError::new(kind, "token lookup: refused"));
+            assert_eq!(consumes_stamp(&result), settled, "{kind:?}");
+            // Above all, nothing worth retrying marks the new file as used.
+            if kind.retryable() {
+                assert!(!consumes_stamp(&result), "{kind:?}");
+            }
+        }
     }
 }

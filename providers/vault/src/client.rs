@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use credbroker_provider_api::{ErrorKind, ProviderError, SecretValue};
+use credbroker_provider_api::{ErrorKind, ParamError, ProviderError, SecretValue};
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
@@ -131,31 +131,32 @@ fn status_error(what: &str, status: StatusCode, message: &str) -> ProviderError 
 }
 
 impl Client {
+    /// `ca` (the certificates of `ca_file`, read by the settings) are trusted on top of the
+    /// system's roots. An error names the setting it is about.
     pub(crate) fn new(
         address: &str,
         namespace: Option<String>,
-        ca_pem: Option<&[u8]>,
+        ca: Vec<reqwest::Certificate>,
         timeout: Duration,
-    ) -> Result<Self, String> {
-        let mut base =
-            reqwest::Url::parse(address).map_err(|e| format!("address {address:?}: {e}"))?;
+    ) -> Result<Self, ParamError> {
+        let mut base = reqwest::Url::parse(address)
+            .map_err(|e| ParamError::new("address", format!("{address:?}: {e}")))?;
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        let mut b = reqwest::Client::builder()
+        // The settings have parsed the PEM, but rustls parses each certificate only now: with
+        // certificates of its own, a failed TLS setup is one of them it cannot use.
+        let key = if ca.is_empty() { "address" } else { "ca_file" };
+        let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("credbroker/", env!("CARGO_PKG_VERSION")));
-        if let Some(pem) = ca_pem {
-            for cert in
-                reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("ca_file: {e}"))?
-            {
-                b = b.add_root_certificate(cert);
-            }
-        }
+            .user_agent(concat!("credbroker/", env!("CARGO_PKG_VERSION")))
+            .tls_certs_merge(ca)
+            .build()
+            .map_err(|e| ParamError::new(key, describe(&e)))?;
         Ok(Self {
-            http: b.build().map_err(|e| e.to_string())?,
+            http,
             base,
             namespace,
         })
@@ -254,7 +255,8 @@ fn errors_of(bytes: &[u8]) -> String {
         .unwrap_or_else(|| "no error message".into())
 }
 
-fn describe(e: &reqwest::Error) -> String {
+/// A reqwest error with its causes: its own message alone is often just "builder error".
+pub(crate) fn describe(e: &reqwest::Error) -> String {
     let mut s = if e.is_timeout() {
         "timed out".to_string()
     } else {

@@ -52,7 +52,8 @@
 //! create or read → `OutcomeUnknown`. A grant's `policies` are never narrowed by a request
 //! (an explicit deny wins in Vault, so dropping a policy can *add* access), and Vault compares
 //! them without case. `check-config --online` asks `sys/capabilities-self` for every path the
-//! instance and its grants need.
+//! instance and its grants need, and reads `scope_role` (if it may) to know which of Vault's
+//! policy rules applies to scope tokens (`policies.rs`).
 //!
 //! Configuration (`[[provider]] type = "vault"`; grant parameters are in `grants.rs`):
 //! ```toml
@@ -115,11 +116,7 @@ impl ProviderFactory for VaultFactory {
         let timeout = f
             .duration("timeout", MIN_TIMEOUT, MAX_TIMEOUT)
             .unwrap_or(Duration::from_secs(5));
-        let ca = f.string("ca_file").and_then(|p| {
-            std::fs::read(&p)
-                .map_err(|e| f.problem("ca_file", format!("{p}: {e}")))
-                .ok()
-        });
+        let ca = ca_file(&mut f);
         let scope_role = f.get::<String>("scope_role", "a token role name");
         if scope_role
             .as_deref()
@@ -141,8 +138,7 @@ impl ProviderFactory for VaultFactory {
                 "credbroker's Vault identity is required",
             )]);
         };
-        let client = Client::new(&address, namespace, ca.as_deref(), timeout)
-            .map_err(|e| vec![ParamError::new("address", e)])?;
+        let client = Client::new(&address, namespace, ca, timeout).map_err(|e| vec![e])?;
         let inner = Arc::new(Inner {
             name: name.to_string(),
             client,
@@ -163,6 +159,54 @@ impl ProviderFactory for VaultFactory {
             });
         }
         Ok(Arc::new(VaultProvider { inner }))
+    }
+}
+
+/// The certificates of `ca_file`, trusted on top of the system's roots (none when it is not
+/// set). Read and parsed with the other settings, so that a bad file is reported under
+/// `ca_file`, together with every other problem.
+fn ca_file(f: &mut Fields<'_>) -> Vec<reqwest::Certificate> {
+    let Some(path) = f.string("ca_file").map(std::path::PathBuf::from) else {
+        return Vec::new();
+    };
+    // As for every other file credbroker reads: a relative path would depend on the directory
+    // the daemon happens to be started from.
+    if !path.is_absolute() {
+        f.problem(
+            "ca_file",
+            format!("{} is relative; write an absolute path", path.display()),
+        );
+        return Vec::new();
+    }
+    let pem = match std::fs::read(&path) {
+        Ok(pem) => pem,
+        Err(e) => {
+            f.problem("ca_file", format!("{}: {e}", path.display()));
+            return Vec::new();
+        }
+    };
+    // A file with no certificate section parses as an empty bundle: refuse it rather than
+    // quietly trust the system's roots alone.
+    match reqwest::Certificate::from_pem_bundle(&pem) {
+        Ok(certs) if !certs.is_empty() => certs,
+        Ok(_) => {
+            f.problem(
+                "ca_file",
+                format!("{}: no PEM certificate in it", path.display()),
+            );
+            Vec::new()
+        }
+        Err(e) => {
+            f.problem(
+                "ca_file",
+                format!(
+                    "{}: not a PEM bundle: {}",
+                    path.display(),
+                    client::describe(&e)
+                ),
+            );
+            Vec::new()
+        }
     }
 }
 
@@ -292,6 +336,58 @@ mod tests {
             missing[0].contains("nope is not a readable file"),
             "{missing:?}"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A `$CREDENTIALS_DIRECTORY` of its own for a test, holding a private `vault-token`.
+    fn credentials(test: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("cb-vault-{test}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("the test directory should be made");
+        let token = dir.join("vault-token");
+        std::fs::write(&token, "s.test\n").expect("the test token should be written");
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("the test token should be made private");
+        dir
+    }
+
+    #[test]
+    fn ca_file_must_be_absolute_and_its_pem_problems_are_reported_under_ca_file() {
+        let dir = credentials("ca-file");
+        let env = Creds(dir.clone());
+        let with_ca = |ca: &str| {
+            problems(
+                serde_json::json!({
+                    "address": "http://127.0.0.1:8200", "token_credential": "vault-token",
+                    "ca_file": ca,
+                }),
+                &env,
+            )
+        };
+        assert_eq!(
+            with_ca("vault-ca.pem"),
+            ["ca_file: vault-ca.pem is relative; write an absolute path"]
+        );
+
+        let garbled = dir.join("garbled.pem");
+        std::fs::write(
+            &garbled,
+            "-----BEGIN CERTIFICATE-----\n!!! not base64 !!!\n-----END CERTIFICATE-----\n",
+        )
+        .expect("the garbled PEM should be written");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "no certificate in here\n")
+            .expect("the empty PEM should be written");
+        for (file, why) in [
+            (&garbled, "not a PEM bundle"),
+            (&empty, "no PEM certificate in it"),
+        ] {
+            let e = with_ca(&file.display().to_string());
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert!(
+                e[0].starts_with(&format!("ca_file: {}: {why}", file.display())),
+                "{e:?}"
+            );
+        }
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -11,8 +11,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::auth::SelfToken;
-use crate::client::{Client, Failure};
+use crate::client::{Client, Envelope, Failure};
 use crate::grants::{self, Grant};
+use crate::policies::{Parent, RoleLists, ScopeRole};
 
 pub(crate) struct Inner {
     pub(crate) name: String,
@@ -76,6 +77,51 @@ impl Inner {
                 .await
                 .is_err_and(|f| f.status().is_some_and(|s| s.as_u16() == 403)),
             Err(_) => true,
+        }
+    }
+}
+
+/// Where tokens are created without a role: scope tokens without `scope_role`, and always
+/// the grants' tokens (by their scope token).
+const TOKEN_CREATE: &str = "auth/token/create";
+
+/// What `sys/capabilities-self` says credbroker's token may do on `path`.
+fn capabilities<'a>(caps: &'a Value, path: &str) -> Vec<&'a str> {
+    caps.get(path)
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default()
+}
+
+fn has_sudo(caps: &Value, path: &str) -> bool {
+    let have = capabilities(caps, path);
+    have.contains(&"sudo") || have.contains(&"root")
+}
+
+impl Inner {
+    /// `scope_role`'s policy lists, which decide a scope token's policies when it has any.
+    /// Only `check-config --online` reads them: issuing does not need `read` on the role.
+    async fn read_role<'a>(&self, name: &'a str, token: &SecretValue) -> ScopeRole<'a> {
+        let path = format!("auth/token/roles/{name}");
+        match self
+            .client
+            .call(Method::GET, &path, Some(token), None)
+            .await
+        {
+            Ok(Some(Envelope {
+                data: Some(data), ..
+            })) => ScopeRole::Read {
+                name,
+                lists: RoleLists::from_data(&data),
+            },
+            Ok(_) => ScopeRole::Unread {
+                name,
+                why: format!("{path} returned nothing"),
+            },
+            Err(f) => ScopeRole::Unread {
+                name,
+                why: f.retryable(&path).to_string(),
+            },
         }
     }
 }
@@ -236,7 +282,7 @@ impl Provider for VaultProvider {
                 format!("auth/token/create/{r}")
             });
         let mut paths: Vec<(String, &'static str, String)> =
-            vec![(create, "update", "per-task scope tokens".into())];
+            vec![(create.clone(), "update", "per-task scope tokens".into())];
         for (name, params) in grants {
             if let Ok(Grant::Dynamic { path, post, .. }) = grants::parse(params) {
                 paths.push((
@@ -261,7 +307,12 @@ impl Provider for VaultProvider {
             "update",
             "revoking scope tokens".into(),
         ));
-        let body = json!({ "paths": paths.iter().map(|(p, _, _)| p.clone()).collect::<Vec<_>>() });
+        let mut asked: Vec<String> = paths.iter().map(|(p, _, _)| p.clone()).collect();
+        // Asked too with a scope_role: the grants' tokens are created there, by the scope token.
+        if !asked.iter().any(|p| p == TOKEN_CREATE) {
+            asked.push(TOKEN_CREATE.into());
+        }
+        let body = json!({ "paths": asked });
         let env = match inner
             .client
             .call(
@@ -277,18 +328,20 @@ impl Provider for VaultProvider {
             Err(f) => return vec![f.retryable("capabilities-self").to_string()],
         };
         let caps = env.data.unwrap_or(Value::Null);
-        let mut problems = crate::policies::problems(
-            &inner.token.info().policies,
-            &inner.scope_policies,
-            inner.scope_role.as_deref(),
-            grants,
-        );
+        let own = inner.token.info().policies;
+        // Vault lifts its subset rule for a parent with sudo on the path it creates through.
+        let parent = Parent {
+            policies: &own,
+            sudo_on_scope_create: has_sudo(&caps, &create),
+            sudo_on_create: has_sudo(&caps, TOKEN_CREATE),
+        };
+        let role = match inner.scope_role.as_deref() {
+            Some(name) => inner.read_role(name, &token).await,
+            None => ScopeRole::None,
+        };
+        let mut problems = crate::policies::problems(&parent, &inner.scope_policies, &role, grants);
         problems.extend(paths.iter().filter_map(|(path, need, why)| {
-            let have: Vec<&str> = caps
-                .get(path)
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
+            let have = capabilities(&caps, path);
             let ok = have.contains(need) || have.contains(&"root");
             (!ok).then(|| {
                 format!("{why}: credbroker's token lacks {need:?} on {path} (has {have:?})")

@@ -278,3 +278,14 @@ mod tests {
         assert!(problems(&format!("{open}allow_plain_http = true\n")).is_empty());
     }
 }
+
+#[cfg(test)]
+mod example {
+    #[test]
+    fn the_example_gateway_file_is_valid() {
+        let text = include_str!("../../../config/gateway.toml");
+        let file = super::parse_gateway(text).expect("config/gateway.toml should be valid");
+        assert_eq!(file.gateways.len(), 1);
+        assert_eq!(file.gateways[0].tools.len(), 2);
+    }
+}
