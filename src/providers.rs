@@ -155,6 +155,13 @@ pub struct ProviderSet {
 }
 
 impl ProviderSet {
+    /// Starts every instance's background work (see `Provider::start`; idempotent).
+    pub fn start(&self) {
+        for i in self.instances.values() {
+            i.provider.start();
+        }
+    }
+
     /// Builds every instance and checks every grant's parameters against its provider,
     /// reporting all problems. Instances whose configuration did not change are taken over from
     /// `previous` (so a reload keeps their connections and tokens).

@@ -111,8 +111,10 @@ impl Runtime {
         })
     }
 
-    /// Starts the issuers' key refresh loops (a no-op for a reused verifier: its loops run on).
+    /// Starts the issuers' key refresh loops (a no-op for a reused verifier: its loops run on)
+    /// and the providers' background work.
     pub fn start_refresh(&mut self, previous: Option<&Runtime>) {
+        self.providers.start();
         match previous {
             Some(p) if Arc::ptr_eq(&p.verifier, &self.verifier) => {}
             _ => self.refreshers = self.verifier.spawn_refresh(),

@@ -277,7 +277,8 @@ async fn approle_login_from_systemd_credentials() {
         .api(
             Method::POST,
             "auth/approle/role/credbroker/secret-id",
-            Some(serde_json::json!({})),
+            // One login's worth: checking the configuration must not spend it.
+            Some(serde_json::json!({"num_uses": 1})),
         )
         .await;
     let creds = tempfile::tempdir().expect("a temp dir for systemd credentials should be created");
@@ -294,6 +295,31 @@ async fn approle_login_from_systemd_credentials() {
         "CREDENTIALS_DIRECTORY".to_string(),
         creds.path().display().to_string(),
     )];
+    // check-config, offline, as an operator runs it before starting the daemon: it builds the
+    // provider and must not log in (it used to start the token's maintenance loop).
+    let dir = tempfile::tempdir().expect("a temp dir for check-config should be created");
+    let file = dir.path().join("credbroker.toml");
+    std::fs::write(
+        &file,
+        vault_config(dir.path(), &auth.issuer, &bao, &approle),
+    )
+    .expect("the config should be written");
+    crate::support::write_secret(dir.path().join("journal.key"), "11".repeat(32))
+        .expect("a journal key should be written");
+    for _ in 0..3 {
+        let out = std::process::Command::new(crate::support::daemon::testd())
+            .args(["check-config", "--config"])
+            .arg(&file)
+            .env("CREDENTIALS_DIRECTORY", creds.path())
+            .output()
+            .expect("check-config should run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let d = Daemon::start_opts(
         |dir| vault_config(dir, &auth.issuer, &bao, &approle),
         "info",

@@ -98,6 +98,11 @@ pub trait Provider: Send + Sync + 'static {
     /// rendered here; a provider checks what it can of their shape.
     fn check_grant(&self, params: &Params) -> Result<(), Vec<ParamError>>;
 
+    /// Starts the instance's background work (keeping credbroker's own backend credential
+    /// alive, say). The daemon calls it once the instance is in service, after every (re)load;
+    /// `check-config` never does, so checking a file makes no login. Must be idempotent.
+    fn start(&self) {}
+
     /// Whether this provider issues a task's credentials under a per-task scope
     /// ([`Role::Scope`]). If so, the broker issues (and journals) the scope first, passes it in
     /// every credential's [`IssueRequest::scope`], revokes the scope after the credentials,

@@ -146,19 +146,10 @@ impl ProviderFactory for VaultFactory {
             scope_policies,
             scope_role,
         });
-        // Keep credbroker's token alive while the instance exists (the loop holds a weak ref).
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let weak = Arc::downgrade(&inner);
-            rt.spawn(async move {
-                loop {
-                    let Some(inner) = weak.upgrade() else { return };
-                    let wait = inner.token.maintain(&inner.client).await;
-                    drop(inner);
-                    tokio::time::sleep(wait).await;
-                }
-            });
-        }
-        Ok(Arc::new(VaultProvider { inner }))
+        Ok(Arc::new(VaultProvider {
+            inner,
+            started: std::sync::atomic::AtomicBool::new(false),
+        }))
     }
 }
 

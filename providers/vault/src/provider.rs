@@ -25,6 +25,8 @@ pub(crate) struct Inner {
 
 pub(crate) struct VaultProvider {
     pub(crate) inner: Arc<Inner>,
+    /// Whether the token's maintenance loop runs (see `start`).
+    pub(crate) started: std::sync::atomic::AtomicBool,
 }
 
 /// Whole seconds until `until`, at least one.
@@ -134,6 +136,27 @@ impl Provider for VaultProvider {
 
     fn scoped(&self) -> bool {
         true
+    }
+
+    /// Keeps credbroker's token alive while the instance exists (the loop holds a weak ref).
+    /// Not at build: building for `check-config` must not log in (an AppRole secret_id can
+    /// have a limited number of uses).
+    fn start(&self) {
+        use std::sync::atomic::Ordering;
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&self.inner);
+            rt.spawn(async move {
+                loop {
+                    let Some(inner) = weak.upgrade() else { return };
+                    let wait = inner.token.maintain(&inner.client).await;
+                    drop(inner);
+                    tokio::time::sleep(wait).await;
+                }
+            });
+        }
     }
 
     fn check_grant(&self, params: &Params) -> Result<(), Vec<ParamError>> {
