@@ -93,6 +93,26 @@ enum Cmd {
         #[arg(long, default_value = "target/bench-data")]
         dir: PathBuf,
     },
+    /// A minimal MCP server answering every `tools/call` at once: the gateway benchmark's
+    /// upstream. Runs until killed.
+    McpUpstream {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+    },
+    /// `tools/call` over Streamable HTTP at a fixed concurrency: against the upstream directly,
+    /// and through `credbroker gateway` (with --token-file), for the gateway's added latency.
+    Mcp {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        #[arg(long, default_value = "2s")]
+        warmup: String,
+    },
     /// OpenBao: token create + revoke-accessor cycles (its closest equivalent of a task).
     Openbao {
         #[arg(long)]
@@ -114,6 +134,7 @@ fn dur(s: &str) -> Duration {
 
 #[path = "../audit_fixture.rs"]
 mod audit_fixture;
+mod mcp;
 
 fn main() {
     let cli = Cli::parse();
@@ -167,6 +188,14 @@ async fn run(cmd: Cmd) -> serde_json::Value {
             duration,
             warmup,
         } => openbao(addr, token_file, concurrency, dur(&duration), dur(&warmup)).await,
+        Cmd::McpUpstream { listen } => mcp::upstream(listen).await,
+        Cmd::Mcp {
+            url,
+            token_file,
+            concurrency,
+            duration,
+            warmup,
+        } => mcp::load(url, token_file, concurrency, dur(&duration), dur(&warmup)).await,
         Cmd::Audit { .. } => unreachable!("handled in main"),
     }
 }

@@ -2,7 +2,7 @@
 //! Every refusal is answered here and nothing refused reaches the upstream.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use http_body_util::BodyExt;
 use hyper::body::{Bytes, Incoming};
@@ -13,6 +13,7 @@ use super::challenge::{self, WELL_KNOWN};
 use super::message::{self, Need};
 use super::proxy;
 use super::reply::{self, Body};
+use super::sessions::{Principal, Refusal, Sessions};
 use crate::config::gateway::GatewayConfig;
 use crate::token::{Rejection, Verified, Verifier};
 
@@ -23,6 +24,7 @@ pub struct Gateway {
     pub cfg: GatewayConfig,
     pub verifier: Arc<Verifier>,
     pub upstream: proxy::Upstream,
+    pub(super) sessions: Sessions,
 }
 
 impl Gateway {
@@ -108,10 +110,15 @@ impl Gateway {
         if let Err(refused) = self.authorize(&verified, &msg) {
             return *refused;
         }
+        let who = principal(&verified);
+        if let Err(refused) = self.check_session(&parts.headers, &who, &msg.id) {
+            return *refused;
+        }
         let keep =
             |name: &str| message::may_call(&self.cfg, name, |s| verified.claims.has_scope(s));
         let list = msg.method.as_deref() == Some("tools/list");
         self.forward(
+            &who,
             parts.method,
             &parts.headers,
             body,
@@ -123,10 +130,15 @@ impl Gateway {
 
     async fn other(&self, req: Request<Incoming>) -> Response<Body> {
         let (parts, _) = req.into_parts();
-        if let Err(refused) = self.authenticate(&parts, None).await {
+        let who = match self.authenticate(&parts, None).await {
+            Ok(v) => principal(&v),
+            Err(refused) => return *refused,
+        };
+        if let Err(refused) = self.check_session(&parts.headers, &who, &Value::Null) {
             return *refused;
         }
         self.forward(
+            &who,
             parts.method,
             &parts.headers,
             Bytes::new(),
@@ -270,8 +282,39 @@ impl Gateway {
         }
     }
 
+    /// A request in a session must come from whoever opened it.
+    fn check_session(
+        &self,
+        headers: &hyper::HeaderMap,
+        who: &Principal,
+        id: &Value,
+    ) -> Result<(), Refused> {
+        let Some(session) = headers.get(SESSION).and_then(|v| v.to_str().ok()) else {
+            return Ok(());
+        };
+        match self.sessions.check(session, who, Instant::now()) {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                if why == Refusal::NotYours {
+                    // Not the id itself: whoever holds it may use it.
+                    tracing::warn!(gateway = %self.cfg.name, subject = %who.subject,
+                        client_id = %who.client_id, "a session opened by another principal was presented");
+                }
+                // The same answer either way: whether a session exists is not for others to learn.
+                Err(Box::new(reply::error(
+                    StatusCode::NOT_FOUND,
+                    id.clone(),
+                    -32001,
+                    "session_unknown",
+                    "no such session: start a new one with initialize",
+                )))
+            }
+        }
+    }
+
     async fn forward(
         &self,
+        who: &Principal,
         method: Method,
         headers: &hyper::HeaderMap,
         body: Bytes,
@@ -279,6 +322,11 @@ impl Gateway {
         keep: Option<&(dyn Fn(&str) -> bool + Sync)>,
     ) -> Response<Body> {
         let call_id = uuid::Uuid::now_v7().to_string();
+        let asked = headers
+            .get(SESSION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let ending = method == Method::DELETE;
         let Some(req) = proxy::request(
             &self.cfg.upstream,
             method,
@@ -295,7 +343,17 @@ impl Gateway {
         let sent =
             tokio::time::timeout(self.cfg.upstream_timeout, self.upstream.request(req)).await;
         match sent {
-            Ok(Ok(resp)) => proxy::answer(resp, keep).await,
+            Ok(Ok(resp)) => {
+                let opened = resp.headers().get(SESSION).and_then(|v| v.to_str().ok());
+                match (&asked, opened) {
+                    (None, Some(new)) => self.sessions.bind(new, who, Instant::now()),
+                    (Some(old), _) if ending && resp.status().is_success() => {
+                        self.sessions.end(old)
+                    }
+                    _ => {}
+                }
+                proxy::answer(resp, keep).await
+            }
             Ok(Err(e)) => {
                 tracing::warn!(gateway = %self.cfg.name, error = %e, "upstream unreachable");
                 reply::error(
@@ -335,6 +393,16 @@ async fn read_body(mut body: Incoming, max: usize) -> Option<Bytes> {
         }
     }
     (seen <= max).then(|| Bytes::from(kept))
+}
+
+const SESSION: &str = "mcp-session-id";
+
+fn principal(v: &Verified) -> Principal {
+    Principal {
+        issuer: v.claims.issuer.clone(),
+        subject: v.claims.subject.clone(),
+        client_id: v.claims.client_id.clone(),
+    }
 }
 
 fn status(code: StatusCode, message: &str) -> Response<Body> {

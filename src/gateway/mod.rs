@@ -8,6 +8,7 @@ mod handler;
 pub mod message;
 mod proxy;
 mod reply;
+mod sessions;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub async fn run(file: GatewayFile) -> anyhow::Result<()> {
             cfg,
             verifier: Arc::clone(&verifier),
             upstream: upstream.clone(),
+            // A day idle, and at most 100,000 open: past that the least recently used goes.
+            sessions: sessions::Sessions::new(100_000, Duration::from_secs(86_400)),
         });
         servers.spawn(serve(listener, gw));
     }

@@ -19,8 +19,11 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(NakedMcp::start().await).await
+}
+
+async fn setup_with(upstream: NakedMcp) -> Setup {
     let auth = AuthServer::start();
-    let upstream = NakedMcp::start().await;
     let gateway = GatewayProc::start(
         &auth.issuer,
         &format!(
@@ -387,4 +390,86 @@ async fn bad_input_is_refused_with_a_clear_error_and_nothing_is_forwarded() {
         "bad input reached the upstream: {:?}",
         s.upstream.requests()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_2025_11_25_session_belongs_to_whoever_opened_it() {
+    let s = setup_with(NakedMcp::start_stateful().await).await;
+    let alice = s.auth.token("agent-1", POSTGRES, PG_READ).await;
+    let mallory = s.auth.token("agent-7", POSTGRES, PG_READ).await;
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "gateway-test", "version": "1"}}});
+    let resp = s
+        .post(Some(&alice), &init)
+        .send()
+        .await
+        .expect("initialize should answer");
+    assert_eq!(resp.status(), 200);
+    let session = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("the upstream should open a session")
+        .to_string();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let r = s
+        .post(Some(&alice), &initialized)
+        .header("mcp-session-id", &session)
+        .send()
+        .await;
+    assert_eq!(r.map(|r| r.status().as_u16()).ok(), Some(202));
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let (status, msgs) = answer(
+        s.post(Some(&alice), &list)
+            .header("mcp-session-id", &session),
+    )
+    .await;
+    assert_eq!(status, 200, "{msgs:?}");
+
+    // Another principal with the same session id: refused as if it did not exist, and the
+    // upstream never sees it.
+    let before = s.upstream.requests().len();
+    let (status, _, reason, _) = refusal(
+        s.post(Some(&mallory), &list)
+            .header("mcp-session-id", &session),
+    )
+    .await;
+    assert_eq!((status, reason.as_str()), (404, "session_unknown"));
+    let (status, _, reason, _) = refusal(
+        s.post(Some(&alice), &list)
+            .header("mcp-session-id", "made-up"),
+    )
+    .await;
+    assert_eq!((status, reason.as_str()), (404, "session_unknown"));
+    let r = s
+        .http
+        .delete(s.mcp())
+        .bearer_auth(&mallory)
+        .header("mcp-session-id", &session)
+        .send()
+        .await;
+    assert_eq!(r.map(|r| r.status().as_u16()).ok(), Some(404));
+    assert_eq!(
+        s.upstream.requests().len(),
+        before,
+        "{:?}",
+        s.upstream.requests()
+    );
+
+    // Its opener ends it; then it is gone for everyone.
+    let r = s
+        .http
+        .delete(s.mcp())
+        .bearer_auth(&alice)
+        .header("mcp-session-id", &session)
+        .send()
+        .await;
+    assert!(r.is_ok_and(|r| r.status().is_success()));
+    let (status, _, _, _) = refusal(
+        s.post(Some(&alice), &list)
+            .header("mcp-session-id", &session),
+    )
+    .await;
+    assert_eq!(status, 404);
 }

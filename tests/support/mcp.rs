@@ -45,7 +45,17 @@ pub struct NakedMcp {
 }
 
 impl NakedMcp {
+    /// Stateless (2026-07-28).
     pub async fn start() -> Self {
+        Self::start_mode(&[]).await
+    }
+
+    /// With 2025-11-25 sessions.
+    pub async fn start_stateful() -> Self {
+        Self::start_mode(&["stateful"]).await
+    }
+
+    async fn start_mode(mode: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir for the MCP server should be created");
         let log = dir.path().join("requests.jsonl");
         let port = free_port();
@@ -53,6 +63,7 @@ impl NakedMcp {
             .arg(repo().join("tests/support/mcp/naked_server.py"))
             .arg(port.to_string())
             .arg(&log)
+            .args(mode)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -4,7 +4,9 @@ too many are deployed: the upstream the tests put credbroker's gateway in front 
 Every request it receives is appended to the log file (argv[2]) as one JSON line, so a test can
 prove what reached it and what did not.
 
-    naked_server.py PORT LOG
+    naked_server.py PORT LOG [stateful]
+
+Stateless by default (2026-07-28); `stateful` keeps 2025-11-25 sessions (`Mcp-Session-Id`).
 """
 
 import asyncio
@@ -43,7 +45,7 @@ async def stream(ticks: int, ctx: Context) -> str:
     return "done"
 
 
-inner = mcp.streamable_http_app(stateless_http=True)
+inner = mcp.streamable_http_app(stateless_http=sys.argv[3:] != ["stateful"])
 
 
 async def app(scope, receive, send):

@@ -1,0 +1,144 @@
+//! The gateway's added latency: a minimal MCP upstream (fixed answers, so the gateway's own
+//! cost is what differs) and a `tools/call` load, run against the upstream directly and through
+//! `credbroker gateway`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::json;
+
+use super::{Hist, merge};
+
+/// Answers every POST with a `tools/call` result, over HTTP/1.1 keep-alive.
+pub(crate) async fn upstream(listen: SocketAddr) -> serde_json::Value {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .expect("the upstream should bind");
+    eprintln!(
+        "listening on {}",
+        listener.local_addr().expect("a local address")
+    );
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                |req: hyper::Request<hyper::body::Incoming>| async move {
+                    let body = req
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    let id = serde_json::from_slice::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v.get("id").cloned())
+                        .unwrap_or(json!(null));
+                    let answer = json!({"jsonrpc": "2.0", "id": id,
+                    "result": {"content": [{"type": "text", "text": "3 rows"}], "isError": false}});
+                    let mut resp = hyper::Response::new(Full::new(Bytes::from(answer.to_string())));
+                    resp.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, Infallible>(resp)
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// `tools/call` requests from `concurrency` workers for `duration` (after `warmup`).
+pub(crate) async fn load(
+    url: String,
+    token_file: Option<PathBuf>,
+    concurrency: usize,
+    duration: Duration,
+    warmup: Duration,
+) -> serde_json::Value {
+    let token = token_file.map(|f| {
+        std::fs::read_to_string(f)
+            .expect("the token file should be readable")
+            .trim()
+            .to_string()
+    });
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .no_proxy()
+        .build()
+        .expect("the HTTP client should build");
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "query", "arguments": {"sql": "select 1"}}})
+    .to_string();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (http, url, token, body) = (http.clone(), url.clone(), token.clone(), body.clone());
+        let (stop, measuring, errors) = (
+            Arc::clone(&stop),
+            Arc::clone(&measuring),
+            Arc::clone(&errors),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut h = Hist::default();
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                let mut req = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json, text/event-stream")
+                    .header("mcp-method", "tools/call")
+                    .header("mcp-name", "query")
+                    .body(body.clone());
+                if let Some(t) = &token {
+                    req = req.bearer_auth(t);
+                }
+                let ok = match req.send().await {
+                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                    _ => false,
+                };
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                } else if measuring.load(Ordering::Relaxed) {
+                    h.add(t0.elapsed());
+                }
+            }
+            h
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Hist::default();
+    for w in workers {
+        if let Ok(h) = w.await {
+            all.merge(h);
+        }
+    }
+    let calls = all.0.len();
+    let mut out = json!({
+        "concurrency": concurrency,
+        "calls": calls,
+        "calls_per_s": (calls as f64 / elapsed.as_secs_f64()).round(),
+        "errors": errors.load(Ordering::Relaxed),
+    });
+    merge(&mut out, all.summary("call"));
+    out
+}

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The gateway's added latency (BENCHMARKS.md): tools/call against a minimal MCP upstream
+# directly, then through `credbroker gateway`, at concurrency 1 and 32. Also run by bench.sh.
+#
+#   scripts/bench-gateway.sh          DURATION=5s scripts/bench-gateway.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+scripts/deps.sh > /dev/null
+cargo build --release --quiet --features testd --bin credbroker-testd --bin credbroker-bench
+CB="$ROOT/target/release/credbroker-testd"
+LOAD="$ROOT/target/release/credbroker-bench"
+W=$(mktemp -d /var/tmp/credbroker-bench-gw.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open"; exit 1; }
+
+ASP=$(port); ISSUER="http://127.0.0.1:$ASP"; RES="https://mcp.example.test/bench"
+cat > "$W/as.json" <<JSON
+{ "issuer": "$ISSUER", "keys": $(cat tests/fixtures/keys/keys.json),
+  "clients": [ { "client_id": "bench-agent", "client_secret": "bench", "scope": "mcp.tool:bench" } ],
+  "resources": { "$RES": { "alg": "ES256", "ttl": 7200, "scope": "mcp.tool:bench" } } }
+JSON
+node tests/support/oidc/server.mjs "$W/as.json" > "$W/as.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 100); do grep -q READY "$W/as.log" && break; sleep 0.1; done
+curl -sf -u bench-agent:bench "$ISSUER/token" -d grant_type=client_credentials \
+  --data-urlencode "resource=$RES" --data-urlencode "scope=mcp.tool:bench" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' > "$W/token"
+
+UP=$(port); GW=$(port)
+"$LOAD" mcp-upstream --listen "127.0.0.1:$UP" 2> "$W/upstream.log" & PIDS+=($!)
+cat > "$W/gateway.toml" <<TOML
+[[issuer]]
+url = "$ISSUER"
+[[gateway]]
+name = "bench"
+listen = "127.0.0.1:$GW"
+resource = "$RES"
+upstream = "http://127.0.0.1:$UP/mcp"
+[gateway.tools]
+query = ["mcp.tool:bench"]
+TOML
+"$CB" --log-level warn gateway --config "$W/gateway.toml" > "$W/gateway.log" 2>&1 & PIDS+=($!)
+wait_port "$UP"; wait_port "$GW"
+
+echo '{' > "$W/results.json"
+for c in 1 32; do
+  D=$("$LOAD" --json mcp --url "http://127.0.0.1:$UP/mcp" --concurrency "$c" --duration "$DURATION" --warmup "$WARMUP")
+  G=$("$LOAD" --json mcp --url "http://127.0.0.1:$GW/bench" --token-file "$W/token" --concurrency "$c" --duration "$DURATION" --warmup "$WARMUP")
+  echo "c=$c direct:  $D"
+  echo "c=$c gateway: $G"
+  python3 - "$c" "$D" "$G" <<'PY'
+import json, sys
+c, d, g = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+assert d["errors"] == 0 and g["errors"] == 0, (d, g)
+for p in ("p50", "p99"):
+    print(f"c={c} added {p}: {g[f'call_{p}_ms'] - d[f'call_{p}_ms']:.3f} ms "
+          f"(direct {d[f'call_{p}_ms']:.3f}, gateway {g[f'call_{p}_ms']:.3f})")
+PY
+done
