@@ -20,20 +20,9 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 did not open"; exit 1; }
 
-ASP=$(port); ISSUER="http://127.0.0.1:$ASP"; RES="https://mcp.example.test/bench"
-cat > "$W/as.json" <<JSON
-{ "issuer": "$ISSUER", "keys": $(cat tests/fixtures/keys/keys.json),
-  "clients": [ { "client_id": "bench-agent", "client_secret": "bench", "scope": "mcp.tool:bench" } ],
-  "resources": { "$RES": { "alg": "ES256", "ttl": 7200, "scope": "mcp.tool:bench" } } }
-JSON
-node tests/support/oidc/server.mjs "$W/as.json" > "$W/as.log" 2>&1 & PIDS+=($!)
-for _ in $(seq 100); do grep -q READY "$W/as.log" && break; sleep 0.1; done
-curl -sf -u bench-agent:bench "$ISSUER/token" -d grant_type=client_credentials \
-  --data-urlencode "resource=$RES" --data-urlencode "scope=mcp.tool:bench" |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' > "$W/token"
+. scripts/bench-auth.sh   # $ISSUER, $RES and $W/token
 
 UP=$(port); GW=$(port)
 "$LOAD" mcp-upstream --listen "127.0.0.1:$UP" 2> "$W/upstream.log" & PIDS+=($!)

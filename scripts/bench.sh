@@ -31,7 +31,6 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 RESULTS="$OUT/results.json"
 echo "{}" > "$RESULTS"
@@ -44,17 +43,7 @@ PY
 }
 
 # --- authorization server and a real token -------------------------------------------------
-ASP=$(port); ISSUER="http://127.0.0.1:$ASP"; RES="https://mcp.example.test/bench"
-cat > "$W/as.json" <<JSON
-{ "issuer": "$ISSUER", "keys": $(cat tests/fixtures/keys/keys.json),
-  "clients": [ { "client_id": "bench-agent", "client_secret": "bench", "scope": "mcp.tool:bench" } ],
-  "resources": { "$RES": { "alg": "ES256", "ttl": 7200, "scope": "mcp.tool:bench" } } }
-JSON
-node tests/support/oidc/server.mjs "$W/as.json" > "$W/as.log" 2>&1 & PIDS+=($!)
-for _ in $(seq 100); do grep -q READY "$W/as.log" && break; sleep 0.1; done
-curl -sf -u bench-agent:bench "$ISSUER/token" -d grant_type=client_credentials \
-  --data-urlencode "resource=$RES" --data-urlencode "scope=mcp.tool:bench" |
-  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])' > "$W/token"
+. scripts/bench-auth.sh   # $ISSUER, $RES and $W/token
 
 # --- credbroker ------------------------------------------------------------------------------
 (umask 077 && "$CB" keygen > "$W/journal.key")
@@ -150,6 +139,9 @@ curl -sf -X PUT -d "{\"key\":\"$KEY\"}" "$A/sys/unseal" > /dev/null
 until [ "$(curl -s -o /dev/null -w '%{http_code}' "$A/sys/health")" = 200 ]; do sleep 0.05; done
 say "OpenBao (raft): token create + revoke, concurrency 32"
 R=$("$LOAD" --json openbao --addr "http://127.0.0.1:$BP" --token-file "$W/bao/token" --concurrency 32 --duration "$DURATION" --warmup "$WARMUP"); echo "$R"; record openbao_c32 "$R"
+
+say "gateway: tools/call added latency (scripts/bench-gateway.sh)"
+DURATION="$DURATION" WARMUP="$WARMUP" scripts/bench-gateway.sh
 
 say "summary"
 python3 - "$RESULTS" <<'PY'

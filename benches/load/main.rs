@@ -358,6 +358,31 @@ impl Hist {
     }
 }
 
+/// Lets `workers` (each looping until `stop`, recording while `measuring`) warm up, measures
+/// for `duration`, stops them, and returns their latencies merged and the window's length.
+async fn window(
+    workers: Vec<tokio::task::JoinHandle<Hist>>,
+    stop: &AtomicBool,
+    measuring: &AtomicBool,
+    warmup: Duration,
+    duration: Duration,
+) -> (Hist, Duration) {
+    tokio::time::sleep(warmup).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Hist::default();
+    for w in workers {
+        if let Ok(h) = w.await {
+            all.merge(h);
+        }
+    }
+    (all, elapsed)
+}
+
 fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
     if let (Some(a), Some(b)) = (into.as_object_mut(), from.as_object()) {
         a.extend(b.clone());
@@ -628,19 +653,7 @@ async fn openbao(
             cyc
         }));
     }
-    tokio::time::sleep(warmup).await;
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(duration).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let mut cyc = Hist::default();
-    for w in workers {
-        if let Ok(c) = w.await {
-            cyc.merge(c);
-        }
-    }
+    let (mut cyc, elapsed) = window(workers, &stop, &measuring, warmup, duration).await;
     let cycles = cyc.0.len();
     let mut out = json!({
         "concurrency": concurrency,

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::json;
 
-use super::{Hist, merge};
+use super::{Hist, merge, window};
 
 /// Answers every POST with a `tools/call` result, over HTTP/1.1 keep-alive.
 pub(crate) async fn upstream(listen: SocketAddr) -> serde_json::Value {
@@ -119,19 +119,7 @@ pub(crate) async fn load(
             h
         }));
     }
-    tokio::time::sleep(warmup).await;
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(duration).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    let mut all = Hist::default();
-    for w in workers {
-        if let Ok(h) = w.await {
-            all.merge(h);
-        }
-    }
+    let (mut all, elapsed) = window(workers, &stop, &measuring, warmup, duration).await;
     let calls = all.0.len();
     let mut out = json!({
         "concurrency": concurrency,
