@@ -24,6 +24,7 @@ mod admin;
 mod audit;
 mod check;
 mod output;
+mod probe;
 mod progress;
 mod task;
 mod token;
@@ -100,6 +101,10 @@ enum Command {
     },
     /// Who got which credential: owner → agent → token → task → leases (table, JSON or DOT).
     Lineage(audit::LineageArgs),
+    /// Finds naked and half-protected MCP servers: answers without a token, a 401 that leads
+    /// nowhere, authorization servers unfit for MCP, tokens accepted that must be refused.
+    /// Exit 2 when anything is critical.
+    Probe(probe::ProbeArgs),
     /// The MCP gateway: an OAuth 2.1 resource server in front of each `[[gateway]]`'s MCP
     /// server (its own file; it holds no provider credential or key).
     Gateway {
@@ -150,6 +155,7 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
             Ok(file) => crate::gateway::run(file).await.map(|()| ExitCode::SUCCESS),
             Err(e) => Err(e.into()),
         },
+        Command::Probe(args) => probe::run(args).await,
         Command::Token { command } => token::run(command).await,
         Command::Task { command } => task::run(command).await,
         Command::Tasks { command } => admin::run(command).await,

@@ -19,6 +19,7 @@ mod github;
 mod keys;
 mod lifecycle;
 mod operations;
+mod probe;
 mod quickstart;
 mod rejections;
 mod scopes;

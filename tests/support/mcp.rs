@@ -104,8 +104,11 @@ pub struct GatewayProc {
 impl GatewayProc {
     /// `credbroker gateway` with this `[[gateway]]` body (listen is added).
     pub async fn start(issuer: &str, gateway: &str) -> Self {
+        Self::start_on(free_port(), issuer, gateway).await
+    }
+
+    pub async fn start_on(port: u16, issuer: &str, gateway: &str) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir for the gateway should be created");
-        let port = free_port();
         let config = dir.path().join("gateway.toml");
         std::fs::write(
             &config,
@@ -132,6 +135,39 @@ impl GatewayProc {
 }
 
 impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A server that checks that a bearer token is present and nothing else about it (not even its
+/// audience): the confused deputy `credbroker probe` must find.
+pub struct AnyAudience {
+    pub url: String,
+    child: Child,
+}
+
+impl AnyAudience {
+    pub async fn start(issuer: &str) -> Self {
+        let port = free_port();
+        let child = Command::new(python())
+            .arg(repo().join("tests/support/mcp/any_audience.py"))
+            .arg(port.to_string())
+            .arg(issuer)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the any-audience server should start");
+        wait_for_port(port, "the any-audience server").await;
+        Self {
+            url: format!("http://127.0.0.1:{port}/mcp"),
+            child,
+        }
+    }
+}
+
+impl Drop for AnyAudience {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

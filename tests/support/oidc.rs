@@ -69,6 +69,8 @@ pub struct Options {
     pub port: Option<u16>,
     /// Access token lifetime in seconds, for every resource.
     pub ttl: u64,
+    /// Resources (audiences) beyond the three fixed ones, e.g. a gateway on a loopback port.
+    pub resources: Vec<String>,
 }
 
 impl Default for Options {
@@ -79,6 +81,7 @@ impl Default for Options {
             key_sets: vec!["keys"],
             port: None,
             ttl: 300,
+            resources: Vec::new(),
         }
     }
 }
@@ -124,6 +127,14 @@ impl AuthServer {
         let metadata = opts.metadata;
         let dir = tempfile::tempdir().expect("a temp dir for the auth server should be created");
         let all = "mcp.tool:postgres.read mcp.tool:postgres.write mcp.tool:s3.read mcp.tool:github.create_issue";
+        let mut resources = json!({
+            POSTGRES: { "alg": "ES256", "ttl": ttl, "scope": all },
+            S3: { "alg": "RS256", "ttl": ttl, "scope": all },
+            GITHUB: { "alg": "EdDSA", "ttl": ttl, "scope": all },
+        });
+        for r in &opts.resources {
+            resources[r] = json!({ "alg": "ES256", "ttl": ttl, "scope": all });
+        }
         let config = json!({
             "issuer": issuer,
             "keys": keys,
@@ -132,11 +143,7 @@ impl AuthServer {
                 "client_id": c.id, "client_secret": secret(c.id), "scope": c.scope, "extra_claims": c.extra,
                 "may_act_for": c.may_act_for,
             })).collect::<Vec<_>>(),
-            "resources": {
-                POSTGRES: { "alg": "ES256", "ttl": ttl, "scope": all },
-                S3: { "alg": "RS256", "ttl": ttl, "scope": all },
-                GITHUB: { "alg": "EdDSA", "ttl": ttl, "scope": all },
-            },
+            "resources": resources,
         });
         let path = dir.path().join("as.json");
         std::fs::write(&path, config.to_string())
