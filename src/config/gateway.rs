@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{Attribution, ConfigError, ConfigErrors, IssuerConfig, TokenSettings, validate};
@@ -51,6 +51,15 @@ pub struct GatewayConfig {
     pub forward_token: bool,
     pub max_body_bytes: usize,
     pub upstream_timeout: Duration,
+    /// Served over TLS with these PEM files (re-read on SIGHUP); plain HTTP otherwise.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Methods whose decision is the `methods` table's; every other method needs only a valid

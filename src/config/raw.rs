@@ -192,6 +192,8 @@ pub(super) struct RawGateway {
     pub(super) forward_token: Option<bool>,
     #[serde(default)]
     pub(super) allow_plain_http: bool,
+    pub(super) tls_cert_file: Option<PathBuf>,
+    pub(super) tls_key_file: Option<PathBuf>,
     pub(super) max_body_bytes: Option<usize>,
     pub(super) upstream_timeout: Option<String>,
 }

@@ -146,6 +146,8 @@ const GATEWAY: &[Field] = &[
     opt("default", Kind::Str),
     opt("forward_token", Kind::Bool),
     opt("allow_plain_http", Kind::Bool),
+    opt("tls_cert_file", Kind::Str),
+    opt("tls_key_file", Kind::Str),
     opt("max_body_bytes", COUNT),
     opt("upstream_timeout", Kind::Str),
 ];

@@ -9,6 +9,7 @@ pub mod message;
 mod proxy;
 mod reply;
 mod sessions;
+mod tls;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -32,7 +33,19 @@ pub async fn run(file: GatewayFile) -> anyhow::Result<()> {
     let _refresh = verifier.spawn_refresh();
     let upstream = proxy::client();
     let mut servers = tokio::task::JoinSet::new();
+    let mut certificates = Vec::new();
     for cfg in file.gateways {
+        let tls = match cfg.tls.clone() {
+            Some(files) => {
+                Some(Arc::new(tls::Tls::load(files).map_err(|e| {
+                    anyhow::anyhow!("gateway {}: TLS: {e}", cfg.name)
+                })?))
+            }
+            None => None,
+        };
+        if let Some(t) = &tls {
+            certificates.push((cfg.name.clone(), Arc::clone(t)));
+        }
         let listener = TcpListener::bind(cfg.listen).await.map_err(|e| {
             anyhow::anyhow!("gateway {}: cannot listen on {}: {e}", cfg.name, cfg.listen)
         })?;
@@ -44,19 +57,30 @@ pub async fn run(file: GatewayFile) -> anyhow::Result<()> {
             // A day idle, and at most 100,000 open: past that the least recently used goes.
             sessions: sessions::Sessions::new(100_000, Duration::from_secs(86_400)),
         });
-        servers.spawn(serve(listener, gw));
+        servers.spawn(serve(listener, gw, tls));
     }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-        Some(_) = servers.join_next() => {}
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            Some(_) = servers.join_next() => break,
+            _ = hup.recv() => {
+                for (name, t) in &certificates {
+                    match t.reload() {
+                        Ok(()) => tracing::info!(gateway = %name, cert = %t.files.cert.display(), "TLS certificate reloaded"),
+                        Err(e) => tracing::error!(gateway = %name, error = %e, "TLS reload failed; the current certificate stays"),
+                    }
+                }
+            }
+        }
     }
     tracing::info!("gateway stopping");
     Ok(())
 }
 
-async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
+async fn serve(listener: TcpListener, gw: Arc<Gateway>, tls: Option<Arc<tls::Tls>>) {
     loop {
         let (stream, _peer) = match listener.accept().await {
             Ok(a) => a,
@@ -68,6 +92,7 @@ async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
         };
         let _ = stream.set_nodelay(true);
         let gw = Arc::clone(&gw);
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let gw = Arc::clone(&gw);
@@ -75,12 +100,22 @@ async fn serve(listener: TcpListener, gw: Arc<Gateway>) {
             });
             // Headers are bounded by the read buffer (over it: 431); a client that sends
             // its headers slowly is cut off.
-            let conn = hyper::server::conn::http1::Builder::new()
-                .max_buf_size(16 * 1024)
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.max_buf_size(16 * 1024)
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
+                .header_read_timeout(Duration::from_secs(10));
+            let served = match acceptor {
+                None => http.serve_connection(TokioIo::new(stream), service).await,
+                // A handshake that does not finish in 10 s is dropped, like slow headers.
+                Some(a) => {
+                    match tokio::time::timeout(Duration::from_secs(10), a.accept(stream)).await {
+                        Ok(Ok(tls)) => http.serve_connection(TokioIo::new(tls), service).await,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "gateway connection ended");
             }
         });

@@ -473,3 +473,100 @@ async fn a_2025_11_25_session_belongs_to_whoever_opened_it() {
     .await;
     assert_eq!(status, 404);
 }
+
+fn tls_client(ca: &str) -> reqwest::Client {
+    let pem = std::fs::read(crate::support::repo().join("tests/fixtures/tls").join(ca))
+        .expect("the test CA should be readable");
+    reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([reqwest::Certificate::from_pem(&pem).expect("a PEM CA")])
+        .build()
+        .expect("the TLS client should build")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_serves_tls_and_a_renewed_certificate_after_sighup() {
+    let auth = AuthServer::start();
+    let upstream = NakedMcp::start().await;
+    let dir = tempfile::tempdir().expect("a temp dir for the certificate should be created");
+    let fixture = |f: &str| {
+        std::fs::read(crate::support::repo().join("tests/fixtures/tls").join(f))
+            .expect("a TLS fixture should be readable")
+    };
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let install = |n: u8| {
+        std::fs::write(&cert, fixture(&format!("server{n}.pem")))
+            .expect("the cert should be written");
+        crate::support::write_secret(&key, fixture(&format!("server{n}.key")))
+            .expect("the key should be written");
+    };
+    install(1);
+    let gateway = GatewayProc::start(
+        &auth.issuer,
+        &format!(
+            "name = \"orders\"\nresource = \"{POSTGRES}\"\nupstream = \"{}\"\n\
+             tls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            upstream.url,
+            cert.display(),
+            key.display()
+        ),
+    )
+    .await;
+    let https = gateway.base.replace("http://", "https://");
+    let metadata = format!("{https}/.well-known/oauth-protected-resource");
+    let fetch = |ca: &'static str| {
+        let url = metadata.clone();
+        async move {
+            // A new client each time: a new connection, so the current certificate.
+            tls_client(ca)
+                .get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    };
+    assert_eq!(fetch("ca1.pem").await.ok(), Some(200));
+    assert!(
+        fetch("ca2.pem").await.is_err(),
+        "a certificate from the other CA was accepted"
+    );
+    let plain = reqwest::Client::new()
+        .get(format!(
+            "{}/.well-known/oauth-protected-resource",
+            gateway.base
+        ))
+        .send()
+        .await;
+    assert!(
+        !plain.is_ok_and(|r| r.status().is_success()),
+        "plain HTTP was served on the TLS port"
+    );
+
+    // Renewed on disk, then SIGHUP: new connections get the new certificate.
+    install(2);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gateway.pid()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP should be sent");
+    crate::support::eventually(
+        Duration::from_secs(10),
+        "the renewed certificate is served",
+        || async { fetch("ca2.pem").await.ok() == Some(200) },
+    )
+    .await;
+    assert!(
+        fetch("ca1.pem").await.is_err(),
+        "the old certificate is still served"
+    );
+
+    // A broken key on disk: the reload fails and the current certificate stays.
+    std::fs::write(&key, "not a key").expect("the key should be overwritten");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gateway.pid()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("SIGHUP should be sent");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fetch("ca2.pem").await.ok(), Some(200));
+}

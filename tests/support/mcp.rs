@@ -134,6 +134,12 @@ impl GatewayProc {
     }
 }
 
+impl GatewayProc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
 impl Drop for GatewayProc {
     fn drop(&mut self) {
         let _ = self.child.kill();

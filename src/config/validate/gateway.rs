@@ -2,8 +2,9 @@
 
 use std::net::SocketAddr;
 
-use super::super::gateway::{GUARDED_METHODS, GatewayConfig, GatewayFile, Unnamed};
+use super::super::gateway::{GUARDED_METHODS, GatewayConfig, GatewayFile, TlsFiles, Unnamed};
 use super::super::raw::{RawGateway, RawGatewayFile};
+use super::sections::check_path;
 use super::*;
 
 const DEFAULT_MAX_BODY: usize = 4 << 20;
@@ -63,13 +64,25 @@ fn gateway(p: &mut Problems, raw: RawGateway, issuers: &[&str]) -> Option<Gatewa
     {
         p.at(at("name"), "must be letters, digits, - and _");
     }
+    let tls = match (raw.tls_cert_file, raw.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            check_path(p, &at("tls_cert_file"), &cert);
+            check_path(p, &at("tls_key_file"), &key);
+            Some(TlsFiles { cert, key })
+        }
+        (None, None) => None,
+        _ => {
+            p.at(&path, "tls_cert_file and tls_key_file go together");
+            None
+        }
+    };
     let listen = match raw.listen.parse::<SocketAddr>() {
-        Ok(a) if !a.ip().is_loopback() && !raw.allow_plain_http => {
+        Ok(a) if !a.ip().is_loopback() && !raw.allow_plain_http && tls.is_none() => {
             p.at(
                 at("listen"),
-                "plain HTTP off loopback sends tokens in clear: listen on loopback behind a \
-                 TLS-terminating proxy, or set allow_plain_http = true if that proxy is on \
-                 another address",
+                "plain HTTP off loopback sends tokens in clear: give tls_cert_file and \
+                 tls_key_file, or listen on loopback behind a TLS-terminating proxy (or set \
+                 allow_plain_http = true if that proxy is on another address)",
             );
             Some(a)
         }
@@ -168,6 +181,7 @@ fn gateway(p: &mut Problems, raw: RawGateway, issuers: &[&str]) -> Option<Gatewa
         forward_token: raw.forward_token.unwrap_or(true),
         max_body_bytes,
         upstream_timeout,
+        tls,
     })
 }
 
@@ -276,6 +290,26 @@ mod tests {
         let open = GOOD.replace("127.0.0.1:8080", "10.0.0.5:8080");
         assert_eq!(problems(&open).len(), 1, "{:?}", problems(&open));
         assert!(problems(&format!("{open}allow_plain_http = true\n")).is_empty());
+        // TLS in the gateway: both files, absolute.
+        let tls = "tls_cert_file = \"/etc/credbroker/gw.pem\"\ntls_key_file = \"/etc/credbroker/gw.key\"\n";
+        assert!(
+            problems(&format!("{open}{tls}")).is_empty(),
+            "{:?}",
+            problems(&format!("{open}{tls}"))
+        );
+        let half = problems(&format!(
+            "{open}tls_cert_file = \"/etc/credbroker/gw.pem\"\n"
+        ));
+        assert!(half.iter().any(|l| l.contains("go together")), "{half:?}");
+        let relative = problems(&format!(
+            "{GOOD}tls_cert_file = \"gw.pem\"\ntls_key_file = \"/k\"\n"
+        ));
+        assert!(
+            relative
+                .iter()
+                .any(|l| l.contains("tls_cert_file") && l.contains("relative")),
+            "{relative:?}"
+        );
     }
 }
 
