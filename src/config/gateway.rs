@@ -53,6 +53,9 @@ pub struct GatewayConfig {
     pub upstream_timeout: Duration,
     /// Served over TLS with these PEM files (re-read on SIGHUP); plain HTTP otherwise.
     pub tls: Option<TlsFiles>,
+    /// Requests per client (per issuer), and per owner (the human a token is attributed to).
+    pub rate_limit_client: Option<Rate>,
+    pub rate_limit_owner: Option<Rate>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +63,32 @@ pub struct TlsFiles {
     /// The certificate chain, leaf first.
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+/// `n` requests per `per`, at most `n` at once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    pub n: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// `"20/s"`, `"600/m"`, `"10000/h"`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?}: expected N/s, N/m or N/h, e.g. \"600/m\"");
+        let (n, unit) = text.split_once('/').ok_or_else(bad)?;
+        let n: u32 = n.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if n == 0 {
+            return Err(format!("{text:?}: a limit of 0 refuses everything"));
+        }
+        Ok(Self { n, per })
+    }
 }
 
 /// Methods whose decision is the `methods` table's; every other method needs only a valid
@@ -85,5 +114,24 @@ impl GatewayFile {
             source: source.to_string(),
             errors,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_and_bad_ones_say_what_is_expected() {
+        assert_eq!(
+            Rate::parse("600/m"),
+            Ok(Rate {
+                n: 600,
+                per: Duration::from_secs(60)
+            })
+        );
+        for bad in ["600", "x/m", "10/d", "0/s", "-1/s"] {
+            assert!(Rate::parse(bad).is_err(), "{bad}");
+        }
     }
 }

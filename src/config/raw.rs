@@ -194,6 +194,8 @@ pub(super) struct RawGateway {
     pub(super) allow_plain_http: bool,
     pub(super) tls_cert_file: Option<PathBuf>,
     pub(super) tls_key_file: Option<PathBuf>,
+    pub(super) rate_limit_client: Option<String>,
+    pub(super) rate_limit_owner: Option<String>,
     pub(super) max_body_bytes: Option<usize>,
     pub(super) upstream_timeout: Option<String>,
 }

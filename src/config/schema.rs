@@ -148,6 +148,8 @@ const GATEWAY: &[Field] = &[
     opt("allow_plain_http", Kind::Bool),
     opt("tls_cert_file", Kind::Str),
     opt("tls_key_file", Kind::Str),
+    opt("rate_limit_client", Kind::Str),
+    opt("rate_limit_owner", Kind::Str),
     opt("max_body_bytes", COUNT),
     opt("upstream_timeout", Kind::Str),
 ];

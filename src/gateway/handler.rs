@@ -10,10 +10,12 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::Value;
 
 use super::challenge::{self, WELL_KNOWN};
+use super::limits::Limiter;
 use super::message::{self, Need};
 use super::proxy;
 use super::reply::{self, Body};
 use super::sessions::{Principal, Refusal, Sessions};
+use crate::config::Attribution;
 use crate::config::gateway::GatewayConfig;
 use crate::token::{Rejection, Verified, Verifier};
 
@@ -25,6 +27,10 @@ pub struct Gateway {
     pub verifier: Arc<Verifier>,
     pub upstream: proxy::Upstream,
     pub(super) sessions: Sessions,
+    pub(super) client_limit: Option<Limiter>,
+    pub(super) owner_limit: Option<Limiter>,
+    /// Client owners, for the per-owner limit (the same rules as the broker's).
+    pub(super) attribution: Attribution,
 }
 
 impl Gateway {
@@ -95,6 +101,11 @@ impl Gateway {
             Ok(v) => v,
             Err(refused) => return *refused,
         };
+        // Counted once the caller is known, whatever the request: refused ones cost too.
+        let id = read.as_ref().map(|m| m.id.clone()).unwrap_or(Value::Null);
+        if let Err(refused) = self.rate_limit(&verified, &id) {
+            return *refused;
+        }
         let msg = match read {
             Ok(m) => m,
             Err(bad) => {
@@ -131,7 +142,10 @@ impl Gateway {
     async fn other(&self, req: Request<Incoming>) -> Response<Body> {
         let (parts, _) = req.into_parts();
         let who = match self.authenticate(&parts, None).await {
-            Ok(v) => principal(&v),
+            Ok(v) => match self.rate_limit(&v, &Value::Null) {
+                Ok(()) => principal(&v),
+                Err(refused) => return *refused,
+            },
             Err(refused) => return *refused,
         };
         if let Err(refused) = self.check_session(&parts.headers, &who, &Value::Null) {
@@ -280,6 +294,40 @@ impl Gateway {
                 )))
             }
         }
+    }
+
+    /// One request off the caller's client and owner budgets; over either, 429 with how long
+    /// until the next request would pass.
+    fn rate_limit(&self, v: &Verified, id: &Value) -> Result<(), Refused> {
+        let now = Instant::now();
+        let c = &v.claims;
+        // The client's budget first: a request it refuses does not spend the owner's.
+        let client = self.client_limit.as_ref().map_or(Ok(()), |l| {
+            l.take(&format!("{}\n{}", c.issuer, c.client_id), now)
+        });
+        let owner = || match (
+            &self.owner_limit,
+            crate::policy::attribute(c, &self.attribution).id,
+        ) {
+            (Some(l), Some(owner)) => l.take(&format!("{}\n{owner}", c.issuer), now),
+            _ => Ok(()),
+        };
+        let (which, wait) = match client.map(|()| owner()) {
+            Err(w) => ("client", w),
+            Ok(Err(w)) => ("owner", w),
+            Ok(Ok(())) => return Ok(()),
+        };
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut r = reply::error(
+            StatusCode::TOO_MANY_REQUESTS,
+            id.clone(),
+            -32001,
+            "rate_limited",
+            &format!("over this gateway's per-{which} rate limit; retry in {secs}s"),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+        Err(Box::new(r))
     }
 
     /// A request in a session must come from whoever opened it.

@@ -5,6 +5,7 @@
 
 mod challenge;
 mod handler;
+mod limits;
 pub mod message;
 mod proxy;
 mod reply;
@@ -51,11 +52,18 @@ pub async fn run(file: GatewayFile) -> anyhow::Result<()> {
         })?;
         tracing::info!(gateway = %cfg.name, listen = %cfg.listen, resource = %cfg.resource, "gateway listening");
         let gw = Arc::new(Gateway {
-            cfg,
             verifier: Arc::clone(&verifier),
             upstream: upstream.clone(),
             // A day idle, and at most 100,000 open: past that the least recently used goes.
             sessions: sessions::Sessions::new(100_000, Duration::from_secs(86_400)),
+            client_limit: cfg
+                .rate_limit_client
+                .map(|r| limits::Limiter::new(r, 100_000)),
+            owner_limit: cfg
+                .rate_limit_owner
+                .map(|r| limits::Limiter::new(r, 100_000)),
+            attribution: file.attribution.clone(),
+            cfg,
         });
         servers.spawn(serve(listener, gw, tls));
     }

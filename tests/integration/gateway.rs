@@ -570,3 +570,65 @@ async fn the_gateway_serves_tls_and_a_renewed_certificate_after_sighup() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(fetch("ca2.pem").await.ok(), Some(200));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limits_hold_per_client_and_per_owner_with_retry_after() {
+    let auth = AuthServer::start();
+    let upstream = NakedMcp::start().await;
+    let gateway = GatewayProc::start_full(
+        crate::support::free_port(),
+        &auth.issuer,
+        // Two agents of one owner.
+        r#"clients = { "agent-1" = "alice@example.com", "agent-7" = "alice@example.com" }"#,
+        &format!(
+            "name = \"orders\"\nresource = \"{POSTGRES}\"\nupstream = \"{}\"\n\
+             rate_limit_client = \"3/m\"\nrate_limit_owner = \"5/m\"\n[gateway.tools]\nquery = [\"{PG_READ}\"]\n",
+            upstream.url
+        ),
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("a client");
+    let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string();
+    let send = |token: String| {
+        let r = http
+            .post(format!("{}/postgres", gateway.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(list.clone());
+        async move {
+            let resp = r.send().await.expect("the gateway should answer");
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            (resp.status().as_u16(), retry)
+        }
+    };
+    let one = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let seven = auth.token("agent-7", POSTGRES, PG_READ).await;
+    for _ in 0..3 {
+        assert_eq!(send(one.clone()).await.0, 200);
+    }
+    // agent-1's own budget is spent: 429, and Retry-After says when the next one passes.
+    let (status, retry) = send(one.clone()).await;
+    assert_eq!(status, 429);
+    assert!(retry.is_some_and(|s| (1..=20).contains(&s)), "{retry:?}");
+    // agent-7 has its own client budget, but shares alice's owner budget: 5 - 3 = 2 left.
+    assert_eq!(send(seven.clone()).await.0, 200);
+    assert_eq!(send(seven.clone()).await.0, 200);
+    assert_eq!(
+        send(seven.clone()).await.0,
+        429,
+        "the owner's limit holds across her agents"
+    );
+    assert_eq!(
+        upstream.requests().len(),
+        5,
+        "a limited request reached the upstream"
+    );
+}

@@ -108,12 +108,17 @@ impl GatewayProc {
     }
 
     pub async fn start_on(port: u16, issuer: &str, gateway: &str) -> Self {
+        Self::start_full(port, issuer, "", gateway).await
+    }
+
+    /// `issuer_extra` goes into the `[[issuer]]` table (client owners, say).
+    pub async fn start_full(port: u16, issuer: &str, issuer_extra: &str, gateway: &str) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir for the gateway should be created");
         let config = dir.path().join("gateway.toml");
         std::fs::write(
             &config,
             format!(
-                "[[issuer]]\nurl = \"{issuer}\"\n\n[[gateway]]\nlisten = \"127.0.0.1:{port}\"\n{gateway}\n"
+                "[[issuer]]\nurl = \"{issuer}\"\n{issuer_extra}\n\n[[gateway]]\nlisten = \"127.0.0.1:{port}\"\n{gateway}\n"
             ),
         )
         .expect("the gateway config should be written");

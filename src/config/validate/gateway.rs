@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use super::super::gateway::{GUARDED_METHODS, GatewayConfig, GatewayFile, TlsFiles, Unnamed};
+use super::super::gateway::{GUARDED_METHODS, GatewayConfig, GatewayFile, Rate, TlsFiles, Unnamed};
 use super::super::raw::{RawGateway, RawGatewayFile};
 use super::sections::check_path;
 use super::*;
@@ -167,6 +167,11 @@ fn gateway(p: &mut Problems, raw: RawGateway, issuers: &[&str]) -> Option<Gatewa
         Duration::from_secs(30),
         bounds::TIMEOUT,
     );
+    let mut rate = |key: &str, text: Option<&String>| {
+        text.and_then(|t| Rate::parse(t).map_err(|e| p.at(at(key), e)).ok())
+    };
+    let rate_limit_client = rate("rate_limit_client", raw.rate_limit_client.as_ref());
+    let rate_limit_owner = rate("rate_limit_owner", raw.rate_limit_owner.as_ref());
     Some(GatewayConfig {
         name: raw.name,
         listen: listen?,
@@ -182,6 +187,8 @@ fn gateway(p: &mut Problems, raw: RawGateway, issuers: &[&str]) -> Option<Gatewa
         max_body_bytes,
         upstream_timeout,
         tls,
+        rate_limit_client,
+        rate_limit_owner,
     })
 }
 
