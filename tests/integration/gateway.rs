@@ -632,3 +632,41 @@ async fn rate_limits_hold_per_client_and_per_owner_with_retry_after() {
         "a limited request reached the upstream"
     );
 }
+
+/// The official Python SDK client (`mcp` 2.x, 2026-07-28: `server/discover`, no session) through
+/// the gateway with a token it was given: the listing is filtered, the read tool answers, the
+/// write tool is refused until the token holds the write scope.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_python_sdk_client_works_through_the_gateway_within_its_scopes() {
+    let s = setup().await;
+    let run = |token: String| {
+        let out = std::process::Command::new(crate::support::venv::dir().join("bin/python"))
+            .arg(crate::support::repo().join("tests/support/mcp/sdk_client.py"))
+            .arg(s.mcp())
+            .arg(token)
+            .output()
+            .expect("the SDK client should run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).expect("the SDK client prints JSON")
+    };
+    let read = run(s.auth.token("agent-1", POSTGRES, PG_READ).await);
+    assert_eq!(read["tools"], json!(["query", "stream"]), "{read}");
+    assert_eq!(read["query"], "3 rows for select 1", "{read}");
+    let refused = read["write"].as_str().unwrap_or_default();
+    assert!(
+        refused.contains("403")
+            || refused.contains("insufficient_scope")
+            || refused.contains("needs scope"),
+        "{read}"
+    );
+    let both = run(s
+        .auth
+        .token("agent-1", POSTGRES, &format!("{PG_READ} {PG_WRITE}"))
+        .await);
+    assert_eq!(both["tools"], json!(["query", "write", "stream"]), "{both}");
+    assert_eq!(both["write"], "wrote r", "{both}");
+}
