@@ -20,6 +20,12 @@ if [ ! -f tests/support/github/node_modules/@octokit/openapi/package.json ]; the
   npm ci --prefix tests/support/github --no-audit --no-fund --loglevel=error
 fi
 
+#   - npm: @modelcontextprotocol/sdk (the official MCP TypeScript SDK client, against the gateway)
+if [ ! -f tests/support/mcp-ts/node_modules/@modelcontextprotocol/sdk/package.json ]; then
+  echo "==> npm ci (tests/support/mcp-ts)"
+  npm ci --prefix tests/support/mcp-ts --no-audit --no-fund --loglevel=error
+fi
+
 #   - npm: @hpcc-js/wasm-graphviz (Graphviz compiled to WebAssembly) renders lineage DOT
 if [ ! -f tests/support/graphviz/node_modules/@hpcc-js/wasm-graphviz/package.json ]; then
   echo "==> npm ci (tests/support/graphviz)"

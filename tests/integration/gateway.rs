@@ -670,3 +670,46 @@ async fn the_official_python_sdk_client_works_through_the_gateway_within_its_sco
     assert_eq!(both["tools"], json!(["query", "write", "stream"]), "{both}");
     assert_eq!(both["write"], "wrote r", "{both}");
 }
+
+/// The official TypeScript SDK client (1.32, 2025-11-25: `initialize` first) through the
+/// gateway with a given token: the same answers as the Python one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_typescript_sdk_client_works_through_the_gateway_within_its_scopes() {
+    let dir = crate::support::repo().join("tests/support/mcp-ts");
+    crate::support::npm::ensure(&dir, "@modelcontextprotocol/sdk");
+    let s = setup().await;
+    let run = |token: String| {
+        let out = std::process::Command::new("node")
+            .arg(dir.join("client.mjs"))
+            .arg(s.mcp())
+            .arg(token)
+            .output()
+            .expect("the SDK client should run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<Value>(&out.stdout).expect("the SDK client prints JSON")
+    };
+    let read = run(s.auth.token("agent-1", POSTGRES, PG_READ).await);
+    assert_eq!(read["tools"], json!(["query", "stream"]), "{read}");
+    assert_eq!(read["query"], "3 rows for select 1", "{read}");
+    let refused = read["write"].as_str().unwrap_or_default();
+    assert!(
+        refused.contains("403") || refused.contains("insufficient_scope"),
+        "{read}"
+    );
+    let both = run(s
+        .auth
+        .token("agent-1", POSTGRES, &format!("{PG_READ} {PG_WRITE}"))
+        .await);
+    assert_eq!(both["write"], "wrote r", "{both}");
+    // It spoke 2025-11-25, with initialize: the upstream saw one.
+    assert!(
+        s.upstream.requests().iter().any(|r| r["body"]
+            .as_str()
+            .is_some_and(|b| b.contains("\"initialize\""))),
+        "no initialize reached the upstream"
+    );
+}
