@@ -633,15 +633,17 @@ async fn rate_limits_hold_per_client_and_per_owner_with_retry_after() {
     );
 }
 
-/// The official Python SDK client (`mcp` 2.x, 2026-07-28: `server/discover`, no session) through
-/// the gateway with a token it was given: the listing is filtered, the read tool answers, the
-/// write tool is refused until the token holds the write scope.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_official_python_sdk_client_works_through_the_gateway_within_its_scopes() {
-    let s = setup().await;
+/// Runs an official SDK's client (`client` is its command, given URL and token) first with a
+/// read token, then with read and write: the listing is filtered to the token's scopes, the read
+/// tool answers, the write tool is refused (its error naming one of `refused_with`) until the
+/// token holds the write scope.
+async fn an_sdk_client_keeps_to_its_scopes(
+    s: &Setup,
+    client: impl Fn() -> std::process::Command,
+    refused_with: &[&str],
+) {
     let run = |token: String| {
-        let out = std::process::Command::new(crate::support::venv::dir().join("bin/python"))
-            .arg(crate::support::repo().join("tests/support/mcp/sdk_client.py"))
+        let out = client()
             .arg(s.mcp())
             .arg(token)
             .output()
@@ -657,18 +659,27 @@ async fn the_official_python_sdk_client_works_through_the_gateway_within_its_sco
     assert_eq!(read["tools"], json!(["query", "stream"]), "{read}");
     assert_eq!(read["query"], "3 rows for select 1", "{read}");
     let refused = read["write"].as_str().unwrap_or_default();
-    assert!(
-        refused.contains("403")
-            || refused.contains("insufficient_scope")
-            || refused.contains("needs scope"),
-        "{read}"
-    );
+    assert!(refused_with.iter().any(|m| refused.contains(m)), "{read}");
     let both = run(s
         .auth
         .token("agent-1", POSTGRES, &format!("{PG_READ} {PG_WRITE}"))
         .await);
     assert_eq!(both["tools"], json!(["query", "write", "stream"]), "{both}");
     assert_eq!(both["write"], "wrote r", "{both}");
+}
+
+/// The official Python SDK client (`mcp` 2.x, 2026-07-28: `server/discover`, no session) through
+/// the gateway with a token it was given.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_official_python_sdk_client_works_through_the_gateway_within_its_scopes() {
+    let s = setup().await;
+    let client = || {
+        let mut c = std::process::Command::new(crate::support::venv::dir().join("bin/python"));
+        c.arg(crate::support::repo().join("tests/support/mcp/sdk_client.py"));
+        c
+    };
+    an_sdk_client_keeps_to_its_scopes(&s, client, &["403", "insufficient_scope", "needs scope"])
+        .await;
 }
 
 /// The official TypeScript SDK client (1.32, 2025-11-25: `initialize` first) through the
@@ -678,33 +689,12 @@ async fn the_official_typescript_sdk_client_works_through_the_gateway_within_its
     let dir = crate::support::repo().join("tests/support/mcp-ts");
     crate::support::npm::ensure(&dir, "@modelcontextprotocol/sdk");
     let s = setup().await;
-    let run = |token: String| {
-        let out = std::process::Command::new("node")
-            .arg(dir.join("client.mjs"))
-            .arg(s.mcp())
-            .arg(token)
-            .output()
-            .expect("the SDK client should run");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<Value>(&out.stdout).expect("the SDK client prints JSON")
+    let client = || {
+        let mut c = std::process::Command::new("node");
+        c.arg(dir.join("client.mjs"));
+        c
     };
-    let read = run(s.auth.token("agent-1", POSTGRES, PG_READ).await);
-    assert_eq!(read["tools"], json!(["query", "stream"]), "{read}");
-    assert_eq!(read["query"], "3 rows for select 1", "{read}");
-    let refused = read["write"].as_str().unwrap_or_default();
-    assert!(
-        refused.contains("403") || refused.contains("insufficient_scope"),
-        "{read}"
-    );
-    let both = run(s
-        .auth
-        .token("agent-1", POSTGRES, &format!("{PG_READ} {PG_WRITE}"))
-        .await);
-    assert_eq!(both["write"], "wrote r", "{both}");
+    an_sdk_client_keeps_to_its_scopes(&s, client, &["403", "insufficient_scope"]).await;
     // It spoke 2025-11-25, with initialize: the upstream saw one.
     assert!(
         s.upstream.requests().iter().any(|r| r["body"]
