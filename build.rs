@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/credbroker/v1/types.proto",
         "proto/credbroker/v1/broker.proto",
         "proto/credbroker/v1/admin.proto",
+        "proto/credbroker/v1/calls.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

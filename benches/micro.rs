@@ -212,6 +212,7 @@ fn intent() -> Vec<Op> {
         expires_ms: 0,
         ended_ms: None,
         end_reason: None,
+        call_id: None,
     };
     let lease = LeaseRow {
         id: uuid::Uuid::now_v7().to_string().into(),

@@ -42,9 +42,14 @@ pub mod event {
     pub const AUDIT_PRUNED: &str = "audit_pruned";
     /// Refusals beyond a peer's audit budget, counted in one record per window.
     pub const REFUSALS_SUPPRESSED: &str = "refusals_suppressed";
+    /// An MCP call `credbroker gateway` decided on: allowed (`success`, written before the call
+    /// is forwarded) or refused (`denied`, with its reason).
+    pub const MCP_CALL: &str = "mcp_call";
+    /// What the upstream answered an allowed MCP call, and how long it took.
+    pub const MCP_CALL_FINISHED: &str = "mcp_call_finished";
 
     /// Every event name, for validating what a user asks to filter on.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 23] = [
         DAEMON_STARTED,
         TOKEN_ACCEPTED,
         TOKEN_REJECTED,
@@ -66,6 +71,8 @@ pub mod event {
         OPERATOR_REVOKE,
         AUDIT_PRUNED,
         REFUSALS_SUPPRESSED,
+        MCP_CALL,
+        MCP_CALL_FINISHED,
     ];
 }
 
@@ -98,6 +105,10 @@ pub struct AuditRecord {
     pub task_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_id: Option<String>,
+    /// The MCP call (gateway records, and the tasks begun for a call). Absent from older
+    /// records, which therefore hash as they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,6 +150,7 @@ pub fn log(r: &AuditRecord) {
         reason = r.reason.as_deref(),
         task_id = r.task_id.as_deref(),
         lease_id = r.lease_id.as_deref(),
+        call_id = r.call_id.as_deref(),
         grant = r.grant.as_deref(),
         provider = r.provider.as_deref(),
         workload = r.workload.as_deref(),

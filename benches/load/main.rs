@@ -305,6 +305,7 @@ impl Session {
             ttl_seconds: ttl,
             // As the CLI and the client libraries send one: its index insert is part of the cost.
             idempotency_key: Some(uuid::Uuid::now_v7().to_string()),
+            call_id: None,
         };
         Ok(c.begin_task(req)
             .await?

@@ -1,6 +1,7 @@
 //! `credbroker lineage`: for every credential, the chain that led to it —
-//! owner → agent (OAuth client) → token → task (tool, workload, process) → leases — read from
-//! the journal's tasks and leases, and printed as an indented tree, JSON, or Graphviz DOT.
+//! owner → agent (OAuth client) → token → MCP call (when a gateway's call began the task) →
+//! task (tool, workload, process) → leases — read from the journal's tasks, leases and call
+//! records, and printed as an indented tree, JSON, or Graphviz DOT.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -59,7 +60,23 @@ pub struct TaskNode {
     pub created: String,
     pub ended: Option<String>,
     pub end_reason: Option<String>,
+    /// The MCP call, through `credbroker gateway`, this task was begun for.
+    pub call: Option<CallNode>,
     pub leases: Vec<LeaseNode>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CallNode {
+    pub call_id: String,
+    pub gateway: Option<String>,
+    pub method: Option<String>,
+    /// The tool (resource URI, prompt) called.
+    pub name: Option<String>,
+    pub time: String,
+    pub source: Option<String>,
+    /// The upstream's HTTP status and the call's duration, once recorded.
+    pub http_status: Option<u64>,
+    pub duration_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -106,8 +123,44 @@ fn task_node(v: &TaskView) -> TaskNode {
         created: rfc3339_ms(t.created_ms),
         ended: t.ended_ms.map(rfc3339_ms),
         end_reason: t.end_reason.as_deref().map(str::to_owned),
+        call: None,
         leases: v.leases.iter().map(lease_node).collect(),
     }
+}
+
+/// The call's record and, when there is one, its result's.
+fn call_node(conn: &Connection, call_id: &str) -> Result<Option<CallNode>, JournalError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM audit WHERE call_id = ?1 AND event IN ('mcp_call', 'mcp_call_finished')
+         ORDER BY seq",
+        crate::journal::read::AUDIT_COLUMNS
+    ))?;
+    let records = stmt
+        .query_map([call_id], crate::journal::read::audit_record)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some(call) = records
+        .iter()
+        .find(|r| r.event == crate::record::event::MCP_CALL)
+    else {
+        return Ok(None);
+    };
+    let text = |r: &crate::record::AuditRecord, k: &str| {
+        r.detail.get(k).and_then(|v| v.as_str()).map(str::to_owned)
+    };
+    let done = records
+        .iter()
+        .find(|r| r.event == crate::record::event::MCP_CALL_FINISHED);
+    let number = |k: &str| done.and_then(|r| r.detail.get(k)).and_then(|v| v.as_u64());
+    Ok(Some(CallNode {
+        call_id: call_id.to_owned(),
+        gateway: text(call, "gateway"),
+        method: text(call, "method"),
+        name: call.tool.clone(),
+        time: call.time.clone(),
+        source: text(call, "source"),
+        http_status: number("http_status"),
+        duration_ms: number("duration_ms"),
+    }))
 }
 
 /// The lineage of the tasks matching `filter` (ended ones included), at most `limit` tasks.
@@ -122,6 +175,14 @@ pub fn build(
     // One snapshot for the tasks and each task's leases.
     let snapshot = conn.unchecked_transaction()?;
     let mut found = tasks(&snapshot, &f)?;
+    let mut calls: BTreeMap<String, CallNode> = BTreeMap::new();
+    for v in found.iter().take(limit) {
+        if let Some(id) = v.task.call_id.as_deref()
+            && let Some(node) = call_node(&snapshot, id)?
+        {
+            calls.insert(id.to_owned(), node);
+        }
+    }
     snapshot.finish()?;
     let truncated = found.len() > limit;
     found.truncate(limit);
@@ -147,7 +208,9 @@ pub fn build(
                 expires: rfc3339_ms(t.token_exp_ms),
                 tasks: Vec::new(),
             });
-        token.tasks.push(task_node(v));
+        let mut node = task_node(v);
+        node.call = t.call_id.as_deref().and_then(|id| calls.remove(id));
+        token.tasks.push(node);
     }
     Ok(Lineage {
         truncated,
@@ -197,9 +260,29 @@ pub fn text(l: &Lineage) -> String {
                     t.owner_source
                 );
                 for k in &t.tasks {
+                    // A task begun for an MCP call sits under the call.
+                    let pad = match &k.call {
+                        Some(c) => {
+                            let _ = writeln!(
+                                out,
+                                "      call {} {} {} via {} from {} {}{}",
+                                c.call_id,
+                                c.method.as_deref().unwrap_or("-"),
+                                c.name.as_deref().unwrap_or("-"),
+                                c.gateway.as_deref().unwrap_or("-"),
+                                c.source.as_deref().unwrap_or("-"),
+                                c.time,
+                                c.http_status
+                                    .map(|s| format!(" → {s} in {} ms", c.duration_ms.unwrap_or(0)))
+                                    .unwrap_or_default()
+                            );
+                            "  "
+                        }
+                        None => "",
+                    };
                     let _ = writeln!(
                         out,
-                        "      task {} tool={} workload={} pid={} {} {}{}",
+                        "{pad}      task {} tool={} workload={} pid={} {} {}{}",
                         k.task_id,
                         k.tool,
                         k.workload,
@@ -214,7 +297,7 @@ pub fn text(l: &Lineage) -> String {
                     for s in &k.leases {
                         let _ = writeln!(
                             out,
-                            "        lease {} {} {}/{} {} ref={} issued={} revoked={}",
+                            "{pad}        lease {} {} {}/{} {} ref={} issued={} revoked={}",
                             s.lease_id,
                             s.role,
                             s.provider,
@@ -285,6 +368,20 @@ pub fn dot(l: &Lineage) -> String {
                 let tn = node(&mut out, label, ", shape=note");
                 edge(&mut out, cn, tn);
                 for k in &t.tasks {
+                    let from = match &k.call {
+                        Some(c) => {
+                            let label = format!(
+                                "MCP call {}\n{} {}",
+                                c.call_id,
+                                c.method.as_deref().unwrap_or("-"),
+                                c.name.as_deref().unwrap_or("-")
+                            );
+                            let cn = node(&mut out, label, ", shape=cds");
+                            edge(&mut out, tn, cn);
+                            cn
+                        }
+                        None => tn,
+                    };
                     let kn = node(
                         &mut out,
                         format!(
@@ -293,7 +390,7 @@ pub fn dot(l: &Lineage) -> String {
                         ),
                         "",
                     );
-                    edge(&mut out, tn, kn);
+                    edge(&mut out, from, kn);
                     for s in &k.leases {
                         let color = match s.state.as_str() {
                             "active" => ", color=darkgreen",

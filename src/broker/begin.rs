@@ -20,6 +20,8 @@ pub struct BeginRequest {
     pub ttl: Option<Duration>,
     /// See `broker::replay`.
     pub idempotency_key: Option<String>,
+    /// The gateway's MCP call this task serves (see `broker::calls`).
+    pub call_id: Option<String>,
 }
 
 /// One issued credential, secrets included: it goes to the workload and nowhere else.
@@ -126,6 +128,24 @@ impl Broker {
             .await?;
         drop(req.token);
         let claims = &verified.claims;
+        if let Some(call) = &req.call_id
+            && let Err(e) = self.check_call(call, &verified.fingerprint.hex()).await
+        {
+            if e.code == crate::record::reason::CALL_UNKNOWN.as_str() {
+                let mut rec =
+                    crate::record::AuditRecord::new(event::REQUEST_DENIED, Outcome::Denied, now)
+                        .reason(crate::record::reason::CALL_UNKNOWN)
+                        .detail("call_id", call.clone());
+                rec.peer = Some(peer.record());
+                rec.workload = Some(workload.name.clone());
+                rec.tool = Some(req.tool.clone());
+                rec.client_id = Some(claims.client_id.clone());
+                rec.subject = Some(claims.subject.clone());
+                rec.token_fingerprint = Some(verified.fingerprint.hex());
+                self.audit_only(vec![rec]).await;
+            }
+            return Err(e);
+        }
         let task_id = new_id();
 
         let decision = match rt.policy.decide(&Ask {
@@ -172,6 +192,7 @@ impl Broker {
                 workload,
                 verified: &verified,
                 tool: &req.tool,
+                call_id: req.call_id.as_deref(),
                 task_id,
                 decision,
                 key: key.as_ref(),

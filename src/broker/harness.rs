@@ -283,6 +283,7 @@ grants = ["db"]
             }],
             ttl: Some(ttl),
             idempotency_key: None,
+            call_id: None,
         };
         self.broker.begin(peer, req).await
     }

@@ -81,6 +81,7 @@ pub(crate) fn task_audit(
     r.subject = Some(t.subject.to_string());
     r.owner = t.owner.as_deref().map(str::to_owned);
     r.token_fingerprint = Some(t.token_fp.to_string());
+    r.call_id = t.call_id.as_deref().map(str::to_owned);
     r
 }
 

@@ -10,6 +10,7 @@
 //! unrelated task.
 
 mod begin;
+mod calls;
 mod end;
 mod error;
 mod failed;
@@ -50,6 +51,7 @@ use crate::time::Clock;
 use crate::token::{IssuerStatus, Verifier};
 
 pub use begin::{BeginRequest, Begun, IssuedCredential};
+pub use calls::{CallReport, CallResult, Caller};
 pub use end::Ender;
 pub use error::{BrokerError, ErrorKind};
 pub use live::{LeaseSummary, TaskSummary};

@@ -28,6 +28,7 @@ pub(super) struct Ask<'a> {
     pub workload: &'a WorkloadConfig,
     pub verified: &'a Verified,
     pub tool: &'a str,
+    pub call_id: Option<&'a str>,
     pub task_id: String,
     pub decision: Decision,
     pub key: Option<&'a BeginKey>,
@@ -71,6 +72,7 @@ impl Broker {
             expires_ms: to_ms(ask.decision.expires_at),
             ended_ms: None,
             end_reason: None,
+            call_id: ask.call_id.map(Text::from),
         });
 
         // One scope per scoped provider instance, one credential per grant.

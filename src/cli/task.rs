@@ -55,6 +55,10 @@ pub(super) enum TaskCommand {
         /// Wanted lifetime, e.g. 10m (capped by policy and the token's expiry).
         #[arg(long)]
         ttl: Option<String>,
+        /// The MCP call this task serves: the `Credbroker-Call` header `credbroker gateway`
+        /// added to the request (links call → task in the lineage).
+        #[arg(long = "call-id")]
+        call_id: Option<String>,
         /// json | env | credential-process (`--format` is accepted too).
         #[arg(long = "output", alias = "format", value_enum, default_value_t = Format::Json)]
         format: Format,
@@ -162,6 +166,7 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             grants,
             narrow,
             ttl,
+            call_id,
             format,
         } => {
             let token = read_token(&token)?;
@@ -171,6 +176,7 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
                 grants: grant_requests(&grants, &narrow)?,
                 ttl_seconds: ttl_seconds(&ttl)?,
                 idempotency_key: None,
+                call_id,
             };
             let resp = client::begin_task(&conn.socket, request).await?;
             let task = resp.task.unwrap_or_default();

@@ -12,11 +12,21 @@ use super::{Attribution, ConfigError, ConfigErrors, IssuerConfig, TokenSettings,
 
 #[derive(Clone, Debug)]
 pub struct GatewayFile {
+    /// The daemon every call is reported to (fail closed: no report, no call).
+    pub daemon: DaemonLink,
     pub tokens: TokenSettings,
     pub issuers: Vec<IssuerConfig>,
     /// Client owners, from each `[[issuer]]`'s `clients`.
     pub attribution: Attribution,
     pub gateways: Vec<GatewayConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DaemonLink {
+    /// The daemon's broker socket, which serves the Calls service to `server.gateway_uids`.
+    pub socket: PathBuf,
+    /// How long a call waits for its record to be committed before it is refused (503).
+    pub timeout: Duration,
 }
 
 /// What a tool (or method) that the policy does not name gets.
@@ -56,6 +66,9 @@ pub struct GatewayConfig {
     /// Requests per client (per issuer), and per owner (the human a token is attributed to).
     pub rate_limit_client: Option<Rate>,
     pub rate_limit_owner: Option<Rate>,
+    /// Argument keys whose values are recorded in clear in `mcp_call` records (every other
+    /// argument is only in the digest). Values can be sensitive: name only what must be seen.
+    pub record_arguments: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub admin_socket: PathBuf,
     /// Peer uids allowed on the admin socket. Always includes the daemon's own uid.
     pub admin_uids: BTreeSet<u32>,
+    /// Peer uids whose `credbroker gateway` may record MCP calls (the Calls service). None by
+    /// default: the daemon's own uid is not implied, since the gateway should run as its own.
+    pub gateway_uids: BTreeSet<u32>,
     /// Connections one uid may hold open on a socket; more are closed as they arrive.
     pub max_connections_per_uid: usize,
     /// A connection that sends no request within this is closed.

@@ -38,6 +38,7 @@ pub(super) struct RawServer {
     pub(super) broker_socket_group: Option<String>,
     pub(super) admin_socket: PathBuf,
     pub(super) admin_uids: Option<Vec<u32>>,
+    pub(super) gateway_uids: Option<Vec<u32>>,
     pub(super) max_connections_per_uid: Option<usize>,
     pub(super) connection_idle_timeout: Option<String>,
 }
@@ -165,6 +166,7 @@ pub(super) struct RawProvider {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawGatewayFile {
+    pub(super) daemon: RawDaemon,
     #[serde(default)]
     pub(super) tokens: RawTokens,
     #[serde(default, rename = "issuer")]
@@ -198,4 +200,13 @@ pub(super) struct RawGateway {
     pub(super) rate_limit_owner: Option<String>,
     pub(super) max_body_bytes: Option<usize>,
     pub(super) upstream_timeout: Option<String>,
+    #[serde(default)]
+    pub(super) record_arguments: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDaemon {
+    pub(super) socket: PathBuf,
+    pub(super) timeout: Option<String>,
 }

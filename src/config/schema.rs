@@ -63,6 +63,7 @@ const SERVER: &[Field] = &[
     opt("broker_socket_group", Kind::Str),
     req("admin_socket", Kind::Str),
     opt("admin_uids", Kind::IntList(0, u32::MAX as i64)),
+    opt("gateway_uids", Kind::IntList(0, u32::MAX as i64)),
     opt("max_connections_per_uid", COUNT),
     opt("connection_idle_timeout", Kind::Str),
 ];
@@ -152,10 +153,14 @@ const GATEWAY: &[Field] = &[
     opt("rate_limit_owner", Kind::Str),
     opt("max_body_bytes", COUNT),
     opt("upstream_timeout", Kind::Str),
+    opt("record_arguments", Kind::StrList),
 ];
+/// Where the gateway reports calls: the daemon's broker socket.
+const DAEMON: &[Field] = &[req("socket", Kind::Str), opt("timeout", Kind::Str)];
 /// The gateway's own file: it faces the network, so it holds tokens' issuers and its routes,
 /// never a provider, journal or key.
 pub(super) const GATEWAY_ROOT: &[Field] = &[
+    req("daemon", Kind::Table(DAEMON)),
     opt("tokens", Kind::Table(TOKENS)),
     opt("issuer", Kind::Entries(ISSUER)),
     req("gateway", Kind::Entries(GATEWAY)),

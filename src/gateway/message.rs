@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use crate::config::gateway::{GUARDED_METHODS, GatewayConfig, Unnamed};
+use crate::record::{Reason, reason};
 
 /// One JSON-RPC message from the client, as far as the gateway needs it.
 #[derive(Debug, PartialEq)]
@@ -13,6 +14,12 @@ pub struct Message {
     /// The tool, resource URI or prompt the method names.
     pub name: Option<String>,
     pub id: Value,
+    /// `params.arguments` of a tool call or prompt: digested, never recorded whole.
+    pub arguments: Option<Value>,
+    /// The client's `clientInfo` (initialize's, or 2026-07-28's `_meta`), name and version.
+    pub client: Option<(String, String)>,
+    /// The protocol revision the message says it speaks (`_meta`, or initialize's).
+    pub protocol: Option<String>,
 }
 
 /// Why a body is not an MCP message the gateway will pass on.
@@ -34,11 +41,11 @@ impl BadMessage {
         }
     }
 
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::Parse(_) => "malformed_json",
-            Self::Invalid(..) => "invalid_jsonrpc",
-            Self::HeaderMismatch(..) => "header_mismatch",
+            Self::Parse(_) => reason::MALFORMED_JSON,
+            Self::Invalid(..) => reason::INVALID_JSONRPC,
+            Self::HeaderMismatch(..) => reason::HEADER_MISMATCH,
         }
     }
 
@@ -114,7 +121,51 @@ pub fn read(
             id,
         ));
     }
-    Ok(Message { method, name, id })
+    let arguments = match method.as_deref() {
+        Some("tools/call" | "prompts/get") => params.and_then(|p| p.get("arguments")).cloned(),
+        _ => None,
+    };
+    let meta = params.and_then(|p| p.get("_meta"));
+    let said = |init: &str, meta_key: &str| {
+        params
+            .and_then(|p| p.get(init))
+            .filter(|_| method.as_deref() == Some("initialize"))
+            .or_else(|| meta.and_then(|m| m.get(meta_key)))
+    };
+    let client = said("clientInfo", CLIENT_INFO).map(|c| {
+        let field = |k: &str| printable(c.get(k).and_then(Value::as_str).unwrap_or_default());
+        (field("name"), field("version"))
+    });
+    let protocol = said("protocolVersion", PROTOCOL_VERSION)
+        .and_then(Value::as_str)
+        .map(|v| printable(v).chars().take(32).collect());
+    Ok(Message {
+        method,
+        name,
+        id,
+        arguments,
+        client,
+        protocol,
+    })
+}
+
+const CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
+const PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+
+/// What a client says about itself, fit for a record: no control characters, at most 256.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(256).collect()
+}
+
+/// SHA-256, hex, of the arguments in canonical JSON: keys sorted (serde_json's map is ordered),
+/// no whitespace. The record can then show that two calls had the same arguments, or match
+/// them against a value someone holds, without keeping them.
+pub fn digest(arguments: &Value) -> String {
+    let canonical = serde_json::to_vec(arguments).unwrap_or_default();
+    hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        &canonical,
+    ))
 }
 
 fn string_param(params: Option<&Value>, key: &str, id: &Value) -> Result<String, BadMessage> {
@@ -184,9 +235,9 @@ mod tests {
         // Older clients send no headers: the body decides.
         assert!(read(&call, None, None).is_ok());
         let e = read(&call, Some("tools/call"), Some("delete")).expect_err("a mismatch");
-        assert_eq!((e.reason(), e.id()), ("header_mismatch", json!(7)));
+        assert_eq!((e.reason(), e.id()), (reason::HEADER_MISMATCH, json!(7)));
         let e = read(&call, Some("tools/list"), None).expect_err("a mismatch");
-        assert_eq!(e.reason(), "header_mismatch");
+        assert_eq!(e.reason(), reason::HEADER_MISMATCH);
     }
 
     #[test]
@@ -222,7 +273,7 @@ mod tests {
         ] {
             let e = read(&b, None, None).expect_err("refused");
             assert_eq!(
-                (e.reason(), e.code()),
+                (e.reason().as_str(), e.code()),
                 (reason, code),
                 "{}",
                 String::from_utf8_lossy(&b)
@@ -231,5 +282,36 @@ mod tests {
         // A client's answer to a server request has no method, and passes.
         let answer = body(json!({"jsonrpc":"2.0","id":"s1","result":{}}));
         assert_eq!(read(&answer, None, None).map(|m| m.method), Ok(None));
+    }
+
+    #[test]
+    fn what_a_client_says_about_itself_and_its_arguments_are_read() {
+        let init = body(
+            json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+            "protocolVersion":"2025-11-25","clientInfo":{"name":"agent\u{7}x","version":"1.2"}}}),
+        );
+        let m = read(&init, None, None).expect("initialize");
+        assert_eq!(m.client, Some(("agentx".into(), "1.2".into())));
+        assert_eq!(m.protocol.as_deref(), Some("2025-11-25"));
+        let call = body(
+            json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
+            "name":"query","arguments":{"b":1,"a":"x"},
+            "_meta":{"io.modelcontextprotocol/clientInfo":{"name":"py","version":"2.3"},
+                     "io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}),
+        );
+        let m = read(&call, None, None).expect("a call");
+        assert_eq!(m.client, Some(("py".into(), "2.3".into())));
+        assert_eq!(m.protocol.as_deref(), Some("2026-07-28"));
+        // Key order does not change the digest; a value does.
+        let same = digest(&json!({"a":"x","b":1}));
+        assert_eq!(m.arguments.as_ref().map(digest), Some(same.clone()));
+        assert_ne!(digest(&json!({"a":"y","b":1})), same);
+        assert_eq!(same.len(), 64);
+        // A clientInfo in a tool call's params (not _meta) is the tool's argument, not the client.
+        let odd = body(
+            json!({"jsonrpc":"2.0","id":2,"method":"tools/call","params":{
+            "name":"q","clientInfo":{"name":"spoof"}}}),
+        );
+        assert_eq!(read(&odd, None, None).map(|m| m.client), Ok(None));
     }
 }

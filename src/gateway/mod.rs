@@ -4,11 +4,15 @@
 //! key; it shares the daemon's token verifier and its reason codes.
 
 mod challenge;
+mod checks;
+mod finish;
+mod forward;
 mod handler;
 mod limits;
 pub mod message;
 mod proxy;
 mod reply;
+mod report;
 mod sessions;
 mod tls;
 
@@ -33,6 +37,7 @@ pub async fn run(file: GatewayFile) -> anyhow::Result<()> {
     }
     let _refresh = verifier.spawn_refresh();
     let upstream = proxy::client();
+    let reporter = report::Reporter::new(&file.daemon);
     let mut servers = tokio::task::JoinSet::new();
     let mut certificates = Vec::new();
     for cfg in file.gateways {
@@ -63,6 +68,7 @@ pub async fn run(file: GatewayFile) -> anyhow::Result<()> {
                 .rate_limit_owner
                 .map(|r| limits::Limiter::new(r, 100_000)),
             attribution: file.attribution.clone(),
+            reporter: reporter.clone(),
             cfg,
         });
         servers.spawn(serve(listener, gw, tls));
@@ -90,7 +96,7 @@ pub async fn run(file: GatewayFile) -> anyhow::Result<()> {
 
 async fn serve(listener: TcpListener, gw: Arc<Gateway>, tls: Option<Arc<tls::Tls>>) {
     loop {
-        let (stream, _peer) = match listener.accept().await {
+        let (stream, source) = match listener.accept().await {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "gateway: accept failed");
@@ -104,7 +110,7 @@ async fn serve(listener: TcpListener, gw: Arc<Gateway>, tls: Option<Arc<tls::Tls
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let gw = Arc::clone(&gw);
-                async move { Ok::<_, Infallible>(gw.handle(req).await) }
+                async move { Ok::<_, Infallible>(gw.handle(req, source).await) }
             });
             // Headers are bounded by the read buffer (over it: 431); a client that sends
             // its headers slowly is cut off.

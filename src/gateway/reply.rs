@@ -6,6 +6,8 @@ use hyper::body::Bytes;
 use hyper::{Response, StatusCode, header};
 use serde_json::{Value, json};
 
+use crate::record::Reason;
+
 pub(super) type Body = BoxBody<Bytes, hyper::Error>;
 
 pub(super) fn full(bytes: impl Into<Bytes>) -> Body {
@@ -55,4 +57,66 @@ pub(super) fn challenge(
         r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     r
+}
+
+/// Why a request is not passed on, as the client is told it and the audit trail records it.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    pub(super) status: StatusCode,
+    pub(super) reason: Reason,
+    /// The JSON-RPC error code of the answer.
+    pub(super) rpc_code: i64,
+    pub(super) message: String,
+    /// `WWW-Authenticate`, for 401 and 403.
+    pub(super) www: Option<String>,
+    /// Seconds, for 429.
+    pub(super) retry_after: Option<u64>,
+}
+
+impl Refusal {
+    pub(super) fn new(
+        status: StatusCode,
+        rpc_code: i64,
+        reason: Reason,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            reason,
+            rpc_code,
+            message: message.into(),
+            www: None,
+            retry_after: None,
+        }
+    }
+
+    pub(super) fn challenge(
+        status: StatusCode,
+        reason: Reason,
+        message: impl Into<String>,
+        www: String,
+    ) -> Self {
+        Self {
+            www: Some(www),
+            ..Self::new(status, -32001, reason, message)
+        }
+    }
+
+    pub(super) fn response(&self, id: Value) -> Response<Body> {
+        let mut r = match &self.www {
+            Some(www) => challenge(self.status, id, self.reason.as_str(), &self.message, www),
+            None => error(
+                self.status,
+                id,
+                self.rpc_code,
+                self.reason.as_str(),
+                &self.message,
+            ),
+        };
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+        }
+        r
+    }
 }

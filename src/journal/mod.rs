@@ -79,12 +79,13 @@ impl Durability {
 }
 
 impl JournalError {
-    /// A key that must be unique was used again (a BeginTask idempotency key).
+    /// A key that must be unique was used again (a BeginTask idempotency key, an MCP call id).
     pub fn is_duplicate(&self) -> bool {
         matches!(
             self,
             Self::Sqlite(rusqlite::Error::SqliteFailure(e, _))
                 if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
         )
     }
 }

@@ -97,8 +97,8 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
             conn,
             "INSERT INTO tasks (id, state, workload, tool, issuer, subject, client_id, owner,
                 owner_source, actors, token_fp, jti, scopes, token_exp_ms, peer_uid, peer_gid,
-                peer_pid, peer_exe, peer_unit, created_ms, expires_ms, ended_ms, end_reason)
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23)",
+                peer_pid, peer_exe, peer_unit, created_ms, expires_ms, ended_ms, end_reason, call_id)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23,?24)",
             params![
                 &*t.id,
                 t.state.as_str(),
@@ -123,6 +123,7 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
                 t.expires_ms,
                 t.ended_ms,
                 t.end_reason.as_deref(),
+                t.call_id.as_deref(),
             ],
         )?,
         Op::InsertLease(l) => exec(
@@ -234,8 +235,8 @@ fn append_audit(
         conn,
         "INSERT INTO audit (seq, at_ms, event, outcome, reason, task_id, lease_id, workload, tool,
             grant_name, provider, peer, issuer, client_id, subject, actors, owner, owner_source,
-            token_fp, jti, detail, hash)
-         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22)",
+            token_fp, jti, detail, hash, call_id)
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20,?21,?22,?23)",
         params![
             record.seq,
             record.at_ms,
@@ -259,6 +260,7 @@ fn append_audit(
             record.jti,
             detail,
             hash.as_slice(),
+            record.call_id,
         ],
     )?;
     *chain = Chain {

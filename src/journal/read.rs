@@ -86,7 +86,7 @@ pub(super) fn chain_head(conn: &Connection) -> Result<Chain, JournalError> {
 const TASK_COLUMNS: &str =
     "id, state, workload, tool, issuer, subject, client_id, owner, owner_source,
     actors, token_fp, jti, scopes, token_exp_ms, peer_uid, peer_gid, peer_pid, peer_exe, peer_unit,
-    created_ms, expires_ms, ended_ms, end_reason";
+    created_ms, expires_ms, ended_ms, end_reason, call_id";
 
 const LEASE_COLUMNS: &str = "id, task_id, grant_name, provider, kind, state, params, wanted_exp_ms,
     issued_ms, expires_ms, revoked_ms, reference, sealed_handle, renewable, attempts,
@@ -143,6 +143,7 @@ fn task_row(r: &Row<'_>, intern: Intern<'_>) -> rusqlite::Result<TaskRow> {
         expires_ms: r.get(20)?,
         ended_ms: r.get(21)?,
         end_reason: opt_text(r, 22, intern)?,
+        call_id: opt_text(r, 23, intern)?,
     })
 }
 
@@ -341,7 +342,7 @@ pub fn tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<TaskView>, Journal
 pub const AUDIT_COLUMNS: &str =
     "seq, at_ms, event, outcome, reason, task_id, lease_id, workload, tool,
     grant_name, provider, peer, issuer, client_id, subject, actors, owner, owner_source, token_fp,
-    jti, detail, hash";
+    jti, detail, hash, call_id";
 
 fn json_col<T: serde::de::DeserializeOwned + Default>(
     r: &Row<'_>,
@@ -382,6 +383,7 @@ pub fn audit_record(r: &Row<'_>) -> rusqlite::Result<AuditRecord> {
         token_fingerprint: r.get(18)?,
         jti: r.get(19)?,
         detail: json_col(r, 20)?,
+        call_id: r.get(22)?,
     })
 }
 

@@ -152,6 +152,8 @@ pub struct TaskRow {
     pub expires_ms: i64,
     pub ended_ms: Option<i64>,
     pub end_reason: Option<Text>,
+    /// The MCP call (`credbroker gateway`'s call id) this task was begun for.
+    pub call_id: Option<Text>,
 }
 
 impl TaskRow {

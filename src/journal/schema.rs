@@ -123,6 +123,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (workload, key)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 5: MCP calls. The gateway's records carry the call's id, and so do the tasks an upstream
+    // began for a call: `lineage` links call → task, and a BeginTask naming a call finds the
+    // call's record by the index, which also keeps a call id from being recorded twice.
+    r#"
+    ALTER TABLE audit ADD COLUMN call_id TEXT;
+    ALTER TABLE tasks ADD COLUMN call_id TEXT;
+    CREATE INDEX audit_call ON audit(call_id) WHERE call_id IS NOT NULL;
+    CREATE UNIQUE INDEX audit_call_once ON audit(call_id) WHERE event = 'mcp_call';
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

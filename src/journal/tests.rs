@@ -32,6 +32,7 @@ fn task(id: &str) -> TaskRow {
         expires_ms: 2,
         ended_ms: None,
         end_reason: None,
+        call_id: None,
     }
 }
 

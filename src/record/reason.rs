@@ -109,8 +109,23 @@ pub const HANDLE_MISSING: Reason = Reason("handle_missing");
 // The audit trail itself.
 pub const REFUSAL_AUDIT_LIMIT: Reason = Reason("refusal_audit_limit");
 
+// MCP calls at the gateway (token rejections use the token codes above).
+pub const NO_TOKEN: Reason = Reason("no_token");
+pub const TOKEN_IN_QUERY: Reason = Reason("token_in_query");
+pub const UNSUPPORTED_MEDIA_TYPE: Reason = Reason("unsupported_media_type");
+pub const REQUEST_TOO_LARGE: Reason = Reason("request_too_large");
+pub const MALFORMED_JSON: Reason = Reason("malformed_json");
+pub const INVALID_JSONRPC: Reason = Reason("invalid_jsonrpc");
+pub const HEADER_MISMATCH: Reason = Reason("header_mismatch");
+pub const RATE_LIMITED: Reason = Reason("rate_limited");
+pub const SESSION_UNKNOWN: Reason = Reason("session_unknown");
+pub const UPSTREAM_UNAVAILABLE: Reason = Reason("upstream_unavailable");
+pub const UPSTREAM_TIMEOUT: Reason = Reason("upstream_timeout");
+/// A BeginTask named an MCP call the gateway did not record as allowed for this token.
+pub const CALL_UNKNOWN: Reason = Reason("call_unknown");
+
 /// Every reason code, for validating what a user asks to filter on.
-pub const ALL: [Reason; 62] = [
+pub const ALL: [Reason; 74] = [
     TOKEN_TOO_LARGE,
     MALFORMED,
     DUPLICATE_KEY,
@@ -173,6 +188,18 @@ pub const ALL: [Reason; 62] = [
     PROVIDER_MISSING,
     HANDLE_MISSING,
     REFUSAL_AUDIT_LIMIT,
+    NO_TOKEN,
+    TOKEN_IN_QUERY,
+    UNSUPPORTED_MEDIA_TYPE,
+    REQUEST_TOO_LARGE,
+    MALFORMED_JSON,
+    INVALID_JSONRPC,
+    HEADER_MISMATCH,
+    RATE_LIMITED,
+    SESSION_UNKNOWN,
+    UPSTREAM_UNAVAILABLE,
+    UPSTREAM_TIMEOUT,
+    CALL_UNKNOWN,
 ];
 
 /// The code for a provider error; the match makes a new `ErrorKind` a compile error here.

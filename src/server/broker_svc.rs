@@ -75,6 +75,7 @@ impl v1::broker_server::Broker for BrokerService {
                     grants,
                     ttl: ttl(req.ttl_seconds),
                     idempotency_key: req.idempotency_key,
+                    call_id: req.call_id,
                 },
             )
             .await

@@ -7,6 +7,7 @@
 mod accept;
 mod admin_svc;
 mod broker_svc;
+mod calls_svc;
 /// Public for the fuzz targets (fuzz/): the daemon's own HTTP/2 byte-level parsers.
 pub mod h2fix;
 pub mod h2watch;
@@ -336,6 +337,10 @@ async fn serve_broker(
     health
         .set_serving::<BrokerServer<broker_svc::BrokerService>>()
         .await;
+    let calls = crate::proto::v1::calls_server::CallsServer::new(calls_svc::CallsService {
+        broker: Arc::clone(&broker),
+    })
+    .max_decoding_message_size(MAX_REQUEST_BYTES);
     let svc = BrokerServer::new(broker_svc::BrokerService { broker })
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     Server::builder()
@@ -345,6 +350,7 @@ async fn serve_broker(
         .add_service(health_svc)
         .add_service(reflection()?)
         .add_service(svc)
+        .add_service(calls)
         .serve_with_incoming_shutdown(incoming, stopped(stop))
         .await?;
     Ok(())

@@ -1,13 +1,13 @@
 //! A naked MCP server (official Python SDK, `tests/support/mcp/naked_server.py`) that logs
-//! every request it gets, and `credbroker gateway` in front of it.
+//! every request it gets, and `credbroker gateway` in front of it, reporting to a daemon.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::daemon::testd;
+use super::daemon::{Daemon, base_config, testd};
 use super::{free_port, repo, venv};
 
 const REQUIREMENT: &str = "mcp==2.3.0";
@@ -47,15 +47,20 @@ pub struct NakedMcp {
 impl NakedMcp {
     /// Stateless (2026-07-28).
     pub async fn start() -> Self {
-        Self::start_mode(&[]).await
+        Self::start_mode(&[], None).await
     }
 
     /// With 2025-11-25 sessions.
     pub async fn start_stateful() -> Self {
-        Self::start_mode(&["stateful"]).await
+        Self::start_mode(&["stateful"], None).await
     }
 
-    async fn start_mode(mode: &[&str]) -> Self {
+    /// Whose `report` tool begins a task at this broker socket for the call it serves.
+    pub async fn start_with_broker(socket: &Path) -> Self {
+        Self::start_mode(&[], Some(socket)).await
+    }
+
+    async fn start_mode(mode: &[&str], broker: Option<&Path>) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir for the MCP server should be created");
         let log = dir.path().join("requests.jsonl");
         let port = free_port();
@@ -64,6 +69,8 @@ impl NakedMcp {
             .arg(port.to_string())
             .arg(&log)
             .args(mode)
+            .env("CREDBROKER_BIN", testd())
+            .envs(broker.map(|b| ("CREDBROKER_SOCKET", b)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -97,8 +104,23 @@ impl Drop for NakedMcp {
 pub struct GatewayProc {
     /// Where clients send MCP requests: the gateway's address and the resource's path.
     pub base: String,
+    /// The daemon it reports every call to (`server.gateway_uids` names the test's uid).
+    pub daemon: Daemon,
     child: Child,
     _dir: tempfile::TempDir,
+}
+
+/// A daemon that takes the gateway's reports: the usual test daemon, with this uid allowed.
+pub async fn gateway_daemon(issuer: &str) -> Daemon {
+    let uid = nix::unistd::geteuid().as_raw();
+    Daemon::start(|d| {
+        base_config(d, issuer, "").replacen(
+            "[server]\n",
+            &format!("[server]\ngateway_uids = [{uid}]\n"),
+            1,
+        )
+    })
+    .await
 }
 
 impl GatewayProc {
@@ -113,12 +135,25 @@ impl GatewayProc {
 
     /// `issuer_extra` goes into the `[[issuer]]` table (client owners, say).
     pub async fn start_full(port: u16, issuer: &str, issuer_extra: &str, gateway: &str) -> Self {
+        let daemon = gateway_daemon(issuer).await;
+        Self::start_reporting(daemon, port, issuer, issuer_extra, gateway).await
+    }
+
+    /// Reporting to this daemon (started with [`gateway_daemon`]).
+    pub async fn start_reporting(
+        daemon: Daemon,
+        port: u16,
+        issuer: &str,
+        issuer_extra: &str,
+        gateway: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir for the gateway should be created");
         let config = dir.path().join("gateway.toml");
         std::fs::write(
             &config,
             format!(
-                "[[issuer]]\nurl = \"{issuer}\"\n{issuer_extra}\n\n[[gateway]]\nlisten = \"127.0.0.1:{port}\"\n{gateway}\n"
+                "[daemon]\nsocket = \"{}\"\n\n[[issuer]]\nurl = \"{issuer}\"\n{issuer_extra}\n\n[[gateway]]\nlisten = \"127.0.0.1:{port}\"\n{gateway}\n",
+                daemon.broker_socket.display()
             ),
         )
         .expect("the gateway config should be written");
@@ -133,6 +168,7 @@ impl GatewayProc {
         wait_for_port(port, "the gateway").await;
         Self {
             base: format!("http://127.0.0.1:{port}"),
+            daemon,
             child,
             _dir: dir,
         }

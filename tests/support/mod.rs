@@ -96,6 +96,7 @@ pub fn begin_request(token: &str, grants: &[&str]) -> v1::BeginTaskRequest {
             .collect(),
         ttl_seconds: None,
         idempotency_key: None,
+        call_id: None,
     }
 }
 

@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 
-use super::super::gateway::{GUARDED_METHODS, GatewayConfig, GatewayFile, Rate, TlsFiles, Unnamed};
+use super::super::gateway::{
+    DaemonLink, GUARDED_METHODS, GatewayConfig, GatewayFile, Rate, TlsFiles, Unnamed,
+};
 use super::super::raw::{RawGateway, RawGatewayFile};
 use super::sections::check_path;
 use super::*;
@@ -17,6 +19,16 @@ pub(in crate::config) fn parse_gateway(text: &str) -> Result<GatewayFile, Vec<Co
             p.at("", e.message().to_string());
             return Err(p.errors);
         }
+    };
+    check_path(&mut p, "daemon.socket", &raw.daemon.socket);
+    let daemon = DaemonLink {
+        timeout: p.duration(
+            "daemon.timeout",
+            raw.daemon.timeout.as_ref(),
+            Duration::from_secs(2),
+            bounds::TIMEOUT,
+        ),
+        socket: raw.daemon.socket,
     };
     let tokens = tokens(&mut p, raw.tokens);
     let (issuers, clients) = issuers(&mut p, raw.issuers);
@@ -43,6 +55,7 @@ pub(in crate::config) fn parse_gateway(text: &str) -> Result<GatewayFile, Vec<Co
         return Err(p.errors);
     }
     Ok(GatewayFile {
+        daemon,
         tokens,
         issuers,
         attribution: Attribution {
@@ -172,6 +185,17 @@ fn gateway(p: &mut Problems, raw: RawGateway, issuers: &[&str]) -> Option<Gatewa
     };
     let rate_limit_client = rate("rate_limit_client", raw.rate_limit_client.as_ref());
     let rate_limit_owner = rate("rate_limit_owner", raw.rate_limit_owner.as_ref());
+    if raw.record_arguments.len() > 32 {
+        p.at(at("record_arguments"), "at most 32 argument keys");
+    }
+    for k in &raw.record_arguments {
+        if k.is_empty() || k.len() > 64 || k.chars().any(char::is_control) {
+            p.at(
+                at("record_arguments"),
+                format!("{k:?} is not an argument key (1-64 characters)"),
+            );
+        }
+    }
     Some(GatewayConfig {
         name: raw.name,
         listen: listen?,
@@ -189,6 +213,7 @@ fn gateway(p: &mut Problems, raw: RawGateway, issuers: &[&str]) -> Option<Gatewa
         tls,
         rate_limit_client,
         rate_limit_owner,
+        record_arguments: raw.record_arguments,
     })
 }
 
@@ -234,7 +259,11 @@ fn url_at(p: &mut Problems, path: &str, text: &str, resource: bool) -> Option<ur
 mod tests {
     use super::*;
 
-    const ISSUER: &str = "[[issuer]]\nurl = \"https://auth.example.com\"\n";
+    const ISSUER: &str = "[daemon]\nsocket = \"/run/credbroker/broker.sock\"\n\
+        [[issuer]]\nurl = \"https://auth.example.com\"\n";
+
+    /// The line of a `[[gateway]]` body's second key (`listen` below) in [`problems`]'s document.
+    const FIRST: usize = 8;
 
     fn problems(gateway: &str) -> Vec<String> {
         match parse_gateway(&format!("{ISSUER}\n[[gateway]]\n{gateway}")) {
@@ -272,20 +301,38 @@ mod tests {
              [gateway.methods]\n\"tools/call\" = [\"a\"]\n[gateway.tools]\nq = [\"two words\"]\n",
         );
         let expect = [
-            "line 6: gateway.orders.listen: plain HTTP off loopback",
-            "line 7: gateway.orders.resource: must be https off loopback",
-            "line 8: gateway.orders.upstream: must be http or https",
-            "line 9: gateway.orders.authorization_servers: \"https://evil.example\" is not a configured",
-            "line 10: gateway.orders.default:",
-            "line 11: gateway.orders.max_body_bytes:",
-            "line 12: gateway.orders.upstream_timeout:",
-            "line 13: gateway.orders.listen_tls: unknown key",
-            "line 15: gateway.orders.methods.tools/call: unknown method",
-            "line 17: gateway.orders.tools.q: \"two words\" is not a scope token",
+            format!(
+                "line {}: gateway.orders.listen: plain HTTP off loopback",
+                FIRST
+            ),
+            format!(
+                "line {}: gateway.orders.resource: must be https off loopback",
+                FIRST + 1
+            ),
+            format!(
+                "line {}: gateway.orders.upstream: must be http or https",
+                FIRST + 2
+            ),
+            format!(
+                "line {}: gateway.orders.authorization_servers: \"https://evil.example\" is not a configured",
+                FIRST + 3
+            ),
+            format!("line {}: gateway.orders.default:", FIRST + 4),
+            format!("line {}: gateway.orders.max_body_bytes:", FIRST + 5),
+            format!("line {}: gateway.orders.upstream_timeout:", FIRST + 6),
+            format!("line {}: gateway.orders.listen_tls: unknown key", FIRST + 7),
+            format!(
+                "line {}: gateway.orders.methods.tools/call: unknown method",
+                FIRST + 9
+            ),
+            format!(
+                "line {}: gateway.orders.tools.q: \"two words\" is not a scope token",
+                FIRST + 11
+            ),
         ];
-        for e in expect {
+        for e in &expect {
             assert!(
-                p.iter().any(|l| l.starts_with(e)),
+                p.iter().any(|l| l.starts_with(e.as_str())),
                 "missing {e:?} in {p:#?}"
             );
         }

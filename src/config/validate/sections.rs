@@ -68,6 +68,7 @@ pub(super) fn server(p: &mut Problems, raw: RawServer) -> ServerConfig {
         broker_socket_gid,
         admin_socket: raw.admin_socket,
         admin_uids,
+        gateway_uids: raw.gateway_uids.unwrap_or_default().into_iter().collect(),
         max_connections_per_uid,
         connection_idle_timeout,
     }

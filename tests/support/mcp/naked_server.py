@@ -11,6 +11,7 @@ Stateless by default (2026-07-28); `stateful` keeps 2025-11-25 sessions (`Mcp-Se
 
 import asyncio
 import json
+import os
 import sys
 import time
 
@@ -43,6 +44,34 @@ async def stream(ticks: int, ctx: Context) -> str:
         await ctx.info(json.dumps({"tick": i, "at": time.time()}))
         await asyncio.sleep(0.3)
     return "done"
+
+
+@mcp.tool()
+async def report(ctx: Context) -> str:
+    """Runs a report with a database credential from the broker: begins a task for this very
+    call (the caller's token, the gateway's Credbroker-Call id), then ends it. Needs
+    CREDBROKER_BIN and CREDBROKER_SOCKET in the environment."""
+    req = ctx.request_context.request
+    token = req.headers.get("authorization", "").partition(" ")[2]
+    cmd = [os.environ["CREDBROKER_BIN"], "task", "begin", "--tool", "report",
+           "--grant", "orders-db-read", "--token-file", "-"]
+    call = req.headers.get("credbroker-call")
+    if call:
+        cmd += ["--call-id", call]
+    begin = await asyncio.create_subprocess_exec(
+        *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await begin.communicate(token.encode())
+    if begin.returncode != 0:
+        raise RuntimeError(f"task begin failed: {err.decode().strip()}")
+    task = json.loads(out)["task"]["id"]
+    end = await asyncio.create_subprocess_exec(
+        os.environ["CREDBROKER_BIN"], "task", "end", "--task", task,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    _, err = await end.communicate()
+    if end.returncode != 0:
+        raise RuntimeError(f"task end failed: {err.decode().strip()}")
+    return f"report done in task {task}"
 
 
 inner = mcp.streamable_http_app(stateless_http=sys.argv[3:] != ["stateful"])

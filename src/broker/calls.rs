@@ -1,0 +1,367 @@
+//! MCP calls reported by `credbroker gateway`: checked, and recorded in the one audit chain.
+//!
+//! The gateway is a separate, network-facing process holding no journal key, so the daemon
+//! trusts its reports only from the uids `server.gateway_uids` names, and checks every field as
+//! it would any request: a report that is malformed changes nothing. An allowed call's record
+//! is committed before the gateway forwards the call (the gateway waits for this answer), so no
+//! call reaches an upstream unrecorded. A BeginTask that names a call (`call_id`) must name one
+//! recorded as allowed for the same token.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+
+use super::{Broker, BrokerError, ErrorKind};
+use crate::journal::{Durability, Op};
+use crate::record::{AuditRecord, Outcome, Reason, event, reason};
+use crate::workload::PeerInfo;
+
+/// Who made a call, as the gateway verified it from the token.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    pub issuer: String,
+    pub subject: String,
+    pub client_id: String,
+    pub actors: Vec<String>,
+    pub owner: Option<String>,
+    pub owner_source: String,
+    pub token_fingerprint: String,
+    pub jti: String,
+}
+
+/// One MCP call and the gateway's decision on it.
+#[derive(Clone, Debug, Default)]
+pub struct CallReport {
+    pub call_id: String,
+    pub gateway: String,
+    pub resource: String,
+    pub method: String,
+    pub name: String,
+    pub arguments_sha256: String,
+    /// Argument values recorded in clear (a gateway's `record_arguments`), as JSON text.
+    pub arguments: BTreeMap<String, String>,
+    pub caller: Option<Caller>,
+    pub source: String,
+    pub client_name: String,
+    pub client_version: String,
+    pub protocol_version: String,
+    /// The reason code it was refused with; empty when allowed.
+    pub refused: String,
+    pub http_status: u32,
+}
+
+/// What the upstream answered an allowed call.
+#[derive(Clone, Debug, Default)]
+pub struct CallResult {
+    pub call_id: String,
+    pub gateway: String,
+    pub http_status: u32,
+    pub jsonrpc_error: Option<i64>,
+    pub duration_ms: u64,
+    /// A reason code when the upstream was not reached or did not answer in time.
+    pub error: String,
+}
+
+fn invalid(what: &str) -> BrokerError {
+    BrokerError::invalid("invalid_call_report", format!("the call report's {what}"))
+}
+
+/// Printable text of at most `max` bytes (no control characters: records end up in terminals).
+fn text(v: &str, max: usize, what: &str) -> Result<(), BrokerError> {
+    if v.len() > max || v.chars().any(char::is_control) {
+        return Err(invalid(&format!(
+            "{what} is over {max} bytes or holds control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn required(v: &str, max: usize, what: &str) -> Result<(), BrokerError> {
+    if v.is_empty() {
+        return Err(invalid(&format!("{what} is empty")));
+    }
+    text(v, max, what)
+}
+
+fn check_call_id(id: &str) -> Result<(), BrokerError> {
+    match uuid::Uuid::try_parse(id) {
+        Ok(u) if u.hyphenated().to_string() == id => Ok(()),
+        _ => Err(invalid("call_id is not a lowercase hyphenated UUID")),
+    }
+}
+
+fn hex64(v: &str, what: &str) -> Result<(), BrokerError> {
+    if v.len() == 64 && v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(invalid(&format!("{what} is not 64 lowercase hex digits")))
+    }
+}
+
+fn gateway_name(v: &str) -> Result<(), BrokerError> {
+    required(v, 64, "gateway")?;
+    if v.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Ok(())
+    } else {
+        Err(invalid(
+            "gateway name holds characters other than [A-Za-z0-9._-]",
+        ))
+    }
+}
+
+fn code(v: &str, what: &str) -> Result<Option<Reason>, BrokerError> {
+    if v.is_empty() {
+        return Ok(None);
+    }
+    reason::find(v)
+        .map(Some)
+        .ok_or_else(|| invalid(&format!("{what} {v:?} is not a registered reason code")))
+}
+
+impl CallReport {
+    fn check(&self) -> Result<Option<Reason>, BrokerError> {
+        check_call_id(&self.call_id)?;
+        gateway_name(&self.gateway)?;
+        required(&self.resource, 2048, "resource")?;
+        text(&self.method, 128, "method")?;
+        text(&self.name, 2048, "name")?;
+        if !self.arguments_sha256.is_empty() {
+            hex64(&self.arguments_sha256, "arguments_sha256")?;
+        }
+        if self.arguments.len() > 32 {
+            return Err(invalid("arguments hold over 32 keys"));
+        }
+        for (k, v) in &self.arguments {
+            required(k, 64, "argument key")?;
+            if v.len() > 1024 || serde_json::from_str::<Value>(v).is_err() {
+                return Err(invalid(&format!(
+                    "argument {k:?} is not JSON of at most 1024 bytes"
+                )));
+            }
+        }
+        if let Some(c) = &self.caller {
+            required(&c.issuer, 2048, "caller issuer")?;
+            required(&c.subject, 1024, "caller subject")?;
+            required(&c.client_id, 1024, "caller client_id")?;
+            text(&c.jti, 1024, "caller jti")?;
+            required(&c.owner_source, 32, "caller owner_source")?;
+            if let Some(o) = &c.owner {
+                required(o, 1024, "caller owner")?;
+            }
+            if c.actors.len() > 16 {
+                return Err(invalid("caller has over 16 actors"));
+            }
+            for a in &c.actors {
+                required(a, 1024, "caller actor")?;
+            }
+            hex64(&c.token_fingerprint, "caller token_fingerprint")?;
+        }
+        if self.source.parse::<SocketAddr>().is_err() {
+            return Err(invalid("source is not an address and port"));
+        }
+        text(&self.client_name, 256, "client_name")?;
+        text(&self.client_version, 256, "client_version")?;
+        text(&self.protocol_version, 32, "protocol_version")?;
+        let refused = code(&self.refused, "refusal")?;
+        match (refused, self.caller.is_some(), self.http_status) {
+            (None, false, _) => Err(invalid("caller is missing from an allowed call")),
+            (None, true, 0) | (Some(_), _, 400..=599) => Ok(refused),
+            (None, true, _) => Err(invalid("http_status is set on an allowed call")),
+            (Some(_), _, _) => Err(invalid("http_status of a refusal is not 400-599")),
+        }
+    }
+
+    fn record(
+        self,
+        peer: &PeerInfo,
+        refused: Option<Reason>,
+        now: std::time::SystemTime,
+    ) -> AuditRecord {
+        let outcome = if refused.is_some() {
+            Outcome::Denied
+        } else {
+            Outcome::Success
+        };
+        let mut r = AuditRecord::new(event::MCP_CALL, outcome, now)
+            .detail("gateway", self.gateway)
+            .detail("resource", self.resource)
+            .detail("source", self.source);
+        if let Some(code) = refused {
+            r = r.reason(code).detail("http_status", self.http_status);
+        }
+        if !self.method.is_empty() {
+            r = r.detail("method", self.method);
+        }
+        if !self.arguments_sha256.is_empty() {
+            r = r.detail("arguments_sha256", self.arguments_sha256);
+        }
+        if !self.arguments.is_empty() {
+            let clear: serde_json::Map<String, Value> = self
+                .arguments
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::from_str(&v).unwrap_or(Value::Null)))
+                .collect();
+            r = r.detail("arguments", clear);
+        }
+        if !self.client_name.is_empty() || !self.client_version.is_empty() {
+            r = r.detail(
+                "client",
+                json!({"name": self.client_name, "version": self.client_version}),
+            );
+        }
+        if !self.protocol_version.is_empty() {
+            r = r.detail("protocol_version", self.protocol_version);
+        }
+        r.call_id = Some(self.call_id);
+        r.tool = (!self.name.is_empty()).then_some(self.name);
+        r.peer = Some(peer.record());
+        if let Some(c) = self.caller {
+            r.issuer = Some(c.issuer);
+            r.subject = Some(c.subject);
+            r.client_id = Some(c.client_id);
+            r.actors = c.actors;
+            r.owner = c.owner;
+            r.owner_source = Some(c.owner_source);
+            r.token_fingerprint = Some(c.token_fingerprint);
+            r.jti = (!c.jti.is_empty()).then_some(c.jti);
+        }
+        r
+    }
+}
+
+impl Broker {
+    /// Only a gateway's uid may report calls.
+    pub fn check_gateway(&self, peer: &PeerInfo) -> Result<(), BrokerError> {
+        if self
+            .runtime()
+            .config
+            .server
+            .gateway_uids
+            .contains(&peer.uid)
+        {
+            Ok(())
+        } else {
+            Err(BrokerError::new(
+                ErrorKind::PermissionDenied,
+                "peer_not_gateway",
+                format!(
+                    "uid {} may not report MCP calls (see server.gateway_uids)",
+                    peer.uid
+                ),
+            ))
+        }
+    }
+
+    /// Records a call's decision. An allowed call is committed before this returns; a refusal
+    /// counts against the gateway's refusal audit budget, like every refusal.
+    pub async fn record_call(
+        &self,
+        peer: &PeerInfo,
+        report: CallReport,
+    ) -> Result<(), BrokerError> {
+        self.check_gateway(peer)?;
+        let refused = report.check()?;
+        let record = report.record(peer, refused, self.clock.now());
+        if refused.is_some() {
+            self.audit_only(vec![record]).await;
+            return Ok(());
+        }
+        self.journal
+            .commit_with(vec![Op::Audit(Box::new(record))], Durability::Process)
+            .await
+            .map_err(|e| {
+                if e.is_duplicate() {
+                    BrokerError::new(
+                        ErrorKind::FailedPrecondition,
+                        "call_recorded",
+                        "this call id is already recorded",
+                    )
+                } else {
+                    BrokerError::journal(&e)
+                }
+            })
+    }
+
+    /// Records what the upstream answered an allowed call.
+    pub async fn finish_call(
+        &self,
+        peer: &PeerInfo,
+        result: CallResult,
+    ) -> Result<(), BrokerError> {
+        self.check_gateway(peer)?;
+        check_call_id(&result.call_id)?;
+        gateway_name(&result.gateway)?;
+        let error = code(&result.error, "error")?;
+        if result.http_status > 599 || (result.http_status == 0) != error.is_some() {
+            return Err(invalid(
+                "http_status must be an HTTP status, or 0 with an error code",
+            ));
+        }
+        let failed = error.is_some() || result.http_status >= 400 || result.jsonrpc_error.is_some();
+        let outcome = if failed {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        let mut r = AuditRecord::new(event::MCP_CALL_FINISHED, outcome, self.clock.now())
+            .detail("gateway", result.gateway)
+            .detail("duration_ms", result.duration_ms);
+        if let Some(code) = error {
+            r = r.reason(code);
+        } else {
+            r = r.detail("http_status", result.http_status);
+        }
+        if let Some(e) = result.jsonrpc_error {
+            r = r.detail("jsonrpc_error", e);
+        }
+        r.call_id = Some(result.call_id);
+        r.peer = Some(peer.record());
+        self.journal
+            .commit_with(vec![Op::Audit(Box::new(r))], Durability::Process)
+            .await
+            .map_err(|e| BrokerError::journal(&e))
+    }
+
+    /// A BeginTask's `call_id` must name a call recorded as allowed, made with this token: a
+    /// workload cannot file its task under someone else's call.
+    pub(super) async fn check_call(
+        &self,
+        call_id: &str,
+        token_fp: &str,
+    ) -> Result<(), BrokerError> {
+        check_call_id(call_id).map_err(|_| {
+            BrokerError::invalid(
+                "invalid_call_id",
+                "call_id is not a lowercase hyphenated UUID",
+            )
+        })?;
+        let id = call_id.to_owned();
+        let found: Option<(String, Option<String>)> = self
+            .journal
+            .read(move |conn| {
+                use rusqlite::OptionalExtension;
+                Ok(conn
+                    .query_row(
+                        "SELECT outcome, token_fp FROM audit WHERE call_id = ?1 AND event = 'mcp_call'",
+                        [&id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?)
+            })
+            .await
+            .map_err(|e| BrokerError::journal(&e))?;
+        match found {
+            Some((outcome, Some(fp))) if outcome == Outcome::Success.as_str() && fp == token_fp => {
+                Ok(())
+            }
+            _ => Err(BrokerError::new(
+                ErrorKind::PermissionDenied,
+                reason::CALL_UNKNOWN.as_str(),
+                "call_id names no MCP call the gateway allowed with this token",
+            )),
+        }
+    }
+}
