@@ -35,6 +35,14 @@ struct Reason {
     reason: String,
 }
 
+/// A gateway's MCP calls: its configured name, the decision, the refusal's reason code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Call {
+    gateway: String,
+    outcome: String,
+    reason: String,
+}
+
 /// What the scrape reads from the broker.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -52,6 +60,7 @@ pub struct Metrics {
     issues: Family<ProviderResult, Counter>,
     revocations: Family<ProviderResult, Counter>,
     rejections: Family<Reason, Counter>,
+    calls: Family<Call, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -109,7 +118,15 @@ impl Default for Metrics {
             "Requests refused before a task existed, by reason code",
             rejections.clone(),
         );
+        let calls = Family::<Call, Counter>::default();
+        registry.register(
+            "mcp_calls",
+            "MCP calls through credbroker gateway, by gateway, outcome (success: forwarded; \
+             denied) and reason code (rate_limited, insufficient_scope, …)",
+            calls.clone(),
+        );
         Self {
+            calls,
             registry,
             active_tasks,
             active_leases,
@@ -143,6 +160,16 @@ impl Metrics {
             }
             event::LEASE_ISSUED => {
                 self.issues.get_or_create(&result("issued")).inc();
+            }
+            event::MCP_CALL => {
+                let gateway = r.detail.get("gateway").and_then(|g| g.as_str());
+                self.calls
+                    .get_or_create(&Call {
+                        gateway: gateway.unwrap_or_default().into(),
+                        outcome: r.outcome.clone(),
+                        reason: r.reason.clone().unwrap_or_default(),
+                    })
+                    .inc();
             }
             event::LEASE_ISSUE_FAILED => {
                 self.issues.get_or_create(&result("failed")).inc();
@@ -218,6 +245,16 @@ mod tests {
             &AuditRecord::new(event::LEASE_REVOCATION_FAILED, Outcome::Failure, at)
                 .lease("l", "g", "vault"),
         );
+        let call = |outcome, reason: Option<crate::record::Reason>| {
+            let r = AuditRecord::new(event::MCP_CALL, outcome, at).detail("gateway", "orders");
+            m.record(&match reason {
+                Some(code) => r.reason(code),
+                None => r,
+            })
+        };
+        call(Outcome::Success, None);
+        call(Outcome::Denied, Some(crate::record::reason::RATE_LIMITED));
+        call(Outcome::Denied, Some(crate::record::reason::RATE_LIMITED));
         m.observe_issue("vault", Duration::from_millis(12));
         let snap = Snapshot {
             active_tasks: 3,
@@ -229,6 +266,8 @@ mod tests {
             "credbroker_issues_total{provider=\"vault\",result=\"issued\"} 1",
             "credbroker_revocations_total{provider=\"vault\",result=\"failed\"} 1",
             "credbroker_tasks_active 3",
+            "credbroker_mcp_calls_total{gateway=\"orders\",outcome=\"success\",reason=\"\"} 1",
+            "credbroker_mcp_calls_total{gateway=\"orders\",outcome=\"denied\",reason=\"rate_limited\"} 2",
             "credbroker_leases_active{provider=\"vault\"} 2",
             "credbroker_revocation_backlog{provider=\"vault\"} 1",
             "credbroker_issue_duration_seconds_count{provider=\"vault\"} 1",

@@ -121,6 +121,20 @@ fn code(v: &str, what: &str) -> Result<Option<Reason>, BrokerError> {
         .ok_or_else(|| invalid(&format!("{what} {v:?} is not a registered reason code")))
 }
 
+/// The network an address is in, as abuse detection compares them: IPv4 /24, IPv6 /48.
+fn network(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0/24")
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    }
+}
+
 impl CallReport {
     fn check(&self) -> Result<Option<Reason>, BrokerError> {
         check_call_id(&self.call_id)?;
@@ -269,20 +283,80 @@ impl Broker {
             self.audit_only(vec![record]).await;
             return Ok(());
         }
-        self.journal
-            .commit_with(vec![Op::Audit(Box::new(record))], Durability::Process)
-            .await
-            .map_err(|e| {
-                if e.is_duplicate() {
-                    BrokerError::new(
-                        ErrorKind::FailedPrecondition,
-                        "call_recorded",
-                        "this call id is already recorded",
-                    )
-                } else {
-                    BrokerError::journal(&e)
-                }
+        let mut record = record;
+        let mut ops = Vec::with_capacity(2);
+        let first = self.first_seen(&record).await?;
+        if let Some(op) = first.clone() {
+            if let Op::ClientSeen { network, .. } = &op {
+                record = record.detail("first_seen_network", network.clone());
+            }
+            ops.push(op);
+        }
+        ops.push(Op::Audit(Box::new(record)));
+        let committed = self.journal.commit_with(ops, Durability::Process).await;
+        if committed.is_ok()
+            && let Some(Op::ClientSeen {
+                issuer, client_id, ..
+            }) = first
+            && let Ok(mut seen) = self.clients_seen.lock()
+        {
+            seen.insert((issuer, client_id));
+        }
+        committed.map_err(|e| {
+            if e.is_duplicate() {
+                BrokerError::new(
+                    ErrorKind::FailedPrecondition,
+                    "call_recorded",
+                    "this call id is already recorded",
+                )
+            } else {
+                BrokerError::journal(&e)
+            }
+        })
+    }
+
+    /// The client's first network, to record with this call, when none is recorded yet.
+    async fn first_seen(&self, r: &AuditRecord) -> Result<Option<Op>, BrokerError> {
+        let (Some(issuer), Some(client)) = (r.issuer.clone(), r.client_id.clone()) else {
+            return Ok(None);
+        };
+        let key = (issuer, client);
+        if self.clients_seen.lock().is_ok_and(|s| s.contains(&key)) {
+            return Ok(None);
+        }
+        let (issuer, client) = key.clone();
+        let known = self
+            .journal
+            .read(move |conn| {
+                Ok(conn
+                    .prepare_cached(
+                        "SELECT 1 FROM clients_seen WHERE issuer = ?1 AND client_id = ?2",
+                    )?
+                    .exists([&issuer, &client])?)
             })
+            .await
+            .map_err(|e| BrokerError::journal(&e))?;
+        if known {
+            if let Ok(mut seen) = self.clients_seen.lock() {
+                seen.insert(key);
+            }
+            return Ok(None);
+        }
+        let source = r
+            .detail
+            .get("source")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Ok(addr) = source.parse::<SocketAddr>() else {
+            return Ok(None);
+        };
+        Ok(Some(Op::ClientSeen {
+            issuer: key.0,
+            client_id: key.1,
+            network: network(addr.ip()),
+            first_ms: r.at_ms,
+            call_id: r.call_id.clone().unwrap_or_default(),
+        }))
     }
 
     /// Records what the upstream answered an allowed call.

@@ -153,6 +153,8 @@ pub struct Broker {
     started_at: SystemTime,
     intern: Arc<intern::Interner>,
     refusals: refusals::RefusalLimiter,
+    /// (issuer, client) pairs whose first network is known to be recorded.
+    clients_seen: Mutex<std::collections::HashSet<(String, String)>>,
     /// Fed by the journal (an observer of committed records) and by issue latencies.
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -179,6 +181,7 @@ impl Broker {
             started_at,
             intern: Arc::default(),
             refusals: refusals::RefusalLimiter::default(),
+            clients_seen: Mutex::default(),
             metrics,
         }
     }

@@ -53,6 +53,14 @@ pub enum Op {
         digest: [u8; 32],
         created_ms: i64,
     },
+    /// The network an OAuth client made its first allowed MCP call from (kept if already known).
+    ClientSeen {
+        issuer: String,
+        client_id: String,
+        network: String,
+        first_ms: i64,
+        call_id: String,
+    },
     /// A fact about the journal itself (written once, e.g. the key check).
     SetMeta {
         name: &'static str,
@@ -202,6 +210,16 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
              ON CONFLICT (name) DO UPDATE SET value = ?2",
             params![name, value],
         )?,
+        Op::ClientSeen { issuer, client_id, network, first_ms, call_id } => {
+            exec(
+                conn,
+                "INSERT INTO clients_seen (issuer, client_id, network, first_ms, call_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![issuer, client_id, network, first_ms, call_id],
+            )?;
+            // None changed: a concurrent first call won; the first network stays the first.
+            1
+        }
         // Handled by `apply`.
         Op::Audit(_) | Op::PruneAudit { .. } => 1,
     };
@@ -339,5 +357,6 @@ fn name(op: &Op) -> &'static str {
         Op::PruneAudit { .. } => "prune audit",
         Op::BeginKey { .. } => "begin key",
         Op::SetMeta { .. } => "set meta",
+        Op::ClientSeen { .. } => "client seen",
     }
 }

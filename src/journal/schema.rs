@@ -131,6 +131,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN call_id TEXT;
     CREATE INDEX audit_call ON audit(call_id) WHERE call_id IS NOT NULL;
     CREATE UNIQUE INDEX audit_call_once ON audit(call_id) WHERE event = 'mcp_call';
+    -- Where each OAuth client made its first allowed MCP call from: the network (/24, /48)
+    -- and the call. Written once per client, never updated.
+    CREATE TABLE clients_seen (
+        issuer     TEXT NOT NULL,
+        client_id  TEXT NOT NULL,
+        network    TEXT NOT NULL,
+        first_ms   INTEGER NOT NULL,
+        call_id    TEXT NOT NULL,
+        PRIMARY KEY (issuer, client_id)
+    ) STRICT, WITHOUT ROWID;
     "#,
 ];
 

@@ -214,6 +214,19 @@ async fn every_mcp_call_is_recorded_and_counted_by_client_owner_and_tool() {
         "{calls:#?}"
     );
     assert_eq!(s.upstream.requests().len(), 4);
+    // The network each client was first seen from, on its first allowed call only.
+    let first: Vec<(&Value, &Value)> = calls
+        .iter()
+        .filter(|r| r["detail"].get("first_seen_network").is_some())
+        .map(|r| (&r["client_id"], &r["detail"]["first_seen_network"]))
+        .collect();
+    assert_eq!(
+        first,
+        [
+            (&json!("agent-1"), &json!("127.0.0.0/24")),
+            (&json!("agent-7"), &json!("127.0.0.0/24"))
+        ]
+    );
     // What a record holds: the digest of the arguments, the one named in clear, the client's
     // own name, where it came from; never a token.
     let q = calls
