@@ -20,6 +20,7 @@ fn units(dir: &Path) {
         "credbroker.service",
         "credbroker.socket",
         "credbroker-admin.socket",
+        "credbroker-gateway.service",
     ] {
         let text = std::fs::read_to_string(repo().join("systemd").join(unit))
             .unwrap_or_else(|e| panic!("{unit}: {e}"))
@@ -29,7 +30,7 @@ fn units(dir: &Path) {
 }
 
 #[test]
-fn the_units_verify_and_the_service_scores_1_5_or_lower() {
+fn the_units_verify_and_the_services_score_1_5_or_lower() {
     let dir = tempfile::tempdir().expect("a temp dir for the units should be created");
     units(dir.path());
     let verify = Command::new("systemd-analyze")
@@ -38,6 +39,7 @@ fn the_units_verify_and_the_service_scores_1_5_or_lower() {
             "credbroker.service",
             "credbroker.socket",
             "credbroker-admin.socket",
+            "credbroker-gateway.service",
         ])
         .current_dir(dir.path())
         .output()
@@ -47,19 +49,22 @@ fn the_units_verify_and_the_service_scores_1_5_or_lower() {
         verify.status.success() && complaints.trim().is_empty(),
         "systemd-analyze verify: {complaints}"
     );
-    let security = Command::new("systemd-analyze")
-        .args(["security", "--offline=true", "./credbroker.service"])
-        .current_dir(dir.path())
-        .output()
-        .expect("systemd-analyze security should run");
-    let report = String::from_utf8_lossy(&security.stdout);
-    let score: f64 = report
-        .lines()
-        .find_map(|l| l.split("credbroker.service: ").nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
-    assert!(score <= 1.5, "exposure {score} > 1.5:\n{report}");
+    // The daemon, and the network-facing gateway apart from it.
+    for unit in ["credbroker.service", "credbroker-gateway.service"] {
+        let security = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", &format!("./{unit}")])
+            .current_dir(dir.path())
+            .output()
+            .expect("systemd-analyze security should run");
+        let report = String::from_utf8_lossy(&security.stdout);
+        let score: f64 = report
+            .lines()
+            .find_map(|l| l.split(&format!("{unit}: ")).nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
+        assert!(score <= 1.5, "{unit}: exposure {score} > 1.5:\n{report}");
+    }
 
     // sysusers.d and tmpfiles.d snippets apply to an empty root.
     let root =
@@ -91,6 +96,20 @@ fn the_units_verify_and_the_service_scores_1_5_or_lower() {
     );
     let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap_or_default();
     assert!(passwd.starts_with("credbroker:"), "{passwd}");
+    assert!(passwd.contains("\ncredbroker-gateway:"), "{passwd}");
+    let group = std::fs::read_to_string(root.path().join("etc/group")).unwrap_or_default();
+    assert!(
+        group
+            .lines()
+            .any(|l| l.starts_with("mcp-servers:") && l.ends_with(":credbroker-gateway")),
+        "the gateway is not in the broker socket's group:\n{group}"
+    );
+    let gw = std::fs::metadata(root.path().join("etc/credbroker-gateway"))
+        .expect("tmpfiles should have created the gateway's directory");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&gw.permissions()) & 0o777,
+        0o750
+    );
     let creds = root.path().join("etc/credbroker/credentials");
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&creds)
