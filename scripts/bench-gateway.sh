@@ -16,6 +16,7 @@ W=$(mktemp -d /var/tmp/credbroker-bench-gw.XXXXXX)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+echo "calls recorded: $("$CB" audit query --journal "$W/journal.db" --event mcp_call --outcome success)"
   wait 2>/dev/null || true
   rm -rf "$W"
 }
@@ -24,9 +25,30 @@ wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 
 . scripts/bench-auth.sh   # $ISSUER, $RES and $W/token
 
+# The daemon every call is recorded by (as in production: the gateway fails closed without it).
+(umask 077 && "$CB" keygen > "$W/journal.key")
+cat > "$W/cb.toml" <<TOML
+[server]
+broker_socket = "$W/broker.sock"
+admin_socket = "$W/admin.sock"
+gateway_uids = [$(id -u)]
+[journal]
+path = "$W/journal.db"
+key_file = "$W/journal.key"
+[[issuer]]
+url = "$ISSUER"
+TOML
+"$CB" --log-level warn serve --config "$W/cb.toml" > "$W/daemon.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 1000); do
+  CREDBROKER_ADMIN_SOCKET="$W/admin.sock" "$CB" status >/dev/null 2>&1 && break; sleep 0.005
+done
+echo "calls recorded: $("$CB" audit query --journal "$W/journal.db" --event mcp_call --outcome success)"
+
 UP=$(port); GW=$(port)
 "$LOAD" mcp-upstream --listen "127.0.0.1:$UP" 2> "$W/upstream.log" & PIDS+=($!)
 cat > "$W/gateway.toml" <<TOML
+[daemon]
+socket = "$W/broker.sock"
 [[issuer]]
 url = "$ISSUER"
 [[gateway]]
@@ -55,3 +77,4 @@ for p in ("p50", "p99"):
           f"(direct {d[f'call_{p}_ms']:.3f}, gateway {g[f'call_{p}_ms']:.3f})")
 PY
 done
+echo "calls recorded: $("$CB" audit query --journal "$W/journal.db" --event mcp_call --outcome success)"
