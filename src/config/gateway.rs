@@ -48,6 +48,10 @@ pub struct GatewayConfig {
     pub resource_name: Option<String>,
     /// The MCP endpoint of the server behind the gateway.
     pub upstream: url::Url,
+    /// Reach the upstream over this unix socket (the URL then gives only path and Host).
+    pub upstream_socket: Option<PathBuf>,
+    /// The CA an https upstream's certificate must chain to, instead of the platform's roots.
+    pub upstream_ca_file: Option<PathBuf>,
     /// Issuer URLs, each a configured `[[issuer]]`.
     pub authorization_servers: Vec<String>,
     pub scopes_supported: Vec<String>,

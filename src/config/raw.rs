@@ -202,6 +202,8 @@ pub(super) struct RawGateway {
     pub(super) upstream_timeout: Option<String>,
     #[serde(default)]
     pub(super) record_arguments: Vec<String>,
+    pub(super) upstream_socket: Option<PathBuf>,
+    pub(super) upstream_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -154,6 +154,8 @@ const GATEWAY: &[Field] = &[
     opt("max_body_bytes", COUNT),
     opt("upstream_timeout", Kind::Str),
     opt("record_arguments", Kind::StrList),
+    opt("upstream_socket", Kind::Str),
+    opt("upstream_ca_file", Kind::Str),
 ];
 /// Where the gateway reports calls: the daemon's broker socket.
 const DAEMON: &[Field] = &[req("socket", Kind::Str), opt("timeout", Kind::Str)];

@@ -14,7 +14,6 @@ use super::challenge::{self, WELL_KNOWN};
 use super::forward::Admitted;
 use super::limits::Limiter;
 use super::message;
-use super::proxy;
 use super::reply::{self, Body, Refusal};
 use super::report::{self, Reporter};
 use super::sessions::{Principal, Sessions};
@@ -27,7 +26,7 @@ use crate::token::{Verified, Verifier};
 pub struct Gateway {
     pub cfg: GatewayConfig,
     pub verifier: Arc<Verifier>,
-    pub upstream: proxy::Upstream,
+    pub(super) upstream: super::upstream::Upstream,
     pub(super) sessions: Sessions,
     pub(super) client_limit: Option<Limiter>,
     pub(super) owner_limit: Option<Limiter>,

@@ -15,6 +15,7 @@ mod reply;
 mod report;
 mod sessions;
 mod tls;
+mod upstream;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -36,7 +37,6 @@ pub async fn run(file: GatewayFile) -> anyhow::Result<()> {
         tracing::warn!(issuer = %url, error = %why, "issuer keys not loaded yet");
     }
     let _refresh = verifier.spawn_refresh();
-    let upstream = proxy::client();
     let reporter = report::Reporter::new(&file.daemon);
     let mut servers = tokio::task::JoinSet::new();
     let mut certificates = Vec::new();
@@ -58,7 +58,8 @@ pub async fn run(file: GatewayFile) -> anyhow::Result<()> {
         tracing::info!(gateway = %cfg.name, listen = %cfg.listen, resource = %cfg.resource, "gateway listening");
         let gw = Arc::new(Gateway {
             verifier: Arc::clone(&verifier),
-            upstream: upstream.clone(),
+            upstream: upstream::Upstream::new(&cfg)
+                .map_err(|e| anyhow::anyhow!("gateway {}: upstream: {e}", cfg.name))?,
             // A day idle, and at most 100,000 open: past that the least recently used goes.
             sessions: sessions::Sessions::new(100_000, Duration::from_secs(86_400)),
             client_limit: cfg

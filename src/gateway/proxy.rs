@@ -6,19 +6,9 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::Value;
 
 use super::reply::{self, Body};
-
-pub(super) type Upstream = Client<HttpConnector, http_body_util::Full<Bytes>>;
-
-pub(super) fn client() -> Upstream {
-    let mut c = HttpConnector::new();
-    c.set_nodelay(true);
-    Client::builder(hyper_util::rt::TokioExecutor::new()).build(c)
-}
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) and those the gateway sets itself.
 const DROPPED: [&str; 9] = [

@@ -15,6 +15,8 @@ mod cli;
 mod conformance;
 mod defects;
 mod gateway;
+mod gateway_audit;
+mod gateway_upstreams;
 mod github;
 mod keys;
 mod lifecycle;

@@ -36,9 +36,17 @@ async fn wait_for_port(port: u16, what: &str) {
     }
 }
 
+enum Listen {
+    Tcp,
+    Tls,
+    Unix,
+}
+
 pub struct NakedMcp {
     /// Its MCP endpoint.
     pub url: String,
+    /// Its unix socket, when started with [`NakedMcp::start_unix`].
+    pub socket: PathBuf,
     log: PathBuf,
     child: Child,
     _dir: tempfile::TempDir,
@@ -61,12 +69,36 @@ impl NakedMcp {
     }
 
     async fn start_mode(mode: &[&str], broker: Option<&Path>) -> Self {
+        Self::spawn(mode, broker, Listen::Tcp).await
+    }
+
+    /// Over HTTPS, with the fixture certificate for 127.0.0.1 (`tests/fixtures/tls`, CA 1).
+    pub async fn start_tls() -> Self {
+        Self::spawn(&[], None, Listen::Tls).await
+    }
+
+    /// On a unix socket, `socket` in its directory; `url` is then `http://127.0.0.1:8000/mcp`.
+    pub async fn start_unix() -> Self {
+        Self::spawn(&[], None, Listen::Unix).await
+    }
+
+    async fn spawn(mode: &[&str], broker: Option<&Path>, listen: Listen) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir for the MCP server should be created");
         let log = dir.path().join("requests.jsonl");
         let port = free_port();
-        let child = Command::new(python())
-            .arg(repo().join("tests/support/mcp/naked_server.py"))
-            .arg(port.to_string())
+        let socket = dir.path().join("mcp.sock");
+        let tls = repo().join("tests/fixtures/tls");
+        let mut cmd = Command::new(python());
+        cmd.arg(repo().join("tests/support/mcp/naked_server.py"));
+        match listen {
+            Listen::Unix => cmd.arg(format!("unix:{}", socket.display())),
+            _ => cmd.arg(port.to_string()),
+        };
+        if let Listen::Tls = listen {
+            cmd.env("NAKED_TLS_CERT", tls.join("server1.pem"))
+                .env("NAKED_TLS_KEY", tls.join("server1.key"));
+        }
+        let child = cmd
             .arg(&log)
             .args(mode)
             .env("CREDBROKER_BIN", testd())
@@ -75,9 +107,31 @@ impl NakedMcp {
             .stderr(Stdio::null())
             .spawn()
             .expect("the naked MCP server should start");
-        wait_for_port(port, "the naked MCP server").await;
+        let url = match listen {
+            Listen::Unix => {
+                let started = Instant::now();
+                while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+                    assert!(
+                        started.elapsed() < Duration::from_secs(30),
+                        "no unix socket"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                // Any host and port: the socket is dialled. The SDK checks Host (DNS rebinding).
+                "http://127.0.0.1:8000/mcp".to_string()
+            }
+            Listen::Tls => {
+                wait_for_port(port, "the naked MCP server").await;
+                format!("https://127.0.0.1:{port}/mcp")
+            }
+            Listen::Tcp => {
+                wait_for_port(port, "the naked MCP server").await;
+                format!("http://127.0.0.1:{port}/mcp")
+            }
+        };
         Self {
-            url: format!("http://127.0.0.1:{port}/mcp"),
+            url,
+            socket,
             log,
             child,
             _dir: dir,

@@ -110,6 +110,22 @@ fn gateway(p: &mut Problems, raw: RawGateway, issuers: &[&str]) -> Option<Gatewa
     };
     let resource = url_at(p, &at("resource"), &raw.resource, true);
     let upstream = url_at(p, &at("upstream"), &raw.upstream, false);
+    let scheme = upstream.as_ref().map(|u| u.scheme().to_owned());
+    if let Some(s) = &raw.upstream_socket {
+        check_path(p, &at("upstream_socket"), s);
+        if scheme.as_deref() == Some("https") {
+            p.at(
+                at("upstream_socket"),
+                "a unix socket upstream is spoken to in plain HTTP: write upstream as http://localhost/PATH",
+            );
+        }
+    }
+    if let Some(f) = &raw.upstream_ca_file {
+        check_path(p, &at("upstream_ca_file"), f);
+        if scheme.as_deref() != Some("https") {
+            p.at(at("upstream_ca_file"), "is for an https upstream");
+        }
+    }
     let authorization_servers = match raw.authorization_servers {
         None => issuers.iter().map(|s| s.to_string()).collect(),
         Some(list) => {
@@ -202,6 +218,8 @@ fn gateway(p: &mut Problems, raw: RawGateway, issuers: &[&str]) -> Option<Gatewa
         resource: resource?,
         resource_name: raw.resource_name,
         upstream: upstream?,
+        upstream_socket: raw.upstream_socket,
+        upstream_ca_file: raw.upstream_ca_file,
         authorization_servers,
         scopes_supported,
         tools: raw.tools,
@@ -337,6 +355,40 @@ mod tests {
             );
         }
         assert_eq!(p.len(), expect.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn upstream_sockets_and_cas_fit_their_schemes() {
+        let https = GOOD.replace("http://127.0.0.1:9000/mcp", "https://orders.internal/mcp");
+        assert!(
+            problems(&format!(
+                "{https}upstream_ca_file = \"/etc/ssl/internal.pem\"\n"
+            ))
+            .is_empty()
+        );
+        assert!(
+            problems(&format!(
+                "{GOOD}upstream_socket = \"/run/orders/mcp.sock\"\n"
+            ))
+            .is_empty()
+        );
+        for (body, expect) in [
+            (
+                format!("{GOOD}upstream_ca_file = \"/etc/ssl/internal.pem\"\n"),
+                "is for an https upstream",
+            ),
+            (
+                format!("{https}upstream_socket = \"/run/orders/mcp.sock\"\n"),
+                "plain HTTP",
+            ),
+            (
+                format!("{GOOD}upstream_socket = \"mcp.sock\"\n"),
+                "is relative",
+            ),
+        ] {
+            let p = problems(&body);
+            assert!(p.len() == 1 && p[0].contains(expect), "{p:?}");
+        }
     }
 
     #[test]

@@ -4,9 +4,10 @@ too many are deployed: the upstream the tests put credbroker's gateway in front 
 Every request it receives is appended to the log file (argv[2]) as one JSON line, so a test can
 prove what reached it and what did not.
 
-    naked_server.py PORT LOG [stateful]
+    naked_server.py PORT|unix:PATH LOG [stateful]
 
 Stateless by default (2026-07-28); `stateful` keeps 2025-11-25 sessions (`Mcp-Session-Id`).
+With NAKED_TLS_CERT and NAKED_TLS_KEY it speaks HTTPS.
 """
 
 import asyncio
@@ -19,7 +20,7 @@ import uvicorn
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 
-PORT = int(sys.argv[1])
+LISTEN = sys.argv[1]
 LOG = sys.argv[2]
 
 mcp = MCPServer("orders")
@@ -109,4 +110,8 @@ async def app(scope, receive, send):
     return await inner(scope, replay, send)
 
 
-uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning")
+where = ({"uds": LISTEN[len("unix:"):]} if LISTEN.startswith("unix:")
+         else {"host": "127.0.0.1", "port": int(LISTEN)})
+tls = ({"ssl_certfile": os.environ["NAKED_TLS_CERT"], "ssl_keyfile": os.environ["NAKED_TLS_KEY"]}
+       if "NAKED_TLS_CERT" in os.environ else {})
+uvicorn.run(app, log_level="warning", **where, **tls)
