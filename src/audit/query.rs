@@ -21,6 +21,7 @@ pub struct AuditFilter {
     pub grant: Option<String>,
     pub provider: Option<String>,
     pub task: Option<String>,
+    pub call: Option<String>,
     pub events: Vec<String>,
     pub outcome: Option<String>,
     pub reason: Option<String>,
@@ -73,6 +74,7 @@ impl AuditFilter {
         eq("grant_name", &self.grant);
         eq("provider", &self.provider);
         eq("task_id", &self.task);
+        eq("call_id", &self.call);
         eq("outcome", &self.outcome);
         eq("reason", &self.reason);
         if !self.events.is_empty() {

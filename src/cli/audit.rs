@@ -92,6 +92,10 @@ pub(super) struct RecordArgs {
     reason: Option<String>,
     #[arg(long)]
     task: Option<String>,
+    /// An MCP call (its `call_id`): the gateway's records of it and those of the tasks begun
+    /// for it.
+    #[arg(long)]
+    call: Option<String>,
     /// Only records after this record number: ship incrementally from where the last export
     /// ended (each record carries its `seq`).
     #[arg(long)]
@@ -116,6 +120,7 @@ impl RecordArgs {
             grant: f.grant.clone(),
             provider: f.provider.clone(),
             task: self.task.clone(),
+            call: self.call.clone(),
             events: self.event.clone(),
             outcome: self.outcome.clone(),
             reason: self.reason.clone(),

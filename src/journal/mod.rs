@@ -64,6 +64,12 @@ pub enum JournalError {
     Io { path: String, error: std::io::Error },
     #[error("journal schema version {found} is newer than this build understands ({known})")]
     TooNew { found: usize, known: usize },
+    #[error(
+        "journal schema version {found} is older than this build's ({known}): run this version's \
+         `credbroker serve` once to upgrade it (it migrates on start), or read it with the version \
+         that wrote it"
+    )]
+    TooOld { found: usize, known: usize },
 }
 
 impl Durability {
@@ -248,7 +254,20 @@ impl Journal {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(conn)
+        // A read-only reader cannot migrate; a schema it does not match is said so, not met
+        // with an SQL error about a missing column.
+        let found: usize = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        match found.cmp(&schema::VERSION) {
+            std::cmp::Ordering::Less => Err(JournalError::TooOld {
+                found,
+                known: schema::VERSION,
+            }),
+            std::cmp::Ordering::Greater => Err(JournalError::TooNew {
+                found,
+                known: schema::VERSION,
+            }),
+            std::cmp::Ordering::Equal => Ok(conn),
+        }
     }
 }
 

@@ -198,6 +198,32 @@ fn refuses_a_newer_schema() {
     ));
 }
 
+/// The CLI reads journals read-only and cannot migrate: an older or newer schema is named, not
+/// met with an SQL error about a column.
+#[test]
+fn a_read_only_reader_names_a_schema_it_does_not_match() {
+    let dir = tempfile::tempdir().expect("a temp dir for the journal should be created");
+    let path = dir.path().join("j.db");
+    let c = Connection::open(&path).expect("sqlite should create a bare database file");
+    c.execute_batch(schema::MIGRATIONS[0])
+        .expect("the first schema migration should apply");
+    c.pragma_update(None, "user_version", 4)
+        .expect("marking the database as schema 4 should apply");
+    drop(c);
+    let old = Journal::open_read_only(&path).expect_err("an older schema");
+    assert!(
+        matches!(old, JournalError::TooOld { found: 4, .. }) && old.to_string().contains("serve"),
+        "{old}"
+    );
+    Connection::open(&path)
+        .and_then(|c| c.pragma_update(None, "user_version", 99))
+        .expect("setting a future schema version should apply");
+    assert!(matches!(
+        Journal::open_read_only(&path),
+        Err(JournalError::TooNew { found: 99, .. })
+    ));
+}
+
 #[tokio::test]
 async fn migrates_an_older_journal_keeping_its_rows() {
     let dir = tempfile::tempdir().expect("a temp dir for the journal should be created");

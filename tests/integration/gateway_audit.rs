@@ -331,6 +331,26 @@ async fn a_task_begun_for_a_call_sits_under_it_in_the_lineage() {
     assert!(lines[at + 1].trim_start().starts_with("task "), "{text}");
     assert!(lines[at + 2].trim_start().starts_with("lease "), "{text}");
 
+    // `--call` gives the call's whole story: the gateway's records and the task's.
+    let story = s.cli(&["audit", "export", "--call", &call_id]);
+    let events: Vec<Value> = String::from_utf8_lossy(&story.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for e in [
+        "mcp_call",
+        "token_accepted",
+        "task_opened",
+        "lease_issued",
+        "task_ended",
+    ] {
+        assert!(
+            events.iter().any(|r| r["event"] == e),
+            "no {e} in {events:#?}"
+        );
+    }
+    assert!(events.iter().all(|r| r["call_id"] == call_id.as_str()));
+
     // Another token (same client, same owner) cannot file its task under alice's call, nor
     // can anyone name a call that was never made; neither begins anything.
     let other = s.auth.token("agent-1", POSTGRES, PG_READ).await;
