@@ -28,6 +28,8 @@ pub(super) struct Admitted<'a> {
     pub(super) keep: Option<&'a (dyn Fn(&str) -> bool + Sync)>,
     /// Whether the call was recorded (its result is then recorded too).
     pub(super) recorded: bool,
+    /// The client's `clientInfo`, kept with a session it opens.
+    pub(super) client: Option<(String, String)>,
 }
 
 impl Gateway {
@@ -73,7 +75,10 @@ impl Gateway {
             Ok(Ok(resp)) => {
                 let opened = resp.headers().get(SESSION).and_then(|v| v.to_str().ok());
                 match (&asked, opened) {
-                    (None, Some(new)) => self.sessions.bind(new, &a.who, Instant::now()),
+                    (None, Some(new)) => {
+                        self.sessions
+                            .bind(new, &a.who, a.client.clone(), Instant::now())
+                    }
                     (Some(old), _) if ending && resp.status().is_success() => {
                         self.sessions.end(old)
                     }

@@ -86,6 +86,16 @@ impl Gateway {
         if let Err(refusal) = self.check_session(&parts.headers, &who) {
             return self.refuse(call, &refusal, msg.id).await;
         }
+        // A 2025-11-25 client names itself once, in the initialize that opened its session.
+        if call.client_name.is_empty()
+            && let Some((name, version)) = parts
+                .headers
+                .get(SESSION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|id| self.sessions.client(id))
+        {
+            (call.client_name, call.client_version) = (name, version);
+        }
         // Fail closed: a call the journal does not hold is not made.
         let call_id = call.call_id.clone();
         if let Err(e) = self.reporter.record(call).await {
@@ -111,6 +121,7 @@ impl Gateway {
             id: msg.id,
             keep: list.then_some(&keep as &(dyn Fn(&str) -> bool + Sync)),
             recorded: true,
+            client: msg.client,
         })
         .await
     }
@@ -205,6 +216,7 @@ impl Gateway {
             id: Value::Null,
             keep: None,
             recorded: false,
+            client: None,
         })
         .await
     }

@@ -17,8 +17,11 @@ pub(super) struct Principal {
     pub(super) client_id: String,
 }
 
+/// A client's own name and version, from the `initialize` that opened the session.
+pub(super) type ClientInfo = (String, String);
+
 pub(super) struct Sessions {
-    map: Mutex<HashMap<String, (Principal, Instant)>>,
+    map: Mutex<HashMap<String, (Principal, Instant, Option<ClientInfo>)>>,
     cap: usize,
     idle: Duration,
 }
@@ -52,12 +55,12 @@ impl Sessions {
             return Err(Refusal::Unknown);
         };
         match map.get_mut(id) {
-            Some((p, _)) if p != principal => Err(Refusal::NotYours),
-            Some((_, seen)) if now.duration_since(*seen) > self.idle => {
+            Some((p, _, _)) if p != principal => Err(Refusal::NotYours),
+            Some((_, seen, _)) if now.duration_since(*seen) > self.idle => {
                 map.remove(id);
                 Err(Refusal::Unknown)
             }
-            Some((_, seen)) => {
+            Some((_, seen, _)) => {
                 *seen = now;
                 Ok(())
             }
@@ -65,9 +68,24 @@ impl Sessions {
         }
     }
 
+    /// What the session's client said about itself when it opened the session.
+    pub(super) fn client(&self, id: &str) -> Option<ClientInfo> {
+        self.map
+            .lock()
+            .ok()?
+            .get(id)
+            .and_then(|(_, _, c)| c.clone())
+    }
+
     /// Records the session the upstream opened for `principal`. An id already bound stays
     /// with its first principal.
-    pub(super) fn bind(&self, id: &str, principal: &Principal, now: Instant) {
+    pub(super) fn bind(
+        &self,
+        id: &str,
+        principal: &Principal,
+        client: Option<ClientInfo>,
+        now: Instant,
+    ) {
         let Ok(mut map) = self.map.lock() else {
             return;
         };
@@ -76,19 +94,19 @@ impl Sessions {
         }
         if map.len() >= self.cap {
             let idle = self.idle;
-            map.retain(|_, (_, seen)| now.duration_since(*seen) <= idle);
+            map.retain(|_, (_, seen, _)| now.duration_since(*seen) <= idle);
         }
         if map.len() >= self.cap {
             // Still full: the least recently used session goes (its client re-opens on 404).
             if let Some(oldest) = map
                 .iter()
-                .min_by_key(|(_, (_, seen))| *seen)
+                .min_by_key(|(_, (_, seen, _))| *seen)
                 .map(|(k, _)| k.clone())
             {
                 map.remove(&oldest);
             }
         }
-        map.insert(id.to_string(), (principal.clone(), now));
+        map.insert(id.to_string(), (principal.clone(), now, client));
     }
 
     pub(super) fn end(&self, id: &str) {
@@ -114,17 +132,20 @@ mod tests {
     fn a_session_is_its_openers_only_and_lapses_when_idle() {
         let s = Sessions::new(2, Duration::from_secs(60));
         let t0 = Instant::now();
-        s.bind("s1", &who("alice"), t0);
+        s.bind("s1", &who("alice"), None, t0);
         assert_eq!(s.check("s1", &who("alice"), t0), Ok(()));
         assert_eq!(s.check("s1", &who("mallory"), t0), Err(Refusal::NotYours));
         assert_eq!(s.check("nope", &who("alice"), t0), Err(Refusal::Unknown));
         // Binding again does not move a session to someone else.
-        s.bind("s1", &who("mallory"), t0);
+        s.bind("s1", &who("mallory"), None, t0);
         assert_eq!(s.check("s1", &who("mallory"), t0), Err(Refusal::NotYours));
         assert_eq!(
             s.check("s1", &who("alice"), t0 + Duration::from_secs(61)),
             Err(Refusal::Unknown)
         );
+        s.bind("s2", &who("alice"), Some(("agent".into(), "1".into())), t0);
+        assert_eq!(s.client("s2"), Some(("agent".into(), "1".into())));
+        assert_eq!(s.client("s1"), None);
         s.end("s1");
         assert_eq!(s.check("s1", &who("alice"), t0), Err(Refusal::Unknown));
     }
@@ -133,10 +154,10 @@ mod tests {
     fn when_full_the_least_recently_used_session_goes() {
         let s = Sessions::new(2, Duration::from_secs(600));
         let t0 = Instant::now();
-        s.bind("a", &who("x"), t0);
-        s.bind("b", &who("x"), t0 + Duration::from_secs(1));
+        s.bind("a", &who("x"), None, t0);
+        s.bind("b", &who("x"), None, t0 + Duration::from_secs(1));
         assert_eq!(s.check("a", &who("x"), t0 + Duration::from_secs(2)), Ok(()));
-        s.bind("c", &who("x"), t0 + Duration::from_secs(3));
+        s.bind("c", &who("x"), None, t0 + Duration::from_secs(3));
         assert_eq!(
             s.check("b", &who("x"), t0 + Duration::from_secs(4)),
             Err(Refusal::Unknown)

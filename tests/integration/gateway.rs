@@ -426,6 +426,20 @@ async fn a_2025_11_25_session_belongs_to_whoever_opened_it() {
     )
     .await;
     assert_eq!(status, 200, "{msgs:?}");
+    // The session's calls are recorded with the client initialize named, and its revision.
+    let listed: Vec<Value> = s
+        .gateway
+        .daemon
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "mcp_call" && r["detail"]["method"] == "tools/list")
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(
+        listed[0]["detail"]["client"],
+        json!({"name": "gateway-test", "version": "1"})
+    );
+    assert_eq!(listed[0]["detail"]["protocol_version"], "2025-11-25");
 
     // Another principal with the same session id: refused as if it did not exist, and the
     // upstream never sees it.
@@ -680,6 +694,19 @@ async fn the_official_python_sdk_client_works_through_the_gateway_within_its_sco
     };
     an_sdk_client_keeps_to_its_scopes(&s, client, &["403", "insufficient_scope", "needs scope"])
         .await;
+    // Each stateless request names the client and its revision in `_meta`: recorded.
+    let calls: Vec<Value> = s
+        .gateway
+        .daemon
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "mcp_call" && r["outcome"] == "success")
+        .collect();
+    assert!(!calls.is_empty());
+    for c in &calls {
+        assert_eq!(c["detail"]["protocol_version"], "2026-07-28", "{c:#}");
+        assert!(c["detail"]["client"]["name"].is_string(), "{c:#}");
+    }
 }
 
 /// The official TypeScript SDK client (1.32, 2025-11-25: `initialize` first) through the
