@@ -85,10 +85,10 @@ fn rpc_error(bytes: &[u8]) -> Option<i64> {
     }
     let text = std::str::from_utf8(bytes).ok()?;
     text.lines()
+        .rev()
         .filter_map(|l| l.strip_prefix("data:"))
         .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
-        .filter_map(|v| code(&v))
-        .last()
+        .find_map(|v| code(&v))
 }
 
 #[cfg(test)]

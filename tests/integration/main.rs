@@ -16,6 +16,7 @@ mod conformance;
 mod defects;
 mod gateway;
 mod gateway_audit;
+mod gateway_oauth;
 mod gateway_upstreams;
 mod github;
 mod keys;

@@ -71,6 +71,39 @@ pub struct Options {
     pub ttl: u64,
     /// Resources (audiences) beyond the three fixed ones, e.g. a gateway on a loopback port.
     pub resources: Vec<String>,
+    /// The authorization-code flow (off when `None`).
+    pub authorization_code: Option<AuthorizationCode>,
+}
+
+/// The authorization-code flow: PKCE, resource indicators and a headless login, in which
+/// `user` logs in and consents by herself (see tests/support/oidc/README.md).
+pub struct AuthorizationCode {
+    pub user: &'static str,
+    /// RFC 7591 dynamic client registration.
+    pub registration: bool,
+    /// Client ID Metadata Documents, fetched over https from loopback: the authorization
+    /// server trusts the test CA (`tests/fixtures/tls/ca1.pem`) for them.
+    pub client_id_metadata_documents: bool,
+    /// Public clients registered beforehand.
+    pub public_clients: Vec<PublicClient>,
+}
+
+impl Default for AuthorizationCode {
+    fn default() -> Self {
+        Self {
+            user: "alice@example.com",
+            registration: false,
+            client_id_metadata_documents: false,
+            public_clients: Vec::new(),
+        }
+    }
+}
+
+/// A public client (no secret, token_endpoint_auth_method none).
+pub struct PublicClient {
+    pub id: &'static str,
+    pub redirect_uri: String,
+    pub scope: &'static str,
 }
 
 impl Default for Options {
@@ -82,6 +115,7 @@ impl Default for Options {
             port: None,
             ttl: 300,
             resources: Vec::new(),
+            authorization_code: None,
         }
     }
 }
@@ -135,20 +169,38 @@ impl AuthServer {
         for r in &opts.resources {
             resources[r] = json!({ "alg": "ES256", "ttl": ttl, "scope": all });
         }
-        let config = json!({
+        let mut clients: Vec<Value> = clients.iter().map(|c| json!({
+            "client_id": c.id, "client_secret": secret(c.id), "scope": c.scope, "extra_claims": c.extra,
+            "may_act_for": c.may_act_for,
+        })).collect();
+        let mut config = json!({
             "issuer": issuer,
             "keys": keys,
             "metadata": metadata,
-            "clients": clients.iter().map(|c| json!({
-                "client_id": c.id, "client_secret": secret(c.id), "scope": c.scope, "extra_claims": c.extra,
-                "may_act_for": c.may_act_for,
-            })).collect::<Vec<_>>(),
             "resources": resources,
         });
+        let mut command = Command::new("node");
+        if let Some(code) = &opts.authorization_code {
+            config["authorization_code"] = json!({
+                "user": code.user,
+                "registration": code.registration,
+                "client_id_metadata_documents": code.client_id_metadata_documents,
+            });
+            clients.extend(code.public_clients.iter().map(
+                |c| json!({"client_id": c.id, "redirect_uris": [c.redirect_uri], "scope": c.scope}),
+            ));
+            if code.client_id_metadata_documents {
+                command.env(
+                    "NODE_EXTRA_CA_CERTS",
+                    repo().join("tests/fixtures/tls/ca1.pem"),
+                );
+            }
+        }
+        config["clients"] = json!(clients);
         let path = dir.path().join("as.json");
         std::fs::write(&path, config.to_string())
             .expect("the auth server config should be written");
-        let mut child = Command::new("node")
+        let mut child = command
             .arg(oidc_dir().join("server.mjs"))
             .arg(&path)
             .stdout(Stdio::piped())
@@ -233,6 +285,19 @@ impl AuthServer {
             .as_str()
             .unwrap_or_else(|| panic!("no access_token in {body}"))
             .to_string()
+    }
+
+    /// What it did, oldest first: `token` (grant_type, client_id, sub, aud, scope),
+    /// `registration`, `client_id_metadata_document`, `login`, `authorization` events.
+    pub async fn log(&self) -> Vec<Value> {
+        self.http
+            .get(format!("{}/test/log", self.issuer))
+            .send()
+            .await
+            .expect("the auth server should answer /test/log")
+            .json()
+            .await
+            .expect("/test/log is JSON")
     }
 
     /// Makes the JWKS endpoint fail (503) or work again.

@@ -4,6 +4,13 @@
 //
 // usage: node server.mjs CONFIG.json     (see README.md for the config format)
 //
+// Opt-in ("authorization_code" in the config): the authorization-code flow with PKCE S256,
+// RFC 9207 iss and resource indicators, a headless login (the configured test user is logged
+// in and consents by itself: GET /interaction/<uid> finishes the prompt and redirects, so a
+// client that follows redirects with cookies lands on its redirect_uri with a code), public
+// pre-registered clients, RFC 7591 dynamic registration (POST /reg) and Client ID Metadata
+// Documents (client_id = an https URL the server fetches).
+//
 // Client authentication: clients are registered with client_secret_basic, but
 // oidc-provider 9 treats client_secret_basic and client_secret_post as
 // interchangeable, so BOTH HTTP Basic (-u id:secret) and the form fields
@@ -19,6 +26,7 @@
 // Test-control endpoints (loopback only, like the whole server):
 //   POST /test/jwks-mode   body "ok" | "fail"  (fail => /jwks answers 503)
 //   POST /test/shutdown    exits the process with status 0
+//   GET  /test/log         what happened: tokens issued, registrations, logins, ...
 //
 // Prints exactly "READY <issuer>" on stdout once listening; errors go to stderr.
 import { readFileSync } from 'node:fs';
@@ -73,9 +81,18 @@ const clientScopes = new Map();
 const clientExtra = new Map();
 // RFC 8693 token exchange: the users a client may obtain delegated tokens for.
 const clientMayActFor = new Map();
+// Public clients (no client_secret): authorization code only, with these redirect_uris.
+const publicClients = new Set();
 for (const c of cfg.clients) {
-  if (!isObject(c) || typeof c.client_id !== 'string' || typeof c.client_secret !== 'string') {
-    fail('every client needs string client_id and client_secret');
+  if (!isObject(c) || typeof c.client_id !== 'string') fail('every client needs a string client_id');
+  if (c.client_secret === undefined) {
+    if (!Array.isArray(c.redirect_uris) || !c.redirect_uris.length || !c.redirect_uris.every((u) => URL.canParse(u))) {
+      fail(`client ${c.client_id}: a public client (no client_secret) needs redirect_uris`);
+    }
+    if (c.may_act_for?.length) fail(`client ${c.client_id}: a public client cannot use token exchange`);
+    publicClients.add(c.client_id);
+  } else if (typeof c.client_secret !== 'string') {
+    fail(`client ${c.client_id}: client_secret must be a string`);
   }
   if (clientScopes.has(c.client_id)) fail(`duplicate client ${c.client_id}`);
   if (c.scope !== undefined && typeof c.scope !== 'string') fail(`client ${c.client_id}: scope must be a string`);
@@ -101,6 +118,16 @@ for (const [uri, r] of Object.entries(cfg.resources)) {
 const metadata = cfg.metadata ?? 'both';
 if (!['oidc', 'oauth', 'both'].includes(metadata)) fail('config.metadata must be "oidc", "oauth" or "both"');
 
+// The authorization-code flow, off unless configured.
+const code = cfg.authorization_code;
+if (code !== undefined && !isObject(code)) fail('config.authorization_code must be an object');
+const user = code?.user ?? 'alice@example.com';
+if (typeof user !== 'string' || !user) fail('config.authorization_code.user must be a non-empty string');
+for (const flag of ['registration', 'client_id_metadata_documents']) {
+  if (code?.[flag] !== undefined && typeof code[flag] !== 'boolean') fail(`config.authorization_code.${flag} must be a boolean`);
+}
+if (!code && publicClients.size) fail('public clients (no client_secret) need config.authorization_code');
+
 // ---------------------------------------------------------------- provider
 // stdout carries only the READY line: send oidc-provider's console.info/log
 // notices to stderr. It also warns (console.warn) on import when not on
@@ -118,16 +145,32 @@ if (!['oidc', 'oauth', 'both'].includes(metadata)) fail('config.metadata must be
 }
 const { default: Provider, errors } = await import('oidc-provider');
 
+// With the authorization-code flow on, the resources' scopes are resource scopes only (RFC 8707),
+// not OIDC ones (scopes_supported is then just openid). Config clients' scopes are enforced in
+// getResourceServerInfo either way.
 const allScopes = new Set(['openid']);
-for (const s of clientScopes.values()) s.forEach((x) => allScopes.add(x));
-for (const r of Object.values(cfg.resources)) scopeList(r.scope).forEach((x) => allScopes.add(x));
+if (!code) {
+  for (const s of clientScopes.values()) s.forEach((x) => allScopes.add(x));
+  for (const r of Object.values(cfg.resources)) scopeList(r.scope).forEach((x) => allScopes.add(x));
+}
 
 const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
 // The subject token names the user (a test stand-in for the user's own token at a real AS).
 const TEST_USER_TOKEN = 'urn:credbroker:test:user';
 
+// A loopback https URL (a test's own metadata document host): fetched without oidc-provider's
+// SSRF guard, which refuses special-use addresses such as 127.0.0.1. Any other host keeps it.
+const isLoopback = (url) => ['127.0.0.1', '[::1]', 'localhost'].includes(new URL(url).hostname);
+
 const provider = new Provider(cfg.issuer, {
-  clients: cfg.clients.map((c) => ({
+  clients: cfg.clients.map((c) => (publicClients.has(c.client_id) ? {
+    client_id: c.client_id,
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    redirect_uris: c.redirect_uris,
+    token_endpoint_auth_method: 'none',
+    application_type: 'native',
+  } : {
     client_id: c.client_id,
     client_secret: c.client_secret,
     grant_types: ['client_credentials', TOKEN_EXCHANGE],
@@ -138,17 +181,56 @@ const provider = new Provider(cfg.issuer, {
     // intersecting in getResourceServerInfo (silent filtering, no invalid_scope)
   })),
   jwks: cfg.keys,
-  responseTypes: ['none'], // no authorization endpoint flows; grant_types_supported = client_credentials
-  clientAuthMethods: ['client_secret_basic', 'client_secret_post'],
+  // no authorization endpoint flows unless configured; grant_types_supported = client_credentials
+  responseTypes: code ? ['code'] : ['none'],
+  clientAuthMethods: ['client_secret_basic', 'client_secret_post', ...(code ? ['none'] : [])],
   scopes: [...allScopes],
+  ...(code ? {
+    pkce: { required: () => true }, // S256 only (oidc-provider supports no other method)
+    issueRefreshToken: async () => false, // every authorization is a fresh one (step-up included)
+    interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
+    // A registered client's `scope` (an SDK registers with the first scope it is challenged
+    // for) is kept as registered_scope, not as a limit: else it could never step up.
+    extraClientMetadata: {
+      properties: ['registered_scope'],
+      validator: (ctx, key, value, metadata) => {
+        if (metadata.scope !== undefined) {
+          metadata.registered_scope = metadata.scope;
+          delete metadata.scope;
+        }
+      },
+    },
+    findAccount: async (ctx, sub) => ({ accountId: sub, claims: async () => ({ sub }) }),
+    fetch: (url, options) => {
+      if (isLoopback(url)) delete options.dispatcher;
+      return globalThis.fetch(url, options);
+    },
+  } : {}),
   ttl: {
     // explicit (same as the default) so oidc-provider does not print a notice
     ClientCredentials: (ctx, token) => token.resourceServer?.accessTokenTTL || 10 * 60,
+    AccessToken: (ctx, token) => token.resourceServer?.accessTokenTTL || 60 * 60,
+    AuthorizationCode: 60,
+    Interaction: 600,
+    Session: 3600,
+    Grant: 3600,
   },
   cookies: { keys: [randomBytes(32).toString('hex')] },
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    registration: { enabled: Boolean(code?.registration) },
+    clientIdMetadataDocument: code?.client_id_metadata_documents
+      ? {
+        enabled: true,
+        ack: 'draft-02',
+        cacheDuration: { min: 0, max: 0 },
+        allowFetch: async (ctx, clientId) => {
+          record({ event: 'client_id_metadata_document', client_id: clientId });
+          return true;
+        },
+      }
+      : { enabled: false },
     resourceIndicators: {
       enabled: true,
       defaultResource: async () => undefined,
@@ -156,7 +238,8 @@ const provider = new Provider(cfg.issuer, {
       getResourceServerInfo: async (ctx, resourceIndicator, client) => {
         const r = cfg.resources[resourceIndicator];
         if (!r) throw new errors.InvalidTarget();
-        const allowed = clientScopes.get(client.clientId) ?? new Set();
+        // A config client: its scopes. A registered one (DCR, CIMD): the resource's.
+        const allowed = clientScopes.get(client.clientId) ?? (code ? new Set(scopeList(r.scope)) : new Set());
         return {
           scope: scopeList(r.scope).filter((s) => allowed.has(s)).join(' '),
           audience: resourceIndicator,
@@ -218,6 +301,65 @@ provider.registerGrantType(TOKEN_EXCHANGE, async (ctx) => {
   };
 }, new Set(['scope', 'resource', 'subject_token', 'subject_token_type', 'requested_token_type', 'audience']));
 
+// What happened, for GET /test/log: tokens issued (with their decoded claims), registrations,
+// metadata documents fetched, authorizations and logins.
+const log = [];
+function record(entry) {
+  log.push(entry);
+}
+const jwtClaims = (jwt) => {
+  try {
+    return JSON.parse(Buffer.from(jwt.split('.')[1], 'base64url').toString());
+  } catch {
+    return undefined;
+  }
+};
+provider.on('grant.success', (ctx) => {
+  const claims = jwtClaims(ctx.body?.access_token ?? '');
+  record({
+    event: 'token',
+    grant_type: ctx.oidc.params.grant_type,
+    client_id: ctx.oidc.client?.clientId,
+    sub: claims?.sub,
+    aud: claims?.aud,
+    scope: ctx.body?.scope ?? null,
+  });
+});
+provider.on('registration_create.success', (ctx, client) => {
+  record({ event: 'registration', client_id: client.clientId });
+});
+provider.on('authorization.success', (ctx) => {
+  record({
+    event: 'authorization',
+    client_id: ctx.oidc.client?.clientId,
+    scope: ctx.oidc.params.scope ?? null,
+    resource: ctx.oidc.params.resource ?? null,
+  });
+});
+
+// The headless login: the test user logs in and consents to what was asked (the scopes
+// requested ∩ the resource's ∩ a config client's, which getResourceServerInfo already applied).
+async function interaction(req, res) {
+  const details = await provider.interactionDetails(req, res);
+  const { prompt, params, session } = details;
+  if (prompt.name === 'login') {
+    record({ event: 'login', user, client_id: params.client_id });
+    return provider.interactionFinished(req, res, { login: { accountId: user } }, { mergeWithLastSubmission: false });
+  }
+  if (prompt.name !== 'consent') throw new Error(`unexpected prompt ${prompt.name}`);
+  const grant = details.grantId
+    ? await provider.Grant.find(details.grantId)
+    : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+  const { missingOIDCScope, missingOIDCClaims, missingResourceScopes } = prompt.details;
+  if (missingOIDCScope) grant.addOIDCScope(missingOIDCScope.join(' '));
+  if (missingOIDCClaims) grant.addOIDCClaims(missingOIDCClaims);
+  for (const [indicator, scopes] of Object.entries(missingResourceScopes ?? {})) {
+    grant.addResourceScope(indicator, scopes.join(' '));
+  }
+  const grantId = await grant.save();
+  return provider.interactionFinished(req, res, { consent: { grantId } }, { mergeWithLastSubmission: true });
+}
+
 provider.on('server_error', (ctx, err) => {
   process.stderr.write(`oidc test server: server_error: ${err?.stack ?? err}\n`);
 });
@@ -269,6 +411,8 @@ const server = http.createServer(async (req, res) => {
       });
       return undefined;
     }
+    if (path === '/test/log') return send(res, 200, JSON.stringify(log), 'application/json');
+    if (code && path.startsWith('/interaction/') && req.method === 'GET') return await interaction(req, res);
     if (path === JWKS_PATH && jwksMode === 'fail') {
       return send(res, 503, '{"error":"temporarily_unavailable"}', 'application/json');
     }
