@@ -135,6 +135,46 @@ fn network(ip: std::net::IpAddr) -> String {
     }
 }
 
+/// The most results one FinishCalls carries (the gateway sends at most 512).
+const MAX_RESULTS: usize = 4096;
+
+impl CallResult {
+    fn record(
+        self,
+        peer: &PeerInfo,
+        now: std::time::SystemTime,
+    ) -> Result<AuditRecord, BrokerError> {
+        check_call_id(&self.call_id)?;
+        gateway_name(&self.gateway)?;
+        let error = code(&self.error, "error")?;
+        if self.http_status > 599 || (self.http_status == 0) != error.is_some() {
+            return Err(invalid(
+                "http_status must be an HTTP status, or 0 with an error code",
+            ));
+        }
+        let failed = error.is_some() || self.http_status >= 400 || self.jsonrpc_error.is_some();
+        let outcome = if failed {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        let mut r = AuditRecord::new(event::MCP_CALL_FINISHED, outcome, now)
+            .detail("gateway", self.gateway)
+            .detail("duration_ms", self.duration_ms);
+        if let Some(code) = error {
+            r = r.reason(code);
+        } else {
+            r = r.detail("http_status", self.http_status);
+        }
+        if let Some(e) = self.jsonrpc_error {
+            r = r.detail("jsonrpc_error", e);
+        }
+        r.call_id = Some(self.call_id);
+        r.peer = Some(peer.record());
+        Ok(r)
+    }
+}
+
 impl CallReport {
     fn check(&self) -> Result<Option<Reason>, BrokerError> {
         check_call_id(&self.call_id)?;
@@ -359,42 +399,27 @@ impl Broker {
         }))
     }
 
-    /// Records what the upstream answered an allowed call.
-    pub async fn finish_call(
+    /// Records what the upstream answered allowed calls, in one commit. A batch with one
+    /// malformed result is refused whole.
+    pub async fn finish_calls(
         &self,
         peer: &PeerInfo,
-        result: CallResult,
+        results: Vec<CallResult>,
     ) -> Result<(), BrokerError> {
         self.check_gateway(peer)?;
-        check_call_id(&result.call_id)?;
-        gateway_name(&result.gateway)?;
-        let error = code(&result.error, "error")?;
-        if result.http_status > 599 || (result.http_status == 0) != error.is_some() {
-            return Err(invalid(
-                "http_status must be an HTTP status, or 0 with an error code",
-            ));
+        if results.len() > MAX_RESULTS {
+            return Err(invalid(&format!("batch holds over {MAX_RESULTS} results")));
         }
-        let failed = error.is_some() || result.http_status >= 400 || result.jsonrpc_error.is_some();
-        let outcome = if failed {
-            Outcome::Failure
-        } else {
-            Outcome::Success
-        };
-        let mut r = AuditRecord::new(event::MCP_CALL_FINISHED, outcome, self.clock.now())
-            .detail("gateway", result.gateway)
-            .detail("duration_ms", result.duration_ms);
-        if let Some(code) = error {
-            r = r.reason(code);
-        } else {
-            r = r.detail("http_status", result.http_status);
+        let now = self.clock.now();
+        let ops = results
+            .into_iter()
+            .map(|r| Ok(Op::Audit(Box::new(r.record(peer, now)?))))
+            .collect::<Result<Vec<_>, BrokerError>>()?;
+        if ops.is_empty() {
+            return Ok(());
         }
-        if let Some(e) = result.jsonrpc_error {
-            r = r.detail("jsonrpc_error", e);
-        }
-        r.call_id = Some(result.call_id);
-        r.peer = Some(peer.record());
         self.journal
-            .commit_with(vec![Op::Audit(Box::new(r))], Durability::Process)
+            .commit_with(ops, Durability::Process)
             .await
             .map_err(|e| BrokerError::journal(&e))
     }

@@ -59,7 +59,7 @@ impl Gateway {
         };
         let finished = |status: u16, rpc: Option<i64>, error: Option<Reason>| {
             if a.recorded {
-                self.reporter.finish(v1::FinishCallRequest {
+                self.reporter.finish(v1::CallResult {
                     call_id: a.call_id.clone(),
                     gateway: self.cfg.name.clone(),
                     http_status: status.into(),
@@ -93,7 +93,7 @@ impl Gateway {
                 let reporter = self.reporter.clone();
                 let (call_id, gateway) = (a.call_id.clone(), self.cfg.name.clone());
                 let watched = Watched::new(body, move |rpc| {
-                    reporter.finish(v1::FinishCallRequest {
+                    reporter.finish(v1::CallResult {
                         call_id,
                         gateway,
                         http_status: status.into(),

@@ -92,6 +92,7 @@ pub async fn run(file: GatewayFile) -> anyhow::Result<()> {
         }
     }
     tracing::info!("gateway stopping");
+    reporter.flush().await;
     Ok(())
 }
 

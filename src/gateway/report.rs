@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::message::{self, Message};
@@ -19,7 +20,23 @@ use crate::token::Verified;
 pub(super) struct Reporter {
     client: CallsClient<Channel>,
     timeout: Duration,
+    /// To the task that sends results in batches.
+    results: mpsc::Sender<Shipment>,
 }
+
+enum Shipment {
+    Result(v1::CallResult),
+    /// Send what is gathered now, and say when it is done (at shutdown).
+    Flush(oneshot::Sender<()>),
+}
+
+/// Results are gathered for up to this long, or this many, and sent in one FinishCalls: one
+/// commit for many calls instead of one each.
+const BATCH_WAIT: Duration = Duration::from_millis(20);
+const BATCH_MAX: usize = 512;
+/// Results waiting to be sent; past this (the daemon gone for a long while) new ones are
+/// dropped, and logged: their calls' records are already in the journal.
+const QUEUE: usize = 65_536;
 
 impl Reporter {
     /// Connects lazily, and again after the daemon restarts: the gateway may start first.
@@ -35,9 +52,13 @@ impl Reporter {
                     ))
                 }
             }));
+        let client = CallsClient::new(channel);
+        let (results, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(ship(client.clone(), rx, link.timeout));
         Self {
-            client: CallsClient::new(channel),
+            client,
             timeout: link.timeout,
+            results,
         }
     }
 
@@ -51,24 +72,74 @@ impl Reporter {
         }
     }
 
-    /// Records what the upstream answered; in the background, since the answer is already on
-    /// its way to the client. A failure is logged: the call's record says it was allowed.
-    pub(super) fn finish(&self, result: v1::FinishCallRequest) {
-        let mut client = self.client.clone();
-        let timeout = self.timeout;
-        tokio::spawn(async move {
-            let call = result.call_id.clone();
-            match tokio::time::timeout(timeout, client.finish_call(result)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(status)) => {
-                    tracing::error!(call_id = %call, error = %status.message(), "the call's result could not be recorded")
-                }
-                Err(_) => {
-                    tracing::error!(call_id = %call, "the call's result could not be recorded in time")
-                }
-            }
-        });
+    /// Queues what the upstream answered, to be recorded with others: the answer is already on
+    /// its way to the client, and the call's own record says it was allowed.
+    pub(super) fn finish(&self, result: v1::CallResult) {
+        if let Err(e) = self.results.try_send(Shipment::Result(result)) {
+            tracing::error!(error = %e, "a call's result could not be queued for the daemon");
+        }
     }
+
+    /// Sends the results gathered so far (at shutdown).
+    pub(super) async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.results.send(Shipment::Flush(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(self.timeout * 2, rx).await;
+        }
+    }
+}
+
+async fn ship(client: CallsClient<Channel>, mut rx: mpsc::Receiver<Shipment>, timeout: Duration) {
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    while let Some(first) = rx.recv().await {
+        let mut flushed = Vec::new();
+        let mut take = |s: Shipment, batch: &mut Vec<v1::CallResult>| match s {
+            Shipment::Result(r) => {
+                batch.push(r);
+                false
+            }
+            Shipment::Flush(done) => {
+                flushed.push(done);
+                true
+            }
+        };
+        let mut now = take(first, &mut batch);
+        let deadline = tokio::time::sleep(BATCH_WAIT);
+        tokio::pin!(deadline);
+        while !now && batch.len() < BATCH_MAX {
+            tokio::select! {
+                () = &mut deadline => break,
+                next = rx.recv() => match next {
+                    Some(s) => now = take(s, &mut batch),
+                    None => break,
+                },
+            }
+        }
+        send(&client, std::mem::take(&mut batch), timeout).await;
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// One batch, tried three times (the daemon restarting), then given up on, loudly.
+async fn send(client: &CallsClient<Channel>, results: Vec<v1::CallResult>, timeout: Duration) {
+    if results.is_empty() {
+        return;
+    }
+    let n = results.len();
+    let req = v1::FinishCallsRequest { results };
+    let mut last = String::new();
+    for wait in [0, 200, 1000] {
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let mut c = client.clone();
+        match tokio::time::timeout(timeout, c.finish_calls(req.clone())).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(status)) => last = status.message().to_owned(),
+            Err(_) => last = format!("no answer within {timeout:?}"),
+        }
+    }
+    tracing::error!(results = n, error = %last, "calls' results could not be recorded");
 }
 
 /// The start of a call's report: which gateway, from where.

@@ -53,24 +53,28 @@ impl v1::calls_server::Calls for CallsService {
         Ok(Response::new(v1::RecordCallResponse {}))
     }
 
-    async fn finish_call(
+    async fn finish_calls(
         &self,
-        request: Request<v1::FinishCallRequest>,
-    ) -> Result<Response<v1::FinishCallResponse>, Status> {
+        request: Request<v1::FinishCallsRequest>,
+    ) -> Result<Response<v1::FinishCallsResponse>, Status> {
         let peer = peer_of(&request)?;
-        let r = request.into_inner();
-        let result = CallResult {
-            call_id: r.call_id,
-            gateway: r.gateway,
-            http_status: r.http_status,
-            jsonrpc_error: r.jsonrpc_error,
-            duration_ms: r.duration_ms,
-            error: r.error,
-        };
+        let results = request
+            .into_inner()
+            .results
+            .into_iter()
+            .map(|r| CallResult {
+                call_id: r.call_id,
+                gateway: r.gateway,
+                http_status: r.http_status,
+                jsonrpc_error: r.jsonrpc_error,
+                duration_ms: r.duration_ms,
+                error: r.error,
+            })
+            .collect();
         self.broker
-            .finish_call(&peer, result)
+            .finish_calls(&peer, results)
             .await
             .map_err(|e| to_status(&e))?;
-        Ok(Response::new(v1::FinishCallResponse {}))
+        Ok(Response::new(v1::FinishCallsResponse {}))
     }
 }

@@ -544,14 +544,21 @@ async fn only_a_gateway_uid_may_report_calls_and_bad_reports_change_nothing() {
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
         assert_eq!(crate::support::reason(&e), "invalid_call_report", "{what}");
     }
-    let bad_finish = v1::FinishCallRequest {
+    // A batch with one bad result is refused whole.
+    let good = v1::CallResult {
         call_id: id.clone(),
         gateway: "orders".into(),
-        http_status: 0,
+        http_status: 200,
         ..Default::default()
     };
+    let bad = v1::CallResult {
+        http_status: 0,
+        ..good.clone()
+    };
     let e = c
-        .finish_call(bad_finish)
+        .finish_calls(v1::FinishCallsRequest {
+            results: vec![good, bad],
+        })
         .await
         .expect_err("no status, no error");
     assert_eq!(crate::support::reason(&e), "invalid_call_report");
