@@ -62,6 +62,11 @@ TOML
 "$CB" --log-level warn gateway --config "$W/gateway.toml" > "$W/gateway.log" 2>&1 & PIDS+=($!)
 wait_port "$UP"; wait_port "$GW"
 
+# Recording alone: RecordCall straight to the daemon, as the gateway does before each call.
+for c in 1 32; do
+  echo "c=$c record: $("$LOAD" --json record --socket "$W/broker.sock" --concurrency "$c" --duration "$DURATION" --warmup "$WARMUP")"
+done
+
 echo '{' > "$W/results.json"
 for c in 1 32; do
   D=$("$LOAD" --json mcp --url "http://127.0.0.1:$UP/mcp" --concurrency "$c" --duration "$DURATION" --warmup "$WARMUP")

@@ -113,6 +113,17 @@ enum Cmd {
         #[arg(long, default_value = "2s")]
         warmup: String,
     },
+    /// RecordCall straight to the daemon (as `credbroker gateway` does before each call).
+    Record {
+        #[arg(long, default_value = "/run/credbroker/broker.sock")]
+        socket: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        #[arg(long, default_value = "2s")]
+        warmup: String,
+    },
     /// OpenBao: token create + revoke-accessor cycles (its closest equivalent of a task).
     Openbao {
         #[arg(long)]
@@ -196,6 +207,12 @@ async fn run(cmd: Cmd) -> serde_json::Value {
             duration,
             warmup,
         } => mcp::load(url, token_file, concurrency, dur(&duration), dur(&warmup)).await,
+        Cmd::Record {
+            socket,
+            concurrency,
+            duration,
+            warmup,
+        } => mcp::record(socket, concurrency, dur(&duration), dur(&warmup)).await,
         Cmd::Audit { .. } => unreachable!("handled in main"),
     }
 }

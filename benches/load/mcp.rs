@@ -130,3 +130,73 @@ pub(crate) async fn load(
     merge(&mut out, all.summary("call"));
     out
 }
+
+/// `RecordCall` (an allowed call's record, committed before the gateway may forward it) from
+/// `concurrency` workers straight to the daemon: the gateway's recording cost on its own.
+pub(crate) async fn record(
+    socket: PathBuf,
+    concurrency: usize,
+    duration: Duration,
+    warmup: Duration,
+) -> serde_json::Value {
+    use credbroker::proto::v1;
+    let channel = credbroker::client::channel(&socket)
+        .await
+        .expect("the broker socket should answer");
+    let client = v1::calls_client::CallsClient::new(channel);
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let (stop, measuring, errors) = (
+            Arc::clone(&stop),
+            Arc::clone(&measuring),
+            Arc::clone(&errors),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut h = Hist::default();
+            while !stop.load(Ordering::Relaxed) {
+                let call = v1::RecordCallRequest {
+                    call_id: uuid::Uuid::now_v7().to_string(),
+                    gateway: "bench".into(),
+                    resource: "https://mcp.example.test/bench".into(),
+                    method: "tools/call".into(),
+                    name: "query".into(),
+                    arguments_sha256: "ab".repeat(32),
+                    source: "127.0.0.1:40000".into(),
+                    caller: Some(v1::CallCaller {
+                        issuer: "https://as.example.test".into(),
+                        subject: "bench-agent".into(),
+                        client_id: "bench-agent".into(),
+                        owner: "bench-owner@example.com".into(),
+                        owner_source: "client_registry".into(),
+                        token_fingerprint: "cd".repeat(32),
+                        jti: "j".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                let t0 = Instant::now();
+                let ok = client.clone().record_call(call).await.is_ok();
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                } else if measuring.load(Ordering::Relaxed) {
+                    h.add(t0.elapsed());
+                }
+            }
+            h
+        }));
+    }
+    let (mut all, elapsed) = window(workers, &stop, &measuring, warmup, duration).await;
+    let calls = all.0.len();
+    let mut out = json!({
+        "concurrency": concurrency,
+        "records": calls,
+        "records_per_s": (calls as f64 / elapsed.as_secs_f64()).round(),
+        "errors": errors.load(Ordering::Relaxed),
+    });
+    merge(&mut out, all.summary("record"));
+    out
+}
