@@ -124,10 +124,14 @@ enum Command {
 pub fn main(registry: Registry) -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_level.as_deref(), cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // The gateway's file says how many threads it runs on (a bad file is reported by `run`).
+    if let Command::Gateway { config } = &cli.command
+        && let Ok(file) = crate::config::gateway::GatewayFile::load(config)
     {
+        builder.worker_threads(file.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -14,6 +14,10 @@ use super::{Attribution, ConfigError, ConfigErrors, IssuerConfig, TokenSettings,
 pub struct GatewayFile {
     /// The daemon every call is reported to (fail closed: no report, no call).
     pub daemon: DaemonLink,
+    /// Threads the gateway's runtime runs on. One by default: on a small machine shared with
+    /// the daemon and the MCP server, one thread avoids waking another core for every hop, and
+    /// it carries far more calls than agents make (see BENCHMARKS.md).
+    pub worker_threads: usize,
     pub tokens: TokenSettings,
     pub issuers: Vec<IssuerConfig>,
     /// Client owners, from each `[[issuer]]`'s `clients`.

@@ -167,6 +167,7 @@ pub(super) struct RawProvider {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawGatewayFile {
     pub(super) daemon: RawDaemon,
+    pub(super) worker_threads: Option<usize>,
     #[serde(default)]
     pub(super) tokens: RawTokens,
     #[serde(default, rename = "issuer")]

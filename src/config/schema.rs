@@ -163,6 +163,7 @@ const DAEMON: &[Field] = &[req("socket", Kind::Str), opt("timeout", Kind::Str)];
 /// never a provider, journal or key.
 pub(super) const GATEWAY_ROOT: &[Field] = &[
     req("daemon", Kind::Table(DAEMON)),
+    opt("worker_threads", COUNT),
     opt("tokens", Kind::Table(TOKENS)),
     opt("issuer", Kind::Entries(ISSUER)),
     req("gateway", Kind::Entries(GATEWAY)),

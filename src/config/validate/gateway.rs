@@ -30,6 +30,10 @@ pub(in crate::config) fn parse_gateway(text: &str) -> Result<GatewayFile, Vec<Co
         ),
         socket: raw.daemon.socket,
     };
+    let worker_threads = raw.worker_threads.unwrap_or(1);
+    if !(1..=256).contains(&worker_threads) {
+        p.at("worker_threads", "must be between 1 and 256");
+    }
     let tokens = tokens(&mut p, raw.tokens);
     let (issuers, clients) = issuers(&mut p, raw.issuers);
     let urls: Vec<&str> = issuers.iter().map(|i| i.url.as_str()).collect();
@@ -56,6 +60,7 @@ pub(in crate::config) fn parse_gateway(text: &str) -> Result<GatewayFile, Vec<Co
     }
     Ok(GatewayFile {
         daemon,
+        worker_threads,
         tokens,
         issuers,
         attribution: Attribution {
@@ -355,6 +360,19 @@ mod tests {
             );
         }
         assert_eq!(p.len(), expect.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn the_gateway_runs_on_one_thread_unless_told_otherwise() {
+        let file =
+            |threads: &str| parse_gateway(&format!("{threads}{ISSUER}\n[[gateway]]\n{GOOD}"));
+        assert_eq!(file("").map(|f| f.worker_threads).ok(), Some(1));
+        assert_eq!(
+            file("worker_threads = 4\n").map(|f| f.worker_threads).ok(),
+            Some(4)
+        );
+        let e = file("worker_threads = 0\n").err().unwrap_or_default();
+        assert!(e.len() == 1 && e[0].path == "worker_threads", "{e:?}");
     }
 
     #[test]
