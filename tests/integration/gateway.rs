@@ -177,6 +177,30 @@ async fn the_gateway_refuses_bad_tokens_with_their_challenges_and_forwards_nothi
         "refused requests reached the upstream: {:?}",
         s.upstream.requests()
     );
+    // Each refusal is audited with its reason code, and no token is in the trail.
+    let audit = s.gateway.daemon.audit();
+    let mut reasons: Vec<&str> = audit
+        .iter()
+        .filter(|r| r["event"] == "mcp_call")
+        .map(|r| {
+            assert_eq!(r["outcome"], "denied", "{r:#}");
+            r["reason"].as_str().unwrap_or_default()
+        })
+        .collect();
+    reasons.sort_unstable();
+    assert_eq!(
+        reasons,
+        [
+            "audience_mismatch",
+            "expired",
+            "malformed",
+            "no_token",
+            "no_token",
+            "token_in_query"
+        ]
+    );
+    let trail: String = audit.iter().map(Value::to_string).collect();
+    assert!(!trail.contains(&good), "a token is in the audit trail");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -389,6 +413,35 @@ async fn bad_input_is_refused_with_a_clear_error_and_nothing_is_forwarded() {
         s.upstream.requests().is_empty(),
         "bad input reached the upstream: {:?}",
         s.upstream.requests()
+    );
+    // Nothing recorded as allowed: each refusal is an mcp_call `denied` with its reason (the
+    // header over the limit never became a request).
+    let calls: Vec<Value> = s
+        .gateway
+        .daemon
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "mcp_call")
+        .collect();
+    let mut reasons: Vec<&str> = calls
+        .iter()
+        .map(|r| {
+            assert_eq!(r["outcome"], "denied", "{r:#}");
+            r["reason"].as_str().unwrap_or_default()
+        })
+        .collect();
+    reasons.sort_unstable();
+    assert_eq!(
+        reasons,
+        [
+            "header_mismatch",
+            "invalid_jsonrpc",
+            "invalid_jsonrpc",
+            "malformed_json",
+            "request_too_large",
+            "unsupported_media_type"
+        ],
+        "{calls:#?}"
     );
 }
 
