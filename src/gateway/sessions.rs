@@ -20,8 +20,11 @@ pub(super) struct Principal {
 /// A client's own name and version, from the `initialize` that opened the session.
 pub(super) type ClientInfo = (String, String);
 
+/// Who opened a session, when it was last used, and what its client said it was.
+type Entry = (Principal, Instant, Option<ClientInfo>);
+
 pub(super) struct Sessions {
-    map: Mutex<HashMap<String, (Principal, Instant, Option<ClientInfo>)>>,
+    map: Mutex<HashMap<String, Entry>>,
     cap: usize,
     idle: Duration,
 }

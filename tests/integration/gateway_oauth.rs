@@ -70,7 +70,7 @@ write = ["{PG_READ}", "{PG_WRITE}"]
     Stack {
         auth,
         upstream,
-        gateway: gateway,
+        gateway,
         url,
     }
 }
