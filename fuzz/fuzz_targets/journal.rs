@@ -77,6 +77,7 @@ fn task(id: &Text, state: TaskState, n: u32) -> TaskRow {
         expires_ms: 1_800_000_900_000,
         ended_ms: None,
         end_reason: None,
+        call_id: None,
     }
 }
 
