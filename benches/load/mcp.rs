@@ -59,6 +59,55 @@ pub(crate) async fn upstream(listen: SocketAddr) -> serde_json::Value {
     }
 }
 
+/// Runs `op` in a loop on `concurrency` workers for `duration` (after `warmup`), timing each
+/// success; `what` names the counts in the summary (`calls`, `calls_per_s`, `call_p50_ms`…).
+async fn drive<F, Fut>(
+    what: &str,
+    concurrency: usize,
+    duration: Duration,
+    warmup: Duration,
+    op: F,
+) -> serde_json::Value
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let op = op.clone();
+        let (stop, measuring, errors) = (
+            Arc::clone(&stop),
+            Arc::clone(&measuring),
+            Arc::clone(&errors),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut h = Hist::default();
+            while !stop.load(Ordering::Relaxed) {
+                let t0 = Instant::now();
+                if !op().await {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                } else if measuring.load(Ordering::Relaxed) {
+                    h.add(t0.elapsed());
+                }
+            }
+            h
+        }));
+    }
+    let (mut all, elapsed) = window(workers, &stop, &measuring, warmup, duration).await;
+    let n = all.0.len();
+    let mut out = json!({
+        "concurrency": concurrency,
+        format!("{what}s"): n,
+        format!("{what}s_per_s"): (n as f64 / elapsed.as_secs_f64()).round(),
+        "errors": errors.load(Ordering::Relaxed),
+    });
+    merge(&mut out, all.summary(what));
+    out
+}
+
 /// `tools/call` requests from `concurrency` workers for `duration` (after `warmup`).
 pub(crate) async fn load(
     url: String,
@@ -78,57 +127,28 @@ pub(crate) async fn load(
         .no_proxy()
         .build()
         .expect("the HTTP client should build");
-    let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicU64::new(0));
     let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": {"name": "query", "arguments": {"sql": "select 1"}}})
     .to_string();
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (http, url, token, body) = (http.clone(), url.clone(), token.clone(), body.clone());
-        let (stop, measuring, errors) = (
-            Arc::clone(&stop),
-            Arc::clone(&measuring),
-            Arc::clone(&errors),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut h = Hist::default();
-            while !stop.load(Ordering::Relaxed) {
-                let t0 = Instant::now();
-                let mut req = http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("accept", "application/json, text/event-stream")
-                    .header("mcp-method", "tools/call")
-                    .header("mcp-name", "query")
-                    .body(body.clone());
-                if let Some(t) = &token {
-                    req = req.bearer_auth(t);
-                }
-                let ok = match req.send().await {
-                    Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
-                    _ => false,
-                };
-                if !ok {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                } else if measuring.load(Ordering::Relaxed) {
-                    h.add(t0.elapsed());
-                }
+    drive("call", concurrency, duration, warmup, move || {
+        let mut req = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "query")
+            .body(body.clone());
+        if let Some(t) = &token {
+            req = req.bearer_auth(t);
+        }
+        async move {
+            match req.send().await {
+                Ok(r) if r.status().is_success() => r.bytes().await.is_ok(),
+                _ => false,
             }
-            h
-        }));
-    }
-    let (mut all, elapsed) = window(workers, &stop, &measuring, warmup, duration).await;
-    let calls = all.0.len();
-    let mut out = json!({
-        "concurrency": concurrency,
-        "calls": calls,
-        "calls_per_s": (calls as f64 / elapsed.as_secs_f64()).round(),
-        "errors": errors.load(Ordering::Relaxed),
-    });
-    merge(&mut out, all.summary("call"));
-    out
+        }
+    })
+    .await
 }
 
 /// `RecordCall` (an allowed call's record, committed before the gateway may forward it) from
@@ -144,59 +164,29 @@ pub(crate) async fn record(
         .await
         .expect("the broker socket should answer");
     let client = v1::calls_client::CallsClient::new(channel);
-    let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicU64::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let client = client.clone();
-        let (stop, measuring, errors) = (
-            Arc::clone(&stop),
-            Arc::clone(&measuring),
-            Arc::clone(&errors),
-        );
-        workers.push(tokio::spawn(async move {
-            let mut h = Hist::default();
-            while !stop.load(Ordering::Relaxed) {
-                let call = v1::RecordCallRequest {
-                    call_id: uuid::Uuid::now_v7().to_string(),
-                    gateway: "bench".into(),
-                    resource: "https://mcp.example.test/bench".into(),
-                    method: "tools/call".into(),
-                    name: "query".into(),
-                    arguments_sha256: "ab".repeat(32),
-                    source: "127.0.0.1:40000".into(),
-                    caller: Some(v1::CallCaller {
-                        issuer: "https://as.example.test".into(),
-                        subject: "bench-agent".into(),
-                        client_id: "bench-agent".into(),
-                        owner: "bench-owner@example.com".into(),
-                        owner_source: "client_registry".into(),
-                        token_fingerprint: "cd".repeat(32),
-                        jti: "j".into(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                };
-                let t0 = Instant::now();
-                let ok = client.clone().record_call(call).await.is_ok();
-                if !ok {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                } else if measuring.load(Ordering::Relaxed) {
-                    h.add(t0.elapsed());
-                }
-            }
-            h
-        }));
-    }
-    let (mut all, elapsed) = window(workers, &stop, &measuring, warmup, duration).await;
-    let calls = all.0.len();
-    let mut out = json!({
-        "concurrency": concurrency,
-        "records": calls,
-        "records_per_s": (calls as f64 / elapsed.as_secs_f64()).round(),
-        "errors": errors.load(Ordering::Relaxed),
-    });
-    merge(&mut out, all.summary("record"));
-    out
+    drive("record", concurrency, duration, warmup, move || {
+        let call = v1::RecordCallRequest {
+            call_id: uuid::Uuid::now_v7().to_string(),
+            gateway: "bench".into(),
+            resource: "https://mcp.example.test/bench".into(),
+            method: "tools/call".into(),
+            name: "query".into(),
+            arguments_sha256: "ab".repeat(32),
+            source: "127.0.0.1:40000".into(),
+            caller: Some(v1::CallCaller {
+                issuer: "https://as.example.test".into(),
+                subject: "bench-agent".into(),
+                client_id: "bench-agent".into(),
+                owner: "bench-owner@example.com".into(),
+                owner_source: "client_registry".into(),
+                token_fingerprint: "cd".repeat(32),
+                jti: "j".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut client = client.clone();
+        async move { client.record_call(call).await.is_ok() }
+    })
+    .await
 }

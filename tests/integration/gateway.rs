@@ -95,6 +95,20 @@ async fn refusal(r: reqwest::RequestBuilder) -> (u16, String, String, String) {
     (status, www, reason, text)
 }
 
+/// The reason codes of the gateway's `mcp_call` records, sorted; every one must be a refusal.
+fn refused_reasons(audit: &[Value]) -> Vec<&str> {
+    let mut reasons: Vec<&str> = audit
+        .iter()
+        .filter(|r| r["event"] == "mcp_call")
+        .map(|r| {
+            assert_eq!(r["outcome"], "denied", "{r:#}");
+            r["reason"].as_str().unwrap_or_default()
+        })
+        .collect();
+    reasons.sort_unstable();
+    reasons
+}
+
 /// The JSON-RPC messages of an answer, whether JSON or an event stream.
 fn messages(content_type: &str, text: &str) -> Vec<Value> {
     if content_type.starts_with("text/event-stream") {
@@ -179,17 +193,8 @@ async fn the_gateway_refuses_bad_tokens_with_their_challenges_and_forwards_nothi
     );
     // Each refusal is audited with its reason code, and no token is in the trail.
     let audit = s.gateway.daemon.audit();
-    let mut reasons: Vec<&str> = audit
-        .iter()
-        .filter(|r| r["event"] == "mcp_call")
-        .map(|r| {
-            assert_eq!(r["outcome"], "denied", "{r:#}");
-            r["reason"].as_str().unwrap_or_default()
-        })
-        .collect();
-    reasons.sort_unstable();
     assert_eq!(
-        reasons,
+        refused_reasons(&audit),
         [
             "audience_mismatch",
             "expired",
@@ -416,23 +421,9 @@ async fn bad_input_is_refused_with_a_clear_error_and_nothing_is_forwarded() {
     );
     // Nothing recorded as allowed: each refusal is an mcp_call `denied` with its reason (the
     // header over the limit never became a request).
-    let calls: Vec<Value> = s
-        .gateway
-        .daemon
-        .audit()
-        .into_iter()
-        .filter(|r| r["event"] == "mcp_call")
-        .collect();
-    let mut reasons: Vec<&str> = calls
-        .iter()
-        .map(|r| {
-            assert_eq!(r["outcome"], "denied", "{r:#}");
-            r["reason"].as_str().unwrap_or_default()
-        })
-        .collect();
-    reasons.sort_unstable();
+    let audit = s.gateway.daemon.audit();
     assert_eq!(
-        reasons,
+        refused_reasons(&audit),
         [
             "header_mismatch",
             "invalid_jsonrpc",
@@ -441,7 +432,7 @@ async fn bad_input_is_refused_with_a_clear_error_and_nothing_is_forwarded() {
             "request_too_large",
             "unsupported_media_type"
         ],
-        "{calls:#?}"
+        "{audit:#?}"
     );
 }
 
