@@ -41,6 +41,24 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let ending = a.method == Method::DELETE;
+        // What the upstream answered, for the record (sent in a batch; see report.rs).
+        let result = {
+            let (call_id, gateway) = (a.call_id.clone(), self.cfg.name.clone());
+            move |status: u16, rpc: Option<i64>, error: Option<Reason>| v1::CallResult {
+                call_id,
+                gateway,
+                http_status: status.into(),
+                jsonrpc_error: rpc,
+                duration_ms: started.elapsed().as_millis() as u64,
+                error: error.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+            }
+        };
+        let recorded = a.recorded;
+        let finished = |status: u16, error: Option<Reason>| {
+            if recorded {
+                self.reporter.finish(result.clone()(status, None, error));
+            }
+        };
         let Some(req) = proxy::request(
             &self.cfg.upstream,
             a.method,
@@ -49,6 +67,7 @@ impl Gateway {
             &a.call_id,
             a.body,
         ) else {
+            finished(400, None);
             return reply::error(
                 StatusCode::BAD_REQUEST,
                 Value::Null,
@@ -56,18 +75,6 @@ impl Gateway {
                 "bad_request",
                 "the request could not be passed on",
             );
-        };
-        let finished = |status: u16, rpc: Option<i64>, error: Option<Reason>| {
-            if a.recorded {
-                self.reporter.finish(v1::CallResult {
-                    call_id: a.call_id.clone(),
-                    gateway: self.cfg.name.clone(),
-                    http_status: status.into(),
-                    jsonrpc_error: rpc,
-                    duration_ms: started.elapsed().as_millis() as u64,
-                    error: error.map(|r| r.as_str().to_owned()).unwrap_or_default(),
-                });
-            }
         };
         let sent =
             tokio::time::timeout(self.cfg.upstream_timeout, self.upstream.request(req)).await;
@@ -85,28 +92,20 @@ impl Gateway {
                     _ => {}
                 }
                 let answer = proxy::answer(resp, a.keep).await;
-                if !a.recorded {
+                if !recorded {
                     return answer;
                 }
                 let status = answer.status().as_u16();
                 let (parts, body) = answer.into_parts();
                 let reporter = self.reporter.clone();
-                let (call_id, gateway) = (a.call_id.clone(), self.cfg.name.clone());
-                let watched = Watched::new(body, move |rpc| {
-                    reporter.finish(v1::CallResult {
-                        call_id,
-                        gateway,
-                        http_status: status.into(),
-                        jsonrpc_error: rpc,
-                        duration_ms: started.elapsed().as_millis() as u64,
-                        error: String::new(),
-                    })
-                });
+                let result = result.clone();
+                let watched =
+                    Watched::new(body, move |rpc| reporter.finish(result(status, rpc, None)));
                 Response::from_parts(parts, watched.boxed())
             }
             Ok(Err(e)) => {
                 tracing::warn!(gateway = %self.cfg.name, error = %e, "upstream unreachable");
-                finished(0, None, Some(reason::UPSTREAM_UNAVAILABLE));
+                finished(0, Some(reason::UPSTREAM_UNAVAILABLE));
                 reply::error(
                     StatusCode::BAD_GATEWAY,
                     a.id,
@@ -116,7 +115,7 @@ impl Gateway {
                 )
             }
             Err(_) => {
-                finished(0, None, Some(reason::UPSTREAM_TIMEOUT));
+                finished(0, Some(reason::UPSTREAM_TIMEOUT));
                 reply::error(
                     StatusCode::GATEWAY_TIMEOUT,
                     a.id,
