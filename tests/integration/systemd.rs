@@ -243,6 +243,14 @@ async fn sd_notify_says_ready_reloading_stopping_and_pings_the_watchdog_at_half_
     ];
     let mut d = Daemon::start_opts(|dir| base_config(dir, &auth.issuer, ""), "info", env).await;
     let started = Instant::now();
+    // READY=1 is a datagram sent once the sockets listen, so it may land just after the admin
+    // socket first answers (which is all `Daemon::start` waits for): wait for it, not assume it.
+    eventually(Duration::from_secs(10), "READY=1", || async {
+        texts(&received)
+            .iter()
+            .any(|(_, m)| m.starts_with("READY=1"))
+    })
+    .await;
     let msgs = texts(&received);
     let ready = msgs
         .iter()
