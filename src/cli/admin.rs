@@ -23,23 +23,23 @@ pub(super) struct AdminConn {
 #[derive(Args, Default)]
 pub(super) struct SelectorArgs {
     #[arg(long)]
-    jti: Option<String>,
+    pub(super) jti: Option<String>,
     #[arg(long)]
-    subject: Option<String>,
+    pub(super) subject: Option<String>,
     #[arg(long)]
-    client: Option<String>,
+    pub(super) client: Option<String>,
     #[arg(long)]
-    owner: Option<String>,
+    pub(super) owner: Option<String>,
     #[arg(long)]
-    grant: Option<String>,
+    pub(super) grant: Option<String>,
     #[arg(long)]
-    provider: Option<String>,
+    pub(super) provider: Option<String>,
     #[arg(long)]
-    workload: Option<String>,
+    pub(super) workload: Option<String>,
 }
 
 impl SelectorArgs {
-    fn selector(self) -> v1::Selector {
+    pub(super) fn selector(self) -> v1::Selector {
         v1::Selector {
             jti: self.jti.unwrap_or_default(),
             subject: self.subject.unwrap_or_default(),
@@ -92,7 +92,66 @@ pub(super) struct StatusArgs {
 }
 
 async fn connect(conn: &AdminConn) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
-    Ok(AdminClient::new(client::channel(&conn.admin_socket).await?))
+    admin_client(&conn.admin_socket).await
+}
+
+pub(super) async fn admin_client(
+    socket: &std::path::Path,
+) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
+    Ok(AdminClient::new(client::channel(socket).await?))
+}
+
+/// The tasks `tasks list` shows, newest first.
+pub(super) async fn list(
+    c: &mut AdminClient<tonic::transport::Channel>,
+    selector: v1::Selector,
+    include_ended: bool,
+    limit: u32,
+) -> anyhow::Result<Vec<v1::Task>> {
+    let req = v1::ListTasksRequest {
+        include_ended,
+        filter: Some(selector),
+        limit,
+        after: String::new(),
+    };
+    Ok(c.list_tasks(req)
+        .await
+        .map_err(Refused::from)?
+        .into_inner()
+        .tasks)
+}
+
+/// Ends one task by id, or every live task the selector matches: the ids revoked.
+pub(super) async fn revoke(
+    c: &mut AdminClient<tonic::transport::Channel>,
+    task: Option<String>,
+    sel: v1::Selector,
+    reason: String,
+) -> anyhow::Result<Vec<String>> {
+    match task {
+        Some(id) => {
+            if sel != v1::Selector::default() {
+                bail!("give a task id or a selector, not both");
+            }
+            let t = c
+                .revoke_task(v1::RevokeTaskRequest {
+                    task_id: id,
+                    reason,
+                })
+                .await
+                .map_err(Refused::from)?;
+            Ok(vec![t.into_inner().task.unwrap_or_default().id])
+        }
+        None => Ok(c
+            .revoke(v1::RevokeRequest {
+                selector: Some(sel),
+                reason,
+            })
+            .await
+            .map_err(Refused::from)?
+            .into_inner()
+            .task_ids),
+    }
 }
 
 pub(super) async fn run(cmd: TasksCommand) -> anyhow::Result<ExitCode> {
@@ -104,18 +163,7 @@ pub(super) async fn run(cmd: TasksCommand) -> anyhow::Result<ExitCode> {
             limit,
         } => {
             let mut c = connect(&conn).await?;
-            let req = v1::ListTasksRequest {
-                include_ended: all,
-                filter: Some(filter.selector()),
-                limit,
-                after: String::new(),
-            };
-            let tasks = c
-                .list_tasks(req)
-                .await
-                .map_err(Refused::from)?
-                .into_inner()
-                .tasks;
+            let tasks = list(&mut c, filter.selector(), all, limit).await?;
             match conn.output {
                 Output::Json => {
                     let v: Vec<_> = tasks.iter().map(output::task_json).collect();
@@ -148,31 +196,7 @@ pub(super) async fn run(cmd: TasksCommand) -> anyhow::Result<ExitCode> {
             let mut c = connect(&conn).await?;
             let sel = selector.selector();
             let ticker = super::progress::Ticker::start("revoking");
-            let ids = match task {
-                Some(id) => {
-                    if sel != v1::Selector::default() {
-                        bail!("give a task id or a selector, not both");
-                    }
-                    let t = c
-                        .revoke_task(v1::RevokeTaskRequest {
-                            task_id: id,
-                            reason,
-                        })
-                        .await
-                        .map_err(Refused::from)?;
-                    vec![t.into_inner().task.unwrap_or_default().id]
-                }
-                None => {
-                    c.revoke(v1::RevokeRequest {
-                        selector: Some(sel),
-                        reason,
-                    })
-                    .await
-                    .map_err(Refused::from)?
-                    .into_inner()
-                    .task_ids
-                }
-            };
+            let ids = revoke(&mut c, task, sel, reason).await?;
             drop(ticker);
             match conn.output {
                 Output::Json => outln!("{}", serde_json::json!({ "revoked": ids }))?,

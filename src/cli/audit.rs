@@ -27,14 +27,14 @@ use crate::time::{parse_when, to_ms};
 pub(super) struct JournalArgs {
     /// Find the journal (and the audit keys) through this configuration.
     #[arg(long, short, env = "CREDBROKER_CONFIG", conflicts_with = "journal")]
-    config: Option<PathBuf>,
+    pub(super) config: Option<PathBuf>,
     /// The journal file itself.
     #[arg(long)]
-    journal: Option<PathBuf>,
+    pub(super) journal: Option<PathBuf>,
 }
 
 impl JournalArgs {
-    fn open(&self) -> anyhow::Result<(rusqlite::Connection, Option<Config>)> {
+    pub(super) fn open(&self) -> anyhow::Result<(rusqlite::Connection, Option<Config>)> {
         let (path, config) = match (&self.config, &self.journal) {
             (_, Some(j)) => (j.clone(), None),
             (Some(c), None) => {
@@ -50,56 +50,56 @@ impl JournalArgs {
 }
 
 /// Who, what and when: the same filters for every audit command.
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Default)]
 pub(super) struct FilterArgs {
     /// The human (or team) the credentials were issued for.
     #[arg(long)]
-    owner: Option<String>,
+    pub(super) owner: Option<String>,
     /// The OAuth client (the agent).
     #[arg(long)]
-    client: Option<String>,
+    pub(super) client: Option<String>,
     /// The token's subject.
     #[arg(long)]
-    sub: Option<String>,
+    pub(super) sub: Option<String>,
     /// The token's SHA-256 fingerprint (as `token check` and the audit log print it), with or
     /// without its `sha256:` prefix.
     #[arg(long, value_parser = fingerprint)]
-    token: Option<String>,
+    pub(super) token: Option<String>,
     #[arg(long)]
-    grant: Option<String>,
+    pub(super) grant: Option<String>,
     #[arg(long)]
-    provider: Option<String>,
+    pub(super) provider: Option<String>,
     /// From: an RFC 3339 time, or a duration meaning that long ago (24h).
     #[arg(long)]
-    since: Option<String>,
+    pub(super) since: Option<String>,
     /// Until (exclusive): an RFC 3339 time or a duration ago.
     #[arg(long)]
-    until: Option<String>,
+    pub(super) until: Option<String>,
 }
 
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Default)]
 pub(super) struct RecordArgs {
     #[command(flatten)]
-    filter: FilterArgs,
+    pub(super) filter: FilterArgs,
     /// Only these events (repeat, or separate with commas), e.g. lease_issued.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(event::ALL))]
-    event: Vec<String>,
+    pub(super) event: Vec<String>,
     #[arg(long, value_parser = ["success", "denied", "failure"])]
-    outcome: Option<String>,
+    pub(super) outcome: Option<String>,
     /// A reason code, e.g. token_expired (the operations manual lists them all).
     #[arg(long, hide_possible_values = true,
           value_parser = clap::builder::PossibleValuesParser::new(reason::ALL.map(Reason::as_str)))]
-    reason: Option<String>,
+    pub(super) reason: Option<String>,
     #[arg(long)]
-    task: Option<String>,
+    pub(super) task: Option<String>,
     /// An MCP call (its `call_id`): the gateway's records of it and those of the tasks begun
     /// for it.
     #[arg(long)]
-    call: Option<String>,
+    pub(super) call: Option<String>,
     /// Only records after this record number: ship incrementally from where the last export
     /// ended (each record carries its `seq`).
     #[arg(long)]
-    after_seq: Option<u64>,
+    pub(super) after_seq: Option<u64>,
 }
 
 fn when(text: &Option<String>, now: SystemTime) -> anyhow::Result<Option<i64>> {
@@ -109,7 +109,7 @@ fn when(text: &Option<String>, now: SystemTime) -> anyhow::Result<Option<i64>> {
 }
 
 impl RecordArgs {
-    fn filter(&self) -> anyhow::Result<AuditFilter> {
+    pub(super) fn filter(&self) -> anyhow::Result<AuditFilter> {
         let now = SystemTime::now();
         let f = &self.filter;
         Ok(AuditFilter {
@@ -206,6 +206,9 @@ pub(super) struct LineageArgs {
     journal: JournalArgs,
     #[command(flatten)]
     filter: FilterArgs,
+    /// One task, by id.
+    #[arg(long)]
+    task: Option<String>,
     /// At most this many tasks (newest).
     #[arg(long, default_value_t = 1000)]
     limit: usize,
@@ -215,7 +218,7 @@ pub(super) struct LineageArgs {
 
 /// A token fingerprint as every output prints it (`sha256:<64 hex>`), or its bare hex: the
 /// bare hex, lower case, as the journal stores it.
-fn fingerprint(text: &str) -> Result<String, String> {
+pub(super) fn fingerprint(text: &str) -> Result<String, String> {
     let hex = text.strip_prefix("sha256:").unwrap_or(text);
     if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(hex.to_ascii_lowercase())
@@ -404,21 +407,27 @@ fn print_report(r: &verify::Report, output: Output) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The groups as `audit query --output json` prints them: one object per group, its keys and
+/// `count`.
+pub(super) fn groups_json(keys: &[String], groups: &[query::Group]) -> Vec<serde_json::Value> {
+    groups
+        .iter()
+        .map(|g| {
+            let mut m = serde_json::Map::new();
+            for (k, v) in keys.iter().zip(&g.key) {
+                m.insert(k.clone(), v.clone().into());
+            }
+            m.insert("count".into(), g.count.into());
+            serde_json::Value::Object(m)
+        })
+        .collect()
+}
+
 fn print_groups(keys: &[String], groups: &[query::Group], output: Shape) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match output {
         Shape::Json => {
-            let rows: Vec<serde_json::Value> = groups
-                .iter()
-                .map(|g| {
-                    let mut m = serde_json::Map::new();
-                    for (k, v) in keys.iter().zip(&g.key) {
-                        m.insert(k.clone(), v.clone().into());
-                    }
-                    m.insert("count".into(), g.count.into());
-                    serde_json::Value::Object(m)
-                })
-                .collect();
+            let rows = groups_json(keys, groups);
             writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
         }
         Shape::Csv | Shape::Table => {
@@ -440,26 +449,34 @@ fn print_groups(keys: &[String], groups: &[query::Group], output: Shape) -> anyh
     Ok(())
 }
 
-pub(super) fn lineage(args: LineageArgs) -> anyhow::Result<ExitCode> {
+/// The tasks `lineage` traces: the filters, one task, at most `limit` (1..=100000).
+pub(super) fn task_filter(
+    f: &FilterArgs,
+    task: Option<String>,
+    limit: usize,
+) -> anyhow::Result<TaskFilter> {
     let now = SystemTime::now();
-    let f = &args.filter;
-    let (since_ms, until_ms) = match (when(&f.since, now), when(&f.until, now)) {
-        (Ok(a), Ok(b)) => (a, b),
-        (Err(e), _) | (_, Err(e)) => return usage(e),
-    };
-    if args.limit == 0 || args.limit > 100_000 {
-        return usage("--limit must be between 1 and 100000");
+    if limit == 0 || limit > 100_000 {
+        bail!("--limit must be between 1 and 100000");
     }
-    let filter = TaskFilter {
+    Ok(TaskFilter {
+        task_id: task,
         subject: f.sub.clone(),
         client_id: f.client.clone(),
         owner: f.owner.clone(),
         grant: f.grant.clone(),
         provider: f.provider.clone(),
         token_fp: f.token.clone(),
-        since_ms,
-        until_ms,
+        since_ms: when(&f.since, now)?,
+        until_ms: when(&f.until, now)?,
         ..Default::default()
+    })
+}
+
+pub(super) fn lineage(args: LineageArgs) -> anyhow::Result<ExitCode> {
+    let filter = match task_filter(&args.filter, args.task, args.limit) {
+        Ok(f) => f,
+        Err(e) => return usage(e),
     };
     let (conn, _) = args.journal.open()?;
     let tree = {

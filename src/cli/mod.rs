@@ -23,6 +23,7 @@ macro_rules! out {
 mod admin;
 mod audit;
 mod check;
+mod mcp;
 mod output;
 mod probe;
 mod progress;
@@ -105,6 +106,9 @@ enum Command {
     /// nowhere, authorization servers unfit for MCP, tokens accepted that must be refused.
     /// Exit 2 when anything is critical.
     Probe(probe::ProbeArgs),
+    /// An MCP server (stdio) for security teams: lineage, audit queries, live tasks and
+    /// revocation as tools an AI client can call.
+    Mcp(mcp::McpArgs),
     /// The MCP gateway: an OAuth 2.1 resource server in front of each `[[gateway]]`'s MCP
     /// server (its own file; it holds no provider credential or key).
     Gateway {
@@ -166,6 +170,7 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
         Command::Status(args) => admin::status(args).await,
         Command::Audit { command } => audit::run(command),
         Command::Lineage(args) => audit::lineage(args),
+        Command::Mcp(args) => mcp::run(args).await,
         Command::Keygen { dir: None } => match crate::keys::generate_hex() {
             Ok(k) => outln!("{}", k.as_str())
                 .map(|()| ExitCode::SUCCESS)

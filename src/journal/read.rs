@@ -18,6 +18,8 @@ pub struct TaskView {
 /// Admin filters; empty fields do not filter.
 #[derive(Clone, Debug, Default)]
 pub struct TaskFilter {
+    /// One task, by id (lineage of a single task).
+    pub task_id: Option<String>,
     pub jti: Option<String>,
     pub subject: Option<String>,
     pub client_id: Option<String>,
@@ -286,6 +288,7 @@ pub fn tasks(conn: &Connection, f: &TaskFilter) -> Result<Vec<TaskView>, Journal
             sql.push_str(&format!(" AND {col} = ?{}", args.len()));
         }
     };
+    eq(&mut sql, "t.id", &f.task_id);
     eq(&mut sql, "t.jti", &f.jti);
     eq(&mut sql, "t.subject", &f.subject);
     eq(&mut sql, "t.client_id", &f.client_id);

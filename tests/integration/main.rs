@@ -21,6 +21,7 @@ mod gateway_upstreams;
 mod github;
 mod keys;
 mod lifecycle;
+mod mcp_security;
 mod operations;
 mod probe;
 mod quickstart;
