@@ -8,19 +8,13 @@ use std::process::{Command, Stdio};
 use serde_json::{Value, json};
 
 use crate::support::daemon::{Daemon, base_config, testd};
-use crate::support::oidc::{AuthServer, PG_READ, POSTGRES};
+use crate::support::free_port;
+use crate::support::mcp::{GatewayProc, gateway_daemon, wait_for_port};
+use crate::support::oidc::{AuthServer, ClientSpec, Options, PG_READ, POSTGRES, default_clients};
 use crate::support::venv;
 
 /// Runs the SDK client against `credbroker mcp` (with `extra` arguments) and the calls.
 fn session(d: &Daemon, extra: &[&str], calls: Value) -> Value {
-    let python = venv::ensure("mcp==2.3.0", |v| {
-        let py = v.join("bin/python");
-        Command::new(&py)
-            .args(["-c", "import mcp.client.stdio"])
-            .status()
-            .is_ok_and(|s| s.success())
-            .then_some(py)
-    });
     let mut command = vec![
         testd().display().to_string(),
         "mcp".into(),
@@ -30,7 +24,23 @@ fn session(d: &Daemon, extra: &[&str], calls: Value) -> Value {
         d.admin_socket.display().to_string(),
     ];
     command.extend(extra.iter().map(|s| s.to_string()));
-    let plan = json!({ "command": command, "calls": calls, "env": {"RUST_LOG": "warn"} });
+    sdk_client(json!({ "command": command, "calls": calls, "env": {"RUST_LOG": "warn"} }))
+}
+
+/// The SDK client over Streamable HTTP, with a bearer token.
+fn http_session(url: &str, token: &str, calls: Value) -> Value {
+    sdk_client(json!({ "url": url, "token": token, "calls": calls }))
+}
+
+fn sdk_client(plan: Value) -> Value {
+    let python = venv::ensure("mcp==2.3.0", |v| {
+        let py = v.join("bin/python");
+        Command::new(&py)
+            .args(["-c", "import mcp.client.stdio"])
+            .status()
+            .is_ok_and(|s| s.success())
+            .then_some(py)
+    });
     let mut child = Command::new(python)
         .arg(crate::support::repo().join("tests/support/mcp/security_client.py"))
         .stdin(Stdio::piped())
@@ -292,4 +302,164 @@ async fn read_only_leaves_out_revoke() {
         call["is_error"] == true || call.get("raised").is_some(),
         "{call}"
     );
+}
+
+const RESOURCE: &str = "https://mcp.example.test/credbroker";
+
+fn names(out: &Value) -> Vec<String> {
+    let mut n: Vec<String> = out["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t["name"].as_str().map(str::to_string))
+        .collect();
+    n.sort();
+    n
+}
+
+/// Behind the gateway, over Streamable HTTP: an analyst (`credbroker.audit`) reads but cannot
+/// revoke, neither through the gateway nor by going around it to the port; a lead
+/// (`credbroker.admin`) revokes, and the trail names who did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_behind_the_gateway_revoke_needs_the_admin_scope() {
+    let mut clients = default_clients();
+    for (id, scope) in [
+        ("soc-analyst", "credbroker.audit"),
+        ("soc-lead", "credbroker.audit credbroker.admin"),
+    ] {
+        clients.push(ClientSpec {
+            id,
+            scope,
+            extra: json!({}),
+            may_act_for: vec![],
+        });
+    }
+    let auth = AuthServer::start_with(Options {
+        clients,
+        resources: vec![RESOURCE.into()],
+        ..Options::default()
+    });
+    let daemon = gateway_daemon(&auth.issuer).await;
+    let alice = auth.token("agent-1", POSTGRES, PG_READ).await;
+    daemon
+        .begin(&alice, &["orders-db-read"])
+        .await
+        .expect("alice's task");
+    let port = free_port();
+    let mut mcp = Command::new(testd())
+        .args(["mcp", "--config"])
+        .arg(&daemon.config)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--resource",
+            RESOURCE,
+        ])
+        .env("RUST_LOG", "info")
+        .spawn()
+        .expect("credbroker mcp should start");
+    wait_for_port(port, "credbroker mcp").await;
+    let gateway = GatewayProc::start_reporting(
+        daemon,
+        free_port(),
+        &auth.issuer,
+        r#"clients = { "soc-analyst" = "sam@example.com", "soc-lead" = "lee@example.com" }"#,
+        &format!(
+            "name = \"credbroker\"\nresource = \"{RESOURCE}\"\nupstream = \"http://127.0.0.1:{port}/mcp\"\n\
+             [gateway.tools]\nlineage = [\"credbroker.audit\"]\naudit_query = [\"credbroker.audit\"]\n\
+             tasks_list = [\"credbroker.audit\"]\nrevoke = [\"credbroker.admin\"]\n"
+        ),
+    )
+    .await;
+    // The gateway serves the resource at its URL's path.
+    let url = format!("{}/credbroker", gateway.base);
+    let revoke =
+        json!({"tool": "revoke", "args": {"owner": "alice@example.com", "reason": "incident 7"}});
+
+    let analyst = auth
+        .token("soc-analyst", RESOURCE, "credbroker.audit")
+        .await;
+    let seen = http_session(
+        &url,
+        &analyst,
+        json!([{"tool": "tasks_list", "args": {}}, revoke]),
+    );
+    assert_eq!(
+        names(&seen),
+        ["audit_query", "lineage", "tasks_list"],
+        "the gateway lists what the scope allows"
+    );
+    assert_eq!(
+        seen["calls"][0]["structured"]["tasks"]
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{seen}"
+    );
+    assert!(
+        seen["calls"][1].get("raised").is_some() || seen["calls"][1]["is_error"] == true,
+        "{seen}"
+    );
+    // Around the gateway, straight to the port: the token is checked there too.
+    let direct = format!("http://127.0.0.1:{port}/mcp");
+    let around = http_session(&direct, &analyst, json!([revoke]));
+    assert_eq!(around["calls"][0]["is_error"], true, "{around}");
+    assert!(
+        around["calls"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("insufficient_scope")),
+        "{around}"
+    );
+    let wrong_audience = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("http client");
+    for token in [None, Some(wrong_audience.as_str()), Some("garbage")] {
+        let mut req = http
+            .post(&direct)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("the request is answered");
+        assert_eq!(r.status(), 401, "{token:?}");
+    }
+    assert_eq!(
+        gateway.daemon.outstanding().len(),
+        1,
+        "nothing was revoked yet"
+    );
+
+    let lead = auth
+        .token("soc-lead", RESOURCE, "credbroker.audit credbroker.admin")
+        .await;
+    let done = http_session(&url, &lead, json!([revoke]));
+    assert_eq!(names(&done).len(), 4);
+    assert_eq!(
+        structured(&done["calls"][0], "revoked")
+            .as_array()
+            .map(Vec::len),
+        Some(1),
+        "{done}"
+    );
+    assert!(gateway.daemon.outstanding().is_empty());
+    let ended: Vec<Value> = gateway
+        .daemon
+        .audit()
+        .into_iter()
+        .filter(|r| r["event"] == "task_ended")
+        .collect();
+    assert_eq!(ended.len(), 1);
+    let why = ended[0]["detail"]["operator_reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.contains("incident 7") && why.contains("soc-lead"),
+        "{why}"
+    );
+    let _ = mcp.kill();
+    let _ = mcp.wait();
 }

@@ -160,7 +160,8 @@ impl AuthServer {
         let ttl = opts.ttl;
         let metadata = opts.metadata;
         let dir = tempfile::tempdir().expect("a temp dir for the auth server should be created");
-        let all = "mcp.tool:postgres.read mcp.tool:postgres.write mcp.tool:s3.read mcp.tool:github.create_issue";
+        // credbroker.*: the scopes of `credbroker mcp` over HTTP.
+        let all = "mcp.tool:postgres.read mcp.tool:postgres.write mcp.tool:s3.read mcp.tool:github.create_issue credbroker.audit credbroker.admin";
         let mut resources = json!({
             POSTGRES: { "alg": "ES256", "ttl": ttl, "scope": all },
             S3: { "alg": "RS256", "ttl": ttl, "scope": all },

@@ -8,6 +8,7 @@
 //! and, for `tasks_list` and `revoke`, the admin socket reachable (the daemon's user,
 //! `server.admin_uids`).
 
+mod http;
 mod input;
 mod schema;
 mod tools;
@@ -33,17 +34,31 @@ pub(super) struct McpArgs {
     /// Leave out the `revoke` tool: the assistant can look, not act.
     #[arg(long)]
     read_only: bool,
+    /// Serve Streamable HTTP on this loopback address instead of stdio, for `credbroker
+    /// gateway` to front. Needs --config (its issuers check the tokens) and --resource.
+    #[arg(long, requires_all = ["resource", "config"])]
+    listen: Option<std::net::SocketAddr>,
+    /// The audience tokens must carry over HTTP: the gateway's resource URL for this server.
+    #[arg(long, requires = "listen")]
+    resource: Option<String>,
 }
 
 pub(super) async fn run(args: McpArgs) -> anyhow::Result<ExitCode> {
-    let admin_socket = match (&args.admin_socket, &args.journal.config) {
+    // Fail at start, not at the first tool call, when the journal cannot be read.
+    let (_, config) = args.journal.open()?;
+    let admin_socket = match (&args.admin_socket, &config) {
         (Some(s), _) => s.clone(),
-        (None, Some(c)) => crate::config::Config::load(c)?.server.admin_socket,
+        (None, Some(c)) => c.server.admin_socket.clone(),
         (None, None) => PathBuf::from(DEFAULT_ADMIN_SOCKET),
     };
-    // Fail at start, not at the first tool call, when the journal cannot be read.
-    args.journal.open()?;
     let server = tools::Security::new(args.journal, admin_socket, args.read_only);
+    if let (Some(listen), Some(resource), Some(config)) = (args.listen, args.resource, config) {
+        if !listen.ip().is_loopback() {
+            anyhow::bail!("--listen {listen}: bind a loopback address; the gateway fronts it");
+        }
+        http::serve(listen, resource, &config, server).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let running = server
         .serve(rmcp::transport::stdio())
         .await

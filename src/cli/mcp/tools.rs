@@ -9,9 +9,11 @@ use std::sync::Arc;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
-use rmcp::{ErrorData, ServerHandler, tool, tool_handler, tool_router};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, tool, tool_handler, tool_router};
 use serde_json::{Value, json};
 
+use super::http::{ADMIN_SCOPE, Caller};
 use super::input::{AuditQueryInput, LineageInput, RevokeInput, TasksListInput};
 use super::schema;
 use crate::audit::{lineage, query};
@@ -166,11 +168,31 @@ impl Security {
             open_world_hint = true
         )
     )]
-    async fn revoke(&self, Parameters(input): Parameters<RevokeInput>) -> Answer {
-        let (task, selector, reason) = match input.target() {
+    async fn revoke(
+        &self,
+        Parameters(input): Parameters<RevokeInput>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Answer {
+        // Over HTTP the verified token says who asks; over stdio it is the local operator.
+        let caller = ctx
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|p| p.extensions.get::<Caller>());
+        if caller.is_some_and(|c| !c.admin) {
+            return refused(format!(
+                "insufficient_scope: revoke needs the {ADMIN_SCOPE} scope"
+            ));
+        }
+        let (task, selector, mut reason) = match input.target() {
             Ok(t) => t,
             Err(e) => return refused(e),
         };
+        if let Some(c) = caller {
+            reason = format!(
+                "{reason} (by {} via client {} over credbroker mcp)",
+                c.subject, c.client_id
+            );
+        }
         let revoked = async {
             let mut c = admin::admin_client(&self.admin_socket).await?;
             admin::revoke(&mut c, task, selector.selector(), reason).await

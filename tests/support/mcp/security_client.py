@@ -1,6 +1,7 @@
 """The official MCP Python SDK's client (PyPI `mcp` 2.x) driving `credbroker mcp` over stdio.
 
-Reads a plan from stdin: {"command": [...], "calls": [{"tool": NAME, "args": {...}}, ...]}.
+Reads a plan from stdin: {"command": [...], "calls": [{"tool": NAME, "args": {...}}, ...]}, or
+{"url": ..., "token": ..., "calls": [...]} for Streamable HTTP with a bearer token.
 Prints one JSON object: the tools listed (name, schemas, annotations) and, per call, its
 structured content, whether it was a tool error, its text, or the protocol error raised.
 
@@ -11,7 +12,9 @@ import asyncio
 import json
 import sys
 
+import httpx2
 from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
 
 
 def dump(model):
@@ -19,8 +22,18 @@ def dump(model):
 
 
 async def main(plan):
-    command = plan["command"]
-    server = StdioServerParameters(command=command[0], args=command[1:], env=plan.get("env"))
+    if "url" in plan:
+        headers = {"Authorization": f"Bearer {plan['token']}"}
+        async with httpx2.AsyncClient(headers=headers) as http:
+            await session(streamable_http_client(plan["url"], http_client=http), plan)
+    else:
+        command = plan["command"]
+        await session(
+            StdioServerParameters(command=command[0], args=command[1:], env=plan.get("env")), plan
+        )
+
+
+async def session(server, plan):
     out = {"tools": [], "calls": []}
     async with Client(server, mode=plan.get("mode", "auto")) as client:
         listed = await client.list_tools()
