@@ -81,3 +81,12 @@ if ! .deps/venv/bin/python -c "import mcp.server" >/dev/null 2>&1; then
   [ -x .deps/venv/bin/pip ] || python3 -m venv .deps/venv
   .deps/venv/bin/pip install --quiet --disable-pip-version-check "mcp==2.3.0"
 fi
+
+#   - pip: grpcio-status and googleapis-common-protos (the Python client's reason codes),
+#     pytest (its tests) and psycopg (examples/postgres-mcp's PostgreSQL driver) into .deps/venv
+if ! .deps/venv/bin/python -c "import grpc_status, google.rpc.status_pb2, pytest, psycopg" >/dev/null 2>&1; then
+  echo "==> pip install grpcio-status googleapis-common-protos pytest psycopg (.deps/venv)"
+  [ -x .deps/venv/bin/pip ] || python3 -m venv .deps/venv
+  .deps/venv/bin/pip install --quiet --disable-pip-version-check "grpcio-status==1.85.0" \
+    "googleapis-common-protos==1.76.0" "pytest==9.2.0" "psycopg[binary]==3.3.9"
+fi
