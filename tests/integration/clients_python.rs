@@ -66,18 +66,7 @@ fn pytest(env: &[(&str, String)], select: &str, report: &Path) -> (bool, String,
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().expect("pytest should run");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = std::fs::read_to_string(report)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    (out.status.success(), text, report)
+    crate::support::suite::run(cmd, report)
 }
 
 #[tokio::test(flavor = "multi_thread")]

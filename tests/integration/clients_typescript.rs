@@ -18,7 +18,8 @@ use crate::support::{npm, repo};
 fn node_test(env: &[(&str, String)], report: &Path) -> (bool, String, Vec<Value>) {
     let dir = repo().join("clients/typescript");
     npm::ensure(&dir, "@grpc/grpc-js");
-    let out = Command::new("node")
+    let mut cmd = Command::new("node");
+    cmd
         // One file at a time: the provider-outage test sets a fault flag the others would see.
         .args([
             "--test",
@@ -28,20 +29,8 @@ fn node_test(env: &[(&str, String)], report: &Path) -> (bool, String, Vec<Value>
         ])
         .current_dir(&dir)
         .env("CB_REPORT", report)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .output()
-        .expect("node --test should run");
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = std::fs::read_to_string(report)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    (out.status.success(), text, report)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    crate::support::suite::run(cmd, report)
 }
 
 /// A value of the test provider's secret shape (`tp_` + hex), anywhere in `text`.

@@ -15,6 +15,7 @@ pub mod oidc;
 pub mod openbao;
 pub mod postgres;
 pub mod recorder;
+pub mod suite;
 pub mod venv;
 
 use std::path::PathBuf;
