@@ -4,6 +4,9 @@
 
 pub mod v1 {
     tonic::include_proto!("credbroker.v1");
+    // The messages build.rs maps to the client crate (its own `broker_client` is shadowed by
+    // the one generated above, which is the same code).
+    pub use credbroker_client::proto::v1::*;
 }
 
 /// The encoded descriptor set, for the reflection service.

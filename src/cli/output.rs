@@ -2,6 +2,7 @@
 
 use std::time::SystemTime;
 
+use credbroker_client::{Credential, ExposeSecret as _};
 use serde_json::{Value, json};
 
 use crate::proto::v1;
@@ -55,15 +56,25 @@ pub(super) fn task_json(t: &v1::Task) -> Value {
     })
 }
 
-/// The credentials with their secrets: printed only by `task begin`, for the workload itself.
-pub(super) fn credentials_json(creds: &[v1::Credential]) -> Value {
+fn system_time(t: Option<SystemTime>) -> Value {
+    t.map_or(Value::Null, |t| Value::String(rfc3339(t)))
+}
+
+/// The credentials with their secrets: printed only by `task begin`, for the workload itself
+/// (one of the few places the CLI exposes a secret).
+pub(super) fn credentials_json(creds: &[Credential]) -> Value {
     Value::Array(
         creds
             .iter()
             .map(|c| {
+                let secret: serde_json::Map<String, Value> = c
+                    .secret
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.expose_secret().into())))
+                    .collect();
                 json!({
                     "lease_id": c.lease_id, "grant": c.grant, "provider": c.provider, "kind": c.kind,
-                    "expires_at": time(&c.expires_at), "public": c.public, "secret": c.secret,
+                    "expires_at": system_time(c.expires_at), "public": c.public, "secret": secret,
                 })
             })
             .collect(),
@@ -203,7 +214,7 @@ pub(super) fn shell_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', r"'\''"))
 }
 
-fn env_name(prefix: Option<&str>, key: &str) -> String {
+pub(super) fn env_name(prefix: Option<&str>, key: &str) -> String {
     let raw = match prefix {
         Some(p) => format!("{p}_{key}"),
         None => key.to_string(),
@@ -221,34 +232,48 @@ fn env_name(prefix: Option<&str>, key: &str) -> String {
 
 /// `export NAME='value'` lines. With one credential the field names are used as they are
 /// (`AWS_ACCESS_KEY_ID`); with several, each is prefixed by its grant.
-pub(super) fn env_lines(task_id: &str, creds: &[v1::Credential]) -> String {
+pub(super) fn env_lines(task_id: &str, creds: &[Credential]) -> String {
     let mut out = format!("export CREDBROKER_TASK_ID={}\n", shell_quote(task_id));
-    let prefixed = creds.len() > 1;
-    for c in creds {
-        let prefix = prefixed.then_some(c.grant.as_str());
-        for (k, v) in c.public.iter().chain(c.secret.iter()) {
-            out.push_str(&format!(
-                "export {}={}\n",
-                env_name(prefix, k),
-                shell_quote(v)
-            ));
-        }
+    for (name, value) in env_vars(creds) {
+        out.push_str(&format!("export {name}={}\n", shell_quote(value)));
     }
     out
 }
 
+/// Each credential field as an environment variable: `USERNAME`, `PASSWORD`, `AWS_…` for a
+/// single credential; prefixed with the grant (`ORDERS_DB_PASSWORD`) when there are several.
+/// The values borrow the secrets: `task begin --output env` prints them, `exec` hands them to
+/// the command's environment and nowhere else.
+pub(super) fn env_vars(creds: &[Credential]) -> Vec<(String, &str)> {
+    let prefixed = creds.len() > 1;
+    let mut vars = Vec::new();
+    for c in creds {
+        let prefix = prefixed.then_some(c.grant.as_str());
+        let secret = c.secret.iter().map(|(k, v)| (k, v.expose_secret()));
+        for (k, v) in c.public.iter().map(|(k, v)| (k, v.as_str())).chain(secret) {
+            vars.push((env_name(prefix, k), v));
+        }
+    }
+    vars
+}
+
 /// The AWS SDK `credential_process` document (Version 1) for the task's AWS credential.
-pub(super) fn credential_process(creds: &[v1::Credential]) -> anyhow::Result<Value> {
+pub(super) fn credential_process(creds: &[Credential]) -> anyhow::Result<Value> {
     let c = creds
         .iter()
         .find(|c| c.secret.contains_key("AWS_SECRET_ACCESS_KEY"))
         .ok_or_else(|| anyhow::anyhow!("the task holds no AWS credential"))?;
-    let get = |k: &str| c.secret.get(k).or_else(|| c.public.get(k)).cloned();
+    let get = |k: &str| {
+        c.secret
+            .get(k)
+            .map(|v| v.expose_secret().to_string())
+            .or_else(|| c.public.get(k).cloned())
+    };
     let mut doc = json!({
         "Version": 1,
         "AccessKeyId": get("AWS_ACCESS_KEY_ID").unwrap_or_default(),
         "SecretAccessKey": get("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
-        "Expiration": time(&c.expires_at),
+        "Expiration": system_time(c.expires_at),
     });
     if let Some(token) = get("AWS_SESSION_TOKEN") {
         doc["SessionToken"] = Value::String(token);

@@ -1,18 +1,17 @@
 //! `credbroker task begin|renew|end`: the workload side, over the broker socket.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
+use credbroker_client::{BeginTask, Broker, Narrow, SecretString};
 use zeroize::Zeroizing;
 
 use super::output::{self, Output};
-use crate::client::{self, DEFAULT_BROKER_SOCKET, Refused};
+use crate::client::DEFAULT_BROKER_SOCKET;
 use crate::proto::v1;
-use crate::proto::v1::broker_client::BrokerClient;
 
 #[derive(Args)]
 pub(super) struct Conn {
@@ -21,11 +20,31 @@ pub(super) struct Conn {
     socket: PathBuf,
 }
 
+impl Conn {
+    /// Connects; a BeginTask or EndTask that has to wait for the daemon (a restart) says so,
+    /// once, to a person at a terminal (a script sees only the outcome).
+    pub(super) async fn broker(&self) -> anyhow::Result<Broker> {
+        Ok(Broker::connect_waiting(&self.socket, tell_waiting)
+            .await?
+            .on_retry(tell_waiting))
+    }
+}
+
+fn tell_waiting(e: &credbroker_client::Error) {
+    use std::io::IsTerminal as _;
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "{e:#}; retrying for up to {}s…",
+            credbroker_client::RETRY_FOR.as_secs()
+        );
+    }
+}
+
 #[derive(Args)]
 pub(super) struct TokenSource {
     /// Read the access token from this file (`-` for stdin). Default: $CREDBROKER_TOKEN, else stdin.
     #[arg(long)]
-    token_file: Option<PathBuf>,
+    pub(super) token_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum, PartialEq, Eq)]
@@ -59,7 +78,10 @@ pub(super) enum TaskCommand {
         /// added to the request (links call → task in the lineage).
         #[arg(long = "call-id")]
         call_id: Option<String>,
-        /// json | env | credential-process (`--format` is accepted too).
+        /// json | env | credential-process (`--format` is accepted too). A `credential_process`
+        /// profile begins a new task at every SDK credential refresh, and nobody ends them: they
+        /// are left to the expiry reaper (a 3-call boto3 session made 5 tasks). For a process
+        /// that lives longer than one call, use `credbroker exec`, which ends its task.
         #[arg(long = "output", alias = "format", value_enum, default_value_t = Format::Json)]
         format: Format,
     },
@@ -87,7 +109,7 @@ pub(super) enum TaskCommand {
     },
 }
 
-fn read_token(src: &TokenSource) -> anyhow::Result<Zeroizing<String>> {
+pub(super) fn read_token(src: &TokenSource) -> anyhow::Result<SecretString> {
     let mut buf = Zeroizing::new(String::new());
     match &src.token_file {
         Some(p) if p.as_os_str() == "-" => {
@@ -108,53 +130,34 @@ fn read_token(src: &TokenSource) -> anyhow::Result<Zeroizing<String>> {
             }
         },
     }
-    let trimmed = Zeroizing::new(buf.trim().to_string());
+    let trimmed = buf.trim();
     if trimmed.is_empty() {
         bail!("no access token given (use --token-file, $CREDBROKER_TOKEN or stdin)");
     }
-    Ok(trimmed)
+    Ok(SecretString::from(trimmed))
 }
 
-fn ttl_seconds(ttl: &Option<String>) -> anyhow::Result<Option<u32>> {
+pub(super) fn ttl(ttl: &Option<String>) -> anyhow::Result<Option<std::time::Duration>> {
     ttl.as_deref()
-        .map(|t| {
-            let d = crate::config::parse_duration(t).map_err(anyhow::Error::msg)?;
-            // Whole seconds on the wire: below one second would round to none at all.
-            if d < std::time::Duration::from_secs(1) {
-                bail!("--ttl {t}: a task lives at least 1s");
-            }
-            u32::try_from(d.as_secs()).context("ttl too long")
-        })
+        .map(|t| crate::config::parse_duration(t).map_err(|e| anyhow::anyhow!("--ttl {t}: {e}")))
         .transpose()
 }
 
-fn grant_requests(grants: &[String], narrow: &[String]) -> anyhow::Result<Vec<v1::GrantRequest>> {
-    let mut out: Vec<v1::GrantRequest> = grants
+pub(super) fn narrowings(narrow: &[String]) -> anyhow::Result<Vec<Narrow>> {
+    narrow
         .iter()
-        .map(|g| v1::GrantRequest {
-            name: g.clone(),
-            narrow: HashMap::new(),
+        .map(|n| {
+            let parsed = n.split_once('=').and_then(|(lhs, values)| {
+                let (grant, param) = lhs.split_once('.')?;
+                Some(Narrow {
+                    grant: grant.into(),
+                    param: param.into(),
+                    values: values.split(',').map(str::to_owned).collect(),
+                })
+            });
+            parsed.with_context(|| format!("--narrow {n:?}: expected GRANT.PARAM=v1,v2"))
         })
-        .collect();
-    for n in narrow {
-        let (lhs, values) = n
-            .split_once('=')
-            .with_context(|| format!("--narrow {n:?}: expected GRANT.PARAM=v1,v2"))?;
-        let (grant, param) = lhs
-            .split_once('.')
-            .with_context(|| format!("--narrow {n:?}: expected GRANT.PARAM=v1,v2"))?;
-        let g = out
-            .iter_mut()
-            .find(|g| g.name == grant)
-            .with_context(|| format!("--narrow names grant {grant:?}, which is not requested"))?;
-        g.narrow.insert(
-            param.into(),
-            v1::StringList {
-                values: values.split(',').map(str::to_owned).collect(),
-            },
-        );
-    }
-    Ok(out)
+        .collect()
 }
 
 pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
@@ -165,82 +168,67 @@ pub(super) async fn run(cmd: TaskCommand) -> anyhow::Result<ExitCode> {
             tool,
             grants,
             narrow,
-            ttl,
+            ttl: wanted,
             call_id,
             format,
         } => {
-            let token = read_token(&token)?;
-            let request = v1::BeginTaskRequest {
-                token: token.to_string(),
-                tool,
-                grants: grant_requests(&grants, &narrow)?,
-                ttl_seconds: ttl_seconds(&ttl)?,
-                idempotency_key: None,
+            let begin = BeginTask {
+                ttl: ttl(&wanted)?,
+                narrow: narrowings(&narrow)?,
                 call_id,
+                ..BeginTask::new(read_token(&token)?, tool, grants)
             };
-            let resp = client::begin_task(&conn.socket, request).await?;
-            let task = resp.task.unwrap_or_default();
+            let task = conn.broker().await?.begin(begin).await?;
+            let creds = task.credentials();
             let written = match format {
                 Format::Json => {
                     let doc = serde_json::json!({
-                        "task": output::task_json(&task),
-                        "credentials": output::credentials_json(&resp.credentials),
+                        "task": output::task_json(task.record()),
+                        "credentials": output::credentials_json(creds),
                     });
                     serde_json::to_string_pretty(&doc)
                         .map_err(anyhow::Error::from)
                         .and_then(|d| Ok(outln!("{d}")?))
                 }
-                Format::Env => Ok(out!("{}", output::env_lines(&task.id, &resp.credentials))?),
-                Format::CredentialProcess => output::credential_process(&resp.credentials)
+                Format::Env => Ok(out!("{}", output::env_lines(task.id(), creds))?),
+                Format::CredentialProcess => output::credential_process(creds)
                     .and_then(|doc| Ok(serde_json::to_string(&doc)?))
                     .and_then(|d| Ok(outln!("{d}")?)),
             };
             if let Err(e) = written {
                 // Credentials nobody received must not stay alive until the task expires.
-                let ended = match client::end_task(&conn.socket, &task.id).await {
+                let id = task.id().to_string();
+                let ended = match task.end().await {
                     Ok(t) => format!("ended ({})", t.state),
                     Err(end) => format!("NOT ended ({end:#}): end it with `credbroker task end`"),
                 };
-                bail!(
-                    "{e:#}; task {} was not delivered, so it was {ended}",
-                    task.id
-                );
+                bail!("{e:#}; task {id} was not delivered, so it was {ended}");
             }
+            // Delivered: the task is the caller's now, to end with `task end` (or to expire).
+            task.detach();
             Ok(ExitCode::SUCCESS)
         }
         TaskCommand::Renew {
             conn,
             token,
             task,
-            ttl,
+            ttl: wanted,
             output,
         } => {
             let token = read_token(&token)?;
-            let mut client = BrokerClient::new(client::channel(&conn.socket).await?);
-            let resp = client
-                .renew_task(v1::RenewTaskRequest {
-                    task_id: task,
-                    token: token.to_string(),
-                    ttl_seconds: ttl_seconds(&ttl)?,
-                })
-                .await
-                .map_err(Refused::from)?
-                .into_inner();
-            print_task(&resp.task.unwrap_or_default(), output)?;
+            let broker = conn.broker().await?;
+            let renewed = broker.renew(&task, &token, ttl(&wanted)?).await?;
+            print_task(&renewed, output)?;
             Ok(ExitCode::SUCCESS)
         }
         TaskCommand::End { conn, task, output } => {
-            let mut client = BrokerClient::new(client::channel(&conn.socket).await?);
+            let broker = conn.broker().await?;
             let ticker =
                 super::progress::Ticker::start("ending the task: revoking its credentials");
-            let resp = client
-                .end_task(v1::EndTaskRequest { task_id: task })
-                .await
-                .map_err(Refused::from)?
-                .into_inner();
+            let ended = broker.end(&task).await?;
             // The progress line is cleared before the answer is printed on the same terminal.
             drop(ticker);
-            print_task(&resp.task.unwrap_or_default(), output)?;
+            print_task(&ended.task, output)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -11,7 +11,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::broker::{BrokerError, ErrorKind};
 
-pub const DOMAIN: &str = "credbroker";
+pub const DOMAIN: &str = credbroker_client::ERROR_DOMAIN;
 
 pub fn to_status(e: &BrokerError) -> Status {
     let code = match e.kind {
@@ -99,13 +99,9 @@ pub fn with_size_reason(
     .into_http()
 }
 
-/// The reason code in a status from credbroker, for clients (the CLI, tests).
-pub fn reason_of(status: &Status) -> Option<String> {
-    status
-        .get_details_error_info()
-        .filter(|i| i.domain == DOMAIN)
-        .map(|i| i.reason)
-}
+/// The reason code in a status from credbroker, for clients (the CLI, tests): the client
+/// crate's, so the domain it reads is the one written here.
+pub use credbroker_client::reason_of;
 
 #[cfg(test)]
 mod tests {

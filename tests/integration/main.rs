@@ -13,6 +13,7 @@ mod aws;
 mod check_config;
 mod cli;
 mod clients_python;
+mod clients_rust;
 mod clients_typescript;
 mod conformance;
 mod defects;

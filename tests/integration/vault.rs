@@ -13,7 +13,7 @@ use crate::support::daemon::{Daemon, base_config};
 use crate::support::oidc::{AuthServer, PG_READ, POSTGRES};
 use crate::support::openbao::OpenBao;
 use crate::support::postgres::Postgres;
-use crate::support::{begin_request, eventually, get_task, live_tasks, reason};
+use crate::support::{eventually, get_task, live_tasks, reason};
 
 const COUNT: &str = "SELECT count(*) FROM orders";
 
@@ -341,7 +341,7 @@ async fn approle_login_from_systemd_credentials() {
 
 /// Begins and ends tasks from several clients until `stop`, as a real client would: every
 /// BeginTask carries an idempotency key and is retried with it when the answer is lost to a
-/// crash (`client::begin_task`), and every EndTask is retried until the daemon answers. Returns
+/// crash (`credbroker_client::Broker::begin`), and every EndTask is retried until the daemon answers. Returns
 /// the task ids and the database user names it was given.
 async fn churn(
     socket: std::path::PathBuf,
@@ -351,23 +351,29 @@ async fn churn(
     use std::sync::atomic::Ordering;
     let mut ids = Vec::new();
     let mut users = Vec::new();
+    let broker = credbroker_client::Broker::connect(&socket)
+        .await
+        .expect("the broker socket should accept a connection");
     while !stop.load(Ordering::Relaxed) {
-        let mut req = begin_request(&token, &["orders-db"]);
-        // Far longer than the run: a task left to its TTL would fail the test.
-        req.ttl_seconds = Some(600);
-        let resp = match credbroker::client::begin_task(&socket, req).await {
-            Ok(r) => r,
+        let begin = credbroker_client::BeginTask {
+            // Far longer than the run: a task left to its TTL would fail the test.
+            ttl: Some(Duration::from_secs(600)),
+            ..credbroker_client::BeginTask::new(token.as_str().into(), "query", ["orders-db"])
+        };
+        let task = match broker.begin(begin).await {
+            Ok(t) => t,
             Err(e) => panic!("BeginTask failed for good: {e:#}"),
         };
         users.extend(
-            resp.credentials
+            task.credentials()
                 .iter()
                 .filter_map(|c| c.public.get("username").cloned()),
         );
-        let id = resp.task.unwrap_or_default().id;
+        let id = task.id().to_string();
         ids.push(id.clone());
         tokio::time::sleep(Duration::from_millis(fastrand::u64(0..120))).await;
-        let ended = credbroker::client::end_task(&socket, &id)
+        let ended = task
+            .end()
             .await
             .unwrap_or_else(|e| panic!("EndTask {id} failed for good: {e:#}"));
         assert!(
