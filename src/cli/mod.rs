@@ -23,6 +23,7 @@ macro_rules! out {
 mod admin;
 mod audit;
 mod check;
+mod exec;
 mod mcp;
 mod output;
 mod probe;
@@ -88,6 +89,9 @@ enum Command {
         #[command(subcommand)]
         command: task::TaskCommand,
     },
+    /// Run a command with a task's credentials in its environment; the task is renewed while
+    /// it runs and ended when it exits: `credbroker exec --grant G -- COMMAND…`.
+    Exec(exec::ExecArgs),
     /// The operator side: list, show and revoke tasks over the admin socket.
     Tasks {
         #[command(subcommand)]
@@ -166,6 +170,7 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
         Command::Probe(args) => probe::run(args).await,
         Command::Token { command } => token::run(command).await,
         Command::Task { command } => task::run(command).await,
+        Command::Exec(args) => exec::run(args).await,
         Command::Tasks { command } => admin::run(command).await,
         Command::Status(args) => admin::status(args).await,
         Command::Audit { command } => audit::run(command),

@@ -19,6 +19,7 @@ mod conformance;
 mod defects;
 mod e2e_github;
 mod e2e_postgres;
+mod exec;
 mod gateway;
 mod gateway_audit;
 mod gateway_oauth;

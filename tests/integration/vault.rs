@@ -18,7 +18,7 @@ use crate::support::{eventually, get_task, live_tasks, reason};
 const COUNT: &str = "SELECT count(*) FROM orders";
 
 /// The daemon's configuration with a Vault instance and two grants on it.
-fn vault_config(dir: &Path, issuer: &str, bao: &OpenBao, auth: &str) -> String {
+pub(crate) fn vault_config(dir: &Path, issuer: &str, bao: &OpenBao, auth: &str) -> String {
     let extra = format!(
         r#"
 [[provider]]
@@ -58,7 +58,7 @@ params = {{ kind = "dynamic", path = "database/creds/orders-write" }}
 }
 
 /// OpenBao with the database engine, PostgreSQL, and a broker token in a file.
-async fn backends() -> (Postgres, OpenBao, tempfile::TempDir) {
+pub(crate) async fn backends() -> (Postgres, OpenBao, tempfile::TempDir) {
     let pg = Postgres::start();
     let bao = OpenBao::dev().await;
     bao.setup_database(&pg).await;
@@ -68,7 +68,7 @@ async fn backends() -> (Postgres, OpenBao, tempfile::TempDir) {
     (pg, bao, secrets)
 }
 
-fn token_file(secrets: &tempfile::TempDir) -> String {
+pub(crate) fn token_file(secrets: &tempfile::TempDir) -> String {
     format!(
         "token_file = \"{}\"",
         secrets.path().join("vault-token").display()

@@ -20,7 +20,7 @@ pub enum Error {
         message: String,
     },
     /// The daemon answered and said no. [`Error::reason`] gives the stable reason code.
-    #[error("{code:?}: {message}")]
+    #[error("{code:?} {}: {message}", reason.as_deref().unwrap_or("(no reason code)"))]
     Refused {
         code: tonic::Code,
         /// From the status's `google.rpc.ErrorInfo` (domain `credbroker`).
