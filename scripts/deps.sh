@@ -104,3 +104,6 @@ if ! .deps/venv/bin/python -c "import grpc_status, google.rpc.status_pb2, pytest
   .deps/venv/bin/pip install --quiet --disable-pip-version-check "grpcio-status==1.85.0" \
     "googleapis-common-protos==1.76.0" "pytest==9.2.0" "psycopg[binary]==3.3.9"
 fi
+
+#   - cargo-deb (pinned in scripts/package.sh) into .deps/cargo: the package test builds the .deb
+scripts/package.sh --tools-only

@@ -24,6 +24,7 @@ mod admin;
 mod audit;
 mod check;
 mod exec;
+mod manual;
 mod mcp;
 mod output;
 mod probe;
@@ -43,6 +44,7 @@ use crate::providers::Registry;
 #[command(
     name = "credbroker",
     version,
+    propagate_version = true,
     about = "Short-lived, narrowly scoped credentials for MCP servers"
 )]
 struct Cli {
@@ -119,6 +121,10 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Write the manual pages (one per command) into a directory.
+    Man(manual::ManArgs),
+    /// Print a shell's completion script: `credbroker completions bash > …/credbroker`.
+    Completions(manual::CompletionsArgs),
     /// Print a fresh key (64 hex digits): a journal, audit head or export key. With `--dir`,
     /// write what a fresh install needs instead: DIR/journal-key and DIR/audit-head-key, mode
     /// 0600, never over an existing file.
@@ -171,6 +177,8 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
         Command::Token { command } => token::run(command).await,
         Command::Task { command } => task::run(command).await,
         Command::Exec(args) => exec::run(args).await,
+        Command::Man(args) => manual::man(&args),
+        Command::Completions(args) => manual::completions(&args),
         Command::Tasks { command } => admin::run(command).await,
         Command::Status(args) => admin::status(args).await,
         Command::Audit { command } => audit::run(command),

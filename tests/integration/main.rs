@@ -29,6 +29,7 @@ mod keys;
 mod lifecycle;
 mod mcp_security;
 mod operations;
+mod package;
 mod probe;
 mod quickstart;
 mod rejections;
