@@ -27,7 +27,7 @@ pub(super) struct ExecArgs {
     token: TokenSource,
     /// A grant to request (repeat for several). One credential's fields become `USERNAME`,
     /// `PASSWORD`, `AWS_ACCESS_KEY_ID`, …; several are prefixed with the grant
-    /// (`ORDERS_DB_PASSWORD`).
+    /// (`ORDERS_DB_PASSWORD`), but a task's one AWS credential keeps its `AWS_*` names.
     #[arg(long = "grant", required = true)]
     grants: Vec<String>,
     /// The MCP tool (or job) the command runs, as the audit trail names it.

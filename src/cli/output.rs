@@ -241,14 +241,16 @@ pub(super) fn env_lines(task_id: &str, creds: &[Credential]) -> String {
 }
 
 /// Each credential field as an environment variable: `USERNAME`, `PASSWORD`, `AWS_…` for a
-/// single credential; prefixed with the grant (`ORDERS_DB_PASSWORD`) when there are several.
+/// single credential; prefixed with the grant (`ORDERS_DB_PASSWORD`) when there are several —
+/// except the one AWS credential of a task, whose `AWS_*` names the SDKs read as they are.
 /// The values borrow the secrets: `task begin --output env` prints them, `exec` hands them to
 /// the command's environment and nowhere else.
 pub(super) fn env_vars(creds: &[Credential]) -> Vec<(String, &str)> {
     let prefixed = creds.len() > 1;
+    let sole_aws = creds.iter().filter(|c| c.kind == "aws").count() == 1;
     let mut vars = Vec::new();
     for c in creds {
-        let prefix = prefixed.then_some(c.grant.as_str());
+        let prefix = (prefixed && !(sole_aws && c.kind == "aws")).then_some(c.grant.as_str());
         let secret = c.secret.iter().map(|(k, v)| (k, v.expose_secret()));
         for (k, v) in c.public.iter().map(|(k, v)| (k, v.as_str())).chain(secret) {
             vars.push((env_name(prefix, k), v));
@@ -284,6 +286,68 @@ pub(super) fn credential_process(creds: &[Credential]) -> anyhow::Result<Value> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn cred(
+        grant: &str,
+        kind: &str,
+        public: &[(&str, &str)],
+        secret: &[(&str, &str)],
+    ) -> Credential {
+        Credential {
+            lease_id: format!("l-{grant}"),
+            grant: grant.into(),
+            provider: kind.into(),
+            kind: kind.into(),
+            expires_at: None,
+            public: public
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            secret: secret
+                .iter()
+                .map(|(k, v)| (k.to_string(), credbroker_client::SecretString::from(*v)))
+                .collect(),
+        }
+    }
+
+    fn names(creds: &[Credential]) -> Vec<String> {
+        let mut n: Vec<String> = env_vars(creds).into_iter().map(|(k, _)| k).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn env_names_are_bare_for_one_credential_prefixed_for_several_but_aws_stays_readable() {
+        let db = cred(
+            "orders-db",
+            "vault",
+            &[("username", "u")],
+            &[("password", "p")],
+        );
+        let s3 = cred(
+            "reports-s3",
+            "aws",
+            &[("AWS_ACCESS_KEY_ID", "AKIA")],
+            &[("AWS_SECRET_ACCESS_KEY", "s")],
+        );
+        assert_eq!(names(std::slice::from_ref(&db)), ["PASSWORD", "USERNAME"]);
+        let both = [db, s3];
+        assert_eq!(
+            names(&both),
+            [
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "ORDERS_DB_PASSWORD",
+                "ORDERS_DB_USERNAME"
+            ]
+        );
+        // Two AWS credentials would collide: both are prefixed.
+        let two = [
+            cred("a", "aws", &[("AWS_ACCESS_KEY_ID", "1")], &[]),
+            cred("b", "aws", &[("AWS_ACCESS_KEY_ID", "2")], &[]),
+        ];
+        assert_eq!(names(&two), ["A_AWS_ACCESS_KEY_ID", "B_AWS_ACCESS_KEY_ID"]);
+    }
 
     #[test]
     fn shell_quoting_survives_hostile_values() {

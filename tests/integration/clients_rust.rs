@@ -17,14 +17,24 @@ fn begin(token: &str) -> BeginTask {
     BeginTask::new(SecretString::from(token), "query", [GRANT])
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_task_holds_its_credential_hides_it_and_end_revokes_it() {
+/// The test AS, a daemon trusting it, and a token for the postgres workload.
+async fn start() -> (AuthServer, Daemon, String) {
     let auth = AuthServer::start();
     let d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
-    let broker = Broker::connect(&d.broker_socket)
+    (auth, d, token)
+}
+
+async fn connect(d: &Daemon) -> Broker {
+    Broker::connect(&d.broker_socket)
         .await
-        .expect("the broker socket should accept a connection");
+        .expect("the broker socket should accept a connection")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_holds_its_credential_hides_it_and_end_revokes_it() {
+    let (_auth, d, token) = start().await;
+    let broker = connect(&d).await;
 
     let request = begin(&token);
     assert!(
@@ -71,12 +81,8 @@ async fn a_task_holds_its_credential_hides_it_and_end_revokes_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dropped_task_is_ended_in_the_background_and_a_detached_one_is_not() {
-    let auth = AuthServer::start();
-    let d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
-    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
-    let broker = Broker::connect(&d.broker_socket)
-        .await
-        .expect("the broker socket should accept a connection");
+    let (_auth, d, token) = start().await;
+    let broker = connect(&d).await;
 
     // Dropped inside the runtime: ended by a task spawned on it.
     let inside = broker.begin(begin(&token)).await.expect("begin");
@@ -121,15 +127,11 @@ async fn a_dropped_task_is_ended_in_the_background_and_a_detached_one_is_not() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_carry_their_reason_code_name_no_secret_and_change_nothing() {
-    let auth = AuthServer::start();
-    let d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
-    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let (auth, d, token) = start().await;
     let weak = auth
         .token("agent-noscope", POSTGRES, "mcp.tool:s3.read")
         .await;
-    let broker = Broker::connect(&d.broker_socket)
-        .await
-        .expect("the broker socket should accept a connection");
+    let broker = connect(&d).await;
 
     let cases = [
         (
@@ -193,9 +195,7 @@ async fn refusals_carry_their_reason_code_name_no_secret_and_change_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn connect_waiting_waits_for_a_daemon_that_is_starting() {
-    let auth = AuthServer::start();
-    let d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
-    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let (_auth, d, token) = start().await;
     // The socket appears 300 ms after the client starts dialling, as when a daemon restarts.
     let later = d.broker_socket.with_file_name("later.sock");
     let (target, link) = (d.broker_socket.clone(), later.clone());
