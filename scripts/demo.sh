@@ -94,7 +94,11 @@ pg pg_ctl -D "$PGDIR/data" -l "$PGDIR/log" -w -o \
 # One statement per call: CREATE DATABASE refuses to run inside a transaction.
 sql postgres "CREATE DATABASE orders"
 # OpenBao's connection user: it creates the per-call roles and grants them SELECT on orders.
-sql postgres "CREATE ROLE bao_admin WITH LOGIN PASSWORD 'bao-admin-pw' CREATEROLE"
+# Its password is random, in a 0600 file, and reaches psql on stdin and OpenBao as @file: no
+# command line (`ps`) and nothing printed carries it.
+(umask 077 && python3 -c 'import secrets; print(secrets.token_urlsafe(18), end="")' >"$DEMO/pg-admin-pw")
+printf "CREATE ROLE bao_admin WITH LOGIN PASSWORD '%s' CREATEROLE" "$(cat "$DEMO/pg-admin-pw")" |
+  pg psql -h "$PGDIR" -p "$PGPORT" -U postgres -v ON_ERROR_STOP=1 -X -q -d postgres -f -
 sql postgres "GRANT pg_signal_backend TO bao_admin"
 sql orders "CREATE TABLE orders(id int, item text);
   INSERT INTO orders VALUES (1,'apple'),(2,'banana'),(3,'cherry');
@@ -112,7 +116,7 @@ wait_for OpenBao "$DEMO/bao.log" curl -sf -o /dev/null "$BAO_ADDR/v1/sys/health"
 show bao secrets enable database
 show bao write database/config/orders-pg plugin_name=postgresql-database-plugin allowed_roles=orders-read \
   connection_url="postgresql://{{username}}:{{password}}@127.0.0.1:$PGPORT/orders?sslmode=disable" \
-  username=bao_admin password=bao-admin-pw verify_connection=true
+  username=bao_admin password=@"$DEMO/pg-admin-pw" verify_connection=true
 show bao write database/roles/orders-read db_name=orders-pg default_ttl=1h max_ttl=24h \
   creation_statements=@config/openbao/create-role.sql revocation_statements=@config/openbao/revoke-role.sql \
   renew_statements="ALTER ROLE \"{{name}}\" VALID UNTIL '{{expiration}}';"
