@@ -63,7 +63,6 @@ impl OpenBao {
         let args = vec![
             "server".to_string(),
             "-dev".into(),
-            format!("-dev-root-token-id={root}"),
             format!("-dev-listen-address=127.0.0.1:{port}"),
             "-dev-no-store-token".into(),
             format!("-config={}", audit.display()),
@@ -134,7 +133,12 @@ cluster_addr = "http://127.0.0.1:{cluster}"
             .append(true)
             .open(self.dir.path().join("bao.log"))
             .expect("the openbao log should open for appending");
-        let child = Command::new(bao())
+        let mut cmd = Command::new(bao());
+        if self.durable.is_none() {
+            // The dev root token through the environment: on the command line `ps` shows it.
+            cmd.env("BAO_DEV_ROOT_TOKEN_ID", &self.root);
+        }
+        let child = cmd
             .args(args)
             .env("HOME", self.dir.path())
             .env_remove("VAULT_ADDR")
