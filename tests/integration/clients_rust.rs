@@ -94,11 +94,19 @@ async fn a_dropped_task_is_ended_in_the_background_and_a_detached_one_is_not() {
     std::thread::spawn(move || drop(outside))
         .join()
         .expect("the dropping thread should not panic");
+    // The tool panics with the task in hand: unwinding drops it, and it is ended.
+    let panicked = broker.begin(begin(&token)).await.expect("begin");
+    let panicked_id = panicked.id().to_string();
+    let tool = tokio::spawn(async move {
+        let _task = panicked;
+        panic!("the tool failed");
+    });
+    assert!(tool.await.is_err_and(|e| e.is_panic()));
     // Detached: handed over by id, left alone on drop.
     let detached = broker.begin(begin(&token)).await.expect("begin");
     let detached_id = detached.detach();
 
-    for id in [&inside_id, &outside_id] {
+    for id in [&inside_id, &outside_id, &panicked_id] {
         eventually(
             Duration::from_secs(10),
             "the dropped task to be ended",
@@ -109,7 +117,7 @@ async fn a_dropped_task_is_ended_in_the_background_and_a_detached_one_is_not() {
         )
         .await;
     }
-    assert_eq!(d.revoked().len(), 2);
+    assert_eq!(d.revoked().len(), 3);
     assert_eq!(
         live_tasks(&d)
             .await
@@ -152,6 +160,12 @@ async fn refusals_carry_their_reason_code_name_no_secret_and_change_nothing() {
             begin("not.a.token"),
             "malformed",
             tonic::Code::Unauthenticated,
+        ),
+        (
+            // A grant that exists, but not for this workload.
+            BeginTask::new(SecretString::from(token.as_str()), "query", ["s3-read"]),
+            "grant_not_allowed",
+            tonic::Code::PermissionDenied,
         ),
     ];
     for (request, want, code) in cases {
