@@ -64,8 +64,9 @@ pub(super) async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .context("no command given after --")?;
     let mut signals = Signals::listen()?;
     let broker = args.conn.broker().await?;
+    let wanted = ttl(&args.ttl)?;
     let begin = BeginTask {
-        ttl: ttl(&args.ttl)?,
+        ttl: wanted,
         narrow: narrowings(&args.narrow)?,
         ..BeginTask::new(token.clone(), args.tool, args.grants)
     };
@@ -87,7 +88,7 @@ pub(super) async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
     };
     drop(command); // its copy of the credentials' environment
 
-    let mut renewal = Renewal::new(task.expires_at());
+    let mut renewal = Renewal::new(task.expires_at(), wanted);
     let status = loop {
         tokio::select! {
             status = child.wait() => break status,
@@ -135,11 +136,14 @@ fn exit_code(status: std::process::ExitStatus) -> u8 {
 /// tried again a little later.
 struct Renewal {
     at: Option<tokio::time::Instant>,
+    /// `--ttl`, asked again at every renewal: without it the daemon would extend the task to
+    /// the policy's default, and a short `--ttl` would stop bounding a SIGKILLed `exec`.
+    ttl: Option<Duration>,
 }
 
 impl Renewal {
-    fn new(expires_at: Option<SystemTime>) -> Self {
-        let mut r = Self { at: None };
+    fn new(expires_at: Option<SystemTime>, ttl: Option<Duration>) -> Self {
+        let mut r = Self { at: None, ttl };
         r.schedule(expires_at);
         r
     }
@@ -159,7 +163,7 @@ impl Renewal {
     }
 
     async fn renew(&mut self, task: &mut Task, token: &credbroker_client::SecretString) {
-        match task.renew(token, None).await {
+        match task.renew(token, self.ttl).await {
             Ok(expires_at) => self.schedule(expires_at),
             Err(e @ Error::Refused { .. }) => {
                 eprintln!(

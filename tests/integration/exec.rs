@@ -189,6 +189,9 @@ async fn the_commands_credential_works_while_it_runs_and_dies_when_it_exits_or_i
         later.map(|t| t.seconds) > first.map(|t| t.seconds),
         "{first:?} → {later:?}"
     );
+    // Renewed by --ttl, not to the policy's default: a SIGKILLed exec still leaves ≤ 3 s.
+    let left = later.map_or(i64::MAX, |t| t.seconds) - crate::support::now();
+    assert!(left <= 4, "renewed {left}s ahead: past --ttl 3s");
     let renewals = d
         .audit()
         .iter()
