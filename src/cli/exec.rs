@@ -1,7 +1,11 @@
 //! `credbroker exec`: one task for the life of a command, the way `aws-vault exec` and `op run`
 //! work. Begins the task, runs the command with the credentials in its environment, renews the
 //! task while the command runs, forwards signals to it, and ends the task when it exits — on
-//! success, on failure, when it is killed. Its exit status is the command's.
+//! success, on failure, when it is killed. Its exit status is the command's (1 instead of 0 if
+//! the task could not be ended).
+//!
+//! `exec` makes itself non-dumpable first: the command runs as the same user and could
+//! otherwise read the caller's token from `/proc/<exec>/environ` or `/proc/<exec>/mem`.
 //!
 //! What it cannot do: end the task if `exec` itself is killed with SIGKILL (the task then lives
 //! to its expiry, so keep `--ttl` short: it is renewed while the command runs), or keep the
@@ -45,8 +49,9 @@ pub(super) struct ExecArgs {
     command: Vec<String>,
 }
 
-/// Signals passed on to the command. SIGINT from a terminal already reached the command (it
-/// is in the same process group), so it is passed on only when no terminal sent it.
+/// Signals passed on to the command. SIGINT, SIGQUIT and SIGHUP sent by the terminal already
+/// reached the command (it is in exec's process group): they are passed on only while exec is
+/// not in the terminal's foreground group, i.e. when someone else sent them.
 const FORWARDED: [Signal; 6] = [
     Signal::SIGTERM,
     Signal::SIGHUP,
@@ -57,6 +62,8 @@ const FORWARDED: [Signal; 6] = [
 ];
 
 pub(super) async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
+    // Before the token is read: /proc/self/{environ,mem} become root's, not the command's.
+    nix::sys::prctl::set_dumpable(false).context("making exec non-dumpable")?;
     let token = read_token(&args.token)?;
     let (program, rest) = args
         .command
@@ -71,6 +78,13 @@ pub(super) async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         ..BeginTask::new(token.clone(), args.tool, args.grants)
     };
     let mut task = broker.begin(begin).await?;
+    // Told to stop while the task was being begun (Ctrl-C while waiting for a restarting
+    // daemon, a supervisor's SIGTERM): end it and run nothing.
+    if let Some(sig) = signals.pending() {
+        let ended = end(task).await;
+        eprintln!("credbroker exec: {sig} before the command started; the task was {ended}");
+        return Ok(ExitCode::from(128 + sig as u8));
+    }
 
     let mut command = tokio::process::Command::new(program);
     command
@@ -93,7 +107,7 @@ pub(super) async fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         tokio::select! {
             status = child.wait() => break status,
             sig = signals.next() => {
-                if let (Some(sig), Some(pid)) = (sig, child.id()) {
+                if let (Some(sig), Some(pid)) = (forwarded(sig), child.id()) {
                     let pid = nix::unistd::Pid::from_raw(pid as i32);
                     let _gone = nix::sys::signal::kill(pid, sig);
                 }
@@ -182,34 +196,48 @@ impl Renewal {
 /// The forwarded signals, merged into one stream.
 struct Signals {
     streams: Vec<(Signal, tokio::signal::unix::Signal)>,
-    terminal: bool,
 }
 
 impl Signals {
     /// Listening starts before the task is begun, so a signal in between is not lost (nor
     /// kills `exec` with the task live).
     fn listen() -> anyhow::Result<Self> {
-        use std::io::IsTerminal as _;
         let streams = FORWARDED
             .iter()
             .map(|&s| Ok((s, signal(SignalKind::from_raw(s as i32))?)))
             .collect::<std::io::Result<_>>()
             .context("installing signal handlers")?;
-        Ok(Self {
-            streams,
-            terminal: std::io::stdin().is_terminal(),
-        })
+        Ok(Self { streams })
     }
 
-    /// The next signal to pass on (None for one that is not passed on).
-    async fn next(&mut self) -> Option<Signal> {
+    /// The next signal received.
+    async fn next(&mut self) -> Signal {
         let polls = self.streams.iter_mut().map(|(sig, stream)| {
             Box::pin(async move {
                 stream.recv().await;
                 *sig
             })
         });
-        let (sig, _, _) = futures_util::future::select_all(polls).await;
-        (!(sig == Signal::SIGINT && self.terminal)).then_some(sig)
+        futures_util::future::select_all(polls).await.0
     }
+
+    /// A signal received already, if any.
+    fn pending(&mut self) -> Option<Signal> {
+        use futures_util::FutureExt as _;
+        self.next().now_or_never()
+    }
+}
+
+/// The signal to pass on, or None when the terminal already delivered it to the command.
+fn forwarded(sig: Signal) -> Option<Signal> {
+    let from_terminal = matches!(sig, Signal::SIGINT | Signal::SIGQUIT | Signal::SIGHUP);
+    (!(from_terminal && in_terminal_foreground())).then_some(sig)
+}
+
+/// Whether exec's process group is the foreground group of its controlling terminal.
+fn in_terminal_foreground() -> bool {
+    std::fs::File::open("/dev/tty")
+        .ok()
+        .and_then(|tty| nix::unistd::tcgetpgrp(&tty).ok())
+        .is_some_and(|fg| fg == nix::unistd::getpgrp())
 }

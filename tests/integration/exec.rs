@@ -292,3 +292,74 @@ async fn bad_input_runs_nothing_and_leaves_no_task_or_lease() {
         .count();
     assert_eq!(begun, 1, "only the missing command's task was begun");
 }
+
+/// exec as an unprivileged user (nobody), as a workload runs it: the command it runs, as the
+/// same user, cannot read the caller's token out of exec (`/proc/$PPID/environ`), because
+/// exec is not dumpable. On the old code the command printed the token from there.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_cannot_read_the_callers_token_out_of_exec() {
+    let auth = AuthServer::start();
+    let nobody = r#"
+[[workload]]
+name = "nobody-job"
+uid = 65534
+audience = "https://mcp.example.test/s3"
+grants = ["s3-read"]
+"#;
+    // nobody's group may use the broker socket, and reach it.
+    let d = Daemon::start(|dir| {
+        crate::support::daemon::base_config(dir, &auth.issuer, nobody)
+            .replace("[server]\n", "[server]\nbroker_socket_group = \"65534\"\n")
+    })
+    .await;
+    std::fs::set_permissions(
+        d.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("the daemon dir should be opened to nobody");
+    let token = auth
+        .token("agent-1", crate::support::oidc::S3, "mcp.tool:s3.read")
+        .await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("the dir should be writable by nobody");
+    let out = dir.path().join("seen");
+    let status = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(crate::support::daemon::testd())
+        .args(["exec", "--grant", "s3-read", "--"])
+        .args([
+            "sh",
+            "-c",
+            r#"cat "/proc/$PPID/environ" > "$OUT" 2>&1; echo "exit $?" >> "$OUT""#,
+        ])
+        .env("CREDBROKER_SOCKET", &d.broker_socket)
+        .env("CREDBROKER_TOKEN", &token)
+        .env("OUT", &out)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .status()
+        .expect("exec should run as nobody");
+    let seen = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(
+        status.success(),
+        "exec as nobody failed: {status}\n{seen}\n{}",
+        d.log_text()
+    );
+    assert!(
+        !seen.contains(&token),
+        "the command read the caller's token out of exec"
+    );
+    assert!(seen.contains("Permission denied"), "{seen}");
+    // The task ran as nobody's workload and was ended.
+    let audit = d.audit();
+    let begun: Vec<_> = audit
+        .iter()
+        .filter(|r| r["event"] == "task_begun")
+        .collect();
+    assert_eq!(begun.len(), 1);
+    assert!(live_tasks(&d).await.is_empty());
+}

@@ -14,6 +14,10 @@ use crate::{Error, Task, connect_unix, is_transport};
 /// How long BeginTask and EndTask keep retrying a call whose answer was lost to the transport.
 pub const RETRY_FOR: Duration = Duration::from_secs(10);
 
+/// How long one attempt may wait for its answer: a daemon that accepts the connection and
+/// never answers (stopped, wedged) counts as no answer, retried like a reset.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
 type Notice = Arc<dyn Fn(&Error) + Send + Sync>;
 
 /// A connection to credbroker's broker socket. Cheap to clone; clones share the connection,
@@ -178,7 +182,9 @@ impl Broker {
     /// transport is retried with the same key for up to [`RETRY_FOR`], and when the daemon says
     /// the key already began a task (`begin_replayed`: it ended that task, whose answer was
     /// lost) the request is made once more with a new key. So a reset never leaves a live
-    /// credential the caller does not know about.
+    /// credential the caller does not know about — unless no answer comes at all within
+    /// [`RETRY_FOR`]: then the error is [`Error::Unavailable`], a task may have been begun, and
+    /// it ends at its expiry (the daemon's reaper; its id is in the audit trail).
     pub async fn begin(&self, begin: BeginTask) -> Result<Task, Error> {
         let mut request = begin.request()?;
         for _fresh in 0..2 {
@@ -241,7 +247,15 @@ impl Broker {
     {
         let mut backoff = Backoff::new();
         loop {
-            match call(self.client.clone()).await {
+            let answer = tokio::time::timeout(ATTEMPT_TIMEOUT, call(self.client.clone()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::unavailable(format!(
+                        "no answer from credbroker within {}s",
+                        ATTEMPT_TIMEOUT.as_secs()
+                    )))
+                });
+            match answer {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if is_transport(&s) && backoff.wait_more() => {
                     if let (true, Some(n)) = (backoff.first(), &self.notice) {

@@ -21,7 +21,7 @@ mod error;
 pub mod proto;
 mod task;
 
-pub use broker::{BeginTask, Broker, Ended, Narrow, RETRY_FOR};
+pub use broker::{ATTEMPT_TIMEOUT, BeginTask, Broker, Ended, Narrow, RETRY_FOR};
 pub use connect::{DEFAULT_SOCKET, connect_unix};
 pub use error::{ERROR_DOMAIN, Error, is_transport, reason_of};
 pub use secrecy::{ExposeSecret, SecretString};

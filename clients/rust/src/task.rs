@@ -120,9 +120,12 @@ impl Task {
 
     /// Ends the task and revokes its credentials. On an error the task is left to the daemon's
     /// expiry reaper (drop does not try again: EndTask was already retried for ten seconds).
+    /// Cancelling the returned future (a timeout, a `select!`) drops the task un-ended, which
+    /// ends it in the background as any dropped task.
     pub async fn end(mut self) -> Result<Ended, Error> {
+        let ended = self.broker.end(&self.record.id).await;
         self.armed = false;
-        self.broker.end(&self.record.id).await
+        ended
     }
 
     /// Gives up ownership: the task is neither ended here nor on drop, and lives until someone
