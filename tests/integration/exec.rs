@@ -363,3 +363,49 @@ grants = ["s3-read"]
     assert_eq!(begun.len(), 1);
     assert!(live_tasks(&d).await.is_empty());
 }
+
+/// A stop (SIGTERM) that arrives while exec is still waiting for the daemon: once the task is
+/// begun it is ended at once, the command never runs, and exec exits 128 + 15.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signal_while_the_task_is_being_begun_ends_it_and_runs_nothing() {
+    let auth = AuthServer::start();
+    let d = Daemon::start(|dir| crate::support::daemon::base_config(dir, &auth.issuer, "")).await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    // The socket appears only later, as when the daemon restarts: exec waits for it.
+    let later = dir.path().join("later.sock");
+    let ran = dir.path().join("ran");
+    let mut exec = d
+        .cli()
+        .args(["exec", "--grant", "orders-db-read", "--", "touch"])
+        .arg(&ran)
+        .env("CREDBROKER_SOCKET", &later)
+        .env("CREDBROKER_TOKEN", &token)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("exec should start");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(exec.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal exec");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::os::unix::fs::symlink(&d.broker_socket, &later).expect("the socket appears");
+    let out = tokio::task::spawn_blocking(move || exec.wait_with_output())
+        .await
+        .expect("join")
+        .expect("exec should exit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + 15), "{stderr}");
+    assert!(
+        stderr.contains("before the command started") && stderr.contains("ended ("),
+        "{stderr}"
+    );
+    assert!(!ran.exists(), "the command ran");
+    let audit = d.audit();
+    let begun = audit.iter().filter(|r| r["event"] == "task_begun").count();
+    assert_eq!(begun, 1, "the task was begun once");
+    assert!(live_tasks(&d).await.is_empty(), "the task was left live");
+}
