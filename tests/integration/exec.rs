@@ -375,7 +375,7 @@ async fn a_signal_while_the_task_is_being_begun_ends_it_and_runs_nothing() {
     // The socket appears only later, as when the daemon restarts: exec waits for it.
     let later = dir.path().join("later.sock");
     let ran = dir.path().join("ran");
-    let mut exec = d
+    let exec = d
         .cli()
         .args(["exec", "--grant", "orders-db-read", "--", "touch"])
         .arg(&ran)
