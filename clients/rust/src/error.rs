@@ -20,7 +20,7 @@ pub enum Error {
         message: String,
     },
     /// The daemon answered and said no. [`Error::reason`] gives the stable reason code.
-    #[error("{code:?} {}: {message}", reason.as_deref().unwrap_or("(no reason code)"))]
+    #[error("{code:?} {}", refused_text(reason.as_deref(), message))]
     Refused {
         code: tonic::Code,
         /// From the status's `google.rpc.ErrorInfo` (domain `credbroker`).
@@ -43,6 +43,15 @@ pub enum Error {
     /// The request was refused before it was sent (e.g. a TTL below one second).
     #[error("{0}")]
     Invalid(String),
+}
+
+/// `code: message`, without naming the code twice: the daemon's messages usually start with it.
+fn refused_text(reason: Option<&str>, message: &str) -> String {
+    match reason {
+        Some(r) if message.starts_with(r) => message.to_owned(),
+        Some(r) => format!("{r}: {message}"),
+        None => format!("(no reason code): {message}"),
+    }
 }
 
 impl Error {
@@ -97,4 +106,34 @@ pub fn is_transport(s: &tonic::Status) -> bool {
                 | tonic::Code::Internal
                 | tonic::Code::Cancelled
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(reason: Option<&str>, message: &str) -> String {
+        Error::Refused {
+            code: tonic::Code::PermissionDenied,
+            reason: reason.map(str::to_owned),
+            message: message.into(),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn a_refusal_names_its_code_once() {
+        assert_eq!(
+            refused(
+                Some("insufficient_scope"),
+                "insufficient_scope: needs db.read"
+            ),
+            "PermissionDenied insufficient_scope: needs db.read"
+        );
+        assert_eq!(
+            refused(Some("unknown_grant"), "no grant \"x\""),
+            "PermissionDenied unknown_grant: no grant \"x\""
+        );
+        assert_eq!(refused(None, "no"), "PermissionDenied (no reason code): no");
+    }
 }
