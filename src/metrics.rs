@@ -43,12 +43,24 @@ struct Call {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Detector {
+    detector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BlockChange {
+    change: String,
+    kind: String,
+}
+
 /// What the scrape reads from the broker.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub active_tasks: u64,
     /// provider → (active leases, leases waiting to be revoked or reconciled)
     pub by_provider: BTreeMap<String, (u64, u64)>,
+    pub blocks_in_force: u64,
 }
 
 pub struct Metrics {
@@ -61,6 +73,9 @@ pub struct Metrics {
     revocations: Family<ProviderResult, Counter>,
     rejections: Family<Reason, Counter>,
     calls: Family<Call, Counter>,
+    findings: Family<Detector, Counter>,
+    block_changes: Family<BlockChange, Counter>,
+    blocks_in_force: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -125,8 +140,29 @@ impl Default for Metrics {
              denied) and reason code (rate_limited, insufficient_scope, …)",
             calls.clone(),
         );
+        let findings = Family::<Detector, Counter>::default();
+        registry.register(
+            "abuse_findings",
+            "Abuse detector findings (abuse_detected records), by detector",
+            findings.clone(),
+        );
+        let block_changes = Family::<BlockChange, Counter>::default();
+        registry.register(
+            "block_changes",
+            "Blocks placed (change=added) and lifted (change=lifted), by kind",
+            block_changes.clone(),
+        );
+        let blocks_in_force = Gauge::default();
+        registry.register(
+            "blocks_in_force",
+            "Blocks (token, client, owner, subject) currently refusing requests",
+            blocks_in_force.clone(),
+        );
         Self {
             calls,
+            findings,
+            block_changes,
+            blocks_in_force,
             registry,
             active_tasks,
             active_leases,
@@ -171,6 +207,28 @@ impl Metrics {
                     })
                     .inc();
             }
+            event::ABUSE_DETECTED => {
+                let detector = r.detail.get("detector").and_then(|d| d.as_str());
+                self.findings
+                    .get_or_create(&Detector {
+                        detector: detector.unwrap_or_default().into(),
+                    })
+                    .inc();
+            }
+            event::BLOCK_ADDED | event::BLOCK_LIFTED => {
+                let kind = r.detail.get("kind").and_then(|d| d.as_str());
+                let change = if r.event == event::BLOCK_ADDED {
+                    "added"
+                } else {
+                    "lifted"
+                };
+                self.block_changes
+                    .get_or_create(&BlockChange {
+                        change: change.into(),
+                        kind: kind.unwrap_or_default().into(),
+                    })
+                    .inc();
+            }
             event::LEASE_ISSUE_FAILED => {
                 self.issues.get_or_create(&result("failed")).inc();
             }
@@ -203,6 +261,7 @@ impl Metrics {
     /// The text exposition format, with the gauges set from `now`.
     pub fn render(&self, now: &Snapshot) -> String {
         self.active_tasks.set(now.active_tasks as i64);
+        self.blocks_in_force.set(now.blocks_in_force as i64);
         // Providers removed by a reload disappear instead of reporting stale values.
         self.active_leases.clear();
         self.backlog.clear();
@@ -259,6 +318,7 @@ mod tests {
         let snap = Snapshot {
             active_tasks: 3,
             by_provider: [("vault".to_string(), (2, 1))].into(),
+            ..Default::default()
         };
         let text = m.render(&snap);
         for line in [

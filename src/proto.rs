@@ -76,3 +76,19 @@ pub fn lease(l: &LeaseRow) -> v1::Lease {
         last_error: l.last_error.clone().unwrap_or_default(),
     }
 }
+
+pub fn block(b: &crate::journal::blocks::BlockRow) -> v1::Block {
+    use crate::time::rfc3339_ms;
+    v1::Block {
+        id: b.id.clone(),
+        kind: b.kind.as_str().into(),
+        issuer: b.issuer.clone().unwrap_or_default(),
+        value: b.value.clone(),
+        created_at: rfc3339_ms(b.created_ms),
+        until: rfc3339_ms(b.until_ms),
+        reason: b.reason.clone(),
+        source: b.source.clone(),
+        lifted_at: b.lifted_ms.map(rfc3339_ms).unwrap_or_default(),
+        lifted_by: b.lifted_by.clone().unwrap_or_default(),
+    }
+}

@@ -47,9 +47,16 @@ pub mod event {
     pub const MCP_CALL: &str = "mcp_call";
     /// What the upstream answered an allowed MCP call, and how long it took.
     pub const MCP_CALL_FINISHED: &str = "mcp_call_finished";
+    /// A detector fired: `detail.detector`, its evidence, and the responses taken.
+    pub const ABUSE_DETECTED: &str = "abuse_detected";
+    /// A block placed (by an operator, a detector or a signal) or lifted.
+    pub const BLOCK_ADDED: &str = "block_added";
+    pub const BLOCK_LIFTED: &str = "block_lifted";
+    /// An abuse alert the webhook took (`detail.alert_id`, `detail.attempts`).
+    pub const ALERT_DELIVERED: &str = "alert_delivered";
 
     /// Every event name, for validating what a user asks to filter on.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 27] = [
         DAEMON_STARTED,
         TOKEN_ACCEPTED,
         TOKEN_REJECTED,
@@ -73,6 +80,10 @@ pub mod event {
         REFUSALS_SUPPRESSED,
         MCP_CALL,
         MCP_CALL_FINISHED,
+        ABUSE_DETECTED,
+        BLOCK_ADDED,
+        BLOCK_LIFTED,
+        ALERT_DELIVERED,
     ];
 }
 

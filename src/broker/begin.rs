@@ -127,6 +127,9 @@ impl Broker {
             .authenticate(&rt, workload, peer, req.token.expose(), now)
             .await?;
         drop(req.token);
+        let who = self
+            .screen(&rt, workload, peer, &verified, true, now)
+            .await?;
         let claims = &verified.claims;
         if let Some(call) = &req.call_id
             && let Err(e) = self.check_call(call, &verified.fingerprint.hex()).await
@@ -172,6 +175,16 @@ impl Broker {
                 rec.token_fingerprint = Some(verified.fingerprint.hex());
                 rec.jti = Some(claims.jti.clone());
                 self.audit_only(vec![rec]).await;
+                if let Some(who) = &who {
+                    let ctx = super::respond::Context {
+                        peer: Some(&peer.record()),
+                        workload: Some(&workload.name),
+                        call_id: req.call_id.as_deref(),
+                    };
+                    let signal = super::abuse::Signal::Refused(denial.code);
+                    // The denial stands; a detector's `deny` adds nothing to it.
+                    let _ = self.detect(&rt, who, signal, ctx).await;
+                }
                 return Err(denial.into());
             }
         };
@@ -200,6 +213,10 @@ impl Broker {
             },
         )?;
         let begun = self.open_and_issue(&rt, plan, now).await;
+        let begun = match (begun, &who) {
+            (Ok(b), Some(who)) => self.unless_blocked_meanwhile(b, who).await,
+            (begun, _) => begun,
+        };
         match (begun, &key) {
             (Err(e), Some(key)) if e.code == super::issue::KEY_SEEN => {
                 Err(self.replay(&workload.name, key).await)

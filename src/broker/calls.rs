@@ -135,6 +135,25 @@ fn network(ip: std::net::IpAddr) -> String {
     }
 }
 
+/// The caller of a gateway call as blocks and detectors see it. The gateway does not report the
+/// token's expiry, so a token block placed from a call lasts `abuse.block_for`.
+fn caller_who(rt: &super::Runtime, c: &Caller, now: std::time::SystemTime) -> super::Who {
+    let block_for = rt
+        .config
+        .abuse
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(3600), |a| a.block_for);
+    super::Who {
+        issuer: c.issuer.clone(),
+        subject: c.subject.clone(),
+        client_id: c.client_id.clone(),
+        owner: c.owner.clone(),
+        jti: c.jti.clone(),
+        token_fp: c.token_fingerprint.clone(),
+        token_exp_ms: crate::time::to_ms(now + block_for),
+    }
+}
+
 /// The most results one FinishCalls carries (the gateway sends at most 512).
 const MAX_RESULTS: usize = 4096;
 
@@ -318,12 +337,64 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         self.check_gateway(peer)?;
         let refused = report.check()?;
-        let record = report.record(peer, refused, self.clock.now());
-        if refused.is_some() {
+        let now = self.clock.now();
+        let rt = self.runtime();
+        let watched = rt.config.abuse.is_some() || self.blocks.any();
+        let who = report
+            .caller
+            .as_ref()
+            .filter(|_| watched)
+            .map(|c| caller_who(&rt, c, now));
+        let source = report.source.clone();
+        let call_id = report.call_id.clone();
+        let mut record = report.record(peer, refused, now);
+        let peer_rec = peer.record();
+        let ctx = super::respond::Context {
+            peer: Some(&peer_rec),
+            workload: None,
+            call_id: Some(&call_id),
+        };
+        if let Some(code) = refused {
             self.audit_only(vec![record]).await;
+            if let Some(who) = &who {
+                let _ = self
+                    .detect(&rt, who, super::abuse::Signal::Refused(code), ctx)
+                    .await;
+            }
             return Ok(());
         }
-        let mut record = record;
+        if let Some(who) = &who {
+            // A blocked caller's call is recorded as refused, with the block's code.
+            if let Some((block, e)) = self.blocked(who, now) {
+                record.outcome = Outcome::Denied.as_str().into();
+                record = record
+                    .reason(super::blocks::refusal(block.kind))
+                    .detail("block_id", block.id.clone())
+                    .detail("http_status", 403);
+                self.audit_only(vec![record]).await;
+                let _ = self
+                    .detect(&rt, who, super::abuse::Signal::Blocked(&block), ctx)
+                    .await;
+                return Err(e);
+            }
+            let origin = source
+                .parse::<SocketAddr>()
+                .map(|a| super::abuse::Origin::Network(network(a.ip())));
+            if let Ok(origin) = origin {
+                let signal = super::abuse::Signal::Presented {
+                    origin,
+                    counted: true,
+                };
+                if let Err(e) = self.detect(&rt, who, signal, ctx).await {
+                    record.outcome = Outcome::Denied.as_str().into();
+                    record = record
+                        .reason(reason::find(&e.code).unwrap_or(reason::ABUSE_DETECTED))
+                        .detail("http_status", 403);
+                    self.audit_only(vec![record]).await;
+                    return Err(e);
+                }
+            }
+        }
         let mut ops = Vec::with_capacity(2);
         let first = self.first_seen(&record).await?;
         if let Some(op) = first.clone() {

@@ -33,6 +33,8 @@ pub enum Ender {
     Reaper,
     /// An operator, over the admin socket.
     Operator { peer: PeerRecord, reason: String },
+    /// A block covering the task (placed by an operator, a detector or a signal).
+    Blocked { block_id: String, source: String },
 }
 
 impl Broker {
@@ -106,6 +108,11 @@ impl Broker {
                 .detail
                 .insert("operator_reason".into(), why.clone().into());
         }
+        if let Ender::Blocked { block_id, source } = &ender {
+            ending = ending
+                .detail("block_id", block_id.clone())
+                .detail("block_source", source.clone());
+        }
         match self
             .settle(task_id, attempts, Some(ending), Some(reason), now)
             .await
@@ -143,6 +150,7 @@ impl Broker {
             Ender::Workload { .. } => end_reason::BY_WORKLOAD,
             Ender::Replay { .. } => end_reason::BEGIN_REPLAYED,
             Ender::Operator { .. } => end_reason::BY_OPERATOR,
+            Ender::Blocked { .. } => end_reason::BY_BLOCK,
             Ender::Reaper if live.row.expires_ms >= live.row.token_exp_ms => {
                 end_reason::TOKEN_EXPIRED
             }
@@ -230,6 +238,7 @@ impl Broker {
         loop {
             if purged.elapsed() > Duration::from_secs(60) {
                 self.intern.purge();
+                self.detectors.prune(to_ms(self.clock.now()));
                 purged = std::time::Instant::now();
             }
             if flushed.elapsed() > Duration::from_secs(1) {

@@ -3,6 +3,9 @@
 
 use std::time::SystemTime;
 
+use super::abuse::{Origin, Signal};
+use super::blocks::Who;
+use super::respond::Context;
 use super::{Broker, BrokerError, ErrorKind, Runtime};
 use crate::config::WorkloadConfig;
 use crate::record::{AuditRecord, Outcome, event, reason};
@@ -90,8 +93,61 @@ impl Broker {
             rec.issuer = Some(c.issuer.clone());
             rec.jti = Some(c.jti.clone());
             self.audit_only(vec![rec]).await;
+            if rt.config.abuse.is_some() {
+                let who = Who::of(rt, &verified);
+                let signal = Signal::WrongAudience {
+                    workload: &workload.name,
+                    intended: intended.map(|w| w.name.as_str()),
+                };
+                let ctx = Context {
+                    peer: Some(&peer.record()),
+                    workload: Some(&workload.name),
+                    call_id: None,
+                };
+                // Refused either way; the finding's responses (blocks, alert) are what it adds.
+                let _ = self.detect(rt, &who, signal, ctx).await;
+            }
             return Err(reason.into());
         }
         Ok(verified)
+    }
+
+    /// The checks after a token is accepted: blocks, and the detectors that watch accepted
+    /// tokens. `None` when there is nothing to check (no block in force, no detector): the
+    /// usual case costs two loads.
+    pub(super) async fn screen(
+        &self,
+        rt: &Runtime,
+        workload: &WorkloadConfig,
+        peer: &PeerInfo,
+        verified: &Verified,
+        counted: bool,
+        now: SystemTime,
+    ) -> Result<Option<Who>, BrokerError> {
+        if rt.config.abuse.is_none() && !self.blocks.any() {
+            return Ok(None);
+        }
+        let who = Who::of(rt, verified);
+        let peer_rec = peer.record();
+        let ctx = Context {
+            peer: Some(&peer_rec),
+            workload: Some(&workload.name),
+            call_id: None,
+        };
+        if let Some((block, e)) = self.blocked(&who, now) {
+            let mut rec = AuditRecord::new(event::REQUEST_DENIED, Outcome::Denied, now)
+                .reason(super::blocks::refusal(block.kind))
+                .detail("block_id", block.id.clone());
+            who.stamp(&mut rec);
+            rec.peer = Some(peer_rec.clone());
+            rec.workload = Some(workload.name.clone());
+            self.audit_only(vec![rec]).await;
+            let _ = self.detect(rt, &who, Signal::Blocked(&block), ctx).await;
+            return Err(e);
+        }
+        let origin = Origin::peer(peer);
+        self.detect(rt, &who, Signal::Presented { origin, counted }, ctx)
+            .await?;
+        Ok(Some(who))
     }
 }

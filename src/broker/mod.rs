@@ -9,7 +9,10 @@
 //! end, retry) are serialised by that task's own async lock, so the hot path never waits on an
 //! unrelated task.
 
+mod abuse;
+mod alerts;
 mod begin;
+mod blocks;
 mod calls;
 mod end;
 mod error;
@@ -26,6 +29,7 @@ mod recover;
 mod refusals;
 mod renew;
 mod replay;
+mod respond;
 mod retention;
 mod revoke;
 mod revoker;
@@ -50,7 +54,9 @@ use crate::record::AuditRecord;
 use crate::time::Clock;
 use crate::token::{IssuerStatus, Verifier};
 
+pub use alerts::AlertKey;
 pub use begin::{BeginRequest, Begun, IssuedCredential};
+pub use blocks::{BlockAsk, Who};
 pub use calls::{CallReport, CallResult, Caller};
 pub use end::Ender;
 pub use error::{BrokerError, ErrorKind};
@@ -67,6 +73,8 @@ pub struct Runtime {
     pub policy: Policy,
     pub providers: Arc<ProviderSet>,
     pub loaded_at: SystemTime,
+    /// The abuse webhook's signing key, when one is configured.
+    pub alert_key: Option<Arc<AlertKey>>,
     refreshers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -81,7 +89,21 @@ impl Runtime {
     ) -> Result<Self, Vec<crate::config::ConfigError>> {
         let providers =
             ProviderSet::build(&config, registry, env, previous.map(|p| &*p.providers))?;
-        Self::assemble(config, providers, previous)
+        let alert_key = match config.abuse.as_ref().and_then(|a| a.webhook.as_ref()) {
+            None => None,
+            Some(hook) => Some(Arc::new(AlertKey::new(&hook.secret.read(env).map_err(
+                |e| {
+                    vec![crate::config::ConfigError {
+                        path: "abuse.webhook_secret".into(),
+                        line: None,
+                        message: e,
+                    }]
+                },
+            )?))),
+        };
+        let mut rt = Self::assemble(config, providers, previous)?;
+        rt.alert_key = alert_key;
+        Ok(rt)
     }
 
     /// A runtime around providers already built for `config`.
@@ -109,6 +131,7 @@ impl Runtime {
             policy,
             providers: Arc::new(providers),
             loaded_at: SystemTime::now(),
+            alert_key: None,
             refreshers: Vec::new(),
         })
     }
@@ -155,6 +178,12 @@ pub struct Broker {
     refusals: refusals::RefusalLimiter,
     /// (issuer, client) pairs whose first network is known to be recorded.
     clients_seen: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Blocks in force, and the tasks they cover waiting to be ended by the block loop.
+    blocks: blocks::Index,
+    block_ends: Mutex<Vec<(crate::journal::rows::Text, crate::journal::blocks::BlockRow)>>,
+    wake_blocker: Notify,
+    detectors: abuse::Detectors,
+    wake_alerts: Notify,
     /// Fed by the journal (an observer of committed records) and by issue latencies.
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -182,6 +211,11 @@ impl Broker {
             intern: Arc::default(),
             refusals: refusals::RefusalLimiter::default(),
             clients_seen: Mutex::default(),
+            blocks: blocks::Index::default(),
+            block_ends: Mutex::default(),
+            wake_blocker: Notify::new(),
+            detectors: abuse::Detectors::default(),
+            wake_alerts: Notify::new(),
             metrics,
         }
     }
@@ -270,6 +304,7 @@ impl Broker {
         let snapshot = crate::metrics::Snapshot {
             active_tasks: c.active_tasks,
             by_provider,
+            blocks_in_force: self.blocks.in_force(crate::time::to_ms(self.clock.now())) as u64,
         };
         self.metrics.render(&snapshot)
     }
@@ -330,6 +365,8 @@ impl Broker {
             tokio::spawn(Arc::clone(self).reaper_loop()),
             tokio::spawn(Arc::clone(self).revoker_loop()),
             tokio::spawn(Arc::clone(self).retention_loop()),
+            tokio::spawn(Arc::clone(self).block_loop()),
+            tokio::spawn(Arc::clone(self).alert_loop()),
         ]
     }
 }

@@ -86,6 +86,14 @@ impl Broker {
             state.expiries.extend(rebuild.expiries);
             state.retries.extend(rebuild.retries);
         }
+        self.load_blocks().await?;
+        let blocked = self.end_blocked_after_restart();
+        if blocked > 0 {
+            tracing::info!(
+                tasks = blocked,
+                "ending live tasks that blocks in force cover"
+            );
+        }
         self.wake_reaper.notify_one();
         self.wake_revoker.notify_one();
         Ok(rebuild.report)

@@ -60,6 +60,8 @@ impl Broker {
             .authenticate(&rt, workload, peer, req.token.expose(), now)
             .await?;
         drop(req.token);
+        self.screen(&rt, workload, peer, &verified, false, now)
+            .await?;
 
         let op = self
             .live_state()?

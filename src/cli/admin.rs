@@ -15,9 +15,9 @@ use crate::proto::v1::admin_client::AdminClient;
 pub(super) struct AdminConn {
     /// The admin socket.
     #[arg(long, env = "CREDBROKER_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
-    admin_socket: PathBuf,
+    pub(super) admin_socket: PathBuf,
     #[arg(long, value_enum, default_value_t = Output::Table)]
-    output: Output,
+    pub(super) output: Output,
 }
 
 #[derive(Args, Default)]

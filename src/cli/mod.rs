@@ -22,6 +22,7 @@ macro_rules! out {
 
 mod admin;
 mod audit;
+mod blocks;
 mod check;
 mod exec;
 mod manual;
@@ -101,6 +102,11 @@ enum Command {
     },
     /// The daemon's status, over the admin socket.
     Status(admin::StatusArgs),
+    /// Blocks: refuse a token, client, owner or subject whatever its token says (list, add, lift).
+    Blocks {
+        #[command(subcommand)]
+        command: blocks::BlocksCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -181,6 +187,7 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
         Command::Completions(args) => manual::completions(&args),
         Command::Tasks { command } => admin::run(command).await,
         Command::Status(args) => admin::status(args).await,
+        Command::Blocks { command } => blocks::run(command).await,
         Command::Audit { command } => audit::run(command),
         Command::Lineage(args) => audit::lineage(args),
         Command::Mcp(args) => mcp::run(args).await,

@@ -3,6 +3,7 @@
 //! Raw serde structs (`raw`) reject unknown keys; `validate` turns them into the types below and
 //! names each problem by its path (`grant.orders-db-read.max_ttl`) and, where it can, its line.
 
+pub mod abuse;
 pub mod gateway;
 mod lines;
 mod raw;
@@ -31,6 +32,7 @@ pub struct Config {
     pub attribution: Attribution,
     pub audit: AuditConfig,
     pub metrics: Option<MetricsListen>,
+    pub abuse: Option<abuse::AbuseConfig>,
     pub issuers: Vec<IssuerConfig>,
     pub workloads: Vec<WorkloadConfig>,
     pub grants: BTreeMap<String, GrantConfig>,

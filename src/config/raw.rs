@@ -21,6 +21,7 @@ pub(super) struct RawConfig {
     pub(super) audit: RawAudit,
     #[serde(default)]
     pub(super) metrics: RawMetrics,
+    pub(super) abuse: Option<RawAbuse>,
     #[serde(default, rename = "issuer")]
     pub(super) issuers: Vec<RawIssuer>,
     #[serde(default, rename = "workload")]
@@ -212,4 +213,29 @@ pub(super) struct RawGateway {
 pub(super) struct RawDaemon {
     pub(super) socket: PathBuf,
     pub(super) timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAbuse {
+    pub(super) block_for: Option<String>,
+    pub(super) webhook_url: Option<String>,
+    pub(super) webhook_secret_file: Option<PathBuf>,
+    pub(super) webhook_secret_credential: Option<String>,
+    pub(super) webhook_timeout: Option<String>,
+    pub(super) wrong_audience: Option<RawDetector>,
+    pub(super) token_reuse: Option<RawDetector>,
+    pub(super) scope_probing: Option<RawDetector>,
+    pub(super) rate: Option<RawDetector>,
+    pub(super) blocked_reuse: Option<RawDetector>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDetector {
+    #[serde(default)]
+    pub(super) response: Vec<String>,
+    pub(super) threshold: Option<u32>,
+    pub(super) window: Option<String>,
+    pub(super) per: Option<String>,
 }

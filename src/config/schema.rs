@@ -168,6 +168,24 @@ pub(super) const GATEWAY_ROOT: &[Field] = &[
     opt("issuer", Kind::Entries(ISSUER)),
     req("gateway", Kind::Entries(GATEWAY)),
 ];
+const DETECTOR: &[Field] = &[
+    opt("response", Kind::StrList),
+    opt("threshold", Kind::Int(1, 1_000_000)),
+    opt("window", Kind::Str),
+    opt("per", Kind::Str),
+];
+const ABUSE: &[Field] = &[
+    opt("block_for", Kind::Str),
+    opt("webhook_url", Kind::Str),
+    opt("webhook_secret_file", Kind::Str),
+    opt("webhook_secret_credential", Kind::Str),
+    opt("webhook_timeout", Kind::Str),
+    opt("wrong_audience", Kind::Table(DETECTOR)),
+    opt("token_reuse", Kind::Table(DETECTOR)),
+    opt("scope_probing", Kind::Table(DETECTOR)),
+    opt("rate", Kind::Table(DETECTOR)),
+    opt("blocked_reuse", Kind::Table(DETECTOR)),
+];
 /// A provider's own keys are its settings, checked by the provider.
 const PROVIDER: &[Field] = &[req("name", Kind::Str), req("type", Kind::Str)];
 
@@ -179,6 +197,7 @@ pub(super) const ROOT: &[Field] = &[
     opt("attribution", Kind::Table(ATTRIBUTION)),
     opt("audit", Kind::Table(AUDIT)),
     opt("metrics", Kind::Table(METRICS)),
+    opt("abuse", Kind::Table(ABUSE)),
     opt("issuer", Kind::Entries(ISSUER)),
     opt("workload", Kind::Entries(WORKLOAD)),
     opt("grant", Kind::Entries(GRANT)),

@@ -14,6 +14,7 @@ use super::*;
 use crate::jose::Alg;
 use crate::template;
 
+mod abuse;
 mod entries;
 mod gateway;
 mod issuers;
@@ -143,6 +144,7 @@ pub(super) fn parse(text: &str) -> Checked {
     let tokens = tokens(&mut p, raw.tokens);
     let broker = broker(&mut p, raw.broker);
     let audit = audit(&mut p, raw.audit);
+    let abuse = abuse::abuse(&mut p, raw.abuse);
     let metrics = raw.metrics.listen.and_then(|l| match metrics_listen(&l) {
         Ok(m) => Some(m),
         Err(e) => {
@@ -228,6 +230,7 @@ pub(super) fn parse(text: &str) -> Checked {
             attribution,
             audit,
             metrics,
+            abuse,
             issuers,
             workloads,
             grants,

@@ -99,6 +99,17 @@ impl Gateway {
         // Fail closed: a call the journal does not hold is not made.
         let call_id = call.call_id.clone();
         if let Err(e) = self.reporter.record(call).await {
+            if let report::NotRecorded::Refused { reason, message } = e {
+                tracing::info!(gateway = %self.cfg.name, reason = %reason,
+                    "the daemon refused the call");
+                return reply::error(
+                    StatusCode::FORBIDDEN,
+                    msg.id,
+                    -32001,
+                    reason.as_str(),
+                    &message,
+                );
+            }
             tracing::error!(gateway = %self.cfg.name, error = %e,
                 "the call could not be recorded by the daemon; refused");
             return reply::error(

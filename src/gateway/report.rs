@@ -16,6 +16,29 @@ use crate::config::gateway::{DaemonLink, GatewayConfig};
 use crate::proto::v1::{self, calls_client::CallsClient};
 use crate::token::Verified;
 
+/// Why a call's record was not committed.
+#[derive(Debug)]
+pub(super) enum NotRecorded {
+    /// The daemon refused the call (its caller is blocked, or a detector denied it).
+    Refused {
+        reason: crate::record::Reason,
+        message: String,
+    },
+    /// The daemon could not be reached or could not commit.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for NotRecorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refused { reason, message } => {
+                write!(f, "refused by the daemon ({reason}): {message}")
+            }
+            Self::Unavailable(e) => f.write_str(e),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub(super) struct Reporter {
     client: CallsClient<Channel>,
@@ -63,12 +86,33 @@ impl Reporter {
     }
 
     /// Records a call (allowed or refused) and waits until the daemon has.
-    pub(super) async fn record(&self, call: v1::RecordCallRequest) -> Result<(), String> {
+    pub(super) async fn record(&self, call: v1::RecordCallRequest) -> Result<(), NotRecorded> {
         let mut client = self.client.clone();
         match tokio::time::timeout(self.timeout, client.record_call(call)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(status)) => Err(format!("{:?}: {}", status.code(), status.message())),
-            Err(_) => Err(format!("no answer within {:?}", self.timeout)),
+            Ok(Err(status)) => {
+                // The daemon refusing the call itself (a block, an abuse detector's `deny`) is
+                // an answer, not an outage: the client is told why, with 403.
+                let code = (status.code() == tonic::Code::PermissionDenied)
+                    .then(|| credbroker_client::reason_of(&status))
+                    .flatten()
+                    .and_then(|c| crate::record::reason::find(&c));
+                match code {
+                    Some(reason) => Err(NotRecorded::Refused {
+                        reason,
+                        message: status.message().to_owned(),
+                    }),
+                    None => Err(NotRecorded::Unavailable(format!(
+                        "{:?}: {}",
+                        status.code(),
+                        status.message()
+                    ))),
+                }
+            }
+            Err(_) => Err(NotRecorded::Unavailable(format!(
+                "no answer within {:?}",
+                self.timeout
+            ))),
         }
     }
 

@@ -16,6 +16,7 @@
 //! Reads (admin queries, recovery, export) use a separate connection; WAL lets them run beside
 //! the writer.
 
+pub mod blocks;
 mod keycheck;
 mod ops;
 pub mod read;

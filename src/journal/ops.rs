@@ -61,6 +61,28 @@ pub enum Op {
         first_ms: i64,
         call_id: String,
     },
+    /// A block placed (see `journal::blocks`).
+    Block(Box<super::blocks::BlockRow>),
+    /// A block lifted before its time; the block must be in force.
+    LiftBlock {
+        id: String,
+        lifted_ms: i64,
+        lifted_by: String,
+    },
+    /// An alert to deliver (the webhook outbox).
+    QueueAlert {
+        id: String,
+        created_ms: i64,
+        body: String,
+    },
+    /// An alert's delivery attempt: delivered, or when to try again.
+    AlertAttempt {
+        id: String,
+        attempts: u32,
+        next_attempt_ms: i64,
+        delivered_ms: Option<i64>,
+        last_error: Option<String>,
+    },
     /// A fact about the journal itself (written once, e.g. the key check).
     SetMeta {
         name: &'static str,
@@ -220,6 +242,28 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
             // None changed: a concurrent first call won; the first network stays the first.
             1
         }
+        Op::Block(b) => super::blocks::insert(conn, b)?,
+        Op::LiftBlock { id, lifted_ms, lifted_by } => {
+            match super::blocks::lift(conn, id, *lifted_ms, lifted_by)? {
+                0 => {
+                    return Err(JournalError::Conflict(format!(
+                        "block {id} is not in force"
+                    )));
+                }
+                n => n,
+            }
+        }
+        Op::QueueAlert { id, created_ms, body } => exec(
+            conn,
+            "INSERT INTO alerts (id, created_ms, body, next_attempt_ms) VALUES (?1, ?2, ?3, ?2)",
+            params![id, created_ms, body],
+        )?,
+        Op::AlertAttempt { id, attempts, next_attempt_ms, delivered_ms, last_error } => exec(
+            conn,
+            "UPDATE alerts SET attempts = ?2, next_attempt_ms = ?3, delivered_ms = ?4,
+                last_error = ?5 WHERE id = ?1 AND delivered_ms IS NULL",
+            params![id, attempts, next_attempt_ms, delivered_ms, last_error],
+        )?,
         // Handled by `apply`.
         Op::Audit(_) | Op::PruneAudit { .. } => 1,
     };
@@ -358,5 +402,9 @@ fn name(op: &Op) -> &'static str {
         Op::BeginKey { .. } => "begin key",
         Op::SetMeta { .. } => "set meta",
         Op::ClientSeen { .. } => "client seen",
+        Op::Block(_) => "block",
+        Op::LiftBlock { .. } => "lift block",
+        Op::QueueAlert { .. } => "queue alert",
+        Op::AlertAttempt { .. } => "alert attempt",
     }
 }

@@ -123,6 +123,7 @@ pub mod end_reason {
     pub const ISSUE_FAILED: Reason = reason::ISSUE_FAILED;
     pub const INTERRUPTED: Reason = reason::INTERRUPTED;
     pub const BEGIN_REPLAYED: Reason = reason::BEGIN_REPLAYED;
+    pub const BY_BLOCK: Reason = reason::REVOKED_BY_BLOCK;
 }
 
 /// Text shared between rows: interned (see `broker::intern`), so 100,000 tasks of one workload

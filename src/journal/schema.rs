@@ -142,6 +142,34 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (issuer, client_id)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 6: blocks (see `journal::blocks`), and the outbox of abuse alerts: an alert is written in
+    // the same commit as the finding it reports, and the delivery loop sends it until the
+    // webhook takes it, across restarts.
+    r#"
+    CREATE TABLE blocks (
+        id          TEXT PRIMARY KEY,
+        kind        TEXT NOT NULL,
+        issuer      TEXT,
+        value       TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        until_ms    INTEGER NOT NULL,
+        reason      TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        lifted_ms   INTEGER,
+        lifted_by   TEXT
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX blocks_live ON blocks(until_ms) WHERE lifted_ms IS NULL;
+    CREATE TABLE alerts (
+        id               TEXT PRIMARY KEY,
+        created_ms       INTEGER NOT NULL,
+        body             TEXT NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms  INTEGER NOT NULL,
+        delivered_ms     INTEGER,
+        last_error       TEXT
+    ) STRICT, WITHOUT ROWID;
+    CREATE INDEX alerts_due ON alerts(next_attempt_ms) WHERE delivered_ms IS NULL;
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

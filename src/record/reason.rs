@@ -124,8 +124,22 @@ pub const UPSTREAM_TIMEOUT: Reason = Reason("upstream_timeout");
 /// A BeginTask named an MCP call the gateway did not record as allowed for this token.
 pub const CALL_UNKNOWN: Reason = Reason("call_unknown");
 
+// Blocks and abuse detection.
+/// The token (its jti) is blocked: revoked here until it expires.
+pub const TOKEN_BLOCKED: Reason = Reason("token_blocked");
+/// Every token of this client is blocked for a while.
+pub const CLIENT_BLOCKED: Reason = Reason("client_blocked");
+/// Every token attributed to this owner is blocked for a while.
+pub const OWNER_BLOCKED: Reason = Reason("owner_blocked");
+/// Every token of this subject is blocked (a signal from the identity provider, or an operator).
+pub const SUBJECT_BLOCKED: Reason = Reason("subject_blocked");
+/// A detector fired on this request and its response is `deny`.
+pub const ABUSE_DETECTED: Reason = Reason("abuse_detected");
+/// A task ended because a block covers it.
+pub const REVOKED_BY_BLOCK: Reason = Reason("revoked_by_block");
+
 /// Every reason code, for validating what a user asks to filter on.
-pub const ALL: [Reason; 74] = [
+pub const ALL: [Reason; 80] = [
     TOKEN_TOO_LARGE,
     MALFORMED,
     DUPLICATE_KEY,
@@ -200,6 +214,12 @@ pub const ALL: [Reason; 74] = [
     UPSTREAM_UNAVAILABLE,
     UPSTREAM_TIMEOUT,
     CALL_UNKNOWN,
+    TOKEN_BLOCKED,
+    CLIENT_BLOCKED,
+    OWNER_BLOCKED,
+    SUBJECT_BLOCKED,
+    ABUSE_DETECTED,
+    REVOKED_BY_BLOCK,
 ];
 
 /// The code for a provider error; the match makes a new `ErrorKind` a compile error here.

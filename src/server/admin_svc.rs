@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::broker_svc::peer_of;
 use super::status::to_status;
 use crate::broker::{Broker, BrokerError, Ender, ErrorKind};
+use crate::journal::blocks::BlockKind;
 use crate::journal::read::{self, TaskFilter};
 use crate::proto::{self, v1};
 use crate::time::rfc3339;
@@ -185,6 +186,91 @@ impl v1::admin_server::Admin for AdminService {
         let mut ids: Vec<String> = ended.into_iter().flatten().collect();
         ids.sort_unstable();
         Ok(Response::new(v1::RevokeResponse { task_ids: ids }))
+    }
+
+    async fn list_blocks(
+        &self,
+        request: Request<v1::ListBlocksRequest>,
+    ) -> Result<Response<v1::ListBlocksResponse>, Status> {
+        self.operator(&request)?;
+        let req = request.into_inner();
+        let limit = match req.limit {
+            0 => 100,
+            n => (n as usize).min(1000),
+        };
+        let rows = self
+            .broker
+            .list_blocks(req.all, limit)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(v1::ListBlocksResponse {
+            blocks: rows.iter().map(proto::block).collect(),
+        }))
+    }
+
+    async fn add_block(
+        &self,
+        request: Request<v1::AddBlockRequest>,
+    ) -> Result<Response<v1::AddBlockResponse>, Status> {
+        let peer = self.operator(&request)?;
+        let req = request.into_inner();
+        let Some(kind) = BlockKind::parse(&req.kind) else {
+            return Err(to_status(&BrokerError::invalid(
+                "invalid_block",
+                "kind must be jti, client, owner or subject",
+            )));
+        };
+        if req.seconds == 0 || req.seconds > 30 * 86_400 {
+            return Err(to_status(&BrokerError::invalid(
+                "invalid_block",
+                "a block lasts between 1 second and 30 days",
+            )));
+        }
+        let ask = crate::broker::BlockAsk {
+            kind,
+            issuer: nonempty(req.issuer),
+            value: req.value,
+            until: self.broker.now() + std::time::Duration::from_secs(req.seconds),
+            reason: req.reason,
+            source: format!("operator:{}", peer.uid),
+        };
+        let (row, tasks) = self
+            .broker
+            .add_block(ask)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(v1::AddBlockResponse {
+            block: Some(proto::block(&row)),
+            task_ids: tasks.iter().map(|t| t.to_string()).collect(),
+        }))
+    }
+
+    async fn lift_block(
+        &self,
+        request: Request<v1::LiftBlockRequest>,
+    ) -> Result<Response<v1::LiftBlockResponse>, Status> {
+        let peer = self.operator(&request)?;
+        let req = request.into_inner();
+        if req.id.len() > 64 || req.reason.len() > 1024 || req.reason.chars().any(char::is_control)
+        {
+            return Err(to_status(&BrokerError::invalid(
+                "invalid_block",
+                "the block id or reason is malformed",
+            )));
+        }
+        let by = if req.reason.is_empty() {
+            format!("operator:{}", peer.uid)
+        } else {
+            format!("operator:{} ({})", peer.uid, req.reason)
+        };
+        let row = self
+            .broker
+            .lift_block(&req.id, by)
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(v1::LiftBlockResponse {
+            block: Some(proto::block(&row)),
+        }))
     }
 
     async fn status(
