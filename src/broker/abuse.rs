@@ -118,7 +118,9 @@ fn key(per: Per, who: &Who) -> String {
     }
 }
 
-/// Counts one event; the number in the window when it reaches the threshold (and starts over).
+/// Counts one event; the number in the window when it is at or over the threshold. Only the
+/// last `threshold` times are kept: every event while the rate stays over it fires (repeats
+/// are quiet), so `deny` refuses the whole burst, not one request of it.
 fn count(
     map: &mut HashMap<String, VecDeque<i64>>,
     c: &Counting,
@@ -134,13 +136,11 @@ fn count(
         q.pop_front();
     }
     q.push_back(now_ms);
-    let n = q.len();
-    if n >= c.threshold as usize {
-        q.clear();
-        Some(n)
-    } else {
-        None
+    while q.len() > c.threshold as usize {
+        q.pop_front();
     }
+    let n = q.len();
+    (n >= c.threshold as usize).then_some(n)
 }
 
 impl Counters {

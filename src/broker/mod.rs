@@ -89,18 +89,7 @@ impl Runtime {
     ) -> Result<Self, Vec<crate::config::ConfigError>> {
         let providers =
             ProviderSet::build(&config, registry, env, previous.map(|p| &*p.providers))?;
-        let alert_key = match config.abuse.as_ref().and_then(|a| a.webhook.as_ref()) {
-            None => None,
-            Some(hook) => Some(Arc::new(AlertKey::new(&hook.secret.read(env).map_err(
-                |e| {
-                    vec![crate::config::ConfigError {
-                        path: "abuse.webhook_secret".into(),
-                        line: None,
-                        message: e,
-                    }]
-                },
-            )?))),
-        };
+        let alert_key = alert_key(&config, env).map_err(|e| vec![e])?;
         let mut rt = Self::assemble(config, providers, previous)?;
         rt.alert_key = alert_key;
         Ok(rt)
@@ -153,6 +142,25 @@ impl Drop for Runtime {
             h.abort();
         }
     }
+}
+
+/// The abuse webhook's signing key, read from its file or credential.
+pub(crate) fn alert_key(
+    config: &Config,
+    env: &dyn Env,
+) -> Result<Option<Arc<AlertKey>>, crate::config::ConfigError> {
+    let Some(hook) = config.abuse.as_ref().and_then(|a| a.webhook.as_ref()) else {
+        return Ok(None);
+    };
+    let key = hook
+        .secret
+        .read(env)
+        .map_err(|message| crate::config::ConfigError {
+            path: "abuse.webhook_secret".into(),
+            line: None,
+            message,
+        })?;
+    Ok(Some(Arc::new(AlertKey::new(&key))))
 }
 
 /// Counts for `Status` and sd_notify.

@@ -42,7 +42,14 @@ pub fn load(
                 errors,
             })?,
     };
-    Runtime::assemble(config, providers, previous).map_err(|errors| ConfigErrors { source, errors })
+    let alert_key = super::alert_key(&config, env).map_err(|e| ConfigErrors {
+        source: source.clone(),
+        errors: vec![e],
+    })?;
+    let mut rt = Runtime::assemble(config, providers, previous)
+        .map_err(|errors| ConfigErrors { source, errors })?;
+    rt.alert_key = alert_key;
+    Ok(rt)
 }
 
 /// Problems with the files the configuration names, found without the network.
@@ -55,9 +62,15 @@ fn files(config: &Config, env: &dyn Env) -> Vec<ConfigError> {
             message,
         });
     };
+    let webhook = config
+        .abuse
+        .as_ref()
+        .and_then(|a| a.webhook.as_ref())
+        .map(|w| &w.secret);
     let keys = [
         ("journal", "key", Some(&config.journal.key)),
         ("audit", "head_key", config.audit.head_key.as_ref()),
+        ("abuse", "webhook_secret", webhook),
     ];
     for (section, key, source) in keys {
         let Some(source) = source else { continue };

@@ -113,7 +113,7 @@ impl Daemon {
         );
         let loops = broker.spawn_loops();
 
-        let read_exe = Arc::new(AtomicBool::new(crate::workload::needs_exe(&cfg.workloads)));
+        let read_exe = Arc::new(AtomicBool::new(needs_exe(&cfg)));
         // Sockets passed by systemd (credbroker.socket) are used as they are: their mode and
         // group are the .socket unit's. Otherwise the daemon binds its own.
         let activated = systemd::activated_sockets(self.env.as_ref())?;
@@ -274,10 +274,7 @@ impl Daemon {
             load_keys(&runtime.verifier).await;
         }
         runtime.start_refresh(Some(&old));
-        read_exe.store(
-            crate::workload::needs_exe(&runtime.config.workloads),
-            Ordering::Relaxed,
-        );
+        read_exe.store(needs_exe(&runtime.config), Ordering::Relaxed);
         broker.replace_runtime(runtime);
         tracing::info!(path = %self.config_path.display(), "configuration reloaded");
         Ok(())
@@ -298,6 +295,13 @@ fn monotonic_usec() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
         t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000
     })
+}
+
+/// Whether peers' executables are read: a workload selects on them, or token reuse detection
+/// tells peers apart by them.
+fn needs_exe(cfg: &crate::config::Config) -> bool {
+    crate::workload::needs_exe(&cfg.workloads)
+        || cfg.abuse.as_ref().is_some_and(|a| a.token_reuse.is_some())
 }
 
 async fn load_keys(verifier: &crate::token::Verifier) {

@@ -8,6 +8,7 @@
 // which clippy's allow-expect-in-tests covers only inside `#[test]` functions.
 #![allow(clippy::expect_used)]
 
+mod abuse;
 mod audit;
 mod aws;
 mod check_config;

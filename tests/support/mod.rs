@@ -17,6 +17,7 @@ pub mod postgres;
 pub mod recorder;
 pub mod suite;
 pub mod venv;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
