@@ -9,6 +9,7 @@
 #![allow(clippy::expect_used)]
 
 mod abuse;
+mod abuse_gateway;
 mod audit;
 mod aws;
 mod check_config;
