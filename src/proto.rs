@@ -92,3 +92,15 @@ pub fn block(b: &crate::journal::blocks::BlockRow) -> v1::Block {
         lifted_by: b.lifted_by.clone().unwrap_or_default(),
     }
 }
+
+pub fn client(e: &crate::config::clients::ClientEntry, source: &str) -> v1::Client {
+    v1::Client {
+        issuer: e.issuer.clone(),
+        client_id: e.client_id.clone(),
+        owner: e.owner.clone().unwrap_or_default(),
+        expires: e.expires.map(crate::time::rfc3339).unwrap_or_default(),
+        grants: e.grants.clone(),
+        status: e.status.as_str().into(),
+        source: source.into(),
+    }
+}

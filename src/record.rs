@@ -54,9 +54,13 @@ pub mod event {
     pub const BLOCK_LIFTED: &str = "block_lifted";
     /// An abuse alert the webhook took (`detail.alert_id`, `detail.attempts`).
     pub const ALERT_DELIVERED: &str = "alert_delivered";
+    /// An OAuth client made its first request here (for review of new registrations).
+    pub const CLIENT_FIRST_SEEN: &str = "client_first_seen";
+    /// An operator changed a client's registry entry (`credbroker clients`).
+    pub const CLIENT_UPDATED: &str = "client_updated";
 
     /// Every event name, for validating what a user asks to filter on.
-    pub const ALL: [&str; 27] = [
+    pub const ALL: [&str; 29] = [
         DAEMON_STARTED,
         TOKEN_ACCEPTED,
         TOKEN_REJECTED,
@@ -84,6 +88,8 @@ pub mod event {
         BLOCK_ADDED,
         BLOCK_LIFTED,
         ALERT_DELIVERED,
+        CLIENT_FIRST_SEEN,
+        CLIENT_UPDATED,
     ];
 }
 

@@ -127,6 +127,9 @@ impl Broker {
             .authenticate(&rt, workload, peer, req.token.expose(), now)
             .await?;
         drop(req.token);
+        let names: Vec<&str> = req.grants.iter().map(|g| g.name.as_str()).collect();
+        self.check_client(&rt, &workload.name, peer, &verified, &names, now)
+            .await?;
         let who = self
             .screen(&rt, workload, peer, &verified, true, now)
             .await?;

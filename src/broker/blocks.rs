@@ -429,33 +429,67 @@ impl Broker {
     }
 
     fn queue_block_ends(&self, tasks: &[(Text, BlockRow)]) {
-        if tasks.is_empty() {
+        self.queue_ends(tasks.iter().map(|(id, b)| {
+            let ender = Ender::Blocked {
+                block_id: b.id.clone(),
+                source: b.source.clone(),
+            };
+            (Text::clone(id), ender)
+        }));
+    }
+
+    /// Hands tasks to the block loop, which ends them off the request path.
+    pub(super) fn queue_ends(&self, tasks: impl Iterator<Item = (Text, Ender)>) {
+        let Ok(mut q) = self.block_ends.lock() else {
             return;
+        };
+        let before = q.len();
+        q.extend(tasks);
+        if q.len() > before {
+            self.wake_blocker.notify_one();
         }
-        if let Ok(mut q) = self.block_ends.lock() {
-            q.extend(tasks.iter().cloned());
-        }
-        self.wake_blocker.notify_one();
+    }
+
+    /// Ends the live tasks of a client the registry suspended or retired.
+    pub(super) fn end_client_tasks(
+        &self,
+        issuer: &str,
+        client: &str,
+        status: crate::config::clients::ClientStatus,
+    ) -> Vec<Text> {
+        let ids: Vec<Text> = self
+            .live_state()
+            .map(|state| {
+                state
+                    .tasks
+                    .values()
+                    .filter(|t| t.row.state == TaskState::Active)
+                    .filter(|t| &*t.row.issuer == issuer && &*t.row.client_id == client)
+                    .map(|t| Text::clone(&t.row.id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.queue_ends(
+            ids.iter()
+                .map(|id| (Text::clone(id), Ender::Client { status })),
+        );
+        ids
     }
 
     /// Ends the tasks blocks cover, off the request path: the request that placed a block is
     /// answered when the block is durable, not when every provider has revoked.
     pub(super) async fn block_loop(self: std::sync::Arc<Self>) {
         loop {
-            let batch: Vec<(Text, BlockRow)> = self
+            let batch: Vec<(Text, Ender)> = self
                 .block_ends
                 .lock()
                 .map(|mut q| std::mem::take(&mut *q))
                 .unwrap_or_default();
-            futures_util::stream::iter(batch.into_iter().map(|(id, b)| {
+            futures_util::stream::iter(batch.into_iter().map(|(id, ender)| {
                 let me = &self;
                 async move {
-                    let ender = Ender::Blocked {
-                        block_id: b.id.clone(),
-                        source: b.source.clone(),
-                    };
                     if let Err(e) = me.end_task(&id, ender).await {
-                        tracing::warn!(task = %id, block = %b.id, error = %e,
+                        tracing::warn!(task = %id, error = %e,
                             "a blocked task could not be ended now; the revoker retries");
                     }
                 }

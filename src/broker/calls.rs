@@ -135,6 +135,31 @@ fn network(ip: std::net::IpAddr) -> String {
     }
 }
 
+/// `client_first_seen`: a client never seen before made a request (for review of new
+/// registrations). Written in the same commit as the `clients_seen` row, and only with it.
+pub(super) fn first_seen_record(r: &AuditRecord) -> AuditRecord {
+    let mut first = AuditRecord::new(
+        event::CLIENT_FIRST_SEEN,
+        Outcome::Success,
+        std::time::UNIX_EPOCH,
+    );
+    first.at_ms = r.at_ms;
+    first.issuer.clone_from(&r.issuer);
+    first.client_id.clone_from(&r.client_id);
+    first.subject.clone_from(&r.subject);
+    first.owner.clone_from(&r.owner);
+    first.owner_source.clone_from(&r.owner_source);
+    first.call_id.clone_from(&r.call_id);
+    first.workload.clone_from(&r.workload);
+    first.peer.clone_from(&r.peer);
+    for key in ["source", "client", "gateway"] {
+        if let Some(v) = r.detail.get(key) {
+            first.detail.insert(key.into(), v.clone());
+        }
+    }
+    first
+}
+
 /// The caller of a gateway call as blocks and detectors see it. The gateway does not report the
 /// token's expiry, so a token block placed from a call lasts `abuse.block_for`.
 fn caller_who(rt: &super::Runtime, c: &Caller, now: std::time::SystemTime) -> super::Who {
@@ -347,6 +372,7 @@ impl Broker {
             .map(|c| caller_who(&rt, c, now));
         let source = report.source.clone();
         let call_id = report.call_id.clone();
+        let report_caller = report.caller.clone().filter(|_| refused.is_none());
         let mut record = report.record(peer, refused, now);
         let peer_rec = peer.record();
         let ctx = super::respond::Context {
@@ -362,6 +388,14 @@ impl Broker {
                     .await;
             }
             return Ok(());
+        }
+        if let Some(c) = &report_caller
+            && let Some((code, e)) = self.client_refusal(&rt, &c.issuer, &c.client_id, &[], now)
+        {
+            record.outcome = Outcome::Denied.as_str().into();
+            record = record.reason(code).detail("http_status", 403);
+            self.audit_only(vec![record]).await;
+            return Err(e);
         }
         if let Some(who) = &who {
             // A blocked caller's call is recorded as refused, with the block's code.
@@ -409,9 +443,8 @@ impl Broker {
             && let Some(Op::ClientSeen {
                 issuer, client_id, ..
             }) = first
-            && let Ok(mut seen) = self.clients_seen.lock()
         {
-            seen.insert((issuer, client_id));
+            self.registry.mark_seen(&issuer, &client_id);
         }
         committed.map_err(|e| {
             if e.is_duplicate() {
@@ -431,11 +464,10 @@ impl Broker {
         let (Some(issuer), Some(client)) = (r.issuer.clone(), r.client_id.clone()) else {
             return Ok(None);
         };
-        let key = (issuer, client);
-        if self.clients_seen.lock().is_ok_and(|s| s.contains(&key)) {
+        if self.registry.was_seen(&issuer, &client) {
             return Ok(None);
         }
-        let (issuer, client) = key.clone();
+        let (i, c) = (issuer.clone(), client.clone());
         let known = self
             .journal
             .read(move |conn| {
@@ -443,14 +475,12 @@ impl Broker {
                     .prepare_cached(
                         "SELECT 1 FROM clients_seen WHERE issuer = ?1 AND client_id = ?2",
                     )?
-                    .exists([&issuer, &client])?)
+                    .exists([&i, &c])?)
             })
             .await
             .map_err(|e| BrokerError::journal(&e))?;
         if known {
-            if let Ok(mut seen) = self.clients_seen.lock() {
-                seen.insert(key);
-            }
+            self.registry.mark_seen(&issuer, &client);
             return Ok(None);
         }
         let source = r
@@ -462,11 +492,12 @@ impl Broker {
             return Ok(None);
         };
         Ok(Some(Op::ClientSeen {
-            issuer: key.0,
-            client_id: key.1,
+            issuer,
+            client_id: client,
             network: network(addr.ip()),
             first_ms: r.at_ms,
             call_id: r.call_id.clone().unwrap_or_default(),
+            first: Some(Box::new(first_seen_record(r))),
         }))
     }
 

@@ -35,6 +35,10 @@ pub enum Ender {
     Operator { peer: PeerRecord, reason: String },
     /// A block covering the task (placed by an operator, a detector or a signal).
     Blocked { block_id: String, source: String },
+    /// Its client was suspended or retired in the registry.
+    Client {
+        status: crate::config::clients::ClientStatus,
+    },
 }
 
 impl Broker {
@@ -151,6 +155,10 @@ impl Broker {
             Ender::Replay { .. } => end_reason::BEGIN_REPLAYED,
             Ender::Operator { .. } => end_reason::BY_OPERATOR,
             Ender::Blocked { .. } => end_reason::BY_BLOCK,
+            Ender::Client { status } => match status {
+                crate::config::clients::ClientStatus::Retired => end_reason::CLIENT_RETIRED,
+                _ => end_reason::CLIENT_SUSPENDED,
+            },
             Ender::Reaper if live.row.expires_ms >= live.row.token_exp_ms => {
                 end_reason::TOKEN_EXPIRED
             }

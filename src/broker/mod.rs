@@ -14,6 +14,7 @@ mod alerts;
 mod begin;
 mod blocks;
 mod calls;
+mod clients;
 mod end;
 mod error;
 mod failed;
@@ -58,6 +59,7 @@ pub use alerts::AlertKey;
 pub use begin::{BeginRequest, Begun, IssuedCredential};
 pub use blocks::{BlockAsk, Who};
 pub use calls::{CallReport, CallResult, Caller};
+pub use clients::ClientView;
 pub use end::Ender;
 pub use error::{BrokerError, ErrorKind};
 pub use live::{LeaseSummary, TaskSummary};
@@ -75,6 +77,8 @@ pub struct Runtime {
     pub loaded_at: SystemTime,
     /// The abuse webhook's signing key, when one is configured.
     pub alert_key: Option<Arc<AlertKey>>,
+    /// The configuration's client registry, indexed.
+    clients: clients::ClientIndex,
     refreshers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -114,6 +118,7 @@ impl Runtime {
             })?),
         };
         let policy = Policy::new(&config, providers.param_rules());
+        let clients = clients::index(&config.clients);
         Ok(Self {
             config: Arc::new(config),
             verifier,
@@ -121,6 +126,7 @@ impl Runtime {
             providers: Arc::new(providers),
             loaded_at: SystemTime::now(),
             alert_key: None,
+            clients,
             refreshers: Vec::new(),
         })
     }
@@ -184,11 +190,11 @@ pub struct Broker {
     started_at: SystemTime,
     intern: Arc<intern::Interner>,
     refusals: refusals::RefusalLimiter,
-    /// (issuer, client) pairs whose first network is known to be recorded.
-    clients_seen: Mutex<std::collections::HashSet<(String, String)>>,
+    /// Operators' client registry entries, and the clients whose first sight is recorded.
+    registry: clients::Registry,
     /// Blocks in force, and the tasks they cover waiting to be ended by the block loop.
     blocks: blocks::Index,
-    block_ends: Mutex<Vec<(crate::journal::rows::Text, crate::journal::blocks::BlockRow)>>,
+    block_ends: Mutex<Vec<(crate::journal::rows::Text, Ender)>>,
     wake_blocker: Notify,
     detectors: abuse::Detectors,
     wake_alerts: Notify,
@@ -218,7 +224,7 @@ impl Broker {
             started_at,
             intern: Arc::default(),
             refusals: refusals::RefusalLimiter::default(),
-            clients_seen: Mutex::default(),
+            registry: clients::Registry::default(),
             blocks: blocks::Index::default(),
             block_ends: Mutex::default(),
             wake_blocker: Notify::new(),

@@ -87,6 +87,7 @@ impl Broker {
             state.retries.extend(rebuild.retries);
         }
         self.load_blocks().await?;
+        self.load_clients().await?;
         let blocked = self.end_blocked_after_restart();
         if blocked > 0 {
             tracing::info!(

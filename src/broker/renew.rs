@@ -60,6 +60,8 @@ impl Broker {
             .authenticate(&rt, workload, peer, req.token.expose(), now)
             .await?;
         drop(req.token);
+        self.check_client(&rt, &workload.name, peer, &verified, &[], now)
+            .await?;
         self.screen(&rt, workload, peer, &verified, false, now)
             .await?;
 

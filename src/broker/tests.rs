@@ -36,6 +36,7 @@ async fn a_task_begins_issues_ends_and_is_journaled_in_order() {
     assert_eq!(
         events,
         [
+            "client_first_seen",
             "token_accepted",
             "task_opened",
             "lease_issued",
@@ -232,8 +233,8 @@ async fn retention_prunes_what_is_older_and_anchors_the_chain() {
         .expect("a new task should begin two days later");
     assert_eq!(
         h.broker.prune_audit().await.ok(),
-        Some(6),
-        "the first task's six records"
+        Some(7),
+        "the client's first sight and the first task's six records"
     );
     let events: Vec<String> = h.events().await.into_iter().map(|(e, _)| e).collect();
     assert_eq!(

@@ -24,6 +24,7 @@ mod admin;
 mod audit;
 mod blocks;
 mod check;
+mod clients;
 mod exec;
 mod manual;
 mod mcp;
@@ -107,6 +108,11 @@ enum Command {
         #[command(subcommand)]
         command: blocks::BlocksCommand,
     },
+    /// The client registry: list, add, suspend, retire, activate.
+    Clients {
+        #[command(subcommand)]
+        command: clients::ClientsCommand,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -188,6 +194,7 @@ async fn run(command: Command, registry: Registry) -> ExitCode {
         Command::Tasks { command } => admin::run(command).await,
         Command::Status(args) => admin::status(args).await,
         Command::Blocks { command } => blocks::run(command).await,
+        Command::Clients { command } => clients::run(command).await,
         Command::Audit { command } => audit::run(command),
         Command::Lineage(args) => audit::lineage(args),
         Command::Mcp(args) => mcp::run(args).await,

@@ -4,6 +4,7 @@
 //! names each problem by its path (`grant.orders-db-read.max_ttl`) and, where it can, its line.
 
 pub mod abuse;
+pub mod clients;
 pub mod gateway;
 mod lines;
 mod raw;
@@ -33,6 +34,8 @@ pub struct Config {
     pub audit: AuditConfig,
     pub metrics: Option<MetricsListen>,
     pub abuse: Option<abuse::AbuseConfig>,
+    /// `[[client]]`: the registered OAuth clients.
+    pub clients: Vec<clients::ClientEntry>,
     pub issuers: Vec<IssuerConfig>,
     pub workloads: Vec<WorkloadConfig>,
     pub grants: BTreeMap<String, GrantConfig>,
@@ -155,6 +158,8 @@ pub struct BrokerSettings {
     /// in one `refusals_suppressed` record.
     pub refusal_audit_limit: u32,
     pub refusal_audit_window: Duration,
+    /// Refuse tokens of clients the registry does not hold (`client_unregistered`).
+    pub require_registered_client: bool,
 }
 
 impl Default for BrokerSettings {
@@ -169,6 +174,7 @@ impl Default for BrokerSettings {
             revoke_backoff_max: Duration::from_secs(300),
             refusal_audit_limit: 100,
             refusal_audit_window: Duration::from_secs(60),
+            require_registered_client: false,
         }
     }
 }

@@ -30,6 +30,20 @@ pub(super) struct RawConfig {
     pub(super) grants: Vec<RawGrant>,
     #[serde(default, rename = "provider")]
     pub(super) providers: Vec<RawProvider>,
+    #[serde(default, rename = "client")]
+    pub(super) clients: Vec<RawClient>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClient {
+    pub(super) id: String,
+    pub(super) issuer: Option<String>,
+    pub(super) owner: Option<String>,
+    pub(super) expires: Option<String>,
+    #[serde(default)]
+    pub(super) grants: Vec<String>,
+    pub(super) status: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +88,8 @@ pub(super) struct RawBroker {
     pub(super) revoke_backoff_max: Option<String>,
     pub(super) refusal_audit_limit: Option<u32>,
     pub(super) refusal_audit_window: Option<String>,
+    #[serde(default)]
+    pub(super) require_registered_client: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -88,6 +88,7 @@ const BROKER: &[Field] = &[
     opt("revoke_backoff_max", Kind::Str),
     opt("refusal_audit_limit", U32),
     opt("refusal_audit_window", Kind::Str),
+    opt("require_registered_client", Kind::Bool),
 ];
 const AUDIT: &[Field] = &[
     opt("head_key_file", Kind::Str),
@@ -168,6 +169,14 @@ pub(super) const GATEWAY_ROOT: &[Field] = &[
     opt("issuer", Kind::Entries(ISSUER)),
     req("gateway", Kind::Entries(GATEWAY)),
 ];
+const CLIENT: &[Field] = &[
+    req("id", Kind::Str),
+    opt("issuer", Kind::Str),
+    opt("owner", Kind::Str),
+    opt("expires", Kind::Str),
+    opt("grants", Kind::StrList),
+    opt("status", Kind::Str),
+];
 const DETECTOR: &[Field] = &[
     opt("response", Kind::StrList),
     opt("threshold", Kind::Int(1, 1_000_000)),
@@ -202,6 +211,7 @@ pub(super) const ROOT: &[Field] = &[
     opt("workload", Kind::Entries(WORKLOAD)),
     opt("grant", Kind::Entries(GRANT)),
     opt("provider", Kind::OpenEntries(PROVIDER)),
+    opt("client", Kind::Entries(CLIENT)),
 ];
 
 /// A structural problem: the key's path and what is wrong.
@@ -322,6 +332,7 @@ impl Walk {
                     let name = item
                         .get("name")
                         .or_else(|| item.get("url"))
+                        .or_else(|| item.get("id"))
                         .and_then(Value::as_str)
                         .map_or_else(|| format!("[{i}]"), |n| format!(".{n}"));
                     let entry = format!("{path}{name}");
@@ -331,7 +342,7 @@ impl Walk {
                     self.table(t, &entry, fields, strict);
                     // An entry without its name cannot be referred to, nor reported on by
                     // later checks: it is dropped after its problems are reported.
-                    let named = ["name", "url"].iter().any(|k| {
+                    let named = ["name", "url", "id"].iter().any(|k| {
                         t.get(*k).is_some() && !self.stand_ins.contains(&format!("{entry}.{k}"))
                     });
                     if named {

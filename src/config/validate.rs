@@ -7,8 +7,8 @@ use std::time::Duration;
 use credbroker_provider_api::Params;
 
 use super::raw::{
-    RawAudit, RawBroker, RawConfig, RawGrant, RawIssuer, RawJournal, RawProvider, RawServer,
-    RawTokens, RawWorkload,
+    RawAudit, RawBroker, RawClient, RawConfig, RawGrant, RawIssuer, RawJournal, RawProvider,
+    RawServer, RawTokens, RawWorkload,
 };
 use super::*;
 use crate::jose::Alg;
@@ -221,6 +221,21 @@ pub(super) fn parse(text: &str) -> Checked {
         workloads.push(w);
     }
 
+    let mut clients = Vec::new();
+    for raw in raw.clients {
+        let path = format!("client.{}", raw.id);
+        let issuer = bind.resolve(&mut p, &path, raw.issuer.clone());
+        if let Some(c) = client(&mut p, &path, raw, issuer, &grants) {
+            if clients
+                .iter()
+                .any(|o: &clients::ClientEntry| o.issuer == c.issuer && o.client_id == c.client_id)
+            {
+                p.at(&path, "is registered twice");
+            }
+            clients.push(c);
+        }
+    }
+
     Checked {
         config: Some(Config {
             server,
@@ -231,6 +246,7 @@ pub(super) fn parse(text: &str) -> Checked {
             audit,
             metrics,
             abuse,
+            clients,
             issuers,
             workloads,
             grants,
@@ -240,6 +256,55 @@ pub(super) fn parse(text: &str) -> Checked {
         errors: p.errors,
         stand_ins: p.stand_ins,
     }
+}
+
+fn client(
+    p: &mut Problems,
+    path: &str,
+    raw: RawClient,
+    issuer: String,
+    grants: &BTreeMap<String, GrantConfig>,
+) -> Option<clients::ClientEntry> {
+    if raw.id.is_empty() || raw.id.len() > 1024 || raw.id.chars().any(char::is_control) {
+        p.at(path, "id must be 1-1024 printable characters");
+        return None;
+    }
+    let status = match raw.status.as_deref() {
+        None => clients::ClientStatus::Active,
+        Some(s) => clients::ClientStatus::parse(s).unwrap_or_else(|| {
+            p.at(
+                format!("{path}.status"),
+                "must be active, suspended or retired",
+            );
+            clients::ClientStatus::Active
+        }),
+    };
+    let expires = raw.expires.as_deref().and_then(|e| {
+        humantime::parse_rfc3339_weak(e)
+            .map_err(|err| {
+                p.at(
+                    format!("{path}.expires"),
+                    format!("is not an RFC 3339 time: {err}"),
+                )
+            })
+            .ok()
+    });
+    for g in &raw.grants {
+        if !grants.contains_key(g) {
+            p.at(
+                format!("{path}.grants"),
+                format!("no [[grant]] named {g:?}"),
+            );
+        }
+    }
+    Some(clients::ClientEntry {
+        issuer,
+        client_id: raw.id,
+        owner: raw.owner,
+        expires,
+        grants: raw.grants,
+        status,
+    })
 }
 
 /// Names appear in audit records, metrics and CLI arguments: keep them plain.

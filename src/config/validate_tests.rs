@@ -213,3 +213,22 @@ fn audit_and_metrics_settings() {
         );
     }
 }
+
+#[test]
+fn registry_entries_are_checked() {
+    let text = format!(
+        "{BASE}\n[[client]]\nid = \"a\"\nstatus = \"paused\"\ngrants = [\"nope\"]\nexpires = \"soon\"\n"
+    );
+    let e = errors(&text);
+    let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+    for p in ["client.a.status", "client.a.grants", "client.a.expires"] {
+        assert!(paths.contains(&p), "{p}: {e:?}");
+    }
+    let good = format!("{BASE}\n[[client]]\nid = \"a\"\nowner = \"x@example.com\"\n");
+    let c = parse(&good).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(c.clients.len(), 1);
+    assert_eq!(
+        c.clients[0].status,
+        clients::ClientStatus::Active
+    );
+}

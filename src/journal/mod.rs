@@ -17,6 +17,7 @@
 //! the writer.
 
 pub mod blocks;
+pub mod clients;
 mod keycheck;
 mod ops;
 pub mod read;

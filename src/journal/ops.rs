@@ -53,14 +53,19 @@ pub enum Op {
         digest: [u8; 32],
         created_ms: i64,
     },
-    /// The network an OAuth client made its first allowed MCP call from (kept if already known).
+    /// The network an OAuth client made its first allowed MCP call from (kept if already known);
+    /// `first` (the `client_first_seen` record) is appended only if this is the first, so it is
+    /// written exactly once per client however many first requests race.
     ClientSeen {
         issuer: String,
         client_id: String,
         network: String,
         first_ms: i64,
         call_id: String,
+        first: Option<Box<AuditRecord>>,
     },
+    /// A client registry entry, as an operator set it.
+    SetClient(Box<super::clients::ClientRow>),
     /// A block placed (see `journal::blocks`).
     Block(Box<super::blocks::BlockRow>),
     /// A block lifted before its time; the block must be in force.
@@ -115,6 +120,26 @@ pub(super) fn apply(conn: &Connection, op: &mut Op, chain: &mut Chain) -> Result
         Op::Audit(record) => return append_audit(conn, record, chain),
         Op::PruneAudit { keep_from, anchor } => {
             return prune_audit(conn, *keep_from, anchor, chain);
+        }
+        Op::ClientSeen {
+            issuer,
+            client_id,
+            network,
+            first_ms,
+            call_id,
+            first,
+        } => {
+            let inserted = exec(
+                conn,
+                "INSERT INTO clients_seen (issuer, client_id, network, first_ms, call_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![&*issuer, &*client_id, &*network, *first_ms, &*call_id],
+            )?;
+            // None inserted: a concurrent first request won; the first network stays the first.
+            if let (1, Some(record)) = (inserted, first.as_mut()) {
+                return append_audit(conn, record, chain);
+            }
+            return Ok(());
         }
         _ => {}
     }
@@ -232,16 +257,7 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
              ON CONFLICT (name) DO UPDATE SET value = ?2",
             params![name, value],
         )?,
-        Op::ClientSeen { issuer, client_id, network, first_ms, call_id } => {
-            exec(
-                conn,
-                "INSERT INTO clients_seen (issuer, client_id, network, first_ms, call_id)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
-                params![issuer, client_id, network, first_ms, call_id],
-            )?;
-            // None changed: a concurrent first call won; the first network stays the first.
-            1
-        }
+        Op::SetClient(c) => super::clients::upsert(conn, c)?,
         Op::Block(b) => super::blocks::insert(conn, b)?,
         Op::LiftBlock { id, lifted_ms, lifted_by } => {
             match super::blocks::lift(conn, id, *lifted_ms, lifted_by)? {
@@ -265,7 +281,7 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
             params![id, attempts, next_attempt_ms, delivered_ms, last_error],
         )?,
         // Handled by `apply`.
-        Op::Audit(_) | Op::PruneAudit { .. } => 1,
+        Op::Audit(_) | Op::PruneAudit { .. } | Op::ClientSeen { .. } => 1,
     };
     if changed != 1 {
         return Err(JournalError::Conflict(format!(
@@ -403,6 +419,7 @@ fn name(op: &Op) -> &'static str {
         Op::SetMeta { .. } => "set meta",
         Op::ClientSeen { .. } => "client seen",
         Op::Block(_) => "block",
+        Op::SetClient(_) => "set client",
         Op::LiftBlock { .. } => "lift block",
         Op::QueueAlert { .. } => "queue alert",
         Op::AlertAttempt { .. } => "alert attempt",

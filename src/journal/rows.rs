@@ -124,6 +124,8 @@ pub mod end_reason {
     pub const INTERRUPTED: Reason = reason::INTERRUPTED;
     pub const BEGIN_REPLAYED: Reason = reason::BEGIN_REPLAYED;
     pub const BY_BLOCK: Reason = reason::REVOKED_BY_BLOCK;
+    pub const CLIENT_SUSPENDED: Reason = reason::CLIENT_SUSPENDED;
+    pub const CLIENT_RETIRED: Reason = reason::CLIENT_RETIRED;
 }
 
 /// Text shared between rows: interned (see `broker::intern`), so 100,000 tasks of one workload

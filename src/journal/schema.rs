@@ -142,7 +142,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (issuer, client_id)
     ) STRICT, WITHOUT ROWID;
     "#,
-    // 6: blocks (see `journal::blocks`), and the outbox of abuse alerts: an alert is written in
+    // 6: blocks (see `journal::blocks`), the client registry's run-time changes, and the outbox of abuse alerts: an alert is written in
     // the same commit as the finding it reports, and the delivery loop sends it until the
     // webhook takes it, across restarts.
     r#"
@@ -169,6 +169,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
         last_error       TEXT
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX alerts_due ON alerts(next_attempt_ms) WHERE delivered_ms IS NULL;
+    -- The client registry as operators changed it (`credbroker clients`); it overrides the
+    -- configuration's [[client]] entry of the same client.
+    CREATE TABLE clients (
+        issuer      TEXT NOT NULL,
+        client_id   TEXT NOT NULL,
+        owner       TEXT,
+        expires_ms  INTEGER,
+        grants      TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        updated_ms  INTEGER NOT NULL,
+        updated_by  TEXT NOT NULL,
+        PRIMARY KEY (issuer, client_id)
+    ) STRICT, WITHOUT ROWID;
     "#,
 ];
 

@@ -135,11 +135,17 @@ pub const OWNER_BLOCKED: Reason = Reason("owner_blocked");
 pub const SUBJECT_BLOCKED: Reason = Reason("subject_blocked");
 /// A detector fired on this request and its response is `deny`.
 pub const ABUSE_DETECTED: Reason = Reason("abuse_detected");
+/// The client registry: a client it does not hold (with `require_registered_client`), one past
+/// its registration's expiry, suspended, retired. The last two also end its live tasks.
+pub const CLIENT_UNREGISTERED: Reason = Reason("client_unregistered");
+pub const CLIENT_EXPIRED: Reason = Reason("client_expired");
+pub const CLIENT_SUSPENDED: Reason = Reason("client_suspended");
+pub const CLIENT_RETIRED: Reason = Reason("client_retired");
 /// A task ended because a block covers it.
 pub const REVOKED_BY_BLOCK: Reason = Reason("revoked_by_block");
 
 /// Every reason code, for validating what a user asks to filter on.
-pub const ALL: [Reason; 80] = [
+pub const ALL: [Reason; 84] = [
     TOKEN_TOO_LARGE,
     MALFORMED,
     DUPLICATE_KEY,
@@ -220,6 +226,10 @@ pub const ALL: [Reason; 80] = [
     SUBJECT_BLOCKED,
     ABUSE_DETECTED,
     REVOKED_BY_BLOCK,
+    CLIENT_UNREGISTERED,
+    CLIENT_EXPIRED,
+    CLIENT_SUSPENDED,
+    CLIENT_RETIRED,
 ];
 
 /// The code for a provider error; the match makes a new `ErrorKind` a compile error here.

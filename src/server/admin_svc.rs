@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use super::broker_svc::peer_of;
 use super::status::to_status;
 use crate::broker::{Broker, BrokerError, Ender, ErrorKind};
+use crate::config::clients::{ClientEntry, ClientStatus};
 use crate::journal::blocks::BlockKind;
 use crate::journal::read::{self, TaskFilter};
 use crate::proto::{self, v1};
@@ -41,6 +42,54 @@ impl AdminService {
                 format!("uid {} may not use the admin API", peer.uid),
             )))
         }
+    }
+}
+
+fn client_status(s: &str) -> Result<ClientStatus, Status> {
+    match s {
+        "" => Ok(ClientStatus::Active),
+        s => ClientStatus::parse(s).ok_or_else(|| {
+            to_status(&BrokerError::invalid(
+                "invalid_client",
+                "status must be active, suspended or retired",
+            ))
+        }),
+    }
+}
+
+impl AdminService {
+    /// The issuer a request names, or the only one configured.
+    fn issuer_of(&self, named: String) -> Result<String, Status> {
+        let rt = self.broker.runtime();
+        let urls: Vec<&str> = rt.config.issuers.iter().map(|i| i.url.as_str()).collect();
+        match (named.is_empty(), urls.as_slice()) {
+            (true, [only]) => Ok((*only).to_owned()),
+            (true, _) => Err(to_status(&BrokerError::invalid(
+                "invalid_client",
+                "name the client's issuer: the daemon has more than one",
+            ))),
+            (false, _) if urls.contains(&named.as_str()) => Ok(named),
+            (false, _) => Err(to_status(&BrokerError::invalid(
+                "invalid_client",
+                format!("no [[issuer]] with url {named:?}"),
+            ))),
+        }
+    }
+
+    async fn save_client(
+        &self,
+        entry: ClientEntry,
+        peer: &PeerInfo,
+    ) -> Result<Response<v1::SetClientResponse>, Status> {
+        let (row, ended) = self
+            .broker
+            .set_client(entry, format!("operator:{}", peer.uid))
+            .await
+            .map_err(|e| to_status(&e))?;
+        Ok(Response::new(v1::SetClientResponse {
+            client: Some(proto::client(&row.entry, "operator")),
+            task_ids: ended.iter().map(|t| t.to_string()).collect(),
+        }))
     }
 }
 
@@ -271,6 +320,82 @@ impl v1::admin_server::Admin for AdminService {
         Ok(Response::new(v1::LiftBlockResponse {
             block: Some(proto::block(&row)),
         }))
+    }
+
+    async fn list_clients(
+        &self,
+        request: Request<v1::ListClientsRequest>,
+    ) -> Result<Response<v1::ListClientsResponse>, Status> {
+        self.operator(&request)?;
+        Ok(Response::new(v1::ListClientsResponse {
+            clients: self
+                .broker
+                .list_clients()
+                .iter()
+                .map(|c| proto::client(&c.entry, c.source))
+                .collect(),
+        }))
+    }
+
+    async fn set_client(
+        &self,
+        request: Request<v1::SetClientRequest>,
+    ) -> Result<Response<v1::SetClientResponse>, Status> {
+        let peer = self.operator(&request)?;
+        let c = request.into_inner().client.unwrap_or_default();
+        let status = client_status(&c.status)?;
+        let expires = match c.expires.as_str() {
+            "" => None,
+            t => Some(humantime::parse_rfc3339_weak(t).map_err(|e| {
+                to_status(&BrokerError::invalid(
+                    "invalid_client",
+                    format!("expires is not an RFC 3339 time: {e}"),
+                ))
+            })?),
+        };
+        let rt = self.broker.runtime();
+        for g in &c.grants {
+            if !rt.config.grants.contains_key(g) {
+                return Err(to_status(&BrokerError::invalid(
+                    "invalid_client",
+                    format!("no grant named {g:?}"),
+                )));
+            }
+        }
+        let entry = ClientEntry {
+            issuer: self.issuer_of(c.issuer)?,
+            client_id: c.client_id,
+            owner: nonempty(c.owner),
+            expires,
+            grants: c.grants,
+            status,
+        };
+        self.save_client(entry, &peer).await
+    }
+
+    async fn set_client_status(
+        &self,
+        request: Request<v1::SetClientStatusRequest>,
+    ) -> Result<Response<v1::SetClientResponse>, Status> {
+        let peer = self.operator(&request)?;
+        let req = request.into_inner();
+        let status = client_status(&req.status)?;
+        let issuer = self.issuer_of(req.issuer)?;
+        // An unregistered client can be suspended or retired too (an incident does not wait
+        // for its paperwork): it is registered with that status.
+        let mut entry = self
+            .broker
+            .client(&issuer, &req.client_id)
+            .unwrap_or(ClientEntry {
+                issuer,
+                client_id: req.client_id,
+                owner: None,
+                expires: None,
+                grants: Vec::new(),
+                status,
+            });
+        entry.status = status;
+        self.save_client(entry, &peer).await
     }
 
     async fn status(

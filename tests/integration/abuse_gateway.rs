@@ -121,6 +121,19 @@ async fn a_token_used_from_a_second_network_is_revoked_and_refused_at_the_gatewa
     let fresh = e.auth.token("agent-1", POSTGRES, PG_READ).await;
     assert_eq!(e.call(HOME, &fresh, "query").await.0, 200);
 
+    let first = e.records("client_first_seen");
+    assert_eq!(
+        first.len(),
+        1,
+        "one client, seen once, whatever its tokens and networks"
+    );
+    assert_eq!(first[0]["client_id"], "agent-1");
+    assert_eq!(
+        first[0]["detail"]["source"]
+            .as_str()
+            .map(|s| s.starts_with("127.0.0.1:")),
+        Some(true)
+    );
     let found = e.records("abuse_detected");
     assert_eq!(found.len(), 1, "{found:?}");
     let ev = &found[0]["detail"]["evidence"];

@@ -15,6 +15,7 @@ mod aws;
 mod check_config;
 mod cli;
 mod clients_python;
+mod clients_registry;
 mod clients_rust;
 mod clients_typescript;
 mod conformance;

@@ -227,6 +227,7 @@ pub(super) fn broker(p: &mut Problems, raw: RawBroker) -> BrokerSettings {
             d.revoke_backoff_max,
             bounds::BACKOFF,
         ),
+        require_registered_client: raw.require_registered_client,
         refusal_audit_limit: raw.refusal_audit_limit.unwrap_or(d.refusal_audit_limit),
         refusal_audit_window: p.duration(
             "broker.refusal_audit_window",
