@@ -52,6 +52,7 @@ fn public_jwks(dir: &Path) -> std::path::PathBuf {
 
 fn verifier(jwks: &Path, cache_entries: usize) -> Verifier {
     let issuer = IssuerConfig {
+        introspection: None,
         url: ISS.into(),
         algorithms: vec![Alg::RS256, Alg::ES256, Alg::EdDSA],
         metadata: MetadataMode::Auto,

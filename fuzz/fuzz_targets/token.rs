@@ -95,6 +95,7 @@ fn public_jwks() -> Value {
 
 fn issuer(jwks: PathBuf) -> IssuerConfig {
     IssuerConfig {
+        introspection: None,
         url: ISS.into(),
         algorithms: vec![Alg::RS256, Alg::PS256, Alg::ES256, Alg::ES384, Alg::EdDSA],
         metadata: MetadataMode::Auto,

@@ -126,7 +126,15 @@ impl Broker {
         let verified = self
             .authenticate(&rt, workload, peer, req.token.expose(), now)
             .await?;
-        drop(req.token);
+        // Kept only for `recheck_active` (see `broker::recheck`), else dropped now.
+        let recheck = rt.verifier.recheck_period(&verified.claims.issuer);
+        let held = match recheck {
+            Some(_) => Some(req.token),
+            None => {
+                drop(req.token);
+                None
+            }
+        };
         let names: Vec<&str> = req.grants.iter().map(|g| g.name.as_str()).collect();
         self.check_client(&rt, &workload.name, peer, &verified, &names, now)
             .await?;
@@ -220,6 +228,14 @@ impl Broker {
             (Ok(b), Some(who)) => self.unless_blocked_meanwhile(b, who).await,
             (begun, _) => begun,
         };
+        if let (Ok(b), Some(token), Some(period)) = (&begun, held, recheck) {
+            self.held.hold(
+                crate::journal::rows::Text::from(b.task.task.id.as_ref()),
+                verified.claims.issuer.clone(),
+                token,
+                period,
+            );
+        }
         match (begun, &key) {
             (Err(e), Some(key)) if e.code == super::issue::KEY_SEEN => {
                 Err(self.replay(&workload.name, key).await)

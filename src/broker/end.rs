@@ -35,6 +35,8 @@ pub enum Ender {
     Operator { peer: PeerRecord, reason: String },
     /// A block covering the task (placed by an operator, a detector or a signal).
     Blocked { block_id: String, source: String },
+    /// `recheck_active` found its token revoked at the authorization server.
+    TokenInactive,
     /// Its client was suspended or retired in the registry.
     Client {
         status: crate::config::clients::ClientStatus,
@@ -155,6 +157,7 @@ impl Broker {
             Ender::Replay { .. } => end_reason::BEGIN_REPLAYED,
             Ender::Operator { .. } => end_reason::BY_OPERATOR,
             Ender::Blocked { .. } => end_reason::BY_BLOCK,
+            Ender::TokenInactive => end_reason::TOKEN_INACTIVE,
             Ender::Client { status } => match status {
                 crate::config::clients::ClientStatus::Retired => end_reason::CLIENT_RETIRED,
                 _ => end_reason::CLIENT_SUSPENDED,

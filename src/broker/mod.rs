@@ -26,6 +26,7 @@ mod issue;
 mod live;
 mod plan;
 pub mod preflight;
+mod recheck;
 mod recover;
 mod refusals;
 mod renew;
@@ -197,6 +198,8 @@ pub struct Broker {
     block_ends: Mutex<Vec<(crate::journal::rows::Text, Ender)>>,
     wake_blocker: Notify,
     detectors: abuse::Detectors,
+    /// Active tasks' tokens, for `recheck_active` issuers only.
+    held: recheck::HeldTokens,
     wake_alerts: Notify,
     /// Fed by the journal (an observer of committed records) and by issue latencies.
     metrics: Arc<crate::metrics::Metrics>,
@@ -229,6 +232,7 @@ impl Broker {
             block_ends: Mutex::default(),
             wake_blocker: Notify::new(),
             detectors: abuse::Detectors::default(),
+            held: recheck::HeldTokens::default(),
             wake_alerts: Notify::new(),
             metrics,
         }
@@ -381,6 +385,7 @@ impl Broker {
             tokio::spawn(Arc::clone(self).retention_loop()),
             tokio::spawn(Arc::clone(self).block_loop()),
             tokio::spawn(Arc::clone(self).alert_loop()),
+            tokio::spawn(Arc::clone(self).recheck_loop()),
         ]
     }
 }

@@ -75,6 +75,7 @@ pub(super) async fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         (None, Some(url)) => {
             check_issuer_url(&url).map_err(|e| anyhow::anyhow!("--issuer: {e}"))?;
             let issuer = IssuerConfig {
+                introspection: None,
                 url,
                 algorithms: vec![Alg::RS256, Alg::ES256, Alg::EdDSA],
                 metadata: MetadataMode::Auto,

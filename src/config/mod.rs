@@ -217,6 +217,40 @@ pub struct IssuerConfig {
     pub min_refresh_interval: Duration,
     pub http_timeout: Duration,
     pub ca_file: Option<PathBuf>,
+    /// RFC 7662 introspection at this issuer, when configured.
+    pub introspection: Option<Introspection>,
+}
+
+/// Which tokens are introspected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntrospectMode {
+    /// Opaque (non-JWT) tokens only: they cannot be checked any other way.
+    Opaque,
+    /// JWTs too, after their local checks: a token the AS revoked (RFC 7009) stops working
+    /// within `cache`, not at its expiry.
+    Always,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Introspection {
+    pub mode: IntrospectMode,
+    /// The introspection endpoint; `None`: from the issuer's metadata.
+    pub endpoint: Option<String>,
+    /// credbroker's client at the AS (client_secret_basic).
+    pub client_id: String,
+    pub secret: SecretSource,
+    /// How long an answer is trusted.
+    pub cache: Duration,
+    /// Active tasks' tokens are introspected again this often; a revoked one ends its tasks.
+    pub recheck_active: Option<Duration>,
+}
+
+/// Where a secret that is not a key (a client secret) is read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SecretSource {
+    File(PathBuf),
+    /// A systemd credential name, read from `$CREDENTIALS_DIRECTORY`.
+    Credential(String),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -131,6 +131,13 @@ pub(super) struct RawIssuer {
     /// two issuers' `ci-agent` are two different clients).
     #[serde(default)]
     pub(super) clients: BTreeMap<String, String>,
+    pub(super) introspect: Option<String>,
+    pub(super) introspection_endpoint: Option<String>,
+    pub(super) introspection_client_id: Option<String>,
+    pub(super) introspection_secret_file: Option<PathBuf>,
+    pub(super) introspection_secret_credential: Option<String>,
+    pub(super) introspection_cache: Option<String>,
+    pub(super) recheck_active: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -111,6 +111,13 @@ const ISSUER: &[Field] = &[
     opt("http_timeout", Kind::Str),
     opt("ca_file", Kind::Str),
     opt("clients", Kind::StrMap),
+    opt("introspect", Kind::Str),
+    opt("introspection_endpoint", Kind::Str),
+    opt("introspection_client_id", Kind::Str),
+    opt("introspection_secret_file", Kind::Str),
+    opt("introspection_secret_credential", Kind::Str),
+    opt("introspection_cache", Kind::Str),
+    opt("recheck_active", Kind::Str),
 ];
 const WORKLOAD: &[Field] = &[
     req("name", Kind::Str),

@@ -153,6 +153,19 @@ pub(super) fn parse(text: &str) -> Checked {
         }
     });
     let (issuers, mut registry) = issuers(&mut p, raw.issuers);
+    let introspecting: Vec<&str> = issuers
+        .iter()
+        .filter(|i| i.introspection.is_some())
+        .map(|i| i.url.as_str())
+        .collect();
+    if introspecting.len() > 1 {
+        // An opaque token names no issuer; sent to the wrong AS it would be a token leak.
+        p.at(
+            format!("issuer.{}.introspect", introspecting[1]),
+            "at most one [[issuer]] may introspect: an opaque token names no issuer, and is \
+             never sent to more than one",
+        );
+    }
     let bind = Binding::new(&issuers);
     if !raw.attribution.clients.is_empty() {
         check_clients(&mut p, "attribution.clients", &raw.attribution.clients);

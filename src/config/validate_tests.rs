@@ -227,8 +227,5 @@ fn registry_entries_are_checked() {
     let good = format!("{BASE}\n[[client]]\nid = \"a\"\nowner = \"x@example.com\"\n");
     let c = parse(&good).unwrap_or_else(|e| panic!("{e:?}"));
     assert_eq!(c.clients.len(), 1);
-    assert_eq!(
-        c.clients[0].status,
-        clients::ClientStatus::Active
-    );
+    assert_eq!(c.clients[0].status, clients::ClientStatus::Active);
 }

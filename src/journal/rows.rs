@@ -124,6 +124,7 @@ pub mod end_reason {
     pub const INTERRUPTED: Reason = reason::INTERRUPTED;
     pub const BEGIN_REPLAYED: Reason = reason::BEGIN_REPLAYED;
     pub const BY_BLOCK: Reason = reason::REVOKED_BY_BLOCK;
+    pub const TOKEN_INACTIVE: Reason = reason::TOKEN_INACTIVE;
     pub const CLIENT_SUSPENDED: Reason = reason::CLIENT_SUSPENDED;
     pub const CLIENT_RETIRED: Reason = reason::CLIENT_RETIRED;
 }

@@ -55,6 +55,10 @@ pub const EXPIRED: Reason = Reason("expired");
 pub const NOT_YET_VALID: Reason = Reason("not_yet_valid");
 pub const ISSUED_IN_FUTURE: Reason = Reason("issued_in_future");
 pub const ISSUER_KEYS_UNAVAILABLE: Reason = Reason("issuer_keys_unavailable");
+/// RFC 7662: the AS says the token is not active (revoked, or unknown to it). Also how a task
+/// ends when `recheck_active` finds its token revoked.
+pub const TOKEN_INACTIVE: Reason = Reason("token_inactive");
+pub const INTROSPECTION_UNAVAILABLE: Reason = Reason("introspection_unavailable");
 
 // The calling process (workload matching).
 pub const UNKNOWN_PEER: Reason = Reason("unknown_peer");
@@ -145,7 +149,7 @@ pub const CLIENT_RETIRED: Reason = Reason("client_retired");
 pub const REVOKED_BY_BLOCK: Reason = Reason("revoked_by_block");
 
 /// Every reason code, for validating what a user asks to filter on.
-pub const ALL: [Reason; 84] = [
+pub const ALL: [Reason; 86] = [
     TOKEN_TOO_LARGE,
     MALFORMED,
     DUPLICATE_KEY,
@@ -230,6 +234,8 @@ pub const ALL: [Reason; 84] = [
     CLIENT_EXPIRED,
     CLIENT_SUSPENDED,
     CLIENT_RETIRED,
+    TOKEN_INACTIVE,
+    INTROSPECTION_UNAVAILABLE,
 ];
 
 /// The code for a provider error; the match makes a new `ErrorKind` a compile error here.

@@ -33,6 +33,9 @@ pub(crate) struct Issuer {
     /// Serialises refreshes; holds when the last unknown-kid refresh happened.
     refresh_gate: tokio::sync::Mutex<Option<Instant>>,
     http: reqwest::Client,
+    /// RFC 7662, when configured; its endpoint from the configuration or the metadata.
+    pub(crate) introspector: Option<super::introspect::Introspector>,
+    introspection_uri: Mutex<Option<String>>,
 }
 
 impl Issuer {
@@ -52,6 +55,8 @@ impl Issuer {
             }
         }
         let http = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+        let cfg_introspection = cfg.introspection.clone();
+        let url = cfg.url.clone();
         let status = IssuerStatus {
             url: cfg.url.clone(),
             ..Default::default()
@@ -62,8 +67,28 @@ impl Issuer {
             status: Mutex::new(status),
             jwks_uri: Mutex::new(None),
             refresh_gate: tokio::sync::Mutex::new(None),
+            introspector: match cfg_introspection {
+                Some(i) => Some(super::introspect::Introspector::new(&url, i, http.clone())?),
+                None => None,
+            },
+            introspection_uri: Mutex::new(None),
             http,
         })
+    }
+
+    /// The introspection endpoint: configured, or from the metadata (discovered now if need be).
+    pub(crate) async fn introspection_endpoint(&self) -> Option<String> {
+        let i = self.introspector.as_ref()?;
+        if let Some(e) = &i.cfg.endpoint {
+            return Some(e.clone());
+        }
+        if let Some(e) = self.introspection_uri.lock().ok().and_then(|u| u.clone()) {
+            return Some(e);
+        }
+        if let Err(e) = self.discover().await {
+            tracing::warn!(issuer = %self.cfg.url, error = %e, "cannot discover the introspection endpoint");
+        }
+        self.introspection_uri.lock().ok().and_then(|u| u.clone())
     }
 
     pub(crate) fn keys(&self) -> Option<Arc<KeySet>> {
@@ -164,6 +189,21 @@ impl Issuer {
             return Err(format!(
                 "metadata names issuer {issuer:?}, not the configured one"
             ));
+        }
+        if let Some(i) = doc.get("introspection_endpoint").and_then(Value::as_str)
+            && reqwest::Url::parse(i).is_ok_and(|u| {
+                u.scheme() == "https"
+                    || (u.scheme() == "http"
+                        && u.host_str().is_some_and(|h| {
+                            h == "localhost"
+                                || h.trim_matches(['[', ']'])
+                                    .parse::<std::net::IpAddr>()
+                                    .is_ok_and(|ip| ip.is_loopback())
+                        }))
+            })
+            && let Ok(mut slot) = self.introspection_uri.lock()
+        {
+            *slot = Some(i.to_owned());
         }
         let uri = doc
             .get("jwks_uri")

@@ -10,6 +10,7 @@
 mod alg;
 mod cache;
 mod claims;
+mod introspect;
 mod issuer;
 mod json;
 mod jws;
@@ -173,6 +174,92 @@ impl Verifier {
         now: i64,
     ) -> Result<Arc<Claims>, Rejection> {
         let leeway = self.settings.leeway.as_secs() as i64;
+        // An opaque token (no JWS shape) can only be introspected, at the one issuer that
+        // takes them: it names no issuer, and is sent to no other.
+        if !token.contains('.')
+            && let Some(issuer) = self.opaque_issuer()
+        {
+            return match self.introspect(issuer, token, fp, now, false).await? {
+                introspect::Answer::Active(c) => Ok(c),
+                introspect::Answer::Inactive => Err(Rejection::Inactive),
+            };
+        }
+        let claims = self.verify_local(token, fp, now, leeway).await?;
+        if let Some(issuer) = self.issuers.get(&claims.issuer)
+            && issuer
+                .introspector
+                .as_ref()
+                .is_some_and(|i| i.cfg.mode == crate::config::IntrospectMode::Always)
+            && let introspect::Answer::Inactive =
+                self.introspect(issuer, token, fp, now, false).await?
+        {
+            self.cache.remove(&fp.0);
+            return Err(Rejection::Inactive);
+        }
+        Ok(claims)
+    }
+
+    /// The issuer opaque tokens are introspected at (validation allows at most one).
+    fn opaque_issuer(&self) -> Option<&Issuer> {
+        self.issuers
+            .values()
+            .map(|i| &**i)
+            .find(|i| i.introspector.is_some())
+    }
+
+    async fn introspect(
+        &self,
+        issuer: &Issuer,
+        token: &str,
+        fp: Fingerprint,
+        now: i64,
+        fresh: bool,
+    ) -> Result<introspect::Answer, Rejection> {
+        let Some(i) = issuer.introspector.as_ref() else {
+            return Err(Rejection::IntrospectionUnavailable);
+        };
+        let endpoint = issuer
+            .introspection_endpoint()
+            .await
+            .ok_or(Rejection::IntrospectionUnavailable)?;
+        let leeway = self.settings.leeway.as_secs() as i64;
+        i.ask(&endpoint, token, fp.0, now, leeway, fresh).await
+    }
+
+    /// `recheck_active`: asks the token's issuer again, past the cache. `Ok(false)`: revoked.
+    pub async fn still_active(&self, issuer: &str, token: &str) -> Result<bool, Rejection> {
+        let Some(iss) = self.issuers.get(issuer) else {
+            return Err(Rejection::UnknownIssuer);
+        };
+        let fp = Fingerprint::of(token);
+        let now = unix(SystemTime::now());
+        match self.introspect(iss, token, fp, now, true).await {
+            Ok(introspect::Answer::Active(_)) => Ok(true),
+            Ok(introspect::Answer::Inactive) | Err(Rejection::Expired) => {
+                self.cache.remove(&fp.0);
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// How often active tasks' tokens of `issuer` are introspected again, if at all.
+    pub fn recheck_period(&self, issuer: &str) -> Option<std::time::Duration> {
+        self.issuers
+            .get(issuer)?
+            .introspector
+            .as_ref()?
+            .cfg
+            .recheck_active
+    }
+
+    async fn verify_local(
+        &self,
+        token: &str,
+        fp: Fingerprint,
+        now: i64,
+        leeway: i64,
+    ) -> Result<Arc<Claims>, Rejection> {
         if let Some(hit) = self.cache.get(&fp.0) {
             let keys_ok = self
                 .issuers

@@ -38,6 +38,10 @@ pub enum Rejection {
     IssuedInFuture,
     /// The issuer's keys could not be loaded yet: a backend condition, not the caller's fault.
     KeysUnavailable,
+    /// Introspection says the token is not active (revoked at the AS, or unknown to it).
+    Inactive,
+    /// The introspection endpoint could not be asked: a backend condition.
+    IntrospectionUnavailable,
 }
 
 impl Rejection {
@@ -71,12 +75,14 @@ impl Rejection {
             Self::NotYetValid => reason::NOT_YET_VALID,
             Self::IssuedInFuture => reason::ISSUED_IN_FUTURE,
             Self::KeysUnavailable => reason::ISSUER_KEYS_UNAVAILABLE,
+            Self::Inactive => reason::TOKEN_INACTIVE,
+            Self::IntrospectionUnavailable => reason::INTROSPECTION_UNAVAILABLE,
         }
     }
 
     /// True when the rejection is the backend's fault (surfaces as UNAVAILABLE).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::KeysUnavailable)
+        matches!(self, Self::KeysUnavailable | Self::IntrospectionUnavailable)
     }
 }
 
@@ -127,6 +133,11 @@ impl fmt::Display for Describe<'_> {
             Expired => write!(f, "the token has expired"),
             NotYetValid => write!(f, "the token is not valid yet (nbf)"),
             IssuedInFuture => write!(f, "the token was issued in the future (iat)"),
+            Inactive => write!(f, "the authorization server says the token is not active"),
+            IntrospectionUnavailable => write!(
+                f,
+                "the authorization server could not be asked whether the token is active; try again later"
+            ),
             KeysUnavailable => {
                 write!(
                     f,

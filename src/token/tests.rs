@@ -36,6 +36,7 @@ fn public_jwks(set: &str) -> Value {
 
 fn issuer(jwks: &Path) -> IssuerConfig {
     IssuerConfig {
+        introspection: None,
         url: ISS.into(),
         algorithms: vec![Alg::RS256, Alg::ES256, Alg::EdDSA],
         metadata: MetadataMode::Auto,

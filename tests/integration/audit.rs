@@ -625,8 +625,13 @@ async fn lineage_queries_and_exports_of_a_delegated_token() {
     assert!(hidden.stdout.lines().count() >= 8, "{}", hidden.stdout);
     assert!(!hidden.stdout.contains("carol"), "{}", hidden.stdout);
     assert!(!hidden.stdout.contains("agent-7"), "{}", hidden.stdout);
-    let first: Value =
-        serde_json::from_str(hidden.stdout.lines().next().unwrap_or_default()).unwrap_or_default();
+    // The first record of the task (the client's first sight, before it, names no task).
+    let first: Value = hidden
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_default())
+        .find(|r| r["event"] != "client_first_seen")
+        .unwrap_or_default();
     assert!(
         first["owner"]
             .as_str()

@@ -28,6 +28,7 @@ mod gateway_audit;
 mod gateway_oauth;
 mod gateway_upstreams;
 mod github;
+mod introspection;
 mod keys;
 mod lifecycle;
 mod mcp_security;

@@ -71,6 +71,9 @@ pub struct Options {
     pub ttl: u64,
     /// Resources (audiences) beyond the three fixed ones, e.g. a gateway on a loopback port.
     pub resources: Vec<String>,
+    /// Resources whose access tokens are opaque (stored by the AS, so it introspects and
+    /// revokes them: RFC 7662, RFC 7009).
+    pub opaque_resources: Vec<String>,
     /// The authorization-code flow (off when `None`).
     pub authorization_code: Option<AuthorizationCode>,
 }
@@ -115,6 +118,7 @@ impl Default for Options {
             port: None,
             ttl: 300,
             resources: Vec::new(),
+            opaque_resources: Vec::new(),
             authorization_code: None,
         }
     }
@@ -169,6 +173,9 @@ impl AuthServer {
         });
         for r in &opts.resources {
             resources[r] = json!({ "alg": "ES256", "ttl": ttl, "scope": all });
+        }
+        for r in &opts.opaque_resources {
+            resources[r] = json!({ "alg": "ES256", "ttl": ttl, "scope": all, "format": "opaque" });
         }
         let mut clients: Vec<Value> = clients.iter().map(|c| json!({
             "client_id": c.id, "client_secret": secret(c.id), "scope": c.scope, "extra_claims": c.extra,
@@ -249,6 +256,23 @@ impl AuthServer {
             .as_str()
             .unwrap_or_else(|| panic!("no access_token in {body}"))
             .to_string()
+    }
+
+    /// RFC 7009: revokes `token` as the client it was issued to.
+    pub async fn revoke(&self, client: &str, token: &str) {
+        let resp = self
+            .http
+            .post(format!("{}/token/revocation", self.issuer))
+            .basic_auth(client, Some(secret(client)))
+            .form(&[("token", token), ("token_type_hint", "access_token")])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("revocation request: {e}"));
+        assert!(
+            resp.status().is_success(),
+            "revocation failed: {}",
+            resp.status()
+        );
     }
 
     /// A delegated token (RFC 8693 token exchange): `sub` = `user`, `act` = `{sub: client}`.

@@ -56,8 +56,96 @@ pub(super) fn issuers(
     (issuers, registry)
 }
 
+fn introspection(p: &mut Problems, path: &str, raw: &RawIssuer) -> Option<Introspection> {
+    let mode = match raw.introspect.as_deref() {
+        None | Some("never") => None,
+        Some("opaque") => Some(IntrospectMode::Opaque),
+        Some("always") => Some(IntrospectMode::Always),
+        Some(other) => {
+            p.at(
+                format!("{path}.introspect"),
+                format!("{other:?}: expected never, opaque or always"),
+            );
+            None
+        }
+    };
+    let Some(mode) = mode else {
+        for (key, set) in [
+            (
+                "introspection_endpoint",
+                raw.introspection_endpoint.is_some(),
+            ),
+            (
+                "introspection_client_id",
+                raw.introspection_client_id.is_some(),
+            ),
+            ("recheck_active", raw.recheck_active.is_some()),
+        ] {
+            if set {
+                p.at(
+                    format!("{path}.{key}"),
+                    "only makes sense with introspect = \"opaque\" or \"always\"",
+                );
+            }
+        }
+        return None;
+    };
+    if let Some(e) = &raw.introspection_endpoint
+        && let Err(err) = check_issuer_url(e)
+    {
+        p.at(format!("{path}.introspection_endpoint"), err);
+    }
+    let Some(client_id) = raw.introspection_client_id.clone() else {
+        p.at(
+            format!("{path}.introspection_client_id"),
+            "is required: the AS authenticates who introspects",
+        );
+        return None;
+    };
+    let secret = match (
+        &raw.introspection_secret_file,
+        &raw.introspection_secret_credential,
+    ) {
+        (Some(f), None) => {
+            sections::check_path(p, &format!("{path}.introspection_secret_file"), f);
+            SecretSource::File(f.clone())
+        }
+        (None, Some(c)) => SecretSource::Credential(c.clone()),
+        _ => {
+            p.at(
+                path,
+                "one of introspection_secret_file or introspection_secret_credential is required",
+            );
+            return None;
+        }
+    };
+    let cache = p.duration(
+        &format!("{path}.introspection_cache"),
+        raw.introspection_cache.as_ref(),
+        Duration::from_secs(30),
+        (Duration::from_secs(1), Duration::from_secs(300)),
+    );
+    let recheck_active = raw.recheck_active.as_ref().map(|r| {
+        p.duration(
+            &format!("{path}.recheck_active"),
+            Some(r),
+            Duration::from_secs(60),
+            (Duration::from_secs(1), Duration::from_secs(3600)),
+        )
+    });
+    Some(Introspection {
+        mode,
+        endpoint: raw.introspection_endpoint.clone(),
+        client_id,
+        secret,
+        cache,
+        recheck_active,
+    })
+}
+
 fn issuer(p: &mut Problems, raw: RawIssuer) -> Option<IssuerConfig> {
     let path = format!("issuer.{}", raw.url);
+    let introspection = introspection(p, &path, &raw);
     if let Err(e) = check_issuer_url(&raw.url) {
         p.at(format!("{path}.url"), e);
     }
@@ -116,6 +204,7 @@ fn issuer(p: &mut Problems, raw: RawIssuer) -> Option<IssuerConfig> {
         }
     }
     Some(IssuerConfig {
+        introspection,
         url: raw.url,
         algorithms,
         metadata,

@@ -219,6 +219,9 @@ const provider = new Provider(cfg.issuer, {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    // RFC 7662 and RFC 7009, for opaque tokens (the only ones oidc-provider stores).
+    introspection: { enabled: true },
+    revocation: { enabled: true },
     registration: { enabled: Boolean(code?.registration) },
     clientIdMetadataDocument: code?.client_id_metadata_documents
       ? {
@@ -244,8 +247,10 @@ const provider = new Provider(cfg.issuer, {
           scope: scopeList(r.scope).filter((s) => allowed.has(s)).join(' '),
           audience: resourceIndicator,
           accessTokenTTL: r.ttl,
-          accessTokenFormat: 'jwt',
-          jwt: { sign: { alg: r.alg } },
+          // An opaque token is stored here, so it can be introspected and revoked.
+          ...(r.format === 'opaque'
+            ? { accessTokenFormat: 'opaque' }
+            : { accessTokenFormat: 'jwt', jwt: { sign: { alg: r.alg } } }),
         };
       },
     },
