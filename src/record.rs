@@ -58,9 +58,13 @@ pub mod event {
     pub const CLIENT_FIRST_SEEN: &str = "client_first_seen";
     /// An operator changed a client's registry entry (`credbroker clients`).
     pub const CLIENT_UPDATED: &str = "client_updated";
+    /// A Security Event Token taken from a Shared Signals transmitter, and what it did.
+    pub const SIGNAL_RECEIVED: &str = "signal_received";
+    /// A SET refused (`detail.err` is its RFC 8935 code); nothing changed.
+    pub const SIGNAL_REJECTED: &str = "signal_rejected";
 
     /// Every event name, for validating what a user asks to filter on.
-    pub const ALL: [&str; 29] = [
+    pub const ALL: [&str; 31] = [
         DAEMON_STARTED,
         TOKEN_ACCEPTED,
         TOKEN_REJECTED,
@@ -90,6 +94,8 @@ pub mod event {
         ALERT_DELIVERED,
         CLIENT_FIRST_SEEN,
         CLIENT_UPDATED,
+        SIGNAL_RECEIVED,
+        SIGNAL_REJECTED,
     ];
 }
 

@@ -285,6 +285,17 @@ impl Broker {
         rows: Vec<BlockRow>,
         extra: Vec<Op>,
     ) -> Result<Vec<Text>, BrokerError> {
+        self.place_blocks_checked(rows, extra)
+            .await
+            .map_err(|(_, e)| BrokerError::new(ErrorKind::Unavailable, "journal_unavailable", e))
+    }
+
+    /// As [`Self::place_blocks`]; the error says whether the commit conflicted (a duplicate).
+    pub(super) async fn place_blocks_checked(
+        &self,
+        rows: Vec<BlockRow>,
+        extra: Vec<Op>,
+    ) -> Result<Vec<Text>, (bool, String)> {
         let now = self.clock.now();
         let mut ops = extra;
         for b in &rows {
@@ -298,7 +309,7 @@ impl Broker {
         self.journal
             .commit_with(ops, Durability::Fsync)
             .await
-            .map_err(|e| BrokerError::journal(&e))?;
+            .map_err(|e| (e.is_duplicate(), e.to_string()))?;
         let ended = self.covered_tasks(&rows);
         for b in rows {
             self.blocks.insert(b);

@@ -36,6 +36,7 @@ mod retention;
 mod revoke;
 mod revoker;
 mod settle;
+mod signals;
 #[cfg(test)]
 mod tests;
 
@@ -66,6 +67,7 @@ pub use error::{BrokerError, ErrorKind};
 pub use live::{LeaseSummary, TaskSummary};
 pub use recover::Recovery;
 pub use renew::{RenewRequest, check_task_id};
+pub use signals::Receiver;
 
 use live::State;
 
@@ -80,6 +82,8 @@ pub struct Runtime {
     pub alert_key: Option<Arc<AlertKey>>,
     /// The configuration's client registry, indexed.
     clients: clients::ClientIndex,
+    /// Shared Signals transmitters, with their keys and bearer tokens.
+    receivers: signals::Receivers,
     refreshers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -120,6 +124,13 @@ impl Runtime {
         };
         let policy = Policy::new(&config, providers.param_rules());
         let clients = clients::index(&config.clients);
+        let receivers = signals::receivers(config.signals.as_ref()).map_err(|message| {
+            vec![crate::config::ConfigError {
+                path: "transmitter".into(),
+                line: None,
+                message,
+            }]
+        })?;
         Ok(Self {
             config: Arc::new(config),
             verifier,
@@ -128,6 +139,7 @@ impl Runtime {
             loaded_at: SystemTime::now(),
             alert_key: None,
             clients,
+            receivers,
             refreshers: Vec::new(),
         })
     }
@@ -386,6 +398,7 @@ impl Broker {
             tokio::spawn(Arc::clone(self).block_loop()),
             tokio::spawn(Arc::clone(self).alert_loop()),
             tokio::spawn(Arc::clone(self).recheck_loop()),
+            tokio::spawn(Arc::clone(self).poll_loop()),
         ]
     }
 }

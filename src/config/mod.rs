@@ -9,6 +9,7 @@ pub mod gateway;
 mod lines;
 mod raw;
 mod schema;
+pub mod signals;
 mod validate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,6 +35,8 @@ pub struct Config {
     pub audit: AuditConfig,
     pub metrics: Option<MetricsListen>,
     pub abuse: Option<abuse::AbuseConfig>,
+    /// `[signals]` and `[[transmitter]]`: Shared Signals receivers.
+    pub signals: Option<signals::SignalsConfig>,
     /// `[[client]]`: the registered OAuth clients.
     pub clients: Vec<clients::ClientEntry>,
     pub issuers: Vec<IssuerConfig>,
@@ -245,12 +248,33 @@ pub struct Introspection {
     pub recheck_active: Option<Duration>,
 }
 
-/// Where a secret that is not a key (a client secret) is read from.
+/// Where a secret that is not a key (a client secret, a bearer token) is read from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SecretSource {
     File(PathBuf),
     /// A systemd credential name, read from `$CREDENTIALS_DIRECTORY`.
     Credential(String),
+}
+
+impl SecretSource {
+    /// The secret, without a trailing newline; an empty one is refused. The error names the
+    /// file, never its content.
+    pub fn read(&self) -> Result<credbroker_provider_api::SecretValue, String> {
+        let path = match self {
+            Self::File(p) => p.clone(),
+            Self::Credential(name) => std::env::var_os("CREDENTIALS_DIRECTORY")
+                .map(|d| PathBuf::from(d).join(name))
+                .ok_or_else(|| format!("credential {name:?}: $CREDENTIALS_DIRECTORY is not set"))?,
+        };
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+        );
+        let secret = text.trim_end_matches(['\r', '\n']);
+        if secret.is_empty() {
+            return Err(format!("{} is empty", path.display()));
+        }
+        Ok(credbroker_provider_api::SecretValue::new(secret))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -32,6 +32,35 @@ pub(super) struct RawConfig {
     pub(super) providers: Vec<RawProvider>,
     #[serde(default, rename = "client")]
     pub(super) clients: Vec<RawClient>,
+    pub(super) signals: Option<RawSignals>,
+    #[serde(default, rename = "transmitter")]
+    pub(super) transmitters: Vec<RawTransmitter>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSignals {
+    pub(super) listen: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTransmitter {
+    pub(super) name: String,
+    pub(super) issuer: String,
+    pub(super) audience: String,
+    pub(super) jwks_file: Option<PathBuf>,
+    pub(super) jwks_uri: Option<String>,
+    pub(super) algorithms: Option<Vec<String>>,
+    pub(super) push_bearer_file: Option<PathBuf>,
+    pub(super) push_bearer_credential: Option<String>,
+    pub(super) poll_url: Option<String>,
+    pub(super) poll_bearer_file: Option<PathBuf>,
+    pub(super) poll_bearer_credential: Option<String>,
+    pub(super) poll_interval: Option<String>,
+    pub(super) max_age: Option<String>,
+    pub(super) block_for: Option<String>,
+    pub(super) subject_issuer: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

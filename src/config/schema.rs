@@ -184,6 +184,24 @@ const CLIENT: &[Field] = &[
     opt("grants", Kind::StrList),
     opt("status", Kind::Str),
 ];
+const SIGNALS: &[Field] = &[opt("listen", Kind::Str)];
+const TRANSMITTER: &[Field] = &[
+    req("name", Kind::Str),
+    req("issuer", Kind::Str),
+    req("audience", Kind::Str),
+    opt("jwks_file", Kind::Str),
+    opt("jwks_uri", Kind::Str),
+    opt("algorithms", Kind::StrList),
+    opt("push_bearer_file", Kind::Str),
+    opt("push_bearer_credential", Kind::Str),
+    opt("poll_url", Kind::Str),
+    opt("poll_bearer_file", Kind::Str),
+    opt("poll_bearer_credential", Kind::Str),
+    opt("poll_interval", Kind::Str),
+    opt("max_age", Kind::Str),
+    opt("block_for", Kind::Str),
+    opt("subject_issuer", Kind::Str),
+];
 const DETECTOR: &[Field] = &[
     opt("response", Kind::StrList),
     opt("threshold", Kind::Int(1, 1_000_000)),
@@ -219,6 +237,8 @@ pub(super) const ROOT: &[Field] = &[
     opt("grant", Kind::Entries(GRANT)),
     opt("provider", Kind::OpenEntries(PROVIDER)),
     opt("client", Kind::Entries(CLIENT)),
+    opt("signals", Kind::Table(SIGNALS)),
+    opt("transmitter", Kind::Entries(TRANSMITTER)),
 ];
 
 /// A structural problem: the key's path and what is wrong.

@@ -19,6 +19,7 @@ mod entries;
 mod gateway;
 mod issuers;
 mod sections;
+mod signals;
 
 use entries::{grant, providers, workload};
 pub(super) use gateway::parse_gateway;
@@ -234,6 +235,7 @@ pub(super) fn parse(text: &str) -> Checked {
         workloads.push(w);
     }
 
+    let signals = signals::signals(&mut p, raw.signals, raw.transmitters, &issuers);
     let mut clients = Vec::new();
     for raw in raw.clients {
         let path = format!("client.{}", raw.id);
@@ -259,6 +261,7 @@ pub(super) fn parse(text: &str) -> Checked {
             audit,
             metrics,
             abuse,
+            signals,
             clients,
             issuers,
             workloads,

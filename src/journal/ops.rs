@@ -64,6 +64,12 @@ pub enum Op {
         call_id: String,
         first: Option<Box<AuditRecord>>,
     },
+    /// A Security Event Token taken (its jti): a second one with the same jti conflicts.
+    SignalSeen {
+        transmitter: String,
+        jti: String,
+        at_ms: i64,
+    },
     /// A client registry entry, as an operator set it.
     SetClient(Box<super::clients::ClientRow>),
     /// A block placed (see `journal::blocks`).
@@ -258,6 +264,11 @@ fn apply_row(conn: &Connection, op: &Op) -> Result<(), JournalError> {
             params![name, value],
         )?,
         Op::SetClient(c) => super::clients::upsert(conn, c)?,
+        Op::SignalSeen { transmitter, jti, at_ms } => exec(
+            conn,
+            "INSERT INTO signals_seen (transmitter, jti, at_ms) VALUES (?1, ?2, ?3)",
+            params![transmitter, jti, at_ms],
+        )?,
         Op::Block(b) => super::blocks::insert(conn, b)?,
         Op::LiftBlock { id, lifted_ms, lifted_by } => {
             match super::blocks::lift(conn, id, *lifted_ms, lifted_by)? {
@@ -420,6 +431,7 @@ fn name(op: &Op) -> &'static str {
         Op::ClientSeen { .. } => "client seen",
         Op::Block(_) => "block",
         Op::SetClient(_) => "set client",
+        Op::SignalSeen { .. } => "signal seen",
         Op::LiftBlock { .. } => "lift block",
         Op::QueueAlert { .. } => "queue alert",
         Op::AlertAttempt { .. } => "alert attempt",

@@ -169,6 +169,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
         last_error       TEXT
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX alerts_due ON alerts(next_attempt_ms) WHERE delivered_ms IS NULL;
+    -- Security Event Tokens received (Shared Signals), by transmitter and jti: a replay is refused.
+    CREATE TABLE signals_seen (
+        transmitter  TEXT NOT NULL,
+        jti          TEXT NOT NULL,
+        at_ms        INTEGER NOT NULL,
+        PRIMARY KEY (transmitter, jti)
+    ) STRICT, WITHOUT ROWID;
     -- The client registry as operators changed it (`credbroker clients`); it overrides the
     -- configuration's [[client]] entry of the same client.
     CREATE TABLE clients (

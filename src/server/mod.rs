@@ -15,6 +15,7 @@ pub mod listener;
 mod lock;
 mod metrics;
 pub mod peer;
+mod signals;
 pub mod status;
 pub mod systemd;
 
@@ -164,6 +165,14 @@ impl Daemon {
             ),
             None => None,
         };
+        let signals_srv = match cfg.signals.as_ref().and_then(|s| s.listen) {
+            Some(listen) => Some(
+                signals::start(listen, Arc::clone(&broker), stop_rx.clone())
+                    .await
+                    .with_context(|| format!("receiving signals on {listen}"))?,
+            ),
+            None => None,
+        };
         let admin_srv = tokio::spawn(serve_admin(
             Arc::clone(&broker),
             accept::incoming(
@@ -232,7 +241,7 @@ impl Daemon {
         let _ = tokio::time::timeout(Duration::from_secs(10), async {
             let _ = broker_srv.await;
             let _ = admin_srv.await;
-            if let Some(m) = metrics_srv {
+            for m in [metrics_srv, signals_srv].into_iter().flatten() {
                 let _ = m.await;
             }
         })

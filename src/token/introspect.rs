@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 use super::claims::{self, Claims};
 use super::reason::Rejection;
-use crate::config::{Introspection, SecretSource};
+use crate::config::Introspection;
 
 /// Answers cached per issuer; past this the oldest half is dropped.
 const MAX_CACHED: usize = 100_000;
@@ -39,22 +39,6 @@ pub(crate) enum Answer {
     Inactive,
 }
 
-fn read_secret(src: &SecretSource) -> Result<SecretValue, String> {
-    let path = match src {
-        SecretSource::File(p) => p.clone(),
-        SecretSource::Credential(name) => std::env::var_os("CREDENTIALS_DIRECTORY")
-            .map(|d| std::path::PathBuf::from(d).join(name))
-            .ok_or_else(|| format!("credential {name:?}: $CREDENTIALS_DIRECTORY is not set"))?,
-    };
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| format!("introspection secret {}: {e}", path.display()))?;
-    let secret = text.trim_end_matches(['\r', '\n']);
-    if secret.is_empty() {
-        return Err(format!("introspection secret {} is empty", path.display()));
-    }
-    Ok(SecretValue::new(secret))
-}
-
 /// `application/x-www-form-urlencoded` of one value (RFC 6749 Appendix B).
 fn form(v: &str) -> String {
     url::form_urlencoded::byte_serialize(v.as_bytes()).collect()
@@ -66,7 +50,10 @@ impl Introspector {
         cfg: Introspection,
         http: reqwest::Client,
     ) -> Result<Self, String> {
-        let secret = read_secret(&cfg.secret)?;
+        let secret = cfg
+            .secret
+            .read()
+            .map_err(|e| format!("introspection secret: {e}"))?;
         Ok(Self {
             cfg,
             issuer: issuer.to_owned(),

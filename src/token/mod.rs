@@ -16,6 +16,7 @@ mod json;
 mod jws;
 mod keys;
 mod reason;
+pub mod set;
 
 use std::collections::HashMap;
 use std::fmt;

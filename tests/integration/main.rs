@@ -39,6 +39,7 @@ mod quickstart;
 mod rejections;
 mod scopes;
 mod secrets;
+mod signals;
 mod stock_clients;
 #[path = "../support/mod.rs"]
 mod support;

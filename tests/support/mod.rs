@@ -15,6 +15,7 @@ pub mod oidc;
 pub mod openbao;
 pub mod postgres;
 pub mod recorder;
+pub mod ssf;
 pub mod suite;
 pub mod venv;
 pub mod webhook;
