@@ -449,3 +449,52 @@ async fn one_token_from_two_executables_is_a_finding() {
         "{ev}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probing_counted_per_owner_revokes_every_client_of_that_owner() {
+    let auth = AuthServer::start();
+    let d = Daemon::start(|dir| {
+        base_config(
+            dir,
+            &auth.issuer,
+            "[abuse]\n[abuse.scope_probing]\nthreshold = 2\nwindow = \"1m\"\nper = \"owner\"\n\
+             response = [\"revoke-owner\"]\n",
+        )
+        .replace(
+            "\"agent-noscope\" = \"bob@example.com\"",
+            "\"agent-noscope\" = \"bob@example.com\", \"agent-7\" = \"alice@example.com\"",
+        )
+    })
+    .await;
+    // Alice's other agent holds a credential.
+    let other = auth.token("agent-7", POSTGRES, PG_READ).await;
+    let (_, lease) = lease_of(&d, &other).await;
+    // Alice's first agent probes.
+    let prober = auth.token("agent-1", POSTGRES, PG_READ).await;
+    for _ in 0..2 {
+        let e = d.begin(&prober, &["s3-read"]).await.unwrap_err();
+        assert_eq!(reason(&e), "grant_not_allowed");
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the owner's other lease revoked",
+        || async { d.revoked().contains(&lease) },
+    )
+    .await;
+    for t in [&other, &prober] {
+        let e = d.begin(t, &["orders-db-read"]).await.unwrap_err();
+        assert_eq!(
+            reason(&e),
+            "owner_blocked",
+            "every client of the owner is refused"
+        );
+    }
+    let audit = d.audit();
+    let block = &events(&audit, "block_added")[0];
+    assert_eq!(block["detail"]["kind"], "owner");
+    assert_eq!(block["owner"], OWNER);
+    assert!(
+        block["issuer"].is_null(),
+        "an owner is blocked at every issuer"
+    );
+}
