@@ -35,6 +35,40 @@ fn signals_config(d: &std::path::Path, port: u16, tx: &Transmitter) -> String {
 /// (status, RFC 8935 `err`).
 type Case<'a> = (&'a str, String, Option<&'a str>, &'a str, u16, &'a str);
 
+struct Setup {
+    auth: AuthServer,
+    tx: Transmitter,
+    port: u16,
+    d: Daemon,
+    token: String,
+    /// A live task's lease, of the subject the SETs name.
+    lease: String,
+}
+
+/// The daemon with the transmitter, and a task of `agent-1` holding one lease.
+async fn setup() -> Setup {
+    let auth = AuthServer::start();
+    let tx = Transmitter::start().await;
+    let port = free_port();
+    let d =
+        Daemon::start(|dir| base_config(dir, &auth.issuer, &signals_config(dir, port, &tx))).await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let begun = d
+        .begin(&token, &["orders-db-read"])
+        .await
+        .expect("begin")
+        .into_inner();
+    let lease = begun.credentials[0].lease_id.clone();
+    Setup {
+        auth,
+        tx,
+        port,
+        d,
+        token,
+        lease,
+    }
+}
+
 fn records(d: &Daemon, event: &str) -> Vec<Value> {
     d.audit()
         .into_iter()
@@ -95,18 +129,14 @@ async fn a_pushed_session_revoked_ends_the_subjects_tasks_at_openbao_and_blocks_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_kind_of_bad_set_is_refused_with_its_error_and_changes_nothing() {
-    let auth = AuthServer::start();
-    let tx = Transmitter::start().await;
-    let port = free_port();
-    let d =
-        Daemon::start(|dir| base_config(dir, &auth.issuer, &signals_config(dir, port, &tx))).await;
-    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
-    let begun = d
-        .begin(&token, &["orders-db-read"])
-        .await
-        .expect("begin")
-        .into_inner();
-    let lease = begun.credentials[0].lease_id.clone();
+    let Setup {
+        auth,
+        tx,
+        port,
+        d,
+        token,
+        lease,
+    } = setup().await;
     let url = format!("http://127.0.0.1:{port}/ssf/idp");
     let ctype = "application/secevent+jwt";
     let good = |jti: &str| tx.session_revoked(&auth.issuer, "agent-1", jti);
@@ -268,18 +298,14 @@ async fn each_kind_of_bad_set_is_refused_with_its_error_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_polled_session_revoked_ends_the_subjects_tasks_and_bad_ones_are_reported_back() {
-    let auth = AuthServer::start();
-    let tx = Transmitter::start().await;
-    let port = free_port();
-    let d =
-        Daemon::start(|dir| base_config(dir, &auth.issuer, &signals_config(dir, port, &tx))).await;
-    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
-    let begun = d
-        .begin(&token, &["orders-db-read"])
-        .await
-        .expect("begin")
-        .into_inner();
-    let lease = begun.credentials[0].lease_id.clone();
+    let Setup {
+        auth,
+        tx,
+        port,
+        d,
+        token,
+        lease,
+    } = setup().await;
 
     let mut bad = tx.session_revoked(&auth.issuer, "agent-1", "p-bad");
     bad["aud"] = json!("https://someone-else.example");
