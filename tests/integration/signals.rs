@@ -134,7 +134,7 @@ async fn each_kind_of_bad_set_is_refused_with_its_error_and_changes_nothing() {
         tx,
         port,
         d,
-        token,
+        token: _,
         lease,
     } = setup().await;
     let url = format!("http://127.0.0.1:{port}/ssf/idp");
@@ -301,7 +301,7 @@ async fn a_polled_session_revoked_ends_the_subjects_tasks_and_bad_ones_are_repor
     let Setup {
         auth,
         tx,
-        port,
+        port: _,
         d,
         token,
         lease,
