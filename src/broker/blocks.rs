@@ -119,15 +119,26 @@ impl Index {
     }
 
     fn remove(&self, id: &str) {
+        self.drop_where(|b| b.id == id);
+    }
+
+    fn drop_where(&self, gone: impl Fn(&BlockRow) -> bool) {
         if let Ok(mut m) = self.by_value.write() {
             let mut removed = 0;
             m.retain(|_, v| {
                 let before = v.len();
-                v.retain(|b| b.id != id);
+                v.retain(|b| !gone(b));
                 removed += before - v.len();
                 !v.is_empty()
             });
             self.count.fetch_sub(removed, Ordering::Release);
+        }
+    }
+
+    /// Drops blocks that have lapsed, so an index of old blocks costs nothing again.
+    pub(super) fn prune(&self, now_ms: i64) {
+        if self.count.load(Ordering::Acquire) > 0 {
+            self.drop_where(|b| !b.in_force(now_ms));
         }
     }
 

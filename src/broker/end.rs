@@ -250,6 +250,7 @@ impl Broker {
             if purged.elapsed() > Duration::from_secs(60) {
                 self.intern.purge();
                 self.detectors.prune(to_ms(self.clock.now()));
+                self.blocks.prune(to_ms(self.clock.now()));
                 purged = std::time::Instant::now();
             }
             if flushed.elapsed() > Duration::from_secs(1) {
