@@ -19,6 +19,8 @@ use crate::record::{Reason, reason};
 const MAX_TOKENS: usize = 1_000_000;
 /// Keys counted by one counting detector.
 const MAX_KEYS: usize = 100_000;
+/// Networks remembered per client; a client seen from more is not watched for new ones.
+const MAX_NETWORKS: usize = 64;
 /// After firing for a key, a detector stays quiet for this long (or its window): one finding
 /// per burst, while `deny` still refuses every request of it.
 const QUIET_MS: i64 = 60_000;
@@ -99,6 +101,8 @@ struct Counters {
     seen: HashMap<(String, String, &'static str), (String, i64)>,
     probing: HashMap<String, VecDeque<i64>>,
     rate: HashMap<String, VecDeque<i64>>,
+    /// (issuer client) → the networks its gateway calls came from (at most `MAX_NETWORKS`).
+    networks: HashMap<String, Vec<String>>,
     /// (detector, key) → quiet until (ms).
     quiet: HashMap<(&'static str, String), i64>,
     warned_full: bool,
@@ -141,6 +145,28 @@ fn count(
     }
     let n = q.len();
     (n >= c.threshold as usize).then_some(n)
+}
+
+/// Records `net` for the client; the networks it was seen from before, when `net` is new to a
+/// client already seen from others.
+fn new_network(
+    map: &mut HashMap<String, Vec<String>>,
+    who: &Who,
+    net: &str,
+) -> Option<Vec<String>> {
+    let k = format!("{} {}", who.issuer, who.client_id);
+    if map.len() >= MAX_KEYS && !map.contains_key(&k) {
+        return None;
+    }
+    let known = map.entry(k).or_default();
+    if known.iter().any(|n| n == net) {
+        return None;
+    }
+    let before = known.clone();
+    if known.len() < MAX_NETWORKS {
+        known.push(net.to_owned());
+    }
+    (!before.is_empty() && before.len() < MAX_NETWORKS).then_some(before)
 }
 
 impl Counters {
@@ -236,6 +262,24 @@ impl Detectors {
                                 .insert(k, (origin.text().to_owned(), who.token_exp_ms));
                         }
                     }
+                }
+                if let (Some(d), Origin::Network(net)) = (&cfg.token_reuse, origin)
+                    && d.new_network
+                    && let Some(known) = new_network(&mut c.networks, who, net)
+                {
+                    fire(
+                        &mut c,
+                        "token_reuse",
+                        &d.responses,
+                        format!("network {} {} {net}", who.issuer, who.client_id),
+                        0,
+                        json!({
+                            "origin": "network",
+                            "client_networks": known,
+                            "now_seen_from": net,
+                            "why": "the client was never seen from this network",
+                        }),
+                    );
                 }
                 if let Some(d) = cfg.rate.as_ref().filter(|_| *counted) {
                     let k = key(d.per, who);

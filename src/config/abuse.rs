@@ -76,6 +76,9 @@ impl Per {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Simple {
     pub responses: Vec<Response>,
+    /// `token_reuse` only: at the gateway, also a client's call from a network (/24, /48) it
+    /// was never seen from since the daemon started (its first network is trusted).
+    pub new_network: bool,
 }
 
 /// A detector that fires when `threshold` events of one `per` fall within `window`.

@@ -290,4 +290,5 @@ pub(super) struct RawDetector {
     pub(super) threshold: Option<u32>,
     pub(super) window: Option<String>,
     pub(super) per: Option<String>,
+    pub(super) new_network: Option<bool>,
 }

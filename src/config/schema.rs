@@ -207,6 +207,7 @@ const DETECTOR: &[Field] = &[
     opt("threshold", Kind::Int(1, 1_000_000)),
     opt("window", Kind::Str),
     opt("per", Kind::Str),
+    opt("new_network", Kind::Bool),
 ];
 const ABUSE: &[Field] = &[
     opt("block_for", Kind::Str),

@@ -229,3 +229,107 @@ fn registry_entries_are_checked() {
     assert_eq!(c.clients.len(), 1);
     assert_eq!(c.clients[0].status, clients::ClientStatus::Active);
 }
+
+#[test]
+fn abuse_settings_are_checked_each_with_its_path() {
+    let text = format!(
+        "{BASE}\n[abuse]\nblock_for = \"10s\"\nwebhook_url = \"http://siem.example.com/hook\"\n\
+         webhook_secret_file = \"/etc/credbroker/hook.key\"\n\
+         [abuse.wrong_audience]\nresponse = [\"log\", \"log\", \"shout\"]\n\
+         [abuse.token_reuse]\nresponse = []\nthreshold = 3\n\
+         [abuse.scope_probing]\nresponse = [\"deny\"]\nper = \"tenant\"\n\
+         [abuse.rate]\nthreshold = 10\nwindow = \"0s\"\nnew_network = true\nresponse = [\"alert\"]\n"
+    );
+    let e = errors(&text);
+    let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+    for p in [
+        "abuse.block_for",
+        "abuse.webhook_url",
+        "abuse.wrong_audience.response",
+        "abuse.token_reuse.response",
+        "abuse.token_reuse.threshold",
+        "abuse.scope_probing.per",
+        "abuse.scope_probing.threshold",
+        "abuse.rate.window",
+        "abuse.rate.new_network",
+    ] {
+        assert!(paths.contains(&p), "{p}: {e:?}");
+    }
+    // An alert needs a webhook, and a webhook a secret.
+    let e = errors(&format!(
+        "{BASE}\n[abuse]\n[abuse.blocked_reuse]\nresponse = [\"alert\"]\n"
+    ));
+    assert!(e.iter().any(|e| e.path == "abuse.webhook_url"), "{e:?}");
+    let e = errors(&format!(
+        "{BASE}\n[abuse]\nwebhook_url = \"https://siem.example.com/hook\"\n"
+    ));
+    assert!(e.iter().any(|e| e.message.contains("signed")), "{e:?}");
+    let good = format!(
+        "{BASE}\n[abuse]\nwebhook_url = \"https://siem.example.com/hook\"\n\
+         webhook_secret_credential = \"hook\"\n[abuse.token_reuse]\nnew_network = true\n\
+         response = [\"revoke-token\", \"alert\"]\n"
+    );
+    let c = parse(&good).unwrap_or_else(|e| panic!("{e:?}"));
+    let a = c.abuse.unwrap_or_else(|| panic!("[abuse] is parsed"));
+    assert!(a.token_reuse.is_some_and(|t| t.new_network));
+}
+
+#[test]
+fn at_most_one_issuer_introspects_and_its_settings_are_checked() {
+    let two = format!(
+        "{BASE}\n[[issuer]]\nurl = \"https://other.example.com\"\nintrospect = \"opaque\"\n\
+         introspection_client_id = \"cb\"\nintrospection_secret_credential = \"s\"\n"
+    )
+    .replacen(
+        "url = \"https://auth.example.com\"\n",
+        "url = \"https://auth.example.com\"\nintrospect = \"always\"\n\
+         introspection_client_id = \"cb\"\nintrospection_secret_credential = \"s\"\n",
+        1,
+    );
+    let e = errors(&two);
+    assert!(e.iter().any(|e| e.message.contains("at most one")), "{e:?}");
+    let bad = BASE.replacen(
+        "url = \"https://auth.example.com\"\n",
+        "url = \"https://auth.example.com\"\nintrospect = \"sometimes\"\nrecheck_active = \"1m\"\n",
+        1,
+    );
+    let e = errors(&bad);
+    assert!(e.iter().any(|e| e.path.ends_with(".introspect")), "{e:?}");
+    assert!(
+        e.iter().any(|e| e.path.ends_with(".recheck_active")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn signals_settings_are_checked() {
+    let text = format!(
+        "{BASE}\n[signals]\nlisten = \"0.0.0.0:8471\"\n[[transmitter]]\nname = \"idp\"\n\
+         issuer = \"https://ssf.example.com\"\naudience = \"https://cb.example.com\"\n\
+         push_bearer_credential = \"p\"\npoll_url = \"https://ssf.example.com/poll\"\n\
+         block_for = \"90d\"\n"
+    );
+    let e = errors(&text);
+    let paths: Vec<&str> = e.iter().map(|e| e.path.as_str()).collect();
+    for p in [
+        "signals.listen",
+        "transmitter.idp",
+        "transmitter.idp.block_for",
+    ] {
+        assert!(paths.contains(&p), "{p}: {e:?}");
+    }
+    assert!(
+        e.iter()
+            .any(|e| e.message.contains("jwks_file or jwks_uri")),
+        "{e:?}"
+    );
+    assert!(e.iter().any(|e| e.message.contains("go together")), "{e:?}");
+    let good = format!(
+        "{BASE}\n[signals]\nlisten = \"127.0.0.1:8471\"\n[[transmitter]]\nname = \"idp\"\n\
+         issuer = \"https://ssf.example.com\"\naudience = \"https://cb.example.com\"\n\
+         jwks_uri = \"https://ssf.example.com/jwks\"\npush_bearer_credential = \"p\"\n"
+    );
+    let c = parse(&good).unwrap_or_else(|e| panic!("{e:?}"));
+    let s = c.signals.unwrap_or_else(|| panic!("[signals] is parsed"));
+    assert_eq!(s.transmitters[0].subject_issuer, "https://auth.example.com");
+}

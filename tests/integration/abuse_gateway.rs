@@ -204,3 +204,25 @@ fn hex(s: &str) -> Vec<u8> {
         .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).expect("hex"))
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_calling_from_a_network_it_was_never_seen_from_is_a_finding() {
+    let e = edge("[abuse.token_reuse]\nnew_network = true\nresponse = [\"revoke-token\"]\n").await;
+    let home = e.auth.token("agent-1", POSTGRES, PG_READ).await;
+    assert_eq!(e.call(HOME, &home, "query").await.0, 200);
+    // Another token of the same client, from elsewhere: no jti was reused, but the client was
+    // never seen from that network.
+    let roaming = e.auth.token("agent-1", POSTGRES, PG_READ).await;
+    let (status, body) = e.call(ELSEWHERE, &roaming, "query").await;
+    assert_eq!(
+        (status, &body["error"]["data"]["reason"]),
+        (403, &json!("token_blocked"))
+    );
+    // The token that stayed home is not affected.
+    assert_eq!(e.call(HOME, &home, "query").await.0, 200);
+    let found = e.records("abuse_detected");
+    assert_eq!(found.len(), 1, "{found:?}");
+    let ev = &found[0]["detail"]["evidence"];
+    assert_eq!(ev["client_networks"], json!(["127.0.0.0/24"]));
+    assert_eq!(ev["now_seen_from"], "127.0.1.0/24");
+}

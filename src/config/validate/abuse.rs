@@ -46,8 +46,15 @@ fn simple(p: &mut Problems, name: &str, raw: Option<RawDetector>) -> Option<Simp
             );
         }
     }
+    if raw.new_network.is_some() && name != "token_reuse" {
+        p.at(
+            format!("{path}.new_network"),
+            "only token_reuse watches networks",
+        );
+    }
     Some(Simple {
         responses: responses(p, &format!("{path}.response"), &raw.response),
+        new_network: raw.new_network.unwrap_or(false),
     })
 }
 
@@ -66,6 +73,12 @@ fn counting(
             default_per
         }),
     };
+    if raw.new_network.is_some() {
+        p.at(
+            format!("{path}.new_network"),
+            "only token_reuse watches networks",
+        );
+    }
     let Some(threshold) = raw.threshold else {
         p.at(format!("{path}.threshold"), "is required");
         return None;
