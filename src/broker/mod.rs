@@ -12,7 +12,9 @@
 mod abuse;
 mod alerts;
 mod begin;
+mod block_ends;
 mod blocks;
+mod call_checks;
 mod calls;
 mod clients;
 mod end;
