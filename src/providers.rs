@@ -25,6 +25,7 @@ impl Registry {
             .with(Arc::new(credbroker_provider_vault::VaultFactory))
             .with(Arc::new(credbroker_provider_aws::AwsFactory))
             .with(Arc::new(credbroker_provider_github::GithubFactory))
+            .with(Arc::new(credbroker_provider_oauth::OauthFactory))
     }
 
     pub fn with(mut self, factory: Arc<dyn ProviderFactory>) -> Self {

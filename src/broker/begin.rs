@@ -126,15 +126,10 @@ impl Broker {
         let verified = self
             .authenticate(&rt, workload, peer, req.token.expose(), now)
             .await?;
-        // Kept only for `recheck_active` (see `broker::recheck`), else dropped now.
+        // Kept while issuing (a token-exchange provider sends it to its issuer), then only for
+        // `recheck_active` (see `broker::recheck`), else dropped.
         let recheck = rt.verifier.recheck_period(&verified.claims.issuer);
-        let held = match recheck {
-            Some(_) => Some(req.token),
-            None => {
-                drop(req.token);
-                None
-            }
-        };
+        let token = req.token;
         let names: Vec<&str> = req.grants.iter().map(|g| g.name.as_str()).collect();
         self.check_client(&rt, &workload.name, peer, &verified, &names, now)
             .await?;
@@ -223,7 +218,14 @@ impl Broker {
                 now,
             },
         )?;
-        let begun = self.open_and_issue(&rt, plan, now).await;
+        let begun = self.open_and_issue(&rt, plan, now, Some(&token)).await;
+        let held = match recheck {
+            Some(_) => Some(token),
+            None => {
+                drop(token);
+                None
+            }
+        };
         let begun = match (begun, &who) {
             (Ok(b), Some(who)) => self.unless_blocked_meanwhile(b, who).await,
             (begun, _) => begun,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use credbroker_provider_api::{
-    ErrorKind as PKind, IssueRequest, Issued, ProviderError, RevocationHandle, Role,
+    ErrorKind as PKind, IssueRequest, Issued, ProviderError, RevocationHandle, Role, SecretValue,
 };
 use futures_util::future::join_all;
 
@@ -54,6 +54,7 @@ impl Broker {
         rt: &Runtime,
         plan: Plan,
         now: SystemTime,
+        subject: Option<&SecretValue>,
     ) -> Result<Begun, BrokerError> {
         let Plan {
             task,
@@ -97,7 +98,7 @@ impl Broker {
             .collect();
         if !scopes.is_empty() {
             let outcomes = self
-                .issue_rows(rt, &task, &scopes, &instances, &handles, now)
+                .issue_rows(rt, &task, &scopes, &instances, &handles, now, None)
                 .await;
             let done = self.clock.now();
             if outcomes.values().any(Result::is_err) {
@@ -136,7 +137,7 @@ impl Broker {
             .cloned()
             .collect();
         let outcomes = self
-            .issue_rows(rt, &task, &creds, &instances, &handles, now)
+            .issue_rows(rt, &task, &creds, &instances, &handles, now, subject)
             .await;
         let done = self.clock.now();
         if outcomes.values().any(Result::is_err) {
@@ -152,7 +153,9 @@ impl Broker {
         Ok(())
     }
 
-    /// Issues `rows` concurrently, each within its provider's limit and timeout.
+    /// Issues `rows` concurrently, each within its provider's limit and timeout. The caller's
+    /// token (`subject`) reaches only providers that exchange it.
+    #[allow(clippy::too_many_arguments)]
     async fn issue_rows(
         &self,
         rt: &Runtime,
@@ -161,6 +164,7 @@ impl Broker {
         instances: &HashMap<String, Arc<Instance>>,
         handles: &HashMap<Text, RevocationHandle>,
         now: SystemTime,
+        subject: Option<&SecretValue>,
     ) -> Outcomes {
         let ctx = context(task);
         let timeout = rt.config.broker.provider_timeout;
@@ -179,6 +183,7 @@ impl Broker {
                     params: &lease.params,
                     expires_at: from_ms(lease.wanted_exp_ms),
                     now,
+                    subject_token: subject.filter(|_| instance.provider.exchanges_caller_token()),
                 };
                 let started = std::time::Instant::now();
                 let result = instance.call(timeout, instance.provider.issue(&req)).await;

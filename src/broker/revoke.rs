@@ -126,6 +126,7 @@ impl Broker {
                 params: &lease.params,
                 expires_at: from_ms(lease.wanted_exp_ms),
                 now,
+                subject_token: None,
             };
             return match instance
                 .call(rt_timeout, instance.provider.reconcile(&req, now))

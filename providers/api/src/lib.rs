@@ -112,6 +112,14 @@ pub trait Provider: Send + Sync + 'static {
         false
     }
 
+    /// Whether this provider needs the caller's access token to issue (an OAuth token exchange
+    /// sends it to the authorization server that issued it). The broker hands the token only
+    /// to providers that say so, in [`IssueRequest::subject_token`]; no other provider ever
+    /// sees it, so a Vault or AWS provider cannot pass it on.
+    fn exchanges_caller_token(&self) -> bool {
+        false
+    }
+
     /// What the broker must know about grant parameters: which a request may narrow and how
     /// ([`Narrowing`]), and which the backend compares without case. A parameter not listed
     /// cannot be narrowed and is case-sensitive.

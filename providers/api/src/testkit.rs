@@ -44,6 +44,12 @@ pub trait Backend: Send + Sync {
     /// OpenBao lease: 204 for any id; an AWS deny entry already written).
     fn second_revoke(&self) -> Revoked;
 
+    /// The caller's access token, for a provider that exchanges it
+    /// ([`Provider::exchanges_caller_token`]).
+    fn subject_token(&self) -> Option<SecretValue> {
+        None
+    }
+
     /// How long to ask credentials to live.
     fn ttl(&self) -> Duration {
         Duration::from_secs(600)
@@ -155,6 +161,7 @@ impl Suite<'_> {
                 params: &empty,
                 expires_at,
                 now,
+                subject_token: None,
             };
             match self.provider.issue(&req).await {
                 Ok(i) => Some((id, i)),
@@ -167,6 +174,7 @@ impl Suite<'_> {
             None
         };
         let lease_id = self.lease_id("cred");
+        let subject = self.backend.subject_token();
         let req = IssueRequest {
             lease_id: &lease_id,
             role: Role::Credential,
@@ -176,6 +184,7 @@ impl Suite<'_> {
             params: &params,
             expires_at,
             now,
+            subject_token: subject.as_ref(),
         };
         match self.provider.issue(&req).await {
             Ok(issued) => Some(Held {
@@ -312,6 +321,7 @@ impl Suite<'_> {
             params: &held.params,
             expires_at: now + self.backend.ttl(),
             now,
+            subject_token: None,
         };
         match self.provider.reconcile(&req, now).await {
             Ok(Reconciled::Revoked | Reconciled::CutOff { .. }) => {
@@ -372,6 +382,7 @@ impl Suite<'_> {
             params: &bad,
             expires_at: now + self.backend.ttl(),
             now,
+            subject_token: None,
         };
         match self.provider.issue(&req).await {
             Ok(_) => self.fail(check, "issue accepted parameters of the wrong shape"),

@@ -48,6 +48,10 @@ pub struct IssueRequest<'a> {
     /// issue for longer and must say so in [`Issued::expires_at`].
     pub expires_at: SystemTime,
     pub now: SystemTime,
+    /// The caller's access token, for a provider that exchanges it at its issuer
+    /// ([`Provider::exchanges_caller_token`](crate::Provider::exchanges_caller_token)); `None`
+    /// for every other provider, for a scope, and in `reconcile` (the token is never journaled).
+    pub subject_token: Option<&'a SecretValue>,
 }
 
 /// What `issue` returns.

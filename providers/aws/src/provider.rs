@@ -357,6 +357,7 @@ impl Provider for AwsProvider {
                 params,
                 expires_at: SystemTime::now(),
                 now: SystemTime::now(),
+                subject_token: None,
             };
             if let Err(e) = self.assume(&req, &dry, MIN_DURATION).await {
                 problems.push(format!("grant {name}: {e}"));
