@@ -360,3 +360,77 @@ async fn the_github_provider_conforms_against_the_stand_in() {
     };
     conforms(&backend).await;
 }
+
+// --- OAuth (oidc-provider) ---------------------------------------------------------------
+
+struct OauthBackend {
+    provider: Arc<dyn Provider>,
+    servers: crate::oauth_setup::Servers,
+    subject: String,
+}
+
+#[async_trait::async_trait]
+impl Backend for OauthBackend {
+    fn provider(&self) -> Arc<dyn Provider> {
+        Arc::clone(&self.provider)
+    }
+    fn grant(&self) -> (String, Params) {
+        let p = json!({
+            "mode": "token-exchange",
+            "resource": crate::oauth_setup::CRM,
+            "scope": ["crm.read"],
+        });
+        ("crm".into(), params(p))
+    }
+    fn subject_token(&self) -> Option<credbroker_provider_api::SecretValue> {
+        Some(credbroker_provider_api::SecretValue::new(
+            self.subject.as_str(),
+        ))
+    }
+    /// The AS's own introspection (RFC 7662), as the downstream API would ask it.
+    async fn honoured(&self, issued: &Issued) -> Result<bool, String> {
+        let token = issued
+            .credential
+            .secret
+            .get("access_token")
+            .ok_or("no access_token")?;
+        let seen = self.servers.idp.introspect("agent-1", token.expose()).await;
+        seen["active"]
+            .as_bool()
+            .ok_or_else(|| format!("introspection: {seen}"))
+    }
+    /// Introspection finds a revoked token inactive, so nothing is sent to revoke it again.
+    fn second_revoke(&self) -> Revoked {
+        Revoked::AlreadyGone
+    }
+    fn ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(240)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_oauth_provider_conforms_against_oidc_provider() {
+    let servers = crate::oauth_setup::Servers::start();
+    let subject = servers.carol().await;
+    let creds = tempfile::tempdir().expect("a temp dir for conformance oauth credentials");
+    let key = std::fs::read(crate::support::oidc::client_key_pem()).expect("the client key reads");
+    crate::support::write_secret(creds.path().join("client-key"), key).expect("the key is written");
+    let env = vars(&[("CREDENTIALS_DIRECTORY", creds.path().display().to_string())]);
+    let settings = json!({
+        "issuer": servers.idp.issuer,
+        "client_id": "credbroker",
+        "client_auth": "private_key_jwt",
+        "private_key_credential": "client-key",
+        "private_key_id": crate::support::oidc::CLIENT_KEY_KID,
+        // The suite's tasks name a made-up issuer; the subject token is the IdP's own.
+        "subject_issuers": [servers.idp.issuer, "https://as.conformance.test"],
+        "max_token_lifetime": "10m",
+        "timeout": "5s",
+    });
+    let backend = OauthBackend {
+        provider: build(&credbroker_provider_oauth::OauthFactory, settings, &env),
+        servers,
+        subject,
+    };
+    conforms(&backend).await;
+}

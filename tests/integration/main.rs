@@ -32,6 +32,8 @@ mod introspection;
 mod keys;
 mod lifecycle;
 mod mcp_security;
+mod oauth;
+mod oauth_setup;
 mod operations;
 mod package;
 mod probe;

@@ -76,6 +76,19 @@ pub struct Options {
     pub opaque_resources: Vec<String>,
     /// The authorization-code flow (off when `None`).
     pub authorization_code: Option<AuthorizationCode>,
+    /// Raw client entries appended to the config's `clients` (see tests/support/oidc/README.md):
+    /// `token_endpoint_auth_method` (`private_key_jwt` with `jwks`, `client_secret_post`),
+    /// `grant_types`, `exchange: true`, `jwks` for actor tokens, ...
+    pub extra_clients: Vec<Value>,
+    /// Issuers whose ID-JAGs this server redeems (RFC 7523 JWT bearer grant); each one's
+    /// `jwks_uri` is `<issuer>/jwks`.
+    pub trusted_idps: Vec<String>,
+    /// ID-JAG issuance: `{"<resource AS issuer>": {"<client_id here>": "<client_id there>"}}`
+    /// (`Value::Null`: none).
+    pub id_jag: Value,
+    /// Resources with an explicit spec, e.g.
+    /// `{"alg":"ES256","ttl":300,"scope":"crm.read crm.write crm.admin","format":"opaque"}`.
+    pub resource_specs: Vec<(String, Value)>,
 }
 
 /// The authorization-code flow: PKCE, resource indicators and a headless login, in which
@@ -120,6 +133,10 @@ impl Default for Options {
             resources: Vec::new(),
             opaque_resources: Vec::new(),
             authorization_code: None,
+            extra_clients: Vec::new(),
+            trusted_idps: Vec::new(),
+            id_jag: Value::Null,
+            resource_specs: Vec::new(),
         }
     }
 }
@@ -177,16 +194,30 @@ impl AuthServer {
         for r in &opts.opaque_resources {
             resources[r] = json!({ "alg": "ES256", "ttl": ttl, "scope": all, "format": "opaque" });
         }
+        for (r, spec) in &opts.resource_specs {
+            resources[r] = spec.clone();
+        }
         let mut clients: Vec<Value> = clients.iter().map(|c| json!({
             "client_id": c.id, "client_secret": secret(c.id), "scope": c.scope, "extra_claims": c.extra,
             "may_act_for": c.may_act_for,
         })).collect();
+        clients.extend(opts.extra_clients.iter().cloned());
         let mut config = json!({
             "issuer": issuer,
             "keys": keys,
             "metadata": metadata,
             "resources": resources,
         });
+        if !opts.trusted_idps.is_empty() {
+            config["trusted_idps"] = opts
+                .trusted_idps
+                .iter()
+                .map(|i| json!({ "issuer": i, "jwks_uri": format!("{i}/jwks") }))
+                .collect();
+        }
+        if !opts.id_jag.is_null() {
+            config["id_jag"] = opts.id_jag.clone();
+        }
         let mut command = Command::new("node");
         if let Some(code) = &opts.authorization_code {
             config["authorization_code"] = json!({
@@ -325,6 +356,49 @@ impl AuthServer {
             .expect("/test/log is JSON")
     }
 
+    /// RFC 7662 introspection as `client` (client_secret_basic with `secret(client)`): the JSON
+    /// answer (`{"active": false}` for an unknown, expired or revoked token).
+    pub async fn introspect(&self, client: &str, token: &str) -> Value {
+        let resp = self
+            .http
+            .post(format!("{}/token/introspection", self.issuer))
+            .basic_auth(client, Some(secret(client)))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("introspection request: {e}"));
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or_default();
+        assert!(status.is_success(), "introspection failed: {status} {body}");
+        body
+    }
+
+    /// `POST /token` from now on: `ok`, `fail-500` (500 server_error), `fail-503`
+    /// (503 temporarily_unavailable) or `hang` (never answers).
+    pub async fn token_mode(&self, mode: &str) {
+        self.fail_mode("token-mode", mode).await;
+    }
+
+    /// `POST /token/revocation` from now on: `ok`, `fail-500`, `fail-503` or `hang`.
+    pub async fn revocation_mode(&self, mode: &str) {
+        self.fail_mode("revocation-mode", mode).await;
+    }
+
+    async fn fail_mode(&self, switch: &str, mode: &str) {
+        let resp = self
+            .http
+            .post(format!("{}/test/{switch}", self.issuer))
+            .body(mode.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("the {switch} switch should reach the auth server: {e}"));
+        assert!(
+            resp.status().is_success(),
+            "{switch} {mode}: {}",
+            resp.status()
+        );
+    }
+
     /// Makes the JWKS endpoint fail (503) or work again.
     pub async fn jwks_ok(&self, ok: bool) {
         let resp = self
@@ -347,4 +421,49 @@ impl Drop for AuthServer {
 
 pub fn secret(client: &str) -> String {
     format!("secret-for-{client}")
+}
+
+/// The kid of the client key that signs `private_key_jwt` assertions (ES256).
+pub const CLIENT_KEY_KID: &str = "es256-credbroker-1";
+/// The kid of the client key that signs actor tokens (EdDSA, Ed25519).
+pub const ACTOR_KEY_KID: &str = "eddsa-credbroker-1";
+
+fn client_keys_dir() -> PathBuf {
+    repo().join("tests/fixtures/client-keys")
+}
+
+/// A client's ES256 private key (PKCS#8 PEM, kid [`CLIENT_KEY_KID`]), for `private_key_jwt`.
+pub fn client_key_pem() -> PathBuf {
+    client_keys_dir().join(format!("{CLIENT_KEY_KID}.pem"))
+}
+
+/// The same client's Ed25519 private key (PKCS#8 PEM, kid [`ACTOR_KEY_KID`]), for actor tokens.
+pub fn actor_key_pem() -> PathBuf {
+    client_keys_dir().join(format!("{ACTOR_KEY_KID}.pem"))
+}
+
+/// The public JWKS of the client keys (ES256, EdDSA and a spare RS256 one): the `jwks` of a
+/// `private_key_jwt` client, which also verifies its actor tokens.
+pub fn client_public_jwks() -> Value {
+    let path = client_keys_dir().join("keys.json");
+    let private: Value = serde_json::from_str(
+        &std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display())),
+    )
+    .unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
+    let keys: Vec<Value> = private["keys"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|mut k| {
+            if let Some(o) = k.as_object_mut() {
+                for m in ["d", "p", "q", "dp", "dq", "qi"] {
+                    o.remove(m);
+                }
+            }
+            k
+        })
+        .collect();
+    json!({ "keys": keys })
 }
