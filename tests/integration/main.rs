@@ -33,6 +33,7 @@ mod keys;
 mod lifecycle;
 mod mcp_security;
 mod oauth;
+mod oauth_ops;
 mod oauth_setup;
 mod operations;
 mod package;

@@ -258,6 +258,9 @@ impl Provider for TestProvider {
             "expires_at": unix(expires_at),
             "secret_sha256": sha256_hex(secret.expose()),
             "scope": req.scope.map(|s| s.reference.clone()),
+            // Whether the broker handed this provider the caller's token (it must not: only
+            // providers that exchange it get it).
+            "subject_token": req.subject_token.is_some(),
         });
         Self::write(&self.issued(req.lease_id), &record)?;
         self.delay("slow-answer-ms").await;

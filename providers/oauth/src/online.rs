@@ -77,7 +77,6 @@ pub(crate) fn explain(p: &OauthProvider, grants: &[(&str, &Params)]) -> Vec<Stri
 
 pub(crate) async fn check(p: &OauthProvider, grants: &[(&str, &Params)]) -> Vec<String> {
     let mut problems = Vec::new();
-    let mut checked: Vec<(Which, &'static str)> = Vec::new();
     for (name, params) in grants {
         let g = match p.grant(params) {
             Ok(g) => g,
@@ -92,10 +91,6 @@ pub(crate) async fn check(p: &OauthProvider, grants: &[(&str, &Params)]) -> Vec<
         }
         for at in servers {
             let gt = grant_type(g.mode, at);
-            if checked.contains(&(at, gt)) && g.mode != Mode::ClientCredentials {
-                continue;
-            }
-            checked.push((at, gt));
             let c = p.client(at);
             if let Err(e) = one(p, c, at, &g, gt).await {
                 problems.push(format!("grant {name}: {}: {e}", c.server.issuer));
