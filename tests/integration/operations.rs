@@ -366,6 +366,10 @@ fn check_config_explains_what_the_example_roles_need() {
         std::fs::Permissions::from_mode(0o600),
     )
     .expect("the copied app key should be made private");
+    let auth_key = std::fs::read(crate::support::oidc::client_key_pem())
+        .expect("the oauth client key should read");
+    crate::support::write_secret(creds.path().join("auth-client-key"), auth_key)
+        .expect("the oauth client key credential should be written");
     let out = std::process::Command::new(crate::support::daemon::testd())
         .args(["check-config", "--config"])
         .arg(repo().join("config/credbroker.toml"))
@@ -385,7 +389,8 @@ fn check_config_explains_what_the_example_roles_need() {
     assert!(
         stdout.contains("sts:SetSourceIdentity")
             && stdout.contains("iam:PutRolePolicy")
-            && stdout.contains("hold the permissions contents: write, issues: write"),
+            && stdout.contains("hold the permissions contents: write, issues: write")
+            && stdout.contains("must be allowed RFC 8693 token exchange"),
         "{stdout}"
     );
 }
