@@ -362,6 +362,11 @@ async fn no_token_actor_token_or_client_secret_reaches_the_log_at_trace_level() 
         log.contains("TRACE") && log.lines().count() > 100,
         "trace logging is not on"
     );
+    // The provider's own HTTP client was traced too (its requests carry every secret).
+    assert!(
+        log.contains("hyper_util::client"),
+        "the HTTP client is not traced"
+    );
     let secrets = [
         ("the caller's token", carol.clone()),
         (

@@ -321,3 +321,151 @@ fn transport(e: &reqwest::Error) -> String {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::ClientAuth;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-connection-at-a-time HTTP server answering every request with `status` and
+    /// `body`, which is made from the server's own URL.
+    async fn serve(
+        status: &'static str,
+        body: impl FnOnce(&str) -> String,
+        extra: &'static str,
+    ) -> String {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", l.local_addr().expect("addr"));
+        let body = body(&url);
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 8192];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(body.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    fn client(issuer: &str, token_endpoint: Option<String>, discovery: bool) -> Client {
+        let server = Server {
+            issuer: issuer.to_string(),
+            discovery,
+            token_endpoint,
+            revocation_endpoint: None,
+            introspection_endpoint: None,
+            client: ClientAuth {
+                client_id: "cb".into(),
+                method: Method::Basic,
+                secret: Some(SecretValue::new("s3cret-value-for-tests")),
+                key: None,
+            },
+            max_token_lifetime: Duration::from_secs(600),
+        };
+        Client::new(server, Duration::from_secs(2)).expect("a client")
+    }
+
+    #[tokio::test]
+    async fn metadata_from_another_issuer_or_pointing_off_loopback_http_is_refused() {
+        let url = serve(
+            "200 OK",
+            |_| json!({"issuer": "https://evil.example", "token_endpoint": "https://evil.example/token"}).to_string(),
+            "",
+        )
+        .await;
+        let e = client(&url, None, true)
+            .discover()
+            .await
+            .expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(e.message.contains("the metadata's issuer is not"), "{e}");
+        // The right issuer, but a plain-http token endpoint off loopback.
+        let url = serve(
+            "200 OK",
+            |me| json!({"issuer": me, "token_endpoint": "http://evil.example/token"}).to_string(),
+            "",
+        )
+        .await;
+        let e = client(&url, None, true)
+            .discover()
+            .await
+            .expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(e.message.contains("not https"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_and_the_secret_never_shows() {
+        let url = serve(
+            "307 Temporary Redirect",
+            |_| String::new(),
+            "location: http://127.0.0.1:9/steal\r\n",
+        )
+        .await;
+        let c = client(&url, Some(format!("{url}/token")), false);
+        let a = c
+            .post(
+                &format!("{url}/token"),
+                &[("grant_type", "client_credentials")],
+                true,
+                SystemTime::now(),
+            )
+            .await
+            .expect("an answer");
+        assert_eq!(
+            a.status.as_u16(),
+            307,
+            "the redirect is returned, not followed"
+        );
+        let e = crate::answer::refusal("client credentials", &a, &[]);
+        assert_eq!(e.kind, ErrorKind::Config);
+        assert!(!e.message.contains("s3cret"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn no_answer_after_sending_is_an_unknown_outcome_and_a_refused_connection_is_not() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", l.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s); // read nothing, answer nothing
+            }
+        });
+        let c = client(&url, Some(format!("{url}/token")), false);
+        let e = c
+            .post(&format!("{url}/token"), &[], true, SystemTime::now())
+            .await
+            .err()
+            .expect("times out");
+        assert_eq!(e.kind, ErrorKind::OutcomeUnknown, "{e}");
+        let e = c
+            .post(&format!("{url}/token"), &[], false, SystemTime::now())
+            .await
+            .err()
+            .expect("times out");
+        assert_eq!(
+            e.kind,
+            ErrorKind::Unavailable,
+            "a call that creates nothing: {e}"
+        );
+        let closed = "http://127.0.0.1:9";
+        let c = client(closed, Some(format!("{closed}/token")), false);
+        let e = c
+            .post(&format!("{closed}/token"), &[], true, SystemTime::now())
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind, ErrorKind::Unavailable, "nothing was sent: {e}");
+    }
+}

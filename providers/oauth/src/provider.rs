@@ -183,7 +183,8 @@ impl Provider for OauthProvider {
             self.idp.server.client.client_id, self.idp.server.issuer
         );
         let mut healthy = true;
-        if let Err(e) = self.idp.endpoints().await {
+        // Read afresh: the cached endpoints say nothing of whether the server answers now.
+        if let Err(e) = self.idp.discover().await {
             healthy = false;
             detail = format!("{detail}: {e}");
         }
@@ -192,7 +193,7 @@ impl Provider for OauthProvider {
                 "{detail}; client {} at {}",
                 r.server.client.client_id, r.server.issuer
             );
-            if let Err(e) = r.endpoints().await {
+            if let Err(e) = r.discover().await {
                 healthy = false;
                 detail = format!("{detail}: {e}");
             }
