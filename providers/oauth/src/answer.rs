@@ -104,8 +104,33 @@ pub(crate) struct Expect<'a> {
     pub(crate) issued_token_type: Option<&'a str>,
     pub(crate) requires_issued_type: bool,
     pub(crate) scope: &'a [String],
+    /// What the token is for (the grant's resource and audience). A JWT whose `aud` names
+    /// anything else is refused: a token the MCP server itself, or another API, would accept is
+    /// the passthrough the MCP specification forbids. Empty: not checked (an ID-JAG).
+    pub(crate) audiences: &'a [&'a str],
     pub(crate) max_lifetime: Duration,
     pub(crate) now: SystemTime,
+}
+
+/// The `aud` of a JWT-shaped token, read without verifying it (the AS that issued it signs
+/// it for the API, not for credbroker); `None` for an opaque token or one without `aud`.
+fn jwt_audiences(token: &str) -> Option<Vec<String>> {
+    if token.matches('.').count() != 2 {
+        return None;
+    }
+    let claims = jsonwebtoken::dangerous::insecure_decode::<Value>(token)
+        .ok()?
+        .claims;
+    match claims.get("aud")? {
+        Value::String(a) => Some(vec![a.clone()]),
+        Value::Array(a) => Some(
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(String::from)
+                .collect(),
+        ),
+        _ => Some(Vec::new()),
+    }
 }
 
 /// Why a token that was issued is not handed out (it is revoked, then refused as `Denied`).
@@ -173,6 +198,17 @@ pub(crate) fn token(
         expires_at: x.now + lifetime.min(Duration::from_secs(366 * 24 * 3600)),
         scope,
     };
+    if !x.audiences.is_empty()
+        && let Some(aud) = jwt_audiences(t.value.expose())
+        && let Some(other) = aud.iter().find(|a| !x.audiences.contains(&a.as_str()))
+    {
+        return Err(Err((
+            Excess(format!(
+                "the token is for {other:?}, which was not asked for"
+            )),
+            t,
+        )));
+    }
     if let Some(extra) = t.scope.iter().find(|s| !x.scope.contains(s)) {
         return Err(Err((
             Excess(format!(
@@ -197,6 +233,7 @@ pub(crate) fn token(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn answer(status: u16, body: Value) -> Answer {
         Answer {
@@ -266,6 +303,7 @@ mod tests {
             issued_token_type: Some("urn:ietf:params:oauth:token-type:access_token"),
             requires_issued_type: false,
             scope: &scope,
+            audiences: &["https://api.example/"],
             max_lifetime: Duration::from_secs(600),
             now,
         };
@@ -289,6 +327,27 @@ mod tests {
             &x,
         );
         assert!(matches!(wide, Err(Err((Excess(m), _))) if m.contains("\"c\"")));
+        for (aud, ok) in [
+            (json!("https://api.example/"), true),
+            (
+                json!(["https://api.example/", "https://mcp.example/"]),
+                false,
+            ),
+            (json!("https://mcp.example/"), false),
+        ] {
+            let jwt = jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &json!({"aud": aud, "sub": "carol"}),
+                &jsonwebtoken::EncodingKey::from_secret(b"test"),
+            )
+            .unwrap_or_default();
+            let got = token(&answer(200, json!({"access_token": jwt, "scope": "a"})), &x);
+            match (got, ok) {
+                (Ok(_), true) => {}
+                (Err(Err((Excess(m), _))), false) => assert!(m.contains("mcp.example"), "{m}"),
+                (_, ok) => panic!("aud {aud}: expected ok = {ok}"),
+            }
+        }
         let long = token(
             &answer(
                 200,

@@ -107,6 +107,10 @@ impl OauthProvider {
             Mode::TokenExchange => "token exchange",
             Mode::ClientCredentials => "client credentials",
         };
+        let audiences: Vec<&str> = [g.resource.as_deref(), g.audience.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
         let answer = self.idp.post(&idp, &fields, true, req.now).await?;
         if !answer.status.is_success() {
             return Err(refusal(what, &answer, &sent));
@@ -122,6 +126,7 @@ impl OauthProvider {
             ),
             requires_issued_type: g.mode != Mode::ClientCredentials,
             scope: &g.scope,
+            audiences: &audiences,
             max_lifetime: self.idp.server.max_token_lifetime,
             now: req.now,
         };
@@ -136,6 +141,7 @@ impl OauthProvider {
             &answer,
             &Expect {
                 max_lifetime: Duration::from_secs(3600),
+                audiences: &[],
                 ..expect
             },
         ) {
@@ -162,6 +168,7 @@ impl OauthProvider {
             issued_token_type: None,
             requires_issued_type: false,
             scope: &g.scope,
+            audiences: &audiences,
             max_lifetime: ras.server.max_token_lifetime,
             now: req.now,
         };

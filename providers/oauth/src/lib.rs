@@ -19,8 +19,9 @@
 //! `exchanges_caller_token` is true), is sent only to the IdP, and only when the token's issuer
 //! is in `subject_issuers` (default: the IdP itself). It is never journaled.
 //!
-//! **What comes back is checked**: a scope beyond the grant's, or a lifetime beyond
-//! `max_token_lifetime`, gets the token revoked at once and the issue refused (`Denied`).
+//! **What comes back is checked**: a scope beyond the grant's, a JWT `aud` beyond its
+//! resource/audience, or a lifetime beyond `max_token_lifetime`, gets the token revoked at once
+//! and the issue refused (`Denied`).
 //! The scope list is the only parameter a request may narrow; the mode, audience and resource
 //! are fixed, so a request that would widen the scope or move the audience is refused by the
 //! broker before the AS is called.
