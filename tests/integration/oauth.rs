@@ -314,24 +314,7 @@ async fn an_exchange_whose_answer_never_came_is_audited_as_residual() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert_eq!(reason(&err), "provider_outcome_unknown");
     s.idp.token_mode("ok").await;
-    crate::support::eventually(
-        std::time::Duration::from_secs(15),
-        "the unknown exchange settled as residual",
-        || async {
-            d.audit().iter().any(|r| {
-                r["event"] == "lease_expired_unrevoked"
-                    && r["reason"] == "provider_cannot_revoke"
-                    && r["detail"]["residual_until"].is_string()
-            })
-        },
-    )
-    .await;
-    let audit = d.audit();
-    let r = audit
-        .iter()
-        .find(|r| r["event"] == "lease_expired_unrevoked")
-        .cloned()
-        .unwrap_or_default();
+    let r = super::oauth_setup::residual(&d).await;
     let until = humantime::parse_rfc3339(r["detail"]["residual_until"].as_str().unwrap_or(""))
         .unwrap_or(std::time::UNIX_EPOCH);
     let left = until

@@ -169,3 +169,24 @@ client_secret_file = "{d}/credbroker-cc.secret"
 pub async fn daemon(s: &Servers, log_level: &str) -> Daemon {
     Daemon::start_logging(|dir| config(dir, s, ""), log_level).await
 }
+
+/// The audit record of a lease whose outcome was unknown, once it is settled as residual (no
+/// AS can look a token up by a client-chosen id).
+pub async fn residual(d: &Daemon) -> Value {
+    let settled = |a: &[Value]| {
+        a.iter()
+            .find(|r| {
+                r["event"] == "lease_expired_unrevoked"
+                    && r["reason"] == "provider_cannot_revoke"
+                    && r["detail"]["residual_until"].is_string()
+            })
+            .cloned()
+    };
+    crate::support::eventually(
+        std::time::Duration::from_secs(15),
+        "the unknown exchange settled as residual",
+        || async { settled(&d.audit()).is_some() },
+    )
+    .await;
+    settled(&d.audit()).unwrap_or_default()
+}
