@@ -17,6 +17,7 @@
 //! the writer.
 
 pub mod blocks;
+mod checkpoint;
 pub mod clients;
 mod keycheck;
 mod ops;
@@ -177,8 +178,8 @@ impl Journal {
         }
         schema::migrate(&mut writer)?;
         let chain = read::chain_head(&writer)?;
-        // Checkpoints are run by the writer between groups, after answering (see `write_loop`),
-        // not inside a commit where every submitter of the group would wait for them.
+        // Checkpoints are run between groups, after answering (see `checkpoint`), never inside
+        // a commit where every submitter of the group would wait for them.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
         let reader = Connection::open_with_flags(
             path,
@@ -188,12 +189,23 @@ impl Journal {
         )?;
         configure(&reader)?;
 
+        let checkpointer = checkpoint::Checkpointer::start(path, CHECKPOINT_EVERY)?;
         let (queue, rx) = mpsc::channel(8192);
         let stats = Arc::new(JournalStats::default());
         let thread_stats = Arc::clone(&stats);
         std::thread::Builder::new()
             .name("journal-writer".into())
-            .spawn(move || write_loop(writer, rx, chain, head_key, &thread_stats, &observers))
+            .spawn(move || {
+                write_loop(
+                    writer,
+                    checkpointer,
+                    rx,
+                    chain,
+                    head_key,
+                    &thread_stats,
+                    &observers,
+                )
+            })
             .map_err(|error| JournalError::Io {
                 path: path.display().to_string(),
                 error,
@@ -308,6 +320,7 @@ fn create_private(path: &Path) -> Result<(), JournalError> {
 
 fn write_loop(
     mut conn: Connection,
+    mut checkpointer: checkpoint::Checkpointer,
     mut rx: mpsc::Receiver<Submission>,
     mut chain: Chain,
     head_key: Option<AuditKey>,
@@ -317,7 +330,6 @@ fn write_loop(
     let mut group: Vec<Submission> = Vec::with_capacity(MAX_GROUP);
     let mut committed: Vec<Vec<Op>> = Vec::with_capacity(MAX_GROUP);
     let mut fsyncing = true;
-    let mut checkpointed = std::time::Instant::now();
     while let Some(first) = rx.blocking_recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
@@ -381,16 +393,9 @@ fn write_loop(
                 }
             }
         }
-        // Checkpoint right after our own commit, with everyone already answered: the whole WAL
-        // is copied back, so the next transaction starts the WAL over and it stays small. (A
-        // checkpointer on another connection never catches up with a busy writer: the WAL then
-        // grows without bound, and so does the time to open it after a crash.)
-        if checkpointed.elapsed() >= CHECKPOINT_EVERY {
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "journal checkpoint failed");
-            }
-            checkpointed = std::time::Instant::now();
-        }
+        // With everyone answered: most of the copying on another thread, the remainder here
+        // (see `checkpoint`).
+        checkpointer.between_groups(&conn);
     }
 }
 
