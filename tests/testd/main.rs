@@ -7,6 +7,10 @@
 
 mod provider;
 
+/// mimalloc, as the shipped binary has it (see Cargo.toml: glibc's arena locks were contended).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 
 fn main() -> std::process::ExitCode {
