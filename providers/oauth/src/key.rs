@@ -76,6 +76,8 @@ mod tests {
 
     const EC: &str = include_str!("../testdata/es256.pem");
     const ED: &str = include_str!("../testdata/ed25519.pem");
+    /// PEM armour around the word "secret": shaped like a key, not one.
+    const NOT_A_KEY: &str = include_str!("../testdata/not-a-key.pem");
 
     #[test]
     fn the_algorithm_follows_the_key_and_signatures_carry_typ_and_kid() {
@@ -96,12 +98,9 @@ mod tests {
 
     #[test]
     fn a_bad_key_is_refused_without_quoting_it() {
-        let e = SigningKey::new(
-            SecretValue::new("-----BEGIN PRIVATE KEY-----\nc2VjcmV0\n-----END PRIVATE KEY-----"),
-            None,
-        )
-        .err()
-        .unwrap_or_default();
+        let e = SigningKey::new(SecretValue::new(NOT_A_KEY), None)
+            .err()
+            .unwrap_or_default();
         assert!(e.starts_with("is not a P-256"), "{e}");
         assert!(!e.contains("c2VjcmV0"));
     }
