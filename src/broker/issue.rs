@@ -22,10 +22,11 @@ use futures_util::future::join_all;
 
 use super::begin::{Begun, IssuedCredential};
 use super::failed::duplicate;
+use super::intent::Intent;
 use super::live::{LiveLease, LiveTask, TaskSummary, context, task_audit};
 use super::plan::Plan;
 use super::{Broker, BrokerError, ErrorKind, Runtime};
-use crate::journal::Op;
+use crate::journal::{Durability, Op};
 use crate::journal::rows::{LeaseRow, LeaseState, TaskRow, TaskState, Text, role_str};
 use crate::providers::Instance;
 use crate::record::{Outcome, event};
@@ -61,21 +62,42 @@ impl Broker {
             mut rows,
             instances,
             intent: ops,
-            keyed,
+            key,
         } = plan;
 
-        // Hold the task's lock from the moment it exists: an EndTask for it waits for issuing.
+        // Hold the task's lock from the moment it exists: an EndTask for it waits for issuing,
+        // and so does a second BeginTask with its idempotency key.
         let op = Arc::new(tokio::sync::Mutex::new(()));
         let _guard = Arc::clone(&op).lock_owned().await;
-        let intent = crate::journal::Durability::for_intents(rt.config.journal.fsync_intents);
-        self.journal.commit_with(ops, intent).await.map_err(|e| {
-            if keyed && e.is_duplicate() {
-                BrokerError::new(ErrorKind::Aborted, KEY_SEEN, "idempotency key seen")
-            } else {
-                BrokerError::journal(&e)
-            }
-        })?;
-        self.insert_live(LiveTask {
+        let durability = Durability::for_intents(rt.config.journal.fsync_intents);
+        let (mut intent, _claim) = if rt.config.journal.fsync_intents {
+            self.journal
+                .commit_with(ops, durability)
+                .await
+                .map_err(|e| {
+                    if key.is_some() && e.is_duplicate() {
+                        BrokerError::new(ErrorKind::Aborted, KEY_SEEN, "idempotency key seen")
+                    } else {
+                        BrokerError::journal(&e)
+                    }
+                })?;
+            (Intent::Journaled, None)
+        } else {
+            let claim = match &key {
+                Some(k) => Some(self.claim_key(&task.workload, k, &op).await?),
+                None => None,
+            };
+            let pin = self
+                .journal
+                .log_intent(&ops)
+                .map_err(|e| BrokerError::journal(&e))?;
+            let intent = Intent::Logged {
+                ops: Some(ops),
+                pin: Some(pin),
+            };
+            (intent, claim)
+        };
+        let live = LiveTask {
             row: Arc::clone(&task),
             leases: rows
                 .iter()
@@ -86,11 +108,16 @@ impl Broker {
                 .collect(),
             op,
             ending_journaled: false,
-        })?;
+        };
+        if let Err(e) = self.insert_live(live) {
+            // Refused, but the intent stays findable: recovery settles it after the restart.
+            let _ = self.journal_intent(&mut intent).await;
+            return Err(e);
+        }
 
         let mut handles: HashMap<Text, RevocationHandle> = HashMap::new();
 
-        // === Scopes, then commit 2. ===
+        // === Scopes, then commit 2 (carrying the intent). ===
         let scopes: Vec<LeaseRow> = rows
             .iter()
             .filter(|l| l.role == Role::Scope)
@@ -102,6 +129,7 @@ impl Broker {
                 .await;
             let done = self.clock.now();
             if outcomes.values().any(Result::is_err) {
+                let _ = self.journal_intent(&mut intent).await;
                 return Err(self.fail_begin(&task, rows, outcomes, handles, done).await);
             }
             let mut ops = Vec::new();
@@ -110,6 +138,7 @@ impl Broker {
                     match self.issued_ops(&task, row, i, done) {
                         Ok(mut o) => ops.append(&mut o),
                         Err(e) => {
+                            let _ = self.journal_intent(&mut intent).await;
                             let outcomes = outcomes.into_iter().collect();
                             return Err(self
                                 .fail_with(&task, rows, outcomes, handles, done, e)
@@ -123,14 +152,17 @@ impl Broker {
                     handles.insert(id, i.handle);
                 }
             }
-            if let Err(e) = self.journal.commit_with(ops, intent).await {
+            let ops = intent.carried(ops);
+            if let Err(e) = self.journal.commit_with(ops, durability).await {
+                let _ = self.journal_intent(&mut intent).await;
                 self.abandon(&task, rows, handles, done);
                 return Err(BrokerError::journal(&e));
             }
+            intent.committed();
             self.mirror(&task.id, &rows, &handles);
         }
 
-        // === Credentials, then commit 3. ===
+        // === Credentials, then commit 3 (carrying the intent if no scope commit did). ===
         let creds: Vec<LeaseRow> = rows
             .iter()
             .filter(|l| l.role == Role::Credential)
@@ -141,9 +173,11 @@ impl Broker {
             .await;
         let done = self.clock.now();
         if outcomes.values().any(Result::is_err) {
+            let _ = self.journal_intent(&mut intent).await;
             return Err(self.fail_begin(&task, rows, outcomes, handles, done).await);
         }
-        self.finish_begin(task, rows, outcomes, handles, done).await
+        self.finish_begin(task, rows, outcomes, handles, done, &mut intent)
+            .await
     }
 
     /// Makes a task live in memory. Its intent is already durable: if memory is unusable the
@@ -258,6 +292,7 @@ impl Broker {
         mut outcomes: Outcomes,
         mut handles: HashMap<Text, RevocationHandle>,
         now: SystemTime,
+        intent: &mut Intent,
     ) -> Result<Begun, BrokerError> {
         let mut ops = Vec::new();
         for row in rows.iter_mut().filter(|l| l.role == Role::Credential) {
@@ -265,6 +300,7 @@ impl Broker {
                 match self.issued_ops(&task, row, i, now) {
                     Ok(mut o) => ops.append(&mut o),
                     Err(e) => {
+                        let _ = self.journal_intent(intent).await;
                         return Err(self.fail_with(&task, rows, outcomes, handles, now, e).await);
                     }
                 }
@@ -300,13 +336,15 @@ impl Broker {
                 });
             }
         }
-        if let Err(e) = self.journal.commit(ops).await {
+        if let Err(e) = self.journal.commit(intent.carried(ops)).await {
             // Issued but not recorded as issued. Their intents are durable, so the revoker
             // settles them now, and recovery would after a restart.
             drop(credentials);
+            let _ = self.journal_intent(intent).await;
             self.abandon(&task, rows, handles, now);
             return Err(BrokerError::journal(&e));
         }
+        intent.committed();
 
         let mut active = (*task).clone();
         active.state = TaskState::Active;

@@ -23,6 +23,7 @@ mod failed;
 mod gate;
 #[cfg(test)]
 mod harness;
+mod intent;
 mod intern;
 mod issue;
 mod live;
@@ -217,6 +218,8 @@ pub struct Broker {
     wake_alerts: Notify,
     /// Fed by the journal (an observer of committed records) and by issue latencies.
     metrics: Arc<crate::metrics::Metrics>,
+    /// The idempotency keys of BeginTasks whose intent is not yet in SQLite (`intent`).
+    keys_in_flight: intent::KeysInFlight,
 }
 
 impl Broker {
@@ -249,6 +252,7 @@ impl Broker {
             held: recheck::HeldTokens::default(),
             wake_alerts: Notify::new(),
             metrics,
+            keys_in_flight: Mutex::default(),
         }
     }
 

@@ -43,8 +43,8 @@ pub(super) struct Plan {
     pub instances: HashMap<String, Arc<Instance>>,
     /// Commit 1: the task, its leases, `token_accepted`, `task_opened`, the idempotency key.
     pub intent: Vec<Op>,
-    /// Whether the intent carries an idempotency key (a duplicate then means "seen before").
-    pub keyed: bool,
+    /// The idempotency key the intent carries (a duplicate then means "seen before").
+    pub key: Option<String>,
 }
 
 impl Broker {
@@ -121,7 +121,7 @@ impl Broker {
             rows,
             instances,
             intent,
-            keyed: ask.key.is_some(),
+            key: ask.key.map(|k| k.key.clone()),
         })
     }
 }

@@ -19,6 +19,7 @@
 pub mod blocks;
 mod checkpoint;
 pub mod clients;
+mod intents;
 mod keycheck;
 mod ops;
 pub mod read;
@@ -36,6 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::keys::AuditKey;
 use crate::record::AuditRecord;
+pub use intents::Pin as IntentPin;
 pub use keycheck::KeyCheckError;
 use ops::Chain;
 pub use ops::{Op, chain_hash};
@@ -143,6 +145,9 @@ pub struct JournalStats {
 pub struct Journal {
     queue: mpsc::Sender<Submission>,
     reader: Arc<Mutex<Connection>>,
+    /// For the one lookup made on a request's own thread (`begin_key_now`).
+    keys: Mutex<Connection>,
+    intents: intents::IntentLog,
     path: PathBuf,
     pub stats: Arc<JournalStats>,
 }
@@ -177,7 +182,12 @@ impl Journal {
             });
         }
         schema::migrate(&mut writer)?;
-        let chain = read::chain_head(&writer)?;
+        let mut chain = read::chain_head(&writer)?;
+        // Intents a stopped daemon left in the log: committed before anything else, so
+        // recovery finds them as it finds intents committed to SQLite.
+        let (intents, leftovers) = intents::IntentLog::open(path)?;
+        commit_leftovers(&mut writer, &leftovers.intents, &mut chain, head_key.as_ref())?;
+        leftovers.clear()?;
         // Checkpoints are run between groups, after answering (see `checkpoint`), never inside
         // a commit where every submitter of the group would wait for them.
         writer.pragma_update(None, "wal_autocheckpoint", 0)?;
@@ -188,6 +198,11 @@ impl Journal {
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         configure(&reader)?;
+        let keys = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        keys.set_prepared_statement_cache_capacity(4);
 
         let checkpointer = checkpoint::Checkpointer::start(path, CHECKPOINT_EVERY)?;
         let (queue, rx) = mpsc::channel(8192);
@@ -213,6 +228,8 @@ impl Journal {
         Ok(Self {
             queue,
             reader: Arc::new(Mutex::new(reader)),
+            keys: Mutex::new(keys),
+            intents,
             path: path.to_path_buf(),
             stats,
         })
@@ -244,6 +261,26 @@ impl Journal {
             .await
             .map_err(|_| JournalError::Closed)?;
         rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Writes a BeginTask's intent (`ops`: its task, its pending leases, their records, its
+    /// idempotency key) to the intent log, from the calling thread: once this returns it
+    /// survives the process being killed, as a `Durability::Process` commit does. The pin is
+    /// held until a commit has carried the same ops into SQLite (see `intents`).
+    pub fn log_intent(&self, ops: &[Op]) -> Result<IntentPin, JournalError> {
+        self.intents.append(ops)
+    }
+
+    /// The task and request digest an idempotency key was journaled with, looked up on the
+    /// calling thread: one indexed read of a page that is nearly always cached, cheaper than
+    /// a trip to a blocking thread.
+    pub fn begin_key_now(
+        &self,
+        workload: &str,
+        key: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, JournalError> {
+        let conn = self.keys.lock().map_err(|_| JournalError::Closed)?;
+        read::begin_key(&conn, workload, key)
     }
 
     /// Runs a read on the reader connection, off the async threads.
@@ -397,6 +434,45 @@ fn write_loop(
         // (see `checkpoint`).
         checkpointer.between_groups(&conn);
     }
+}
+
+/// Commits the intents left in the log whose tasks never reached SQLite, as their intent
+/// commit would have; the others were committed already and are skipped.
+fn commit_leftovers(
+    conn: &mut Connection,
+    intents: &[Vec<Op>],
+    chain: &mut Chain,
+    head_key: Option<&AuditKey>,
+) -> Result<(), JournalError> {
+    let mut group = Vec::new();
+    for ops in intents {
+        let Some(id) = intents::task_id(ops) else {
+            continue;
+        };
+        let known = conn
+            .prepare_cached("SELECT 1 FROM tasks WHERE id = ?1")?
+            .exists([id])?;
+        if !known {
+            let (reply, _) = oneshot::channel();
+            group.push(Submission {
+                ops: ops.clone(),
+                durability: Durability::Fsync,
+                reply,
+            });
+        }
+    }
+    if group.is_empty() {
+        return Ok(());
+    }
+    tracing::info!(
+        tasks = group.len(),
+        "committing the intents of tasks that were being issued when the daemon stopped"
+    );
+    // The writer connection is still at synchronous=FULL: this commit is fsync'd.
+    for result in commit_group(conn, &mut group, chain, head_key)? {
+        result?;
+    }
+    Ok(())
 }
 
 /// One transaction, one fsync, for the whole group.

@@ -5,7 +5,7 @@ use super::rows::{LeaseRow, LeaseState, TaskRow, TaskState};
 use super::*;
 use crate::record::{AuditRecord, Outcome, PeerRecord};
 
-fn task(id: &str) -> TaskRow {
+pub(super) fn task(id: &str) -> TaskRow {
     TaskRow {
         id: id.into(),
         state: TaskState::Issuing,
@@ -36,7 +36,7 @@ fn task(id: &str) -> TaskRow {
     }
 }
 
-fn lease(id: &str, task: &str) -> LeaseRow {
+pub(super) fn lease(id: &str, task: &str) -> LeaseRow {
     LeaseRow {
         id: id.into(),
         task_id: task.into(),
@@ -60,7 +60,7 @@ fn lease(id: &str, task: &str) -> LeaseRow {
     }
 }
 
-fn audit(event: &str) -> Op {
+pub(super) fn audit(event: &str) -> Op {
     Op::Audit(Box::new(AuditRecord::new(
         event,
         Outcome::Success,

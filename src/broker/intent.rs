@@ -1,0 +1,150 @@
+//! Where a BeginTask's intent is until its rows are in SQLite, and the idempotency keys of the
+//! BeginTasks in flight.
+//!
+//! By default the intent goes to the intent log (`journal::intents`): one write from the
+//! request's thread, and the rows reach SQLite with the first commit the task makes anyway (its
+//! scope's, or the one that answers the caller). Every path that commits for the task before
+//! then, a failure included, first makes sure the intent is in SQLite, so the failure's own
+//! commit, the revoker and recovery find the rows as they always did. With
+//! `journal.fsync_intents` the intent is an fsync'd SQLite commit of its own, as before: the
+//! log survives the process being killed, not the machine losing power.
+//!
+//! An idempotency key must be known to be new before any provider is called. With the intent
+//! committed to SQLite, the key's unique row said so; in the log, nothing does until the rows
+//! are committed. So a keyed BeginTask claims its key in memory first (a second BeginTask
+//! with the key waits for the first to finish, then replays), then looks for it in SQLite.
+//! The claim is released only after the commit carrying the key: whoever claims it next finds
+//! the row.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::issue::KEY_SEEN;
+use super::{Broker, BrokerError, ErrorKind};
+use crate::journal::rows::Text;
+use crate::journal::{Durability, IntentPin, JournalError, Op};
+
+/// A task's lock (`LiveTask::op`): held by its BeginTask until issuing is done.
+pub(super) type TaskLock = Arc<tokio::sync::Mutex<()>>;
+
+pub(super) enum Intent {
+    /// In SQLite: committed on its own (`journal.fsync_intents`), or carried by a commit.
+    Journaled,
+    /// In the intent log only. `ops` go with the task's next commit; the pin keeps the
+    /// intent's segment until that commit is made.
+    Logged {
+        ops: Option<Vec<Op>>,
+        pin: Option<IntentPin>,
+    },
+}
+
+impl Intent {
+    /// `ops` for a commit of the task's, with the intent's ops before them if not yet in SQLite.
+    pub(super) fn carried(&mut self, mut ops: Vec<Op>) -> Vec<Op> {
+        match self {
+            Self::Logged { ops: pending, .. } => match pending.take() {
+                Some(mut all) => {
+                    all.append(&mut ops);
+                    all
+                }
+                None => ops,
+            },
+            Self::Journaled => ops,
+        }
+    }
+
+    /// The commit that carried the intent is made: the log no longer needs it.
+    pub(super) fn committed(&mut self) {
+        *self = Self::Journaled;
+    }
+}
+
+impl Drop for Intent {
+    fn drop(&mut self) {
+        // Left without its rows in SQLite (the journal failed): keep its segment, so the next
+        // start's recovery commits and reconciles it.
+        if let Self::Logged { pin, .. } = self {
+            if let Some(pin) = pin.take() {
+                tracing::error!("an intent's rows never reached the journal; kept for recovery");
+                pin.keep();
+            }
+        }
+    }
+}
+
+impl Broker {
+    /// Before a failure is journaled: puts the intent's rows into SQLite (if only the log holds
+    /// them), committed alone, so the failure's commit and the revoker find them.
+    pub(super) async fn journal_intent(&self, intent: &mut Intent) -> Result<(), JournalError> {
+        let Intent::Logged { ops, pin } = intent else {
+            return Ok(());
+        };
+        let ops = match (ops.take(), pin.as_ref()) {
+            (Some(ops), _) => ops,
+            (None, Some(pin)) => pin.ops()?,
+            (None, None) => return Ok(()),
+        };
+        self.journal.commit_with(ops, Durability::Process).await?;
+        intent.committed();
+        Ok(())
+    }
+
+    /// Claims `key` for the BeginTask holding `lock`, or says it was used: by a BeginTask still
+    /// in flight (after waiting for it to finish), or by one journaled.
+    pub(super) async fn claim_key(
+        &self,
+        workload: &Text,
+        key: &str,
+        lock: &TaskLock,
+    ) -> Result<KeyClaim<'_>, BrokerError> {
+        let id = (Text::clone(workload), key.to_string());
+        let other = {
+            let mut flying = self.keys_in_flight.lock().map_err(|_| poisoned())?;
+            match flying.get(&id) {
+                Some(other) => Some(Arc::clone(other)),
+                None => {
+                    flying.insert(id.clone(), Arc::clone(lock));
+                    None
+                }
+            }
+        };
+        if let Some(other) = other {
+            // Its BeginTask holds its lock until its rows, the key's included, are committed.
+            drop(other.lock().await);
+            return Err(seen());
+        }
+        let claim = KeyClaim {
+            flying: &self.keys_in_flight,
+            id,
+        };
+        match self.journal.begin_key_now(workload, key) {
+            Ok(None) => Ok(claim),
+            Ok(Some(_)) => Err(seen()),
+            Err(e) => Err(BrokerError::journal(&e)),
+        }
+    }
+}
+
+pub(super) type KeysInFlight = Mutex<HashMap<(Text, String), TaskLock>>;
+
+/// A key claimed by a BeginTask in flight; released when the BeginTask is done.
+pub(super) struct KeyClaim<'a> {
+    flying: &'a KeysInFlight,
+    id: (Text, String),
+}
+
+impl Drop for KeyClaim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut flying) = self.flying.lock() {
+            flying.remove(&self.id);
+        }
+    }
+}
+
+fn seen() -> BrokerError {
+    BrokerError::new(ErrorKind::Aborted, KEY_SEEN, "idempotency key seen")
+}
+
+fn poisoned() -> BrokerError {
+    BrokerError::new(ErrorKind::Internal, "state_poisoned", "broker state is unusable")
+}

@@ -1,0 +1,254 @@
+//! The intent log: where a BeginTask's intent is written before any provider is called, so the
+//! task's rows reach SQLite once, in the commit that answers the caller.
+//!
+//! An intent must be durable before the provider is called (recovery must find every intent),
+//! but it need not be queryable until the task is answered. So instead of a SQLite commit of its
+//! own, the intent is one `write(2)` of a checksummed frame to an append-only file, from the
+//! request's own thread: no round trip to the journal writer, no B-tree pages, no WAL frames.
+//! That survives the process being killed, exactly as a `synchronous=NORMAL` commit does (the
+//! kernel holds the write); like one, it does not survive power loss, which is why
+//! `journal.fsync_intents` keeps the SQLite intent commit.
+//!
+//! The log is a directory of segments beside the database (`journal.db-intents/`). Each
+//! BeginTask holds a [`Pin`] on the segment its intent went to until its rows are committed to
+//! SQLite; a segment that is no longer written to is deleted when its last pin goes. On open,
+//! every segment left over is read: an intent whose task is not in SQLite was in flight when
+//! the daemon stopped, and its rows are committed as they would have been (task `issuing`,
+//! leases `pending`), so recovery reconciles them like any other interrupted task. Then the
+//! leftovers are deleted.
+
+mod entry;
+
+pub(crate) use entry::task_id;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::{JournalError, Op};
+
+/// A segment stops taking intents at this size; a new one is started.
+const SEGMENT_BYTES: u64 = 4 << 20;
+/// A frame: payload length (u32 LE), the first 8 bytes of the payload's SHA-256, the payload.
+const HEADER: usize = 12;
+/// No intent is anywhere near this; a larger length is a torn or foreign frame.
+const MAX_FRAME: usize = 16 << 20;
+
+pub(crate) struct IntentLog {
+    dir: PathBuf,
+    current: Mutex<Current>,
+    segment_bytes: u64,
+}
+
+struct Current {
+    file: File,
+    segment: Arc<Segment>,
+    bytes: u64,
+    number: u64,
+}
+
+/// One segment file. Deleted when the last pin on it goes, once it is no longer written to.
+struct Segment {
+    path: PathBuf,
+    retired: AtomicBool,
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if self.retired.load(Ordering::Acquire) {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot delete an intent segment");
+            }
+        }
+    }
+}
+
+/// Holds an intent's segment until the intent's rows are committed to SQLite; keeps the frame,
+/// should the commit that was to carry the intent fail and the intent need committing alone.
+pub struct Pin {
+    _segment: Arc<Segment>,
+    frame: Vec<u8>,
+}
+
+impl Pin {
+    /// The rows never reached SQLite (the journal failed): keep the segment until the next
+    /// start, whose recovery commits them.
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+
+    /// The intent's ops, read back from the frame written.
+    pub fn ops(&self) -> Result<Vec<Op>, JournalError> {
+        entry::decode(&self.frame[HEADER..])
+    }
+}
+
+/// Intents read back on open, and the segments they came from.
+pub(crate) struct Leftovers {
+    pub(crate) intents: Vec<Vec<Op>>,
+    paths: Vec<PathBuf>,
+}
+
+impl Leftovers {
+    /// Deletes the leftover segments: call once their intents are committed.
+    pub(crate) fn clear(self) -> Result<(), JournalError> {
+        for path in self.paths {
+            std::fs::remove_file(&path).map_err(|error| io(&path, error))?;
+        }
+        Ok(())
+    }
+}
+
+impl IntentLog {
+    /// Opens the log of the database at `db`: reads what earlier runs left, and starts a new
+    /// segment numbered after them.
+    pub(crate) fn open(db: &Path) -> Result<(Self, Leftovers), JournalError> {
+        let mut name = db.as_os_str().to_owned();
+        name.push("-intents");
+        let dir = PathBuf::from(name);
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io(&dir, e)),
+        }
+        let mut numbered = Vec::new();
+        for item in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+            let item = item.map_err(|e| io(&dir, e))?;
+            let path = item.path();
+            match segment_number(&path) {
+                Some(n) => numbered.push((n, path)),
+                None => tracing::warn!(path = %path.display(), "not an intent segment; left alone"),
+            }
+        }
+        numbered.sort();
+        let mut intents = Vec::new();
+        for (_, path) in &numbered {
+            let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+            for payload in frames(&bytes) {
+                intents.push(entry::decode(payload)?);
+            }
+        }
+        let number = numbered.last().map_or(1, |(n, _)| n + 1);
+        let current = Current::create(&dir, number)?;
+        let leftovers = Leftovers {
+            intents,
+            paths: numbered.into_iter().map(|(_, p)| p).collect(),
+        };
+        Ok((
+            Self {
+                dir,
+                current: Mutex::new(current),
+                segment_bytes: SEGMENT_BYTES,
+            },
+            leftovers,
+        ))
+    }
+
+    /// Writes the intent `ops` (a task, its leases, their audit records, its idempotency key).
+    /// When this returns the intent survives the process being killed.
+    pub(crate) fn append(&self, ops: &[Op]) -> Result<Pin, JournalError> {
+        let frame = frame(&entry::encode(ops)?);
+        let mut current = self.current.lock().map_err(|_| JournalError::Closed)?;
+        if current.bytes >= self.segment_bytes {
+            let next = Current::create(&self.dir, current.number + 1)?;
+            let old = std::mem::replace(&mut *current, next);
+            // Deleted as soon as the intents still in flight in it are committed.
+            old.segment.retired.store(true, Ordering::Release);
+        }
+        // One write(2) of the whole frame, O_APPEND: a crash leaves at most a torn last frame,
+        // whose checksum fails, and whose provider call had not started.
+        current
+            .file
+            .write_all(&frame)
+            .map_err(|e| io(&current.segment.path, e))?;
+        current.bytes += frame.len() as u64;
+        Ok(Pin {
+            _segment: Arc::clone(&current.segment),
+            frame,
+        })
+    }
+}
+
+impl Current {
+    fn create(dir: &Path, number: u64) -> Result<Self, JournalError> {
+        let path = dir.join(format!("{number:016}.log"));
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        Ok(Self {
+            file,
+            segment: Arc::new(Segment {
+                path,
+                retired: AtomicBool::new(false),
+            }),
+            bytes: 0,
+            number,
+        })
+    }
+}
+
+fn segment_number(path: &Path) -> Option<u64> {
+    let name = path.file_name()?.to_str()?;
+    let digits = name.strip_suffix(".log")?;
+    (digits.len() == 16 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+fn checksum(payload: &[u8]) -> [u8; 8] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, payload);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&d.as_ref()[..8]);
+    out
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    // Payloads are bounded by what a BeginTask may ask for, far below 4 GiB.
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&checksum(payload));
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The payloads of the whole frames in `bytes`, stopping at the first torn or corrupt one: only
+/// the last frame can be torn (a crash mid-write), and nothing after it was ever acknowledged.
+fn frames(mut bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    while bytes.len() >= HEADER {
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&bytes[..4]);
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_FRAME || bytes.len() < HEADER + len {
+            break;
+        }
+        let payload = &bytes[HEADER..HEADER + len];
+        if checksum(payload) != bytes[4..HEADER] {
+            break;
+        }
+        out.push(payload);
+        bytes = &bytes[HEADER + len..];
+    }
+    if !bytes.is_empty() {
+        // The frame being written when the process died: its provider was never called.
+        tracing::info!(bytes = bytes.len(), "a torn intent at the end of a segment, ignored");
+    }
+    out
+}
+
+fn io(path: &Path, error: std::io::Error) -> JournalError {
+    JournalError::Io {
+        path: path.display().to_string(),
+        error,
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

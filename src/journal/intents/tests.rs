@@ -1,0 +1,210 @@
+use std::os::unix::fs::PermissionsExt;
+
+use super::super::tests::{audit, lease, task};
+use super::super::{Journal, read};
+use super::*;
+
+fn intent(id: &str, key: Option<&str>) -> Vec<Op> {
+    let t = task(id);
+    let mut ops = vec![
+        Op::InsertTask(Box::new(t.clone())),
+        Op::InsertLease(Box::new(lease(&format!("{id}-l"), id))),
+        audit("token_accepted"),
+        audit("task_opened"),
+    ];
+    if let Some(k) = key {
+        ops.push(Op::BeginKey {
+            workload: Arc::clone(&t.workload),
+            key: k.into(),
+            task_id: Arc::clone(&t.id),
+            digest: [7; 32],
+            created_ms: t.created_ms,
+        });
+    }
+    ops
+}
+
+fn segments(db: &Path) -> Vec<PathBuf> {
+    let mut dir = db.as_os_str().to_owned();
+    dir.push("-intents");
+    let mut out: Vec<PathBuf> = std::fs::read_dir(PathBuf::from(dir))
+        .expect("the intent directory should exist")
+        .map(|e| e.expect("a directory entry should read").path())
+        .collect();
+    out.sort();
+    out
+}
+
+fn same(a: &[Op], b: &[Op]) {
+    assert_eq!(a.len(), b.len());
+    for (a, b) in a.iter().zip(b) {
+        match (a, b) {
+            (Op::InsertTask(a), Op::InsertTask(b)) => assert_eq!(a, b),
+            (Op::InsertLease(a), Op::InsertLease(b)) => assert_eq!(a, b),
+            (Op::Audit(a), Op::Audit(b)) => assert_eq!(a, b),
+            (
+                Op::BeginKey {
+                    workload: wa,
+                    key: ka,
+                    task_id: ta,
+                    digest: da,
+                    created_ms: ca,
+                },
+                Op::BeginKey {
+                    workload: wb,
+                    key: kb,
+                    task_id: tb,
+                    digest: db,
+                    created_ms: cb,
+                },
+            ) => assert_eq!((wa, ka, ta, da, ca), (wb, kb, tb, db, cb)),
+            (a, b) => panic!("{a:?} read back as {b:?}"),
+        }
+    }
+}
+
+#[test]
+fn intents_read_back_as_written_and_a_torn_tail_is_ignored() {
+    let dir = tempfile::tempdir().expect("a temp dir should be created");
+    let db = dir.path().join("j.db");
+    let (log, left) = IntentLog::open(&db).expect("a fresh log should open");
+    assert!(left.intents.is_empty());
+    let mut a = intent("t1", Some("k1"));
+    if let Op::InsertTask(t) = &mut a[0] {
+        // Text that JSON must escape still reads back.
+        t.tool = "q\"uote\\d ünïcode\n".into();
+    }
+    let b = intent("t2", None);
+    let pa = log.append(&a).expect("an intent should be written");
+    let pb = log.append(&b).expect("an intent should be written");
+    same(&a, &pa.ops().expect("the pin should hold its intent"));
+    // A crash mid-write: half of a third frame.
+    let torn = frame(&entry::encode(&intent("t3", None)).expect("an intent should encode"));
+    let seg = segments(&db).pop().expect("a segment should exist");
+    let mode = std::fs::metadata(&seg).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode.ok(), Some(0o600), "intents are private");
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(&seg)
+        .expect("the segment should open");
+    f.write_all(&torn[..torn.len() / 2])
+        .expect("the torn frame should be written");
+    drop((pa, pb, log));
+
+    let (_log, left) = IntentLog::open(&db).expect("the log should reopen");
+    assert_eq!(left.intents.len(), 2, "the torn frame is not an intent");
+    same(&a, &left.intents[0]);
+    same(&b, &left.intents[1]);
+    left.clear().expect("leftovers should be deleted");
+    assert_eq!(segments(&db).len(), 1, "only the new segment is left");
+}
+
+#[test]
+fn a_segment_goes_when_it_is_full_and_its_last_intent_is_committed() {
+    let dir = tempfile::tempdir().expect("a temp dir should be created");
+    let db = dir.path().join("j.db");
+    let (mut log, _) = IntentLog::open(&db).expect("a fresh log should open");
+    log.segment_bytes = 1;
+    let first = log.append(&intent("t1", None)).expect("written");
+    let second = log.append(&intent("t2", None)).expect("written");
+    let third = log.append(&intent("t3", None)).expect("written");
+    // t1 in segment 1, t2 in segment 2, t3 in segment 3 (the current one).
+    assert_eq!(segments(&db).len(), 3);
+    drop(second);
+    assert_eq!(segments(&db).len(), 2, "a retired segment with no pin left is deleted");
+    drop(third);
+    assert_eq!(segments(&db).len(), 2, "the current segment stays");
+    first.keep();
+    drop(log);
+    assert_eq!(segments(&db).len(), 2, "a kept intent keeps its segment for recovery");
+}
+
+#[test]
+fn only_an_intent_can_be_written() {
+    let dir = tempfile::tempdir().expect("a temp dir should be created");
+    let (log, _) = IntentLog::open(&dir.path().join("j.db")).expect("a fresh log should open");
+    let mut active = task("t");
+    active.state = crate::journal::rows::TaskState::Active;
+    let cases = [
+        vec![],
+        vec![Op::InsertTask(Box::new(task("t")))],
+        vec![
+            Op::InsertTask(Box::new(active)),
+            Op::InsertLease(Box::new(lease("l", "t"))),
+        ],
+        vec![
+            Op::InsertTask(Box::new(task("t"))),
+            Op::InsertLease(Box::new(lease("l", "t"))),
+            Op::LeaseExpiry {
+                id: "l".into(),
+                expires_ms: 1,
+            },
+        ],
+    ];
+    for ops in cases {
+        let e = log.append(&ops).err();
+        assert!(matches!(e, Some(JournalError::Encode(_))), "{ops:?}: {e:?}");
+    }
+    let seg = segments(&dir.path().join("j.db")).pop().expect("a segment");
+    assert_eq!(std::fs::metadata(seg).map(|m| m.len()).ok(), Some(0), "nothing written");
+}
+
+#[tokio::test]
+async fn open_commits_the_intents_whose_tasks_never_reached_sqlite() {
+    let dir = tempfile::tempdir().expect("a temp dir should be created");
+    let db = dir.path().join("j.db");
+    let j = Journal::open(&db).expect("a fresh journal should open");
+    // t1: logged and committed (the normal case); t2: logged, then the daemon died.
+    let one = intent("t1", Some("k1"));
+    let p1 = j.log_intent(&one).expect("logged");
+    let p2 = j.log_intent(&intent("t2", Some("k2"))).expect("logged");
+    j.commit(one).await.expect("t1's rows should commit");
+    drop(p1);
+    p2.keep();
+    drop(j);
+
+    let j = Journal::open(&db).expect("the journal should reopen");
+    let t2 = j
+        .read(|c| read::task(c, "t2"))
+        .await
+        .expect("readable")
+        .expect("t2 is in SQLite now");
+    assert_eq!(t2.task.state, crate::journal::rows::TaskState::Issuing);
+    assert_eq!(t2.leases.len(), 1);
+    assert_eq!(t2.leases[0].state, crate::journal::rows::LeaseState::Pending);
+    let key = j.begin_key_now("w", "k2").expect("readable");
+    assert_eq!(key.map(|(t, _)| t), Some("t2".to_string()));
+    let count: u64 = j
+        .read(|c| {
+            Ok(c.query_row("SELECT count(*) FROM audit", [], |r| r.get(0))?)
+        })
+        .await
+        .expect("readable");
+    assert_eq!(count, 4, "t1's two records and t2's two, once each");
+    assert_eq!(segments(&db).len(), 1, "the leftovers are gone");
+    drop(j);
+    // Opening again commits nothing twice.
+    let j = Journal::open(&db).expect("the journal should reopen");
+    let count: u64 = j
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM audit", [], |r| r.get(0))?))
+        .await
+        .expect("readable");
+    assert_eq!(count, 4);
+}
+
+#[test]
+fn an_intent_from_a_newer_format_stops_the_open() {
+    let dir = tempfile::tempdir().expect("a temp dir should be created");
+    let db = dir.path().join("j.db");
+    let (log, _) = IntentLog::open(&db).expect("a fresh log should open");
+    drop(log);
+    let payload = br#"{"v":2,"task":{}}"#;
+    let seg = segments(&db).pop().expect("a segment");
+    std::fs::write(&seg, frame(payload)).expect("the segment should be written");
+    let e = IntentLog::open(&db).err();
+    assert!(
+        matches!(&e, Some(JournalError::Encode(m)) if m.contains("version 2")),
+        "{:?}",
+        e.map(|e| e.to_string())
+    );
+}
