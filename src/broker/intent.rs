@@ -40,13 +40,10 @@ pub(super) enum Intent {
 
 impl Intent {
     /// `ops` for a commit of the task's, with the intent's ops before them if not yet in SQLite.
-    pub(super) fn carried(&mut self, mut ops: Vec<Op>) -> Vec<Op> {
+    pub(super) fn carried(&mut self, ops: Vec<Op>) -> Vec<Op> {
         match self {
             Self::Logged { ops: pending, .. } => match pending.take() {
-                Some(mut all) => {
-                    all.append(&mut ops);
-                    all
-                }
+                Some(intent) => crate::journal::carry(intent, ops),
                 None => ops,
             },
             Self::Journaled => ops,
@@ -63,11 +60,11 @@ impl Drop for Intent {
     fn drop(&mut self) {
         // Left without its rows in SQLite (the journal failed): keep its segment, so the next
         // start's recovery commits and reconciles it.
-        if let Self::Logged { pin, .. } = self {
-            if let Some(pin) = pin.take() {
-                tracing::error!("an intent's rows never reached the journal; kept for recovery");
-                pin.keep();
-            }
+        if let Self::Logged { pin, .. } = self
+            && let Some(pin) = pin.take()
+        {
+            tracing::error!("an intent's rows never reached the journal; kept for recovery");
+            pin.keep();
         }
     }
 }
@@ -146,5 +143,9 @@ fn seen() -> BrokerError {
 }
 
 fn poisoned() -> BrokerError {
-    BrokerError::new(ErrorKind::Internal, "state_poisoned", "broker state is unusable")
+    BrokerError::new(
+        ErrorKind::Internal,
+        "state_poisoned",
+        "broker state is unusable",
+    )
 }

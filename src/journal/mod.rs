@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::keys::AuditKey;
 use crate::record::AuditRecord;
-pub use intents::Pin as IntentPin;
+pub use intents::{Pin as IntentPin, carry};
 pub use keycheck::KeyCheckError;
 use ops::Chain;
 pub use ops::{Op, chain_hash};
@@ -186,7 +186,12 @@ impl Journal {
         // Intents a stopped daemon left in the log: committed before anything else, so
         // recovery finds them as it finds intents committed to SQLite.
         let (intents, leftovers) = intents::IntentLog::open(path)?;
-        commit_leftovers(&mut writer, &leftovers.intents, &mut chain, head_key.as_ref())?;
+        commit_leftovers(
+            &mut writer,
+            &leftovers.intents,
+            &mut chain,
+            head_key.as_ref(),
+        )?;
         leftovers.clear()?;
         // Checkpoints are run between groups, after answering (see `checkpoint`), never inside
         // a commit where every submitter of the group would wait for them.

@@ -426,6 +426,51 @@ async fn a_retried_begin_ends_the_task_its_first_attempt_began() {
     assert_eq!(opened, 1);
 }
 
+/// With intents in the intent log, no SQLite row says a key is taken until the task's rows are
+/// committed. Two BeginTasks with one key at once: the second must wait for the first and
+/// replay it, never issue a second credential under the same key.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_begins_with_one_key_at_once_issue_once() {
+    let auth = AuthServer::start();
+    let d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let mut req = begin_request(&token, &["orders-db-read"]);
+    req.idempotency_key = Some("0197a0c2-1b2c-7d3e-8f40-000000000002".into());
+    // The first is held inside its provider call, its credential already created.
+    std::fs::write(d.state.join("slow-answer-ms"), "1500").unwrap_or_default();
+    let mut c1 = d.broker().await;
+    let r1 = req.clone();
+    let first = tokio::spawn(async move { c1.begin_task(r1).await });
+    eventually(
+        Duration::from_secs(5),
+        "the first credential exists",
+        || async { d.outstanding().len() == 1 },
+    )
+    .await;
+    let second = d.broker().await.begin_task(req.clone()).await;
+    let first = first
+        .await
+        .expect("the first BeginTask should not panic")
+        .unwrap_or_else(|e| panic!("the first BeginTask failed: {e:?}"))
+        .into_inner();
+    let first_id = first.task.unwrap_or_default().id;
+    let second = second.expect_err("the second must not issue again");
+    assert_eq!(reason(&second), "begin_replayed", "{second:?}");
+    let t = get_task(&d, &first_id).await;
+    assert_eq!(
+        (t.state.as_str(), t.end_reason.as_str()),
+        ("ended", "begin_replayed")
+    );
+    let issued = d
+        .audit()
+        .iter()
+        .filter(|r| r["event"] == "lease_issued")
+        .count();
+    assert_eq!(issued, 1, "one credential under one key");
+    assert!(d.outstanding().is_empty());
+    assert_eq!(d.revoked().len(), 1);
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }

@@ -58,10 +58,10 @@ struct Segment {
 
 impl Drop for Segment {
     fn drop(&mut self) {
-        if self.retired.load(Ordering::Acquire) {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot delete an intent segment");
-            }
+        if self.retired.load(Ordering::Acquire)
+            && let Err(e) = std::fs::remove_file(&self.path)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot delete an intent segment");
         }
     }
 }
@@ -172,6 +172,55 @@ impl IntentLog {
     }
 }
 
+/// `then` (a task's next commit) with the intent's `ops` before it, folded: a task or lease the
+/// intent inserts and `then` moves on (`issuing → active`, `pending → active`) is inserted in
+/// its final state, the update dropped. The rows come out as the two in sequence would leave
+/// them, both transitions being ones the state machines allow; the audit records keep their
+/// order.
+pub fn carry(mut ops: Vec<Op>, then: Vec<Op>) -> Vec<Op> {
+    use super::rows::{LeaseState, TaskState};
+    for op in then {
+        let folded = match &op {
+            Op::TaskState {
+                id,
+                state: TaskState::Active,
+                ended_ms: None,
+                end_reason: None,
+            } => ops.iter_mut().any(|o| match o {
+                Op::InsertTask(t) if t.id == *id && t.state == TaskState::Issuing => {
+                    t.state = TaskState::Active;
+                    true
+                }
+                _ => false,
+            }),
+            Op::LeaseIssued {
+                id,
+                issued_ms,
+                expires_ms,
+                reference,
+                sealed_handle,
+                renewable,
+            } => ops.iter_mut().any(|o| match o {
+                Op::InsertLease(l) if l.id == *id && l.state == LeaseState::Pending => {
+                    l.state = LeaseState::Active;
+                    l.issued_ms = Some(*issued_ms);
+                    l.expires_ms = Some(*expires_ms);
+                    l.reference = Some(reference.clone());
+                    l.sealed_handle = sealed_handle.clone();
+                    l.renewable = *renewable;
+                    true
+                }
+                _ => false,
+            }),
+            _ => false,
+        };
+        if !folded {
+            ops.push(op);
+        }
+    }
+    ops
+}
+
 impl Current {
     fn create(dir: &Path, number: u64) -> Result<Self, JournalError> {
         let path = dir.join(format!("{number:016}.log"));
@@ -237,7 +286,10 @@ fn frames(mut bytes: &[u8]) -> Vec<&[u8]> {
     }
     if !bytes.is_empty() {
         // The frame being written when the process died: its provider was never called.
-        tracing::info!(bytes = bytes.len(), "a torn intent at the end of a segment, ignored");
+        tracing::info!(
+            bytes = bytes.len(),
+            "a torn intent at the end of a segment, ignored"
+        );
     }
     out
 }

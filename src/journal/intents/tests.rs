@@ -111,12 +111,20 @@ fn a_segment_goes_when_it_is_full_and_its_last_intent_is_committed() {
     // t1 in segment 1, t2 in segment 2, t3 in segment 3 (the current one).
     assert_eq!(segments(&db).len(), 3);
     drop(second);
-    assert_eq!(segments(&db).len(), 2, "a retired segment with no pin left is deleted");
+    assert_eq!(
+        segments(&db).len(),
+        2,
+        "a retired segment with no pin left is deleted"
+    );
     drop(third);
     assert_eq!(segments(&db).len(), 2, "the current segment stays");
     first.keep();
     drop(log);
-    assert_eq!(segments(&db).len(), 2, "a kept intent keeps its segment for recovery");
+    assert_eq!(
+        segments(&db).len(),
+        2,
+        "a kept intent keeps its segment for recovery"
+    );
 }
 
 #[test]
@@ -146,7 +154,11 @@ fn only_an_intent_can_be_written() {
         assert!(matches!(e, Some(JournalError::Encode(_))), "{ops:?}: {e:?}");
     }
     let seg = segments(&dir.path().join("j.db")).pop().expect("a segment");
-    assert_eq!(std::fs::metadata(seg).map(|m| m.len()).ok(), Some(0), "nothing written");
+    assert_eq!(
+        std::fs::metadata(seg).map(|m| m.len()).ok(),
+        Some(0),
+        "nothing written"
+    );
 }
 
 #[tokio::test]
@@ -171,13 +183,14 @@ async fn open_commits_the_intents_whose_tasks_never_reached_sqlite() {
         .expect("t2 is in SQLite now");
     assert_eq!(t2.task.state, crate::journal::rows::TaskState::Issuing);
     assert_eq!(t2.leases.len(), 1);
-    assert_eq!(t2.leases[0].state, crate::journal::rows::LeaseState::Pending);
+    assert_eq!(
+        t2.leases[0].state,
+        crate::journal::rows::LeaseState::Pending
+    );
     let key = j.begin_key_now("w", "k2").expect("readable");
     assert_eq!(key.map(|(t, _)| t), Some("t2".to_string()));
     let count: u64 = j
-        .read(|c| {
-            Ok(c.query_row("SELECT count(*) FROM audit", [], |r| r.get(0))?)
-        })
+        .read(|c| Ok(c.query_row("SELECT count(*) FROM audit", [], |r| r.get(0))?))
         .await
         .expect("readable");
     assert_eq!(count, 4, "t1's two records and t2's two, once each");
@@ -207,4 +220,82 @@ fn an_intent_from_a_newer_format_stops_the_open() {
         "{:?}",
         e.map(|e| e.to_string())
     );
+}
+
+#[tokio::test]
+async fn a_carried_intent_leaves_the_rows_its_commits_in_sequence_would() {
+    use crate::journal::rows::TaskState;
+    let then = || {
+        vec![
+            Op::LeaseIssued {
+                id: "t1-l".into(),
+                issued_ms: 5,
+                expires_ms: 9,
+                reference: "ref".into(),
+                sealed_handle: Some(vec![1, 2, 3]),
+                renewable: true,
+            },
+            audit("lease_issued"),
+            Op::TaskState {
+                id: "t1".into(),
+                state: TaskState::Active,
+                ended_ms: None,
+                end_reason: None,
+            },
+            audit("task_begun"),
+        ]
+    };
+    let dir = tempfile::tempdir().expect("a temp dir should be created");
+    let apart = Journal::open(&dir.path().join("a.db")).expect("a journal should open");
+    apart
+        .commit(intent("t1", Some("k")))
+        .await
+        .expect("the intent commits");
+    apart.commit(then()).await.expect("the answer commits");
+    let folded = carry(intent("t1", Some("k")), then());
+    let updates = folded
+        .iter()
+        .filter(|o| matches!(o, Op::LeaseIssued { .. } | Op::TaskState { .. }))
+        .count();
+    assert_eq!(updates, 0, "both updates are folded into the inserts");
+    let together = Journal::open(&dir.path().join("b.db")).expect("a journal should open");
+    together
+        .commit(folded)
+        .await
+        .expect("the folded commit commits");
+    let (a, b) = (view(&apart).await, view(&together).await);
+    assert_eq!(a.task, b.task);
+    assert_eq!(a.leases, b.leases);
+    assert_eq!(b.task.state, TaskState::Active);
+    assert_eq!(
+        events(&apart).await,
+        events(&together).await,
+        "same records, same order"
+    );
+    // A later commit that is not the intent's next step is carried unfolded.
+    let other = carry(
+        intent("t2", None),
+        vec![Op::LeaseExpiry {
+            id: "t2-l".into(),
+            expires_ms: 3,
+        }],
+    );
+    assert!(matches!(other.last(), Some(Op::LeaseExpiry { .. })));
+}
+
+async fn view(j: &Journal) -> read::TaskView {
+    j.read(|c| read::task(c, "t1"))
+        .await
+        .expect("readable")
+        .expect("t1 exists")
+}
+
+async fn events(j: &Journal) -> Vec<String> {
+    j.read(|c| {
+        let mut st = c.prepare("SELECT event FROM audit ORDER BY seq")?;
+        let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    })
+    .await
+    .expect("readable")
 }
