@@ -5,7 +5,9 @@ ASP=$(port); ISSUER="http://127.0.0.1:$ASP"; RES="https://mcp.example.test/bench
 cat > "$W/as.json" <<JSON
 { "issuer": "$ISSUER", "keys": $(cat tests/fixtures/keys/keys.json),
   "clients": [ { "client_id": "bench-agent", "client_secret": "bench", "scope": "mcp.tool:bench" } ],
-  "resources": { "$RES": { "alg": "ES256", "ttl": 7200, "scope": "mcp.tool:bench" } } }
+  "resources": { "$RES": { "alg": "ES256", "ttl": 7200, "scope": "mcp.tool:bench" },
+    "https://mcp.example.test/bench-vault-300": { "alg": "ES256", "ttl": 300, "scope": "mcp.tool:bench" },
+    "https://mcp.example.test/bench-vault-3600": { "alg": "ES256", "ttl": 3600, "scope": "mcp.tool:bench" } } }
 JSON
 node tests/support/oidc/server.mjs "$W/as.json" > "$W/as.log" 2>&1 & PIDS+=($!)
 for _ in $(seq 100); do grep -q READY "$W/as.log" && break; sleep 0.1; done

@@ -62,6 +62,10 @@ enum Cmd {
         duration: String,
         #[arg(long, default_value = "2s")]
         warmup: String,
+        /// The TTL each BeginTask asks for, in seconds; 0 asks for none (the task then lasts
+        /// as long as the grant's max_ttl and the token allow).
+        #[arg(long, default_value_t = 60)]
+        ttl: u32,
     },
     /// Begin N tasks and leave them active; report the daemon's memory.
     Fill {
@@ -124,6 +128,21 @@ enum Cmd {
         #[arg(long, default_value = "2s")]
         warmup: String,
     },
+    /// OpenBao alone, the real-provider cycle credbroker adds to: read a dynamic secret (a
+    /// PostgreSQL role), then revoke its lease, one after the other.
+    OpenbaoCreds {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        token_file: PathBuf,
+        /// The secret to read, e.g. database/creds/bench.
+        #[arg(long)]
+        path: String,
+        #[arg(long, default_value = "10s")]
+        duration: String,
+        #[arg(long, default_value = "2s")]
+        warmup: String,
+    },
     /// OpenBao: token create + revoke-accessor cycles (its closest equivalent of a task).
     Openbao {
         #[arg(long)]
@@ -146,6 +165,7 @@ fn dur(s: &str) -> Duration {
 #[path = "../audit_fixture.rs"]
 mod audit_fixture;
 mod mcp;
+mod vault;
 
 fn main() {
     let cli = Cli::parse();
@@ -180,7 +200,18 @@ async fn run(cmd: Cmd) -> serde_json::Value {
             concurrency,
             duration,
             warmup,
-        } => cycle(target, concurrency, dur(&duration), dur(&warmup)).await,
+            ttl,
+        } => {
+            let ttl = (ttl > 0).then_some(ttl);
+            cycle(target, concurrency, dur(&duration), dur(&warmup), ttl).await
+        }
+        Cmd::OpenbaoCreds {
+            addr,
+            token_file,
+            path,
+            duration,
+            warmup,
+        } => vault::creds(addr, token_file, path, dur(&duration), dur(&warmup)).await,
         Cmd::Fill {
             target,
             tasks,
@@ -435,6 +466,7 @@ async fn cycle(
     concurrency: usize,
     duration: Duration,
     warmup: Duration,
+    ttl: Option<u32>,
 ) -> serde_json::Value {
     let s = Session::open(&t).await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -453,7 +485,7 @@ async fn cycle(
             let (mut begin, mut end, mut cyc) = (Hist::default(), Hist::default(), Hist::default());
             while !stop.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
-                let id = match s.begin(&mut c, Some(60)).await {
+                let id = match s.begin(&mut c, ttl).await {
                     Ok(id) => id,
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);

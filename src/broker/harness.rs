@@ -37,6 +37,8 @@ pub(super) struct Mem {
     pub(super) revoked: Mutex<Vec<String>>,
     /// Revocations fail (a backend outage) while set.
     pub(super) fail_revoke: AtomicBool,
+    /// Issues fail (a backend outage) while set.
+    pub(super) fail_issue: AtomicBool,
 }
 
 impl Mem {
@@ -86,6 +88,9 @@ impl Provider for MemProvider {
     }
 
     async fn issue(&self, req: &IssueRequest<'_>) -> Result<Issued, ProviderError> {
+        if self.0.fail_issue.load(Ordering::SeqCst) {
+            return Err(unavailable());
+        }
         let mut live = self.0.live.lock().map_err(|_| unavailable())?;
         live.insert(req.lease_id.to_string());
         let mut credential = Credential::default();

@@ -52,6 +52,11 @@ impl Intent {
 
     /// The commit that carried the intent is made: the log no longer needs it.
     pub(super) fn committed(&mut self) {
+        // The pin is released here, not kept: overwriting `self` would run `Drop` on the old
+        // value, which keeps a pin it still holds.
+        if let Self::Logged { pin, .. } = self {
+            drop(pin.take());
+        }
         *self = Self::Journaled;
     }
 }

@@ -32,6 +32,8 @@ async fn a_task_begins_issues_ends_and_is_journaled_in_order() {
     assert_eq!(ended.leases[0].state, LeaseState::Revoked);
     assert!(h.mem.live().is_empty());
     assert_eq!(h.mem.revoked(), [lease]);
+    // The intent went to the intent log, and its pin went with the answering commit.
+    assert_eq!(h.broker.journal.intents_pinned(), 0);
     let events: Vec<String> = h.events().await.into_iter().map(|(e, _)| e).collect();
     assert_eq!(
         events,
@@ -45,6 +47,30 @@ async fn a_task_begins_issues_ends_and_is_journaled_in_order() {
             "task_ended"
         ]
     );
+}
+
+/// The intent is in the intent log only when the provider fails: the failure must first put
+/// the intent's rows into SQLite, then record the failure against them, and release the log.
+#[tokio::test]
+async fn a_failed_issue_journals_its_intent_then_its_failure() {
+    let h = Harness::new().await;
+    h.mem.fail_issue.store(true, Ordering::SeqCst);
+    let err = h.begin(MIN).await.err();
+    assert_eq!(err.map(|e| e.code).as_deref(), Some("provider_unavailable"));
+    assert_eq!(h.broker.journal.intents_pinned(), 0);
+    let events: Vec<String> = h.events().await.into_iter().map(|(e, _)| e).collect();
+    assert_eq!(
+        events,
+        [
+            "client_first_seen",
+            "token_accepted",
+            "task_opened",
+            "lease_issue_failed",
+            "task_ending",
+            "task_ended"
+        ]
+    );
+    assert!(h.mem.live().is_empty());
 }
 
 #[tokio::test]

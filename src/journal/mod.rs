@@ -276,6 +276,12 @@ impl Journal {
         self.intents.append(ops)
     }
 
+    /// Intents whose rows are not yet in SQLite (BeginTasks in flight, and any kept for the
+    /// next start after a journal failure).
+    pub fn intents_pinned(&self) -> usize {
+        self.intents.pinned()
+    }
+
     /// The task and request digest an idempotency key was journaled with, looked up on the
     /// calling thread: one indexed read of a page that is nearly always cached, cheaper than
     /// a trip to a blocking thread.

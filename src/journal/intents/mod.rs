@@ -25,7 +25,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{JournalError, Op};
@@ -41,6 +41,7 @@ pub(crate) struct IntentLog {
     dir: PathBuf,
     current: Mutex<Current>,
     segment_bytes: u64,
+    pinned: Arc<AtomicUsize>,
 }
 
 struct Current {
@@ -71,11 +72,18 @@ impl Drop for Segment {
 pub struct Pin {
     _segment: Arc<Segment>,
     frame: Vec<u8>,
+    pinned: Arc<AtomicUsize>,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        self.pinned.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pin {
     /// The rows never reached SQLite (the journal failed): keep the segment until the next
-    /// start, whose recovery commits them.
+    /// start, whose recovery commits them. Still counted as pinned.
     pub fn keep(self) {
         std::mem::forget(self);
     }
@@ -142,6 +150,7 @@ impl IntentLog {
                 dir,
                 current: Mutex::new(current),
                 segment_bytes: SEGMENT_BYTES,
+                pinned: Arc::default(),
             },
             leftovers,
         ))
@@ -165,9 +174,11 @@ impl IntentLog {
             .write_all(&frame)
             .map_err(|e| io(&current.segment.path, e))?;
         current.bytes += frame.len() as u64;
+        self.pinned.fetch_add(1, Ordering::Relaxed);
         Ok(Pin {
             _segment: Arc::clone(&current.segment),
             frame,
+            pinned: Arc::clone(&self.pinned),
         })
     }
 }
@@ -219,6 +230,14 @@ pub fn carry(mut ops: Vec<Op>, then: Vec<Op>) -> Vec<Op> {
         }
     }
     ops
+}
+
+impl IntentLog {
+    /// Intents whose rows are not yet in SQLite: BeginTasks in flight, and any kept for the
+    /// next start. Zero when nothing is being issued.
+    pub(crate) fn pinned(&self) -> usize {
+        self.pinned.load(Ordering::Relaxed)
+    }
 }
 
 impl Current {
