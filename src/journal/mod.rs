@@ -186,12 +186,7 @@ impl Journal {
         // Intents a stopped daemon left in the log: committed before anything else, so
         // recovery finds them as it finds intents committed to SQLite.
         let (intents, leftovers) = intents::IntentLog::open(path)?;
-        commit_leftovers(
-            &mut writer,
-            &leftovers.intents,
-            &mut chain,
-            head_key.as_ref(),
-        )?;
+        commit_leftovers(&mut writer, &leftovers, &mut chain, head_key.as_ref())?;
         leftovers.clear()?;
         // Checkpoints are run between groups, after answering (see `checkpoint`), never inside
         // a commit where every submitter of the group would wait for them.
@@ -208,6 +203,9 @@ impl Journal {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         keys.set_prepared_statement_cache_capacity(4);
+        // Its one lookup touches a few index pages, which the OS caches anyway: a page cache of
+        // its own would cost a couple of megabytes at 100k tasks for nothing.
+        keys.pragma_update(None, "cache_size", -256)?;
 
         let checkpointer = checkpoint::Checkpointer::start(path, CHECKPOINT_EVERY)?;
         let (queue, rx) = mpsc::channel(8192);
@@ -451,14 +449,14 @@ fn write_loop(
 /// commit would have; the others were committed already and are skipped.
 fn commit_leftovers(
     conn: &mut Connection,
-    intents: &[Vec<Op>],
+    leftovers: &intents::Leftovers,
     chain: &mut Chain,
     head_key: Option<&AuditKey>,
 ) -> Result<(), JournalError> {
     let mut group = Vec::new();
-    for ops in intents {
-        let Some(id) = intents::task_id(ops) else {
-            continue;
+    leftovers.for_each(|ops| {
+        let Some(id) = intents::task_id(&ops) else {
+            return Ok(());
         };
         let known = conn
             .prepare_cached("SELECT 1 FROM tasks WHERE id = ?1")?
@@ -466,12 +464,13 @@ fn commit_leftovers(
         if !known {
             let (reply, _) = oneshot::channel();
             group.push(Submission {
-                ops: ops.clone(),
+                ops,
                 durability: Durability::Fsync,
                 reply,
             });
         }
-    }
+        Ok(())
+    })?;
     if group.is_empty() {
         return Ok(());
     }

@@ -2,6 +2,7 @@
 //! workload tokens.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use credbroker_provider_api::{
@@ -77,7 +78,7 @@ impl Inner {
     }
 
     pub(crate) async fn read_dynamic(
-        &self,
+        self: &Arc<Self>,
         req: &IssueRequest<'_>,
         scope: &SecretValue,
         path: &str,
@@ -109,20 +110,25 @@ impl Inner {
                 "{path} returned no lease; only lease-bearing secrets can be brokered"
             )));
         }
-        // Engines pick their own lease TTL (a role's default_ttl, an hour say). OpenBao revokes
-        // the lease when the scope token expires anyway, but shortening the lease to the task
-        // also moves the backend's own expiry (PostgreSQL's VALID UNTIL, through the role's
-        // renew statements): the credential dies on time even if Vault is down by then.
+        // Engines pick their own lease TTL (a role's default_ttl, an hour say). The scope token,
+        // whose TTL is the task's, already bounds the lease: OpenBao revokes every lease made
+        // under a token when the token expires. Shortening the lease to the task also moves the
+        // backend's own expiry (PostgreSQL's VALID UNTIL, through the role's renew statements),
+        // so the credential dies on time even if OpenBao is down by then. That is defence in
+        // depth on top of the scope, so it is done after the answer, not before it: a renewal
+        // costs a storage write in OpenBao and a statement in the database, on every issue.
         let wanted = secs_until(req.expires_at, req.now);
-        let mut lease_duration = env.lease_duration;
-        if env.renewable && lease_duration > wanted {
-            match self.renew_lease(&env.lease_id, wanted).await {
-                Ok(d) => lease_duration = d,
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "could not shorten a lease to its task; its scope still ends it"
-                ),
-            }
+        let lease_duration = env.lease_duration.min(wanted);
+        if env.renewable && env.lease_duration > wanted {
+            let (inner, lease) = (Arc::clone(self), env.lease_id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = inner.renew_lease(&lease, wanted).await {
+                    tracing::warn!(
+                        error = %e,
+                        "could not shorten a lease to its task; its scope still ends it"
+                    );
+                }
+            });
         }
         let mut credential = Credential::default();
         credential

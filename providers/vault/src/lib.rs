@@ -9,15 +9,21 @@
 //! everything issued for the task, including a lease whose id never reached the journal; and if
 //! credbroker never comes back, the scope's TTL ends it all on schedule.
 //!
-//! - **Ending** revokes the credentials first, each confirmed on its own (`sys/leases/revoke` is
-//!   synchronous; revoking a token only queues the revocation of its leases), and the scope once
+//! - **Ending** revokes the credentials and the scope at once, each credential confirmed on its
+//!   own call (`sys/leases/revoke` is synchronous; revoking a token only queues the revocation
+//!   of its leases, so the scope's revocation is never taken as the credentials'). A lease the
+//!   scope's revocation got to first is found gone, which confirms it too. A credential whose
+//!   revocation fails is retried on its own; the revoker's retries revoke a scope only once
 //!   nothing under it still needs its own revocation.
 //! - A credential of **unknown outcome** (a crash or timeout between Vault's action and the
 //!   journal) is not reconciled on its own: the scope takes it back (`revoked_with_scope`).
 //! - Each dynamic lease is also **shortened to the task** (`sys/leases/renew` with the time
 //!   left), which moves the backend's own expiry too: PostgreSQL's `VALID UNTIL` is updated
 //!   through the role's renew statements, so the credential dies on time even if Vault is down.
-//!   A read that returns no lease is refused: nothing could revoke it.
+//!   This runs just after the answer, not before it: the scope token, whose TTL is the task's,
+//!   already bounds the lease (OpenBao revokes a token's leases when it expires), so the
+//!   shortening is defence in depth, and before the answer it cost every issue a storage write
+//!   and a database statement. A read that returns no lease is refused: nothing could revoke it.
 //! - By default a scope is a child of credbroker's own token, so it ends when that token does.
 //!   This fails closed: the task loses its credentials early. With `scope_role`, scopes are
 //!   created through a token role that may make them orphans, so they live exactly as long as

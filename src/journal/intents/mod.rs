@@ -94,13 +94,28 @@ impl Pin {
     }
 }
 
-/// Intents read back on open, and the segments they came from.
+/// The segments earlier runs left, oldest first.
 pub(crate) struct Leftovers {
-    pub(crate) intents: Vec<Vec<Op>>,
     paths: Vec<PathBuf>,
 }
 
 impl Leftovers {
+    /// Calls `f` with each intent left over, in the order written, holding one segment in
+    /// memory at a time (after a crash under load, the segments hold thousands of intents whose
+    /// tasks were committed long ago).
+    pub(crate) fn for_each(
+        &self,
+        mut f: impl FnMut(Vec<Op>) -> Result<(), JournalError>,
+    ) -> Result<(), JournalError> {
+        for path in &self.paths {
+            let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+            for payload in frames(&bytes) {
+                f(entry::decode(payload)?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes the leftover segments: call once their intents are committed.
     pub(crate) fn clear(self) -> Result<(), JournalError> {
         for path in self.paths {
@@ -132,17 +147,9 @@ impl IntentLog {
             }
         }
         numbered.sort();
-        let mut intents = Vec::new();
-        for (_, path) in &numbered {
-            let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-            for payload in frames(&bytes) {
-                intents.push(entry::decode(payload)?);
-            }
-        }
         let number = numbered.last().map_or(1, |(n, _)| n + 1);
         let current = Current::create(&dir, number)?;
         let leftovers = Leftovers {
-            intents,
             paths: numbered.into_iter().map(|(_, p)| p).collect(),
         };
         Ok((
