@@ -2,7 +2,8 @@
 # database engine makes PostgreSQL roles; measured side by side, one cycle at a time:
 #   - OpenBao alone: read database/creds/bench, revoke its lease (a least-privilege token);
 #   - credbroker (the Vault provider) in front of the same OpenBao: BeginTask + EndTask of a
-#     grant reading the same path, with a 5-minute and with a 1-hour access token.
+#     grant reading the same path, with a 5-minute and with a 1-hour access token, each with
+#     scopes made per BeginTask (the default) and made ahead of need (scope_pool = 16).
 # Needs from bench.sh: $W, PIDS, $CB, $LOAD, $BAO, $A (OpenBao's API), $W/bao/token (root),
 # $ISSUER, record(), say(), port(), start_daemon's pattern.
 
@@ -48,7 +49,8 @@ say "OpenBao alone: read database/creds/bench + revoke its lease, one at a time"
 R=$("$LOAD" --json openbao-creds --addr "${A%/v1}" --token-file "$W/bao/direct-token" --path database/creds/bench \
   --duration "$DURATION" --warmup "$WARMUP"); echo "$R"; record vault_direct "$R"
 
-for TTL in 300 3600; do
+for RUN in 300 3600 300_pool 3600_pool; do
+  TTL=${RUN%_pool}; POOL=0; [ "$RUN" != "$TTL" ] && POOL=16
   RESV="https://mcp.example.test/bench-vault-$TTL"
   curl -sf -u bench-agent:bench "$ISSUER/token" -d grant_type=client_credentials \
     --data-urlencode "resource=$RESV" --data-urlencode "scope=mcp.tool:bench" |
@@ -58,7 +60,7 @@ for TTL in 300 3600; do
 broker_socket = "$W/broker-vault.sock"
 admin_socket = "$W/admin-vault.sock"
 [journal]
-path = "$W/journal-vault-$TTL.db"
+path = "$W/journal-vault-$RUN.db"
 key_file = "$W/journal.key"
 [[issuer]]
 url = "$ISSUER"
@@ -69,6 +71,7 @@ name = "openbao"
 type = "vault"
 address = "${A%/v1}"
 token_file = "$W/bao/cb-token"
+scope_pool = $POOL
 [[grant]]
 name = "db"
 provider = "openbao"
@@ -85,12 +88,12 @@ TOML
   for _ in $(seq 1000); do
     CREDBROKER_ADMIN_SOCKET="$W/admin-vault.sock" "$CB" status >/dev/null 2>&1 && break; sleep 0.005
   done
-  say "credbroker + OpenBao: BeginTask + EndTask of database/creds/bench, one at a time, a ${TTL}s token"
+  say "credbroker + OpenBao: BeginTask + EndTask of database/creds/bench, one at a time, a ${TTL}s token, scope_pool = $POOL"
   # No TTL asked: the task lasts as long as the token (and max_ttl) allow, as an MCP server's
   # task for a tool call would.
   R=$("$LOAD" --json cycle --socket "$W/broker-vault.sock" --token-file "$W/token-$TTL" --grant db \
     --daemon-pid "$VPID" --concurrency 1 --ttl 0 --duration "$DURATION" --warmup "$WARMUP"); echo "$R"
-  record "vault_cb_$TTL" "$R"
+  record "vault_cb_$RUN" "$R"
   kill "$VPID"; wait "$VPID" 2>/dev/null || true
 done
 pg_stop

@@ -163,7 +163,7 @@ rows = [
     ("end 10,000 tasks, 5 ms revoke (target ≤ 2 s)", f'{r["end_burst"]["all_revoked_seconds"]:.2f} s ({r["end_burst"]["revoked"]} revoked)'),
 ]
 vd = r["vault_direct"]
-for ttl, name in (("300", "5-minute"), ("3600", "1-hour")):
+for ttl, name in (("300", "5-minute"), ("3600", "1-hour"), ("300_pool", "5-minute, pool"), ("3600_pool", "1-hour, pool")):
     cb = r[f"vault_cb_{ttl}"]
     rows.append((
         f"real provider, {name} token: cycle p50 / p99",

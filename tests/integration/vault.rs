@@ -1267,3 +1267,82 @@ async fn check_config_online_finds_token_grants_vault_would_refuse() {
         "{refused:?}"
     );
 }
+
+/// `scope_pool`: a BeginTask takes a scope token made ahead of need, fits its TTL to the task
+/// just after the answer, and everything issued under it ends with it as with an inline scope.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pooled_scope_is_fitted_to_its_task_and_ends_with_it() {
+    let auth = AuthServer::start();
+    let (pg, bao, secrets) = backends().await;
+    let settings = format!(
+        "{}\nscope_pool = 2\nscope_pool_ttl = \"30s\"",
+        token_file(&secrets)
+    );
+    let d = Daemon::start(|dir| vault_config(dir, &auth.issuer, &bao, &settings)).await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let lookup = |accessor: String| {
+        let bao = &bao;
+        async move {
+            bao.api(
+                Method::POST,
+                "auth/token/lookup-accessor",
+                Some(serde_json::json!({ "accessor": accessor })),
+            )
+            .await
+        }
+    };
+    // The pool fills in the background; until it has, BeginTasks make their own scopes.
+    let mut pooled = None;
+    for _ in 0..50 {
+        let begun = d.begin(&token, &["orders-db"]).await;
+        let begun = begun
+            .unwrap_or_else(|e| panic!("{e:?}\n{}", d.log_text()))
+            .into_inner();
+        let task = begun.task.clone().unwrap_or_default();
+        let scope = task
+            .leases
+            .iter()
+            .find(|l| l.grant.is_empty())
+            .map(|l| l.reference.clone())
+            .unwrap_or_default();
+        let (_, info) = lookup(scope.clone()).await;
+        if info["data"]["meta"]["credbroker_scope"] == "pooled" {
+            pooled = Some((begun, task, scope));
+            break;
+        }
+        d.end(&task.id).await.unwrap_or_else(|e| panic!("{e:?}"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (begun, task, scope) = pooled.unwrap_or_else(|| panic!("no pooled scope was used"));
+    // Made with a 30-second TTL; fitted to the task (10 minutes) just after the answer.
+    let task_end = task.expires_at.map(|t| t.seconds).unwrap_or_default();
+    eventually(
+        Duration::from_secs(5),
+        "the pooled scope lives as long as its task",
+        || async {
+            let (_, info) = lookup(scope.clone()).await;
+            let ttl = info["data"]["ttl"].as_i64().unwrap_or(0);
+            let left = task_end - crate::support::now();
+            ttl > 60 && ttl <= left + 1
+        },
+    )
+    .await;
+    let db = cred(&begun.credentials, "orders-db");
+    let (user, password) = (db.public["username"].clone(), db.secret["password"].clone());
+    assert_eq!(pg.query_as(&user, &password, COUNT).as_deref(), Ok("3"));
+    let ended = d
+        .end(&task.id)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner()
+        .task
+        .unwrap_or_default();
+    assert_eq!(ended.state, "ended");
+    assert!(pg.query_as(&user, &password, COUNT).is_err());
+    let (status, _) = lookup(scope).await;
+    assert_ne!(status, 200, "the scope is revoked with its task");
+    eventually(Duration::from_secs(10), "no lease is left", || async {
+        bao.leases().await.is_empty()
+    })
+    .await;
+}

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use credbroker_provider_api::{
     Credential, ErrorKind, IssueRequest, Issued, ProviderError, RevocationHandle, SecretValue,
@@ -12,6 +12,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::client::Envelope;
+use crate::pool::Made;
 use crate::provider::{Inner, invalid_config, secs_until};
 
 impl Inner {
@@ -35,13 +36,86 @@ impl Inner {
         m
     }
 
-    /// The per-task scope: a child of credbroker's token that dies with the task.
-    pub(crate) async fn open_scope(&self, req: &IssueRequest<'_>) -> Result<Issued, ProviderError> {
+    /// The per-task scope: a child of credbroker's token that dies with the task. Taken from
+    /// the pool when there is one (`pool`), its TTL fitted to the task just after the answer.
+    pub(crate) async fn open_scope(
+        self: &Arc<Self>,
+        req: &IssueRequest<'_>,
+    ) -> Result<Issued, ProviderError> {
+        if let Some(made) = self.pool.as_ref().and_then(|p| p.take(req.now)) {
+            let (inner, accessor) = (Arc::clone(self), made.accessor.clone());
+            let increment = format!("{}s", secs_until(req.expires_at, req.now));
+            tokio::spawn(async move {
+                let body = json!({ "accessor": accessor, "increment": increment });
+                let fitted = inner
+                    .with_token(|t| {
+                        let body = body.clone();
+                        let inner = &inner;
+                        async move {
+                            inner
+                                .client
+                                .call(
+                                    Method::PUT,
+                                    "auth/token/renew-accessor",
+                                    Some(&t),
+                                    Some(&body),
+                                )
+                                .await
+                        }
+                    })
+                    .await;
+                if let Err(f) = fitted {
+                    tracing::warn!(error = %f.retryable("fitting a pooled scope to its task"),
+                        "a pooled scope keeps its own TTL; its task's leases are shortened still");
+                }
+            });
+            return Ok(Issued {
+                credential: Credential::default(),
+                expires_at: req.expires_at,
+                renewable: made.renewable,
+                handle: RevocationHandle {
+                    reference: made.accessor,
+                    secret: Some(made.token),
+                },
+            });
+        }
+        let secs = secs_until(req.expires_at, req.now);
+        let auth = self.create_scope(secs, json!(self.meta(req))).await?;
+        Ok(Issued {
+            credential: Credential::default(),
+            expires_at: req.now + Duration::from_secs(auth.lease_duration),
+            renewable: auth.renewable,
+            handle: RevocationHandle {
+                reference: auth.accessor,
+                secret: Some(SecretValue::new(auth.client_token)),
+            },
+        })
+    }
+
+    /// A scope token for the pool: made before its task is known, so its metadata says so.
+    pub(crate) async fn make_scope(&self, ttl: Duration) -> Result<Made, ProviderError> {
+        let meta = json!({ "purpose": "mcp", "credbroker_scope": "pooled" });
+        let now = SystemTime::now();
+        let auth = self.create_scope(ttl.as_secs().max(1), meta).await?;
+        Ok(Made {
+            accessor: auth.accessor,
+            token: SecretValue::new(auth.client_token),
+            expires_at: now + Duration::from_secs(auth.lease_duration),
+            renewable: auth.renewable,
+        })
+    }
+
+    /// `auth/token/create` (or `…/create/{scope_role}`) for a scope token of `secs`.
+    async fn create_scope(
+        &self,
+        secs: u64,
+        meta: Value,
+    ) -> Result<crate::client::Auth, ProviderError> {
         let mut body = json!({
-            "ttl": format!("{}s", secs_until(req.expires_at, req.now)),
+            "ttl": format!("{secs}s"),
             "renewable": true,
             "display_name": "credbroker-task",
-            "meta": self.meta(req),
+            "meta": meta,
             "num_uses": 0,
         });
         if !self.scope_policies.is_empty() {
@@ -63,18 +137,8 @@ impl Inner {
             })
             .await
             .map_err(|f| f.creating("creating the task's scope token"))?;
-        let auth = env
-            .and_then(|e| e.auth)
-            .ok_or_else(|| invalid_config("token create returned no token"))?;
-        Ok(Issued {
-            credential: Credential::default(),
-            expires_at: req.now + Duration::from_secs(auth.lease_duration),
-            renewable: auth.renewable,
-            handle: RevocationHandle {
-                reference: auth.accessor,
-                secret: Some(SecretValue::new(auth.client_token)),
-            },
-        })
+        env.and_then(|e| e.auth)
+            .ok_or_else(|| invalid_config("token create returned no token"))
     }
 
     pub(crate) async fn read_dynamic(

@@ -77,6 +77,12 @@
 //! # scopes independent of credbroker's own token: without it a scope is that token's child and
 //! # ends when it does (AppRole tokens have a max TTL), cutting long tasks short.
 //! scope_role = "credbroker-scope"
+//! # optional: keep 16 scope tokens made ahead of need, each living 2 minutes (`pool.rs`):
+//! # a BeginTask then skips a storage write in OpenBao, at the cost of scope metadata that
+//! # cannot name the task (the link is in credbroker's journal) and of a scope that, if
+//! # credbroker dies within milliseconds of the answer, may outlive its task by `scope_pool_ttl`.
+//! scope_pool = 16
+//! scope_pool_ttl = "2m"
 //! ```
 
 mod auth;
@@ -84,6 +90,7 @@ mod client;
 mod grants;
 mod issue;
 mod policies;
+mod pool;
 mod provider;
 mod revoke;
 
@@ -133,6 +140,14 @@ impl ProviderFactory for VaultFactory {
         let scope_policies: Vec<String> = f
             .get("scope_policies", "a list of policy names")
             .unwrap_or_default();
+        let pool_size = f.int("scope_pool", 0..=1024).unwrap_or(0) as usize;
+        let pool_ttl = f
+            .duration(
+                "scope_pool_ttl",
+                Duration::from_secs(30),
+                Duration::from_secs(3600),
+            )
+            .unwrap_or(Duration::from_secs(120));
         let login = login(&mut f, env);
         let errors = f.finish();
         if !errors.is_empty() {
@@ -151,6 +166,7 @@ impl ProviderFactory for VaultFactory {
             token: SelfToken::new(login),
             scope_policies,
             scope_role,
+            pool: (pool_size > 0).then(|| Arc::new(pool::Pool::new(pool_size, pool_ttl))),
         });
         Ok(Arc::new(VaultProvider {
             inner,

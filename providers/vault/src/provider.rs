@@ -21,6 +21,8 @@ pub(crate) struct Inner {
     pub(crate) token: SelfToken,
     pub(crate) scope_policies: Vec<String>,
     pub(crate) scope_role: Option<String>,
+    /// Scope tokens made ahead of need (`scope_pool`), if configured.
+    pub(crate) pool: Option<Arc<crate::pool::Pool>>,
 }
 
 pub(crate) struct VaultProvider {
@@ -156,6 +158,10 @@ impl Provider for VaultProvider {
                     tokio::time::sleep(wait).await;
                 }
             });
+            if let Some(pool) = &self.inner.pool {
+                let weak = Arc::downgrade(&self.inner);
+                rt.spawn(crate::pool::Pool::refill(Arc::clone(pool), weak));
+            }
         }
     }
 
