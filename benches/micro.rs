@@ -4,7 +4,9 @@
 //!     cargo bench --bench micro
 //!
 //! The journal benchmarks write to a real file under /var/tmp (not a tmpfs): `fsync` measures
-//! an acknowledged transition (synchronous=FULL), `intent` one written without fsync. Ids are
+//! an acknowledged transition (synchronous=FULL), `intent` one written without fsync (the
+//! SQLite intent commit `journal.fsync_intents` keeps), `intent-log` one appended to the intent
+//! log (what BeginTask does by default). Ids are
 //! time-ordered, as the broker's are, so inserts land where they do in production.
 
 #![allow(clippy::expect_used)] // a benchmark's setup that fails should stop the run at that line
@@ -293,6 +295,19 @@ fn journal(c: &mut Criterion) {
             })
         });
     }
+    // The intent as BeginTask now writes it: one frame appended to the intent log, on the
+    // request's thread (its rows reach SQLite with the answering commit).
+    g.bench_function("intent-log/one-at-a-time", |b| {
+        b.iter(|| plain.log_intent(&intent()).is_ok())
+    });
+    // A keyed BeginTask's check that its key is new, on the request's thread.
+    g.bench_function("begin-key-lookup", |b| {
+        b.iter(|| {
+            plain
+                .begin_key_now("db", &uuid::Uuid::now_v7().to_string())
+                .is_ok()
+        })
+    });
     g.finish();
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 
 use super::live::{TaskSummary, task_audit};
-use super::revoke::Target;
+use super::revoke::{Attempt, Target};
 use super::settle::scope_handle;
 use super::{Broker, BrokerError, ErrorKind};
 use crate::journal::read;
@@ -14,6 +14,7 @@ use crate::journal::rows::{LeaseState, TaskRow, TaskState, Text, end_reason};
 use crate::record::{Outcome, PeerRecord, Reason, event};
 use crate::time::to_ms;
 use crate::workload::PeerInfo;
+use credbroker_provider_api::Role;
 
 enum Marked {
     Gone,
@@ -83,22 +84,24 @@ impl Broker {
             Ender::Reaper => rt.config.broker.provider_timeout,
             _ => rt.config.broker.end_task_wait,
         };
-        // Every lease at once, a scope with its credentials. Each credential's revocation is
-        // still confirmed on its own call (never inferred from its scope's), and a credential
-        // whose scope went first is found gone, which is confirmation too; the scope holds
-        // nothing the caller has. One after the other, a scoped EndTask waited for two
-        // provider round trips where one does (the revoker still orders its retries).
-        // Recorded credentials first, then scopes, as they were when revoked in turn.
-        let (scopes, creds): (Vec<&Target>, Vec<&Target>) = targets
-            .iter()
-            .partition(|t| t.lease.role == credbroker_provider_api::Role::Scope);
-        let attempts = join_all(
-            creds
-                .into_iter()
-                .chain(scopes)
-                .map(|t| self.attempt(&rt, &task, t, wait, now)),
-        )
-        .await;
+        // Credentials first; a scope only once everything under it is settled.
+        let (scopes, creds): (Vec<&Target>, Vec<&Target>) =
+            targets.iter().partition(|t| t.lease.role == Role::Scope);
+        let mut attempts =
+            join_all(creds.iter().map(|t| self.attempt(&rt, &task, t, wait, now))).await;
+        let blocked = |scope: &Target, attempts: &[Attempt]| {
+            creds.iter().any(|c| {
+                c.lease.parent.as_deref() == Some(&scope.lease.id)
+                    && attempts
+                        .iter()
+                        .any(|a| a.lease_id == c.lease.id && !a.state.is_terminal())
+            })
+        };
+        let (waiting, ready): (Vec<&Target>, Vec<&Target>) =
+            scopes.into_iter().partition(|s| blocked(s, &attempts));
+        attempts.extend(waiting.iter().map(|s| self.scope_waits(&s.lease, now)));
+        attempts
+            .extend(join_all(ready.iter().map(|t| self.attempt(&rt, &task, t, wait, now))).await);
 
         let mut ending =
             task_audit(&task, event::TASK_ENDING, Outcome::Success, now).reason(reason);

@@ -21,7 +21,7 @@ fn count(d: &Daemon, sub: &str) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_scoped_task_revokes_its_credentials_and_its_scope_together() {
+async fn a_scoped_task_revokes_its_credentials_then_its_scope() {
     let auth = AuthServer::start();
     let d = Daemon::start(|dir| scoped(dir, &auth.issuer)).await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
@@ -63,7 +63,7 @@ async fn a_scoped_task_revokes_its_credentials_and_its_scope_together() {
     assert_eq!(
         revoked,
         ["credential", "scope"],
-        "recorded credentials first, then the scope"
+        "credentials first, then the scope"
     );
 }
 

@@ -9,11 +9,8 @@
 //! everything issued for the task, including a lease whose id never reached the journal; and if
 //! credbroker never comes back, the scope's TTL ends it all on schedule.
 //!
-//! - **Ending** revokes the credentials and the scope at once, each credential confirmed on its
-//!   own call (`sys/leases/revoke` is synchronous; revoking a token only queues the revocation
-//!   of its leases, so the scope's revocation is never taken as the credentials'). A lease the
-//!   scope's revocation got to first is found gone, which confirms it too. A credential whose
-//!   revocation fails is retried on its own; the revoker's retries revoke a scope only once
+//! - **Ending** revokes the credentials first, each confirmed on its own (`sys/leases/revoke` is
+//!   synchronous; revoking a token only queues the revocation of its leases), and the scope once
 //!   nothing under it still needs its own revocation.
 //! - A credential of **unknown outcome** (a crash or timeout between Vault's action and the
 //!   journal) is not reconciled on its own: the scope takes it back (`revoked_with_scope`).
