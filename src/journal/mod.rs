@@ -27,19 +27,19 @@ pub mod rows;
 mod schema;
 pub mod seal;
 pub mod transitions;
+mod writer;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::keys::AuditKey;
 use crate::record::AuditRecord;
 pub use intents::{Pin as IntentPin, carry};
 pub use keycheck::KeyCheckError;
-use ops::Chain;
 pub use ops::{Op, chain_hash};
 
 /// Submissions taken into one group commit at most.
@@ -186,7 +186,7 @@ impl Journal {
         // Intents a stopped daemon left in the log: committed before anything else, so
         // recovery finds them as it finds intents committed to SQLite.
         let (intents, leftovers) = intents::IntentLog::open(path)?;
-        commit_leftovers(&mut writer, &leftovers, &mut chain, head_key.as_ref())?;
+        writer::commit_leftovers(&mut writer, &leftovers, &mut chain, head_key.as_ref())?;
         leftovers.clear()?;
         // Checkpoints are run between groups, after answering (see `checkpoint`), never inside
         // a commit where every submitter of the group would wait for them.
@@ -214,7 +214,7 @@ impl Journal {
         std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || {
-                write_loop(
+                writer::write_loop(
                     writer,
                     checkpointer,
                     rx,
@@ -362,201 +362,6 @@ fn create_private(path: &Path) -> Result<(), JournalError> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(io(e)),
     }
-}
-
-fn write_loop(
-    mut conn: Connection,
-    mut checkpointer: checkpoint::Checkpointer,
-    mut rx: mpsc::Receiver<Submission>,
-    mut chain: Chain,
-    head_key: Option<AuditKey>,
-    stats: &JournalStats,
-    observers: &[Arc<dyn Observer>],
-) {
-    let mut group: Vec<Submission> = Vec::with_capacity(MAX_GROUP);
-    let mut committed: Vec<Vec<Op>> = Vec::with_capacity(MAX_GROUP);
-    let mut fsyncing = true;
-    while let Some(first) = rx.blocking_recv() {
-        group.push(first);
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(s) => group.push(s),
-                Err(_) => break,
-            }
-        }
-        // In WAL mode, synchronous=FULL fsyncs the WAL at commit and NORMAL does not; the
-        // setting applies per transaction, so a group pays for an fsync only if it needs one.
-        let fsync = group.iter().any(|s| s.durability == Durability::Fsync);
-        if fsync != fsyncing {
-            let mode = if fsync { "FULL" } else { "NORMAL" };
-            match conn.pragma_update(None, "synchronous", mode) {
-                Ok(()) => fsyncing = fsync,
-                Err(e) if fsync => {
-                    // Never acknowledge as durable what would not be fsync'd.
-                    tracing::error!(error = %e, "cannot make the journal fsync; refusing the group");
-                    for sub in group.drain(..) {
-                        let _ = sub.reply.send(Err(JournalError::Conflict(e.to_string())));
-                    }
-                    continue;
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot switch the journal to NORMAL sync"),
-            }
-        }
-        let before = chain;
-        let results = commit_group(&mut conn, &mut group, &mut chain, head_key.as_ref());
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        stats
-            .submissions
-            .fetch_add(group.len() as u64, Ordering::Relaxed);
-        match results {
-            Ok(results) => {
-                for (sub, result) in group.drain(..).zip(results) {
-                    let ok = result.is_ok();
-                    let _ = sub.reply.send(result);
-                    if ok {
-                        committed.push(sub.ops);
-                    }
-                }
-                // Everyone is answered; now the observers, while the submitters carry on.
-                for ops in committed.drain(..) {
-                    for op in &ops {
-                        if let Op::Audit(r) | Op::PruneAudit { anchor: r, .. } = op {
-                            for o in observers {
-                                o.committed(r);
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                // The commit itself failed (disk full, I/O error): nothing in the group is
-                // durable, so every submitter hears so, and the chain rewinds.
-                chain = before;
-                tracing::error!(error = %e, "journal commit failed");
-                let msg = e.to_string();
-                for sub in group.drain(..) {
-                    let _ = sub.reply.send(Err(JournalError::Conflict(msg.clone())));
-                }
-            }
-        }
-        // With everyone answered: most of the copying on another thread, the remainder here
-        // (see `checkpoint`).
-        checkpointer.between_groups(&conn);
-    }
-}
-
-/// Commits the intents left in the log whose tasks never reached SQLite, as their intent
-/// commit would have; the others were committed already and are skipped.
-fn commit_leftovers(
-    conn: &mut Connection,
-    leftovers: &intents::Leftovers,
-    chain: &mut Chain,
-    head_key: Option<&AuditKey>,
-) -> Result<(), JournalError> {
-    let mut group = Vec::new();
-    leftovers.for_each(|ops| {
-        let Some(id) = intents::task_id(&ops) else {
-            return Ok(());
-        };
-        let known = conn
-            .prepare_cached("SELECT 1 FROM tasks WHERE id = ?1")?
-            .exists([id])?;
-        if !known {
-            let (reply, _) = oneshot::channel();
-            group.push(Submission {
-                ops,
-                durability: Durability::Fsync,
-                reply,
-            });
-        }
-        Ok(())
-    })?;
-    if group.is_empty() {
-        return Ok(());
-    }
-    tracing::info!(
-        tasks = group.len(),
-        "committing the intents of tasks that were being issued when the daemon stopped"
-    );
-    // The writer connection is still at synchronous=FULL: this commit is fsync'd.
-    for result in commit_group(conn, &mut group, chain, head_key)? {
-        result?;
-    }
-    Ok(())
-}
-
-/// One transaction, one fsync, for the whole group.
-///
-/// Fast path: every submission applied straight into the transaction. A savepoint per
-/// submission would make SQLite copy every page it first touches into a statement journal,
-/// which costs more than the inserts themselves; and a failing submission is a bug, not load.
-/// So only when one fails is the transaction rolled back and the group replayed with a
-/// savepoint around each submission, so the failing one fails alone.
-fn commit_group(
-    conn: &mut Connection,
-    group: &mut [Submission],
-    chain: &mut Chain,
-    head_key: Option<&AuditKey>,
-) -> Result<Vec<Result<(), JournalError>>, JournalError> {
-    let start = *chain;
-    // In the same transaction as the records: the sealed head and the chain never disagree.
-    let seal = |tx: &Connection, chain: &Chain| -> rusqlite::Result<()> {
-        match head_key {
-            Some(key) if chain.seq != start.seq => {
-                let mac = key.seal_head(chain.seq, &chain.hash);
-                tx.prepare_cached(
-                    "INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, ?1, ?2, ?3)
-                     ON CONFLICT (id) DO UPDATE SET seq = ?1, hash = ?2, mac = ?3",
-                )?
-                .execute(rusqlite::params![
-                    chain.seq,
-                    chain.hash.as_slice(),
-                    mac.as_slice()
-                ])?;
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    };
-    {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let applied = group.iter_mut().try_for_each(|sub| {
-            sub.ops
-                .iter_mut()
-                .try_for_each(|op| ops::apply(&tx, op, chain))
-        });
-        if applied.is_ok() {
-            seal(&tx, chain)?;
-            tx.commit()?;
-            return Ok(group.iter().map(|_| Ok(())).collect());
-        }
-        // Dropping the transaction rolls it back.
-    }
-    *chain = start;
-    let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut results = Vec::with_capacity(group.len());
-    for sub in group.iter_mut() {
-        let mut sp = tx.savepoint()?;
-        let before = *chain;
-        match sub
-            .ops
-            .iter_mut()
-            .try_for_each(|op| ops::apply(&sp, op, chain))
-        {
-            Ok(()) => {
-                sp.commit()?;
-                results.push(Ok(()));
-            }
-            Err(e) => {
-                sp.rollback()?;
-                *chain = before;
-                results.push(Err(e));
-            }
-        }
-    }
-    seal(&tx, chain)?;
-    tx.commit()?;
-    Ok(results)
 }
 
 #[cfg(test)]

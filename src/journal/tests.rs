@@ -1,4 +1,5 @@
 use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::rows::{LeaseRow, LeaseState, TaskRow, TaskState};
