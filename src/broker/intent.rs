@@ -27,18 +27,20 @@ use crate::journal::{Durability, IntentPin, JournalError, Op};
 /// A task's lock (`LiveTask::op`): held by its BeginTask until issuing is done.
 pub(super) type TaskLock = Arc<tokio::sync::Mutex<()>>;
 
-pub(super) enum Intent {
+pub(super) enum Intent<'a> {
     /// In SQLite: committed on its own (`journal.fsync_intents`), or carried by a commit.
     Journaled,
     /// In the intent log only. `ops` go with the task's next commit; the pin keeps the
-    /// intent's segment until that commit is made.
+    /// intent's segment until that commit is made, and the claim keeps its idempotency key
+    /// (the key's row is among `ops`) from being taken meanwhile.
     Logged {
         ops: Option<Vec<Op>>,
         pin: Option<IntentPin>,
+        claim: Option<KeyClaim<'a>>,
     },
 }
 
-impl Intent {
+impl Intent<'_> {
     /// `ops` for a commit of the task's, with the intent's ops before them if not yet in SQLite.
     pub(super) fn carried(&mut self, ops: Vec<Op>) -> Vec<Op> {
         match self {
@@ -50,7 +52,8 @@ impl Intent {
         }
     }
 
-    /// The commit that carried the intent is made: the log no longer needs it.
+    /// The commit that carried the intent is made: the log no longer needs it, and the key's
+    /// row in SQLite now says it is taken, so the claim is released.
     pub(super) fn committed(&mut self) {
         // The pin is released here, not kept: overwriting `self` would run `Drop` on the old
         // value, which keeps a pin it still holds.
@@ -61,15 +64,19 @@ impl Intent {
     }
 }
 
-impl Drop for Intent {
+impl Drop for Intent<'_> {
     fn drop(&mut self) {
         // Left without its rows in SQLite (the journal failed): keep its segment, so the next
-        // start's recovery commits and reconciles it.
-        if let Self::Logged { pin, .. } = self
+        // start's recovery commits and reconciles it, and keep its key claimed until then: no
+        // SQLite row says the key is taken, and a retry must not issue a second time.
+        if let Self::Logged { pin, claim, .. } = self
             && let Some(pin) = pin.take()
         {
             tracing::error!("an intent's rows never reached the journal; kept for recovery");
             pin.keep();
+            if let Some(claim) = claim.take() {
+                std::mem::forget(claim);
+            }
         }
     }
 }
@@ -77,8 +84,8 @@ impl Drop for Intent {
 impl Broker {
     /// Before a failure is journaled: puts the intent's rows into SQLite (if only the log holds
     /// them), committed alone, so the failure's commit and the revoker find them.
-    pub(super) async fn journal_intent(&self, intent: &mut Intent) -> Result<(), JournalError> {
-        let Intent::Logged { ops, pin } = intent else {
+    pub(super) async fn journal_intent(&self, intent: &mut Intent<'_>) -> Result<(), JournalError> {
+        let Intent::Logged { ops, pin, .. } = intent else {
             return Ok(());
         };
         let ops = match (ops.take(), pin.as_ref()) {
@@ -129,7 +136,8 @@ impl Broker {
 
 pub(super) type KeysInFlight = Mutex<HashMap<(Text, String), TaskLock>>;
 
-/// A key claimed by a BeginTask in flight; released when the BeginTask is done.
+/// A key claimed by a BeginTask in flight; released when the commit carrying the key's row is
+/// made or the BeginTask is done, never while the key is in the intent log only.
 pub(super) struct KeyClaim<'a> {
     flying: &'a KeysInFlight,
     id: (Text, String),

@@ -70,7 +70,7 @@ impl Broker {
         let op = Arc::new(tokio::sync::Mutex::new(()));
         let _guard = Arc::clone(&op).lock_owned().await;
         let durability = Durability::for_intents(rt.config.journal.fsync_intents);
-        let (mut intent, _claim) = if rt.config.journal.fsync_intents {
+        let mut intent = if rt.config.journal.fsync_intents {
             self.journal
                 .commit_with(ops, durability)
                 .await
@@ -81,7 +81,7 @@ impl Broker {
                         BrokerError::journal(&e)
                     }
                 })?;
-            (Intent::Journaled, None)
+            Intent::Journaled
         } else {
             let claim = match &key {
                 Some(k) => Some(self.claim_key(&task.workload, k, &op).await?),
@@ -91,11 +91,11 @@ impl Broker {
                 .journal
                 .log_intent(&ops)
                 .map_err(|e| BrokerError::journal(&e))?;
-            let intent = Intent::Logged {
+            Intent::Logged {
                 ops: Some(ops),
                 pin: Some(pin),
-            };
-            (intent, claim)
+                claim,
+            }
         };
         let live = LiveTask {
             row: Arc::clone(&task),
@@ -292,7 +292,7 @@ impl Broker {
         mut outcomes: Outcomes,
         mut handles: HashMap<Text, RevocationHandle>,
         now: SystemTime,
-        intent: &mut Intent,
+        intent: &mut Intent<'_>,
     ) -> Result<Begun, BrokerError> {
         let mut ops = Vec::new();
         for row in rows.iter_mut().filter(|l| l.role == Role::Credential) {

@@ -75,11 +75,12 @@ impl Broker {
             .await
             .map_err(|e| BrokerError::journal(&e))?;
         let Some((task_id, digest)) = found else {
-            // The conflict was real but the row is gone: cannot happen while keys are kept.
+            // Either the row is gone (cannot happen while keys are kept), or the first attempt's
+            // intent never reached SQLite (the journal failed): the next start settles it.
             return Err(BrokerError::new(
-                ErrorKind::Internal,
+                ErrorKind::Unavailable,
                 "idempotency_key_lost",
-                "this idempotency key was used, but its task cannot be found",
+                "this idempotency key was used, but its task is not in the journal yet",
             ));
         };
         if digest != key.digest {

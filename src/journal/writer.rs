@@ -129,8 +129,31 @@ pub(super) fn commit_leftovers(
         "committing the intents of tasks that were being issued when the daemon stopped"
     );
     // The writer connection is still at synchronous=FULL: this commit is fsync'd.
-    for result in commit_group(conn, &mut group, chain, head_key)? {
-        result?;
+    let results = commit_group(conn, &mut group, chain, head_key)?;
+    // An idempotency key taken meanwhile (a retry while the journal was failing) must not keep
+    // the daemon from starting, nor the intent from being settled: its task is committed
+    // without the key's row, which the other task holds.
+    let mut again = Vec::new();
+    for (mut sub, result) in group.into_iter().zip(results) {
+        match result {
+            Ok(()) => {}
+            Err(e)
+                if e.is_duplicate() && sub.ops.iter().any(|o| matches!(o, Op::BeginKey { .. })) =>
+            {
+                tracing::warn!(
+                    task = intents::task_id(&sub.ops).unwrap_or_default(),
+                    "an intent's idempotency key was taken by another task; committing it without"
+                );
+                sub.ops.retain(|o| !matches!(o, Op::BeginKey { .. }));
+                again.push(sub);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if !again.is_empty() {
+        for result in commit_group(conn, &mut again, chain, head_key)? {
+            result?;
+        }
     }
     Ok(())
 }

@@ -39,6 +39,15 @@ pub(super) fn peer_of<T>(req: &Request<T>) -> Result<PeerInfo, Status> {
     }
 }
 
+/// A call's own task panicked (a bug): said plainly, with nothing from the panic.
+fn unexpected(call: &str) -> Status {
+    to_status(&BrokerError::new(
+        ErrorKind::Internal,
+        "internal",
+        format!("the {call} failed unexpectedly"),
+    ))
+}
+
 fn ttl(seconds: Option<u32>) -> Option<Duration> {
     seconds.map(|s| Duration::from_secs(u64::from(s)))
 }
@@ -65,20 +74,22 @@ impl v1::broker_server::Broker for BrokerService {
                     .collect::<BTreeMap<_, _>>(),
             })
             .collect();
-        let begun = self
-            .broker
-            .begin(
-                &peer,
-                BeginRequest {
-                    token,
-                    tool: req.tool,
-                    grants,
-                    ttl: ttl(req.ttl_seconds),
-                    idempotency_key: req.idempotency_key,
-                    call_id: req.call_id,
-                },
-            )
+        let begin = BeginRequest {
+            token,
+            tool: req.tool,
+            grants,
+            ttl: ttl(req.ttl_seconds),
+            idempotency_key: req.idempotency_key,
+            call_id: req.call_id,
+        };
+        // On a task of its own: tonic drops a handler's future when its client goes away, and a
+        // BeginTask stopped between its intent and its answering commit would leave a credential
+        // known only to the intent log, and free its idempotency key for a retry to issue again.
+        // Run to the end, it records (and settles) what it issued whoever is still listening.
+        let broker = Arc::clone(&self.broker);
+        let begun = tokio::spawn(async move { broker.begin(&peer, begin).await })
             .await
+            .map_err(|_| unexpected("BeginTask"))?
             .map_err(|e| to_status(&e))?;
         let credentials = begun
             .credentials
@@ -136,10 +147,12 @@ impl v1::broker_server::Broker for BrokerService {
         let peer = peer_of(&request)?;
         let req = request.into_inner();
         crate::broker::check_task_id(&req.task_id).map_err(|e| to_status(&e))?;
-        let task = self
-            .broker
-            .end_by_workload(&peer, &req.task_id)
+        // On a task of its own, as BeginTask: a client that goes away mid-revocation does not
+        // leave its task half ended (`ending` in memory only) until its expiry.
+        let broker = Arc::clone(&self.broker);
+        let task = tokio::spawn(async move { broker.end_by_workload(&peer, &req.task_id).await })
             .await
+            .map_err(|_| unexpected("EndTask"))?
             .map_err(|e| to_status(&e))?;
         Ok(Response::new(v1::EndTaskResponse {
             task: Some(proto::task(&task)),

@@ -471,6 +471,93 @@ async fn two_begins_with_one_key_at_once_issue_once() {
     assert_eq!(d.revoked().len(), 1);
 }
 
+/// Review finding (intent log): tonic drops a BeginTask's future when its client goes away.
+/// Dropped between the intent and the answering commit, the key's claim was released while the
+/// task existed only in the intent log: a retry with the same key issued a second credential,
+/// and the next start failed on the key's second row. The BeginTask must run to its end: the
+/// retry replays the first attempt, and the daemon restarts cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_begin_whose_client_goes_away_keeps_its_key_and_its_record() {
+    let auth = AuthServer::start();
+    let mut d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let mut req = begin_request(&token, &["orders-db-read"]);
+    req.idempotency_key = Some("0197a0c2-1b2c-7d3e-8f40-000000000003".into());
+    std::fs::write(d.state.join("slow-answer-ms"), "1500").unwrap_or_default();
+    let mut c1 = d.broker().await;
+    let r1 = req.clone();
+    let first = tokio::spawn(async move { c1.begin_task(r1).await });
+    eventually(
+        Duration::from_secs(5),
+        "the first credential exists",
+        || async { d.outstanding().len() == 1 },
+    )
+    .await;
+    // The client goes away while its credential is being issued: its connection closes.
+    first.abort();
+    assert!(first.await.is_err_and(|e| e.is_cancelled()));
+    let retry = d
+        .broker()
+        .await
+        .begin_task(req.clone())
+        .await
+        .expect_err("a retry with the key must not issue again");
+    assert_eq!(reason(&retry), "begin_replayed", "{retry:?}");
+    let issued = d
+        .audit()
+        .iter()
+        .filter(|r| r["event"] == "lease_issued")
+        .count();
+    assert_eq!(issued, 1, "one credential under one key");
+    eventually(
+        Duration::from_secs(5),
+        "the first credential revoked",
+        || async { d.outstanding().is_empty() },
+    )
+    .await;
+    // Nothing left for the next start to trip on.
+    d.kill9();
+    d.spawn().await;
+    assert!(live_tasks(&d).await.is_empty());
+    assert!(d.outstanding().is_empty());
+    assert_eq!(d.revoked().len(), 1);
+}
+
+/// The same for EndTask: a client that goes away while its task's credentials are being
+/// revoked left the task `ending` in memory only, its credential alive until the task's expiry.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_end_whose_client_goes_away_still_ends_the_task() {
+    let auth = AuthServer::start();
+    let d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let begun = d
+        .begin(&token, &["orders-db-read"])
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"))
+        .into_inner();
+    let id = begun.task.unwrap_or_default().id;
+    std::fs::write(d.state.join("slow-revoke-ms"), "1000").unwrap_or_default();
+    let mut c1 = d.broker().await;
+    let task_id = id.clone();
+    let end = tokio::spawn(async move { c1.end_task(v1::EndTaskRequest { task_id }).await });
+    eventually(
+        Duration::from_secs(5),
+        "the EndTask is revoking",
+        || async { d.state.join("slow-revoke-ms.waiting").exists() },
+    )
+    .await;
+    end.abort();
+    assert!(end.await.is_err_and(|e| e.is_cancelled()));
+    eventually(
+        Duration::from_secs(5),
+        "the task ended all the same",
+        || async { get_task(&d, &id).await.state == "ended" },
+    )
+    .await;
+    assert!(d.outstanding().is_empty());
+    assert_eq!(d.revoked().len(), 1);
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }

@@ -15,6 +15,8 @@
 //! * `slow-answer-ms` → a delay after the credential exists, before answering (a crash then
 //!   leaves a credential the journal never heard of)
 //!
+//! While a delay runs, `<name>.waiting` exists (a test can act at that moment).
+//!
 //! Grant parameters: `label` (string), `items` (list of strings, narrowable), `floor_s`
 //! (integer: a minimum lifetime, like STS's 15 minutes). Anything else is a config error.
 
@@ -91,7 +93,10 @@ impl TestProvider {
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
         {
+            let waiting = self.dir.join(format!("{name}.waiting"));
+            let _ = std::fs::write(&waiting, b"");
             tokio::time::sleep(Duration::from_millis(ms)).await;
+            let _ = std::fs::remove_file(&waiting);
         }
     }
 

@@ -134,7 +134,7 @@ impl IntentLog {
         let dir = PathBuf::from(name);
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => private_dir(&dir)?,
             Err(e) => return Err(io(&dir, e)),
         }
         let mut numbered = Vec::new();
@@ -176,10 +176,13 @@ impl IntentLog {
         }
         // One write(2) of the whole frame, O_APPEND: a crash leaves at most a torn last frame,
         // whose checksum fails, and whose provider call had not started.
-        current
-            .file
-            .write_all(&frame)
-            .map_err(|e| io(&current.segment.path, e))?;
+        if let Err(e) = current.file.write_all(&frame) {
+            // A short write (disk full, I/O error) may have left part of the frame: nothing is
+            // appended after it. The next intent goes to a new segment; this one is deleted
+            // with its last pin, or read up to the torn frame if an intent in it is kept.
+            current.bytes = u64::MAX;
+            return Err(io(&current.segment.path, e));
+        }
         current.bytes += frame.len() as u64;
         self.pinned.fetch_add(1, Ordering::Relaxed);
         Ok(Pin {
@@ -292,32 +295,71 @@ fn frame(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The payloads of the whole frames in `bytes`, stopping at the first torn or corrupt one: only
-/// the last frame can be torn (a crash mid-write), and nothing after it was ever acknowledged.
-fn frames(mut bytes: &[u8]) -> Vec<&[u8]> {
+/// The payloads of the whole frames in `bytes`. Only the last frame should ever be torn (a
+/// crash mid-write; its provider was never called), as nothing is appended after a failed write.
+/// But a frame damaged in the middle (a disk's bad block, pages lost in a power cut) must not
+/// hide the intents after it, whose providers may have been called: the reader resynchronises
+/// at the next offset where a whole frame with a matching checksum starts.
+fn frames(bytes: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
-    while bytes.len() >= HEADER {
-        let mut len = [0u8; 4];
-        len.copy_from_slice(&bytes[..4]);
-        let len = u32::from_le_bytes(len) as usize;
-        if len > MAX_FRAME || bytes.len() < HEADER + len {
-            break;
+    let mut at = 0;
+    while at < bytes.len() {
+        if let Some(payload) = frame_at(bytes, at) {
+            out.push(payload);
+            at += HEADER + payload.len();
+            continue;
         }
-        let payload = &bytes[HEADER..HEADER + len];
-        if checksum(payload) != bytes[4..HEADER] {
-            break;
+        match (at + 1..bytes.len()).find(|&o| frame_at(bytes, o).is_some()) {
+            Some(next) => {
+                tracing::warn!(
+                    offset = at,
+                    bytes = next - at,
+                    "a damaged intent in the middle of a segment, skipped; the intents after it are read"
+                );
+                at = next;
+            }
+            None => {
+                tracing::info!(
+                    bytes = bytes.len() - at,
+                    "a torn intent at the end of a segment, ignored"
+                );
+                break;
+            }
         }
-        out.push(payload);
-        bytes = &bytes[HEADER + len..];
-    }
-    if !bytes.is_empty() {
-        // The frame being written when the process died: its provider was never called.
-        tracing::info!(
-            bytes = bytes.len(),
-            "a torn intent at the end of a segment, ignored"
-        );
     }
     out
+}
+
+/// The payload of the whole, intact frame starting at `at`, if one does.
+fn frame_at(bytes: &[u8], at: usize) -> Option<&[u8]> {
+    let rest = bytes.get(at..)?;
+    let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    // Every payload is a JSON object: checked first, so a scan of damaged bytes hashes only
+    // the rare offset that could start a frame.
+    if len == 0 || len > MAX_FRAME || rest.get(HEADER) != Some(&b'{') {
+        return None;
+    }
+    let payload = rest.get(HEADER..HEADER + len)?;
+    (checksum(payload) == rest[4..HEADER]).then_some(payload)
+}
+
+/// An existing intent directory is ours and private: a real directory (not a link placed to
+/// redirect intents elsewhere), readable by its owner only, tightened if someone loosened it.
+fn private_dir(dir: &Path) -> Result<(), JournalError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| io(dir, e))?;
+    if !meta.is_dir() {
+        return Err(io(
+            dir,
+            std::io::Error::other("the intent log's path exists and is not a directory"),
+        ));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(path = %dir.display(), "the intent log's directory was readable by others; made 0700");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io(dir, e))?;
+    }
+    Ok(())
 }
 
 fn io(path: &Path, error: std::io::Error) -> JournalError {

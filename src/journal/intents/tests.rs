@@ -110,6 +110,126 @@ fn intents_read_back_as_written_and_a_torn_tail_is_ignored() {
     assert_eq!(segments(&db).len(), 1, "only the new segment is left");
 }
 
+/// Review finding: a frame damaged in the middle of a segment (the torn end of a failed write
+/// with intents appended after it, or blocks a power cut left zeroed) stopped the reader, and
+/// every intent after it was silently skipped: credentials issued under them were never
+/// revoked. The reader now resynchronises at the next whole frame.
+#[test]
+fn a_damaged_frame_in_the_middle_hides_no_intent_after_it() {
+    for damage in [Damage::Torn, Damage::Zeroed, Damage::Flipped] {
+        let dir = tempfile::tempdir().expect("a temp dir should be created");
+        let db = dir.path().join("j.db");
+        let (log, _) = IntentLog::open(&db).expect("a fresh log should open");
+        let (a, b, c) = (
+            intent("t1", None),
+            intent("t2", None),
+            intent("t3", Some("k")),
+        );
+        let pa = log.append(&a).expect("written");
+        let seg = segments(&db).pop().expect("a segment should exist");
+        let pb = log.append(&b).expect("written");
+        let mut bytes = std::fs::read(&seg).expect("the segment should read");
+        let second = pa.frame.len();
+        match damage {
+            // Half of a frame, then the rest of the segment after it.
+            Damage::Torn => {
+                let torn = frame(&entry::encode(&intent("tx", None)).expect("encodes"));
+                bytes.splice(second..second, torn[..torn.len() / 2].iter().copied());
+            }
+            Damage::Zeroed => bytes.splice(second..second, [0u8; 4096]).for_each(drop),
+            // One bit of b's payload: b is lost (its checksum fails), c is not.
+            Damage::Flipped => bytes[second + 40] ^= 0x10,
+        }
+        std::fs::write(&seg, &bytes).expect("the segment should be rewritten");
+        let pc = log.append(&c).expect("written");
+        for p in [pa, pb, pc] {
+            p.keep();
+        }
+        drop(log);
+
+        let (_log, left) = IntentLog::open(&db).expect("the log should reopen");
+        let read = all(&left);
+        let ids: Vec<_> = read
+            .iter()
+            .map(|ops| task_id(ops).map(str::to_owned))
+            .collect();
+        let want = match damage {
+            Damage::Flipped => vec![Some("t1".into()), Some("t3".into())],
+            _ => vec![Some("t1".into()), Some("t2".into()), Some("t3".into())],
+        };
+        assert_eq!(ids, want, "{damage:?}");
+        same(&c, read.last().expect("c is read"));
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    Torn,
+    Zeroed,
+    Flipped,
+}
+
+/// After a failed write, nothing is appended behind what it may have left: the next intent
+/// starts a new segment.
+#[test]
+fn a_failed_write_moves_the_next_intent_to_a_new_segment() {
+    let dir = tempfile::tempdir().expect("a temp dir should be created");
+    let db = dir.path().join("j.db");
+    let (log, _) = IntentLog::open(&db).expect("a fresh log should open");
+    let first = log.append(&intent("t1", None)).expect("written");
+    let seg = segments(&db).pop().expect("a segment should exist");
+    let before = std::fs::read(&seg).expect("the segment should read");
+    // A descriptor that cannot write: every write fails, as on a full or failing disk.
+    log.current.lock().expect("unpoisoned").file =
+        File::open(&seg).expect("the segment should open read-only");
+    let e = log.append(&intent("t2", None)).err();
+    assert!(matches!(e, Some(JournalError::Io { .. })), "{e:?}");
+    let next = log
+        .append(&intent("t3", None))
+        .expect("written to a new segment");
+    assert_eq!(segments(&db).len(), 2);
+    assert_eq!(
+        std::fs::read(&seg).ok(),
+        Some(before),
+        "nothing after the failed write"
+    );
+    first.keep();
+    next.keep();
+    drop(log);
+    let (_log, left) = IntentLog::open(&db).expect("the log should reopen");
+    let ids: Vec<_> = all(&left)
+        .iter()
+        .map(|ops| task_id(ops).map(str::to_owned))
+        .collect();
+    assert_eq!(ids, vec![Some("t1".into()), Some("t3".into())]);
+}
+
+#[test]
+fn the_intent_directory_is_private_and_a_real_directory() {
+    let dir = tempfile::tempdir().expect("a temp dir should be created");
+    let db = dir.path().join("j.db");
+    let intents = dir.path().join("j.db-intents");
+    std::fs::create_dir(&intents).expect("created");
+    std::fs::set_permissions(&intents, std::fs::Permissions::from_mode(0o755)).expect("set");
+    drop(IntentLog::open(&db).expect("the log should open"));
+    let mode = std::fs::metadata(&intents).map(|m| m.permissions().mode() & 0o777);
+    assert_eq!(mode.ok(), Some(0o700), "loosened modes are tightened");
+    // A link in its place would send intents elsewhere: refused, nothing written there.
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).expect("created");
+    let db2 = dir.path().join("k.db");
+    std::os::unix::fs::symlink(&elsewhere, dir.path().join("k.db-intents")).expect("linked");
+    let e = IntentLog::open(&db2).err();
+    assert!(
+        matches!(&e, Some(JournalError::Io { error, .. }) if error.to_string().contains("not a directory")),
+        "{e:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).map(|d| d.count()).ok(),
+        Some(0)
+    );
+}
+
 #[test]
 fn a_segment_goes_when_it_is_full_and_its_last_intent_is_committed() {
     let dir = tempfile::tempdir().expect("a temp dir should be created");
@@ -214,6 +334,34 @@ async fn open_commits_the_intents_whose_tasks_never_reached_sqlite() {
         .await
         .expect("readable");
     assert_eq!(count, 4);
+}
+
+/// An intent kept for recovery whose idempotency key another task took meanwhile: the start
+/// must not fail on the key's second row (it did), and the intent's task must still be
+/// committed, so its credentials are settled.
+#[tokio::test]
+async fn a_leftover_whose_key_was_taken_is_committed_without_it() {
+    let dir = tempfile::tempdir().expect("a temp dir should be created");
+    let db = dir.path().join("j.db");
+    let j = Journal::open(&db).expect("a fresh journal should open");
+    j.log_intent(&intent("t1", Some("k")))
+        .expect("logged")
+        .keep();
+    j.commit(intent("t2", Some("k")))
+        .await
+        .expect("t2 takes the key");
+    drop(j);
+
+    let j = Journal::open(&db).expect("the journal should reopen");
+    let t1 = j.read(|c| read::task(c, "t1")).await.expect("readable");
+    assert!(t1.is_some(), "t1's intent is committed");
+    let key = j.begin_key_now("w", "k").expect("readable");
+    assert_eq!(
+        key.map(|(t, _)| t),
+        Some("t2".to_string()),
+        "the key stays t2's"
+    );
+    assert_eq!(segments(&db).len(), 1, "the leftovers are gone");
 }
 
 #[test]
