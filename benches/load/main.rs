@@ -407,6 +407,40 @@ impl Hist {
     }
 }
 
+/// A two-step cycle's latencies: its begin, its end, and the whole.
+#[derive(Default)]
+struct Cycles {
+    begin: Hist,
+    end: Hist,
+    cycle: Hist,
+}
+
+impl Cycles {
+    /// A cycle begun at `t0`, whose end started at `t1` and finished at `t2`.
+    fn add(&mut self, t0: Instant, t1: Instant, t2: Instant) {
+        self.begin.add(t1 - t0);
+        self.end.add(t2 - t1);
+        self.cycle.add(t2 - t0);
+    }
+
+    fn merge(&mut self, o: Cycles) {
+        self.begin.merge(o.begin);
+        self.end.merge(o.end);
+        self.cycle.merge(o.cycle);
+    }
+
+    fn count(&self) -> usize {
+        self.cycle.0.len()
+    }
+
+    /// `begin_p50_ms`, … `cycle_p999_ms`, into `out`.
+    fn summarise(&mut self, out: &mut serde_json::Value) {
+        merge(out, self.begin.summary("begin"));
+        merge(out, self.end.summary("end"));
+        merge(out, self.cycle.summary("cycle"));
+    }
+}
+
 /// Lets `workers` (each looping until `stop`, recording while `measuring`) warm up, measures
 /// for `duration`, stops them, and returns their latencies merged and the window's length.
 async fn window(
@@ -482,7 +516,7 @@ async fn cycle(
         );
         workers.push(tokio::spawn(async move {
             let mut c = s.client(i);
-            let (mut begin, mut end, mut cyc) = (Hist::default(), Hist::default(), Hist::default());
+            let mut cycles = Cycles::default();
             while !stop.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
                 let id = match s.begin(&mut c, ttl).await {
@@ -496,14 +530,11 @@ async fn cycle(
                 if s.end(&mut c, id).await.is_err() {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
-                let t2 = Instant::now();
                 if measuring.load(Ordering::Relaxed) {
-                    begin.add(t1 - t0);
-                    end.add(t2 - t1);
-                    cyc.add(t2 - t0);
+                    cycles.add(t0, t1, Instant::now());
                 }
             }
-            (begin, end, cyc)
+            cycles
         }));
     }
     tokio::time::sleep(warmup).await;
@@ -516,15 +547,13 @@ async fn cycle(
     let elapsed = started.elapsed();
     let cpu1 = (cpu_us("self"), daemon.as_deref().map(cpu_us));
     stop.store(true, Ordering::Relaxed);
-    let (mut begin, mut end, mut cyc) = (Hist::default(), Hist::default(), Hist::default());
+    let mut all = Cycles::default();
     for w in workers {
-        if let Ok((b, e, c)) = w.await {
-            begin.merge(b);
-            end.merge(e);
-            cyc.merge(c);
+        if let Ok(c) = w.await {
+            all.merge(c);
         }
     }
-    let cycles = cyc.0.len();
+    let cycles = all.count();
     let mut out = json!({
         "concurrency": concurrency,
         "connections": t.connections,
@@ -532,9 +561,7 @@ async fn cycle(
         "cycles_per_s": (cycles as f64 / elapsed.as_secs_f64()).round(),
         "errors": errors.load(Ordering::Relaxed),
     });
-    merge(&mut out, begin.summary("begin"));
-    merge(&mut out, end.summary("end"));
-    merge(&mut out, cyc.summary("cycle"));
+    all.summarise(&mut out);
     merge(&mut out, memory(t.daemon_pid));
     // Where the machine's time goes, per cycle (the tick is 10 ms: a long run is needed).
     let per = |a: u64, b: u64| {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{Hist, merge};
+use super::Cycles;
 
 pub(super) async fn creds(
     addr: String,
@@ -33,8 +33,7 @@ pub(super) async fn creds(
             Arc::clone(&errors),
         );
         tokio::spawn(async move {
-            let (mut read, mut revoke, mut cyc) =
-                (Hist::default(), Hist::default(), Hist::default());
+            let mut cycles = Cycles::default();
             while !stop.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
                 let got = http
@@ -66,14 +65,11 @@ pub(super) async fn creds(
                 if !revoked.is_ok_and(|r| r.status().is_success()) {
                     errors.fetch_add(1, Ordering::Relaxed);
                 }
-                let t2 = Instant::now();
                 if measuring.load(Ordering::Relaxed) {
-                    read.add(t1 - t0);
-                    revoke.add(t2 - t1);
-                    cyc.add(t2 - t0);
+                    cycles.add(t0, t1, Instant::now());
                 }
             }
-            (read, revoke, cyc)
+            cycles
         })
     };
     tokio::time::sleep(warmup).await;
@@ -83,8 +79,8 @@ pub(super) async fn creds(
     measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let (mut read, mut revoke, mut cyc) = worker.await.unwrap_or_default();
-    let cycles = cyc.0.len();
+    let mut all = worker.await.unwrap_or_default();
+    let cycles = all.count();
     let mut out = json!({
         "concurrency": 1,
         "cycles": cycles,
@@ -92,8 +88,6 @@ pub(super) async fn creds(
         "errors": errors.load(Ordering::Relaxed),
     });
     // Named as credbroker's cycle is: the read is the begin, the revocation the end.
-    merge(&mut out, read.summary("begin"));
-    merge(&mut out, revoke.summary("end"));
-    merge(&mut out, cyc.summary("cycle"));
+    all.summarise(&mut out);
     out
 }

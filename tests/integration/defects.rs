@@ -426,6 +426,25 @@ async fn a_retried_begin_ends_the_task_its_first_attempt_began() {
     assert_eq!(opened, 1);
 }
 
+type BeginCall =
+    tokio::task::JoinHandle<Result<tonic::Response<v1::BeginTaskResponse>, tonic::Status>>;
+
+/// `req` sent on a connection of its own, and held inside its provider call once its credential
+/// exists (the test provider's `slow-answer-ms`).
+async fn a_begin_held_mid_issue(d: &Daemon, req: &v1::BeginTaskRequest) -> BeginCall {
+    std::fs::write(d.state.join("slow-answer-ms"), "1500").unwrap_or_default();
+    let mut client = d.broker().await;
+    let r = req.clone();
+    let call = tokio::spawn(async move { client.begin_task(r).await });
+    eventually(
+        Duration::from_secs(5),
+        "the first credential exists",
+        || async { d.outstanding().len() == 1 },
+    )
+    .await;
+    call
+}
+
 /// With intents in the intent log, no SQLite row says a key is taken until the task's rows are
 /// committed. Two BeginTasks with one key at once: the second must wait for the first and
 /// replay it, never issue a second credential under the same key.
@@ -436,17 +455,7 @@ async fn two_begins_with_one_key_at_once_issue_once() {
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let mut req = begin_request(&token, &["orders-db-read"]);
     req.idempotency_key = Some("0197a0c2-1b2c-7d3e-8f40-000000000002".into());
-    // The first is held inside its provider call, its credential already created.
-    std::fs::write(d.state.join("slow-answer-ms"), "1500").unwrap_or_default();
-    let mut c1 = d.broker().await;
-    let r1 = req.clone();
-    let first = tokio::spawn(async move { c1.begin_task(r1).await });
-    eventually(
-        Duration::from_secs(5),
-        "the first credential exists",
-        || async { d.outstanding().len() == 1 },
-    )
-    .await;
+    let first = a_begin_held_mid_issue(&d, &req).await;
     let second = d.broker().await.begin_task(req.clone()).await;
     let first = first
         .await
@@ -483,16 +492,7 @@ async fn a_begin_whose_client_goes_away_keeps_its_key_and_its_record() {
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
     let mut req = begin_request(&token, &["orders-db-read"]);
     req.idempotency_key = Some("0197a0c2-1b2c-7d3e-8f40-000000000003".into());
-    std::fs::write(d.state.join("slow-answer-ms"), "1500").unwrap_or_default();
-    let mut c1 = d.broker().await;
-    let r1 = req.clone();
-    let first = tokio::spawn(async move { c1.begin_task(r1).await });
-    eventually(
-        Duration::from_secs(5),
-        "the first credential exists",
-        || async { d.outstanding().len() == 1 },
-    )
-    .await;
+    let first = a_begin_held_mid_issue(&d, &req).await;
     // The client goes away while its credential is being issued: its connection closes.
     first.abort();
     assert!(first.await.is_err_and(|e| e.is_cancelled()));
