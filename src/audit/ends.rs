@@ -7,15 +7,16 @@ use super::verify::{Kind, Report, hash32};
 use crate::journal::JournalError;
 use crate::keys::{AuditKey, hex, unhex};
 
+/// The event is a literal, not a parameter: only then may SQLite use the partial index
+/// `audit_anchor` (schema 7) instead of reading the table backwards.
+pub(super) const ANCHOR: &str =
+    "SELECT detail FROM audit WHERE event = 'audit_pruned' ORDER BY seq DESC LIMIT 1";
+
 /// The newest retention anchor: the first record it kept and the hash that record chains from.
 /// The anchor is itself a chained record, so editing it shows up in the walk.
 pub(super) fn anchor(conn: &Connection) -> Result<Option<(u64, [u8; 32])>, JournalError> {
     let detail: Option<String> = conn
-        .query_row(
-            "SELECT detail FROM audit WHERE event = ?1 ORDER BY seq DESC LIMIT 1",
-            [crate::record::event::AUDIT_PRUNED],
-            |r| r.get::<_, Option<String>>(0),
-        )
+        .query_row(ANCHOR, [], |r| r.get::<_, Option<String>>(0))
         .or_else(|e| match e {
             rusqlite::Error::QueryReturnedNoRows => Ok(None),
             e => Err(e),

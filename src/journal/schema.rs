@@ -190,6 +190,20 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (issuer, client_id)
     ) STRICT, WITHOUT ROWID;
     "#,
+    // 7: one time index where there were two. `audit_event (event, at_ms)` put each commit's
+    // records on as many index pages as the commit had events (a BeginTask and an EndTask
+    // have six), and every page a commit touches is written whole to the WAL: with it and
+    // `audit_at`, the audit indexes were a third of the pages a group commit wrote.
+    // `(at_ms, event)` appends to one page and still answers a filter on time and event from
+    // the index alone (an event without a time reads this index whole rather than the
+    // table). The retention anchor, the one lookup by event alone, gets a partial index that
+    // no other record touches.
+    r#"
+    DROP INDEX IF EXISTS audit_at;
+    DROP INDEX IF EXISTS audit_event;
+    CREATE INDEX audit_time ON audit(at_ms, event);
+    CREATE INDEX audit_anchor ON audit(seq) WHERE event = 'audit_pruned';
+    "#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
