@@ -37,6 +37,8 @@ pub(super) enum Intent<'a> {
         ops: Option<Vec<Op>>,
         pin: Option<IntentPin>,
         claim: Option<KeyClaim<'a>>,
+        /// Where it goes if the journal fails before its rows are in SQLite.
+        kept: &'a KeptIntents,
     },
 }
 
@@ -66,22 +68,73 @@ impl Intent<'_> {
 
 impl Drop for Intent<'_> {
     fn drop(&mut self) {
-        // Left without its rows in SQLite (the journal failed): keep its segment, so the next
-        // start's recovery commits and reconciles it, and keep its key claimed until then: no
-        // SQLite row says the key is taken, and a retry must not issue a second time.
-        if let Self::Logged { pin, claim, .. } = self
+        // Left without its rows in SQLite (the journal failed): keep its segment and its key's
+        // claim (no SQLite row says the key is taken, and a retry must not issue a second time)
+        // until its rows are committed: by `heal_kept_intents` once the journal takes commits
+        // again, or, if the daemon stops first, by the next start, which reads the segment.
+        if let Self::Logged {
+            pin, claim, kept, ..
+        } = self
             && let Some(pin) = pin.take()
         {
-            tracing::error!("an intent's rows never reached the journal; kept for recovery");
-            pin.keep();
-            if let Some(claim) = claim.take() {
-                std::mem::forget(claim);
+            tracing::error!(
+                "an intent's rows never reached the journal; kept until the journal takes them"
+            );
+            let key = claim.take().map(KeyClaim::hold);
+            match kept.lock() {
+                Ok(mut kept) => kept.push(Kept { pin, key }),
+                // Memory is unusable: keep the segment for the next start, the key claimed.
+                Err(_) => pin.keep(),
             }
         }
     }
 }
 
+/// An intent whose rows never reached SQLite, and the key it still holds claimed.
+pub(super) struct Kept {
+    pin: IntentPin,
+    key: Option<(Text, String)>,
+}
+
+pub(super) type KeptIntents = Mutex<Vec<Kept>>;
+
 impl Broker {
+    /// Commits the intents a failing journal left in the log only (see `Intent`'s `Drop`), so
+    /// their tasks are in SQLite for the revoker's records and their keys answer a retry,
+    /// without waiting for a restart. Those still refused wait for the next call.
+    pub(super) async fn heal_kept_intents(&self) {
+        let kept = match self.kept_intents.lock() {
+            Ok(mut kept) if !kept.is_empty() => std::mem::take(&mut *kept),
+            _ => return,
+        };
+        let mut still = Vec::new();
+        for k in kept {
+            let committed = match k.pin.ops() {
+                Ok(ops) => match self.journal.commit_with(ops, Durability::Fsync).await {
+                    Ok(()) => true,
+                    // Its rows are there after all: nothing to add.
+                    Err(e) if e.is_duplicate() => true,
+                    Err(_) => false,
+                },
+                Err(e) => {
+                    tracing::error!(error = %e, "a kept intent cannot be read back; left for the next start");
+                    false
+                }
+            };
+            if committed {
+                tracing::info!("a kept intent's rows are in the journal now");
+                if let (Some(id), Ok(mut flying)) = (&k.key, self.keys_in_flight.lock()) {
+                    flying.remove(id);
+                }
+            } else {
+                still.push(k);
+            }
+        }
+        if let Ok(mut kept) = self.kept_intents.lock() {
+            kept.extend(still);
+        }
+    }
+
     /// Before a failure is journaled: puts the intent's rows into SQLite (if only the log holds
     /// them), committed alone, so the failure's commit and the revoker find them.
     pub(super) async fn journal_intent(&self, intent: &mut Intent<'_>) -> Result<(), JournalError> {
@@ -141,6 +194,14 @@ pub(super) type KeysInFlight = Mutex<HashMap<(Text, String), TaskLock>>;
 pub(super) struct KeyClaim<'a> {
     flying: &'a KeysInFlight,
     id: (Text, String),
+}
+
+impl KeyClaim<'_> {
+    /// The key stays claimed past this claim: its id, for whoever releases it later.
+    fn hold(self) -> (Text, String) {
+        let mut me = std::mem::ManuallyDrop::new(self);
+        std::mem::replace(&mut me.id, (Text::from(""), String::new()))
+    }
 }
 
 impl Drop for KeyClaim<'_> {

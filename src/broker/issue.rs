@@ -95,6 +95,7 @@ impl Broker {
                 ops: Some(ops),
                 pin: Some(pin),
                 claim,
+                kept: &self.kept_intents,
             }
         };
         let live = LiveTask {

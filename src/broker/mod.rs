@@ -220,6 +220,8 @@ pub struct Broker {
     metrics: Arc<crate::metrics::Metrics>,
     /// The idempotency keys of BeginTasks whose intent is not yet in SQLite (`intent`).
     keys_in_flight: intent::KeysInFlight,
+    /// Intents a failing journal left in the intent log only (`intent::Kept`).
+    kept_intents: intent::KeptIntents,
 }
 
 impl Broker {
@@ -253,6 +255,7 @@ impl Broker {
             wake_alerts: Notify::new(),
             metrics,
             keys_in_flight: Mutex::default(),
+            kept_intents: Mutex::default(),
         }
     }
 

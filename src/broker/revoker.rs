@@ -14,6 +14,9 @@ impl Broker {
     /// Works the retry queue until the process ends.
     pub(super) async fn revoker_loop(self: Arc<Self>) {
         loop {
+            // First the intents a failing journal kept: the retries below record against
+            // their rows.
+            self.heal_kept_intents().await;
             let now_ms = to_ms(self.clock.now());
             let (due, next) = {
                 let Ok(mut state) = self.live_state() else {

@@ -807,3 +807,94 @@ async fn another_workload_cannot_end_a_task() {
     assert_eq!(get_task(&d, &t.id).await.state, "active");
     assert_eq!(d.outstanding().len(), 1);
 }
+
+/// A journal that fails between the credential and its record (a disk error, here a trigger
+/// that refuses every new task row): the caller hears UNAVAILABLE and no credential; the one
+/// issued is revoked from memory at once; a retry with the same idempotency key issues nothing
+/// while the journal cannot say what the key began. Once the journal takes commits again, the
+/// kept intent is committed without a restart: the task is recorded and ended, and the key
+/// replays it. A restart afterwards finds nothing to do twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_journal_failure_mid_begin_issues_nothing_twice_and_heals() {
+    let auth = AuthServer::start();
+    let mut d = Daemon::start(|dir| base_config(dir, &auth.issuer, "")).await;
+    let token = auth.token("agent-1", POSTGRES, PG_READ).await;
+    let mut req = begin_request(&token, &["orders-db-read"]);
+    req.idempotency_key = Some("0197a0c2-1b2c-7d3e-8f40-000000000005".into());
+    let fail = |on: bool| {
+        let c = rusqlite::Connection::open(&d.journal).expect("the journal should open");
+        c.busy_timeout(Duration::from_secs(5))
+            .expect("busy timeout");
+        let sql = if on {
+            "CREATE TRIGGER fail_tasks BEFORE INSERT ON tasks
+             BEGIN SELECT RAISE(ABORT, 'injected journal failure'); END;"
+        } else {
+            "DROP TRIGGER fail_tasks;"
+        };
+        c.execute_batch(sql).expect("the trigger should change");
+    };
+    fail(true);
+    let first = d
+        .broker()
+        .await
+        .begin_task(req.clone())
+        .await
+        .expect_err("nothing may be handed out that is not recorded");
+    assert_eq!(first.code(), tonic::Code::Unavailable, "{first:?}");
+    assert_eq!(reason(&first), "journal_unavailable");
+    eventually(
+        Duration::from_secs(5),
+        "the unrecorded credential revoked",
+        || async { d.outstanding().is_empty() },
+    )
+    .await;
+    assert_eq!(d.revoked().len(), 1);
+
+    // The key's row is not in SQLite: a retry must not issue under it again.
+    let retry = d
+        .broker()
+        .await
+        .begin_task(req.clone())
+        .await
+        .expect_err("a retry while the key's task is unrecorded must not issue");
+    assert_eq!(retry.code(), tonic::Code::Unavailable, "{retry:?}");
+    assert_eq!(reason(&retry), "idempotency_key_lost");
+    let opened = |d: &Daemon| {
+        d.audit()
+            .iter()
+            .filter(|r| r["event"] == "task_opened")
+            .count()
+    };
+    assert_eq!(opened(&d), 0, "nothing reached the journal");
+
+    // The journal is back: the kept intent is committed and its task ended, no restart.
+    fail(false);
+    eventually(
+        Duration::from_secs(15),
+        "the kept intent's task recorded and ended",
+        || async { opened(&d) == 1 && live_tasks(&d).await.is_empty() },
+    )
+    .await;
+    let replay = d
+        .broker()
+        .await
+        .begin_task(req.clone())
+        .await
+        .expect_err("the key began a task already");
+    assert_eq!(reason(&replay), "begin_replayed", "{replay:?}");
+    assert_eq!(d.revoked().len(), 1, "issued once in all");
+    assert!(d.outstanding().is_empty());
+
+    // Nothing is done twice at the next start.
+    d.kill9();
+    d.spawn().await;
+    assert!(live_tasks(&d).await.is_empty());
+    let again = d.broker().await.begin_task(req.clone()).await.err();
+    assert_eq!(
+        again.as_ref().map(reason).as_deref(),
+        Some("begin_replayed")
+    );
+    assert_eq!(opened(&d), 1);
+    assert!(d.outstanding().is_empty());
+    assert_eq!(d.revoked().len(), 1);
+}
