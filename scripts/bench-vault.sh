@@ -3,7 +3,8 @@
 #   - OpenBao alone: read database/creds/bench, revoke its lease (a least-privilege token);
 #   - credbroker (the Vault provider) in front of the same OpenBao: BeginTask + EndTask of a
 #     grant reading the same path, with a 5-minute and with a 1-hour access token, each with
-#     scopes made per BeginTask (the default) and made ahead of need (scope_pool = 16).
+#     scopes made per BeginTask (the default), made ahead of need (scope_pool = 16), and batch
+#     scopes (scope_type = "batch").
 # Needs from bench.sh: $W, PIDS, $CB, $LOAD, $BAO, $A (OpenBao's API), $W/bao/token (root),
 # $ISSUER, record(), say(), port(), start_daemon's pattern.
 
@@ -49,8 +50,9 @@ say "OpenBao alone: read database/creds/bench + revoke its lease, one at a time"
 R=$("$LOAD" --json openbao-creds --addr "${A%/v1}" --token-file "$W/bao/direct-token" --path database/creds/bench \
   --duration "$DURATION" --warmup "$WARMUP"); echo "$R"; record vault_direct "$R"
 
-for RUN in 300 3600 300_pool 3600_pool; do
-  TTL=${RUN%_pool}; POOL=0; [ "$RUN" != "$TTL" ] && POOL=16
+for RUN in 300 3600 300_pool 3600_pool 300_batch 3600_batch; do
+  TTL=${RUN%_*}; POOL=0; SCOPE=service
+  case "$RUN" in *_pool) POOL=16 ;; *_batch) SCOPE=batch ;; esac
   RESV="https://mcp.example.test/bench-vault-$TTL"
   curl -sf -u bench-agent:bench "$ISSUER/token" -d grant_type=client_credentials \
     --data-urlencode "resource=$RESV" --data-urlencode "scope=mcp.tool:bench" |
@@ -72,6 +74,7 @@ type = "vault"
 address = "${A%/v1}"
 token_file = "$W/bao/cb-token"
 scope_pool = $POOL
+scope_type = "$SCOPE"
 [[grant]]
 name = "db"
 provider = "openbao"
@@ -88,7 +91,7 @@ TOML
   for _ in $(seq 1000); do
     CREDBROKER_ADMIN_SOCKET="$W/admin-vault.sock" "$CB" status >/dev/null 2>&1 && break; sleep 0.005
   done
-  say "credbroker + OpenBao: BeginTask + EndTask of database/creds/bench, one at a time, a ${TTL}s token, scope_pool = $POOL"
+  say "credbroker + OpenBao: BeginTask + EndTask of database/creds/bench, one at a time, a ${TTL}s token, scope_pool = $POOL, scope_type = $SCOPE"
   # No TTL asked: the task lasts as long as the token (and max_ttl) allow, as an MCP server's
   # task for a tool call would.
   R=$("$LOAD" --json cycle --socket "$W/broker-vault.sock" --token-file "$W/token-$TTL" --grant db \
@@ -96,4 +99,9 @@ TOML
   record "vault_cb_$RUN" "$R"
   kill "$VPID"; wait "$VPID" 2>/dev/null || true
 done
+# Again after the runs: OpenBao's own cycle drifts as its raft log grows and the machine's load
+# changes, so each added cost is measured against the mean of both.
+say "OpenBao alone, again"
+R=$("$LOAD" --json openbao-creds --addr "${A%/v1}" --token-file "$W/bao/direct-token" --path database/creds/bench \
+  --duration "$DURATION" --warmup "$WARMUP"); echo "$R"; record vault_direct_after "$R"
 pg_stop

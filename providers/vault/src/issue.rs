@@ -1,9 +1,8 @@
-//! Issuing from Vault: the per-task scope (a child token), dynamic secrets read under it, and
-//! workload tokens.
+//! Issuing from Vault under a task's scope (`scope.rs`): dynamic secrets and workload tokens.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use credbroker_provider_api::{
     Credential, ErrorKind, IssueRequest, Issued, ProviderError, RevocationHandle, SecretValue,
@@ -12,8 +11,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::client::Envelope;
-use crate::pool::Made;
 use crate::provider::{Inner, invalid_config, secs_until};
+use crate::scope::is_batch;
 
 impl Inner {
     pub(crate) fn meta(&self, req: &IssueRequest<'_>) -> BTreeMap<String, String> {
@@ -34,111 +33,6 @@ impl Inner {
             m.insert("grant".into(), req.grant.to_string());
         }
         m
-    }
-
-    /// The per-task scope: a child of credbroker's token that dies with the task. Taken from
-    /// the pool when there is one (`pool`), its TTL fitted to the task just after the answer.
-    pub(crate) async fn open_scope(
-        self: &Arc<Self>,
-        req: &IssueRequest<'_>,
-    ) -> Result<Issued, ProviderError> {
-        if let Some(made) = self.pool.as_ref().and_then(|p| p.take(req.now)) {
-            let (inner, accessor) = (Arc::clone(self), made.accessor.clone());
-            let increment = format!("{}s", secs_until(req.expires_at, req.now));
-            tokio::spawn(async move {
-                let body = json!({ "accessor": accessor, "increment": increment });
-                let fitted = inner
-                    .with_token(|t| {
-                        let body = body.clone();
-                        let inner = &inner;
-                        async move {
-                            inner
-                                .client
-                                .call(
-                                    Method::PUT,
-                                    "auth/token/renew-accessor",
-                                    Some(&t),
-                                    Some(&body),
-                                )
-                                .await
-                        }
-                    })
-                    .await;
-                if let Err(f) = fitted {
-                    tracing::warn!(error = %f.retryable("fitting a pooled scope to its task"),
-                        "a pooled scope keeps its own TTL; its task's leases are shortened still");
-                }
-            });
-            return Ok(Issued {
-                credential: Credential::default(),
-                expires_at: req.expires_at,
-                renewable: made.renewable,
-                handle: RevocationHandle {
-                    reference: made.accessor,
-                    secret: Some(made.token),
-                },
-            });
-        }
-        let secs = secs_until(req.expires_at, req.now);
-        let auth = self.create_scope(secs, json!(self.meta(req))).await?;
-        Ok(Issued {
-            credential: Credential::default(),
-            expires_at: req.now + Duration::from_secs(auth.lease_duration),
-            renewable: auth.renewable,
-            handle: RevocationHandle {
-                reference: auth.accessor,
-                secret: Some(SecretValue::new(auth.client_token)),
-            },
-        })
-    }
-
-    /// A scope token for the pool: made before its task is known, so its metadata says so.
-    pub(crate) async fn make_scope(&self, ttl: Duration) -> Result<Made, ProviderError> {
-        let meta = json!({ "purpose": "mcp", "credbroker_scope": "pooled" });
-        let now = SystemTime::now();
-        let auth = self.create_scope(ttl.as_secs().max(1), meta).await?;
-        Ok(Made {
-            accessor: auth.accessor,
-            token: SecretValue::new(auth.client_token),
-            expires_at: now + Duration::from_secs(auth.lease_duration),
-            renewable: auth.renewable,
-        })
-    }
-
-    /// `auth/token/create` (or `…/create/{scope_role}`) for a scope token of `secs`.
-    async fn create_scope(
-        &self,
-        secs: u64,
-        meta: Value,
-    ) -> Result<crate::client::Auth, ProviderError> {
-        let mut body = json!({
-            "ttl": format!("{secs}s"),
-            "renewable": true,
-            "display_name": "credbroker-task",
-            "meta": meta,
-            "num_uses": 0,
-        });
-        if !self.scope_policies.is_empty() {
-            body["policies"] = json!(self.scope_policies);
-        }
-        let create_path = match &self.scope_role {
-            Some(role) => format!("auth/token/create/{role}"),
-            None => "auth/token/create".to_string(),
-        };
-        let create_path = create_path.as_str();
-        let env = self
-            .with_token(|t| {
-                let body = body.clone();
-                async move {
-                    self.client
-                        .call(Method::POST, create_path, Some(&t), Some(&body))
-                        .await
-                }
-            })
-            .await
-            .map_err(|f| f.creating("creating the task's scope token"))?;
-        env.and_then(|e| e.auth)
-            .ok_or_else(|| invalid_config("token create returned no token"))
     }
 
     pub(crate) async fn read_dynamic(
@@ -174,6 +68,9 @@ impl Inner {
                 "{path} returned no lease; only lease-bearing secrets can be brokered"
             )));
         }
+        // A batch scope already cut the lease to the task in OpenBao, and its leases cannot be
+        // renewed (`scope.rs`): nothing to shorten.
+        let batch = req.scope.is_some_and(|s| is_batch(&s.reference));
         // Engines pick their own lease TTL (a role's default_ttl, an hour say). The scope token,
         // whose TTL is the task's, already bounds the lease: OpenBao revokes every lease made
         // under a token when the token expires. Shortening the lease to the task also moves the
@@ -183,7 +80,7 @@ impl Inner {
         // costs a storage write in OpenBao and a statement in the database, on every issue.
         let wanted = secs_until(req.expires_at, req.now);
         let lease_duration = env.lease_duration.min(wanted);
-        if env.renewable && env.lease_duration > wanted {
+        if !batch && env.renewable && env.lease_duration > wanted {
             let (inner, lease) = (Arc::clone(self), env.lease_id.clone());
             tokio::spawn(async move {
                 if let Err(e) = inner.renew_lease(&lease, wanted).await {
@@ -219,7 +116,7 @@ impl Inner {
             // The scope token's expiry (the task's) ends the lease even if the shortening failed.
             expires_at: (req.now + Duration::from_secs(lease_duration))
                 .min(req.expires_at.max(req.now)),
-            renewable: env.renewable,
+            renewable: env.renewable && !batch,
             handle: RevocationHandle {
                 reference: env.lease_id,
                 secret: None,

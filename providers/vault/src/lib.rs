@@ -21,6 +21,9 @@
 //!   already bounds the lease (OpenBao revokes a token's leases when it expires), so the
 //!   shortening is defence in depth, and before the answer it cost every issue a storage write
 //!   and a database statement. A read that returns no lease is refused: nothing could revoke it.
+//! - With `scope_type = "batch"` the scope is a batch token instead, which OpenBao does not
+//!   store and cannot revoke, and which cuts every lease made with it to its own expiry; what
+//!   that keeps and what it gives up is in `scope.rs`.
 //! - By default a scope is a child of credbroker's own token, so it ends when that token does.
 //!   This fails closed: the task loses its credentials early. With `scope_role`, scopes are
 //!   created through a token role that may make them orphans, so they live exactly as long as
@@ -80,6 +83,10 @@
 //! # credbroker dies within milliseconds of the answer, may outlive its task by `scope_pool_ttl`.
 //! scope_pool = 16
 //! scope_pool_ttl = "2m"
+//! # optional: scopes as batch tokens (`scope.rs`): no OpenBao storage write per task beyond the
+//! # credential's own; unknown-outcome credentials then end at the task's expiry rather than its
+//! # end, Vault credentials are not renewable, and workload-token grants are refused.
+//! scope_type = "batch"                 # default "service"; not with scope_pool or scope_role
 //! ```
 
 mod auth;
@@ -90,6 +97,7 @@ mod policies;
 mod pool;
 mod provider;
 mod revoke;
+mod scope;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -138,6 +146,7 @@ impl ProviderFactory for VaultFactory {
             .get("scope_policies", "a list of policy names")
             .unwrap_or_default();
         let pool_size = f.int("scope_pool", 0..=1024).unwrap_or(0) as usize;
+        let batch_scopes = scope_type(&mut f, scope_role.is_some(), pool_size > 0);
         let pool_ttl = f
             .duration(
                 "scope_pool_ttl",
@@ -163,6 +172,7 @@ impl ProviderFactory for VaultFactory {
             token: SelfToken::new(login),
             scope_policies,
             scope_role,
+            batch_scopes,
             pool: (pool_size > 0).then(|| Arc::new(pool::Pool::new(pool_size, pool_ttl))),
         });
         Ok(Arc::new(VaultProvider {
@@ -170,6 +180,36 @@ impl ProviderFactory for VaultFactory {
             started: std::sync::atomic::AtomicBool::new(false),
         }))
     }
+}
+
+/// `scope_type`: `"service"` (the default) or `"batch"` (see `scope.rs`). A batch scope cannot
+/// come from a pool (it is free to make) or a token role (a role making batch tokens must make
+/// orphans, whose leases no parent takes back), so both combinations are refused here.
+fn scope_type(f: &mut Fields<'_>, with_role: bool, with_pool: bool) -> bool {
+    let batch = match f.string("scope_type").as_deref() {
+        None | Some("service") => false,
+        Some("batch") => true,
+        Some(other) => {
+            f.problem(
+                "scope_type",
+                format!("{other:?}: expected \"service\" or \"batch\""),
+            );
+            false
+        }
+    };
+    if batch && with_role {
+        f.problem(
+            "scope_type",
+            "batch scopes are made without a token role: remove scope_role",
+        );
+    }
+    if batch && with_pool {
+        f.problem(
+            "scope_type",
+            "batch scopes cost OpenBao no storage write, so they are not pooled: remove scope_pool",
+        );
+    }
+    batch
 }
 
 /// The certificates of `ca_file`, trusted on top of the system's roots (none when it is not
@@ -346,6 +386,71 @@ mod tests {
             missing[0].contains("nope is not a readable file"),
             "{missing:?}"
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn batch_scopes_refuse_a_pool_a_role_a_workload_token_grant_and_an_unknown_type() {
+        let dir = credentials("batch");
+        let env = Creds(dir.clone());
+        let with = |extra: Value| {
+            let mut v = serde_json::json!({
+                "address": "http://127.0.0.1:8200", "token_credential": "vault-token",
+            });
+            if let (Value::Object(m), Value::Object(x)) = (&mut v, extra) {
+                m.extend(x);
+            }
+            problems(v, &env)
+        };
+        assert_eq!(
+            with(serde_json::json!({ "scope_type": "batch", "scope_pool": 4 })),
+            [
+                "scope_type: batch scopes cost OpenBao no storage write, so they are not pooled: \
+                 remove scope_pool"
+            ]
+        );
+        assert_eq!(
+            with(serde_json::json!({ "scope_type": "batch", "scope_role": "r" })),
+            ["scope_type: batch scopes are made without a token role: remove scope_role"]
+        );
+        assert_eq!(
+            with(serde_json::json!({ "scope_type": "Batch" })),
+            ["scope_type: \"Batch\": expected \"service\" or \"batch\""]
+        );
+        assert!(with(serde_json::json!({ "scope_type": "service", "scope_pool": 4 })).is_empty());
+
+        let build = |scope_type: &str| {
+            let Value::Object(p) = serde_json::json!({
+                "address": "http://127.0.0.1:8200", "token_credential": "vault-token",
+                "scope_type": scope_type,
+            }) else {
+                unreachable!()
+            };
+            VaultFactory
+                .build("vault", &p, &env)
+                .unwrap_or_else(|e| panic!("{e:?}"))
+        };
+        let grant = |v: Value| match v {
+            Value::Object(p) => p,
+            _ => unreachable!(),
+        };
+        let token = grant(serde_json::json!({ "kind": "token", "policies": ["p"] }));
+        let dynamic = grant(serde_json::json!({ "kind": "dynamic", "path": "database/creds/r" }));
+        let batch = build("batch");
+        let refused: Vec<String> = batch
+            .check_grant(&token)
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].starts_with("kind: a workload token cannot be made under a batch scope"),
+            "{refused:?}"
+        );
+        assert!(batch.check_grant(&dynamic).is_ok());
+        assert!(build("service").check_grant(&token).is_ok());
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -14,6 +14,7 @@ use crate::auth::SelfToken;
 use crate::client::{Client, Envelope, Failure};
 use crate::grants::{self, Grant};
 use crate::policies::{Parent, RoleLists, ScopeRole};
+use crate::scope::is_batch;
 
 pub(crate) struct Inner {
     pub(crate) name: String,
@@ -21,6 +22,8 @@ pub(crate) struct Inner {
     pub(crate) token: SelfToken,
     pub(crate) scope_policies: Vec<String>,
     pub(crate) scope_role: Option<String>,
+    /// `scope_type = "batch"`: scopes are batch tokens (`scope.rs`).
+    pub(crate) batch_scopes: bool,
     /// Scope tokens made ahead of need (`scope_pool`), if configured.
     pub(crate) pool: Option<Arc<crate::pool::Pool>>,
 }
@@ -87,7 +90,7 @@ impl Inner {
 
 /// Where tokens are created without a role: scope tokens without `scope_role`, and always
 /// the grants' tokens (by their scope token).
-const TOKEN_CREATE: &str = "auth/token/create";
+pub(crate) const TOKEN_CREATE: &str = "auth/token/create";
 
 /// What `sys/capabilities-self` says credbroker's token may do on `path`.
 fn capabilities<'a>(caps: &'a Value, path: &str) -> Vec<&'a str> {
@@ -166,7 +169,14 @@ impl Provider for VaultProvider {
     }
 
     fn check_grant(&self, params: &Params) -> Result<(), Vec<ParamError>> {
-        grants::parse(params).map(|_| ())
+        match grants::parse(params)? {
+            Grant::Token { .. } if self.inner.batch_scopes => Err(vec![ParamError::new(
+                "kind",
+                "a workload token cannot be made under a batch scope (a batch token makes no \
+                 tokens): give this grant a provider instance with scope_type = \"service\"",
+            )]),
+            _ => Ok(()),
+        }
     }
 
     fn param_rules(&self) -> &'static [ParamRule] {
@@ -213,6 +223,13 @@ impl Provider for VaultProvider {
         expires_at: SystemTime,
         now: SystemTime,
     ) -> Result<Renewed, ProviderError> {
+        if lease.role == Role::Scope && is_batch(&lease.handle.reference) {
+            // Never asked (a batch scope is issued not renewable); OpenBao would refuse it.
+            return Err(ProviderError::new(
+                ErrorKind::Unsupported,
+                "a batch scope cannot be renewed",
+            ));
+        }
         let increment = format!("{}s", secs_until(expires_at, now));
         let inner = &self.inner;
         let (path, body) = match (lease.role, grants::parse(lease.params).ok()) {
@@ -256,6 +273,11 @@ impl Provider for VaultProvider {
             (Role::Credential, Some(Grant::Dynamic { .. })) => {
                 self.inner.revoke_lease(&lease.handle.reference).await
             }
+            // OpenBao cannot revoke a batch token; it ends at the task's expiry, and with it
+            // whatever was made with it (`scope.rs`).
+            (Role::Scope, _) if is_batch(&lease.handle.reference) => Ok(Revoked::WillExpire {
+                at: lease.expires_at,
+            }),
             // A scope or a workload token: revoking the token revokes its children and leases.
             _ => self.inner.revoke_accessor(&lease.handle.reference).await,
         }
@@ -326,16 +348,19 @@ impl Provider for VaultProvider {
             "update",
             "revoking leases".into(),
         ));
-        paths.push((
-            "sys/leases/renew".into(),
-            "update",
-            "renewing leases".into(),
-        ));
-        paths.push((
-            "auth/token/revoke-accessor".into(),
-            "update",
-            "revoking scope tokens".into(),
-        ));
+        // A batch scope's leases are neither shortened nor renewed, and the scope is not revoked.
+        if !inner.batch_scopes {
+            paths.push((
+                "sys/leases/renew".into(),
+                "update",
+                "renewing leases".into(),
+            ));
+            paths.push((
+                "auth/token/revoke-accessor".into(),
+                "update",
+                "revoking scope tokens".into(),
+            ));
+        }
         let mut asked: Vec<String> = paths.iter().map(|(p, _, _)| p.clone()).collect();
         // Asked too with a scope_role: the grants' tokens are created there, by the scope token.
         if !asked.iter().any(|p| p == TOKEN_CREATE) {
