@@ -3,7 +3,7 @@
 //! ```text
 //! commit 1: task issuing + every lease pending (+ token_accepted, task_opened)
 //! issue the scopes of scoped providers (Vault: a per-task child token)
-//! commit 2: scopes active, their handles sealed          (only when there are scopes)
+//! commit 2: scopes active, their handles sealed          (only for scopes that can be revoked)
 //! issue the credentials, each under its scope
 //! commit 3: credentials active, task active              → the response leaves the process
 //! ```
@@ -117,6 +117,9 @@ impl Broker {
         }
 
         let mut handles: HashMap<Text, RevocationHandle> = HashMap::new();
+        // The ops recording scopes that cannot be revoked, for the answering commit: journaling
+        // their handles first would serve no recovery (`Provider::scopes_revocable`).
+        let mut deferred: Vec<Op> = Vec::new();
 
         // === Scopes, then commit 2 (carrying the intent). ===
         let scopes: Vec<LeaseRow> = rows
@@ -153,14 +156,17 @@ impl Broker {
                     handles.insert(id, i.handle);
                 }
             }
-            let ops = intent.carried(ops);
-            if let Err(e) = self.journal.commit_with(ops, durability).await {
-                let _ = self.journal_intent(&mut intent).await;
-                self.abandon(&task, rows, handles, done);
-                return Err(BrokerError::journal(&e));
+            let revocable = scopes.iter().any(|s| {
+                instances
+                    .get(&*s.provider)
+                    .is_none_or(|i| i.provider.scopes_revocable())
+            });
+            if !revocable {
+                deferred = ops;
+            } else {
+                self.commit_scopes(&task, &rows, &handles, ops, durability, &mut intent, done)
+                    .await?;
             }
-            intent.committed();
-            self.mirror(&task.id, &rows, &handles);
         }
 
         // === Credentials, then commit 3 (carrying the intent if no scope commit did). ===
@@ -174,11 +180,51 @@ impl Broker {
             .await;
         let done = self.clock.now();
         if outcomes.values().any(Result::is_err) {
+            // The failure is recorded against scopes the journal knows as issued.
+            if !deferred.is_empty() {
+                self.commit_scopes(
+                    &task,
+                    &rows,
+                    &handles,
+                    deferred,
+                    durability,
+                    &mut intent,
+                    done,
+                )
+                .await?;
+            }
             let _ = self.journal_intent(&mut intent).await;
             return Err(self.fail_begin(&task, rows, outcomes, handles, done).await);
         }
-        self.finish_begin(task, rows, outcomes, handles, done, &mut intent)
+        self.finish_begin(task, rows, outcomes, handles, deferred, done, &mut intent)
             .await
+    }
+
+    /// Commit 2: the scopes issued (carrying the intent), before anything is issued under them.
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_scopes(
+        &self,
+        task: &TaskRow,
+        rows: &[LeaseRow],
+        handles: &HashMap<Text, RevocationHandle>,
+        ops: Vec<Op>,
+        durability: Durability,
+        intent: &mut Intent<'_>,
+        done: SystemTime,
+    ) -> Result<(), BrokerError> {
+        let ops = intent.carried(ops);
+        if let Err(e) = self.journal.commit_with(ops, durability).await {
+            let _ = self.journal_intent(intent).await;
+            let handles = handles
+                .iter()
+                .map(|(k, h)| (k.clone(), duplicate(h)))
+                .collect();
+            self.abandon(task, rows.to_vec(), handles, done);
+            return Err(BrokerError::journal(&e));
+        }
+        intent.committed();
+        self.mirror(&task.id, rows, handles);
+        Ok(())
     }
 
     /// Makes a task live in memory. Its intent is already durable: if memory is unusable the
@@ -292,10 +338,11 @@ impl Broker {
         mut rows: Vec<LeaseRow>,
         mut outcomes: Outcomes,
         mut handles: HashMap<Text, RevocationHandle>,
+        scope_ops: Vec<Op>,
         now: SystemTime,
         intent: &mut Intent<'_>,
     ) -> Result<Begun, BrokerError> {
-        let mut ops = Vec::new();
+        let mut ops = scope_ops;
         for row in rows.iter_mut().filter(|l| l.role == Role::Credential) {
             if let Some(Ok(i)) = outcomes.get(&row.id) {
                 match self.issued_ops(&task, row, i, now) {

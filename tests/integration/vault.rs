@@ -1432,6 +1432,40 @@ async fn a_batch_scope_stores_nothing_and_ends_its_leases_with_the_task_without_
     let stored = accessors().await;
     let token = auth.token("agent-1", POSTGRES, PG_READ).await;
 
+    // A credential refused under a batch scope, whose handle waits for the answering commit:
+    // the scope is journaled first, then the failure against it; nothing is left live.
+    let err = d.begin(&token, &["forbidden-db"]).await.err();
+    let err = err.unwrap_or_else(|| panic!("must be refused"));
+    assert_eq!(
+        (err.code(), reason(&err).as_str()),
+        (tonic::Code::PermissionDenied, "provider_denied")
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the failed task is settled",
+        || async { live_tasks(&d).await.is_empty() },
+    )
+    .await;
+    let audit = d.audit();
+    let scope_issued = audit
+        .iter()
+        .find(|r| r["event"] == "lease_issued" && r["detail"]["role"] == "scope");
+    let failed = audit
+        .iter()
+        .find(|r| r["event"] == "task_ended" && r["reason"] == "issue_failed");
+    assert!(
+        scope_issued.is_some_and(|r| r["detail"]["reference"]
+            .as_str()
+            .is_some_and(|x| x.starts_with("batch-scope:"))),
+        "{audit:#?}"
+    );
+    let failed_task = failed.map(|r| r["task_id"].clone());
+    assert_eq!(
+        failed_task,
+        scope_issued.map(|r| r["task_id"].clone()),
+        "{audit:#?}"
+    );
+
     let mut tasks = Vec::new();
     for _ in 0..2 {
         let begun = d.begin(&token, &["orders-db"]).await;
@@ -1467,6 +1501,32 @@ async fn a_batch_scope_stores_nothing_and_ends_its_leases_with_the_task_without_
         accessors().await,
         stored,
         "no token was stored for the scopes"
+    );
+    // One batch token served all three BeginTasks of this access token (same expiry), and
+    // OpenBao's audit log names the human behind each read made with it.
+    let log = bao.audit_log();
+    let made: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("\"type\":\"response\"")
+                && l.contains("\"path\":\"auth/token/create\"")
+                && l.contains("\"token_type\":\"batch\"")
+        })
+        .collect();
+    assert_eq!(made.len(), 1, "{made:#?}");
+    let reads: Vec<&str> = log
+        .lines()
+        .filter(|l| {
+            l.contains("\"type\":\"request\"")
+                && l.contains("\"path\":\"database/creds/orders-read\"")
+        })
+        .collect();
+    assert_eq!(reads.len(), 2, "{reads:#?}");
+    assert!(
+        reads.iter().all(
+            |l| l.contains("alice@example.com") && l.contains("\"credbroker_scope\":\"batch\"")
+        ),
+        "{reads:#?}"
     );
 
     // Ending: the credential revoked, confirmed; the scope lapses with the task.

@@ -112,6 +112,15 @@ pub trait Provider: Send + Sync + 'static {
         false
     }
 
+    /// Whether this provider's scopes can be revoked. If so (the default), the broker journals
+    /// a scope's handle before issuing anything under it, so that recovery can revoke the scope
+    /// and with it whatever a crash left unrecorded. A scope that cannot be revoked (a Vault
+    /// batch token) gains nothing from that commit: its handle is journaled with the task's
+    /// credentials, in the answering commit.
+    fn scopes_revocable(&self) -> bool {
+        true
+    }
+
     /// Whether this provider needs the caller's access token to issue (an OAuth token exchange
     /// sends it to the authorization server that issued it). The broker hands the token only
     /// to providers that say so, in [`IssueRequest::subject_token`]; no other provider ever

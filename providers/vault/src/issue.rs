@@ -10,9 +10,9 @@ use credbroker_provider_api::{
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::batch::is_batch;
 use crate::client::Envelope;
 use crate::provider::{Inner, invalid_config, secs_until};
-use crate::scope::is_batch;
 
 impl Inner {
     pub(crate) fn meta(&self, req: &IssueRequest<'_>) -> BTreeMap<String, String> {
@@ -43,23 +43,29 @@ impl Inner {
         post: Option<&Value>,
         public: &[String],
     ) -> Result<Issued, ProviderError> {
+        // A batch scope already cut the lease to the task in OpenBao, and its leases cannot be
+        // renewed (`batch.rs`): nothing to shorten.
+        let batch = req.scope.is_some_and(|s| is_batch(&s.reference));
         let method = if post.is_some() {
             Method::POST
         } else {
             Method::GET
         };
-        let env = self
-            .client
-            .call(method, path, Some(scope), post)
-            .await
-            .map_err(|f| match f.status().map(|s| s.as_u16()) {
-                Some(403) => ProviderError::new(
-                    ErrorKind::Denied,
-                    format!("permission denied reading {path}: {}", f.message()),
-                ),
-                Some(404) | Some(400) => invalid_config(format!("reading {path}: {}", f.message())),
-                _ => f.creating(&format!("reading {path}")),
-            })?;
+        let read = self.client.call(method, path, Some(scope), post).await;
+        if batch
+            && let Err(f) = &read
+            && f.status().is_some_and(|s| s.as_u16() == 403)
+        {
+            self.forget_if_dead(scope).await;
+        }
+        let env = read.map_err(|f| match f.status().map(|s| s.as_u16()) {
+            Some(403) => ProviderError::new(
+                ErrorKind::Denied,
+                format!("permission denied reading {path}: {}", f.message()),
+            ),
+            Some(404) | Some(400) => invalid_config(format!("reading {path}: {}", f.message())),
+            _ => f.creating(&format!("reading {path}")),
+        })?;
         let env: Envelope =
             env.ok_or_else(|| invalid_config(format!("{path} returned nothing")))?;
         if env.lease_id.is_empty() {
@@ -68,9 +74,6 @@ impl Inner {
                 "{path} returned no lease; only lease-bearing secrets can be brokered"
             )));
         }
-        // A batch scope already cut the lease to the task in OpenBao, and its leases cannot be
-        // renewed (`scope.rs`): nothing to shorten.
-        let batch = req.scope.is_some_and(|s| is_batch(&s.reference));
         // Engines pick their own lease TTL (a role's default_ttl, an hour say). The scope token,
         // whose TTL is the task's, already bounds the lease: OpenBao revokes every lease made
         // under a token when the token expires. Shortening the lease to the task also moves the

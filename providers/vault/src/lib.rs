@@ -23,7 +23,7 @@
 //!   and a database statement. A read that returns no lease is refused: nothing could revoke it.
 //! - With `scope_type = "batch"` the scope is a batch token instead, which OpenBao does not
 //!   store and cannot revoke, and which cuts every lease made with it to its own expiry; what
-//!   that keeps and what it gives up is in `scope.rs`.
+//!   that keeps and what it gives up is in `batch.rs`.
 //! - By default a scope is a child of credbroker's own token, so it ends when that token does.
 //!   This fails closed: the task loses its credentials early. With `scope_role`, scopes are
 //!   created through a token role that may make them orphans, so they live exactly as long as
@@ -83,13 +83,14 @@
 //! # credbroker dies within milliseconds of the answer, may outlive its task by `scope_pool_ttl`.
 //! scope_pool = 16
 //! scope_pool_ttl = "2m"
-//! # optional: scopes as batch tokens (`scope.rs`): no OpenBao storage write per task beyond the
+//! # optional: scopes as batch tokens (`batch.rs`): no OpenBao storage write per task beyond the
 //! # credential's own; unknown-outcome credentials then end at the task's expiry rather than its
 //! # end, Vault credentials are not renewable, and workload-token grants are refused.
 //! scope_type = "batch"                 # default "service"; not with scope_pool or scope_role
 //! ```
 
 mod auth;
+mod batch;
 mod client;
 mod grants;
 mod issue;
@@ -173,6 +174,7 @@ impl ProviderFactory for VaultFactory {
             scope_policies,
             scope_role,
             batch_scopes,
+            batch: batch::BatchScopes::default(),
             pool: (pool_size > 0).then(|| Arc::new(pool::Pool::new(pool_size, pool_ttl))),
         });
         Ok(Arc::new(VaultProvider {
@@ -182,7 +184,7 @@ impl ProviderFactory for VaultFactory {
     }
 }
 
-/// `scope_type`: `"service"` (the default) or `"batch"` (see `scope.rs`). A batch scope cannot
+/// `scope_type`: `"service"` (the default) or `"batch"` (see `batch.rs`). A batch scope cannot
 /// come from a pool (it is free to make) or a token role (a role making batch tokens must make
 /// orphans, whose leases no parent takes back), so both combinations are refused here.
 fn scope_type(f: &mut Fields<'_>, with_role: bool, with_pool: bool) -> bool {

@@ -11,10 +11,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::auth::SelfToken;
+use crate::batch::is_batch;
 use crate::client::{Client, Envelope, Failure};
 use crate::grants::{self, Grant};
 use crate::policies::{Parent, RoleLists, ScopeRole};
-use crate::scope::is_batch;
 
 pub(crate) struct Inner {
     pub(crate) name: String,
@@ -22,8 +22,10 @@ pub(crate) struct Inner {
     pub(crate) token: SelfToken,
     pub(crate) scope_policies: Vec<String>,
     pub(crate) scope_role: Option<String>,
-    /// `scope_type = "batch"`: scopes are batch tokens (`scope.rs`).
+    /// `scope_type = "batch"`: scopes are batch tokens (`batch.rs`).
     pub(crate) batch_scopes: bool,
+    /// Batch scopes kept for the next tasks of the same access token.
+    pub(crate) batch: crate::batch::BatchScopes,
     /// Scope tokens made ahead of need (`scope_pool`), if configured.
     pub(crate) pool: Option<Arc<crate::pool::Pool>>,
 }
@@ -141,6 +143,10 @@ impl Provider for VaultProvider {
 
     fn scoped(&self) -> bool {
         true
+    }
+
+    fn scopes_revocable(&self) -> bool {
+        !self.inner.batch_scopes
     }
 
     /// Keeps credbroker's token alive while the instance exists (the loop holds a weak ref).

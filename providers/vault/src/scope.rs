@@ -6,32 +6,7 @@
 //! OpenBao's: a storage write (a raft commit, an fsync) to make it, another to revoke it, and a
 //! third to shorten each lease to the task (after the answer), on every task.
 //!
-//! **Batch scopes** (`scope_type = "batch"`): a *batch* token, made per task with the task's
-//! TTL, as a child of credbroker's token. OpenBao stores nothing for it (the token is its own
-//! encrypted entry), and it constrains every lease made with it: a lease's expiry is cut to the
-//! batch token's (`expiration.go`, `Register`), and such a lease cannot be renewed. So:
-//! - *Bounded by construction, as a service scope is.* Every lease of the task expires at the
-//!   task's expiry at the latest, in OpenBao's own record, whether or not credbroker ever comes
-//!   back; a lease made and never journaled (a crash, a lost answer) too. Nothing has to run
-//!   after the answer to get there, so no lease shortening is needed.
-//! - *Ending* revokes each credential by its lease id, confirmed, as with a service scope.
-//!   The scope itself cannot be revoked (OpenBao refuses to revoke batch tokens): the broker
-//!   records it as `expiring` until the task's expiry. It is a bearer token only credbroker
-//!   ever held, in memory and sealed in its journal, and both drop it when the task ends.
-//! - *What is weaker:* a credential of **unknown outcome** (a lost answer, a crash mid-issue) is
-//!   not taken back early: it ends at the task's expiry, not at its end, where a service
-//!   scope's revocation would have taken it at once. It is recorded `expiring` until then
-//!   (`lease_expired_unrevoked`), as any credential `reconcile` cannot find; it was never
-//!   handed out.
-//!   Credentials are not renewable, so a `RenewTask` extends the task but not its Vault
-//!   credentials. Workload-token grants cannot be issued (a batch token makes no tokens), so an
-//!   instance with batch scopes refuses them at configuration load. PostgreSQL's `VALID UNTIL`
-//!   stays the role's `default_ttl` (OpenBao drops the role at the lease's expiry).
-//! - *What it buys:* the task's only OpenBao writes are the credential's own (its lease and its
-//!   revocation), as when a workload uses OpenBao directly (BENCHMARKS.md, the real-provider
-//!   cycle).
-//! - Revoking credbroker's own token revokes every lease made with its batch children (they are
-//!   indexed under the parent): the same fail-closed behaviour as service scopes.
+//! **Batch scopes** (`scope_type = "batch"`): `batch.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -44,15 +19,6 @@ use serde_json::{Value, json};
 
 use crate::pool::Made;
 use crate::provider::{Inner, TOKEN_CREATE, invalid_config, secs_until};
-
-/// The reference of a batch scope, followed by its lease id: a batch token has no accessor,
-/// and the reference tells `revoke` that there is nothing to revoke.
-pub(crate) const BATCH_REF: &str = "batch-scope:";
-
-/// Whether `reference` names a batch scope.
-pub(crate) fn is_batch(reference: &str) -> bool {
-    reference.starts_with(BATCH_REF)
-}
 
 impl Inner {
     /// The per-task scope: a child of credbroker's token that dies with the task. Taken from
@@ -127,31 +93,6 @@ impl Inner {
         })
     }
 
-    /// A batch scope: `auth/token/create` with `type = "batch"`. OpenBao keeps nothing of it
-    /// (the token is the encrypted entry), so making it costs no storage write.
-    async fn open_batch_scope(&self, req: &IssueRequest<'_>) -> Result<Issued, ProviderError> {
-        let secs = secs_until(req.expires_at, req.now);
-        let mut body = json!({
-            "type": "batch",
-            "ttl": format!("{secs}s"),
-            "display_name": "credbroker-task",
-            "meta": self.meta(req),
-        });
-        if !self.scope_policies.is_empty() {
-            body["policies"] = json!(self.scope_policies);
-        }
-        let auth = self.create_token(TOKEN_CREATE, &body).await?;
-        Ok(Issued {
-            credential: Credential::default(),
-            expires_at: req.now + Duration::from_secs(auth.lease_duration),
-            renewable: false,
-            handle: RevocationHandle {
-                reference: format!("{BATCH_REF}{}", req.lease_id),
-                secret: Some(SecretValue::new(auth.client_token)),
-            },
-        })
-    }
-
     /// `auth/token/create` (or `…/create/{scope_role}`) for a scope token of `secs`.
     async fn create_scope(
         &self,
@@ -176,7 +117,7 @@ impl Inner {
     }
 
     /// A scope token from `create_path`, with credbroker's own token.
-    async fn create_token(
+    pub(crate) async fn create_token(
         &self,
         create_path: &str,
         body: &Value,
