@@ -332,6 +332,7 @@ impl Broker {
     }
 
     /// Every credential issued: record them, activate the task, hand out the credentials.
+    #[allow(clippy::too_many_arguments)]
     async fn finish_begin(
         &self,
         task: Arc<TaskRow>,
