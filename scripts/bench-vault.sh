@@ -46,13 +46,21 @@ token_for() { api POST auth/token/create "{\"policies\":[$1],\"ttl\":\"4h\",\"re
   python3 -c 'import json,sys; print(json.load(sys.stdin)["auth"]["client_token"])'; }
 (umask 077 && token_for '"bench-direct"' > "$W/bao/direct-token" && token_for '"credbroker","bench-read"' > "$W/bao/cb-token")
 
-say "OpenBao alone: read database/creds/bench + revoke its lease, one at a time"
-R=$("$LOAD" --json openbao-creds --addr "${A%/v1}" --token-file "$W/bao/direct-token" --path database/creds/bench \
-  --duration "$DURATION" --warmup "$WARMUP"); echo "$R"; record vault_direct "$R"
+# OpenBao alone, one at a time. Measured before every run through credbroker and once after the
+# last: OpenBao's own cycle drifts between runs (its raft log, the expiration manager's queue,
+# the machine), so each run's added cost is taken against the mean of its two neighbours.
+direct() { # direct NAME
+  say "OpenBao alone: read database/creds/bench + revoke its lease, one at a time"
+  R=$("$LOAD" --json openbao-creds --addr "${A%/v1}" --token-file "$W/bao/direct-token" --path database/creds/bench \
+    --duration "$DURATION" --warmup "$WARMUP"); echo "$R"; record "$1" "$R"
+}
 
-for RUN in 300 3600 300_pool 3600_pool 300_batch 3600_batch; do
+# The pool runs last: their unused tokens expire for minutes after, and OpenBao's revoking them
+# would load the runs that follow.
+for RUN in 300 3600 300_batch 3600_batch 300_pool 3600_pool; do
   TTL=${RUN%_*}; POOL=0; SCOPE=service
   case "$RUN" in *_pool) POOL=16 ;; *_batch) SCOPE=batch ;; esac
+  direct "vault_direct_before_$RUN"
   RESV="https://mcp.example.test/bench-vault-$TTL"
   curl -sf -u bench-agent:bench "$ISSUER/token" -d grant_type=client_credentials \
     --data-urlencode "resource=$RESV" --data-urlencode "scope=mcp.tool:bench" |
@@ -99,9 +107,5 @@ TOML
   record "vault_cb_$RUN" "$R"
   kill "$VPID"; wait "$VPID" 2>/dev/null || true
 done
-# Again after the runs: OpenBao's own cycle drifts as its raft log grows and the machine's load
-# changes, so each added cost is measured against the mean of both.
-say "OpenBao alone, again"
-R=$("$LOAD" --json openbao-creds --addr "${A%/v1}" --token-file "$W/bao/direct-token" --path database/creds/bench \
-  --duration "$DURATION" --warmup "$WARMUP"); echo "$R"; record vault_direct_after "$R"
+direct vault_direct_after
 pg_stop
