@@ -163,9 +163,12 @@ impl Broker {
             });
             if !revocable {
                 deferred = ops;
-            } else {
-                self.commit_scopes(&task, &rows, &handles, ops, durability, &mut intent, done)
-                    .await?;
+            } else if let Err(e) = self
+                .commit_scopes(&task, &rows, &handles, ops, durability, &mut intent)
+                .await
+            {
+                self.abandon(&task, rows, handles, done);
+                return Err(e);
             }
         }
 
@@ -181,17 +184,20 @@ impl Broker {
         let done = self.clock.now();
         if outcomes.values().any(Result::is_err) {
             // The failure is recorded against scopes the journal knows as issued.
-            if !deferred.is_empty() {
-                self.commit_scopes(
-                    &task,
-                    &rows,
-                    &handles,
-                    deferred,
-                    durability,
-                    &mut intent,
-                    done,
-                )
-                .await?;
+            if !deferred.is_empty()
+                && let Err(e) = self
+                    .commit_scopes(&task, &rows, &handles, deferred, durability, &mut intent)
+                    .await
+            {
+                // Nothing recorded: the credentials that were issued are revoked from memory
+                // with the scopes, not left to reconciliation.
+                for (id, r) in outcomes {
+                    if let Ok(i) = r {
+                        handles.insert(id, i.handle);
+                    }
+                }
+                self.abandon(&task, rows, handles, done);
+                return Err(e);
             }
             let _ = self.journal_intent(&mut intent).await;
             return Err(self.fail_begin(&task, rows, outcomes, handles, done).await);
@@ -201,7 +207,7 @@ impl Broker {
     }
 
     /// Commit 2: the scopes issued (carrying the intent), before anything is issued under them.
-    #[allow(clippy::too_many_arguments)]
+    /// On failure the intent is kept for the revoker, and the caller abandons what it holds.
     async fn commit_scopes(
         &self,
         task: &TaskRow,
@@ -210,16 +216,10 @@ impl Broker {
         ops: Vec<Op>,
         durability: Durability,
         intent: &mut Intent<'_>,
-        done: SystemTime,
     ) -> Result<(), BrokerError> {
         let ops = intent.carried(ops);
         if let Err(e) = self.journal.commit_with(ops, durability).await {
             let _ = self.journal_intent(intent).await;
-            let handles = handles
-                .iter()
-                .map(|(k, h)| (k.clone(), duplicate(h)))
-                .collect();
-            self.abandon(task, rows.to_vec(), handles, done);
             return Err(BrokerError::journal(&e));
         }
         intent.committed();
